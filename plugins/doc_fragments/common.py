@@ -1,0 +1,72 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  uri:
+    description:
+      - libvirt connection URI of the KVM host.
+      - Use V(qemu:///system) when the module runs on the host itself, or
+        V(qemu+ssh://root@host/system) to manage a host from the controller.
+      - Set it once for all vce.kvm modules with C(module_defaults) and the action group
+        C(group/vce.kvm.vce).
+    type: str
+    default: qemu:///system
+  tenant:
+    description:
+      - The tenant that owns the objects. Every libvirt object gets the name
+        C(<tenant>_<name>) and ownership metadata naming the tenant.
+      - The module refuses to modify or delete objects of another tenant, or objects that
+        were not created by vce.kvm.
+      - 1-32 lowercase letters, digits and C(-).
+    type: str
+    required: true
+requirements:
+  - libvirt-python on the machine that runs the module
+  - a libvirt daemon (libvirt 9.0 or later) on the KVM host
+notes:
+  - Check mode and diff mode show the same plan that a real run applies. Each change in
+    RV(plan) has a class - C(live) (applied without interrupting the VM), C(restart) (takes
+    full effect when the VM restarts) or C(replace) (the object is made again).
+  - Invalid input fails before anything is changed; the error names the field and the reason.
+"""
+
+    ATTRIBUTES = r"""
+attributes:
+  check_mode:
+    description: Can run in check mode and return the planned changes without making them.
+    support: full
+  diff_mode:
+    description: Returns the before and after values of every planned change in diff mode.
+    support: full
+  idempotent:
+    description: A second run with the same arguments reports C(changed=false).
+    support: full
+  action_group:
+    description: Use C(group/vce.kvm.vce) in C(module_defaults) to set O(uri) once.
+    support: full
+    membership:
+      - vce.kvm.vce
+"""
+
+    INFO_ATTRIBUTES = r"""
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Changes nothing, so has no diff.
+    support: N/A
+  idempotent:
+    description: Reads only.
+    support: full
+  action_group:
+    description: Use C(group/vce.kvm.vce) in C(module_defaults) to set O(uri) once.
+    support: full
+    membership:
+      - vce.kvm.vce
+"""

@@ -1,0 +1,242 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The engine's entry points: what every front end (Ansible, Pulumi, CLI) calls.
+
+Each takes plain parameters, validates them, observes the host once, plans, and applies the
+plan unless asked only to check. The result is plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .disk import DiskEngine, attached_to, find_volume, volume_name
+from .environment import EnvironmentEngine, Options
+from .errors import SpecError
+from .facts import tenant_facts
+from .host import DEFAULT_URI, Host, TenantInventory
+from .libvirt_xml import DiskDevice, disk_device_xml, free_disk_target
+from .network import NetworkEngine
+from .ownership import check_owner, object_name
+from .plan import Change, ChangeClass, Plan
+from .spec import NetworkSpec, check_name, parse_disk, parse_environment, parse_network, parse_vm
+from .vm import Context, VmEngine
+
+
+@dataclass
+class Result:
+    changed: bool
+    plan: list[dict[str, Any]]
+    diff: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    pending_restart: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "plan": self.plan,
+            "diff": self.diff,
+            "warnings": self.warnings,
+            "pending_restart": self.pending_restart,
+            **self.facts,
+        }
+
+
+def options_from(params: dict[str, Any]) -> Options:
+    return Options(
+        allow_restart=bool(params.get("allow_restart")),
+        allow_replace=bool(params.get("allow_replace")),
+        prune=bool(params.get("prune")),
+        shutdown_timeout=float(params.get("shutdown_timeout") or 60),
+    )
+
+
+def finish(host: Host, tenant: str, plan: Plan, check_mode: bool) -> Result:
+    if not check_mode:
+        plan.apply()
+    return Result(
+        changed=plan.changed,
+        plan=plan.to_list(),
+        diff=plan.diff(),
+        warnings=plan.warnings,
+        pending_restart=plan.pending_restart,
+    )
+
+
+def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
+    state = params.get("state") or "present"
+    default_pool = params.get("default_pool") or "default"
+    if state == "absent":
+        tenant = check_name(params.get("tenant"), "tenant")
+        host = Host(params.get("uri") or DEFAULT_URI)
+        engine = EnvironmentEngine(host, tenant, options_from(params))
+        plan = engine.plan_absent(engine.observe())
+    else:
+        spec = parse_environment(params, default_pool)
+        host = Host(params.get("uri") or DEFAULT_URI)
+        engine = EnvironmentEngine(host, spec.tenant, options_from(params))
+        plan = engine.plan_present(spec, engine.observe())
+    result = finish(host, engine.tenant, plan, check_mode)
+    result.facts = {"environment": tenant_facts(host, engine.tenant)} if not check_mode else {}
+    return result
+
+
+def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = NetworkEngine(host, tenant)
+    inventory = host.inventory(tenant)
+    if params.get("state") == "absent":
+        plan = engine.plan_absent(check_name(params.get("name"), "name"), inventory)
+    else:
+        fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu")
+        raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
+        spec = parse_network_top(raw)
+        plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
+    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "networks", params)
+
+
+def parse_network_top(raw: dict[str, Any]) -> NetworkSpec:
+    """Parse a single network's options with field names as the module shows them."""
+    try:
+        return parse_network(raw, "network")
+    except SpecError as error:
+        raise SpecError(error.field.removeprefix("network."), error.reason) from None
+
+
+def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = DiskEngine(host, tenant)
+    inventory = host.inventory(tenant)
+    state = params.get("state") or "present"
+    name = check_name(params.get("name"), "name")
+    if state == "absent":
+        plan = engine.plan_absent(name, inventory)
+        return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "disks", params)
+    raw = {
+        k: params.get(k)
+        for k in ("name", "size_gib", "pool", "format", "backing_image")
+        if params.get(k) is not None
+    }
+    spec = parse_disk(raw, "disk", params.get("pool") or "default")
+    try:
+        plan = engine.plan_present(spec, inventory)
+    except SpecError as error:
+        raise SpecError(error.field.removeprefix("disk."), error.reason) from None
+    if state == "attached":
+        vm = check_name(params.get("attach_to"), "attach_to")
+        plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
+    elif state == "detached":
+        plan.extend(plan_detach(host, tenant, spec.name, inventory))
+    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "disks", params)
+
+
+def disk_path(inventory: TenantInventory, tenant: str, name: str, fmt: str, pool: str) -> str:
+    volume = find_volume(inventory, tenant, name)
+    if volume is not None:
+        return volume.path
+    return f"{inventory.pools[pool].rstrip('/')}/{volume_name(tenant, name, fmt)}"
+
+
+def plan_attach(
+    host: Host, tenant: str, name: str, fmt: str, vm: str, inventory: TenantInventory, pool: str
+) -> Plan:
+    plan = Plan()
+    path = disk_path(inventory, tenant, name, fmt, pool)
+    current = attached_to(inventory, path)
+    libvirt_name = object_name(tenant, vm)
+    domain = inventory.domains.get(libvirt_name)
+    if domain is None:
+        raise SpecError("attach_to", f"unknown VM {vm!r} of tenant {tenant!r}")
+    check_owner(domain.owner, tenant, "vm", libvirt_name)
+    if current is not None and current.name == libvirt_name:
+        return plan
+    if current is not None:
+        user = current.owner.name if current.owner else current.name
+        raise SpecError("attach_to", f"disk {name!r} is attached to VM {user!r}; detach it first")
+    target = free_disk_target({d.target for d in domain.disks})
+    xml = disk_device_xml(DiskDevice(target, path, fmt, serial=name))
+    vms = VmEngine(host, tenant)
+    running = domain.state in ("running", "paused")
+    plan.add(
+        Change(
+            "disk",
+            name,
+            "attach",
+            ChangeClass.LIVE,
+            "attached_to",
+            None,
+            vm,
+            lambda: vms.attach(libvirt_name, xml, running),
+        )
+    )
+    return plan
+
+
+def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) -> Plan:
+    plan = Plan()
+    volume = find_volume(inventory, tenant, name)
+    domain = attached_to(inventory, volume.path) if volume else None
+    if domain is None:
+        return plan
+    check_owner(domain.owner, tenant, "vm", domain.name)
+    device = next(d for d in domain.disks if d.path == volume.path)
+    vms = VmEngine(host, tenant)
+    running = domain.state in ("running", "paused")
+    vm_name = domain.owner.name if domain.owner else domain.name
+    plan.add(
+        Change(
+            "disk",
+            name,
+            "detach",
+            ChangeClass.LIVE,
+            "attached_to",
+            vm_name,
+            None,
+            lambda: vms.detach(domain.name, disk_device_xml(device), running),
+        )
+    )
+    return plan
+
+
+VM_FIELDS = (
+    "name", "vcpus", "max_vcpus", "memory_mib", "max_memory_mib", "boot_disk", "disks", "nics",
+    "cloud_init",
+)  # fmt: skip
+
+
+def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = VmEngine(host, tenant, float(params.get("shutdown_timeout") or 60))
+    inventory = host.inventory(tenant)
+    state = params.get("state") or "running"
+    if state == "absent":
+        plan = engine.plan_absent(check_name(params.get("name"), "name"), inventory)
+    else:
+        raw = {k: params.get(k) for k in VM_FIELDS if params.get(k) is not None}
+        raw["state"] = state
+        try:
+            spec = parse_vm(raw, "vm", tenant, params.get("default_pool") or "default")
+        except SpecError as error:
+            raise SpecError(error.field.removeprefix("vm."), error.reason) from None
+        ctx = Context(allow_restart=bool(params.get("allow_restart")))
+        plan = engine.plan_present(spec, inventory, ctx)
+    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "vms", params)
+
+
+def with_facts(
+    result: Result, host: Host, tenant: str, section: str, params: dict[str, Any]
+) -> Result:
+    facts = tenant_facts(host, tenant)
+    item = facts[section].get(params.get("name")) if params.get("name") else None
+    result.facts = {section[:-1]: item or {}}
+    return result
+
+
+def run_info(params: dict[str, Any]) -> dict[str, Any]:
+    tenant = check_name(params.get("tenant"), "tenant")
+    return tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)

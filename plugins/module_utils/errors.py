@@ -1,0 +1,56 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Errors of the engine, and the one place where libvirt errors become user messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+try:
+    import libvirt
+except ImportError:  # reported by connection.open_connection with an install hint
+    libvirt = None
+
+
+class VceError(Exception):
+    """An error the user can act on; its message is shown as it is."""
+
+
+class SpecError(VceError):
+    """A declaration that cannot be accepted: names the field and the reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class OwnershipError(VceError):
+    """An object exists under the declared name but belongs to another tenant or to nobody."""
+
+
+class ApplyError(VceError):
+    """A change failed while being applied; earlier changes stay, a re-run converges."""
+
+
+def libvirt_reason(error: Exception) -> str:
+    if libvirt is not None and isinstance(error, libvirt.libvirtError):
+        message = error.get_error_message() or str(error)
+        return message.strip()
+    return str(error).strip() or type(error).__name__
+
+
+@contextmanager
+def libvirt_action(action: str, obj: str) -> Iterator[None]:
+    """Map any libvirt failure inside the block to "Failed to <action> <object>: <reason>"."""
+    try:
+        yield
+    except VceError:
+        raise
+    except Exception as error:
+        if libvirt is not None and isinstance(error, libvirt.libvirtError):
+            raise ApplyError(f"Failed to {action} {obj}: {libvirt_reason(error)}") from error
+        if isinstance(error, (OSError, ValueError)):
+            raise ApplyError(f"Failed to {action} {obj}: {libvirt_reason(error)}") from error
+        raise

@@ -1,0 +1,102 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Plans: the ordered changes that apply would make, each with before/after and a class.
+
+Check mode, diff mode and previews show the plan; apply runs the same Change objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApplyError, VceError
+
+UNKNOWN = "(known after apply)"
+
+
+class ChangeClass(enum.StrEnum):
+    LIVE = "live"  # applied without interrupting the object
+    RESTART = "restart"  # needs the VM restarted to take full effect
+    REPLACE = "replace"  # the object is destroyed and made again
+
+
+@dataclass
+class Change:
+    kind: str
+    name: str
+    action: str
+    change_class: ChangeClass = ChangeClass.LIVE
+    field: str | None = None
+    before: Any = None
+    after: Any = None
+    run: Callable[[], None] | None = None
+    # Restart-class changes whose persistent part is written but whose running part waits.
+    pending_restart: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "class": self.change_class.value,
+        }
+        if self.field is not None:
+            result["field"] = self.field
+        result["before"] = self.before
+        result["after"] = self.after
+        if self.pending_restart:
+            result["pending_restart"] = True
+        return result
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Notes that are not changes: e.g. a restart still pending from an earlier run.
+    pending_restart: list[str] = field(default_factory=list)
+
+    def add(self, change: Change) -> None:
+        self.changes.append(change)
+
+    def extend(self, other: Plan) -> None:
+        self.changes.extend(other.changes)
+        self.warnings.extend(other.warnings)
+        self.pending_restart.extend(other.pending_restart)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [change.to_dict() for change in self.changes]
+
+    def diff(self) -> dict[str, Any]:
+        """Ansible's before/after view: one entry per object, one key per changed field."""
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        for change in self.changes:
+            key = f"{change.kind}/{change.name}"
+            label = change.field or change.action
+            before.setdefault(key, {})[label] = change.before
+            after.setdefault(key, {})[label] = change.after
+        return {"before": before, "after": after}
+
+    def apply(self) -> list[dict[str, Any]]:
+        """Run every change in order; stop at the first failure, saying what was done."""
+        done: list[dict[str, Any]] = []
+        for change in self.changes:
+            if change.run is None:
+                continue
+            try:
+                change.run()
+            except VceError as error:
+                raise ApplyError(
+                    f"{error} (applied before the failure: {len(done)} of {len(self.changes)} "
+                    "changes; a re-run continues from here)"
+                ) from error
+            done.append(change.to_dict())
+        return done

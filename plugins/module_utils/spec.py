@@ -1,0 +1,488 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Validated declarations: what a tenant asks for, before anything is read from a host.
+
+Every front end (Ansible modules, the Pulumi provider, the CLI) passes plain dicts here; a
+value that cannot be accepted raises SpecError naming the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SpecError
+
+NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+NAME_RULE = "use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit"
+MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NETWORK_MODES = ("nat", "isolated")
+VM_STATES = ("running", "stopped")
+DISK_FORMATS = ("qcow2", "raw")
+MAX_VCPUS = 64
+MIN_MEMORY_MIB = 64
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_DISK_GIB = 64 * 1024
+
+
+def check_name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(path, "a name is required")
+    if not NAME_PATTERN.match(value):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise SpecError(path, f"invalid name {shown!r}: {NAME_RULE}")
+    return value
+
+
+def check_int(value: Any, path: str, minimum: int, maximum: int, unit: str = "") -> int:
+    if isinstance(value, bool) or value is None:
+        raise SpecError(path, f"must be a whole number, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise SpecError(path, f"must be a whole number, got {value!r}")
+        value = int(value)
+    if isinstance(value, str):
+        if not value.strip().lstrip("-").isdigit():
+            raise SpecError(path, f"must be a whole number, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise SpecError(path, f"must be a whole number, got {type(value).__name__}")
+    suffix = f" {unit}" if unit else ""
+    if value <= 0 and minimum > 0:
+        raise SpecError(path, f"must be positive, got {value}{suffix}")
+    if value < minimum:
+        raise SpecError(path, f"must be at least {minimum}{suffix}, got {value}{suffix}")
+    if value > maximum:
+        raise SpecError(path, f"must be at most {maximum}{suffix}, got {value}{suffix}")
+    return value
+
+
+def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise SpecError(path, f"must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def check_mac(value: Any, path: str) -> str:
+    mac = str(value).strip().lower()
+    if not MAC_PATTERN.match(mac):
+        raise SpecError(
+            path, f"invalid MAC address {value!r}: expected six hex pairs like 52:54:00:12:34:56"
+        )
+    if int(mac[:2], 16) & 1:
+        raise SpecError(path, f"{mac} is a multicast MAC address; a NIC needs a unicast one")
+    return mac
+
+
+def check_ipv4(value: Any, path: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(value).strip())
+    except ValueError:
+        raise SpecError(path, f"invalid IPv4 address {value!r}") from None
+
+
+def check_absolute_path(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise SpecError(path, f"must be an absolute path on the KVM host, got {value!r}")
+    if any(ch in value for ch in "\n\r\0") or "/../" in value or value.endswith("/.."):
+        raise SpecError(path, f"path {value!r} contains a forbidden character or '..'")
+    return value
+
+
+def check_pool(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not POOL_PATTERN.match(value):
+        raise SpecError(path, f"invalid storage pool name {value!r}")
+    return value
+
+
+def reject_unknown(raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise SpecError(f"{path}.{unknown[0]}" if path else unknown[0], "unknown option")
+
+
+def optional(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = raw.get(key)
+    return default if value is None else value
+
+
+def as_mapping(raw: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, f"must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def as_list(raw: Any, path: str) -> list[Any]:
+    if raw is None:
+        return []
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+        raise SpecError(path, f"must be a list, got {type(raw).__name__}")
+    return list(raw)
+
+
+@dataclass(frozen=True)
+class StaticLease:
+    mac: str
+    ip: ipaddress.IPv4Address
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    cidr: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    dhcp_start: ipaddress.IPv4Address
+    dhcp_end: ipaddress.IPv4Address
+    mode: str = "nat"
+    mtu: int | None = None
+    static_leases: tuple[StaticLease, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    name: str
+    size_gib: int
+    pool: str
+    format: str = "qcow2"
+    backing_image: str | None = None
+
+
+@dataclass(frozen=True)
+class BootDiskSpec:
+    image: str
+    size_gib: int
+    pool: str
+    image_format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    network: str
+    mac: str
+    ip: ipaddress.IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class CloudInitSpec:
+    hostname: str
+    ssh_authorized_keys: tuple[str, ...] = ()
+    user_data: str | None = None
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    vcpus: int
+    max_vcpus: int
+    memory_mib: int
+    max_memory_mib: int
+    boot_disk: BootDiskSpec
+    disks: tuple[str, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    cloud_init: CloudInitSpec | None = None
+    state: str = "running"
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    tenant: str
+    networks: tuple[NetworkSpec, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
+    vms: tuple[VmSpec, ...] = ()
+    attachments: Mapping[str, str] = field(default_factory=dict)
+
+
+def spec_hash(spec: Any) -> str:
+    """A short stable digest of a declaration, stored in the object's ownership metadata."""
+    payload = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def default_mac(tenant: str, vm: str, index: int) -> str:
+    """A MAC derived from the declaration, so that re-runs and other front ends agree on it."""
+    digest = hashlib.sha256(f"{tenant}/{vm}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def parse_lease(raw: Any, path: str, cidr: ipaddress.IPv4Network) -> StaticLease:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"mac", "ip", "hostname"}, path)
+    mac = check_mac(raw.get("mac"), f"{path}.mac")
+    ip = check_ipv4(raw.get("ip"), f"{path}.ip")
+    check_host_address(ip, cidr, f"{path}.ip")
+    hostname = raw.get("hostname")
+    if hostname is not None:
+        check_name(hostname, f"{path}.hostname")
+    return StaticLease(mac=mac, ip=ip, hostname=hostname)
+
+
+def check_host_address(ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, path: str) -> None:
+    if ip not in cidr:
+        raise SpecError(path, f"{ip} is outside the network's CIDR {cidr}")
+    if cidr.prefixlen < 31 and ip in (cidr.network_address, cidr.broadcast_address):
+        raise SpecError(path, f"{ip} is the network or broadcast address of {cidr}")
+
+
+def parse_network(raw: Any, path: str) -> NetworkSpec:
+    raw = as_mapping(raw, path)
+    allowed = {"name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "static_leases"}
+    reject_unknown(raw, allowed, path)
+    name = check_name(raw.get("name"), f"{path}.name")
+    try:
+        cidr = ipaddress.IPv4Network(str(raw.get("cidr")), strict=True)
+    except ValueError as error:
+        raise SpecError(f"{path}.cidr", f"invalid IPv4 CIDR {raw.get('cidr')!r}: {error}") from None
+    if cidr.prefixlen > 29:
+        raise SpecError(f"{path}.cidr", f"{cidr} is too small: use a prefix of /29 or larger")
+    hosts = cidr.num_addresses - 2
+    first = cidr.network_address + 1
+    gateway = check_ipv4(optional(raw, "gateway", first), f"{path}.gateway")
+    check_host_address(gateway, cidr, f"{path}.gateway")
+    default_start = cidr.network_address + max(2, hosts // 2)
+    dhcp_start = check_ipv4(optional(raw, "dhcp_start", default_start), f"{path}.dhcp_start")
+    dhcp_end = check_ipv4(optional(raw, "dhcp_end", cidr.broadcast_address - 1), f"{path}.dhcp_end")
+    check_host_address(dhcp_start, cidr, f"{path}.dhcp_start")
+    check_host_address(dhcp_end, cidr, f"{path}.dhcp_end")
+    if dhcp_end < dhcp_start:
+        raise SpecError(f"{path}.dhcp_end", f"{dhcp_end} comes before dhcp_start {dhcp_start}")
+    if dhcp_start <= gateway <= dhcp_end:
+        raise SpecError(f"{path}.gateway", f"{gateway} lies inside the DHCP range")
+    mode = check_choice(optional(raw, "mode", "nat"), f"{path}.mode", NETWORK_MODES)
+    mtu = raw.get("mtu")
+    if mtu is not None:
+        mtu = check_int(mtu, f"{path}.mtu", 576, 9000)
+    leases = tuple(
+        parse_lease(item, f"{path}.static_leases[{i}]", cidr)
+        for i, item in enumerate(as_list(raw.get("static_leases"), f"{path}.static_leases"))
+    )
+    return NetworkSpec(name, cidr, gateway, dhcp_start, dhcp_end, mode, mtu, leases)
+
+
+def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"name", "size_gib", "pool", "format", "backing_image", "attach_to"}, path)
+    name = check_name(raw.get("name"), f"{path}.name")
+    size = check_int(raw.get("size_gib"), f"{path}.size_gib", 1, MAX_DISK_GIB, "GiB")
+    pool = check_pool(optional(raw, "pool", default_pool), f"{path}.pool")
+    fmt = check_choice(optional(raw, "format", "qcow2"), f"{path}.format", DISK_FORMATS)
+    backing = raw.get("backing_image")
+    if backing is not None:
+        backing = check_absolute_path(backing, f"{path}.backing_image")
+        if fmt != "qcow2":
+            raise SpecError(f"{path}.backing_image", "a backing image needs format qcow2")
+    return DiskSpec(name, size, pool, fmt, backing)
+
+
+def parse_boot_disk(raw: Any, path: str, default_pool: str) -> BootDiskSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"image", "size_gib", "pool", "image_format"}, path)
+    image = check_absolute_path(raw.get("image"), f"{path}.image")
+    size = check_int(raw.get("size_gib"), f"{path}.size_gib", 1, MAX_DISK_GIB, "GiB")
+    pool = check_pool(optional(raw, "pool", default_pool), f"{path}.pool")
+    fmt = check_choice(optional(raw, "image_format", "qcow2"), f"{path}.image_format", DISK_FORMATS)
+    return BootDiskSpec(image, size, pool, fmt)
+
+
+def parse_cloud_init(raw: Any, path: str, vm_name: str) -> CloudInitSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"hostname", "ssh_authorized_keys", "user_data"}, path)
+    hostname = check_name(optional(raw, "hostname", vm_name), f"{path}.hostname")
+    keys = []
+    for i, key in enumerate(as_list(raw.get("ssh_authorized_keys"), f"{path}.ssh_authorized_keys")):
+        if not isinstance(key, str) or not key.strip() or "\n" in key.strip():
+            raise SpecError(
+                f"{path}.ssh_authorized_keys[{i}]", "must be one public key on one line"
+            )
+        keys.append(key.strip())
+    user_data = raw.get("user_data")
+    if user_data is not None and not isinstance(user_data, str):
+        raise SpecError(f"{path}.user_data", "must be a string (cloud-config YAML or a script)")
+    return CloudInitSpec(hostname, tuple(keys), user_data)
+
+
+def parse_nic(raw: Any, path: str, tenant: str, vm: str, index: int) -> NicSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"network", "mac", "ip"}, path)
+    network = check_name(raw.get("network"), f"{path}.network")
+    mac = raw.get("mac")
+    mac = check_mac(mac, f"{path}.mac") if mac is not None else default_mac(tenant, vm, index)
+    ip = raw.get("ip")
+    return NicSpec(network, mac, check_ipv4(ip, f"{path}.ip") if ip is not None else None)
+
+
+VM_OPTIONS = {
+    "name",
+    "vcpus",
+    "max_vcpus",
+    "memory_mib",
+    "max_memory_mib",
+    "boot_disk",
+    "disks",
+    "nics",
+    "cloud_init",
+    "state",
+}
+
+
+def parse_vm(raw: Any, path: str, tenant: str, default_pool: str) -> VmSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, VM_OPTIONS, path)
+    name = check_name(raw.get("name"), f"{path}.name")
+    vcpus = check_int(raw.get("vcpus", 1), f"{path}.vcpus", 1, MAX_VCPUS)
+    max_vcpus = check_int(optional(raw, "max_vcpus", vcpus), f"{path}.max_vcpus", 1, MAX_VCPUS)
+    if max_vcpus < vcpus:
+        raise SpecError(f"{path}.max_vcpus", f"{max_vcpus} is below vcpus {vcpus}")
+    memory = check_int(
+        raw.get("memory_mib"), f"{path}.memory_mib", MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB"
+    )
+    max_memory = check_int(
+        optional(raw, "max_memory_mib", memory),
+        f"{path}.max_memory_mib",
+        MIN_MEMORY_MIB,
+        MAX_MEMORY_MIB,
+        "MiB",
+    )
+    if max_memory < memory:
+        raise SpecError(f"{path}.max_memory_mib", f"{max_memory} is below memory_mib {memory}")
+    if raw.get("boot_disk") is None:
+        raise SpecError(f"{path}.boot_disk", "a boot disk (image and size_gib) is required")
+    boot = parse_boot_disk(raw["boot_disk"], f"{path}.boot_disk", default_pool)
+    disks = tuple(
+        check_name(item, f"{path}.disks[{i}]")
+        for i, item in enumerate(as_list(raw.get("disks"), f"{path}.disks"))
+    )
+    if len(set(disks)) != len(disks):
+        raise SpecError(f"{path}.disks", "lists a disk twice")
+    if len(disks) > 20:
+        raise SpecError(f"{path}.disks", "at most 20 extra disks per VM")
+    nics = tuple(
+        parse_nic(item, f"{path}.nics[{i}]", tenant, name, i)
+        for i, item in enumerate(as_list(raw.get("nics"), f"{path}.nics"))
+    )
+    cloud_init = raw.get("cloud_init")
+    if cloud_init is not None:
+        cloud_init = parse_cloud_init(cloud_init, f"{path}.cloud_init", name)
+    state = check_choice(optional(raw, "state", "running"), f"{path}.state", VM_STATES)
+    return VmSpec(name, vcpus, max_vcpus, memory, max_memory, boot, disks, nics, cloud_init, state)
+
+
+def check_unique(names: Sequence[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise SpecError(f"{path}[{i}].name", f"{what} {name!r} is declared twice")
+        seen.add(name)
+
+
+def check_network_overlaps(networks: Sequence[NetworkSpec], path: str) -> None:
+    for i, net in enumerate(networks):
+        for other in networks[:i]:
+            if net.cidr.overlaps(other.cidr):
+                raise SpecError(
+                    f"{path}[{i}].cidr",
+                    f"{net.cidr} overlaps network {other.name!r} ({other.cidr}) of the same tenant",
+                )
+
+
+def check_addresses(spec: EnvironmentSpec) -> None:
+    """Each MAC once in the environment; each IP once per network, and inside its CIDR."""
+    networks = {net.name: net for net in spec.networks}
+    macs: dict[str, str] = {}
+    ips: dict[tuple[str, ipaddress.IPv4Address], str] = {}
+
+    def claim(mac: str, net: str, ip: ipaddress.IPv4Address | None, where: str) -> None:
+        if mac in macs:
+            raise SpecError(f"{where}.mac", f"MAC {mac} is already used by {macs[mac]}")
+        macs[mac] = where
+        if ip is None:
+            return
+        if net in networks:
+            check_host_address(ip, networks[net].cidr, f"{where}.ip")
+            if ip == networks[net].gateway:
+                raise SpecError(f"{where}.ip", f"{ip} is the gateway of network {net!r}")
+        if (net, ip) in ips:
+            raise SpecError(f"{where}.ip", f"IP {ip} is already used by {ips[(net, ip)]}")
+        ips[(net, ip)] = where
+
+    for i, net in enumerate(spec.networks):
+        for j, lease in enumerate(net.static_leases):
+            claim(lease.mac, net.name, lease.ip, f"networks[{i}].static_leases[{j}]")
+    for i, vm in enumerate(spec.vms):
+        for j, nic in enumerate(vm.nics):
+            claim(nic.mac, nic.network, nic.ip, f"vms[{i}].nics[{j}]")
+
+
+def parse_environment(
+    raw: Mapping[str, Any], default_pool: str = "default", complete: bool = True
+) -> EnvironmentSpec:
+    """Parse a declaration; `complete` means every referenced object is declared in it too
+    (the environment module); single-resource modules resolve references on the host."""
+    tenant = check_name(raw.get("tenant"), "tenant")
+    networks = tuple(
+        parse_network(item, f"networks[{i}]")
+        for i, item in enumerate(as_list(raw.get("networks"), "networks"))
+    )
+    disks_raw = as_list(raw.get("disks"), "disks")
+    disks = tuple(parse_disk(item, f"disks[{i}]", default_pool) for i, item in enumerate(disks_raw))
+    vms = tuple(
+        parse_vm(item, f"vms[{i}]", tenant, default_pool)
+        for i, item in enumerate(as_list(raw.get("vms"), "vms"))
+    )
+    check_unique([n.name for n in networks], "networks", "network")
+    check_unique([d.name for d in disks], "disks", "disk")
+    check_unique([v.name for v in vms], "vms", "VM")
+    check_network_overlaps(networks, "networks")
+    attachments = collect_attachments(disks_raw, vms)
+    spec = EnvironmentSpec(tenant, networks, disks, vms, attachments)
+    check_addresses(spec)
+    if complete:
+        check_references(spec)
+    return spec
+
+
+def collect_attachments(disks_raw: list[Any], vms: Sequence[VmSpec]) -> dict[str, str]:
+    """disk name -> VM name, from either side of the declaration; one VM per disk."""
+    attachments: dict[str, str] = {}
+    for i, vm in enumerate(vms):
+        for j, disk in enumerate(vm.disks):
+            if disk in attachments:
+                raise SpecError(
+                    f"vms[{i}].disks[{j}]",
+                    f"disk {disk!r} is already attached to {attachments[disk]!r}",
+                )
+            attachments[disk] = vm.name
+    for i, raw in enumerate(disks_raw):
+        target = raw.get("attach_to") if isinstance(raw, Mapping) else None
+        if target is None:
+            continue
+        check_name(target, f"disks[{i}].attach_to")
+        current = attachments.get(raw["name"])
+        if current is not None and current != target:
+            raise SpecError(f"disks[{i}].attach_to", f"disk is also listed by VM {current!r}")
+        attachments[raw["name"]] = target
+    return attachments
+
+
+def check_references(spec: EnvironmentSpec) -> None:
+    networks = {net.name for net in spec.networks}
+    disks = {disk.name for disk in spec.disks}
+    vms = {vm.name for vm in spec.vms}
+    for i, vm in enumerate(spec.vms):
+        for j, nic in enumerate(vm.nics):
+            if nic.network not in networks:
+                raise SpecError(f"vms[{i}].nics[{j}].network", f"unknown network {nic.network!r}")
+        for j, disk in enumerate(vm.disks):
+            if disk not in disks:
+                raise SpecError(f"vms[{i}].disks[{j}]", f"unknown disk {disk!r}")
+    for disk, vm in spec.attachments.items():
+        if vm not in vms:
+            index = [d.name for d in spec.disks].index(disk)
+            raise SpecError(f"disks[{index}].attach_to", f"unknown VM {vm!r}")

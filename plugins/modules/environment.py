@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: environment
+short_description: A whole tenant environment - networks, disks and VMs - in one call
+version_added: 0.1.0
+description:
+  - Reconciles every network, disk and VM of a tenant on a KVM host in one module call - the
+    host is read once, one plan is made, and it is applied in dependency order (networks,
+    disks, VMs, then removals).
+  - This is the fast path for large tenants; the single-object modules M(vce.kvm.network),
+    M(vce.kvm.disk) and M(vce.kvm.vm) take the same options per object.
+author:
+  - vce.kvm developers
+extends_documentation_fragment:
+  - vce.kvm.common
+  - vce.kvm.common.attributes
+options:
+  state:
+    description:
+      - V(present) makes the declared objects exist as declared.
+      - V(absent) deletes every object the tenant owns on the host (VMs, their disks and
+        seeds, standalone disks, networks); O(networks), O(disks) and O(vms) are ignored.
+    type: str
+    choices: [present, absent]
+    default: present
+  networks:
+    description:
+      - The tenant's networks. Each item takes the options of M(vce.kvm.network) - O(vce.kvm.network#module:name),
+        O(vce.kvm.network#module:cidr), O(vce.kvm.network#module:gateway), O(vce.kvm.network#module:dhcp_start),
+        O(vce.kvm.network#module:dhcp_end), O(vce.kvm.network#module:mode), O(vce.kvm.network#module:mtu),
+        O(vce.kvm.network#module:static_leases).
+      - VM NICs with a fixed IP get their DHCP reservation on the network automatically.
+    type: list
+    elements: dict
+    default: []
+  disks:
+    description:
+      - The tenant's standalone disks. Each item takes O(vce.kvm.disk#module:name),
+        O(vce.kvm.disk#module:size_gib), O(vce.kvm.disk#module:pool), O(vce.kvm.disk#module:format),
+        O(vce.kvm.disk#module:backing_image) and optionally O(vce.kvm.disk#module:attach_to)
+        (or list the disk in a VM's C(disks)).
+    type: list
+    elements: dict
+    default: []
+  vms:
+    description:
+      - The tenant's VMs. Each item takes the options of M(vce.kvm.vm) - C(name), C(vcpus),
+        C(max_vcpus), C(memory_mib), C(max_memory_mib), C(boot_disk), C(disks), C(nics),
+        C(cloud_init) - and C(state) (V(running) or V(stopped), default V(running)).
+    type: list
+    elements: dict
+    default: []
+  default_pool:
+    description: Storage pool used where a disk names none.
+    type: str
+    default: default
+  prune:
+    description:
+      - Delete objects the tenant owns on the host that the declaration does not mention.
+        Without it they are left alone and listed in a warning.
+    type: bool
+    default: false
+  allow_restart:
+    description: Restart running VMs when a change needs it.
+    type: bool
+    default: false
+  allow_replace:
+    description: Allow network changes that destroy and re-create the network.
+    type: bool
+    default: false
+  shutdown_timeout:
+    description: Seconds to wait for an ACPI shutdown before a VM is powered off.
+    type: int
+    default: 60
+seealso:
+  - module: vce.kvm.vm
+  - module: vce.kvm.network
+  - module: vce.kvm.disk
+  - module: vce.kvm.info
+"""
+
+EXAMPLES = r"""
+- name: The acme tenant - a network, a data disk and two VMs
+  vce.kvm.environment:
+    tenant: acme
+    networks:
+      - name: lan
+        cidr: 10.10.0.0/24
+    disks:
+      - name: data1
+        size_gib: 10
+    vms:
+      - name: web1
+        vcpus: 1
+        max_vcpus: 4
+        memory_mib: 1024
+        boot_disk: {image: /var/lib/libvirt/images/debian-12.qcow2, size_gib: 10}
+        disks: [data1]
+        nics: [{network: lan, ip: 10.10.0.10}]
+      - name: web2
+        memory_mib: 1024
+        boot_disk: {image: /var/lib/libvirt/images/debian-12.qcow2, size_gib: 10}
+        nics: [{network: lan, ip: 10.10.0.11}]
+
+- name: Set the connection once for every vce.kvm module
+  module_defaults:
+    group/vce.kvm.vce:
+      uri: qemu+ssh://root@kvm1.example.com/system
+  block:
+    - name: Remove everything of the tenant
+      vce.kvm.environment:
+        tenant: acme
+        state: absent
+"""
+
+RETURN = r"""
+plan:
+  description: The changes made, or in check mode to be made, in the order applied.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {kind: network, name: lan, action: create, class: live, before: null, after: {cidr: 10.10.0.0/24}}
+    - {kind: vm, name: web1, action: create, class: live, before: null, after: {vcpus: 1}}
+pending_restart:
+  description: Changes written to VM definitions that wait for the VMs' next restart.
+  returned: always
+  type: list
+  elements: str
+environment:
+  description: The tenant's objects after the run, as M(vce.kvm.info) returns them. Empty in check mode.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vce.kvm.plugins.module_utils.engine import run_environment
+from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+    connection_spec,
+    run_module,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
+            networks={"type": "list", "elements": "dict", "default": []},
+            disks={"type": "list", "elements": "dict", "default": []},
+            vms={"type": "list", "elements": "dict", "default": []},
+            default_pool={"type": "str", "default": "default"},
+            prune={"type": "bool", "default": False},
+            allow_restart={"type": "bool", "default": False},
+            allow_replace={"type": "bool", "default": False},
+            shutdown_timeout={"type": "int", "default": 60},
+        ),
+        supports_check_mode=True,
+    )
+    run_module(module, run_environment)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+#!/usr/bin/python
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: network
+short_description: A tenant's L2 network with DHCP on a KVM host
+version_added: 0.1.0
+description:
+  - Declares one tenant network - CIDR, gateway, DHCP range, static leases, and whether it is
+    isolated or NATed to the host's uplink - as a libvirt network.
+  - DHCP range and lease changes are applied live. Changing O(mode), O(cidr), O(gateway) or
+    O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
+  - A network whose CIDR overlaps another network of the same tenant is refused.
+author:
+  - vce.kvm developers
+extends_documentation_fragment:
+  - vce.kvm.common
+  - vce.kvm.common.attributes
+options:
+  name:
+    description: The network's name within the tenant (libvirt name C(<tenant>_<name>)).
+    type: str
+    required: true
+  state:
+    description:
+      - V(absent) deletes the network; it is refused while a VM of the tenant uses it.
+    type: str
+    choices: [present, absent]
+    default: present
+  cidr:
+    description: IPv4 network, for example V(10.10.0.0/24) (a /29 or larger). Required unless O(state=absent).
+    type: str
+  gateway:
+    description: The host's address on the network. Defaults to the first address.
+    type: str
+  dhcp_start:
+    description: First address of the DHCP range. Defaults to the middle of the network.
+    type: str
+  dhcp_end:
+    description: Last address of the DHCP range. Defaults to the last usable address.
+    type: str
+  mode:
+    description:
+      - V(nat) lets VMs reach out through the host's uplink (masquerade).
+      - V(isolated) connects VMs with each other and the host only.
+    type: str
+    choices: [nat, isolated]
+    default: nat
+  mtu:
+    description: MTU of the network's bridge (default from libvirt, usually 1500).
+    type: int
+  static_leases:
+    description:
+      - DHCP reservations that do not belong to a VM of this tenant's declarations. NICs of
+        M(vce.kvm.vm) with an O(vce.kvm.vm#module:nics[].ip) get theirs automatically.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      mac:
+        description: MAC address.
+        type: str
+        required: true
+      ip:
+        description: IPv4 address inside O(cidr).
+        type: str
+        required: true
+      hostname:
+        description: Host name handed out with the lease.
+        type: str
+  allow_replace:
+    description: Allow changes that destroy and re-create the network.
+    type: bool
+    default: false
+seealso:
+  - module: vce.kvm.environment
+  - module: vce.kvm.vm
+"""
+
+EXAMPLES = r"""
+- name: A NATed tenant network
+  vce.kvm.network:
+    tenant: acme
+    name: lan
+    cidr: 10.10.0.0/24
+    dhcp_start: 10.10.0.100
+    dhcp_end: 10.10.0.199
+
+- name: An isolated back-end network with a reserved address for an appliance
+  vce.kvm.network:
+    tenant: acme
+    name: backend
+    cidr: 10.10.1.0/24
+    mode: isolated
+    static_leases:
+      - {mac: "52:54:00:aa:bb:cc", ip: 10.10.1.5, hostname: appliance}
+"""
+
+RETURN = r"""
+plan:
+  description: The changes made, or in check mode to be made, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {kind: network, name: lan, action: create, class: live, before: null, after: {cidr: 10.10.0.0/24}}
+network:
+  description: The network as libvirt reports it after the run (empty after O(state=absent)).
+  returned: always
+  type: dict
+  sample: {libvirt_name: acme_lan, cidr: 10.10.0.0/24, bridge: virbr1, active: true}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vce.kvm.plugins.module_utils.engine import run_network
+from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+    LEASE_OPTIONS,
+    connection_spec,
+    run_module,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            name={"type": "str", "required": True},
+            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
+            cidr={"type": "str"},
+            gateway={"type": "str"},
+            dhcp_start={"type": "str"},
+            dhcp_end={"type": "str"},
+            mode={"type": "str", "default": "nat", "choices": ["nat", "isolated"]},
+            mtu={"type": "int"},
+            static_leases={
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": LEASE_OPTIONS,
+            },
+            allow_replace={"type": "bool", "default": False},
+        ),
+        required_if=[("state", "present", ("cidr",))],
+        supports_check_mode=True,
+    )
+    run_module(module, run_network)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+#!/usr/bin/python
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm
+short_description: A tenant's virtual machine on a KVM host
+version_added: 0.1.0
+description:
+  - Declares one VM of a tenant - vCPUs, memory, an overlay boot disk on a base image, extra
+    disks, NICs on the tenant's networks with fixed MAC and IP, a cloud-init seed, and its
+    power state - and makes the KVM host match it through libvirt.
+  - vCPU and memory changes are applied live when they fit within O(max_vcpus) and
+    O(max_memory_mib), which are fixed when the VM is created. Other changes to a running
+    VM are written to its definition and reported in RV(pending_restart); they are applied
+    at once only with O(allow_restart=true).
+  - Disks are never shrunk, and the base image of an existing VM is never swapped.
+author:
+  - vce.kvm developers
+extends_documentation_fragment:
+  - vce.kvm.common
+  - vce.kvm.common.attributes
+options:
+  name:
+    description: The VM's name within the tenant (libvirt name C(<tenant>_<name>)).
+    type: str
+    required: true
+  state:
+    description:
+      - V(running) and V(stopped) create the VM if needed and set its power state.
+      - V(absent) deletes the VM with its boot disk and cloud-init seed, and removes its
+        DHCP reservations. Extra disks are only detached.
+    type: str
+    choices: [running, stopped, absent]
+    default: running
+  vcpus:
+    description: Number of virtual CPUs.
+    type: int
+    default: 1
+  max_vcpus:
+    description:
+      - Most vCPUs the VM can get without a restart. Defaults to O(vcpus).
+    type: int
+  memory_mib:
+    description: Memory in MiB. Required unless O(state=absent).
+    type: int
+  max_memory_mib:
+    description:
+      - Most memory in MiB the VM can get without a restart. Defaults to O(memory_mib).
+    type: int
+  boot_disk:
+    description: The boot disk, a qcow2 overlay on a base image. Required unless O(state=absent).
+    type: dict
+    suboptions:
+      image:
+        description: Absolute path of the base image on the KVM host.
+        type: str
+        required: true
+      image_format:
+        description: Format of the base image.
+        type: str
+        choices: [qcow2, raw]
+        default: qcow2
+      size_gib:
+        description: Size of the boot disk in GiB. It can grow later, never shrink.
+        type: int
+        required: true
+      pool:
+        description: Storage pool for the overlay. Defaults to O(default_pool).
+        type: str
+  disks:
+    description:
+      - Names of the tenant's disks (see M(vce.kvm.disk)) attached to the VM, in order
+        (C(vdb), C(vdc), ...). Disks attached but not listed are detached.
+    type: list
+    elements: str
+    default: []
+  nics:
+    description: Network interfaces, in order.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      network:
+        description: Name of a network of the same tenant.
+        type: str
+        required: true
+      mac:
+        description:
+          - Unicast MAC address. When omitted, a stable MAC is derived from the tenant, the
+            VM name and the NIC's position.
+        type: str
+      ip:
+        description:
+          - Fixed IPv4 address, handed out by the network's DHCP server as a static lease.
+            When omitted, the NIC gets an address from the DHCP range.
+        type: str
+  cloud_init:
+    description:
+      - A cloud-init NoCloud seed (ISO 9660, label C(cidata)) attached as a CD-ROM. Changes
+        take effect at the next boot.
+    type: dict
+    suboptions:
+      hostname:
+        description: Host name of the guest. Defaults to O(name).
+        type: str
+      ssh_authorized_keys:
+        description: Public keys for the default user, one per item.
+        type: list
+        elements: str
+        default: []
+      user_data:
+        description:
+          - cloud-init user data (a C(#cloud-config) document or a script). With
+            O(cloud_init.ssh_authorized_keys), it must be a C(#cloud-config) document.
+        type: str
+  default_pool:
+    description: Storage pool used where a disk names none.
+    type: str
+    default: default
+  allow_restart:
+    description: Restart a running VM when a change needs it.
+    type: bool
+    default: false
+  shutdown_timeout:
+    description: Seconds to wait for an ACPI shutdown before the VM is powered off.
+    type: int
+    default: 60
+seealso:
+  - module: vce.kvm.environment
+  - module: vce.kvm.disk
+  - module: vce.kvm.network
+"""
+
+EXAMPLES = r"""
+- name: A web server on the tenant's network, started
+  vce.kvm.vm:
+    tenant: acme
+    name: web1
+    vcpus: 2
+    max_vcpus: 4
+    memory_mib: 2048
+    max_memory_mib: 4096
+    boot_disk:
+      image: /var/lib/libvirt/images/debian-12-genericcloud-amd64.qcow2
+      size_gib: 20
+    disks: [data1]
+    nics:
+      - network: lan
+        ip: 10.10.0.10
+    cloud_init:
+      ssh_authorized_keys:
+        - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample admin@acme
+    state: running
+
+- name: Grow memory; restart the VM if the new size exceeds its maximum
+  vce.kvm.vm:
+    tenant: acme
+    name: web1
+    memory_mib: 8192
+    max_memory_mib: 8192
+    boot_disk:
+      image: /var/lib/libvirt/images/debian-12-genericcloud-amd64.qcow2
+      size_gib: 20
+    allow_restart: true
+
+- name: Delete the VM
+  vce.kvm.vm:
+    tenant: acme
+    name: web1
+    state: absent
+"""
+
+RETURN = r"""
+plan:
+  description: The changes made, or in check mode to be made, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {kind: vm, name: web1, action: update, class: live, field: vcpus, before: 1, after: 2}
+pending_restart:
+  description: Changes written to the VM's definition that wait for its next restart.
+  returned: always
+  type: list
+  elements: str
+vm:
+  description: The VM as libvirt reports it after the run (empty after O(state=absent)).
+  returned: always
+  type: dict
+  sample:
+    libvirt_name: acme_web1
+    state: running
+    vcpus: 2
+    memory_mib: 2048
+    nics: [{mac: "52:54:00:1a:2b:3c", network: lan, ip: 10.10.0.10}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vce.kvm.plugins.module_utils.engine import run_vm
+from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+    connection_spec,
+    run_module,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            name={"type": "str", "required": True},
+            state={
+                "type": "str",
+                "default": "running",
+                "choices": ["running", "stopped", "absent"],
+            },
+            vcpus={"type": "int", "default": 1},
+            max_vcpus={"type": "int"},
+            memory_mib={"type": "int"},
+            max_memory_mib={"type": "int"},
+            boot_disk={
+                "type": "dict",
+                "options": {
+                    "image": {"type": "str", "required": True},
+                    "image_format": {
+                        "type": "str",
+                        "default": "qcow2",
+                        "choices": ["qcow2", "raw"],
+                    },
+                    "size_gib": {"type": "int", "required": True},
+                    "pool": {"type": "str"},
+                },
+            },
+            disks={"type": "list", "elements": "str", "default": []},
+            nics={
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "network": {"type": "str", "required": True},
+                    "mac": {"type": "str"},
+                    "ip": {"type": "str"},
+                },
+            },
+            cloud_init={
+                "type": "dict",
+                "options": {
+                    "hostname": {"type": "str"},
+                    "ssh_authorized_keys": {"type": "list", "elements": "str", "default": []},
+                    "user_data": {"type": "str"},
+                },
+            },
+            default_pool={"type": "str", "default": "default"},
+            allow_restart={"type": "bool", "default": False},
+            shutdown_timeout={"type": "int", "default": 60},
+        ),
+        required_if=[
+            ("state", "running", ("memory_mib", "boot_disk")),
+            ("state", "stopped", ("memory_mib", "boot_disk")),
+        ],
+        supports_check_mode=True,
+    )
+    run_module(module, run_vm)
+
+
+if __name__ == "__main__":
+    main()
