@@ -1,0 +1,113 @@
+"""Integration fixtures: a private libvirtd for the session, a storage pool, the tiny guest
+base image, and tenants whose objects are removed after each test whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tools.libvirtd import PrivateLibvirtd
+from tools.tinyguest import build_base_image
+
+POOL_NAME = "default"
+_tenant_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[PrivateLibvirtd]:
+    base = Path(tempfile.mkdtemp(prefix="vce-it-", dir="/tmp"))
+    daemon = PrivateLibvirtd(base)
+    daemon.start()
+    os.environ["VCE_CONSOLE_LOG_DIR"] = str(daemon.log_dir / "qemu")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def conn(libvirtd: PrivateLibvirtd) -> Iterator[libvirt.virConnect]:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    connection = libvirtd.connect()
+    yield connection
+    with contextlib.suppress(libvirt.libvirtError):
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def pool(libvirtd: PrivateLibvirtd, conn: libvirt.virConnect) -> str:
+    path = libvirtd.base_dir / "pool"
+    path.mkdir(exist_ok=True)
+    root = ET.Element("pool", {"type": "dir"})
+    ET.SubElement(root, "name").text = POOL_NAME
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = str(path)
+    storage = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+    storage.create(0)
+    return POOL_NAME
+
+
+@pytest.fixture(scope="session")
+def base_image() -> Path:
+    return build_base_image()
+
+
+@pytest.fixture
+def uri(libvirtd: PrivateLibvirtd, pool: str) -> str:
+    return libvirtd.uri
+
+
+def remove_tenant_objects(conn: libvirt.virConnect, tenant: str) -> None:
+    """Everything named with the tenant prefix goes: domains, networks, volumes."""
+    prefix = f"{tenant}_"
+    for dom in conn.listAllDomains(0):
+        if dom.name().startswith(prefix):
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    for net in conn.listAllNetworks(0):
+        if net.name().startswith(prefix):
+            with contextlib.suppress(libvirt.libvirtError):
+                if net.isActive():
+                    net.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                net.undefine()
+    for storage in conn.listAllStoragePools(0):
+        if not storage.isActive():
+            continue
+        storage.refresh(0)
+        for vol in storage.listAllVolumes(0):
+            if vol.name().startswith(prefix):
+                with contextlib.suppress(libvirt.libvirtError):
+                    vol.delete(0)
+
+
+@pytest.fixture
+def tenant(conn: libvirt.virConnect, pool: str) -> Iterator[str]:
+    name = f"t{os.getpid() % 10000}x{next(_tenant_numbers)}"
+    try:
+        yield name
+    finally:
+        remove_tenant_objects(conn, name)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25):  # noqa: ANN001, ANN201
+    """Poll `predicate` until it returns something truthy; bounded by `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

@@ -1,0 +1,61 @@
+"""XML is built with ElementTree: metacharacters in values stay data, never markup."""
+
+from __future__ import annotations
+
+import ipaddress
+import xml.etree.ElementTree as ET
+
+from plugins.module_utils.libvirt_xml import (
+    DiskDevice,
+    DomainDefinition,
+    NicDevice,
+    domain_xml,
+    network_xml,
+    parse_domain,
+    parse_network,
+)
+from plugins.module_utils.ownership import Owner, read_owner
+from plugins.module_utils.spec import NetworkSpec, StaticLease
+
+
+def test_domain_xml_round_trip_keeps_owner_and_escapes_values():
+    owner = Owner("acme", "vm", "web1", "abc", (("seed", "x'<&>\""),))
+    definition = DomainDefinition(
+        name="acme_web1",
+        domain_type="qemu",
+        owner=owner,
+        vcpus=1,
+        max_vcpus=4,
+        memory_mib=128,
+        max_memory_mib=512,
+        disks=[DiskDevice("vda", "/pool/a&b <c>.qcow2", "qcow2", serial="boot")],
+        nics=[NicDevice("52:54:00:00:00:01", "acme_lan")],
+    )
+    xml = domain_xml(definition)
+    assert "a&amp;b &lt;c&gt;" in xml
+    root = ET.fromstring(xml)
+    assert read_owner(root) == owner
+    state = parse_domain(xml, "shutoff", False)
+    assert (state.vcpus, state.max_vcpus, state.memory_mib, state.max_memory_mib) == (1, 4, 128, 512)
+    assert state.disks[0].path == "/pool/a&b <c>.qcow2"
+    assert state.nics == [NicDevice("52:54:00:00:00:01", "acme_lan")]
+
+
+def test_network_xml_round_trip():
+    spec = NetworkSpec(
+        "lan",
+        ipaddress.IPv4Network("10.1.0.0/24"),
+        ipaddress.IPv4Address("10.1.0.1"),
+        ipaddress.IPv4Address("10.1.0.100"),
+        ipaddress.IPv4Address("10.1.0.200"),
+        "isolated",
+        1400,
+    )
+    lease = StaticLease("52:54:00:00:00:02", ipaddress.IPv4Address("10.1.0.5"), "web")
+    xml = network_xml("acme_lan", spec, Owner("acme", "network", "lan", "h"), [lease])
+    state = parse_network(xml, True, True)
+    assert state.mode == "isolated"
+    assert str(state.cidr) == "10.1.0.0/24"
+    assert state.mtu == 1400
+    assert state.hosts == {lease.mac: lease}
+    assert state.owner.tenant == "acme"
