@@ -103,7 +103,16 @@ def tenant(conn: libvirt.virConnect, pool: str) -> Iterator[str]:
         remove_tenant_objects(conn, name)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25):  # noqa: ANN001, ANN201
+_subnets = itertools.count(1)
+
+
+@pytest.fixture
+def subnet() -> str:
+    """A /24 no other test of this session uses (10.213.N.0/24), given as '10.213.N'."""
+    return f"10.213.{next(_subnets)}"
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25):
     """Poll `predicate` until it returns something truthy; bounded by `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -19,7 +19,8 @@ def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update(
         {
             "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_STDOUT_CALLBACK": "json",
+            "ANSIBLE_STDOUT_CALLBACK": "vce_test_result",
+            "ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).with_name("callback")),
             "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
@@ -45,10 +46,19 @@ def run_module(
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=ansible_env(), cwd=ROOT, timeout=timeout
     )
-    try:
-        report = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"ansible printed no JSON:\n{proc.stdout}\n{proc.stderr}") from None
-    result = report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    results = task_results(proc.stdout)
+    if len(results) != 1:
+        raise AssertionError(f"expected one result:\n{proc.stdout}\n{proc.stderr}")
+    result = results[0]
+    result["failed"] = result["_status"] == "failed"
     result["_stderr"] = proc.stderr
     return result
+
+
+def task_results(stdout: str) -> list[dict[str, Any]]:
+    """The JSON lines the vce_test_result callback printed."""
+    results = []
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            results.append(json.loads(line))
+    return results

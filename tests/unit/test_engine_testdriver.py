@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from plugins.module_utils import engine, host
-from plugins.module_utils.errors import OwnershipError, SpecError
+from plugins.module_utils.errors import ApplyError, OwnershipError, SpecError, libvirt_action
 
 URI = "test:///default"
 
@@ -85,7 +85,7 @@ def test_domain_of_nobody_is_refused(fresh):
         "<domain type='test'><name>acme_web1</name><memory>131072</memory>"
         "<os><type>hvm</type></os></domain>"
     )
-    with pytest.raises(OwnershipError, match="not created by vce.kvm"):
+    with pytest.raises(OwnershipError, match=r"not created by vce\.kvm"):
         engine.run_environment(declaration(fresh), check_mode=True)
 
 
@@ -108,8 +108,6 @@ def test_overlap_with_existing_network_of_tenant_is_refused(fresh):
 
 
 def test_libvirt_errors_name_action_and_object(fresh):
-    from plugins.module_utils.errors import ApplyError, libvirt_action
-
-    with pytest.raises(ApplyError, match=r"^Failed to start domain acme_x: boom"):
-        with libvirt_action("start", "domain acme_x"):
-            raise libvirt.libvirtError("boom")
+    expected = pytest.raises(ApplyError, match=r"^Failed to start domain acme_x: boom")
+    with expected, libvirt_action("start", "domain acme_x"):
+        raise libvirt.libvirtError("boom")

@@ -59,9 +59,17 @@ def test_valid_environment_gets_defaults():
         (env(vms=[vm(memory_mib=0)]), "vms[0].memory_mib", "must be positive"),
         (env(vms=[vm(memory_mib=-5)]), "vms[0].memory_mib", "must be positive"),
         (env(vms=[vm(vcpus=0)]), "vms[0].vcpus", "must be positive"),
-        (env(disks=[{"name": "d", "size_gib": 0}], vms=[]), "disks[0].size_gib", "must be positive"),
+        (
+            env(disks=[{"name": "d", "size_gib": 0}], vms=[]),
+            "disks[0].size_gib",
+            "must be positive",
+        ),
         (env(disks=[{"name": "d", "size_gib": -1}], vms=[]), "disks[0].size_gib", "positive"),
-        (env(vms=[vm(boot_disk={"image": IMAGE, "size_gib": 0})]), "vms[0].boot_disk.size_gib", "positive"),
+        (
+            env(vms=[vm(boot_disk={"image": IMAGE, "size_gib": 0})]),
+            "vms[0].boot_disk.size_gib",
+            "positive",
+        ),
         (env(vms=[vm(vcpus=4, max_vcpus=2)]), "vms[0].max_vcpus", "below vcpus"),
         (env(vms=[vm(name="a<b>&c")]), "vms[0].name", "invalid name"),
         (env(vms=[vm(name="web 1")]), "vms[0].name", "invalid name"),
@@ -69,48 +77,111 @@ def test_valid_environment_gets_defaults():
         (env(vms=[vm(name="a/b")]), "vms[0].name", "invalid name"),
         (env(vms=[vm(name="it's")]), "vms[0].name", "invalid name"),
         (env(tenant="Ac me"), "tenant", "invalid name"),
-        (env(networks=[{"name": "n&1", "cidr": "10.0.0.0/24"}], vms=[]), "networks[0].name", "invalid"),
-        (env(disks=[{"name": "x", "size_gib": 1, "pool": "a/b"}], vms=[]), "disks[0].pool", "invalid storage pool"),
+        (
+            env(networks=[{"name": "n&1", "cidr": "10.0.0.0/24"}], vms=[]),
+            "networks[0].name",
+            "invalid",
+        ),
+        (
+            env(disks=[{"name": "x", "size_gib": 1, "pool": "a/b"}], vms=[]),
+            "disks[0].pool",
+            "invalid storage pool",
+        ),
         (env(vms=[vm(nics=[{"network": "nowhere"}])]), "vms[0].nics[0].network", "unknown network"),
         (env(vms=[vm(disks=["nothing"])]), "vms[0].disks[0]", "unknown disk"),
         (
-            env(networks=[{"name": "a", "cidr": "10.0.0.0/16"}, {"name": "b", "cidr": "10.0.5.0/24"}], vms=[]),
+            env(
+                networks=[
+                    {"name": "a", "cidr": "10.0.0.0/16"},
+                    {"name": "b", "cidr": "10.0.5.0/24"},
+                ],
+                vms=[],
+            ),
             "networks[1].cidr",
             "overlaps network 'a'",
         ),
-        (env(networks=[{"name": "a", "cidr": "10.0.0.1/24"}], vms=[]), "networks[0].cidr", "invalid IPv4 CIDR"),
+        (
+            env(networks=[{"name": "a", "cidr": "10.0.0.1/24"}], vms=[]),
+            "networks[0].cidr",
+            "invalid IPv4 CIDR",
+        ),
         (
             env(vms=[vm(nics=[{"network": "lan", "ip": "10.99.0.5"}])]),
             "vms[0].nics[0].ip",
             "outside the network's CIDR",
         ),
         (
-            env(networks=[{"name": "lan", "cidr": "10.10.0.0/24",
-                           "static_leases": [{"mac": "52:54:00:00:00:01", "ip": "10.11.0.4"}]}], vms=[]),
+            env(
+                networks=[
+                    {
+                        "name": "lan",
+                        "cidr": "10.10.0.0/24",
+                        "static_leases": [{"mac": "52:54:00:00:00:01", "ip": "10.11.0.4"}],
+                    }
+                ],
+                vms=[],
+            ),
             "networks[0].static_leases[0].ip",
             "outside the network's CIDR",
         ),
         (
-            env(vms=[vm(name="a", nics=[{"network": "lan", "mac": "52:54:00:00:00:01"}]),
-                     vm(name="b", nics=[{"network": "lan", "mac": "52:54:00:00:00:01"}])]),
+            env(
+                vms=[
+                    vm(name="a", nics=[{"network": "lan", "mac": "52:54:00:00:00:01"}]),
+                    vm(name="b", nics=[{"network": "lan", "mac": "52:54:00:00:00:01"}]),
+                ]
+            ),
             "vms[1].nics[0].mac",
             "already used",
         ),
         (
-            env(vms=[vm(name="a", nics=[{"network": "lan", "ip": "10.10.0.9"}]),
-                     vm(name="b", nics=[{"network": "lan", "ip": "10.10.0.9"}])]),
+            env(
+                vms=[
+                    vm(name="a", nics=[{"network": "lan", "ip": "10.10.0.9"}]),
+                    vm(name="b", nics=[{"network": "lan", "ip": "10.10.0.9"}]),
+                ]
+            ),
             "vms[1].nics[0].ip",
             "already used",
         ),
-        (env(vms=[vm(nics=[{"network": "lan", "mac": "zz:54:00:00:00:01"}])]), "vms[0].nics[0].mac", "invalid MAC"),
-        (env(vms=[vm(nics=[{"network": "lan", "mac": "01:00:5e:00:00:01"}])]), "vms[0].nics[0].mac", "multicast"),
-        (env(vms=[vm(nics=[{"network": "lan", "ip": "10.10.0.1"}])]), "vms[0].nics[0].ip", "gateway"),
-        (env(vms=[vm(boot_disk={"image": "relative.qcow2", "size_gib": 1})]), "vms[0].boot_disk.image", "absolute path"),
+        (
+            env(vms=[vm(nics=[{"network": "lan", "mac": "zz:54:00:00:00:01"}])]),
+            "vms[0].nics[0].mac",
+            "invalid MAC",
+        ),
+        (
+            env(vms=[vm(nics=[{"network": "lan", "mac": "01:00:5e:00:00:01"}])]),
+            "vms[0].nics[0].mac",
+            "multicast",
+        ),
+        (
+            env(vms=[vm(nics=[{"network": "lan", "ip": "10.10.0.1"}])]),
+            "vms[0].nics[0].ip",
+            "gateway",
+        ),
+        (
+            env(vms=[vm(boot_disk={"image": "relative.qcow2", "size_gib": 1})]),
+            "vms[0].boot_disk.image",
+            "absolute path",
+        ),
         (env(vms=[vm(state="paused")]), "vms[0].state", "must be one of"),
         (env(vms=[vm(colour="red")]), "vms[0].colour", "unknown option"),
         (env(vms=[vm(name="web1"), vm(name="web1")]), "vms[1].name", "declared twice"),
-        (env(networks=[{"name": "lan", "cidr": "10.10.0.0/24", "dhcp_start": "10.10.0.200",
-                        "dhcp_end": "10.10.0.100"}], vms=[]), "networks[0].dhcp_end", "comes before"),
+        (
+            env(
+                networks=[
+                    {
+                        "name": "lan",
+                        "cidr": "10.10.0.0/24",
+                        "dhcp_start": "10.10.0.200",
+                        "dhcp_end": "10.10.0.100",
+                    }
+                ],
+                vms=[],
+            ),
+            "networks[0].dhcp_end",
+            "comes before",
+        ),
     ],
 )
 def test_bad_input_names_field_and_reason(raw, field, reason):

@@ -36,7 +36,12 @@ def test_domain_xml_round_trip_keeps_owner_and_escapes_values():
     root = ET.fromstring(xml)
     assert read_owner(root) == owner
     state = parse_domain(xml, "shutoff", False)
-    assert (state.vcpus, state.max_vcpus, state.memory_mib, state.max_memory_mib) == (1, 4, 128, 512)
+    assert (state.vcpus, state.max_vcpus, state.memory_mib, state.max_memory_mib) == (
+        1,
+        4,
+        128,
+        512,
+    )
     assert state.disks[0].path == "/pool/a&b <c>.qcow2"
     assert state.nics == [NicDevice("52:54:00:00:00:01", "acme_lan")]
 
