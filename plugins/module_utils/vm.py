@@ -46,6 +46,19 @@ UNDEFINE_FLAGS = (
 )
 
 
+def send_all(stream: Any, payload: bytes, chunk: int = 256 * 1024) -> None:
+    """virStream.send may take fewer bytes than offered: keep sending until all are taken."""
+    view = memoryview(payload)
+    sent = 0
+    while sent < len(payload):
+        taken = stream.send(bytes(view[sent : sent + chunk]))
+        if taken <= 0:
+            stream.abort()
+            raise OSError(f"the upload stream stopped after {sent} of {len(payload)} bytes")
+        sent += taken
+    stream.finish()
+
+
 def boot_volume_name(tenant: str, vm: str) -> str:
     return f"{object_name(tenant, vm)}.boot.qcow2"
 
@@ -740,8 +753,7 @@ class VmEngine:
             vol = pool.createXML(raw_volume_xml(name, len(payload)), 0)
             stream = self.host.conn.newStream(0)
             vol.upload(stream, 0, len(payload), 0)
-            stream.send(payload)
-            stream.finish()
+            send_all(stream, payload)
 
     def rewrite_seed(self, r: Resolved, has_device: bool) -> None:
         if r.seed:

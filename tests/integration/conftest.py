@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -60,6 +61,14 @@ def pool(libvirtd: PrivateLibvirtd, conn: libvirt.virConnect) -> str:
 @pytest.fixture(scope="session")
 def base_image() -> Path:
     return build_base_image()
+
+
+@pytest.fixture(scope="session")
+def blank_image(libvirtd: PrivateLibvirtd) -> str:
+    """A small empty qcow2 base: VMs on it start (firmware only), which is all most tests need."""
+    path = libvirtd.base_dir / "blank-base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    return str(path)
 
 
 @pytest.fixture
