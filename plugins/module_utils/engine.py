@@ -20,7 +20,7 @@ from .libvirt_xml import DiskDevice, disk_device_xml, free_disk_target
 from .network import NetworkEngine
 from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
-from .spec import NetworkSpec, check_name, parse_disk, parse_environment, parse_network, parse_vm
+from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
 from .vm import Context, VmEngine
 
 
@@ -93,17 +93,9 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     else:
         fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu")
         raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
-        spec = parse_network_top(raw)
+        spec = parse_network(raw, "")
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
     return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "networks", params)
-
-
-def parse_network_top(raw: dict[str, Any]) -> NetworkSpec:
-    """Parse a single network's options with field names as the module shows them."""
-    try:
-        return parse_network(raw, "network")
-    except SpecError as error:
-        raise SpecError(error.field.removeprefix("network."), error.reason) from None
 
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -121,11 +113,8 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
         for k in ("name", "size_gib", "pool", "format", "backing_image")
         if params.get(k) is not None
     }
-    spec = parse_disk(raw, "disk", params.get("pool") or "default")
-    try:
-        plan = engine.plan_present(spec, inventory)
-    except SpecError as error:
-        raise SpecError(error.field.removeprefix("disk."), error.reason) from None
+    spec = parse_disk(raw, "", params.get("pool") or "default")
+    plan = engine.plan_present(spec, inventory)
     if state == "attached":
         vm = check_name(params.get("attach_to"), "attach_to")
         plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
@@ -219,10 +208,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     else:
         raw = {k: params.get(k) for k in VM_FIELDS if params.get(k) is not None}
         raw["state"] = state
-        try:
-            spec = parse_vm(raw, "vm", tenant, params.get("default_pool") or "default")
-        except SpecError as error:
-            raise SpecError(error.field.removeprefix("vm."), error.reason) from None
+        spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)
     return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "vms", params)

@@ -32,6 +32,11 @@ MAX_MEMORY_MIB = 1024 * 1024
 MAX_DISK_GIB = 64 * 1024
 
 
+def at(path: str, name: str) -> str:
+    """The field path of `name` inside `path`; top-level fields have no prefix."""
+    return f"{path}.{name}" if path else name
+
+
 def check_name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(path, "a name is required")
@@ -105,7 +110,7 @@ def check_pool(value: Any, path: str) -> str:
 def reject_unknown(raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise SpecError(f"{path}.{unknown[0]}" if path else unknown[0], "unknown option")
+        raise SpecError(at(path, unknown[0]), "unknown option")
 
 
 def optional(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -215,12 +220,12 @@ def default_mac(tenant: str, vm: str, index: int) -> str:
 def parse_lease(raw: Any, path: str, cidr: ipaddress.IPv4Network) -> StaticLease:
     raw = as_mapping(raw, path)
     reject_unknown(raw, {"mac", "ip", "hostname"}, path)
-    mac = check_mac(raw.get("mac"), f"{path}.mac")
-    ip = check_ipv4(raw.get("ip"), f"{path}.ip")
-    check_host_address(ip, cidr, f"{path}.ip")
+    mac = check_mac(raw.get("mac"), at(path, "mac"))
+    ip = check_ipv4(raw.get("ip"), at(path, "ip"))
+    check_host_address(ip, cidr, at(path, "ip"))
     hostname = raw.get("hostname")
     if hostname is not None:
-        check_name(hostname, f"{path}.hostname")
+        check_name(hostname, at(path, "hostname"))
     return StaticLease(mac=mac, ip=ip, hostname=hostname)
 
 
@@ -235,33 +240,37 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
     raw = as_mapping(raw, path)
     allowed = {"name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "static_leases"}
     reject_unknown(raw, allowed, path)
-    name = check_name(raw.get("name"), f"{path}.name")
+    name = check_name(raw.get("name"), at(path, "name"))
     try:
         cidr = ipaddress.IPv4Network(str(raw.get("cidr")), strict=True)
     except ValueError as error:
-        raise SpecError(f"{path}.cidr", f"invalid IPv4 CIDR {raw.get('cidr')!r}: {error}") from None
+        raise SpecError(
+            at(path, "cidr"), f"invalid IPv4 CIDR {raw.get('cidr')!r}: {error}"
+        ) from None
     if cidr.prefixlen > 29:
-        raise SpecError(f"{path}.cidr", f"{cidr} is too small: use a prefix of /29 or larger")
+        raise SpecError(at(path, "cidr"), f"{cidr} is too small: use a prefix of /29 or larger")
     hosts = cidr.num_addresses - 2
     first = cidr.network_address + 1
-    gateway = check_ipv4(optional(raw, "gateway", first), f"{path}.gateway")
-    check_host_address(gateway, cidr, f"{path}.gateway")
+    gateway = check_ipv4(optional(raw, "gateway", first), at(path, "gateway"))
+    check_host_address(gateway, cidr, at(path, "gateway"))
     default_start = cidr.network_address + max(2, hosts // 2)
-    dhcp_start = check_ipv4(optional(raw, "dhcp_start", default_start), f"{path}.dhcp_start")
-    dhcp_end = check_ipv4(optional(raw, "dhcp_end", cidr.broadcast_address - 1), f"{path}.dhcp_end")
-    check_host_address(dhcp_start, cidr, f"{path}.dhcp_start")
-    check_host_address(dhcp_end, cidr, f"{path}.dhcp_end")
+    dhcp_start = check_ipv4(optional(raw, "dhcp_start", default_start), at(path, "dhcp_start"))
+    dhcp_end = check_ipv4(
+        optional(raw, "dhcp_end", cidr.broadcast_address - 1), at(path, "dhcp_end")
+    )
+    check_host_address(dhcp_start, cidr, at(path, "dhcp_start"))
+    check_host_address(dhcp_end, cidr, at(path, "dhcp_end"))
     if dhcp_end < dhcp_start:
-        raise SpecError(f"{path}.dhcp_end", f"{dhcp_end} comes before dhcp_start {dhcp_start}")
+        raise SpecError(at(path, "dhcp_end"), f"{dhcp_end} comes before dhcp_start {dhcp_start}")
     if dhcp_start <= gateway <= dhcp_end:
-        raise SpecError(f"{path}.gateway", f"{gateway} lies inside the DHCP range")
-    mode = check_choice(optional(raw, "mode", "nat"), f"{path}.mode", NETWORK_MODES)
+        raise SpecError(at(path, "gateway"), f"{gateway} lies inside the DHCP range")
+    mode = check_choice(optional(raw, "mode", "nat"), at(path, "mode"), NETWORK_MODES)
     mtu = raw.get("mtu")
     if mtu is not None:
-        mtu = check_int(mtu, f"{path}.mtu", 576, 9000)
+        mtu = check_int(mtu, at(path, "mtu"), 576, 9000)
     leases = tuple(
-        parse_lease(item, f"{path}.static_leases[{i}]", cidr)
-        for i, item in enumerate(as_list(raw.get("static_leases"), f"{path}.static_leases"))
+        parse_lease(item, at(path, f"static_leases[{i}]"), cidr)
+        for i, item in enumerate(as_list(raw.get("static_leases"), at(path, "static_leases")))
     )
     return NetworkSpec(name, cidr, gateway, dhcp_start, dhcp_end, mode, mtu, leases)
 
@@ -269,53 +278,57 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
 def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, {"name", "size_gib", "pool", "format", "backing_image", "attach_to"}, path)
-    name = check_name(raw.get("name"), f"{path}.name")
-    size = check_int(raw.get("size_gib"), f"{path}.size_gib", 1, MAX_DISK_GIB, "GiB")
-    pool = check_pool(optional(raw, "pool", default_pool), f"{path}.pool")
-    fmt = check_choice(optional(raw, "format", "qcow2"), f"{path}.format", DISK_FORMATS)
+    name = check_name(raw.get("name"), at(path, "name"))
+    size = check_int(raw.get("size_gib"), at(path, "size_gib"), 1, MAX_DISK_GIB, "GiB")
+    pool = check_pool(optional(raw, "pool", default_pool), at(path, "pool"))
+    fmt = check_choice(optional(raw, "format", "qcow2"), at(path, "format"), DISK_FORMATS)
     backing = raw.get("backing_image")
     if backing is not None:
-        backing = check_absolute_path(backing, f"{path}.backing_image")
+        backing = check_absolute_path(backing, at(path, "backing_image"))
         if fmt != "qcow2":
-            raise SpecError(f"{path}.backing_image", "a backing image needs format qcow2")
+            raise SpecError(at(path, "backing_image"), "a backing image needs format qcow2")
     return DiskSpec(name, size, pool, fmt, backing)
 
 
 def parse_boot_disk(raw: Any, path: str, default_pool: str) -> BootDiskSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, {"image", "size_gib", "pool", "image_format"}, path)
-    image = check_absolute_path(raw.get("image"), f"{path}.image")
-    size = check_int(raw.get("size_gib"), f"{path}.size_gib", 1, MAX_DISK_GIB, "GiB")
-    pool = check_pool(optional(raw, "pool", default_pool), f"{path}.pool")
-    fmt = check_choice(optional(raw, "image_format", "qcow2"), f"{path}.image_format", DISK_FORMATS)
+    image = check_absolute_path(raw.get("image"), at(path, "image"))
+    size = check_int(raw.get("size_gib"), at(path, "size_gib"), 1, MAX_DISK_GIB, "GiB")
+    pool = check_pool(optional(raw, "pool", default_pool), at(path, "pool"))
+    fmt = check_choice(
+        optional(raw, "image_format", "qcow2"), at(path, "image_format"), DISK_FORMATS
+    )
     return BootDiskSpec(image, size, pool, fmt)
 
 
 def parse_cloud_init(raw: Any, path: str, vm_name: str) -> CloudInitSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, {"hostname", "ssh_authorized_keys", "user_data"}, path)
-    hostname = check_name(optional(raw, "hostname", vm_name), f"{path}.hostname")
+    hostname = check_name(optional(raw, "hostname", vm_name), at(path, "hostname"))
     keys = []
-    for i, key in enumerate(as_list(raw.get("ssh_authorized_keys"), f"{path}.ssh_authorized_keys")):
+    for i, key in enumerate(
+        as_list(raw.get("ssh_authorized_keys"), at(path, "ssh_authorized_keys"))
+    ):
         if not isinstance(key, str) or not key.strip() or "\n" in key.strip():
             raise SpecError(
-                f"{path}.ssh_authorized_keys[{i}]", "must be one public key on one line"
+                at(path, f"ssh_authorized_keys[{i}]"), "must be one public key on one line"
             )
         keys.append(key.strip())
     user_data = raw.get("user_data")
     if user_data is not None and not isinstance(user_data, str):
-        raise SpecError(f"{path}.user_data", "must be a string (cloud-config YAML or a script)")
+        raise SpecError(at(path, "user_data"), "must be a string (cloud-config YAML or a script)")
     return CloudInitSpec(hostname, tuple(keys), user_data)
 
 
 def parse_nic(raw: Any, path: str, tenant: str, vm: str, index: int) -> NicSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, {"network", "mac", "ip"}, path)
-    network = check_name(raw.get("network"), f"{path}.network")
+    network = check_name(raw.get("network"), at(path, "network"))
     mac = raw.get("mac")
-    mac = check_mac(mac, f"{path}.mac") if mac is not None else default_mac(tenant, vm, index)
+    mac = check_mac(mac, at(path, "mac")) if mac is not None else default_mac(tenant, vm, index)
     ip = raw.get("ip")
-    return NicSpec(network, mac, check_ipv4(ip, f"{path}.ip") if ip is not None else None)
+    return NicSpec(network, mac, check_ipv4(ip, at(path, "ip")) if ip is not None else None)
 
 
 VM_OPTIONS = {
@@ -335,42 +348,42 @@ VM_OPTIONS = {
 def parse_vm(raw: Any, path: str, tenant: str, default_pool: str) -> VmSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, VM_OPTIONS, path)
-    name = check_name(raw.get("name"), f"{path}.name")
-    vcpus = check_int(raw.get("vcpus", 1), f"{path}.vcpus", 1, MAX_VCPUS)
-    max_vcpus = check_int(optional(raw, "max_vcpus", vcpus), f"{path}.max_vcpus", 1, MAX_VCPUS)
+    name = check_name(raw.get("name"), at(path, "name"))
+    vcpus = check_int(raw.get("vcpus", 1), at(path, "vcpus"), 1, MAX_VCPUS)
+    max_vcpus = check_int(optional(raw, "max_vcpus", vcpus), at(path, "max_vcpus"), 1, MAX_VCPUS)
     if max_vcpus < vcpus:
-        raise SpecError(f"{path}.max_vcpus", f"{max_vcpus} is below vcpus {vcpus}")
+        raise SpecError(at(path, "max_vcpus"), f"{max_vcpus} is below vcpus {vcpus}")
     memory = check_int(
-        raw.get("memory_mib"), f"{path}.memory_mib", MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB"
+        raw.get("memory_mib"), at(path, "memory_mib"), MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB"
     )
     max_memory = check_int(
         optional(raw, "max_memory_mib", memory),
-        f"{path}.max_memory_mib",
+        at(path, "max_memory_mib"),
         MIN_MEMORY_MIB,
         MAX_MEMORY_MIB,
         "MiB",
     )
     if max_memory < memory:
-        raise SpecError(f"{path}.max_memory_mib", f"{max_memory} is below memory_mib {memory}")
+        raise SpecError(at(path, "max_memory_mib"), f"{max_memory} is below memory_mib {memory}")
     if raw.get("boot_disk") is None:
-        raise SpecError(f"{path}.boot_disk", "a boot disk (image and size_gib) is required")
-    boot = parse_boot_disk(raw["boot_disk"], f"{path}.boot_disk", default_pool)
+        raise SpecError(at(path, "boot_disk"), "a boot disk (image and size_gib) is required")
+    boot = parse_boot_disk(raw["boot_disk"], at(path, "boot_disk"), default_pool)
     disks = tuple(
-        check_name(item, f"{path}.disks[{i}]")
-        for i, item in enumerate(as_list(raw.get("disks"), f"{path}.disks"))
+        check_name(item, at(path, f"disks[{i}]"))
+        for i, item in enumerate(as_list(raw.get("disks"), at(path, "disks")))
     )
     if len(set(disks)) != len(disks):
-        raise SpecError(f"{path}.disks", "lists a disk twice")
+        raise SpecError(at(path, "disks"), "lists a disk twice")
     if len(disks) > 20:
-        raise SpecError(f"{path}.disks", "at most 20 extra disks per VM")
+        raise SpecError(at(path, "disks"), "at most 20 extra disks per VM")
     nics = tuple(
-        parse_nic(item, f"{path}.nics[{i}]", tenant, name, i)
-        for i, item in enumerate(as_list(raw.get("nics"), f"{path}.nics"))
+        parse_nic(item, at(path, f"nics[{i}]"), tenant, name, i)
+        for i, item in enumerate(as_list(raw.get("nics"), at(path, "nics")))
     )
     cloud_init = raw.get("cloud_init")
     if cloud_init is not None:
-        cloud_init = parse_cloud_init(cloud_init, f"{path}.cloud_init", name)
-    state = check_choice(optional(raw, "state", "running"), f"{path}.state", VM_STATES)
+        cloud_init = parse_cloud_init(cloud_init, at(path, "cloud_init"), name)
+    state = check_choice(optional(raw, "state", "running"), at(path, "state"), VM_STATES)
     return VmSpec(name, vcpus, max_vcpus, memory, max_memory, boot, disks, nics, cloud_init, state)
 
 
