@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The two set-up commands of the README, for a fresh Debian 12 machine where you are root:
+#   scripts/lab.sh demo   install everything, prepare this machine as the lab KVM host and
+#                         apply the demo tenant (a network, two VMs with disks, started)
+#   scripts/lab.sh test   install everything and run the whole test suite (what CI runs)
+# Both start libvirtd/virtlogd themselves when none is running (no systemd needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+  qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping
+  python3 python3-venv python3-dev gcc pkg-config
+  syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
+)
+VENV=.venv
+
+install_debian_packages() {
+  local missing=()
+  for package in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "lab: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+install_python() {
+  # Rebuild the virtualenv's packages only when the project's requirements change.
+  local stamp="$VENV/.vce-installed"
+  local wanted
+  wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "lab: installing the project and its Python dependencies into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q ".[test]"
+    echo "$wanted" > "$stamp"
+  fi
+}
+
+install_all() {
+  install_debian_packages
+  install_python
+}
+
+demo() {
+  install_all
+  "$VENV/bin/python" -m tools.labhost
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/demo.yml
+}
+
+run_tests() {
+  install_all
+  local py="$VENV/bin/python"
+  echo "lab: ruff"
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  echo "lab: ansible-doc renders every module"
+  for module in plugins/modules/*.py; do
+    name=$(basename "$module" .py)
+    [ "$name" = "__init__" ] && continue
+    "$VENV/bin/ansible-doc" "vce.kvm.$name" > /dev/null
+  done
+  echo "lab: playbook syntax"
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/demo.yml > /dev/null
+  echo "lab: pytest (unit, integration against a private libvirtd, guest boot)"
+  PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider tests
+}
+
+case "${1:-}" in
+  demo) demo ;;
+  test) run_tests ;;
+  install) install_all ;;
+  *)
+    echo "usage: $0 demo|test|install" >&2
+    exit 2
+    ;;
+esac
