@@ -38,6 +38,7 @@ from .spec import DiskSpec, NetworkSpec, StaticLease, VmSpec, check_host_address
 KIND = "vm"
 SEED_TARGET = "hdc"
 POLL_SECONDS = 0.2
+SHUTDOWN_RETRY_SECONDS = 2.0
 UNDEFINE_FLAGS = (
     "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
     "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
@@ -839,15 +840,19 @@ class VmEngine:
             dom.resume()
 
     def stop(self, libvirt_name: str) -> None:
-        """ACPI shutdown, waiting at most shutdown_timeout; then power off."""
+        """ACPI shutdown, waiting at most shutdown_timeout; then power off.
+
+        A guest that is still booting may drop the request, so it is repeated while waiting.
+        """
         dom = self.lookup(libvirt_name)
         with libvirt_action("stop", f"domain {libvirt_name}"):
-            if not dom.isActive():
-                return
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.shutdown()
             deadline = time.monotonic() + self.shutdown_timeout
+            next_request = 0.0
             while dom.isActive() and time.monotonic() < deadline:
+                if time.monotonic() >= next_request:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.shutdown()
+                    next_request = time.monotonic() + SHUTDOWN_RETRY_SECONDS
                 time.sleep(POLL_SECONDS)
             if dom.isActive():
                 dom.destroy()
