@@ -8,7 +8,7 @@ import contextlib
 import ipaddress
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .cloudinit import seed_digest, seed_image
@@ -45,6 +45,11 @@ UNDEFINE_FLAGS = (
     "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA",
     "VIR_DOMAIN_UNDEFINE_NVRAM",
 )
+
+
+def vm_hash(spec: VmSpec) -> str:
+    """The configuration's digest; power state is operation, not configuration."""
+    return spec_hash(replace(spec, state=""))
 
 
 def send_all(stream: Any, payload: bytes, chunk: int = 256 * 1024) -> None:
@@ -315,7 +320,7 @@ class VmEngine:
         if (
             plan.changes
             or domain.owner is None
-            or domain.owner.spec_hash != spec_hash(spec)
+            or domain.owner.spec_hash != vm_hash(spec)
             or domain.owner.get("seed") != r.seed
         ):
             owner = self.owner(spec, r.seed)
@@ -694,7 +699,7 @@ class VmEngine:
     # apply -----------------------------------------------------------------------------------
 
     def owner(self, spec: VmSpec, seed: str) -> Owner:
-        return Owner(self.tenant, KIND, spec.name, spec_hash(spec), (("seed", seed),))
+        return Owner(self.tenant, KIND, spec.name, vm_hash(spec), (("seed", seed),))
 
     def definition(self, r: Resolved) -> DomainDefinition:
         spec = r.spec
