@@ -264,13 +264,14 @@ def ensure_system_daemons(timeout: float = START_TIMEOUT) -> None:
 
     Idempotent. When the daemon already answers this costs one connection attempt.
     """
+    # Packaged set-ups make these; without them virtlogd cannot open guests' console logs.
+    for directory in (SYSTEM_LOG_DIR / "qemu", SYSTEM_RUN_DIR):
+        directory.mkdir(parents=True, exist_ok=True)
     # Only try a connection when the socket is there: a failing open prints an error.
     if SYSTEM_SOCKET.exists() and _can_open(SYSTEM_URI):
         return
     _ensure_qemu_account()
     _ensure_qemu_runs_as_root()
-    for directory in (SYSTEM_LOG_DIR, SYSTEM_RUN_DIR):
-        directory.mkdir(parents=True, exist_ok=True)
     if not _system_virtlogd_running():
         _run(["virtlogd", "-d"])
     if not _system_libvirtd_running():

@@ -40,7 +40,7 @@ def tenant_facts(
     networks: dict[str, Any] = {}
     reserved: dict[str, tuple[str, str]] = {}
     by_libvirt_name: dict[str, str] = {}
-    for state in inventory.networks.values():
+    for _, state in sorted(inventory.networks.items()):
         if state.owner is None or state.owner.tenant != tenant:
             continue
         by_libvirt_name[state.name] = state.owner.name
@@ -64,7 +64,7 @@ def tenant_facts(
     dynamic = dynamic_leases(host, inventory)
     vms: dict[str, Any] = {}
     attached: dict[str, str] = {}
-    for domain in inventory.domains.values():
+    for _, domain in sorted(inventory.domains.items()):
         if domain.owner is None or domain.owner.tenant != tenant:
             continue
         for disk in domain.disks:

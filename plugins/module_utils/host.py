@@ -65,14 +65,14 @@ def local_domain_type() -> str:
     return "qemu"
 
 
-def domain_type(conn: object, uri: str) -> str:
+def domain_type(conn: object, uri: str, is_local: bool) -> str:
     """The domain type to define: 'kvm' where the host has hardware virtualisation."""
     forced = os.environ.get("VCE_DOMAIN_TYPE")
     if forced in ("kvm", "qemu"):
         return forced
     if uri.startswith("test:"):
         return "test"
-    if conn.getHostname() == os.uname().nodename or "+ssh" not in uri:
+    if is_local:
         return local_domain_type()
     caps = conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
     return "kvm" if "<domain>kvm</domain>" in caps else "qemu"
@@ -97,7 +97,7 @@ class Host:
         self.conn = connect(uri)
         self._domain_type: str | None = None
         # Host-side paths can be checked from here only when the daemon runs on this machine.
-        self.is_local = "+ssh" not in uri and "://" in uri and uri.split("://", 1)[1][:1] in "/?"
+        self.is_local = "+" not in uri.split(":", 1)[0] and uri.split("://", 1)[-1][:1] in "/?"
         # libvirt's test driver keeps no separate persistent network definition.
         self.network_config_flag = (
             0 if uri.startswith("test:") else libvirt.VIR_NETWORK_XML_INACTIVE
@@ -107,7 +107,7 @@ class Host:
     @property
     def domain_type(self) -> str:
         if self._domain_type is None:
-            self._domain_type = domain_type(self.conn, self.uri)
+            self._domain_type = domain_type(self.conn, self.uri, self.is_local)
         return self._domain_type
 
     def inventory(self, tenant: str) -> TenantInventory:
