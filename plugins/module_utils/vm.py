@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -104,6 +105,54 @@ def domain_summary(domain: DomainState) -> dict[str, Any]:
         "nics": [{"network": n.network, "mac": n.mac} for n in domain.nics],
         "state": domain.state,
     }
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """vCPUs or memory: a current value that may change live up to a maximum fixed at boot."""
+
+    field: str
+    max_field: str
+    wanted: int
+    wanted_max: int
+    config: int
+    config_max: int
+    live: int | None  # None when stopped, or when the live value is not compared
+    live_max: int | None  # None when stopped
+    set_max: Callable[[], None]
+    set_current: Callable[[bool], None]  # argument: also change the running VM
+
+
+def plan_dimension(plan: Plan, name: str, d: Dimension, restart_needed: list[str]) -> None:
+    """Within the running maximum a change is live; beyond it, it waits for a restart."""
+    running = d.live_max is not None
+    if d.config_max != d.wanted_max:
+        cls = ChangeClass.RESTART if running else ChangeClass.LIVE
+        plan.add(
+            Change(KIND, name, "update", cls, d.max_field, d.config_max, d.wanted_max, d.set_max)
+        )
+    if running and d.live_max != d.wanted_max:
+        restart_needed.append(d.max_field)
+    fits_live = running and d.wanted <= d.live_max
+    live_differs = d.live is not None and d.live != d.wanted
+    if d.config != d.wanted or (live_differs and fits_live):
+        cls = ChangeClass.RESTART if running and not fits_live else ChangeClass.LIVE
+        before = d.live if live_differs and fits_live else d.config
+        plan.add(
+            Change(
+                KIND,
+                name,
+                "update",
+                cls,
+                d.field,
+                before,
+                d.wanted,
+                lambda: d.set_current(fits_live),
+            )
+        )
+    effective = d.live if d.live is not None else d.config
+    if running and not fits_live and effective != d.wanted:
+        restart_needed.append(d.field)
 
 
 @dataclass
@@ -360,87 +409,34 @@ class VmEngine:
         running: bool,
         restart_needed: list[str],
     ) -> None:
-        name, libvirt_name = spec.name, object_name(self.tenant, spec.name)
-        if domain.max_vcpus != spec.max_vcpus:
-            cls = ChangeClass.RESTART if running else ChangeClass.LIVE
-            if running:
-                restart_needed.append("max_vcpus")
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "update",
-                    cls,
-                    "max_vcpus",
-                    domain.max_vcpus,
-                    spec.max_vcpus,
-                    lambda: self.set_max_vcpus(libvirt_name, spec.max_vcpus, spec.vcpus),
-                )
-            )
-        live_max = domain.live_max_vcpus if running else None
-        live_ok = running and live_max is not None and spec.vcpus <= live_max
-        live_differs = running and domain.live_vcpus != spec.vcpus
-        if domain.vcpus != spec.vcpus or (live_differs and live_ok):
-            live = live_ok and live_differs
-            if running and not live_ok and domain.live_vcpus != spec.vcpus:
-                restart_needed.append("vcpus")
-            before = domain.live_vcpus if live else domain.vcpus
-            cls = (
-                ChangeClass.LIVE
-                if (live or not running or not live_differs)
-                else ChangeClass.RESTART
-            )
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "update",
-                    cls,
-                    "vcpus",
-                    before,
-                    spec.vcpus,
-                    lambda: self.set_vcpus(libvirt_name, spec.vcpus, live),
-                )
-            )
-        elif running and live_differs:
-            restart_needed.append("vcpus")
-        if domain.max_memory_mib != spec.max_memory_mib:
-            cls = ChangeClass.RESTART if running else ChangeClass.LIVE
-            if running:
-                restart_needed.append("max_memory_mib")
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "update",
-                    cls,
-                    "max_memory_mib",
-                    domain.max_memory_mib,
-                    spec.max_memory_mib,
-                    lambda: self.set_max_memory(libvirt_name, spec.max_memory_mib, spec.memory_mib),
-                )
-            )
-        if domain.memory_mib != spec.memory_mib:
-            live = running and spec.memory_mib <= (domain.live_max_memory_mib or 0)
-            cls = ChangeClass.LIVE if (live or not running) else ChangeClass.RESTART
-            if running and not live:
-                restart_needed.append("memory_mib")
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "update",
-                    cls,
-                    "memory_mib",
-                    domain.memory_mib,
-                    spec.memory_mib,
-                    lambda: self.set_memory(libvirt_name, spec.memory_mib, live),
-                )
-            )
-        elif running and domain.live_max_memory_mib not in (None, spec.max_memory_mib):
-            restart_needed.append("max_memory_mib")
-        elif running and domain.live_max_vcpus not in (None, spec.max_vcpus):
-            restart_needed.append("max_vcpus")
+        libvirt_name = object_name(self.tenant, spec.name)
+        vcpus = Dimension(
+            "vcpus",
+            "max_vcpus",
+            spec.vcpus,
+            spec.max_vcpus,
+            domain.vcpus,
+            domain.max_vcpus,
+            domain.live_vcpus if running else None,
+            domain.live_max_vcpus if running else None,
+            lambda: self.set_max_vcpus(libvirt_name, spec.max_vcpus, spec.vcpus),
+            lambda live: self.set_vcpus(libvirt_name, spec.vcpus, live),
+        )
+        # The balloon's current size is the guest's business: only the definition is compared.
+        memory = Dimension(
+            "memory_mib",
+            "max_memory_mib",
+            spec.memory_mib,
+            spec.max_memory_mib,
+            domain.memory_mib,
+            domain.max_memory_mib,
+            None,
+            domain.live_max_memory_mib if running else None,
+            lambda: self.set_max_memory(libvirt_name, spec.max_memory_mib, spec.memory_mib),
+            lambda live: self.set_memory(libvirt_name, spec.memory_mib, live),
+        )
+        for dimension in (vcpus, memory):
+            plan_dimension(plan, spec.name, dimension, restart_needed)
 
     def plan_boot_disk(
         self, plan: Plan, r: Resolved, inventory: TenantInventory, domain: DomainState, ctx: Context
