@@ -53,16 +53,37 @@ def options_from(params: dict[str, Any]) -> Options:
     )
 
 
-def finish(host: Host, tenant: str, plan: Plan, check_mode: bool) -> Result:
+def conclude(
+    plan: Plan,
+    check_mode: bool,
+    host: Host,
+    inventory: TenantInventory,
+    section: str | None = None,
+    name: str | None = None,
+) -> Result:
+    """Apply unless checking, then report the plan and the facts of the object(s) concerned.
+
+    `section` names one object's facts (e.g. "vms" with `name`); without it, the whole
+    tenant's facts are returned, except in check mode.
+    """
     if not check_mode:
         plan.apply()
-    return Result(
+    result = Result(
         changed=plan.changed,
         plan=plan.to_list(),
         diff=plan.diff(),
         warnings=plan.warnings,
         pending_restart=plan.pending_restart,
     )
+    if section is None and check_mode:
+        return result
+    # What was read before the run still holds when nothing changed.
+    facts = tenant_facts(host, inventory.tenant, None if plan.changed else inventory)
+    if section is None:
+        result.facts = {"environment": facts}
+    else:
+        result.facts = {section[:-1]: facts[section].get(name) or {}}
+    return result
 
 
 def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -72,15 +93,15 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         tenant = check_name(params.get("tenant"), "tenant")
         host = Host(params.get("uri") or DEFAULT_URI)
         engine = EnvironmentEngine(host, tenant, options_from(params))
-        plan = engine.plan_absent(engine.observe())
+        inventory = engine.observe()
+        plan = engine.plan_absent(inventory)
     else:
         spec = parse_environment(params, default_pool)
         host = Host(params.get("uri") or DEFAULT_URI)
         engine = EnvironmentEngine(host, spec.tenant, options_from(params))
-        plan = engine.plan_present(spec, engine.observe())
-    result = finish(host, engine.tenant, plan, check_mode)
-    result.facts = {"environment": tenant_facts(host, engine.tenant)} if not check_mode else {}
-    return result
+        inventory = engine.observe()
+        plan = engine.plan_present(spec, inventory)
+    return conclude(plan, check_mode, host, inventory)
 
 
 def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -95,7 +116,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
         raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
         spec = parse_network(raw, "")
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
-    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "networks", params)
+    return conclude(plan, check_mode, host, inventory, "networks", params.get("name"))
 
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -107,7 +128,7 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     name = check_name(params.get("name"), "name")
     if state == "absent":
         plan = engine.plan_absent(name, inventory)
-        return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "disks", params)
+        return conclude(plan, check_mode, host, inventory, "disks", params.get("name"))
     raw = {
         k: params.get(k)
         for k in ("name", "size_gib", "pool", "format", "backing_image")
@@ -120,7 +141,7 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
         plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
     elif state == "detached":
         plan.extend(plan_detach(host, tenant, spec.name, inventory))
-    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "disks", params)
+    return conclude(plan, check_mode, host, inventory, "disks", params.get("name"))
 
 
 def disk_path(inventory: TenantInventory, tenant: str, name: str, fmt: str, pool: str) -> str:
@@ -211,16 +232,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)
-    return with_facts(finish(host, tenant, plan, check_mode), host, tenant, "vms", params)
-
-
-def with_facts(
-    result: Result, host: Host, tenant: str, section: str, params: dict[str, Any]
-) -> Result:
-    facts = tenant_facts(host, tenant)
-    item = facts[section].get(params.get("name")) if params.get("name") else None
-    result.facts = {section[:-1]: item or {}}
-    return result
+    return conclude(plan, check_mode, host, inventory, "vms", params.get("name"))
 
 
 def run_info(params: dict[str, Any]) -> dict[str, Any]:
