@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping
   python3 python3-venv python3-dev gcc pkg-config
   syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
+  shellcheck  # for ansible-test sanity's shellcheck test (it skips the test without it)
 )
 VENV=.venv
 
@@ -53,6 +54,14 @@ demo() {
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/demo.yml
 }
 
+sanity() {
+  # ansible-test sanity, every test, Python 3.11, empty ignore files (tools/ansible_test_sanity.py
+  # says how it runs without ansible-test's CI host). 2.5-3.5 min the first time (it builds
+  # its virtualenvs under ~/.ansible/test), then ~30 s.
+  echo "lab: ansible-test sanity"
+  "$VENV/bin/python" -m tools.ansible_test_sanity
+}
+
 run_tests() {
   install_all
   local py="$VENV/bin/python"
@@ -67,6 +76,7 @@ run_tests() {
   done
   echo "lab: playbook syntax"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/demo.yml > /dev/null
+  sanity
   echo "lab: pytest (unit, integration against a private libvirtd, guest boot)"
   PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider tests
 }

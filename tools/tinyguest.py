@@ -277,7 +277,7 @@ def _elf_section(data: bytes, wanted: str) -> bytes:
         offset, size = struct.unpack_from("<QQ", data, base + 0x18)
         return name, offset, size
 
-    _, strtab_offset, _ = header(shstrndx)
+    strtab_offset = header(shstrndx)[1]
     for index in range(shnum):
         name_offset, offset, size = header(index)
         start = strtab_offset + name_offset
@@ -472,7 +472,7 @@ def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]]) -> Iterat
         yield _symlink(f"bin/{applet}", "busybox")
     for name, data in modules:
         yield _file(f"lib/modules/{name}.ko", data)
-    yield _file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
+    yield _file("etc/modules", "".join(f"{name}\n" for name, _data in modules).encode())
     yield _file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
     yield _file("etc/acpi/PWRF/00000080", POWER_BUTTON_SCRIPT.encode(), 0o755)
     yield _file("init", INIT_SCRIPT.encode(), 0o755)

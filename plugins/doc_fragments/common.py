@@ -29,13 +29,15 @@ requirements:
   - libvirt-python on the machine that runs the module
   - a libvirt daemon (libvirt 9.0 or later) on the KVM host
 notes:
-  - Check mode and diff mode show the same plan that a real run applies. Each change in
-    RV(plan) has a class - C(live) (applied without interrupting the VM), C(restart) (takes
-    full effect when the VM restarts) or C(replace) (the object is made again).
   - Invalid input fails before anything is changed; the error names the field and the reason.
 """
 
+    # Only for the modules that change things and return RV(plan): info has no such value.
     ATTRIBUTES = r"""
+notes:
+  - Check mode and diff mode show the same plan that a real run applies. Each change in
+    RV(plan) has a class - C(live) (applied without interrupting the VM), C(restart) (takes
+    full effect when the VM restarts) or C(replace) (the object is made again).
 attributes:
   check_mode:
     description: Can run in check mode and return the planned changes without making them.

@@ -45,7 +45,7 @@ def volume_summary(volume: VolumeState) -> dict[str, object]:
 def find_volume(inventory: TenantInventory, tenant: str, name: str) -> VolumeState | None:
     for fmt in EXTENSIONS:
         wanted = volume_name(tenant, name, fmt)
-        for (_, vol_name), volume in inventory.volumes.items():
+        for (_pool, vol_name), volume in inventory.volumes.items():
             if vol_name == wanted:
                 return volume
     return None

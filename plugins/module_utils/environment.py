@@ -121,8 +121,8 @@ class EnvironmentEngine:
         """The tenant's disks (not boot disks or seeds), by declared name."""
         prefix = tenant_prefix(self.tenant)
         result = {}
-        for (_, vol_name), volume in sorted(inventory.volumes.items()):
-            stem, _, ext = vol_name[len(prefix) :].rpartition(".")
+        for (_pool, vol_name), volume in sorted(inventory.volumes.items()):
+            stem, _dot, ext = vol_name[len(prefix) :].rpartition(".")
             if "." not in stem and ext in EXTENSIONS.values():
                 result[stem] = volume
         return result

@@ -40,7 +40,7 @@ def tenant_facts(
     networks: dict[str, Any] = {}
     reserved: dict[str, tuple[str, str]] = {}
     by_libvirt_name: dict[str, str] = {}
-    for _, state in sorted(inventory.networks.items()):
+    for _name, state in sorted(inventory.networks.items()):
         if state.owner is None or state.owner.tenant != tenant:
             continue
         by_libvirt_name[state.name] = state.owner.name
@@ -64,7 +64,7 @@ def tenant_facts(
     dynamic = dynamic_leases(host, inventory)
     vms: dict[str, Any] = {}
     attached: dict[str, str] = {}
-    for _, domain in sorted(inventory.domains.items()):
+    for _name, domain in sorted(inventory.domains.items()):
         if domain.owner is None or domain.owner.tenant != tenant:
             continue
         for disk in domain.disks:
@@ -92,7 +92,7 @@ def tenant_facts(
             ],
         }
     disks: dict[str, Any] = {}
-    for (_, vol_name), volume in sorted(inventory.volumes.items()):
+    for (_pool, vol_name), volume in sorted(inventory.volumes.items()):
         stem = vol_name[len(prefix) :].rsplit(".", 1)[0]
         disks[stem] = {
             "volume": vol_name,

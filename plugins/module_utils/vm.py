@@ -479,7 +479,7 @@ class VmEngine:
     def plan_extra_disks(self, plan: Plan, r: Resolved, domain: DomainState, running: bool) -> None:
         managed = {r.boot_path, r.seed_path}
         present = {d.path: d for d in domain.disks}
-        wanted_paths = {path for _, path, _ in r.extra_disks}
+        wanted_paths = {path for _name, path, _format in r.extra_disks}
         used = {d.target for d in domain.disks}
         for disk_name, path, fmt in r.extra_disks:
             if path in present:

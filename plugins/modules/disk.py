@@ -13,7 +13,7 @@ description:
     or detaches it from one of the tenant's VMs.
   - A disk grows live while its VM runs (block resize); it is never shrunk.
 author:
-  - vce.kvm developers
+  - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.attributes

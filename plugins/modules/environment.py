@@ -15,7 +15,7 @@ description:
   - This is the fast path for large tenants; the single-object modules M(vce.kvm.network),
     M(vce.kvm.disk) and M(vce.kvm.vm) take the same options per object.
 author:
-  - vce.kvm developers
+  - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.attributes

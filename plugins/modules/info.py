@@ -12,7 +12,7 @@ description:
   - Returns what the KVM host holds for one tenant - found by the ownership metadata and
     name prefix vce.kvm gives every object - without changing anything.
 author:
-  - vce.kvm developers
+  - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.info_attributes

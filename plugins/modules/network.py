@@ -15,7 +15,7 @@ description:
     O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
   - A network whose CIDR overlaps another network of the same tenant is refused.
 author:
-  - vce.kvm developers
+  - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.attributes

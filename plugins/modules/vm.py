@@ -18,7 +18,7 @@ description:
     at once only with O(allow_restart=true).
   - Disks are never shrunk, and the base image of an existing VM is never swapped.
 author:
-  - vce.kvm developers
+  - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.attributes
@@ -247,7 +247,12 @@ def main() -> None:
                 "type": "dict",
                 "options": {
                     "hostname": {"type": "str"},
-                    "ssh_authorized_keys": {"type": "list", "elements": "str", "default": []},
+                    "ssh_authorized_keys": {
+                        "type": "list",
+                        "elements": "str",
+                        "default": [],
+                        "no_log": False,  # public keys: not secret, shown in plans
+                    },
                     "user_data": {"type": "str"},
                 },
             },

@@ -44,7 +44,13 @@ def run_module(
     if diff:
         cmd.append("--diff")
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=ansible_env(), cwd=ROOT, timeout=timeout
+        cmd,
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
     )
     results = task_results(proc.stdout)
     if len(results) != 1:
