@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
+from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 from tools.tinyguest import build_base_image  # noqa: E402
 
@@ -330,37 +331,6 @@ def remove_pool(conn: libvirt.virConnect) -> None:
         pool.undefine()
 
 
-def remove_prefixed(conn: libvirt.virConnect, prefix: str) -> list[str]:
-    """Delete every domain, volume and network named PREFIX_*; returns what was removed."""
-    removed = []
-    start = f"{prefix}_"
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(start):
-            with contextlib.suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-            removed.append(f"domain {dom.name()}")
-    with contextlib.suppress(libvirt.libvirtError):
-        pool = conn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith(start):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-                removed.append(f"volume {vol.name()}")
-    for net in conn.listAllNetworks(0):
-        if net.name().startswith(start):
-            with contextlib.suppress(libvirt.libvirtError):
-                if net.isActive():
-                    net.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                net.undefine()
-            removed.append(f"network {net.name()}")
-    return removed
-
-
 def count_objects(conn: libvirt.virConnect, prefix: str) -> dict[str, int]:
     """How many running domains, volumes and active networks PREFIX_* has: the result check."""
     start = f"{prefix}_"
@@ -480,7 +450,7 @@ def phase_floor(ctx: Context) -> dict[str, Any]:
         result["objects"] = count_objects(ctx.conn, FLOOR_PREFIX)
     finally:
         start = time.perf_counter()
-        result["removed"] = len(remove_prefixed(ctx.conn, FLOOR_PREFIX))
+        result["removed"] = len(remove_prefixed(ctx.conn, f"{FLOOR_PREFIX}_"))
         result["cleanup_s"] = time.perf_counter() - start
     return result
 
@@ -525,7 +495,7 @@ def phase_vce(ctx: Context) -> dict[str, Any]:
         result["absent"] = asdict(require_ok(run_playbook(playbook, absent, env, ROOT), "absent"))
     finally:
         start = time.perf_counter()
-        result["leftovers_removed"] = remove_prefixed(ctx.conn, TENANT)
+        result["leftovers_removed"] = remove_prefixed(ctx.conn, f"{TENANT}_")
         result["cleanup_s"] = time.perf_counter() - start
     return result
 
@@ -679,7 +649,7 @@ def phase_peer(ctx: Context) -> dict[str, Any]:
         result["noop"] = asdict(noop)
     finally:
         start = time.perf_counter()
-        result["removed"] = len(remove_prefixed(ctx.conn, PEER_PREFIX))
+        result["removed"] = len(remove_prefixed(ctx.conn, f"{PEER_PREFIX}_"))
         result["cleanup_s"] = time.perf_counter() - start
     return result
 
@@ -906,7 +876,7 @@ def private_host(count: int) -> Iterator[Context]:
         if conn is not None:
             for prefix in (FLOOR_PREFIX, TENANT, PEER_PREFIX):
                 with contextlib.suppress(libvirt.libvirtError):
-                    remove_prefixed(conn, prefix)
+                    remove_prefixed(conn, f"{prefix}_")
             remove_pool(conn)
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()

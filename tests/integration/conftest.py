@@ -17,6 +17,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tools.cleanup import remove_prefixed
 from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import build_base_image
 
@@ -76,40 +77,13 @@ def uri(libvirtd: PrivateLibvirtd, pool: str) -> str:
     return libvirtd.uri
 
 
-def remove_tenant_objects(conn: libvirt.virConnect, tenant: str) -> None:
-    """Everything named with the tenant prefix goes: domains, networks, volumes."""
-    prefix = f"{tenant}_"
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(prefix):
-            with contextlib.suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    for net in conn.listAllNetworks(0):
-        if net.name().startswith(prefix):
-            with contextlib.suppress(libvirt.libvirtError):
-                if net.isActive():
-                    net.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                net.undefine()
-    for storage in conn.listAllStoragePools(0):
-        if not storage.isActive():
-            continue
-        storage.refresh(0)
-        for vol in storage.listAllVolumes(0):
-            if vol.name().startswith(prefix):
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-
-
 @pytest.fixture
 def tenant(conn: libvirt.virConnect, pool: str) -> Iterator[str]:
     name = f"t{os.getpid() % 10000}x{next(_tenant_numbers)}"
     try:
         yield name
     finally:
-        remove_tenant_objects(conn, name)
+        remove_prefixed(conn, f"{name}_")
 
 
 _subnets = itertools.count(1)

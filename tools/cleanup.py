@@ -1,0 +1,43 @@
+"""Remove every libvirt object named with a prefix: what tests and benchmarks leave behind.
+
+Used in `finally` blocks, so each step swallows libvirt errors and goes on with the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import libvirt
+
+
+def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
+    """Destroy and delete domains, networks and volumes (in every active pool) whose names
+    begin with `start`; return what was removed."""
+    removed = []
+    for dom in conn.listAllDomains(0):
+        if dom.name().startswith(start):
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            removed.append(f"domain {dom.name()}")
+    for net in conn.listAllNetworks(0):
+        if net.name().startswith(start):
+            with contextlib.suppress(libvirt.libvirtError):
+                if net.isActive():
+                    net.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                net.undefine()
+            removed.append(f"network {net.name()}")
+    for pool in conn.listAllStoragePools(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            if not pool.isActive():
+                continue
+            pool.refresh(0)
+            for vol in pool.listAllVolumes(0):
+                if vol.name().startswith(start):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        vol.delete(0)
+                    removed.append(f"volume {vol.name()}")
+    return removed
