@@ -46,7 +46,7 @@ BUSYBOX_PACKAGE = "busybox-static"
 GUEST_MODULES = ("evdev", "button", "virtio_pci", "virtio_net", "virtio_blk")
 
 MARKER = "VCE-GUEST:"
-MARKER_IP_RE = re.compile(r"VCE-GUEST: ip=(\d+\.\d+\.\d+\.\d+)")
+MARKER_IP_RE = re.compile(re.escape(MARKER) + r" ip=(\d+\.\d+\.\d+\.\d+)")
 KERNEL_CMDLINE = "console=ttyS0,115200 quiet loglevel=3"
 
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")

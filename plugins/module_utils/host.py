@@ -143,7 +143,6 @@ class Host:
                 live = parse_domain(dom.XMLDesc(0), state, result.autostart)
                 result.live_vcpus = live.vcpus
                 result.live_max_vcpus = live.max_vcpus
-                result.live_memory_mib = live.memory_mib
                 result.live_max_memory_mib = live.max_memory_mib
         return result
 

@@ -275,7 +275,6 @@ class DomainState:
     nics: list[NicDevice]
     live_vcpus: int | None = None
     live_max_vcpus: int | None = None
-    live_memory_mib: int | None = None
     live_max_memory_mib: int | None = None
 
 

@@ -11,7 +11,7 @@ from .errors import SpecError, libvirt, libvirt_action
 from .host import Host, TenantInventory
 from .libvirt_xml import NetworkState, dhcp_host_element, network_xml, parse_network, to_string
 from .ownership import Owner, add_metadata, check_owner, object_name
-from .plan import Change, ChangeClass, Plan
+from .plan import UNKNOWN, Change, ChangeClass, Plan
 from .spec import NetworkSpec, StaticLease, spec_hash
 
 KIND = "network"
@@ -20,6 +20,7 @@ REPLACE_FIELDS = ("mode", "cidr", "gateway", "mtu")
 
 def network_summary(spec: NetworkSpec) -> dict[str, object]:
     return {
+        "bridge": UNKNOWN,  # libvirt picks the name when the network is defined
         "cidr": str(spec.cidr),
         "gateway": str(spec.gateway),
         "dhcp_range": f"{spec.dhcp_start}-{spec.dhcp_end}",

@@ -33,7 +33,7 @@ from .libvirt_xml import (
 )
 from .network import NetworkEngine
 from .ownership import NAMESPACE, PREFIX, Owner, check_owner, object_name, owner_element
-from .plan import Change, ChangeClass, Plan
+from .plan import UNKNOWN, Change, ChangeClass, Plan
 from .spec import DiskSpec, NetworkSpec, StaticLease, VmSpec, check_host_address, spec_hash
 
 KIND = "vm"
@@ -87,7 +87,7 @@ def vm_summary(spec: VmSpec) -> dict[str, Any]:
         },
         "disks": list(spec.disks),
         "nics": [
-            {"network": n.network, "mac": n.mac, "ip": str(n.ip) if n.ip else None}
+            {"network": n.network, "mac": n.mac, "ip": str(n.ip) if n.ip else UNKNOWN}
             for n in spec.nics
         ],
         "cloud_init": spec.cloud_init is not None,
