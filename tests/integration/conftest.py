@@ -34,6 +34,12 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
     try:
         yield daemon
     finally:
+        # Whatever a test left: a network still running when the daemon stops would leave
+        # its bridge and firewall rules on this machine.
+        with contextlib.suppress(libvirt.libvirtError):
+            connection = daemon.connect()
+            remove_prefixed(connection, "")
+            connection.close()
         daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
 
