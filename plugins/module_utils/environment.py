@@ -141,7 +141,14 @@ class EnvironmentEngine:
 
     def delete_network(self, name: str, inventory: TenantInventory) -> Change:
         state = inventory.networks[f"{tenant_prefix(self.tenant)}{name}"]
-        change = Change("network", name, "delete", ChangeClass.LIVE, None, None, None)
-        change.before = {"cidr": str(state.cidr), "bridge": state.bridge}
-        change.run = lambda: self.networks.delete(state.name)
-        return change
+        before = {"cidr": str(state.cidr), "bridge": state.bridge}
+        return Change(
+            "network",
+            name,
+            "delete",
+            ChangeClass.LIVE,
+            None,
+            before,
+            None,
+            lambda: self.networks.delete(state.name),
+        )
