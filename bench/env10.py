@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 import traceback
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from tools.cleanup import remove_prefixed  # noqa: E402
+from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 from tools.tinyguest import build_base_image  # noqa: E402
 
@@ -310,13 +310,8 @@ def ansible_env(cfg: Path, extra: dict[str, str] | None = None) -> dict[str, str
 
 
 def create_pool(conn: libvirt.virConnect, path: Path) -> libvirt.virStoragePool:
-    path.mkdir(parents=True, exist_ok=True)
-    root = ET.Element("pool", {"type": "dir"})
-    ET.SubElement(root, "name").text = POOL
-    ET.SubElement(ET.SubElement(root, "target"), "path").text = str(path)
-    pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
-    pool.create(0)
-    return pool
+    ensure_pool(conn, POOL, path)
+    return conn.storagePoolLookupByName(POOL)
 
 
 def remove_pool(conn: libvirt.virConnect) -> None:

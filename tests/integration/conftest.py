@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import libvirt
 import pytest
 
 from tools.cleanup import remove_prefixed
+from tools.labhost import ensure_pool
 from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import build_base_image
 
@@ -55,13 +55,7 @@ def conn(libvirtd: PrivateLibvirtd) -> Iterator[libvirt.virConnect]:
 
 @pytest.fixture(scope="session")
 def pool(libvirtd: PrivateLibvirtd, conn: libvirt.virConnect) -> str:
-    path = libvirtd.base_dir / "pool"
-    path.mkdir(exist_ok=True)
-    root = ET.Element("pool", {"type": "dir"})
-    ET.SubElement(root, "name").text = POOL_NAME
-    ET.SubElement(ET.SubElement(root, "target"), "path").text = str(path)
-    storage = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
-    storage.create(0)
+    ensure_pool(conn, POOL_NAME, libvirtd.base_dir / "pool")
     return POOL_NAME
 
 
