@@ -152,19 +152,20 @@ class DiskEngine:
                 f"disk {name!r} is attached to VM {user!r}; detach it first (remove it from "
                 "the VM's disks or set attach_to to null)",
             )
-        plan.add(
-            Change(
-                KIND,
-                name,
-                "delete",
-                ChangeClass.LIVE,
-                None,
-                volume_summary(volume),
-                None,
-                lambda: self.delete(volume),
-            )
-        )
+        plan.add(self.delete_change(name, volume))
         return plan
+
+    def delete_change(self, name: str, volume: VolumeState) -> Change:
+        return Change(
+            KIND,
+            name,
+            "delete",
+            ChangeClass.LIVE,
+            None,
+            volume_summary(volume),
+            None,
+            lambda: self.delete(volume),
+        )
 
     # apply -----------------------------------------------------------------------------------
 

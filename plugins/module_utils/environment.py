@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from .disk import EXTENSIONS, DiskEngine, volume_summary
+from .disk import EXTENSIONS, DiskEngine
 from .host import Host, TenantInventory
-from .libvirt_xml import VolumeState
+from .libvirt_xml import DomainState, NetworkState, VolumeState
 from .network import NetworkEngine
 from .ownership import tenant_prefix
-from .plan import Change, ChangeClass, Plan
+from .plan import Plan
 from .spec import EnvironmentSpec, StaticLease, VmSpec
 from .vm import Context, VmEngine
+
+T = TypeVar("T", DomainState, NetworkState)
 
 
 @dataclass
@@ -97,24 +101,26 @@ class EnvironmentEngine:
         declared_disks = {disk.name for disk in spec.disks}
         declared_nets = {net.name for net in spec.networks}
         plan = Plan()
-        for name in self.owned_names(inventory.domains.values()):
+        for name, _domain in self.owned(inventory.domains.values()):
             if name not in declared_vms:
                 plan.extend(self.vms.plan_absent(name, inventory))
         for name, volume in self.standalone_volumes(inventory).items():
             if name not in declared_disks:
-                plan.add(self.delete_volume(name, volume))
-        for name in self.owned_names(inventory.networks.values()):
+                plan.add(self.disks.delete_change(name, volume))
+        for name, state in self.owned(inventory.networks.values()):
             if name not in declared_nets:
-                plan.add(self.delete_network(name, inventory))
+                plan.add(self.networks.delete_change(name, state))
         return plan
 
     def plan_absent(self, inventory: TenantInventory) -> Plan:
         """Everything the tenant owns on the host, removed: VMs, disks, networks."""
         return self.plan_undeclared(EnvironmentSpec(self.tenant), inventory)
 
-    def owned_names(self, objects: object) -> list[str]:
+    def owned(self, objects: Iterable[T]) -> list[tuple[str, T]]:
+        """The tenant's objects by declared name, in name order."""
         return sorted(
-            o.owner.name for o in objects if o.owner is not None and o.owner.tenant == self.tenant
+            ((o.owner.name, o) for o in objects if o.owner and o.owner.tenant == self.tenant),
+            key=lambda item: item[0],
         )
 
     def standalone_volumes(self, inventory: TenantInventory) -> dict[str, VolumeState]:
@@ -126,29 +132,3 @@ class EnvironmentEngine:
             if "." not in stem and ext in EXTENSIONS.values():
                 result[stem] = volume
         return result
-
-    def delete_volume(self, name: str, volume: VolumeState) -> Change:
-        return Change(
-            "disk",
-            name,
-            "delete",
-            ChangeClass.LIVE,
-            None,
-            volume_summary(volume),
-            None,
-            lambda: self.disks.delete(volume),
-        )
-
-    def delete_network(self, name: str, inventory: TenantInventory) -> Change:
-        state = inventory.networks[f"{tenant_prefix(self.tenant)}{name}"]
-        before = {"cidr": str(state.cidr), "bridge": state.bridge}
-        return Change(
-            "network",
-            name,
-            "delete",
-            ChangeClass.LIVE,
-            None,
-            before,
-            None,
-            lambda: self.networks.delete(state.name),
-        )

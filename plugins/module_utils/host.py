@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from .errors import VceError, libvirt, libvirt_action, libvirt_reason
@@ -158,8 +159,6 @@ class Host:
             return state
 
     def pool_path(self, pool: object) -> str:
-        from xml.etree import ElementTree as ET
-
         return ET.fromstring(pool.XMLDesc(0)).findtext("target/path", "")
 
     def lookup_pool(self, name: str) -> object:

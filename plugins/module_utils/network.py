@@ -242,20 +242,20 @@ class NetworkEngine:
             raise SpecError(
                 "state", f"network {name!r} is still used by VM(s) {', '.join(sorted(users))}"
             )
-        libvirt_name = state.name
-        plan.add(
-            Change(
-                KIND,
-                name,
-                "delete",
-                ChangeClass.LIVE,
-                None,
-                state_summary(state),
-                None,
-                lambda: self.delete(libvirt_name),
-            )
-        )
+        plan.add(self.delete_change(name, state))
         return plan
+
+    def delete_change(self, name: str, state: NetworkState) -> Change:
+        return Change(
+            KIND,
+            name,
+            "delete",
+            ChangeClass.LIVE,
+            None,
+            state_summary(state),
+            None,
+            lambda: self.delete(state.name),
+        )
 
     # apply -----------------------------------------------------------------------------------
 
