@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config
   syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
   shellcheck  # for ansible-test sanity's shellcheck test (it skips the test without it)
+  postgresql  # the ledger's tests run against a private PostgreSQL server too
 )
 VENV=.venv
 

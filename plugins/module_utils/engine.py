@@ -8,40 +8,32 @@ plan unless asked only to check. The result is plain data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from .disk import DiskEngine, attached_to, find_volume, volume_name
+from .enforcement import (
+    Declaration,
+    Gate,
+    declare_disk,
+    declare_environment,
+    declare_network,
+    declare_one,
+    declare_removal,
+    declare_vm,
+)
 from .environment import EnvironmentEngine, Options
 from .errors import SpecError
 from .facts import tenant_facts
 from .host import DEFAULT_URI, Host, TenantInventory
+from .ledger import Ledger
 from .libvirt_xml import DiskDevice, disk_device_xml, free_disk_target
 from .network import NetworkEngine
 from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
+from .result import Result
 from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
+from .tenants import run_block
 from .vm import Context, VmEngine
-
-
-@dataclass
-class Result:
-    changed: bool
-    plan: list[dict[str, Any]]
-    diff: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    pending_restart: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "changed": self.changed,
-            "plan": self.plan,
-            "diff": self.diff,
-            "warnings": self.warnings,
-            "pending_restart": self.pending_restart,
-            **self.facts,
-        }
 
 
 def options_from(params: dict[str, Any]) -> Options:
@@ -53,21 +45,33 @@ def options_from(params: dict[str, Any]) -> Options:
     )
 
 
+def open_gate(params: dict[str, Any], host: Host, tenant: str, declaration: Declaration) -> Gate:
+    return Gate(Ledger.open(params.get("ledger_url") or None), host, tenant, declaration)
+
+
 def conclude(
     plan: Plan,
     check_mode: bool,
-    host: Host,
+    gate: Gate,
     inventory: TenantInventory,
     section: str | None = None,
     name: str | None = None,
 ) -> Result:
-    """Apply unless checking, then report the plan and the facts of the object(s) concerned.
+    """Admit the plan (quotas, operator locks), apply it under a reservation unless checking,
+    then report the plan and the facts of the object(s) concerned.
 
     `section` names one object's facts (e.g. "vms" with `name`); without it, the whole
     tenant's facts are returned, except in check mode.
     """
+    gate.admit(plan, inventory)
+    after = inventory
     if not check_mode:
-        plan.apply()
+        with gate.reservation(plan):
+            plan.apply()
+        # What was read before the run still holds when nothing changed.
+        if plan.changed:
+            after = gate.host.inventory(inventory.tenant)
+        gate.settle(after, plan)
     result = Result(
         changed=plan.changed,
         plan=plan.to_list(),
@@ -77,8 +81,7 @@ def conclude(
     )
     if section is None and check_mode:
         return result
-    # What was read before the run still holds when nothing changed.
-    facts = tenant_facts(host, inventory.tenant, None if plan.changed else inventory)
+    facts = tenant_facts(gate.host, inventory.tenant, after)
     if section is None:
         result.facts = {"environment": facts}
     else:
@@ -89,59 +92,70 @@ def conclude(
 def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     state = params.get("state") or "present"
     default_pool = params.get("default_pool") or "default"
+    options = options_from(params)
     if state == "absent":
         tenant = check_name(params.get("tenant"), "tenant")
-        host = Host(params.get("uri") or DEFAULT_URI)
-        engine = EnvironmentEngine(host, tenant, options_from(params))
-        inventory = engine.observe()
-        plan = engine.plan_absent(inventory)
+        declaration = Declaration(remove_undeclared=True)
     else:
         spec = parse_environment(params, default_pool)
-        host = Host(params.get("uri") or DEFAULT_URI)
-        engine = EnvironmentEngine(host, spec.tenant, options_from(params))
-        inventory = engine.observe()
+        tenant = spec.tenant
+        declaration = declare_environment(spec, options.prune)
+    host = Host(params.get("uri") or DEFAULT_URI)
+    gate = open_gate(params, host, tenant, declaration)
+    engine = EnvironmentEngine(host, tenant, options)
+    inventory = engine.observe()
+    if state == "absent":
+        plan = engine.plan_absent(inventory)
+    else:
         plan = engine.plan_present(spec, inventory)
-    return conclude(plan, check_mode, host, inventory)
+    return conclude(plan, check_mode, gate, inventory)
 
 
 def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
     engine = NetworkEngine(host, tenant)
-    inventory = host.inventory(tenant)
     if params.get("state") == "absent":
-        plan = engine.plan_absent(check_name(params.get("name"), "name"), inventory)
+        gate = open_gate(params, host, tenant, declare_removal("network", name))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_absent(name, inventory)
     else:
         fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu")
         raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
         spec = parse_network(raw, "")
+        gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))
+        inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
-    return conclude(plan, check_mode, host, inventory, "networks", params.get("name"))
+    return conclude(plan, check_mode, gate, inventory, "networks", name)
 
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     host = Host(params.get("uri") or DEFAULT_URI)
     engine = DiskEngine(host, tenant)
-    inventory = host.inventory(tenant)
     state = params.get("state") or "present"
     name = check_name(params.get("name"), "name")
     if state == "absent":
+        gate = open_gate(params, host, tenant, declare_removal("disk", name))
+        inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
-        return conclude(plan, check_mode, host, inventory, "disks", params.get("name"))
+        return conclude(plan, check_mode, gate, inventory, "disks", name)
     raw = {
         k: params.get(k)
         for k in ("name", "size_gib", "pool", "format", "backing_image")
         if params.get(k) is not None
     }
     spec = parse_disk(raw, "", params.get("pool") or "default")
+    gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)))
+    inventory = host.inventory(tenant)
     plan = engine.plan_present(spec, inventory)
     if state == "attached":
         vm = check_name(params.get("attach_to"), "attach_to")
         plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
     elif state == "detached":
         plan.extend(plan_detach(host, tenant, spec.name, inventory))
-    return conclude(plan, check_mode, host, inventory, "disks", params.get("name"))
+    return conclude(plan, check_mode, gate, inventory, "disks", name)
 
 
 def disk_path(inventory: TenantInventory, tenant: str, name: str, fmt: str, pool: str) -> str:
@@ -220,19 +234,25 @@ VM_FIELDS = (
 
 def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
+    if params.get("blocked") is not None:
+        return run_block(params, check_mode)
+    name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
     engine = VmEngine(host, tenant, float(params.get("shutdown_timeout") or 60))
-    inventory = host.inventory(tenant)
     state = params.get("state") or "running"
     if state == "absent":
-        plan = engine.plan_absent(check_name(params.get("name"), "name"), inventory)
+        gate = open_gate(params, host, tenant, declare_removal("vm", name))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_absent(name, inventory)
     else:
         raw = {k: params.get(k) for k in VM_FIELDS if params.get(k) is not None}
         raw["state"] = state
         spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
+        gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)))
+        inventory = host.inventory(tenant)
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)
-    return conclude(plan, check_mode, host, inventory, "vms", params.get("name"))
+    return conclude(plan, check_mode, gate, inventory, "vms", name)
 
 
 def run_info(params: dict[str, Any]) -> dict[str, Any]:

@@ -835,6 +835,11 @@ class VmEngine:
         with libvirt_action("start", f"domain {libvirt_name}"):
             dom.create()
 
+    def suspend(self, libvirt_name: str) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("pause", f"domain {libvirt_name}"):
+            dom.suspend()
+
     def resume(self, libvirt_name: str) -> None:
         dom = self.lookup(libvirt_name)
         with libvirt_action("resume", f"domain {libvirt_name}"):

@@ -11,14 +11,18 @@ import pytest
 
 from plugins.module_utils import engine, host
 from plugins.module_utils.errors import ApplyError, OwnershipError, SpecError, libvirt_action
+from tests.support.ledger import register
 
 URI = "test:///default"
 
 
 @pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """A new test-driver connection per test: its state starts from the driver's defaults."""
+def fresh(monkeypatch, tmp_path, ledger_url):
+    """A new test-driver connection per test: its state starts from the driver's defaults; the
+    tenant is registered in a fresh ledger."""
     monkeypatch.setattr(host, "_connections", {})
+    register(ledger_url, "acme")
+    register(ledger_url, "other")
     image = tmp_path / "base.qcow2"
     image.write_bytes(b"")
     return str(image)

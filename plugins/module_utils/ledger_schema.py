@@ -1,0 +1,140 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ledger's tables as the code queries them (SQLAlchemy Core).
+
+The migrations under ledger_migrations/ create and change these tables; a test checks that
+the migrated database matches this description, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy.types import TypeDecorator
+except ImportError:  # the ledger reports the missing library when it is opened
+    sa = None
+    TypeDecorator = object
+
+if sa is not None:
+
+    class UtcDateTime(TypeDecorator):
+        """Timezone-aware datetimes on every back end; SQLite stores them as UTC text."""
+
+        impl = sa.DateTime(timezone=True)
+        cache_ok = True
+
+        def process_bind_param(self, value: Any, dialect: Any) -> Any:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError(f"the ledger stores timezone-aware times only, got {value!r}")
+            value = value.astimezone(dt.UTC)
+            return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+        def process_result_value(self, value: Any, dialect: Any) -> Any:
+            if value is not None and value.tzinfo is None:
+                return value.replace(tzinfo=dt.UTC)
+            return value
+
+    metadata = sa.MetaData()
+
+    plans = sa.Table(
+        "plans",
+        metadata,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("quotas", sa.Text, nullable=False),  # JSON {kind: limit}
+        sa.Column("trial_quotas", sa.Text, nullable=False),
+        sa.Column("trial_hours", sa.Integer, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+    )
+
+    tenants = sa.Table(
+        "tenants",
+        metadata,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("customer", sa.String(128), nullable=False, index=True),
+        sa.Column("plan", sa.String(64), sa.ForeignKey("plans.name"), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("quotas", sa.Text, nullable=False),  # JSON overrides {kind: limit}
+        sa.Column("trial_started_at", UtcDateTime),
+        sa.Column("trial_ends_at", UtcDateTime),
+        sa.Column("trial_ended_at", UtcDateTime),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+    )
+
+    # One row per customer identity ever granted a trial: the primary key makes "once per
+    # customer" hold even when two tenants of one customer are created at the same moment.
+    trial_grants = sa.Table(
+        "trial_grants",
+        metadata,
+        sa.Column("customer", sa.String(128), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("granted_at", UtcDateTime, nullable=False),
+    )
+
+    quota_requests = sa.Table(
+        "quota_requests",
+        metadata,
+        sa.Column("key", sa.String(160), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("quotas", sa.Text, nullable=False),  # JSON {kind: requested limit}
+        sa.Column("previous", sa.Text, nullable=False),  # JSON {kind: limit before}
+        sa.Column("requested_by", sa.String(128), nullable=False),
+        sa.Column("requested_at", UtcDateTime, nullable=False),
+        sa.Column("applied_at", UtcDateTime),
+        sa.Column("result", sa.String(16), nullable=False),  # applied | refused
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )
+
+    # Operator blocks: whole tenant (vm = "") or one VM. The row lives while the block holds.
+    blocks = sa.Table(
+        "blocks",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("vm", sa.String(64), primary_key=True),
+        sa.Column("since", UtcDateTime, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+    )
+
+    # The last usage seen on each host, so a run on one host counts the others too.
+    host_usage = sa.Table(
+        "host_usage",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("host", sa.String(255), primary_key=True),
+        sa.Column("usage", sa.Text, nullable=False),  # JSON {kind: base units}
+        sa.Column("running_vms", sa.Integer, nullable=False),
+        sa.Column("observed_at", UtcDateTime, nullable=False),
+    )
+
+    # Usage a run has claimed and not yet made real; counted for every other run.
+    reservations = sa.Table(
+        "reservations",
+        metadata,
+        sa.Column("key", sa.String(160), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("usage", sa.Text, nullable=False),  # JSON {kind: base units}
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+    )
+
+    # What happened to a tenant, in order: the audit trail and the clocks of the terms.
+    events = sa.Table(
+        "events",
+        metadata,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("at", UtcDateTime, nullable=False),
+        sa.Column("requested_at", UtcDateTime),
+        sa.Column("detail", sa.Text, nullable=False),  # JSON
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )

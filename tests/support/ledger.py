@@ -1,0 +1,37 @@
+"""Ledger helpers for tests: plans and tenants registered the way an operator does it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugins.module_utils import ledger_store
+from plugins.module_utils.quota import KINDS
+from plugins.module_utils.tenants import run_tenant
+
+ROOMY = dict.fromkeys(KINDS, 1000)
+
+
+def plan_catalog(name: str = "lab", trial_hours: int = 0, **quotas: int) -> dict[str, Any]:
+    return {name: {"quotas": {**ROOMY, **quotas}, "trial_hours": trial_hours}}
+
+
+def register(
+    url: str, tenant: str, plan: str = "lab", customer: str | None = None, **quotas: int
+) -> dict:
+    """Register `tenant` on a plan with roomy quotas (or the ones given) and no trial."""
+    result = run_tenant(
+        {
+            "ledger_url": url,
+            "name": tenant,
+            "customer": customer or f"customer-of-{tenant}",
+            "plan": plan,
+            "plans": plan_catalog(plan, **quotas),
+        }
+    )
+    return result.facts["tenant"]
+
+
+def forget_stores() -> None:
+    """Close every store this process opened (tests use a database per test)."""
+    for store in list(ledger_store._stores.values()):
+        store.dispose()
