@@ -32,6 +32,29 @@ notes:
   - Invalid input fails before anything is changed; the error names the field and the reason.
 """
 
+    # The modules that check quotas or write to the ledger.
+    LEDGER = r"""
+options:
+  ledger_url:
+    description:
+      - The ledger that holds tenants, plans, quotas and reservations, as a database URL.
+      - Default - the environment variable E(VCE_LEDGER_URL), else the SQLite file
+        C(~/.local/share/vce-kvm/ledger.sqlite3) of the user that runs the module (C($XDG_DATA_HOME)
+        is honoured).
+      - V(postgresql+psycopg://user@host/db) for operators with many hosts or controllers; keep the
+        password out of the URL (use C(~/.pgpass) or E(PGPASSWORD)).
+      - The schema is created and migrated automatically on first use.
+    type: str
+requirements:
+  - SQLAlchemy 2 and Alembic on the machine that runs the module (psycopg 3 for PostgreSQL)
+notes:
+  - Every run that changes a tenant's objects is admitted by the ledger first - the tenant must
+    be registered (M(vce.kvm.tenant)); its quotas are checked in check mode as well as before
+    apply, where the run's additional usage is reserved under the ledger's lock.
+  - The run's actor and id in the ledger come from E(VCE_ACTOR) (default - the user name) and
+    E(VCE_RUN_ID) (default - a new id per module call).
+"""
+
     # Only for the modules that change things and return RV(plan): info has no such value.
     ATTRIBUTES = r"""
 notes:

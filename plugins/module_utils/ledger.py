@@ -145,7 +145,7 @@ class Tenant:
             "state": self.state,
             "quotas": dict(limits),
             "quota_overrides": dict(self.overrides),
-            "usage": {kind: used_units(kind, used) for kind in quota.KINDS},
+            "usage": {kind: quota.plain(kind, used.get(kind, 0)) for kind in quota.KINDS},
             "trial": {
                 "granted": self.trial_granted,
                 "started_at": iso(self.trial_started_at),
@@ -154,11 +154,6 @@ class Tenant:
             },
             "blocked_vms": sorted(self.blocked_vms),
         }
-
-
-def used_units(kind: str, used: Mapping[str, int]) -> str | int:
-    value = quota.in_units(kind, used.get(kind, 0))
-    return value if isinstance(value, int) else f"{value:f}"
 
 
 def iso(moment: dt.datetime | None) -> str | None:

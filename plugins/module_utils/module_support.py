@@ -12,11 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import SpecError, VceError
+from .quota import QuotaExceeded, plain
 
 CONNECTION_OPTIONS: dict[str, dict[str, Any]] = {
     "uri": {"type": "str", "default": "qemu:///system"},
     "tenant": {"type": "str", "required": True},
 }
+
+LEDGER_OPTIONS: dict[str, dict[str, Any]] = {"ledger_url": {"type": "str"}}
 
 LEASE_OPTIONS = {
     "mac": {"type": "str", "required": True},
@@ -29,10 +32,29 @@ def connection_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {**CONNECTION_OPTIONS, **options}
 
 
+def ledger_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options of a module that changes a tenant's objects: connection and ledger."""
+    return {**CONNECTION_OPTIONS, **LEDGER_OPTIONS, **options}
+
+
 def run_module(module: Any, action: Callable[[dict[str, Any], bool], Any]) -> None:
     """Run an engine entry point and report as Ansible expects; never a raw traceback."""
     try:
         result = action(module.params, module.check_mode)
+    except QuotaExceeded as error:
+        module.fail_json(
+            msg=str(error),
+            quota_breaches=[
+                {
+                    "quota": b.kind,
+                    "limit": b.limit,
+                    "used": plain(b.kind, b.used),
+                    "requested": plain(b.kind, b.requested),
+                }
+                for b in error.breaches
+            ],
+            changed=False,
+        )
     except SpecError as error:
         module.fail_json(msg=str(error), field=error.field, reason=error.reason, changed=False)
     except VceError as error:

@@ -66,6 +66,12 @@ def in_units(kind: str, amount: int) -> Decimal | int:
     return amount if per == 1 else (Decimal(amount) / per).normalize()
 
 
+def plain(kind: str, amount: int) -> int | str:
+    """A base-unit amount in the kind's unit as plain data: GiB as an exact decimal string."""
+    value = in_units(kind, amount)
+    return value if isinstance(value, int) else f"{value:f}"
+
+
 def show(kind: str, amount: int) -> str:
     value = in_units(kind, amount)
     unit = KINDS[kind].unit

@@ -353,6 +353,8 @@ def parse_vm(raw: Any, path: str, tenant: str, default_pool: str) -> VmSpec:
     max_vcpus = check_int(optional(raw, "max_vcpus", vcpus), at(path, "max_vcpus"), 1, MAX_VCPUS)
     if max_vcpus < vcpus:
         raise SpecError(at(path, "max_vcpus"), f"{max_vcpus} is below vcpus {vcpus}")
+    if raw.get("memory_mib") is None:
+        raise SpecError(at(path, "memory_mib"), "the VM's memory in MiB is required")
     memory = check_int(
         raw.get("memory_mib"), at(path, "memory_mib"), MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB"
     )

@@ -16,6 +16,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
+  - vce.kvm.common.ledger
   - vce.kvm.common.attributes
 options:
   name:
@@ -88,14 +89,14 @@ disk:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_disk
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
-    connection_spec,
+    ledger_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=ledger_spec(
             name={"type": "str", "required": True},
             state={
                 "type": "str",

@@ -18,6 +18,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
+  - vce.kvm.common.ledger
   - vce.kvm.common.attributes
 options:
   state:
@@ -141,14 +142,14 @@ environment:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_environment
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
-    connection_spec,
+    ledger_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=ledger_spec(
             state={"type": "str", "default": "present", "choices": ["present", "absent"]},
             networks={"type": "list", "elements": "dict", "default": []},
             disks={"type": "list", "elements": "dict", "default": []},

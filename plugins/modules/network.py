@@ -18,6 +18,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
+  - vce.kvm.common.ledger
   - vce.kvm.common.attributes
 options:
   name:
@@ -118,14 +119,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_network
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
     LEASE_OPTIONS,
-    connection_spec,
+    ledger_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=ledger_spec(
             name={"type": "str", "required": True},
             state={"type": "str", "default": "present", "choices": ["present", "absent"]},
             cidr={"type": "str"},

@@ -17,10 +17,13 @@ description:
     VM are written to its definition and reported in RV(pending_restart); they are applied
     at once only with O(allow_restart=true).
   - Disks are never shrunk, and the base image of an existing VM is never swapped.
+  - The operator blocks or unblocks one VM with O(blocked) - a blocked VM is paused and its
+    tenant's runs (Ansible or Pulumi) cannot start or change it until it is unblocked.
 author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
+  - vce.kvm.common.ledger
   - vce.kvm.common.attributes
 options:
   name:
@@ -44,14 +47,16 @@ options:
       - Most vCPUs the VM can get without a restart. Defaults to O(vcpus).
     type: int
   memory_mib:
-    description: Memory in MiB. Required unless O(state=absent).
+    description: Memory in MiB. Required unless O(state=absent) or O(blocked) is set.
     type: int
   max_memory_mib:
     description:
       - Most memory in MiB the VM can get without a restart. Defaults to O(memory_mib).
     type: int
   boot_disk:
-    description: The boot disk, a qcow2 overlay on a base image. Required unless O(state=absent).
+    description:
+      - The boot disk, a qcow2 overlay on a base image. Required unless O(state=absent) or
+        O(blocked) is set.
     type: dict
     suboptions:
       image:
@@ -116,6 +121,22 @@ options:
           - cloud-init user data (a C(#cloud-config) document or a script). With
             O(cloud_init.ssh_authorized_keys), it must be a C(#cloud-config) document.
         type: str
+  blocked:
+    description:
+      - Operator only. V(true) pauses the VM and locks it against its tenant's runs; V(false)
+        releases the lock and resumes the VM (unless its whole tenant is suspended).
+      - When set, only the block changes - O(state) and the VM's other options are ignored.
+      - Each block and unblock is recorded in the ledger with O(requested_at), for the
+        10-minute target of the terms (5.1).
+    type: bool
+  requested_at:
+    description:
+      - With O(blocked) - when the request to block or unblock was logged, as ISO 8601 with a UTC
+        offset (V(2026-11-24T09:30:00+05:00)). Default - now.
+    type: str
+  reason:
+    description: With O(blocked) - why, recorded in the ledger.
+    type: str
   default_pool:
     description: Storage pool used where a disk names none.
     type: str
@@ -166,6 +187,14 @@ EXAMPLES = r"""
       size_gib: 20
     allow_restart: true
 
+- name: Block the VM at the operator's request (paused, locked against the tenant)
+  vce.kvm.vm:
+    tenant: acme
+    name: web1
+    blocked: true
+    reason: abuse report 4711
+    requested_at: "2026-11-24T09:30:00+05:00"
+
 - name: Delete the VM
   vce.kvm.vm:
     tenant: acme
@@ -187,7 +216,9 @@ pending_restart:
   type: list
   elements: str
 vm:
-  description: The VM as libvirt reports it after the run (empty after O(state=absent)).
+  description:
+    - The VM as libvirt reports it after the run (empty after O(state=absent)).
+    - With O(blocked), only its name and whether it is blocked.
   returned: always
   type: dict
   sample:
@@ -201,14 +232,14 @@ vm:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_vm
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
-    connection_spec,
+    ledger_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=connection_spec(
+        argument_spec=ledger_spec(
             name={"type": "str", "required": True},
             state={
                 "type": "str",
@@ -259,11 +290,10 @@ def main() -> None:
             default_pool={"type": "str", "default": "default"},
             allow_restart={"type": "bool", "default": False},
             shutdown_timeout={"type": "int", "default": 60},
+            blocked={"type": "bool"},
+            requested_at={"type": "str"},
+            reason={"type": "str"},
         ),
-        required_if=[
-            ("state", "running", ("memory_mib", "boot_disk")),
-            ("state", "stopped", ("memory_mib", "boot_disk")),
-        ],
         supports_check_mode=True,
     )
     run_module(module, run_vm)

@@ -16,6 +16,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.support.ledger import forget_stores, register
 from tools.cleanup import remove_prefixed
 from tools.labhost import ensure_pool
 from tools.libvirtd import PrivateLibvirtd
@@ -77,9 +78,27 @@ def uri(libvirtd: PrivateLibvirtd, pool: str) -> str:
     return libvirtd.uri
 
 
+@pytest.fixture(scope="session")
+def ledger_url(libvirtd: PrivateLibvirtd) -> Iterator[str]:
+    """The session's ledger (SQLite), also for the ansible processes the tests start."""
+    url = f"sqlite:///{libvirtd.base_dir / 'ledger.sqlite3'}"
+    previous = os.environ.get("VCE_LEDGER_URL")
+    os.environ["VCE_LEDGER_URL"] = url
+    try:
+        yield url
+    finally:
+        forget_stores()
+        if previous is None:
+            os.environ.pop("VCE_LEDGER_URL", None)
+        else:
+            os.environ["VCE_LEDGER_URL"] = previous
+
+
 @pytest.fixture
-def tenant(conn: libvirt.virConnect, pool: str) -> Iterator[str]:
+def tenant(conn: libvirt.virConnect, pool: str, ledger_url: str) -> Iterator[str]:
+    """A tenant registered in the ledger with roomy quotas; its objects removed afterwards."""
     name = f"t{os.getpid() % 10000}x{next(_tenant_numbers)}"
+    register(ledger_url, name)
     try:
         yield name
     finally:
