@@ -160,10 +160,7 @@ class Gate:
         if self.record.state == "closed" and plan.changed:
             raise VceError(f"tenant {self.tenant} is closed: its runs may change nothing")
         if self.record.state == "suspended" and plan.changed:
-            raise VceError(
-                f"tenant {self.tenant} is suspended by the operator: its VMs stay paused and "
-                "nothing can be changed until the operator resumes it"
-            )
+            raise self.suspended_error()
         observed = observed_objects(inventory)
         self.check(observed, self.others)
 
@@ -177,6 +174,8 @@ class Gate:
             if change.kind == "vm" and change.name in blocked:
                 if change.action == "resume":
                     continue
+                if self.record.state == "suspended":
+                    raise self.suspended_error()
                 raise VceError(
                     f"VM {change.name} of tenant {self.tenant} is blocked by the operator: "
                     f"it cannot be started or changed until the operator unblocks it "
@@ -188,6 +187,12 @@ class Gate:
                 f"VMs blocked by the operator stay paused: {', '.join(sorted(blocked))}"
             )
         plan.changes[:] = kept
+
+    def suspended_error(self) -> VceError:
+        return VceError(
+            f"tenant {self.tenant} is suspended by the operator: its VMs stay paused and "
+            "nothing can be changed until the operator resumes it"
+        )
 
     def blocked_vms(self) -> set[str]:
         if self.record.state == "suspended":

@@ -134,10 +134,8 @@ class Store:
         engine = self.engine.execution_options(vce_lock=True)
         with self.errors("lock"), engine.begin() as connection:
             if self.dialect == "postgresql":
-                connection.execute(
-                    sa.text("SET LOCAL lock_timeout = :timeout"),
-                    {"timeout": f"{LOCK_TIMEOUT_SECONDS}s"},
-                )
+                # SET takes no bind parameters; the value is our own constant.
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
                 connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)}
                 )

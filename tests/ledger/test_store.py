@@ -1,0 +1,88 @@
+"""The ledger store on SQLite and on a real PostgreSQL server: migrations, time, locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+
+import pytest
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+
+from plugins.module_utils import ledger_store
+from plugins.module_utils.errors import VceError
+from plugins.module_utils.ledger_migrations import HEAD
+from plugins.module_utils.ledger_schema import events, metadata
+from plugins.module_utils.ledger_store import Store, migrations_dir, open_store
+
+
+def test_head_constant_is_alembics_head():
+    assert ScriptDirectory(migrations_dir()).get_current_head() == HEAD
+
+
+def test_migrated_schema_matches_the_tables_the_code_queries(any_ledger_url):
+    store = open_store(any_ledger_url)
+    assert store.revision() == HEAD
+    inspector = sa.inspect(store.engine)
+    for table in metadata.sorted_tables:
+        columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+        assert set(columns) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            assert columns[column.name]["nullable"] == column.nullable, (table.name, column.name)
+        primary = inspector.get_pk_constraint(table.name)["constrained_columns"]
+        assert primary == [c.name for c in table.primary_key.columns], table.name
+
+
+def test_times_come_back_aware_and_naive_ones_are_refused(any_ledger_url):
+    store = open_store(any_ledger_url)
+    moment = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    row = dict(key="k", tenant="t", kind="x", detail="{}", actor="a", run_id="r")
+    with store.read() as connection:
+        connection.execute(events.insert().values(at=moment, **row))
+    with store.read() as connection:
+        stored = connection.execute(sa.select(events.c.at)).scalar()
+    assert stored == moment and stored.utcoffset() == dt.timedelta(0)
+    with pytest.raises(sa.exc.StatementError), store.read() as connection:
+        connection.execute(
+            events.insert().values(at=dt.datetime(2026, 11, 24), **{**row, "key": "k2"})
+        )
+
+
+def _open(url: str) -> str | None:
+    ledger_store._stores.clear()
+    return open_store(url).revision()
+
+
+def test_first_runs_against_a_new_database_can_start_together(any_ledger_url):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        revisions = pool.map(_open, [any_ledger_url] * 4, chunksize=1)
+    assert revisions == [HEAD] * 4
+
+
+def test_default_url_is_a_per_user_sqlite_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("VCE_LEDGER_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert ledger_store.default_url() == f"sqlite:///{tmp_path}/vce-kvm/ledger.sqlite3"
+    monkeypatch.setenv("VCE_LEDGER_URL", "postgresql+psycopg://u@db/ledger")
+    assert ledger_store.default_url() == "postgresql+psycopg://u@db/ledger"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("not a url", "not a database URL"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+    ],
+)
+def test_bad_urls_are_named_clearly(url, reason):
+    with pytest.raises(VceError, match=reason):
+        Store(url)
+
+
+def test_an_unreachable_postgresql_hides_the_password():
+    with pytest.raises(VceError) as error:
+        Store("postgresql+psycopg://vce:secret@127.0.0.1:1/ledger")
+    assert "secret" not in str(error.value)
+    assert "Failed to read the ledger at postgresql+psycopg://vce:***@127.0.0.1:1/ledger" in str(
+        error.value
+    )
