@@ -41,6 +41,19 @@ def libvirt_reason(error: Exception) -> str:
     return str(error).strip() or type(error).__name__
 
 
+def vanished(error: Exception) -> bool:
+    """True when a libvirt failure only says that the object is gone (or not yet there): another
+    run on the same host deleted or is still creating it between a listing and a read."""
+    cause = error.__cause__ if isinstance(error, VceError) else error
+    if libvirt is None or not isinstance(cause, libvirt.libvirtError):
+        return False
+    return cause.get_error_code() in (
+        libvirt.VIR_ERR_NO_DOMAIN,
+        libvirt.VIR_ERR_NO_NETWORK,
+        libvirt.VIR_ERR_NO_STORAGE_VOL,
+    )
+
+
 @contextmanager
 def libvirt_action(action: str, obj: str) -> Iterator[None]:
     """Map any libvirt failure inside the block to "Failed to <action> <object>: <reason>"."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .errors import VceError, libvirt, libvirt_action, libvirt_reason
+from .errors import VceError, libvirt, libvirt_action, libvirt_reason, vanished
 from .libvirt_xml import (
     DomainState,
     NetworkState,
@@ -90,6 +92,15 @@ class TenantInventory:
     pools: dict[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def skip_vanished() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if not vanished(error):
+            raise
+
+
 class Host:
     """A KVM host reached through one libvirt URI."""
 
@@ -114,14 +125,18 @@ class Host:
     def inventory(self, tenant: str) -> TenantInventory:
         inventory = TenantInventory(tenant)
         prefix = tenant_prefix(tenant)
+        # Objects may vanish between the listing and their read when another run works on the
+        # same host: such an object is not the tenant's any more (or not yet), so it is skipped.
         with libvirt_action("list", f"domains on {self.uri}"):
             for dom in self.conn.listAllDomains(0):
                 if dom.name().startswith(prefix):
-                    inventory.domains[dom.name()] = self.read_domain(dom)
+                    with skip_vanished():
+                        inventory.domains[dom.name()] = self.read_domain(dom)
         with libvirt_action("list", f"networks on {self.uri}"):
             for net in self.conn.listAllNetworks(0):
                 if net.name().startswith(prefix):
-                    inventory.networks[net.name()] = self.read_network(net)
+                    with skip_vanished():
+                        inventory.networks[net.name()] = self.read_network(net)
         with libvirt_action("list", f"storage pools on {self.uri}"):
             for pool in self.conn.listAllStoragePools(0):
                 inventory.pools[pool.name()] = self.pool_path(pool)
@@ -129,8 +144,9 @@ class Host:
                     continue
                 for vol in pool.listAllVolumes(0):
                     if vol.name().startswith(prefix):
-                        key = (pool.name(), vol.name())
-                        inventory.volumes[key] = parse_volume(pool.name(), vol.XMLDesc(0))
+                        with skip_vanished():
+                            key = (pool.name(), vol.name())
+                            inventory.volumes[key] = parse_volume(pool.name(), vol.XMLDesc(0))
         return inventory
 
     def read_domain(self, dom: object) -> DomainState:
