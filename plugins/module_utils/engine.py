@@ -32,7 +32,7 @@ from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
 from .result import Result
 from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
-from .tenants import run_block
+from .tenants import ledger_facts, run_block
 from .vm import Context, VmEngine
 
 
@@ -257,4 +257,6 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
 
 def run_info(params: dict[str, Any]) -> dict[str, Any]:
     tenant = check_name(params.get("tenant"), "tenant")
-    return tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
+    facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
+    facts["ledger"] = ledger_facts(Ledger.open(params.get("ledger_url") or None), tenant)
+    return facts

@@ -238,7 +238,7 @@ class Ledger:
             row.trial_ends_at,
             row.trial_ended_at,
             granted == name,
-            {vm: since for vm, since in blocked},
+            dict(blocked),
         )
 
     def require_tenant(self, connection: Any, name: str) -> Tenant:

@@ -237,8 +237,18 @@ class TenantActions:
             )
 
     def facts(self, record: Tenant) -> dict[str, Any]:
-        used = tenant_usage(self.ledger, self.connection, record)
-        return record.facts(self.ledger.limits(self.connection, record), used)
+        return record_facts(self.ledger, self.connection, record)
+
+
+def ledger_facts(ledger: Ledger, name: str) -> dict[str, Any]:
+    """The tenant as the ledger holds it (state, quotas, usage, trial, blocks); {} if unknown."""
+    with ledger.store.read() as connection:
+        record = ledger.tenant(connection, name)
+        return record_facts(ledger, connection, record) if record else {}
+
+
+def record_facts(ledger: Ledger, connection: Any, record: Tenant) -> dict[str, Any]:
+    return record.facts(ledger.limits(connection, record), tenant_usage(ledger, connection, record))
 
 
 def pause_or_resume(host: Host, tenant: str, pause: bool, keep_paused: set[str]) -> list[str]:

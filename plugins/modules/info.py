@@ -15,6 +15,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common
+  - vce.kvm.common.ledger
   - vce.kvm.common.info_attributes
 options: {}
 seealso:
@@ -49,6 +50,12 @@ disks:
   type: dict
   sample:
     data1: {volume: acme_data1.qcow2, pool: default, size_gib: 10, attached_to: web1}
+ledger:
+  description:
+    - The tenant as the ledger holds it - state, plan, quotas, usage on every host, trial and
+      blocked VMs (see M(vce.kvm.tenant)). Empty when the tenant is not registered.
+  returned: always
+  type: dict
 vms:
   description: The tenant's VMs by declared name, with their addresses.
   returned: always
@@ -65,11 +72,11 @@ vms:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_info
 from ansible_collections.vce.kvm.plugins.module_utils.errors import VceError
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import connection_spec
+from ansible_collections.vce.kvm.plugins.module_utils.module_support import ledger_spec
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=connection_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ledger_spec(), supports_check_mode=True)
     try:
         facts = run_info(module.params)
     except VceError as error:

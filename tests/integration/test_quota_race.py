@@ -58,11 +58,12 @@ def test_exactly_one_of_eight_concurrent_runs_gets_the_last_vm(
         ]
         for worker in workers:
             worker.start()
-        outcomes = sorted(results.get(timeout=120) for _ in workers)
+        outcomes = sorted(results.get(timeout=120) for _worker in workers)
         for worker in workers:
             worker.join(timeout=30)
-        assert [o for _, o in outcomes].count("ok") == 1, outcomes
-        assert all(o in ("ok", "quota") for _, o in outcomes), outcomes
+        verdicts = [verdict for _name, verdict in outcomes]
+        assert verdicts.count("ok") == 1, outcomes
+        assert set(verdicts) <= {"ok", "quota"}, outcomes
         owned = [d for d in conn.listAllDomains(0) if d.name().startswith(f"{tenant}_")]
         assert len(owned) == round_number
     ledger = Ledger.open(url)

@@ -225,7 +225,7 @@ def test_rerunning_the_same_declaration_never_reserves_twice(any_ledger_url, tes
     declaration = Declaration({("vm", "web1"): {"vms": 1, "vcpus": 1}})
     plan = Plan([Change("vm", "web1", "create")])
     claims = []
-    for _ in range(2):
+    for _run in range(2):
         gate = Gate(ledger, h, "acme", declaration)
         with gate.reservation(plan), ledger.store.read() as connection:
             claims.append(ledger.reserved(connection, "acme")["vms"])
