@@ -143,8 +143,8 @@ class Gate:
         self.tenant = tenant
         self.declaration = declaration
         self.key = key_of("reservation", tenant, host.uri, declaration.identity())
+        self.record = ledger.current_tenant(tenant)
         with ledger.store.read() as connection:
-            self.record = ledger.settle_trial(connection, ledger.require_tenant(connection, tenant))
             self.limits = ledger.limits(connection, self.record)
             self.others = quota.add(
                 ledger.known_usage(connection, tenant, except_host=host.uri),

@@ -301,13 +301,27 @@ class Ledger:
             tenants.update().where(tenants.c.name == name).values(updated_at=self.now(), **values)
         )
 
+    def trial_is_over(self, record: Tenant) -> bool:
+        return (
+            record.state == "trial"
+            and record.trial_ends_at is not None
+            and self.now() >= record.trial_ends_at
+        )
+
+    def current_tenant(self, name: str) -> Tenant:
+        """The tenant as of now: read, and its trial settled under the lock if it is over (a
+        reading transaction must not turn into a writing one: SQLite would refuse it when
+        another run wrote in between)."""
+        with self.store.read() as connection:
+            record = self.require_tenant(connection, name)
+        if self.trial_is_over(record):
+            with self.store.locked(name) as connection:
+                record = self.settle_trial(connection, self.require_tenant(connection, name))
+        return record
+
     def settle_trial(self, connection: Any, record: Tenant) -> Tenant:
         """End a trial whose hours are over: paid service if anything runs, else suspended."""
-        if (
-            record.state != "trial"
-            or record.trial_ends_at is None
-            or self.now() < record.trial_ends_at
-        ):
+        if not self.trial_is_over(record):
             return record
         running = connection.execute(
             sa.select(sa.func.coalesce(sa.func.sum(host_usage.c.running_vms), 0)).where(

@@ -136,10 +136,16 @@ class Store:
             if self.dialect == "postgresql":
                 # SET takes no bind parameters; the value is our own constant.
                 connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
-                connection.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)}
-                )
+            self.also_lock(connection, name)
             yield connection
+
+    def also_lock(self, connection: Any, name: str) -> None:
+        """Take the lock for `name` too, until the transaction ends (SQLite's one write lock
+        already covers every name)."""
+        if self.dialect == "postgresql":
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)}
+            )
 
     @contextmanager
     def errors(self, action: str) -> Iterator[None]:

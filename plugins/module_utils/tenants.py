@@ -29,6 +29,7 @@ from .vm import VmEngine
 QUOTA_REQUEST_TARGET = dt.timedelta(minutes=20)
 UNBLOCK_REQUEST_TARGET = dt.timedelta(minutes=10)
 STATES = ("active", "suspended", "closed")
+PLANS_LOCK = "(plans)"
 
 
 def open_ledger(params: Mapping[str, Any]) -> Ledger:
@@ -51,6 +52,10 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     ledger = open_ledger(params)
     plan = Plan()
     with ledger.store.locked(name) as connection:
+        if catalog:
+            # Plans are shared by tenants registered at the same moment; tenant locks come
+            # first, then this one, always in that order.
+            ledger.store.also_lock(connection, PLANS_LOCK)
         for changed in ledger.put_plans(connection, catalog, check_mode=True):
             plan.add(
                 Change("plan", changed, "define", field="quotas", after=catalog[changed].quotas)

@@ -86,3 +86,21 @@ def test_an_unreachable_postgresql_hides_the_password():
     assert "Failed to read the ledger at postgresql+psycopg://vce:***@127.0.0.1:1/ledger" in str(
         error.value
     )
+
+
+def _register(args: tuple[str, str]) -> str:
+    from plugins.module_utils.tenants import run_tenant
+    from tests.support.ledger import plan_catalog
+
+    url, name = args
+    ledger_store._stores.clear()
+    params = {"ledger_url": url, "name": name, "customer": "one-customer", "plan": "lab"}
+    result = run_tenant({**params, "plans": plan_catalog("lab", trial_hours=72)})
+    return result.facts["tenant"]["state"]
+
+
+def test_tenants_registered_at_once_share_their_plan_and_one_trial(any_ledger_url):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        args = [(any_ledger_url, f"t{i}") for i in range(4)]
+        states = pool.map(_register, args, chunksize=1)
+    assert sorted(states) == ["active", "active", "active", "trial"]
