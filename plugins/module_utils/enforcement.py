@@ -265,5 +265,7 @@ class Gate:
 def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage:
     """What the ledger knows the tenant uses on every host, plus claims in flight."""
     return quota.add(
-        ledger.known_usage(connection, record.name), ledger.reserved(connection, record.name)
+        ledger.known_usage(connection, record.name),
+        ledger.reserved(connection, record.name),
+        {"public_ips": ledger.public_ip_count(connection, record.name)},
     )

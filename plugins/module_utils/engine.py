@@ -121,7 +121,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
-        fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu")
+        fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "uplink")
         raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
         spec = parse_network(raw, "")
         gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))

@@ -31,6 +31,7 @@ try:
         events,
         host_usage,
         plans,
+        public_ips,
         quota_requests,
         reservations,
         tenants,
@@ -362,6 +363,13 @@ class Ledger:
         if except_host is not None:
             query = query.where(host_usage.c.host != except_host)
         return quota.add(*(json.loads(row.usage) for row in connection.execute(query)))
+
+    def public_ip_count(self, connection: Any, tenant: str) -> int:
+        """Public IPs allocated to the tenant in every zone: the ledger is their truth."""
+        query = (
+            sa.select(sa.func.count()).select_from(public_ips).where(public_ips.c.tenant == tenant)
+        )
+        return int(connection.execute(query).scalar())
 
     def reserved(self, connection: Any, tenant: str, except_key: str | None = None) -> quota.Usage:
         """Usage that runs in flight have claimed and not yet made real."""

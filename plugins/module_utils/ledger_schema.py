@@ -138,3 +138,21 @@ if sa is not None:
         sa.Column("actor", sa.String(128), nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
     )
+
+    # Public IPs allocated from the zones' pools; the address is the key, so no address is
+    # ever given to two tenants, whatever runs at once.
+    public_ips = sa.Table(
+        "public_ips",
+        metadata,
+        sa.Column("address", sa.String(45), primary_key=True),
+        sa.Column("zone", sa.String(64), nullable=False),
+        sa.Column("pool", sa.String(64), nullable=False),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("vm", sa.String(64), nullable=False),
+        sa.Column("private_ip", sa.String(45), nullable=False),
+        sa.Column("allocated_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.UniqueConstraint("tenant", "zone", "name", name="uq_public_ips_tenant_zone_name"),
+    )

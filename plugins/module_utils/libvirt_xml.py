@@ -50,6 +50,10 @@ def network_xml(
         forward = sub(root, "forward", mode="nat")
         nat = sub(forward, "nat")
         sub(nat, "port", start="1024", end="65535")
+    elif spec.mode == "routed":
+        # libvirt itself then allows forwarding between the bridge and the uplink, in chains
+        # it rewrites whenever it likes; the public IPs' NAT lives in the project's own table.
+        sub(root, "forward", mode="route", dev=spec.uplink)
     sub(root, "bridge", stp="on", delay="0")
     if spec.mtu:
         sub(root, "mtu", size=str(spec.mtu))
@@ -77,6 +81,7 @@ class NetworkState:
     mtu: int | None = None
     bridge: str = ""
     hosts: dict[str, StaticLease] = field(default_factory=dict)
+    uplink: str | None = None
 
 
 def parse_network(xml: str, active: bool, autostart: bool) -> NetworkState:
@@ -85,6 +90,9 @@ def parse_network(xml: str, active: bool, autostart: bool) -> NetworkState:
     forward = root.find("forward")
     if forward is not None:
         state.mode = forward.get("mode", "nat")
+        if state.mode == "route":
+            state.mode = "routed"
+            state.uplink = forward.get("dev")
     bridge = root.find("bridge")
     state.bridge = bridge.get("name", "") if bridge is not None else ""
     mtu = root.find("mtu")

@@ -15,7 +15,7 @@ from .plan import UNKNOWN, Change, ChangeClass, Plan
 from .spec import NetworkSpec, StaticLease, spec_hash
 
 KIND = "network"
-REPLACE_FIELDS = ("mode", "cidr", "gateway", "mtu")
+REPLACE_FIELDS = ("mode", "uplink", "cidr", "gateway", "mtu")
 
 
 def network_summary(spec: NetworkSpec) -> dict[str, object]:
@@ -25,6 +25,7 @@ def network_summary(spec: NetworkSpec) -> dict[str, object]:
         "gateway": str(spec.gateway),
         "dhcp_range": f"{spec.dhcp_start}-{spec.dhcp_end}",
         "mode": spec.mode,
+        "uplink": spec.uplink,
         "mtu": spec.mtu,
         "static_leases": {lease.mac: str(lease.ip) for lease in spec.static_leases},
     }
@@ -36,6 +37,7 @@ def state_summary(state: NetworkState) -> dict[str, object]:
         "gateway": str(state.gateway),
         "dhcp_range": f"{state.dhcp_start}-{state.dhcp_end}",
         "mode": state.mode,
+        "uplink": state.uplink,
         "mtu": state.mtu,
         "active": state.active,
         "bridge": state.bridge,

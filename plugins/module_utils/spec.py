@@ -23,7 +23,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 NAME_RULE = "use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit"
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NETWORK_MODES = ("nat", "isolated")
+INTERFACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,14}$")
+NETWORK_MODES = ("nat", "isolated", "routed")
 VM_STATES = ("running", "stopped")
 DISK_FORMATS = ("qcow2", "raw")
 MAX_VCPUS = 64
@@ -149,6 +150,8 @@ class NetworkSpec:
     mode: str = "nat"
     mtu: int | None = None
     static_leases: tuple[StaticLease, ...] = ()
+    # The host interface a routed network forwards to (public IPs are NATed there).
+    uplink: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,10 @@ def check_host_address(ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, p
 
 def parse_network(raw: Any, path: str) -> NetworkSpec:
     raw = as_mapping(raw, path)
-    allowed = {"name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "static_leases"}
+    allowed = {
+        "name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "static_leases",
+        "uplink",
+    }  # fmt: skip
     reject_unknown(raw, allowed, path)
     name = check_name(raw.get("name"), at(path, "name"))
     try:
@@ -265,6 +271,16 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
     if dhcp_start <= gateway <= dhcp_end:
         raise SpecError(at(path, "gateway"), f"{gateway} lies inside the DHCP range")
     mode = check_choice(optional(raw, "mode", "nat"), at(path, "mode"), NETWORK_MODES)
+    uplink = raw.get("uplink")
+    if mode == "routed":
+        if not isinstance(uplink, str) or not INTERFACE_PATTERN.match(uplink):
+            raise SpecError(
+                at(path, "uplink"),
+                f"a routed network needs the host's uplink interface (1-15 of a-z, 0-9, '.', "
+                f"'_', '-'), got {uplink!r}",
+            )
+    elif uplink is not None:
+        raise SpecError(at(path, "uplink"), f"only a routed network has an uplink, not {mode}")
     mtu = raw.get("mtu")
     if mtu is not None:
         mtu = check_int(mtu, at(path, "mtu"), 576, 9000)
@@ -272,7 +288,7 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
         parse_lease(item, at(path, f"static_leases[{i}]"), cidr)
         for i, item in enumerate(as_list(raw.get("static_leases"), at(path, "static_leases")))
     )
-    return NetworkSpec(name, cidr, gateway, dhcp_start, dhcp_end, mode, mtu, leases)
+    return NetworkSpec(name, cidr, gateway, dhcp_start, dhcp_end, mode, mtu, leases, uplink)
 
 
 def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:

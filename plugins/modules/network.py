@@ -11,8 +11,8 @@ version_added: 0.1.0
 description:
   - Declares one tenant network - CIDR, gateway, DHCP range, static leases, and whether it is
     isolated or NATed to the host's uplink - as a libvirt network.
-  - DHCP range and lease changes are applied live. Changing O(mode), O(cidr), O(gateway) or
-    O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
+  - DHCP range and lease changes are applied live. Changing O(mode), O(uplink), O(cidr),
+    O(gateway) or O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
   - A network whose CIDR overlaps another network of the same tenant is refused.
 author:
   - vce.kvm developers (!UNKNOWN)
@@ -47,9 +47,14 @@ options:
     description:
       - V(nat) lets VMs reach out through the host's uplink (masquerade).
       - V(isolated) connects VMs with each other and the host only.
+      - V(routed) routes the network to the host's O(uplink) without NAT; VMs reach the outside
+        only through a public IP bound to them (M(vce.kvm.public_ip)), which is NATed 1:1.
     type: str
-    choices: [nat, isolated]
+    choices: [nat, isolated, routed]
     default: nat
+  uplink:
+    description: With O(mode=routed) - the host interface towards the zone's public network.
+    type: str
   mtu:
     description: MTU of the network's bridge (default from libvirt, usually 1500).
     type: int
@@ -133,7 +138,8 @@ def main() -> None:
             gateway={"type": "str"},
             dhcp_start={"type": "str"},
             dhcp_end={"type": "str"},
-            mode={"type": "str", "default": "nat", "choices": ["nat", "isolated"]},
+            mode={"type": "str", "default": "nat", "choices": ["nat", "isolated", "routed"]},
+            uplink={"type": "str"},
             mtu={"type": "int"},
             static_leases={
                 "type": "list",
