@@ -5,8 +5,10 @@ Two things live here:
 * ``ensure_system_daemons()`` makes the machine's normal libvirtd answer at ``qemu:///system``.
 * ``PrivateLibvirtd`` runs a throw-away virtlogd + libvirtd pair whose configuration, state,
   run and log directories are private (a mount namespace of their own), so tests never see
-  or disturb the user's daemon, and several instances can run side by side. The network
-  namespace is the host's on purpose: tests must reach the bridges and guests it creates.
+  or disturb the user's daemon, and several instances can run side by side. By default the
+  network namespace is the host's on purpose: tests must reach the bridges and guests it
+  creates. Given a named network namespace (``netns``), the daemons run inside it instead, so
+  that several instances act as separate KVM hosts (see tools.multihost).
 
 CLI::
 
@@ -350,6 +352,13 @@ class PrivateLibvirtd:
     under base_dir. Their sockets live in base_dir/sock, outside those mounts, so the host
     reaches them through ``uri``. Files a domain writes (e.g. serial logs) should be given by
     their base_dir paths, which mean the same thing inside and outside the namespace.
+
+    With ``netns`` (the name of an existing ``ip netns``) the daemons are started through
+    ``ip netns exec``, so they, their dnsmasq and QEMU processes, bridges, taps and firewall
+    rules all live in that network namespace; ``ip netns exec`` also mounts a sysfs of that
+    namespace, which libvirt reads for its bridges. The unix socket stays reachable from
+    anywhere, being a file. With ``hostname`` they also get a UTS namespace of their own with
+    that host name, so that ``getHostname()`` tells such hosts apart.
     """
 
     def __init__(
@@ -358,6 +367,8 @@ class PrivateLibvirtd:
         timeout: float = START_TIMEOUT,
         caps_cache: Path | None = None,
         share_caps: bool = True,
+        netns: str | None = None,
+        hostname: str | None = None,
     ) -> None:
         # A temp dir made here is ours to delete whole; a caller's dir only loses what we add.
         self.owns_base_dir = base_dir is None
@@ -365,6 +376,8 @@ class PrivateLibvirtd:
             base_dir = tempfile.mkdtemp(prefix="vce-libvirtd-")
         self.base_dir = Path(base_dir).absolute()
         self.timeout = timeout
+        self.netns = netns
+        self.hostname = hostname
         # Probing QEMU costs ~4 s under TCG on an instance's first domain operation. libvirt
         # checks cached capability files against the binaries itself, so sharing them between
         # instances is safe and saves that time.
@@ -510,6 +523,8 @@ class PrivateLibvirtd:
             # Recorded first, so that stop() finds the namespace even if a later step fails.
             f"readlink /proc/$$/ns/mnt > {shlex.quote(str(self.base_dir / MNTNS_FILE))}",
         ]
+        if self.hostname:
+            lines.append(f"hostname {shlex.quote(self.hostname)}")
         for name, target in PRIVATE_MOUNTS.items():
             source = shlex.quote(str(self.base_dir / name))
             lines.append(f"mkdir -p {target}")
@@ -521,7 +536,10 @@ class PrivateLibvirtd:
         return "\n".join(lines)
 
     def _launch(self) -> None:
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+        argv = ["ip", "netns", "exec", self.netns] if self.netns else []
+        argv += ["unshare", "--mount", "--propagation", "private"]
+        argv += ["--uts"] if self.hostname else []
+        argv += ["sh", "-c"]
         argv.append(self._namespace_script())
         # With -d both daemons fork away; sh (libvirtd's parent) returns once it is set up.
         proc = subprocess.run(

@@ -2,8 +2,19 @@
 
 The guest is a Debian cloud kernel plus a busybox initramfs on a FAT16 disk booted by
 syslinux. Its /init loads the virtio drivers, takes a DHCP lease on eth0 and prints
-``VCE-GUEST: ip=<address>`` on the serial console, then idles until it is told to stop:
-SIGTERM/SIGUSR1/SIGUSR2 to PID 1 or the ACPI power button (``virsh shutdown``) power it off.
+``VCE-GUEST: ip=<address>`` on the serial console, then serves HTTP on port 80 (busybox
+httpd) and idles until it is told to stop: SIGTERM/SIGUSR1/SIGUSR2 to PID 1 or the ACPI
+power button (``virsh shutdown``) power it off.
+
+What the guest serves, so tests can send real packets to it and make it send some:
+
+* ``GET /``: ``<hostname> <address>`` (the hostname from the DHCP lease, else ``tinyguest``),
+  rewritten on every lease.
+* ``GET /cgi-bin/fetch?<url>``: the body of ``wget`` of an ``http://`` URL (the query, which
+  may be percent-encoded), or status 502 with wget's error: shows the source address the
+  guest's outbound connections get outside.
+* ``GET /cgi-bin/ping?<ipv4>``: the output of ``ping -c 1 -W 2 <ipv4>``, status 502 if no
+  reply came.
 
 Everything comes from apt (``apt-get download``) and tools of the host (sfdisk, dosfstools,
 mtools, syslinux, qemu-img); no root-only steps (loop devices, mounts) are needed.
@@ -37,10 +48,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever the recipe below changes what ends up in the image: it is part of the key.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+# Applets /init, the udhcpc hook and the CGI scripts rely on; checked at build time so a
+# busybox without one fails the build instead of the guest failing silently at run time.
+REQUIRED_APPLETS = ("acpid", "hostname", "httpd", "insmod", "ip", "mktemp", "ping", "poweroff")
+REQUIRED_APPLETS += ("sh", "timeout", "udhcpc", "wget")
 # Loaded by /init in this order (each after its dependencies); evdev + button come first:
 # they turn the ACPI power button into an input event that busybox acpid acts on.
 GUEST_MODULES = ("evdev", "button", "virtio_pci", "virtio_net", "virtio_blk")
@@ -420,6 +435,12 @@ until udhcpc -i eth0 -s /etc/udhcpc.script -n -t 5 -T 1 >/dev/null 2>&1; do
     n=$((n + 1))
     if [ $n -ge 6 ]; then say "dhcp failed"; break; fi
 done
+# -f: stay a child of this shell; daemonised, httpd would be orphaned with no pid to report.
+# CGI scripts inherit httpd's environment, so PATH=/bin above is theirs too.
+httpd -f -p 80 -h /www &
+httpd_pid=$!
+sleep 0.2
+if kill -0 "$httpd_pid" 2>/dev/null; then say "httpd pid=$httpd_pid"; else say "httpd failed"; fi
 say "ready $(uptime)"
 # wait (unlike a foreground sleep) returns at once when a trapped signal arrives.
 while :; do sleep 86400 & wait $!; done
@@ -442,6 +463,8 @@ bound|renew)
     if [ -n "$hostname" ]; then hostname "$hostname"; fi
     : > /etc/resolv.conf
     for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    # The page httpd serves at /: renamed into place so a request never sees half of it.
+    echo "$(hostname) $ip" > /www/index.html.new && mv /www/index.html.new /www/index.html
     ;;
 esac
 exit 0
@@ -453,15 +476,70 @@ kill -TERM 1
 """
 
 
+# CGI scripts (busybox httpd runs them with QUERY_STRING set, and turns a "Status:" header
+# into the status line). The query is data only: quoted everywhere, never evaluated.
+FETCH_CGI = r"""#!/bin/sh
+# GET /cgi-bin/fetch?<http://url>: wget the URL from the guest, return its body.
+reply() { printf 'Status: %s\r\nContent-Type: text/plain\r\n\r\n' "$1"; }
+url=$(httpd -d "$QUERY_STRING")
+case "$url" in
+http://*) ;;
+*) reply "400 Bad Request"; echo "query must be an http:// URL"; exit 0 ;;
+esac
+case "$url" in
+*[!A-Za-z0-9._~:/?=%+-]*) reply "400 Bad Request"; echo "unexpected character in URL"; exit 0 ;;
+esac
+body=$(mktemp) && errors=$(mktemp) || { reply "500 Internal Server Error"; exit 0; }
+# timeout, not wget -T: Debian 12's busybox lacks FEATURE_WGET_TIMEOUT and its wget then
+# dies of a NULL pointer write (SIGSEGV) when given -T.
+timeout 5 wget -q -O - "$url" > "$body" 2> "$errors"
+status=$?  # 143: timed out
+if [ $status -eq 0 ]; then
+    reply "200 OK"
+    cat "$body"
+else
+    reply "502 Bad Gateway"
+    echo "fetching $url failed (exit $status):"
+    cat "$errors"
+fi
+rm -f "$body" "$errors"
+"""
+
+PING_CGI = r"""#!/bin/sh
+# GET /cgi-bin/ping?<dotted quad>: one ping from the guest, return ping's output.
+reply() { printf 'Status: %s\r\nContent-Type: text/plain\r\n\r\n' "$1"; }
+bad() { reply "400 Bad Request"; echo "query must be an IPv4 address"; exit 0; }
+addr=$QUERY_STRING
+case "$addr" in
+""|*[!0-9.]*|.*|*.|*..*) bad ;;
+esac
+# Only digits and dots are left, so this split cannot glob.
+IFS=.
+set -- $addr
+unset IFS
+[ $# -eq 4 ] || bad
+for octet in "$@"; do
+    case "$octet" in 0?*|????*) bad ;; esac  # no leading zeros (octal), at most 3 digits
+    [ "$octet" -le 255 ] || bad
+done
+if out=$(ping -c 1 -W 2 "$addr" 2>&1); then reply "200 OK"; else reply "502 Bad Gateway"; fi
+echo "$out"
+"""
+
+
 def _busybox_applets(busybox: Path) -> list[str]:
-    return [name for name in _run([str(busybox), "--list"]).split() if name != "busybox"]
+    applets = [name for name in _run([str(busybox), "--list"]).split() if name != "busybox"]
+    missing = sorted(set(REQUIRED_APPLETS) - set(applets))
+    if missing:
+        raise TinyGuestError(f"{busybox} lacks applets the guest needs: {', '.join(missing)}")
+    return applets
 
 
 def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]]) -> Iterator[CpioEntry]:
     """Everything the guest's initramfs holds; modules are (name, bytes) in load order."""
     for path in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules"):
         yield _directory(path)
-    for path in ("proc", "sys", "run", "tmp", "var", "var/log"):
+    for path in ("proc", "sys", "run", "tmp", "var", "var/log", "www", "www/cgi-bin"):
         yield _directory(path)
     yield _symlink("var/run", "/run")
     yield _symlink("sbin", "bin")
@@ -475,6 +553,8 @@ def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]]) -> Iterat
     yield _file("etc/modules", "".join(f"{name}\n" for name, _data in modules).encode())
     yield _file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
     yield _file("etc/acpi/PWRF/00000080", POWER_BUTTON_SCRIPT.encode(), 0o755)
+    yield _file("www/cgi-bin/fetch", FETCH_CGI.encode(), 0o755)
+    yield _file("www/cgi-bin/ping", PING_CGI.encode(), 0o755)
     yield _file("init", INIT_SCRIPT.encode(), 0o755)
 
 

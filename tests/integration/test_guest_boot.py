@@ -1,21 +1,38 @@
 """The tiny guest boots through the same path users take (an overlay boot disk on a base
 image, a NIC with a reserved IP, started by vce.kvm.environment), gets its reserved address,
-and answers ping from the host."""
+answers ping from the host, serves HTTP, and opens connections outwards on request."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import libvirt
 import pytest
 
+from plugins.module_utils.libvirt_xml import parse_network
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module
+from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import console_ip
 
 pytestmark = [pytest.mark.integration, pytest.mark.guest]
 BOOT_TIMEOUT = 90  # seconds; ~6 s is usual under TCG, more on a loaded machine
+HTTP_TIMEOUT = 30  # seconds from the lease until httpd answers (it starts right after it)
+REQUEST_TIMEOUT = 15  # one request; a fetch through the guest may take wget's 5 s and more
+
+# Straight to the guest: a proxy from the environment could neither reach the bridge nor
+# show the guest's own address to the server below.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def pings(address: str) -> bool:
@@ -25,9 +42,20 @@ def pings(address: str) -> bool:
     return result.returncode == 0
 
 
-def test_guest_gets_reserved_ip_and_answers_ping(uri, conn, tenant, subnet, base_image, libvirtd):
-    address = f"{subnet}.42"
-    env = {
+def http_get(url: str) -> tuple[int, str] | None:
+    """(status, body) of GET url; None when nothing answers (yet)."""
+    try:
+        with _direct.open(url, timeout=REQUEST_TIMEOUT) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def guest_environment(uri: str, tenant: str, subnet: str, address: str, image: Path) -> dict:
+    """One VM "guest" with the reserved address on an isolated network "lan"."""
+    return {
         "uri": uri,
         "tenant": tenant,
         "shutdown_timeout": 10,
@@ -36,11 +64,15 @@ def test_guest_gets_reserved_ip_and_answers_ping(uri, conn, tenant, subnet, base
             {
                 "name": "guest",
                 "memory_mib": 160,
-                "boot_disk": {"image": str(base_image), "size_gib": 1},
+                "boot_disk": {"image": str(image), "size_gib": 1},
                 "nics": [{"network": "lan", "ip": address}],
             }
         ],
     }
+
+
+def boot(env: dict, libvirtd: PrivateLibvirtd, tenant: str, address: str) -> Path:
+    """Start the environment, wait for the guest's lease; return its console log."""
     assert run_module("environment", env)["changed"] is True
     console = Path(libvirtd.log_dir) / "qemu" / f"{tenant}_guest.console.log"
 
@@ -48,6 +80,13 @@ def test_guest_gets_reserved_ip_and_answers_ping(uri, conn, tenant, subnet, base
         return console_ip(console.read_text(errors="replace")) if console.exists() else None
 
     assert wait_for(leased, BOOT_TIMEOUT) == address, console.read_text(errors="replace")[-2000:]
+    return console
+
+
+def test_guest_gets_reserved_ip_and_answers_ping(uri, conn, tenant, subnet, base_image, libvirtd):
+    address = f"{subnet}.42"
+    env = guest_environment(uri, tenant, subnet, address, base_image)
+    console = boot(env, libvirtd, tenant, address)
     assert wait_for(lambda: pings(address), 20), f"{address} does not answer ping"
 
     env["vms"][0]["state"] = "stopped"
@@ -56,3 +95,83 @@ def test_guest_gets_reserved_ip_and_answers_ping(uri, conn, tenant, subnet, base
     assert domain(conn, f"{tenant}_guest").state == "shutoff"
     assert "VCE-GUEST: poweroff" in console.read_text(errors="replace")  # a clean ACPI stop
     assert not pings(address)
+
+
+@dataclass
+class TokenServer:
+    """What the test's HTTP server hands out and whom it saw."""
+
+    address: str
+    port: int
+    token: str
+    clients: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def token_server(address: str) -> Iterator[TokenServer]:
+    """An HTTP server on address (a free port) answering /token with a fresh token and
+    recording each client's address: who connected, as seen from outside the guest."""
+    token = secrets.token_hex(8)
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.client_address[0])
+            body = token.encode() if self.path == "/token" else b"no such path\n"
+            self.send_response(200 if self.path == "/token" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # keep pytest's output clean
+
+    server = ThreadingHTTPServer((address, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield TokenServer(address, server.server_address[1], token, seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def bridge_address(conn: libvirt.virConnect, network: str) -> str:
+    """The host's address on a libvirt network's bridge (its gateway)."""
+    xml = conn.networkLookupByName(network).XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+    return str(parse_network(xml, True, True).gateway)
+
+
+def test_guest_serves_http_and_fetches_from_host(uri, conn, tenant, subnet, base_image, libvirtd):
+    address = f"{subnet}.42"
+    env = guest_environment(uri, tenant, subnet, address, base_image)
+    console = boot(env, libvirtd, tenant, address)
+
+    # The VM's name is the hostname in its static lease; the guest takes it from DHCP.
+    index = wait_for(lambda: http_get(f"http://{address}/"), HTTP_TIMEOUT)
+    assert index == (200, f"guest {address}\n"), console.read_text(errors="replace")[-2000:]
+
+    gateway = bridge_address(conn, f"{tenant}_lan")
+    assert gateway == f"{subnet}.1"
+    with token_server(gateway) as server:
+        target = f"http://{gateway}:{server.port}/token"
+        fetched = http_get(f"http://{address}/cgi-bin/fetch?{target}")
+        assert fetched == (200, server.token)
+        assert server.clients == [address]  # the guest's own address, no NAT in between
+
+        # A failed fetch is an error status with wget's message, not an empty 200.
+        status, body = http_get(f"http://{address}/cgi-bin/fetch?http://{gateway}:1/") or (0, "")
+        assert status == 502 and "Connection refused" in body, body
+
+    pinged = http_get(f"http://{address}/cgi-bin/ping?{gateway}")
+    assert pinged is not None and pinged[0] == 200 and " 0% packet loss" in pinged[1], pinged
+    # The queries are checked before they reach a command line.
+    assert http_get(f"http://{address}/cgi-bin/fetch?http://x;reboot") == (
+        400,
+        "unexpected character in URL\n",
+    )
+    assert http_get(f"http://{address}/cgi-bin/ping?{gateway};reboot") == (
+        400,
+        "query must be an IPv4 address\n",
+    )
