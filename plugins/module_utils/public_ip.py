@@ -13,20 +13,30 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import quota
 from .enforcement import Declaration, Gate
-from .errors import SpecError, VceError
+from .errors import SpecError
 from .host import DEFAULT_URI, Host, TenantInventory
 from .hostshell import HostShell, check_prefix
 from .ledger import Ledger
 from .ownership import check_owner, object_name
 from .plan import UNKNOWN, Change, Plan
 from .result import Result
-from .spec import INTERFACE_PATTERN, as_list, as_mapping, check_ipv4, check_name, reject_unknown
+from .spec import (
+    INTERFACE_PATTERN,
+    EnvironmentSpec,
+    as_list,
+    as_mapping,
+    check_ipv4,
+    check_name,
+    reject_unknown,
+)
 
 TABLE = "vce_nat"
 TAG = "vce"
@@ -179,13 +189,7 @@ class NatTable:
         for key, handles in found.items():
             public, private = details[key]
             state.bindings[key] = Binding(key[0], key[1], public, private, tuple(sorted(handles)))
-        addresses = self.shell.json(
-            ["ip", "-j", "-4", "addr", "show", "dev", self.uplink], "read", f"uplink {self.uplink}"
-        )
-        for link in addresses or []:
-            for info in link.get("addr_info", []):
-                if info.get("prefixlen") == 32:
-                    state.uplink_addresses.add(info["local"])
+        state.uplink_addresses = self.uplink_addresses()
         return state
 
     def batch(self, bind: Sequence[Binding], unbind: Sequence[Binding]) -> None:
@@ -210,24 +214,33 @@ class NatTable:
             f"nftables rules of table {TABLE}",
             stdin="\n".join(lines) + "\n",
         )
+        present = self.uplink_addresses()
         keep = {b.public for b in bind}
         for old in unbind:
-            if old.public not in keep:
-                self.address(old.public, present=False)
-        for new in bind:
-            self.address(new.public, present=True)
-
-    def address(self, public: str, present: bool) -> None:
-        verb = "add" if present else "del"
-        argv = ["ip", "addr", verb, f"{public}/32", "dev", self.uplink]
-        try:
+            if old.public not in keep and old.public in present:
+                self.shell.run(
+                    ["ip", "addr", "del", f"{old.public}/32", "dev", self.uplink],
+                    "remove",
+                    f"address {old.public} from {self.uplink}",
+                )
+        for public in sorted(keep - present):
             self.shell.run(
-                argv, "add" if present else "remove", f"address {public} on {self.uplink}"
+                ["ip", "addr", "add", f"{public}/32", "dev", self.uplink],
+                "add",
+                f"address {public} to {self.uplink}",
             )
-        except VceError as error:
-            # Already there (add) or already gone (del): the state wanted holds.
-            if "File exists" not in str(error) and "Cannot assign" not in str(error):
-                raise
+
+    def uplink_addresses(self) -> set[str]:
+        """The /32 addresses on the uplink: where the host answers for public IPs."""
+        shown = self.shell.json(
+            ["ip", "-j", "-4", "addr", "show", "dev", self.uplink], "read", f"uplink {self.uplink}"
+        )
+        return {
+            info["local"]
+            for link in shown or []
+            for info in link.get("addr_info", [])
+            if info.get("prefixlen") == 32
+        }
 
 
 def nic_address(
@@ -265,8 +278,41 @@ def nic_address(
     raise SpecError(f"{prefix}network", f"VM {spec.vm} has no NIC{wanted} of tenant {tenant}")
 
 
+def declared_nic_address(
+    environment: EnvironmentSpec, spec: PublicIpSpec, path: str
+) -> tuple[str, str] | None:
+    """The NIC's address and uplink from the environment's own declaration, when it declares
+    the VM (which may not exist yet when the plan is made); None otherwise."""
+    vm = next((v for v in environment.vms if v.name == spec.vm), None)
+    if vm is None:
+        return None
+    networks = {n.name: n for n in environment.networks}
+    for nic in vm.nics:
+        if spec.network is not None and nic.network != spec.network:
+            continue
+        network = networks.get(nic.network)
+        if nic.ip is None:
+            raise SpecError(
+                f"{path}.vm", f"VM {spec.vm}'s NIC on {nic.network} has no fixed IP; declare its ip"
+            )
+        if network is None or network.mode != "routed":
+            mode = network.mode if network else "not declared here"
+            raise SpecError(
+                f"{path}.network",
+                f"VM {spec.vm}'s NIC is on network {nic.network} ({mode}); a public IP needs a "
+                "routed network (mode: routed, uplink: the zone's uplink)",
+            )
+        return str(nic.ip), network.uplink or ""
+    wanted = f" on network {spec.network}" if spec.network else ""
+    raise SpecError(f"{path}.network", f"VM {spec.vm} has no NIC{wanted}")
+
+
 class PublicIpEngine:
-    """Allocation in the ledger and binding on the host, planned together."""
+    """Allocation in the ledger and binding on the host, planned together.
+
+    Each allocation and release is its own short ledger transaction under the tenant's and the
+    zone's locks; the bindings of a run are collected and applied as one nft batch at the end.
+    """
 
     def __init__(
         self, ledger: Ledger, host: Host, tenant: str, zone: Zone, shell: HostShell
@@ -276,19 +322,22 @@ class PublicIpEngine:
         self.tenant = tenant
         self.zone = zone
         self.nat = NatTable(shell, zone.uplink)
+        self.to_bind: list[tuple[str, str, Binding | None]] = []  # name, private, old binding
+        self.to_unbind: list[Binding] = []
 
-    def allocation(self, connection: Any, name: str) -> Any:
-        query = sa.select(public_ips).where(
-            public_ips.c.tenant == self.tenant,
-            public_ips.c.zone == self.zone.name,
-            public_ips.c.name == name,
-        )
-        return connection.execute(query).first()
+    @contextmanager
+    def locked(self) -> Iterator[Any]:
+        with self.ledger.store.locked(self.tenant) as connection:
+            self.ledger.store.also_lock(connection, zone_lock(self.zone.name))
+            yield connection
 
-    def holder(self, connection: Any, address: str) -> Any:
-        return connection.execute(
-            sa.select(public_ips).where(public_ips.c.address == address)
-        ).first()
+    def allocations(self) -> dict[str, Any]:
+        """The tenant's allocations in this zone, by name."""
+        with self.ledger.store.read() as connection:
+            query = sa.select(public_ips).where(
+                public_ips.c.tenant == self.tenant, public_ips.c.zone == self.zone.name
+            )
+            return {row.name: row for row in connection.execute(query)}
 
     def free_address(self, connection: Any) -> tuple[str, str]:
         taken = {row.address for row in connection.execute(sa.select(public_ips.c.address))}
@@ -296,109 +345,124 @@ class PublicIpEngine:
             for address in pool.addresses():
                 if str(address) not in taken:
                     return str(address), pool.name
+        raise self.exhausted()
+
+    def plan(
+        self,
+        declared: Sequence[tuple[PublicIpSpec, str, str, str]],
+        removed: Sequence[str],
+        nat: NatState,
+    ) -> Plan:
+        """Changes for the declared public IPs - (spec, private address, uplink, field path) -
+        and the removals of the named ones."""
+        plan = Plan()
+        current = self.allocations()
+        new = [spec for spec, *_rest in declared if spec.name not in current]
+        with self.ledger.store.read() as connection:
+            if new:
+                record = self.ledger.require_tenant(connection, self.tenant)
+                limits = self.ledger.limits(connection, record)
+                used = {"public_ips": self.ledger.public_ip_count(connection, self.tenant)}
+                found = quota.breaches(limits, used, {"public_ips": len(new)})
+                if found:
+                    raise quota.QuotaExceeded(self.tenant, found)
+            taken = {row.address: row for row in connection.execute(sa.select(public_ips))}
+            free = [
+                str(a) for pool in self.zone.pools for a in pool.addresses() if str(a) not in taken
+            ]
+        wanted = {str(s.address) for s, *_rest in declared if s.address is not None}
+        automatic = [a for a in free if a not in wanted]
+        needed = [s for s in new if s.address is None]
+        if len(needed) > len(automatic):
+            raise self.exhausted()
+        for spec, private, uplink, path in declared:
+            prefix = f"{path}." if path else ""
+            if uplink != self.zone.uplink:
+                raise SpecError(
+                    f"{prefix}network",
+                    f"VM {spec.vm}'s network is routed to {uplink or 'nothing'}, not to zone "
+                    f"{self.zone.name}'s uplink {self.zone.uplink}",
+                )
+            row = current.get(spec.name)
+            address = self.choose(spec, row, taken, prefix)
+            if row is None:
+                plan.add(
+                    Change(
+                        "public_ip",
+                        spec.name,
+                        "allocate",
+                        field="address",
+                        after=address or UNKNOWN,
+                        run=partial(self.allocate, spec, address, private),
+                    )
+                )
+            elif (row.vm, row.private_ip) != (spec.vm, private):
+                plan.add(
+                    Change(
+                        "public_ip",
+                        spec.name,
+                        "rebind",
+                        field="vm",
+                        before=f"{row.vm} ({row.private_ip})",
+                        after=f"{spec.vm} ({private})",
+                        run=partial(self.record_binding, spec.name, spec.vm, private),
+                    )
+                )
+            self.plan_binding(plan, spec.name, row.address if row else address, private, nat)
+        for name in removed:
+            self.plan_release(plan, name, current.get(name), nat)
+        return plan
+
+    def exhausted(self) -> SpecError:
         pools = ", ".join(f"{p.name} {p.cidr}" for p in self.zone.pools)
-        raise SpecError(
+        return SpecError(
             "zone_config.public_pools", f"zone {self.zone.name}'s pools are exhausted ({pools})"
         )
 
     def choose(
-        self, connection: Any, spec: PublicIpSpec, current: Any, path: str
-    ) -> tuple[str | None, str]:
-        """The address this declaration gets: the one it holds, the one it asks for, or the pool's
-        first free one (None in check mode until apply picks it)."""
-        prefix = f"{path}." if path else ""
-        if spec.address is not None:
-            address = str(spec.address)
-            if current is not None and current.address != address:
-                raise SpecError(
-                    f"{prefix}address",
-                    f"{self.tenant}'s public IP {spec.name} is {current.address}; changing the "
-                    "address means releasing it (state: absent) and allocating a new one",
-                )
-            holder = self.holder(connection, address)
-            if holder is not None and (holder.tenant, holder.name) != (self.tenant, spec.name):
-                raise SpecError(f"{prefix}address", f"{address} is already taken")
-            return address, self.zone.pool_of(spec.address).name
-        if current is not None:
-            return current.address, current.pool
-        return None, ""
-
-    def plan_present(
-        self,
-        connection: Any,
-        spec: PublicIpSpec,
-        inventory: TenantInventory,
-        nat: NatState,
-        path: str = "",
-    ) -> Plan:
-        plan = Plan()
-        private, uplink = nic_address(inventory, self.tenant, spec, path)
-        if uplink != self.zone.uplink:
+        self, spec: PublicIpSpec, row: Any, taken: Mapping[str, Any], prefix: str
+    ) -> str | None:
+        """The address the declaration holds or asks for; None: the pool's first free one."""
+        if spec.address is None:
+            return row.address if row else None
+        address = str(spec.address)
+        if row is not None and row.address != address:
             raise SpecError(
-                f"{path + '.' if path else ''}network",
-                f"VM {spec.vm}'s network is routed to {uplink}, not to zone "
-                f"{self.zone.name}'s uplink {self.zone.uplink}",
+                f"{prefix}address",
+                f"{self.tenant}'s public IP {spec.name} is {row.address}; changing the address "
+                "means releasing it (state: absent) and allocating a new one",
             )
-        current = self.allocation(connection, spec.name)
-        address, pool = self.choose(connection, spec, current, path)
-        if current is None:
-            limits = self.ledger.limits(
-                connection, self.ledger.require_tenant(connection, self.tenant)
-            )
-            used = {"public_ips": self.ledger.public_ip_count(connection, self.tenant)}
-            found = quota.breaches(limits, used, {"public_ips": 1})
-            if found:
-                raise quota.QuotaExceeded(self.tenant, found)
-            if address is None:
-                self.free_address(connection)  # fail now, in check mode too, if none is left
-            plan.add(
-                Change(
-                    "public_ip",
-                    spec.name,
-                    "allocate",
-                    field="address",
-                    after=address or UNKNOWN,
-                    run=lambda: self.allocate(connection, spec, address, pool, private),
-                )
-            )
-        bound = nat.bindings.get((self.tenant, spec.name))
-        if current is not None and (current.vm, current.private_ip) != (spec.vm, private):
-            plan.add(
-                Change(
-                    "public_ip",
-                    spec.name,
-                    "rebind",
-                    field="vm",
-                    before=f"{current.vm} ({current.private_ip})",
-                    after=f"{spec.vm} ({private})",
-                    run=lambda: self.record_binding(connection, spec.name, spec.vm, private),
-                )
-            )
-        target = address or UNKNOWN
+        holder = taken.get(address)
+        if holder is not None and (holder.tenant, holder.name) != (self.tenant, spec.name):
+            raise SpecError(f"{prefix}address", f"{address} is already taken")
+        return address
+
+    def plan_binding(
+        self, plan: Plan, name: str, address: str | None, private: str, nat: NatState
+    ) -> None:
+        bound = nat.bindings.get((self.tenant, name))
         healthy = (
             bound is not None
-            and bound.public == target
-            and bound.private == private
+            and address is not None
+            and (bound.public, bound.private) == (address, private)
             and len(bound.handles) == 3
             and bound.public in nat.uplink_addresses
         )
-        if not healthy:
-            plan.add(
-                Change(
-                    "public_ip",
-                    spec.name,
-                    "bind",
-                    field="binding",
-                    before=f"{bound.public} -> {bound.private}" if bound else None,
-                    after=f"{target} -> {private}",
-                    run=lambda: self.bind(connection, spec.name, private, bound),
-                )
+        if healthy:
+            return
+        plan.add(
+            Change(
+                "public_ip",
+                name,
+                "bind",
+                field="binding",
+                before=f"{bound.public} -> {bound.private}" if bound else None,
+                after=f"{address or UNKNOWN} -> {private}",
+                run=partial(self.to_bind.append, (name, private, bound)),
             )
-        return plan
+        )
 
-    def plan_absent(self, connection: Any, name: str, nat: NatState) -> Plan:
-        plan = Plan()
-        current = self.allocation(connection, name)
+    def plan_release(self, plan: Plan, name: str, row: Any, nat: NatState) -> None:
         bound = nat.bindings.get((self.tenant, name))
         if bound is not None:
             plan.add(
@@ -408,126 +472,146 @@ class PublicIpEngine:
                     "unbind",
                     field="binding",
                     before=f"{bound.public} -> {bound.private}",
-                    run=lambda: self.nat.batch([], [bound]),
+                    run=partial(self.to_unbind.append, bound),
                 )
             )
-        if current is not None:
+        if row is not None:
             plan.add(
                 Change(
                     "public_ip",
                     name,
                     "release",
                     field="address",
-                    before=current.address,
-                    run=lambda: self.release(connection, name),
+                    before=row.address,
+                    run=partial(self.release, name),
                 )
             )
-        return plan
 
-    def allocate(
-        self, connection: Any, spec: PublicIpSpec, address: str | None, pool: str, private: str
-    ) -> None:
-        if address is None:
-            address, pool = self.free_address(connection)
-        now = self.ledger.now()
-        connection.execute(
-            public_ips.insert().values(
-                address=address,
-                zone=self.zone.name,
-                pool=pool,
-                tenant=self.tenant,
-                name=spec.name,
-                host=self.host.uri,
-                vm=spec.vm,
-                private_ip=private,
-                allocated_at=now,
-                updated_at=now,
+    def allocate(self, spec: PublicIpSpec, address: str | None, private: str) -> None:
+        with self.locked() as connection:
+            if address is None:
+                address, pool = self.free_address(connection)
+            else:
+                pool = self.zone.pool_of(ipaddress.IPv4Address(address)).name
+                holder = connection.execute(
+                    sa.select(public_ips).where(public_ips.c.address == address)
+                ).first()
+                if holder is not None:
+                    raise SpecError("address", f"{address} was taken by another run meanwhile")
+            now = self.ledger.now()
+            connection.execute(
+                public_ips.insert().values(
+                    address=address,
+                    zone=self.zone.name,
+                    pool=pool,
+                    tenant=self.tenant,
+                    name=spec.name,
+                    host=self.host.uri,
+                    vm=spec.vm,
+                    private_ip=private,
+                    allocated_at=now,
+                    updated_at=now,
+                )
             )
-        )
-        self.ledger.event(
-            connection, self.tenant, "public_ip_allocated", {"name": spec.name, "address": address}
-        )
+            detail = {"name": spec.name, "address": address}
+            self.ledger.event(connection, self.tenant, "public_ip_allocated", detail)
 
-    def record_binding(self, connection: Any, name: str, vm: str, private: str) -> None:
-        connection.execute(
-            public_ips.update()
-            .where(
-                public_ips.c.tenant == self.tenant,
-                public_ips.c.zone == self.zone.name,
-                public_ips.c.name == name,
+    def record_binding(self, name: str, vm: str, private: str) -> None:
+        with self.locked() as connection:
+            connection.execute(
+                public_ips.update()
+                .where(
+                    public_ips.c.tenant == self.tenant,
+                    public_ips.c.zone == self.zone.name,
+                    public_ips.c.name == name,
+                )
+                .values(vm=vm, private_ip=private, host=self.host.uri, updated_at=self.ledger.now())
             )
-            .values(vm=vm, private_ip=private, host=self.host.uri, updated_at=self.ledger.now())
-        )
 
-    def bind(self, connection: Any, name: str, private: str, bound: Binding | None) -> None:
-        address = self.allocation(connection, name).address
-        new = Binding(self.tenant, name, address, private)
-        self.nat.batch([new], [bound] if bound else [])
+    def release(self, name: str) -> None:
+        """Unbind first (one batch with any other pending change), then free the address."""
+        self.flush()
+        with self.locked() as connection:
+            row = connection.execute(
+                sa.select(public_ips).where(
+                    public_ips.c.tenant == self.tenant,
+                    public_ips.c.zone == self.zone.name,
+                    public_ips.c.name == name,
+                )
+            ).first()
+            if row is None:
+                return
+            connection.execute(public_ips.delete().where(public_ips.c.address == row.address))
+            detail = {"name": name, "address": row.address}
+            self.ledger.event(connection, self.tenant, "public_ip_released", detail)
 
-    def release(self, connection: Any, name: str) -> None:
-        row = self.allocation(connection, name)
-        connection.execute(public_ips.delete().where(public_ips.c.address == row.address))
-        self.ledger.event(
-            connection, self.tenant, "public_ip_released", {"name": name, "address": row.address}
-        )
+    def flush(self) -> None:
+        """Apply the bindings collected so far in one nft batch (one per run and host)."""
+        if not self.to_bind and not self.to_unbind:
+            return
+        rows = self.allocations()
+        bind, unbind = [], list(self.to_unbind)
+        for name, private, old in self.to_bind:
+            bind.append(Binding(self.tenant, name, rows[name].address, private))
+            if old is not None:
+                unbind.append(old)
+        self.to_bind.clear()
+        self.to_unbind.clear()
+        self.nat.batch(bind, unbind)
 
-    def facts(self, connection: Any, name: str, nat: NatState) -> dict[str, Any]:
-        row = self.allocation(connection, name)
-        if row is None:
-            return {}
-        bound = nat.bindings.get((self.tenant, name))
-        return {
-            "name": name,
-            "address": row.address,
-            "pool": row.pool,
-            "zone": row.zone,
-            "vm": row.vm,
-            "private_ip": row.private_ip,
-            "bound": bound is not None and bound.public == row.address,
-        }
+    def facts(self, nat: NatState) -> dict[str, dict[str, Any]]:
+        result = {}
+        for name, row in self.allocations().items():
+            bound = nat.bindings.get((self.tenant, name))
+            result[name] = {
+                "name": name,
+                "address": row.address,
+                "pool": row.pool,
+                "zone": row.zone,
+                "vm": row.vm,
+                "private_ip": row.private_ip,
+                "bound": bound is not None and bound.public == row.address,
+            }
+        return result
 
 
 def zone_lock(zone: str) -> str:
     return f"(public-ips {zone})"
 
 
+def engine_from(
+    params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
+) -> PublicIpEngine:
+    zone = parse_zone(params.get("zone"), params.get("zone_config"))
+    shell = HostShell(check_prefix(params.get("host_command")))
+    return PublicIpEngine(ledger, host, tenant, zone, shell)
+
+
 def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
-    zone = parse_zone(params.get("zone"), params.get("zone_config"))
-    state = params.get("state") or "present"
-    shell = HostShell(check_prefix(params.get("host_command")))
+    name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
     ledger = Ledger.open(params.get("ledger_url") or None)
-    spec = (
-        parse_public_ip(
-            {
-                k: params.get(k)
-                for k in ("name", "vm", "network", "address")
-                if params.get(k) is not None
-            },
-            "",
-            zone,
-        )
-        if state == "present"
-        else None
-    )
-    name = check_name(params.get("name"), "name")
+    engine = engine_from(params, ledger, host, tenant)
     gate = Gate(ledger, host, tenant, Declaration())
-    engine = PublicIpEngine(ledger, host, tenant, zone, shell)
     inventory = host.inventory(tenant)
-    with ledger.store.locked(tenant) as connection:
-        ledger.store.also_lock(connection, zone_lock(zone.name))
-        nat = engine.nat.observe()
-        plan = (
-            engine.plan_present(connection, spec, inventory, nat)
-            if spec
-            else engine.plan_absent(connection, name, nat)
+    nat = engine.nat.observe()
+    if (params.get("state") or "present") == "present":
+        fields = ("name", "vm", "network", "address")
+        spec = parse_public_ip(
+            {k: params[k] for k in fields if params.get(k) is not None}, "", engine.zone
         )
-        gate.admit(plan, inventory)
-        if not check_mode:
-            plan.apply()
-            nat = engine.nat.observe() if plan.changed else nat
-        facts = engine.facts(connection, name, nat)
+        private, uplink = nic_address(inventory, tenant, spec, "")
+        plan = engine.plan([(spec, private, uplink, "")], [], nat)
+    else:
+        plan = engine.plan([], [name], nat)
+    gate.admit(plan, inventory)
+    if not check_mode:
+        plan.apply()
+        engine.flush()
+        if plan.changed:
+            nat = engine.nat.observe()
     return Result(
-        plan.changed, plan.to_list(), plan.diff(), plan.warnings, facts={"public_ip": facts}
-    )
+        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
+        facts={"public_ip": engine.facts(nat).get(name, {})},
+    )  # fmt: skip

@@ -1,0 +1,297 @@
+"""vce.kvm.public_ip across the multi-host lab, with real packets: a tiny guest on kvm-a answers
+ping and HTTP from the internet namespace at its public IP, its outbound connections leave as
+that address, rebinding keeps the address, and after absent nothing is left on the host."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from plugins.module_utils import engine
+from tests.support.ansible_runner import run_module
+from tests.support.ledger import forget_stores, register
+from tools.cleanup import remove_prefixed
+from tools.multihost import LabHost, MultiHostLab
+from tools.tinyguest import build_base_image
+
+pytestmark = [pytest.mark.multihost, pytest.mark.guest]
+BOOT_TIMEOUT = 90
+ZONE = {
+    "uplink": "up0",
+    "public_pools": [{"name": "pub-a", "cidr": "203.0.113.64/27", "gateway": "203.0.113.1"}],
+}
+TINY_ZONE = {  # one assignable address: .98 (.97 is the gateway)
+    "uplink": "up0",
+    "public_pools": [{"name": "tiny", "cidr": "203.0.113.96/30", "gateway": "203.0.113.97"}],
+}
+SERVER = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print(self.client_address[0], flush=True)
+        self.send_response(200); self.end_headers(); self.wfile.write(b"token-7f3a")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("203.0.113.1", 8080), Handler).serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[MultiHostLab]:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    started = MultiHostLab(base)
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ledger_url(lab: MultiHostLab) -> Iterator[str]:
+    url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
+    previous = os.environ.get("VCE_LEDGER_URL")
+    os.environ["VCE_LEDGER_URL"] = url
+    yield url
+    forget_stores()
+    if previous is None:
+        os.environ.pop("VCE_LEDGER_URL")
+    else:
+        os.environ["VCE_LEDGER_URL"] = previous
+
+
+@pytest.fixture(scope="module")
+def kvm_a(lab: MultiHostLab) -> LabHost:
+    return lab.hosts["kvm-a"]
+
+
+def environment(host: LabHost, tenant: str, image: str, third_octet: int, **states: str) -> dict:
+    """A routed network and one VM per keyword (name=state), addresses .10, .11, ..."""
+    return {
+        "uri": host.uri,
+        "tenant": tenant,
+        "networks": [
+            {"name": "lan", "cidr": f"10.60.{third_octet}.0/24", "mode": "routed", "uplink": "up0"},
+            {"name": "quiet", "cidr": f"10.61.{third_octet}.0/24", "mode": "isolated"},
+        ],
+        "vms": [
+            {
+                "name": name,
+                "memory_mib": 96,
+                "boot_disk": {"image": image, "size_gib": 1},
+                "nics": [nic(name, third_octet, i)],
+                "state": state,
+            }
+            for i, (name, state) in enumerate(states.items())
+        ],
+    }
+
+
+def nic(vm: str, third_octet: int, index: int) -> dict:
+    """VM "hidden" sits on the isolated network; the others on the routed one."""
+    if vm == "hidden":
+        return {"network": "quiet", "ip": f"10.61.{third_octet}.10"}
+    return {"network": "lan", "ip": f"10.60.{third_octet}.{10 + index}"}
+
+
+@pytest.fixture(scope="module")
+def acme(lab, kvm_a, ledger_url) -> Iterator[str]:
+    """Tenant acme on kvm-a: web1 running (the tiny guest), web2 stopped, hidden (isolated)."""
+    register(ledger_url, "acme", public_ips=3)
+    old = os.environ.get("VCE_CONSOLE_LOG_DIR")
+    os.environ["VCE_CONSOLE_LOG_DIR"] = str(kvm_a.log_dir / "qemu")
+    try:
+        params = environment(
+            kvm_a,
+            "acme",
+            str(build_base_image()),
+            1,
+            web1="running",
+            web2="stopped",
+            hidden="stopped",
+        )
+        engine.run_environment(params)
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while kvm_a.run(["ping", "-c", "1", "-W", "1", "10.60.1.10"]).returncode != 0:
+            assert time.monotonic() < deadline, "web1 did not answer on 10.60.1.10"
+            time.sleep(1)
+        yield "acme"
+    finally:
+        if old is None:
+            os.environ.pop("VCE_CONSOLE_LOG_DIR", None)
+        else:
+            os.environ["VCE_CONSOLE_LOG_DIR"] = old
+        remove_prefixed(kvm_a.connect(), "acme_")
+
+
+@pytest.fixture(scope="module")
+def rival(lab, kvm_a, ledger_url, acme) -> str:
+    """Another tenant on kvm-a with a stopped VM on its own routed network."""
+    register(ledger_url, "rival")
+    engine.run_environment(
+        environment(kvm_a, "rival", str(build_base_image()), 2, db1="stopped", db2="stopped")
+    )
+    return "rival"
+
+
+def pip(host: LabHost, tenant: str, name: str, zone: dict = ZONE, **extra) -> dict:
+    return {
+        "uri": host.uri,
+        "tenant": tenant,
+        "name": name,
+        "zone": "zone-a",
+        "zone_config": zone,
+        "host_command": host.command_prefix,
+        **extra,
+    }
+
+
+def nat_rules(host: LabHost) -> list[str]:
+    """Comments of the rules in the project's table on the host."""
+    listing = host.run(["nft", "-j", "list", "ruleset", "ip"], check=True).stdout
+    items = json.loads(listing)["nftables"]
+    return sorted(
+        i["rule"].get("comment", "")
+        for i in items
+        if "rule" in i and i["rule"]["table"] == "vce_nat"
+    )
+
+
+def uplink_addresses(host: LabHost) -> set[str]:
+    shown = json.loads(
+        host.run(["ip", "-j", "-4", "addr", "show", "dev", "up0"], check=True).stdout
+    )
+    return {a["local"] for link in shown for a in link["addr_info"]}
+
+
+def from_internet(lab: MultiHostLab, url: str) -> str:
+    code = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    )
+    proc = lab.inet_run([sys.executable, "-c", code], timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else f"FAILED: {proc.stderr.strip()[-300:]}"
+
+
+def pings(lab: MultiHostLab, address: str) -> bool:
+    return any(
+        lab.inet_run(["ping", "-c", "1", "-W", "1", address]).returncode == 0 for _try in range(3)
+    )
+
+
+def test_public_ip_reaches_the_guest_and_its_traffic_leaves_as_that_address(lab, kvm_a, acme):
+    checked = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"), check=True, diff=True)
+    assert checked["changed"] and not checked["failed"], checked
+    assert [c["action"] for c in checked["plan"]] == ["allocate", "bind"]
+    assert nat_rules(kvm_a) == []
+
+    bound = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))
+    assert bound["changed"], bound
+    address = bound["public_ip"]["address"]
+    assert address == "203.0.113.65" and bound["public_ip"]["bound"]
+    comment = f"vce:acme:web:{address}:10.60.1.10"
+    assert nat_rules(kvm_a) == [comment] * 3
+    assert address in uplink_addresses(kvm_a)
+    assert not run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))["changed"]
+
+    assert pings(lab, address)
+    assert from_internet(lab, f"http://{address}/") == "web1 10.60.1.10"
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.internet_netns, sys.executable, "-c", SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1)
+        fetched = from_internet(lab, f"http://{address}/cgi-bin/fetch?http://203.0.113.1:8080/x")
+        assert fetched == "token-7f3a"
+    finally:
+        server.terminate()
+        seen = server.communicate(timeout=10)[0].split()
+    assert seen == [address]  # the guest's own request arrived from its public IP
+
+    # A rule removed by hand is put back.
+    kvm_a.run(["nft", "flush", "chain", "ip", "vce_nat", "postrouting"], check=True)
+    repaired = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))
+    assert [c["action"] for c in repaired.get("plan", [])] == ["bind"], repaired
+    assert nat_rules(kvm_a) == [comment] * 3
+
+
+def test_rebinding_keeps_the_address_and_absent_leaves_nothing(lab, kvm_a, acme):
+    first = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))["public_ip"]["address"]
+    moved = run_module("public_ip", pip(kvm_a, acme, "web", vm="web2"))
+    assert [c["action"] for c in moved["plan"]] == ["rebind", "bind"]
+    assert moved["public_ip"]["address"] == first
+    assert nat_rules(kvm_a) == [f"vce:acme:web:{first}:10.60.1.11"] * 3
+
+    gone = run_module("public_ip", pip(kvm_a, acme, "web", state="absent"))
+    assert [c["action"] for c in gone["plan"]] == ["unbind", "release"]
+    assert gone["public_ip"] == {}
+    assert nat_rules(kvm_a) == []
+    assert first not in uplink_addresses(kvm_a)
+    assert not pings(lab, first)
+    assert not run_module("public_ip", pip(kvm_a, acme, "web", state="absent"))["changed"]
+    again = run_module("public_ip", pip(kvm_a, acme, "other", vm="web1"))
+    assert again["public_ip"]["address"] == first  # released addresses are reused
+    assert run_module("public_ip", pip(kvm_a, acme, "other", state="absent"))["changed"]
+
+
+def test_bad_public_ip_input_changes_nothing(kvm_a, acme, rival):
+    taken = run_module("public_ip", pip(kvm_a, rival, "db", vm="db1", address="203.0.113.70"))
+    assert taken["changed"], taken
+    cases = [
+        (
+            pip(kvm_a, acme, "x", vm="web1", address="198.51.100.5"),
+            "address",
+            "outside zone zone-a",
+        ),
+        (pip(kvm_a, acme, "x", vm="web1", address="203.0.113.70"), "address", "already taken"),
+        (pip(kvm_a, acme, "x", vm="nope"), "vm", "unknown VM 'nope'"),
+        (pip(kvm_a, acme, "x", vm="db1"), "vm", "unknown VM 'db1'"),  # rival's VM
+        (pip(kvm_a, acme, "x", vm="hidden"), "network", "needs a routed network"),
+    ]
+    before = nat_rules(kvm_a)
+    for args, field, reason in cases:
+        result = run_module("public_ip", args)
+        assert result["failed"] and not result["changed"], result
+        assert result["field"] == field and reason in result["msg"], result
+    tiny = run_module("public_ip", pip(kvm_a, rival, "db2", vm="db2", zone=TINY_ZONE))
+    assert tiny["public_ip"]["address"] == "203.0.113.98"
+    exhausted = run_module("public_ip", pip(kvm_a, acme, "x", vm="web2", zone=TINY_ZONE))
+    assert exhausted["failed"] and "exhausted" in exhausted["msg"]
+    assert nat_rules(kvm_a) == sorted(before + ["vce:rival:db2:203.0.113.98:10.60.2.11"] * 3)
+    for name, zone in (("db", ZONE), ("db2", TINY_ZONE)):
+        assert run_module("public_ip", pip(kvm_a, rival, name, zone=zone, state="absent"))[
+            "changed"
+        ]
+
+
+def allocate(args: dict) -> str:
+    os.environ["VCE_LEDGER_URL"] = args.pop("ledger_url")
+    from plugins.module_utils.public_ip import run_public_ip
+
+    return run_public_ip(args).facts["public_ip"]["address"]
+
+
+def test_two_tenants_at_once_never_get_the_same_address(kvm_a, acme, rival, ledger_url):
+    jobs = [
+        {**pip(kvm_a, acme, "race", vm="web2"), "ledger_url": ledger_url},
+        {**pip(kvm_a, rival, "race", vm="db2"), "ledger_url": ledger_url},
+    ]
+    with multiprocessing.get_context("spawn").Pool(2) as workers:
+        addresses = workers.map(allocate, jobs, chunksize=1)
+    assert len(set(addresses)) == 2, addresses
+    for tenant in (acme, rival):
+        assert run_module("public_ip", pip(kvm_a, tenant, "race", state="absent"))["changed"]
+    assert nat_rules(kvm_a) == []
