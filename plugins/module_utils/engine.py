@@ -30,6 +30,7 @@ from .libvirt_xml import DiskDevice, disk_device_xml, free_disk_target
 from .network import NetworkEngine
 from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
+from .public_ip import PublicIpEngine, plan_environment_public_ips
 from .result import Result
 from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
 from .tenants import ledger_facts, run_block
@@ -56,6 +57,7 @@ def conclude(
     inventory: TenantInventory,
     section: str | None = None,
     name: str | None = None,
+    public_ips: PublicIpEngine | None = None,
 ) -> Result:
     """Admit the plan (quotas, operator locks), apply it under a reservation unless checking,
     then report the plan and the facts of the object(s) concerned.
@@ -68,6 +70,8 @@ def conclude(
     if not check_mode:
         with gate.reservation(plan):
             plan.apply()
+            if public_ips is not None:
+                public_ips.flush()  # one nft batch for every binding of the run
         # What was read before the run still holds when nothing changed.
         if plan.changed:
             after = gate.host.inventory(inventory.tenant)
@@ -82,6 +86,8 @@ def conclude(
     if section is None and check_mode:
         return result
     facts = tenant_facts(gate.host, inventory.tenant, after)
+    if public_ips is not None:
+        facts["public_ips"] = public_ips.facts(public_ips.nat.observe())
     if section is None:
         result.facts = {"environment": facts}
     else:
@@ -93,6 +99,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     state = params.get("state") or "present"
     default_pool = params.get("default_pool") or "default"
     options = options_from(params)
+    spec = None
     if state == "absent":
         tenant = check_name(params.get("tenant"), "tenant")
         declaration = Declaration(remove_undeclared=True)
@@ -104,11 +111,18 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     gate = open_gate(params, host, tenant, declaration)
     engine = EnvironmentEngine(host, tenant, options)
     inventory = engine.observe()
-    if state == "absent":
-        plan = engine.plan_absent(inventory)
+    absent = state == "absent"
+    public_ips, plan = plan_environment_public_ips(
+        params, spec, gate.ledger, host, inventory, absent or options.prune
+    )
+    # Public IPs are released before their VMs go, and bound after their VMs exist.
+    if absent:
+        plan.extend(engine.plan_absent(inventory))
     else:
-        plan = engine.plan_present(spec, inventory)
-    return conclude(plan, check_mode, gate, inventory)
+        vm_plan = engine.plan_present(spec, inventory)
+        vm_plan.extend(plan)
+        plan = vm_plan
+    return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
 
 
 def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:

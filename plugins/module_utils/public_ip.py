@@ -615,3 +615,44 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
         plan.changed, plan.to_list(), plan.diff(), plan.warnings,
         facts={"public_ip": engine.facts(nat).get(name, {})},
     )  # fmt: skip
+
+
+def plan_environment_public_ips(
+    params: Mapping[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    host: Host,
+    inventory: TenantInventory,
+    remove_undeclared: bool,
+) -> tuple[PublicIpEngine | None, Plan]:
+    """The environment's public IPs (the VMs they bind may be declared in the same run); with
+    prune or state absent, the tenant's other public IPs of the zone are released."""
+    absent = params.get("state") == "absent"
+    raw_ips = [] if absent else as_list(params.get("public_ips"), "public_ips")
+    if params.get("zone_config") is None:
+        if raw_ips:
+            raise SpecError(
+                "zone_config", "public IPs need the host's zone: set zone and zone_config"
+            )
+        return None, Plan()
+    tenant = check_name(params.get("tenant"), "tenant")
+    engine = engine_from(params, ledger, host, tenant)
+    declared = []
+    for i, raw in enumerate(raw_ips):
+        path = f"public_ips[{i}]"
+        item = parse_public_ip(raw, path, engine.zone)
+        found = declared_nic_address(spec, item, path) if spec else None
+        private, uplink = found or nic_address(inventory, tenant, item, path)
+        declared.append((item, private, uplink, path))
+    names = [item.name for item, *_rest in declared]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SpecError("public_ips", f"public IP {duplicates[0]!r} is declared twice")
+    undeclared = sorted(set(engine.allocations()) - set(names))
+    plan = engine.plan(declared, undeclared if remove_undeclared else [], engine.nat.observe())
+    if undeclared and not remove_undeclared:
+        plan.warnings.append(
+            f"tenant {tenant} has public IPs no declaration mentions: {', '.join(undeclared)} "
+            "(set prune: true to release them)"
+        )
+    return engine, plan

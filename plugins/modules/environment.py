@@ -56,6 +56,31 @@ options:
     type: list
     elements: dict
     default: []
+  public_ips:
+    description:
+      - The tenant's public IPs on this host, each bound 1:1 to a VM's NIC. Each item takes
+        O(vce.kvm.public_ip#module:name), O(vce.kvm.public_ip#module:vm),
+        O(vce.kvm.public_ip#module:network) and O(vce.kvm.public_ip#module:address); the VM may
+        be declared in the same call. Needs O(zone) and O(zone_config).
+      - All bindings of a run are written in one atomic nft batch.
+    type: list
+    elements: dict
+    default: []
+  zone:
+    description: The host's availability zone (the inventory's C(vce_zone)), for O(public_ips).
+    type: str
+  zone_config:
+    description:
+      - The zone's uplink and public pools (see M(vce.kvm.public_ip)), for O(public_ips). With it,
+        O(prune) and O(state=absent) also release the tenant's public IPs of the zone that are
+        not declared.
+    type: dict
+  host_command:
+    description:
+      - How to run C(nft) and C(ip) on the KVM host for O(public_ips) - a command prefix such as
+        V([ssh, root@kvm1]). Default - directly.
+    type: list
+    elements: str
   default_pool:
     description: Storage pool used where a disk names none.
     type: str
@@ -154,6 +179,10 @@ def main() -> None:
             networks={"type": "list", "elements": "dict", "default": []},
             disks={"type": "list", "elements": "dict", "default": []},
             vms={"type": "list", "elements": "dict", "default": []},
+            public_ips={"type": "list", "elements": "dict", "default": []},
+            zone={"type": "str"},
+            zone_config={"type": "dict"},
+            host_command={"type": "list", "elements": "str"},
             default_pool={"type": "str", "default": "default"},
             prune={"type": "bool", "default": False},
             allow_restart={"type": "bool", "default": False},

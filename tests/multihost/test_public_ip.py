@@ -295,3 +295,46 @@ def test_two_tenants_at_once_never_get_the_same_address(kvm_a, acme, rival, ledg
     for tenant in (acme, rival):
         assert run_module("public_ip", pip(kvm_a, tenant, "race", state="absent"))["changed"]
     assert nat_rules(kvm_a) == []
+
+
+ZONE_B = {
+    "uplink": "up0",
+    "public_pools": [{"name": "pub-b", "cidr": "203.0.113.96/27", "gateway": "203.0.113.1"}],
+}
+
+
+def test_environment_declares_vms_and_their_public_ips_in_one_run(lab, ledger_url, acme):
+    kvm_b = lab.hosts["kvm-b"]
+    params = {
+        **environment(kvm_b, acme, str(build_base_image()), 3, app1="stopped", app2="stopped"),
+        "public_ips": [
+            {"name": "app1", "vm": "app1"},
+            {"name": "app2", "vm": "app2", "address": "203.0.113.120"},
+        ],
+        "zone": "zone-b",
+        "zone_config": ZONE_B,
+        "host_command": kvm_b.command_prefix,
+    }
+    try:
+        checked = run_module("environment", params, check=True)
+        assert checked["changed"] and not checked["failed"], checked
+        allocations = [c for c in checked["plan"] if c["action"] == "allocate"]
+        assert [c["after"] for c in allocations] == ["(known after apply)", "203.0.113.120"]
+        applied = run_module("environment", params)
+        assert applied["changed"], applied
+        ips = applied["environment"]["public_ips"]
+        assert {n: (ip["address"], ip["bound"]) for n, ip in ips.items()} == {
+            "app1": ("203.0.113.97", True),
+            "app2": ("203.0.113.120", True),
+        }
+        assert nat_rules(kvm_b) == sorted(
+            ["vce:acme:app1:203.0.113.97:10.60.3.10"] * 3
+            + ["vce:acme:app2:203.0.113.120:10.60.3.11"] * 3
+        )
+        assert not run_module("environment", params)["changed"]
+    finally:
+        absent = {**params, "state": "absent"}
+        removed = run_module("environment", absent)
+    assert removed["changed"] and not removed["failed"], removed
+    assert nat_rules(kvm_b) == []
+    assert not {"203.0.113.97", "203.0.113.120"} & uplink_addresses(kvm_b)
