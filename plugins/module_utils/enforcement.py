@@ -267,5 +267,8 @@ def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage
     return quota.add(
         ledger.known_usage(connection, record.name),
         ledger.reserved(connection, record.name),
-        {"public_ips": ledger.public_ip_count(connection, record.name)},
+        {
+            "public_ips": ledger.public_ip_count(connection, record.name),
+            "zone_links": ledger.zone_link_count(connection, record.name),
+        },
     )

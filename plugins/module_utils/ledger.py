@@ -36,6 +36,7 @@ try:
         reservations,
         tenants,
         trial_grants,
+        zone_links,
     )
 except ImportError:  # reported by Store()
     sa = None
@@ -368,6 +369,13 @@ class Ledger:
         """Public IPs allocated to the tenant in every zone: the ledger is their truth."""
         query = (
             sa.select(sa.func.count()).select_from(public_ips).where(public_ips.c.tenant == tenant)
+        )
+        return int(connection.execute(query).scalar())
+
+    def zone_link_count(self, connection: Any, tenant: str) -> int:
+        """The tenant's zone links: the ledger is their truth."""
+        query = (
+            sa.select(sa.func.count()).select_from(zone_links).where(zone_links.c.tenant == tenant)
         )
         return int(connection.execute(query).scalar())
 

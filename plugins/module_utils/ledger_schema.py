@@ -156,3 +156,16 @@ if sa is not None:
         sa.Column("updated_at", UtcDateTime, nullable=False),
         sa.UniqueConstraint("tenant", "zone", "name", name="uq_public_ips_tenant_zone_name"),
     )
+
+    # Cross-zone links; the VNI is unique, so no VNI ever carries two links.
+    zone_links = sa.Table(
+        "zone_links",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("vni", sa.Integer, nullable=False, unique=True),
+        sa.Column("network", sa.String(64), nullable=False),
+        sa.Column("cidr", sa.String(45), nullable=False),
+        sa.Column("ends", sa.Text, nullable=False),  # JSON [{zone, uri}, {zone, uri}]
+        sa.Column("created_at", UtcDateTime, nullable=False),
+    )

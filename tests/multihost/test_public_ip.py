@@ -146,13 +146,13 @@ def rival(lab, kvm_a, ledger_url, acme) -> str:
     return "rival"
 
 
-def pip(host: LabHost, tenant: str, name: str, zone: dict = ZONE, **extra) -> dict:
+def pip(host: LabHost, tenant: str, name: str, zone: dict | None = None, **extra) -> dict:
     return {
         "uri": host.uri,
         "tenant": tenant,
         "name": name,
         "zone": "zone-a",
-        "zone_config": zone,
+        "zone_config": zone or ZONE,
         "host_command": host.command_prefix,
         **extra,
     }

@@ -1,0 +1,354 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Zone links: one tenant network spanning two availability zones, as one L2 segment over
+VXLAN on the hosts' underlay.
+
+Each end is a VXLAN device `vx<VNI>` on the host's underlay interface, pointing at the other
+end's underlay address, and a port of the tenant network's libvirt bridge. The VNI is
+allocated in the ledger (unique). VXLAN adds 50 bytes, so the network's MTU must fit in the
+underlay's MTU minus 50: the link is refused otherwise, saying which to change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from . import quota
+from .enforcement import Declaration, Gate
+from .errors import SpecError
+from .host import Host
+from .hostshell import HostShell, check_prefix
+from .ledger import Ledger
+from .libvirt_xml import NetworkState
+from .ownership import check_owner, object_name
+from .plan import UNKNOWN, Change, Plan
+from .result import Result
+from .spec import INTERFACE_PATTERN, as_list, as_mapping, check_ipv4, check_name, reject_unknown
+
+try:
+    import sqlalchemy as sa
+
+    from .ledger_schema import zone_links
+except ImportError:  # reported by the ledger's Store()
+    sa = None
+
+VXLAN_OVERHEAD = 50
+VXLAN_PORT = 4789
+FIRST_VNI = 10_000
+LAST_VNI = 16_777_215
+DEFAULT_MTU = 1500
+
+
+@dataclass(frozen=True)
+class End:
+    zone: str
+    uri: str
+    underlay_ip: str
+    underlay_dev: str
+    shell: HostShell
+
+    def host(self) -> Host:
+        return Host(self.uri)
+
+
+def parse_end(raw: Any, path: str) -> End:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"zone", "uri", "underlay_ip", "underlay_dev", "host_command"}, path)
+    zone = check_name(raw.get("zone"), f"{path}.zone")
+    uri = raw.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise SpecError(f"{path}.uri", "the libvirt URI of the end's host is required")
+    underlay_ip = str(check_ipv4(raw.get("underlay_ip"), f"{path}.underlay_ip"))
+    dev = raw.get("underlay_dev")
+    if not isinstance(dev, str) or not INTERFACE_PATTERN.match(dev):
+        raise SpecError(f"{path}.underlay_dev", f"an interface name is required, got {dev!r}")
+    return End(
+        zone,
+        uri,
+        underlay_ip,
+        dev,
+        HostShell(check_prefix(raw.get("host_command"), f"{path}.host_command")),
+    )
+
+
+@dataclass
+class EndState:
+    network: NetworkState
+    underlay_mtu: int
+    device: dict[str, Any] | None  # `ip -j -d link` of vx<VNI>, when it exists
+
+
+class ZoneLinkEngine:
+    def __init__(
+        self, ledger: Ledger, tenant: str, name: str, network: str, ends: tuple[End, End]
+    ) -> None:
+        self.ledger = ledger
+        self.tenant = tenant
+        self.name = name
+        self.network = network
+        self.ends = ends
+
+    def row(self) -> Any:
+        with self.ledger.store.read() as connection:
+            query = sa.select(zone_links).where(
+                zone_links.c.tenant == self.tenant, zone_links.c.name == self.name
+            )
+            return connection.execute(query).first()
+
+    def observe_end(self, end: End, vni: int | None, path: str) -> EndState:
+        host = end.host()
+        inventory = host.inventory(self.tenant)
+        libvirt_name = object_name(self.tenant, self.network)
+        state = inventory.networks.get(libvirt_name)
+        if state is None:
+            raise SpecError(
+                f"{path}",
+                f"tenant {self.tenant} has no network {self.network!r} in zone {end.zone} "
+                f"({end.uri})",
+            )
+        check_owner(state.owner, self.tenant, "network", libvirt_name)
+        links = end.shell.json(
+            ["ip", "-j", "-d", "link", "show", "dev", end.underlay_dev],
+            "read",
+            f"underlay {end.underlay_dev}",
+        )
+        mtu = int(links[0]["mtu"]) if links else DEFAULT_MTU
+        device = None
+        if vni is not None:
+            found = end.shell.json(
+                ["ip", "-j", "-d", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
+            )
+            device = next((d for d in found or [] if d.get("ifname") == device_name(vni)), None)
+        return EndState(state, mtu, device)
+
+    def validate(self, states: tuple[EndState, EndState]) -> str:
+        """Refuse what cannot be one L2 segment; returns the network's CIDR."""
+        a, b = (s.network for s in states)
+        if self.ends[0].zone == self.ends[1].zone:
+            raise SpecError(
+                "ends[1].zone",
+                f"both ends are in zone {self.ends[0].zone}; a zone link joins two zones",
+            )
+        for i, state in enumerate(states):
+            mtu = state.network.mtu or DEFAULT_MTU
+            if mtu + VXLAN_OVERHEAD > state.underlay_mtu:
+                end = self.ends[i]
+                raise SpecError(
+                    f"ends[{i}].underlay_dev",
+                    f"MTU too small: network {self.network} has MTU {mtu}, which needs an "
+                    f"underlay MTU of {mtu + VXLAN_OVERHEAD}, but {end.underlay_dev} in zone "
+                    f"{end.zone} has {state.underlay_mtu}; lower the network's mtu to "
+                    f"{state.underlay_mtu - VXLAN_OVERHEAD} or raise the underlay's",
+                )
+        if a.cidr != b.cidr:
+            raise SpecError(
+                "network",
+                f"network {self.network} is {a.cidr} in zone {self.ends[0].zone} but {b.cidr} in "
+                f"zone {self.ends[1].zone}; a link joins one subnet",
+            )
+        if a.gateway == b.gateway:
+            raise SpecError(
+                "network",
+                f"both ends of {self.network} use gateway {a.gateway}; give each zone its own "
+                "gateway address",
+            )
+        if a.dhcp_start <= b.dhcp_end and b.dhcp_start <= a.dhcp_end:
+            raise SpecError(
+                "network",
+                f"the DHCP ranges of {self.network} overlap ({a.dhcp_start}-{a.dhcp_end} and "
+                f"{b.dhcp_start}-{b.dhcp_end}); give each zone its own range",
+            )
+        return str(a.cidr)
+
+    def check_overlaps(self, cidr: str) -> None:
+        with self.ledger.store.read() as connection:
+            query = sa.select(zone_links).where(
+                zone_links.c.tenant == self.tenant, zone_links.c.name != self.name
+            )
+            for other in connection.execute(query):
+                if ipaddress.IPv4Network(other.cidr).overlaps(ipaddress.IPv4Network(cidr)):
+                    raise SpecError(
+                        "network", f"{cidr} overlaps {other.cidr} of the tenant's link {other.name}"
+                    )
+
+    def plan_present(self) -> Plan:
+        plan = Plan()
+        row = self.row()
+        vni = row.vni if row else None
+        states = (
+            self.observe_end(self.ends[0], vni, "ends[0]"),
+            self.observe_end(self.ends[1], vni, "ends[1]"),
+        )
+        cidr = self.validate(states)
+        self.check_overlaps(cidr)
+        if row is None:
+            with self.ledger.store.read() as connection:
+                record = self.ledger.require_tenant(connection, self.tenant)
+                limits = self.ledger.limits(connection, record)
+                used = {"zone_links": self.ledger.zone_link_count(connection, self.tenant)}
+            found = quota.breaches(limits, used, {"zone_links": 1})
+            if found:
+                raise quota.QuotaExceeded(self.tenant, found)
+            plan.add(
+                Change(
+                    "zone_link",
+                    self.name,
+                    "allocate",
+                    field="vni",
+                    after=UNKNOWN,
+                    run=partial(self.allocate, cidr),
+                )
+            )
+        device = device_name(vni) if vni else f"vx{UNKNOWN}"
+        for i, (end, state) in enumerate(zip(self.ends, states, strict=True)):
+            peer = self.ends[1 - i]
+            if self.healthy(state, end, peer):
+                continue
+            plan.add(
+                Change(
+                    "zone_link",
+                    self.name,
+                    "connect",
+                    field=f"ends[{i}]",
+                    before=state.device.get("ifname") if state.device else None,
+                    after=f"{device} {end.underlay_ip} -> {peer.underlay_ip} on "
+                    f"{state.network.bridge}",
+                    run=partial(self.connect, end, peer, state),
+                )
+            )
+        return plan
+
+    def healthy(self, state: EndState, end: End, peer: End) -> bool:
+        device = state.device
+        if device is None:
+            return False
+        data = device.get("linkinfo", {}).get("info_data", {})
+        return (
+            data.get("remote") == peer.underlay_ip
+            and data.get("local") == end.underlay_ip
+            and device.get("master") == state.network.bridge
+            and "UP" in device.get("flags", [])
+        )
+
+    def plan_absent(self) -> Plan:
+        plan = Plan()
+        row = self.row()
+        if row is None:
+            return plan
+        for i, end in enumerate(self.ends):
+            found = end.shell.json(
+                ["ip", "-j", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
+            )
+            if any(d.get("ifname") == device_name(row.vni) for d in found or []):
+                plan.add(
+                    Change(
+                        "zone_link",
+                        self.name,
+                        "disconnect",
+                        field=f"ends[{i}]",
+                        before=device_name(row.vni),
+                        run=partial(
+                            end.shell.run,
+                            ["ip", "link", "del", device_name(row.vni)],
+                            "delete",
+                            f"VXLAN device {device_name(row.vni)} in zone {end.zone}",
+                        ),
+                    )
+                )
+        plan.add(
+            Change("zone_link", self.name, "release", field="vni", before=row.vni, run=self.release)
+        )
+        return plan
+
+    def allocate(self, cidr: str) -> None:
+        with self.ledger.store.locked(self.tenant) as connection:
+            self.ledger.store.also_lock(connection, "(vni)")
+            used = {r.vni for r in connection.execute(sa.select(zone_links.c.vni))}
+            vni = next(v for v in range(FIRST_VNI, LAST_VNI + 1) if v not in used)
+            ends = [{"zone": e.zone, "uri": e.uri, "underlay_ip": e.underlay_ip} for e in self.ends]
+            connection.execute(
+                zone_links.insert().values(
+                    tenant=self.tenant,
+                    name=self.name,
+                    vni=vni,
+                    network=self.network,
+                    cidr=cidr,
+                    ends=json.dumps(ends, sort_keys=True),
+                    created_at=self.ledger.now(),
+                )
+            )
+            self.ledger.event(
+                connection, self.tenant, "zone_link_created", {"name": self.name, "vni": vni}
+            )
+
+    def connect(self, end: End, peer: End, state: EndState) -> None:
+        vni = self.row().vni
+        name = device_name(vni)
+        obj = f"VXLAN device {name} in zone {end.zone}"
+        if state.device is not None:
+            end.shell.run(["ip", "link", "del", name], "replace", obj)
+        end.shell.run(
+            ["ip", "link", "add", name, "type", "vxlan", "id", str(vni), "local", end.underlay_ip,
+             "remote", peer.underlay_ip, "dstport", str(VXLAN_PORT), "dev", end.underlay_dev],
+            "create", obj,
+        )  # fmt: skip
+        mtu = state.network.mtu or DEFAULT_MTU
+        end.shell.run(["ip", "link", "set", name, "mtu", str(mtu)], "set the MTU of", obj)
+        end.shell.run(["ip", "link", "set", name, "master", state.network.bridge], "attach", obj)
+        end.shell.run(["ip", "link", "set", name, "up"], "start", obj)
+
+    def release(self) -> None:
+        with self.ledger.store.locked(self.tenant) as connection:
+            connection.execute(
+                zone_links.delete().where(
+                    zone_links.c.tenant == self.tenant, zone_links.c.name == self.name
+                )
+            )
+            self.ledger.event(connection, self.tenant, "zone_link_removed", {"name": self.name})
+
+    def facts(self) -> dict[str, Any]:
+        row = self.row()
+        if row is None:
+            return {}
+        return {
+            "name": row.name,
+            "vni": row.vni,
+            "network": row.network,
+            "cidr": row.cidr,
+            "ends": json.loads(row.ends),
+            "device": device_name(row.vni),
+        }
+
+
+def device_name(vni: int) -> str:
+    return f"vx{vni}"
+
+
+def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    network = check_name(params.get("network"), "network")
+    raw_ends = as_list(params.get("ends"), "ends")
+    if len(raw_ends) != 2:
+        raise SpecError("ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
+    ends = (parse_end(raw_ends[0], "ends[0]"), parse_end(raw_ends[1], "ends[1]"))
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    engine = ZoneLinkEngine(ledger, tenant, name, network, ends)
+    host = ends[0].host()
+    gate = Gate(ledger, host, tenant, Declaration())
+    plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
+    gate.admit(plan, host.inventory(tenant))
+    if not check_mode:
+        plan.apply()
+    return Result(
+        plan.changed,
+        plan.to_list(),
+        plan.diff(),
+        plan.warnings,
+        facts={"zone_link": engine.facts()},
+    )
