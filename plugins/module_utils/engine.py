@@ -35,6 +35,7 @@ from .result import Result
 from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
 from .tenants import ledger_facts, run_block
 from .vm import Context, VmEngine
+from .zone_link import plan_environment_links
 
 
 def options_from(params: dict[str, Any]) -> Options:
@@ -115,13 +116,17 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     public_ips, plan = plan_environment_public_ips(
         params, spec, gate.ledger, host, inventory, absent or options.prune
     )
-    # Public IPs are released before their VMs go, and bound after their VMs exist.
+    links = plan_environment_links(params, spec, gate.ledger, host.uri, absent or options.prune)
+    # Links and public IPs go before the networks and VMs they use, and come after them.
     if absent:
-        plan.extend(engine.plan_absent(inventory))
+        links.extend(plan)
+        links.extend(engine.plan_absent(inventory))
+        plan = links
     else:
-        vm_plan = engine.plan_present(spec, inventory)
-        vm_plan.extend(plan)
-        plan = vm_plan
+        objects = engine.plan_present(spec, inventory)
+        objects.extend(links)
+        objects.extend(plan)
+        plan = objects
     return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
 
 

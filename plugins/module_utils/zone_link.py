@@ -28,7 +28,16 @@ from .libvirt_xml import NetworkState
 from .ownership import check_owner, object_name
 from .plan import UNKNOWN, Change, Plan
 from .result import Result
-from .spec import INTERFACE_PATTERN, as_list, as_mapping, check_ipv4, check_name, reject_unknown
+from .spec import (
+    INTERFACE_PATTERN,
+    EnvironmentSpec,
+    NetworkSpec,
+    as_list,
+    as_mapping,
+    check_ipv4,
+    check_name,
+    reject_unknown,
+)
 
 try:
     import sqlalchemy as sa
@@ -100,18 +109,28 @@ class ZoneLinkEngine:
             )
             return connection.execute(query).first()
 
-    def observe_end(self, end: End, vni: int | None, path: str) -> EndState:
+    def observe_end(
+        self, end: End, vni: int | None, path: str, declared: NetworkSpec | None = None
+    ) -> EndState:
+        """The end's network as the host has it, or as declared in the same run (created
+        before the link is connected; its bridge is read when connecting)."""
         host = end.host()
         inventory = host.inventory(self.tenant)
         libvirt_name = object_name(self.tenant, self.network)
         state = inventory.networks.get(libvirt_name)
-        if state is None:
+        if state is None and declared is not None:
+            state = NetworkState(
+                libvirt_name, None, False, True, declared.mode, declared.cidr, declared.gateway,
+                declared.dhcp_start, declared.dhcp_end, declared.mtu,
+            )  # fmt: skip
+        elif state is None:
             raise SpecError(
                 f"{path}",
                 f"tenant {self.tenant} has no network {self.network!r} in zone {end.zone} "
                 f"({end.uri})",
             )
-        check_owner(state.owner, self.tenant, "network", libvirt_name)
+        else:
+            check_owner(state.owner, self.tenant, "network", libvirt_name)
         links = end.shell.json(
             ["ip", "-j", "-d", "link", "show", "dev", end.underlay_dev],
             "read",
@@ -176,13 +195,14 @@ class ZoneLinkEngine:
                         "network", f"{cidr} overlaps {other.cidr} of the tenant's link {other.name}"
                     )
 
-    def plan_present(self) -> Plan:
+    def plan_present(self, declared: NetworkSpec | None = None, path: str = "") -> Plan:
+        """Both ends; `declared` is the first end's network when the same run creates it."""
         plan = Plan()
         row = self.row()
         vni = row.vni if row else None
         states = (
-            self.observe_end(self.ends[0], vni, "ends[0]"),
-            self.observe_end(self.ends[1], vni, "ends[1]"),
+            self.observe_end(self.ends[0], vni, f"{path}ends[0]", declared),
+            self.observe_end(self.ends[1], vni, f"{path}ends[1]"),
         )
         cidr = self.validate(states)
         self.check_overlaps(cidr)
@@ -270,7 +290,16 @@ class ZoneLinkEngine:
             self.ledger.store.also_lock(connection, "(vni)")
             used = {r.vni for r in connection.execute(sa.select(zone_links.c.vni))}
             vni = next(v for v in range(FIRST_VNI, LAST_VNI + 1) if v not in used)
-            ends = [{"zone": e.zone, "uri": e.uri, "underlay_ip": e.underlay_ip} for e in self.ends]
+            ends = [
+                {
+                    "zone": e.zone,
+                    "uri": e.uri,
+                    "underlay_ip": e.underlay_ip,
+                    "underlay_dev": e.underlay_dev,
+                    "host_command": list(e.shell.prefix),
+                }
+                for e in self.ends
+            ]
             connection.execute(
                 zone_links.insert().values(
                     tenant=self.tenant,
@@ -298,8 +327,10 @@ class ZoneLinkEngine:
             "create", obj,
         )  # fmt: skip
         mtu = state.network.mtu or DEFAULT_MTU
+        # Read now: a network created earlier in the same run got its bridge name only then.
+        network = end.host().inventory(self.tenant).networks[object_name(self.tenant, self.network)]
         end.shell.run(["ip", "link", "set", name, "mtu", str(mtu)], "set the MTU of", obj)
-        end.shell.run(["ip", "link", "set", name, "master", state.network.bridge], "attach", obj)
+        end.shell.run(["ip", "link", "set", name, "master", network.bridge], "attach", obj)
         end.shell.run(["ip", "link", "set", name, "up"], "start", obj)
 
     def release(self) -> None:
@@ -331,24 +362,81 @@ def device_name(vni: int) -> str:
 
 def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
-    name = check_name(params.get("name"), "name")
-    network = check_name(params.get("network"), "network")
-    raw_ends = as_list(params.get("ends"), "ends")
-    if len(raw_ends) != 2:
-        raise SpecError("ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
-    ends = (parse_end(raw_ends[0], "ends[0]"), parse_end(raw_ends[1], "ends[1]"))
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = ZoneLinkEngine(ledger, tenant, name, network, ends)
-    host = ends[0].host()
+    engine = engine_for(ledger, tenant, params, "")
+    host = engine.ends[0].host()
     gate = Gate(ledger, host, tenant, Declaration())
     plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
     gate.admit(plan, host.inventory(tenant))
     if not check_mode:
         plan.apply()
     return Result(
-        plan.changed,
-        plan.to_list(),
-        plan.diff(),
-        plan.warnings,
+        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
         facts={"zone_link": engine.facts()},
-    )
+    )  # fmt: skip
+
+
+def links_touching(ledger: Ledger, tenant: str, uri: str) -> dict[str, Any]:
+    """The tenant's recorded links with an end on the host at `uri`, by name."""
+    with ledger.store.read() as connection:
+        rows = connection.execute(sa.select(zone_links).where(zone_links.c.tenant == tenant))
+        return {r.name: r for r in rows if any(e["uri"] == uri for e in json.loads(r.ends))}
+
+
+def plan_environment_links(
+    params: Mapping[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    uri: str,
+    remove_undeclared: bool,
+) -> Plan:
+    """The environment's zone links (this host is the first end of each; its network may be
+    declared in the same run). With prune or state absent, the tenant's other links with an
+    end on this host are removed, both ends."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    absent = params.get("state") == "absent"
+    raw_links = [] if absent else as_list(params.get("zone_links"), "zone_links")
+    plan = Plan()
+    networks = {n.name: n for n in spec.networks} if spec else {}
+    declared = set()
+    for i, raw in enumerate(raw_links):
+        path = f"zone_links[{i}]"
+        raw = as_mapping(raw, path)
+        reject_unknown(raw, {"name", "network", "ends"}, path)
+        engine = engine_for(ledger, tenant, raw, path)
+        if engine.ends[0].uri != uri:
+            raise SpecError(f"{path}.ends[0].uri", f"the first end must be this host ({uri})")
+        declared.add(engine.name)
+        plan.extend(engine.plan_present(networks.get(engine.network), f"{path}."))
+    recorded = links_touching(ledger, tenant, uri)
+    undeclared = sorted(set(recorded) - declared)
+    for name in undeclared if remove_undeclared else []:
+        row = recorded[name]
+        ends = tuple(
+            End(
+                e["zone"],
+                e["uri"],
+                e["underlay_ip"],
+                e.get("underlay_dev", ""),
+                HostShell(tuple(e.get("host_command", ()))),
+            )
+            for e in json.loads(row.ends)
+        )
+        plan.extend(ZoneLinkEngine(ledger, tenant, name, row.network, ends).plan_absent())
+    if undeclared and not remove_undeclared:
+        plan.warnings.append(
+            f"tenant {tenant} has zone links no declaration mentions: {', '.join(undeclared)} "
+            "(set prune: true to remove them)"
+        )
+    return plan
+
+
+def engine_for(ledger: Ledger, tenant: str, raw: Mapping[str, Any], path: str) -> ZoneLinkEngine:
+    prefix = f"{path}." if path else ""
+    name = check_name(raw.get("name"), f"{prefix}name")
+    network = check_name(raw.get("network"), f"{prefix}network")
+    raw_ends = as_list(raw.get("ends"), f"{prefix}ends")
+    if len(raw_ends) != 2:
+        raise SpecError(f"{prefix}ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
+    ends = (parse_end(raw_ends[0], f"{prefix}ends[0]"), parse_end(raw_ends[1], f"{prefix}ends[1]"))
+    return ZoneLinkEngine(ledger, tenant, name, network, ends)

@@ -66,6 +66,17 @@ options:
     type: list
     elements: dict
     default: []
+  zone_links:
+    description:
+      - Links of the tenant's networks on this host to the same network in another zone (see
+        M(vce.kvm.zone_link)). Each item takes O(vce.kvm.zone_link#module:name),
+        O(vce.kvm.zone_link#module:network) and O(vce.kvm.zone_link#module:ends); the first end
+        is this host. The network may be declared in the same call.
+      - With O(prune) or O(state=absent), the tenant's other links with an end on this host are
+        removed, both ends.
+    type: list
+    elements: dict
+    default: []
   zone:
     description: The host's availability zone (the inventory's C(vce_zone)), for O(public_ips).
     type: str
@@ -180,6 +191,7 @@ def main() -> None:
             disks={"type": "list", "elements": "dict", "default": []},
             vms={"type": "list", "elements": "dict", "default": []},
             public_ips={"type": "list", "elements": "dict", "default": []},
+            zone_links={"type": "list", "elements": "dict", "default": []},
             zone={"type": "str"},
             zone_config={"type": "dict"},
             host_command={"type": "list", "elements": "str"},

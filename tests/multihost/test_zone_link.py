@@ -233,3 +233,39 @@ def test_links_of_a_tenant_never_overlap_and_never_join_another_tenant(ledger_ur
     finally:
         three.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
+    a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
+    register(ledger_url, "gamma")
+
+    def network(gateway: int, start: int) -> dict:
+        return {
+            "name": "lan", "cidr": "10.95.0.0/24", "mode": "isolated", "gateway": f"10.95.0.{gateway}",
+            "dhcp_start": f"10.95.0.{start}", "dhcp_end": f"10.95.0.{start + 40}",
+        }  # fmt: skip
+
+    engine.run_environment({"uri": b.uri, "tenant": "gamma", "networks": [network(2, 150)]})
+    params = {
+        "uri": a.uri,
+        "tenant": "gamma",
+        "networks": [network(1, 100)],
+        "zone_links": [{"name": "lan-ab", "network": "lan", "ends": link(lab)["ends"]}],
+    }
+    try:
+        applied = run_module("environment", params)
+        assert applied["changed"] and not applied["failed"], applied
+        actions = [(c["kind"], c["action"]) for c in applied["plan"]]
+        assert (
+            actions
+            == [("network", "create"), ("zone_link", "allocate")] + [("zone_link", "connect")] * 2
+        )
+        for host in (a, b):
+            (device,) = vxlan_devices(host)
+            assert ("master virbr" in device and "state UNKNOWN" in device) or "UP" in device
+        assert not run_module("environment", params)["changed"]
+    finally:
+        removed = run_module("environment", {**params, "state": "absent"})
+        engine.run_environment({"uri": b.uri, "tenant": "gamma", "state": "absent"})
+    assert removed["changed"] and not removed["failed"], removed
+    assert vxlan_devices(a) == [] and vxlan_devices(b) == []
