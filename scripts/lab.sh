@@ -3,6 +3,9 @@
 #   scripts/lab.sh demo   install everything, prepare this machine as the lab KVM host and
 #                         apply the demo tenant (a network, two VMs with disks, started)
 #   scripts/lab.sh test   install everything and run the whole test suite (what CI runs)
+#   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
+#                         and apply playbooks/zones.yml: public IPs and a cross-zone link
+#   scripts/lab.sh zones-down   stop the zone lab
 # Both start libvirtd/virtlogd themselves when none is running (no systemd needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +58,23 @@ demo() {
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/demo.yml
 }
 
+MULTIHOST_DIR=/var/lib/vce-kvm/multihost  # as inventories/lab/hosts.yml says
+MULTIHOST_PREFIX=vcelab
+
+zones() {
+  install_all
+  "$VENV/bin/python" -m tools.labhost
+  if [ ! -f "$MULTIHOST_DIR/lab.json" ]; then
+    "$VENV/bin/python" -m tools.multihost up "$MULTIHOST_DIR" --prefix "$MULTIHOST_PREFIX" > /dev/null
+  fi
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/zones.yml
+}
+
+zones_down() {
+  [ -f "$MULTIHOST_DIR/lab.json" ] && "$VENV/bin/python" -m tools.multihost down "$MULTIHOST_DIR"
+  return 0
+}
+
 sanity() {
   # ansible-test sanity, every test, Python 3.11, empty ignore files (tools/ansible_test_sanity.py
   # says how it runs without ansible-test's CI host). 2.5-3.5 min the first time (it builds
@@ -77,6 +97,7 @@ run_tests() {
   done
   echo "lab: playbook syntax"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/demo.yml > /dev/null
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/zones.yml > /dev/null
   sanity
   echo "lab: pytest (unit, integration against a private libvirtd, guest boot)"
   PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider tests
@@ -86,8 +107,10 @@ case "${1:-}" in
   demo) demo ;;
   test) run_tests ;;
   install) install_all ;;
+  zones) zones ;;
+  zones-down) zones_down ;;
   *)
-    echo "usage: $0 demo|test|install" >&2
+    echo "usage: $0 demo|test|install|zones|zones-down" >&2
     exit 2
     ;;
 esac
