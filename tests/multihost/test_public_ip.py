@@ -260,6 +260,7 @@ def test_bad_public_ip_input_changes_nothing(kvm_a, acme, rival):
         (pip(kvm_a, acme, "x", vm="nope"), "vm", "unknown VM 'nope'"),
         (pip(kvm_a, acme, "x", vm="db1"), "vm", "unknown VM 'db1'"),  # rival's VM
         (pip(kvm_a, acme, "x", vm="hidden"), "network", "needs a routed network"),
+        (pip(kvm_a, acme, "x", vm="web1", network="nope"), "network", "has no NIC on network nope"),
     ]
     before = nat_rules(kvm_a)
     for args, field, reason in cases:
