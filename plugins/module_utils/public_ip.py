@@ -170,6 +170,8 @@ class NatTable:
     def __init__(self, shell: HostShell, uplink: str) -> None:
         self.shell = shell
         self.uplink = uplink
+        # Re-declaring an existing table costs as much as the rules of 50 bindings.
+        self.table_seen = False
 
     def observe(self) -> NatState:
         state = NatState()
@@ -177,6 +179,8 @@ class NatTable:
         found: dict[tuple[str, str], list[tuple[str, int]]] = {}
         details: dict[tuple[str, str], tuple[str, str]] = {}
         for item in listing.get("nftables", []):
+            if item.get("table", {}).get("name") == TABLE:
+                self.table_seen = True
             rule = item.get("rule")
             if not rule or rule.get("table") != TABLE:
                 continue
@@ -193,8 +197,9 @@ class NatTable:
         return state
 
     def batch(self, bind: Sequence[Binding], unbind: Sequence[Binding]) -> None:
-        """All rule changes in one atomic `nft -f`, then the uplink's addresses."""
-        lines = [TABLE_DEFINITION]
+        """All rule changes in one atomic `nft -f`, then the uplink's addresses in one
+        `ip -batch`."""
+        lines = [] if self.table_seen else [TABLE_DEFINITION]
         for old in unbind:
             lines += [
                 f"delete rule ip {TABLE} {chain} handle {handle}" for chain, handle in old.handles
@@ -216,18 +221,18 @@ class NatTable:
         )
         present = self.uplink_addresses()
         keep = {b.public for b in bind}
-        for old in unbind:
-            if old.public not in keep and old.public in present:
-                self.shell.run(
-                    ["ip", "addr", "del", f"{old.public}/32", "dev", self.uplink],
-                    "remove",
-                    f"address {old.public} from {self.uplink}",
-                )
-        for public in sorted(keep - present):
+        commands = [
+            f"addr del {old.public}/32 dev {self.uplink}"
+            for old in unbind
+            if old.public not in keep and old.public in present
+        ]
+        commands += [f"addr add {public}/32 dev {self.uplink}" for public in sorted(keep - present)]
+        if commands:
             self.shell.run(
-                ["ip", "addr", "add", f"{public}/32", "dev", self.uplink],
-                "add",
-                f"address {public} to {self.uplink}",
+                ["ip", "-batch", "-"],
+                "change",
+                f"public addresses on {self.uplink}",
+                stdin="\n".join(commands) + "\n",
             )
 
     def uplink_addresses(self) -> set[str]:
@@ -324,6 +329,7 @@ class PublicIpEngine:
         self.nat = NatTable(shell, zone.uplink)
         self.to_bind: list[tuple[str, str, Binding | None]] = []  # name, private, old binding
         self.to_unbind: list[Binding] = []
+        self.to_release: list[str] = []
 
     @contextmanager
     def locked(self) -> Iterator[Any]:
@@ -483,7 +489,7 @@ class PublicIpEngine:
                     "release",
                     field="address",
                     before=row.address,
-                    run=partial(self.release, name),
+                    run=partial(self.to_release.append, name),
                 )
             )
 
@@ -528,36 +534,39 @@ class PublicIpEngine:
                 .values(vm=vm, private_ip=private, host=self.host.uri, updated_at=self.ledger.now())
             )
 
-    def release(self, name: str) -> None:
-        """Unbind first (one batch with any other pending change), then free the address."""
-        self.flush()
+    def release(self, names: Sequence[str]) -> None:
+        """Free the addresses (after their rules and addresses went, in flush)."""
         with self.locked() as connection:
-            row = connection.execute(
-                sa.select(public_ips).where(
-                    public_ips.c.tenant == self.tenant,
-                    public_ips.c.zone == self.zone.name,
-                    public_ips.c.name == name,
-                )
-            ).first()
-            if row is None:
-                return
-            connection.execute(public_ips.delete().where(public_ips.c.address == row.address))
-            detail = {"name": name, "address": row.address}
-            self.ledger.event(connection, self.tenant, "public_ip_released", detail)
+            for name in names:
+                row = connection.execute(
+                    sa.select(public_ips).where(
+                        public_ips.c.tenant == self.tenant,
+                        public_ips.c.zone == self.zone.name,
+                        public_ips.c.name == name,
+                    )
+                ).first()
+                if row is None:
+                    continue
+                connection.execute(public_ips.delete().where(public_ips.c.address == row.address))
+                detail = {"name": name, "address": row.address}
+                self.ledger.event(connection, self.tenant, "public_ip_released", detail)
 
     def flush(self) -> None:
-        """Apply the bindings collected so far in one nft batch (one per run and host)."""
-        if not self.to_bind and not self.to_unbind:
-            return
-        rows = self.allocations()
-        bind, unbind = [], list(self.to_unbind)
-        for name, private, old in self.to_bind:
-            bind.append(Binding(self.tenant, name, rows[name].address, private))
-            if old is not None:
-                unbind.append(old)
+        """Apply what the run's changes collected: every rule in one nft batch, the uplink's
+        addresses in one ip batch, then the releases in one ledger transaction."""
+        if self.to_bind or self.to_unbind:
+            rows = self.allocations()
+            bind, unbind = [], list(self.to_unbind)
+            for name, private, old in self.to_bind:
+                bind.append(Binding(self.tenant, name, rows[name].address, private))
+                if old is not None:
+                    unbind.append(old)
+            self.nat.batch(bind, unbind)
+        if self.to_release:
+            self.release(self.to_release)
         self.to_bind.clear()
         self.to_unbind.clear()
-        self.nat.batch(bind, unbind)
+        self.to_release.clear()
 
     def facts(self, nat: NatState) -> dict[str, dict[str, Any]]:
         result = {}
