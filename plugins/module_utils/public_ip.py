@@ -315,8 +315,9 @@ def declared_nic_address(
 class PublicIpEngine:
     """Allocation in the ledger and binding on the host, planned together.
 
-    Each allocation and release is its own short ledger transaction under the tenant's and the
-    zone's locks; the bindings of a run are collected and applied as one nft batch at the end.
+    Each allocation is its own short ledger transaction under the tenant's and the zone's
+    locks. Bindings, unbindings and releases are collected while the plan applies and carried
+    out by flush(): one nft batch, one ip batch, one ledger transaction per run and host.
     """
 
     def __init__(
