@@ -25,18 +25,6 @@ pytestmark = pytest.mark.multihost
 BOOT_TIMEOUT = 90  # seconds; ~7 s is usual under TCG
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[MultiHostLab]:
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
-    started = MultiHostLab(base)
-    try:
-        yield started.start()
-    finally:
-        started.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
 def fresh_base() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))

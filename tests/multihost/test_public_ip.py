@@ -7,20 +7,16 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import libvirt
 import pytest
 
 from plugins.module_utils import engine
 from tests.support.ansible_runner import run_module
-from tests.support.ledger import forget_stores, register
+from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
 from tools.multihost import LabHost, MultiHostLab
 from tools.tinyguest import build_base_image
@@ -45,31 +41,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("203.0.113.1", 8080), Handler).serve_forever()
 """
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[MultiHostLab]:
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
-    started = MultiHostLab(base)
-    try:
-        yield started.start()
-    finally:
-        started.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def ledger_url(lab: MultiHostLab) -> Iterator[str]:
-    url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
-    previous = os.environ.get("VCE_LEDGER_URL")
-    os.environ["VCE_LEDGER_URL"] = url
-    yield url
-    forget_stores()
-    if previous is None:
-        os.environ.pop("VCE_LEDGER_URL")
-    else:
-        os.environ["VCE_LEDGER_URL"] = previous
 
 
 @pytest.fixture(scope="module")

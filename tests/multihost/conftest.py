@@ -1,0 +1,41 @@
+"""Multi-host fixtures: a lab of two KVM hosts in two zones per test module, and a ledger in it
+that the engine and the ansible processes the tests start both use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.support.ledger import forget_stores
+from tools.multihost import MultiHostLab
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[MultiHostLab]:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    started = MultiHostLab(base)
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ledger_url(lab: MultiHostLab) -> Iterator[str]:
+    url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
+    previous = os.environ.get("VCE_LEDGER_URL")
+    os.environ["VCE_LEDGER_URL"] = url
+    yield url
+    forget_stores()
+    if previous is None:
+        os.environ.pop("VCE_LEDGER_URL")
+    else:
+        os.environ["VCE_LEDGER_URL"] = previous
