@@ -78,6 +78,25 @@ attributes:
       - vce.kvm.vce
 """
 
+    # The modules that change only the ledger and host-side state, not one libvirt object kind.
+    LEDGER_ATTRIBUTES = r"""
+attributes:
+  check_mode:
+    description: Can run in check mode and return the planned changes without making them.
+    support: full
+  diff_mode:
+    description: Returns the before and after values of every planned change in diff mode.
+    support: full
+  idempotent:
+    description: A second run with the same arguments reports C(changed=false).
+    support: full
+  action_group:
+    description: Use C(group/vce.kvm.vce) in C(module_defaults) to set O(ledger_url) once.
+    support: full
+    membership:
+      - vce.kvm.vce
+"""
+
     INFO_ATTRIBUTES = r"""
 attributes:
   check_mode:

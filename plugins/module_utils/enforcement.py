@@ -26,7 +26,6 @@ from .plan import Plan
 from .spec import DiskSpec, EnvironmentSpec, NetworkSpec, VmSpec
 
 ObjectKey = tuple[str, str]  # (kind, declared name)
-ALL = "*"  # removal of every object the tenant has on the host
 
 
 def vm_usage(vcpus: int, memory_mib: int, boot_mib: int) -> quota.Usage:
@@ -157,12 +156,16 @@ class Gate:
         """Refuse the plan before anything changes: closed or suspended tenants, blocked VMs,
         quotas. Check mode and previews fail here too."""
         self.hold_blocked_vms(plan)
+        self.admit_state(plan)
+        self.check(observed_objects(inventory), self.others)
+
+    def admit_state(self, plan: Plan) -> None:
+        """Closed and suspended tenants change nothing (the whole admission of runs whose
+        resources the ledger counts itself: public IPs, zone links)."""
         if self.record.state == "closed" and plan.changed:
             raise VceError(f"tenant {self.tenant} is closed: its runs may change nothing")
         if self.record.state == "suspended" and plan.changed:
             raise self.suspended_error()
-        observed = observed_objects(inventory)
-        self.check(observed, self.others)
 
     def hold_blocked_vms(self, plan: Plan) -> None:
         """A blocked VM stays paused whatever the declaration says, and nothing else changes it."""
@@ -257,9 +260,6 @@ class Gate:
             plan.warnings.append(
                 f"tenant {self.tenant} is above its quotas after this run: {'; '.join(over)}"
             )
-
-    def facts(self) -> dict[str, Any]:
-        return {"state": self.record.state, "quotas": dict(self.limits)}
 
 
 def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage:

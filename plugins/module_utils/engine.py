@@ -88,7 +88,10 @@ def conclude(
         return result
     facts = tenant_facts(gate.host, inventory.tenant, after)
     if public_ips is not None:
-        facts["public_ips"] = public_ips.facts(public_ips.nat.observe())
+        changed = plan.changed and not check_mode
+        facts["public_ips"] = public_ips.facts(
+            public_ips.nat.observe() if changed else public_ips.observed
+        )
     if section is None:
         result.facts = {"environment": facts}
     else:

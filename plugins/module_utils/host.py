@@ -163,6 +163,12 @@ class Host:
                 result.live_max_memory_mib = live.max_memory_mib
         return result
 
+    def network(self, libvirt_name: str) -> NetworkState | None:
+        """One network read alone, without listing the host; None when there is none."""
+        with libvirt_action("read", f"network {libvirt_name}"), skip_vanished():
+            return self.read_network(self.conn.networkLookupByName(libvirt_name))
+        return None
+
     def read_network(self, net: object) -> NetworkState:
         with libvirt_action("read", f"network {net.name()}"):
             active = bool(net.isActive())

@@ -41,7 +41,6 @@ try:
 except ImportError:  # reported by Store()
     sa = None
 
-TENANT_STATES = ("trial", "active", "suspended", "closed")
 DEFAULT_TRIAL_HOURS = 72
 # A reservation outlives a killed run by at most this long, then stops counting.
 RESERVATION_TTL = dt.timedelta(hours=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -331,6 +331,8 @@ class PublicIpEngine:
         self.to_bind: list[tuple[str, str, Binding | None]] = []  # name, private, old binding
         self.to_unbind: list[Binding] = []
         self.to_release: list[str] = []
+        # The host's NAT as read for the plan: still true when the run changed nothing.
+        self.observed = NatState()
 
     @contextmanager
     def locked(self) -> Iterator[Any]:
@@ -346,13 +348,21 @@ class PublicIpEngine:
             )
             return {row.name: row for row in connection.execute(query)}
 
+    def unused(self, taken: Container[str]) -> list[tuple[str, str]]:
+        """The zone's assignable addresses nobody holds, in pool order, with their pool."""
+        return [
+            (str(address), pool.name)
+            for pool in self.zone.pools
+            for address in pool.addresses()
+            if str(address) not in taken
+        ]
+
     def free_address(self, connection: Any) -> tuple[str, str]:
         taken = {row.address for row in connection.execute(sa.select(public_ips.c.address))}
-        for pool in self.zone.pools:
-            for address in pool.addresses():
-                if str(address) not in taken:
-                    return str(address), pool.name
-        raise self.exhausted()
+        free = self.unused(taken)
+        if not free:
+            raise self.exhausted()
+        return free[0]
 
     def plan(
         self,
@@ -374,11 +384,8 @@ class PublicIpEngine:
                 if found:
                     raise quota.QuotaExceeded(self.tenant, found)
             taken = {row.address: row for row in connection.execute(sa.select(public_ips))}
-            free = [
-                str(a) for pool in self.zone.pools for a in pool.addresses() if str(a) not in taken
-            ]
         wanted = {str(s.address) for s, *_rest in declared if s.address is not None}
-        automatic = [a for a in free if a not in wanted]
+        automatic = [a for a, _pool in self.unused(taken) if a not in wanted]
         needed = [s for s in new if s.address is None]
         if len(needed) > len(automatic):
             raise self.exhausted()
@@ -604,9 +611,9 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
     ledger = Ledger.open(params.get("ledger_url") or None)
     engine = engine_from(params, ledger, host, tenant)
     gate = Gate(ledger, host, tenant, Declaration())
-    inventory = host.inventory(tenant)
     nat = engine.nat.observe()
     if (params.get("state") or "present") == "present":
+        inventory = host.inventory(tenant)
         fields = ("name", "vm", "network", "address")
         spec = parse_public_ip(
             {k: params[k] for k in fields if params.get(k) is not None}, "", engine.zone
@@ -615,7 +622,7 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
         plan = engine.plan([(spec, private, uplink, "")], [], nat)
     else:
         plan = engine.plan([], [name], nat)
-    gate.admit(plan, inventory)
+    gate.admit_state(plan)
     if not check_mode:
         plan.apply()
         engine.flush()
@@ -659,7 +666,8 @@ def plan_environment_public_ips(
     if duplicates:
         raise SpecError("public_ips", f"public IP {duplicates[0]!r} is declared twice")
     undeclared = sorted(set(engine.allocations()) - set(names))
-    plan = engine.plan(declared, undeclared if remove_undeclared else [], engine.nat.observe())
+    engine.observed = engine.nat.observe()
+    plan = engine.plan(declared, undeclared if remove_undeclared else [], engine.observed)
     if undeclared and not remove_undeclared:
         plan.warnings.append(
             f"tenant {tenant} has public IPs no declaration mentions: {', '.join(undeclared)} "

@@ -27,7 +27,6 @@ from .vm import VmEngine
 
 # The terms' targets (5.1), reported with each request.
 QUOTA_REQUEST_TARGET = dt.timedelta(minutes=20)
-UNBLOCK_REQUEST_TARGET = dt.timedelta(minutes=10)
 STATES = ("active", "suspended", "closed")
 PLANS_LOCK = "(plans)"
 
@@ -256,21 +255,17 @@ def record_facts(ledger: Ledger, connection: Any, record: Tenant) -> dict[str, A
     return record.facts(ledger.limits(connection, record), tenant_usage(ledger, connection, record))
 
 
-def pause_or_resume(host: Host, tenant: str, pause: bool, keep_paused: set[str]) -> list[str]:
+def pause_or_resume(host: Host, tenant: str, pause: bool, keep_paused: set[str]) -> None:
     """Pause every running VM of the tenant on the host, or resume the paused ones (except
-    those blocked one by one). Returns the VMs acted on."""
+    those blocked one by one)."""
     engine = VmEngine(host, tenant)
-    acted = []
     for domain in host.inventory(tenant).domains.values():
         if not domain.owner or domain.owner.tenant != tenant:
             continue
         if pause and domain.state == "running":
             engine.suspend(domain.name)
-            acted.append(domain.owner.name)
         elif not pause and domain.state == "paused" and domain.owner.name not in keep_paused:
             engine.resume(domain.name)
-            acted.append(domain.owner.name)
-    return acted
 
 
 def run_quota(params: Mapping[str, Any], check_mode: bool = False) -> Result:

@@ -114,10 +114,8 @@ class ZoneLinkEngine:
     ) -> EndState:
         """The end's network as the host has it, or as declared in the same run (created
         before the link is connected; its bridge is read when connecting)."""
-        host = end.host()
-        inventory = host.inventory(self.tenant)
         libvirt_name = object_name(self.tenant, self.network)
-        state = inventory.networks.get(libvirt_name)
+        state = end.host().network(libvirt_name)
         if state is None and declared is not None:
             state = NetworkState(
                 libvirt_name, None, False, True, declared.mode, declared.cidr, declared.gateway,
@@ -328,7 +326,7 @@ class ZoneLinkEngine:
         )  # fmt: skip
         mtu = state.network.mtu or DEFAULT_MTU
         # Read now: a network created earlier in the same run got its bridge name only then.
-        network = end.host().inventory(self.tenant).networks[object_name(self.tenant, self.network)]
+        network = end.host().network(object_name(self.tenant, self.network))
         end.shell.run(["ip", "link", "set", name, "mtu", str(mtu)], "set the MTU of", obj)
         end.shell.run(["ip", "link", "set", name, "master", network.bridge], "attach", obj)
         end.shell.run(["ip", "link", "set", name, "up"], "start", obj)
@@ -367,7 +365,7 @@ def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result
     host = engine.ends[0].host()
     gate = Gate(ledger, host, tenant, Declaration())
     plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
-    gate.admit(plan, host.inventory(tenant))
+    gate.admit_state(plan)
     if not check_mode:
         plan.apply()
     return Result(
@@ -412,15 +410,10 @@ def plan_environment_links(
     undeclared = sorted(set(recorded) - declared)
     for name in undeclared if remove_undeclared else []:
         row = recorded[name]
-        ends = tuple(
-            End(
-                e["zone"],
-                e["uri"],
-                e["underlay_ip"],
-                e.get("underlay_dev", ""),
-                HostShell(tuple(e.get("host_command", ()))),
-            )
-            for e in json.loads(row.ends)
+        recorded_ends = json.loads(row.ends)
+        ends = (
+            parse_end(recorded_ends[0], f"recorded link {name} ends[0]"),
+            parse_end(recorded_ends[1], f"recorded link {name} ends[1]"),
         )
         plan.extend(ZoneLinkEngine(ledger, tenant, name, row.network, ends).plan_absent())
     if undeclared and not remove_undeclared:

@@ -25,21 +25,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common.ledger
-attributes:
-  check_mode:
-    description: Shows the planned ledger changes and writes nothing.
-    support: full
-  diff_mode:
-    description: Returns the before and after values of every planned change.
-    support: full
-  idempotent:
-    description: A second run with the same arguments reports C(changed=false).
-    support: full
-  action_group:
-    description: Use C(group/vce.kvm.vce) in C(module_defaults) to set O(ledger_url) once.
-    support: full
-    membership:
-      - vce.kvm.vce
+  - vce.kvm.common.ledger_attributes
 options:
   name:
     description: The tenant's name, the prefix of its libvirt objects. 1-32 lowercase letters, digits and C(-).

@@ -27,21 +27,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common.ledger
-attributes:
-  check_mode:
-    description: Shows the changes for both ends and makes none.
-    support: full
-  diff_mode:
-    description: Returns the before and after values of every planned change.
-    support: full
-  idempotent:
-    description: A second run with the same arguments reports C(changed=false).
-    support: full
-  action_group:
-    description: Use C(group/vce.kvm.vce) in C(module_defaults) to set O(ledger_url) once.
-    support: full
-    membership:
-      - vce.kvm.vce
+  - vce.kvm.common.ledger_attributes
 options:
   tenant:
     description: The tenant that owns the network at both ends.

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from plugins.module_utils import engine
+from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
@@ -22,7 +23,6 @@ from tools.multihost import LabHost, MultiHostLab
 from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
-BOOT_TIMEOUT = 90
 ZONE = {
     "uplink": "up0",
     "public_pools": [{"name": "pub-a", "cidr": "203.0.113.64/27", "gateway": "203.0.113.1"}],
@@ -81,29 +81,21 @@ def nic(vm: str, third_octet: int, index: int) -> dict:
 def acme(lab, kvm_a, ledger_url) -> Iterator[str]:
     """Tenant acme on kvm-a: web1 running (the tiny guest), web2 stopped, hidden (isolated)."""
     register(ledger_url, "acme", public_ips=3)
-    old = os.environ.get("VCE_CONSOLE_LOG_DIR")
-    os.environ["VCE_CONSOLE_LOG_DIR"] = str(kvm_a.log_dir / "qemu")
     try:
-        params = environment(
-            kvm_a,
-            "acme",
-            str(build_base_image()),
-            1,
-            web1="running",
-            web2="stopped",
-            hidden="stopped",
-        )
-        engine.run_environment(params)
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while kvm_a.run(["ping", "-c", "1", "-W", "1", "10.60.1.10"]).returncode != 0:
-            assert time.monotonic() < deadline, "web1 did not answer on 10.60.1.10"
-            time.sleep(1)
+        with console_logs_on(kvm_a):
+            params = environment(
+                kvm_a,
+                "acme",
+                str(build_base_image()),
+                1,
+                web1="running",
+                web2="stopped",
+                hidden="stopped",
+            )
+            engine.run_environment(params)
+        wait_until_answers(kvm_a, "10.60.1.10")
         yield "acme"
     finally:
-        if old is None:
-            os.environ.pop("VCE_CONSOLE_LOG_DIR", None)
-        else:
-            os.environ["VCE_CONSOLE_LOG_DIR"] = old
         remove_prefixed(kvm_a.connect(), "acme_")
 
 

@@ -4,17 +4,16 @@ device and the VNI is free; refusals change nothing."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from plugins.module_utils import engine
+from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
@@ -22,7 +21,6 @@ from tools.multihost import LabHost, MultiHostLab
 from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
-BOOT_TIMEOUT = 90
 
 
 def side(host: LabHost, vm: str, gateway: int, dhcp: tuple[int, int], ip: int, **network) -> dict:
@@ -56,25 +54,17 @@ def side(host: LabHost, vm: str, gateway: int, dhcp: tuple[int, int], ip: int, *
 @pytest.fixture(scope="module")
 def acme(lab, ledger_url) -> Iterator[str]:
     register(ledger_url, "acme")
-    old = os.environ.get("VCE_CONSOLE_LOG_DIR")
     try:
         for host, params in (
             (lab.hosts["kvm-a"], side(lab.hosts["kvm-a"], "a1", 1, (100, 149), 10)),
             (lab.hosts["kvm-b"], side(lab.hosts["kvm-b"], "b1", 2, (150, 199), 20)),
         ):
-            os.environ["VCE_CONSOLE_LOG_DIR"] = str(host.log_dir / "qemu")
-            engine.run_environment(params)
-        for host, ip in ((lab.hosts["kvm-a"], "10.80.0.10"), (lab.hosts["kvm-b"], "10.80.0.20")):
-            deadline = time.monotonic() + BOOT_TIMEOUT
-            while host.run(["ping", "-c", "1", "-W", "1", ip]).returncode != 0:
-                assert time.monotonic() < deadline, f"{ip} did not answer on {host.name}"
-                time.sleep(1)
+            with console_logs_on(host):
+                engine.run_environment(params)
+        wait_until_answers(lab.hosts["kvm-a"], "10.80.0.10")
+        wait_until_answers(lab.hosts["kvm-b"], "10.80.0.20")
         yield "acme"
     finally:
-        if old is None:
-            os.environ.pop("VCE_CONSOLE_LOG_DIR", None)
-        else:
-            os.environ["VCE_CONSOLE_LOG_DIR"] = old
         for host in lab.hosts.values():
             remove_prefixed(host.connect(), "acme_")
 
