@@ -20,7 +20,11 @@ def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
                 if dom.isActive():
                     dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                # Backups leave checkpoints, which block a plain undefine.
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                )
             removed.append(f"domain {dom.name()}")
     for net in conn.listAllNetworks(0):
         if net.name().startswith(start):

@@ -15,6 +15,9 @@ What the guest serves, so tests can send real packets to it and make it send som
   guest's outbound connections get outside.
 * ``GET /cgi-bin/ping?<ipv4>``: the output of ``ping -c 1 -W 2 <ipv4>``, status 502 if no
   reply came.
+* ``GET /cgi-bin/disk?<vdX>``: the md5 of the whole block device; ``?<vdX>,<offset>,<count>``
+  first writes ``count`` MiB of random data at ``offset`` MiB (synced): a guest writing known
+  data to its disk, for the backup tests.
 
 Everything comes from apt (``apt-get download``) and tools of the host (sfdisk, dosfstools,
 mtools, syslinux, qemu-img); no root-only steps (loop devices, mounts) are needed.
@@ -48,14 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever the recipe below changes what ends up in the image: it is part of the key.
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 # Applets /init, the udhcpc hook and the CGI scripts rely on; checked at build time so a
 # busybox without one fails the build instead of the guest failing silently at run time.
 REQUIRED_APPLETS = ("acpid", "hostname", "httpd", "insmod", "ip", "mktemp", "ping", "poweroff")
-REQUIRED_APPLETS += ("sh", "timeout", "udhcpc", "wget")
+REQUIRED_APPLETS += ("sh", "timeout", "udhcpc", "wget", "dd", "md5sum", "sync", "cut")
 # Loaded by /init in this order (each after its dependencies); evdev + button come first:
 # they turn the ACPI power button into an input event that busybox acpid acts on.
 GUEST_MODULES = ("evdev", "button", "virtio_pci", "virtio_net", "virtio_blk")
@@ -526,6 +529,33 @@ if out=$(ping -c 1 -W 2 "$addr" 2>&1); then reply "200 OK"; else reply "502 Bad 
 echo "$out"
 """
 
+DISK_CGI = r"""#!/bin/sh
+# GET /cgi-bin/disk?<vdX>[,<offset MiB>,<count MiB>]: write random data there first (synced),
+# then return the md5 of the whole device.
+reply() { printf 'Status: %s\r\nContent-Type: text/plain\r\n\r\n' "$1"; }
+bad() { reply "400 Bad Request"; echo "query must be <vdX>[,<offset MiB>,<count MiB>]"; exit 0; }
+case "$QUERY_STRING" in ""|*[!a-z0-9,]*) bad ;; esac
+# Only letters, digits and commas are left, so this split cannot glob.
+IFS=,
+set -- $QUERY_STRING
+unset IFS
+case "$1" in vd[a-z]) ;; *) bad ;; esac
+[ -b "/dev/$1" ] || { reply "404 Not Found"; echo "no /dev/$1"; exit 0; }
+if [ $# -eq 3 ]; then
+    case "$2" in ""|*[!0-9]*) bad ;; esac
+    case "$3" in ""|*[!0-9]*) bad ;; esac
+    if ! dd if=/dev/urandom of="/dev/$1" bs=1048576 seek="$2" count="$3" conv=fsync 2>/dev/null
+    then
+        reply "500 Internal Server Error"; echo "writing /dev/$1 failed"; exit 0
+    fi
+    sync
+elif [ $# -ne 1 ]; then
+    bad
+fi
+reply "200 OK"
+md5sum "/dev/$1" | cut -d ' ' -f 1
+"""
+
 
 def _busybox_applets(busybox: Path) -> list[str]:
     applets = [name for name in _run([str(busybox), "--list"]).split() if name != "busybox"]
@@ -555,6 +585,7 @@ def initramfs_entries(busybox: Path, modules: list[tuple[str, bytes]]) -> Iterat
     yield _file("etc/acpi/PWRF/00000080", POWER_BUTTON_SCRIPT.encode(), 0o755)
     yield _file("www/cgi-bin/fetch", FETCH_CGI.encode(), 0o755)
     yield _file("www/cgi-bin/ping", PING_CGI.encode(), 0o755)
+    yield _file("www/cgi-bin/disk", DISK_CGI.encode(), 0o755)
     yield _file("init", INIT_SCRIPT.encode(), 0o755)
 
 

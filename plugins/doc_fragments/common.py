@@ -55,6 +55,34 @@ notes:
     E(VCE_RUN_ID) (default - a new id per module call).
 """
 
+    # Where backup schedules, their configs and their backups live on the KVM host.
+    BACKUP_HOST = r"""
+options:
+  backup_root:
+    description:
+      - The directory on the KVM host that every backup target must be in (the operator's
+        allowed backup root); a target outside it is refused.
+    type: path
+    default: /var/lib/vce-kvm/backups
+  unit_dir:
+    description: Where the schedules' systemd units are installed on the host.
+    type: path
+    default: /etc/systemd/system
+  config_dir:
+    description: Where the schedules' runner configs (JSON) are written on the host.
+    type: path
+    default: /etc/vce-kvm/backup
+  runner:
+    description:
+      - The backup runner's path on the host (the C(vce-backup) console script of this
+        collection's Python distribution, installed by the C(kvm_host) role). The units'
+        C(ExecStart) runs it, and C(systemd-analyze verify) refuses units whose runner is missing.
+    type: path
+    default: /usr/local/bin/vce-backup
+requirements:
+  - python3 and systemd-analyze on the KVM host
+"""
+
     # Only for the modules that change things and return RV(plan): info has no such value.
     ATTRIBUTES = r"""
 notes:

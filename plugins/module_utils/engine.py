@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .backup import plan_environment_backups
 from .disk import DiskEngine, attached_to, find_volume, volume_name
 from .enforcement import (
     Declaration,
@@ -120,15 +121,21 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         params, spec, gate.ledger, host, inventory, absent or options.prune
     )
     links = plan_environment_links(params, spec, gate.ledger, host.uri, absent or options.prune)
-    # Links and public IPs go before the networks and VMs they use, and come after them.
+    backups = plan_environment_backups(
+        params, spec, gate.ledger, host, inventory, absent or options.prune
+    )
+    # Links, public IPs and backup schedules go before the networks and VMs they use, and come
+    # after them.
     if absent:
-        links.extend(plan)
-        links.extend(engine.plan_absent(inventory))
-        plan = links
+        backups.extend(links)
+        backups.extend(plan)
+        backups.extend(engine.plan_absent(inventory))
+        plan = backups
     else:
         objects = engine.plan_present(spec, inventory)
         objects.extend(links)
         objects.extend(plan)
+        objects.extend(backups)
         plan = objects
     return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import quota
+from .backup_spec import DEFAULT_FREQUENCIES, check_frequencies
 from .errors import SpecError, VceError
 from .ledger_store import Store, open_store
 from .spec import check_name
@@ -27,6 +28,8 @@ try:
     import sqlalchemy as sa
 
     from .ledger_schema import (
+        backup_schedules,
+        backups,
         blocks,
         events,
         host_usage,
@@ -90,10 +93,12 @@ class PlanDef:
     quotas: dict[str, int]
     trial_quotas: dict[str, int]
     trial_hours: int = DEFAULT_TRIAL_HOURS
+    backup_frequencies: tuple[str, ...] = DEFAULT_FREQUENCIES
 
 
 def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
-    """Plans as the inventory declares them: {name: {quotas, trial_quotas, trial_hours}}."""
+    """Plans as the inventory declares them:
+    {name: {quotas, trial_quotas, trial_hours, backup_frequencies}}."""
     if not isinstance(raw, Mapping):
         raise SpecError(path, "must be a mapping of plan name to its quotas")
     result = {}
@@ -102,11 +107,11 @@ def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
         check_name(name, where)
         if not isinstance(body, Mapping):
             raise SpecError(where, "must be a mapping with quotas (and trial_quotas, trial_hours)")
-        unknown = set(body) - {"quotas", "trial_quotas", "trial_hours"}
+        unknown = set(body) - {"quotas", "trial_quotas", "trial_hours", "backup_frequencies"}
         if unknown:
             raise SpecError(
                 f"{where}.{sorted(unknown)[0]}",
-                "unknown option; known: quotas, trial_quotas, trial_hours",
+                "unknown option; known: quotas, trial_quotas, trial_hours, backup_frequencies",
             )
         quotas = quota.check_quotas(body.get("quotas"), f"{where}.quotas", complete=True)
         trial = body.get("trial_quotas")
@@ -121,7 +126,10 @@ def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
                 f"{where}.trial_hours",
                 f"must be a whole number of hours from 0 to 2160, got {hours!r}",
             )
-        result[name] = PlanDef(name, quotas, trial_quotas, hours)
+        frequencies = check_frequencies(
+            body.get("backup_frequencies"), f"{where}.backup_frequencies"
+        )
+        result[name] = PlanDef(name, quotas, trial_quotas, hours, frequencies)
     return result
 
 
@@ -189,8 +197,17 @@ class Ledger:
         row = connection.execute(sa.select(plans).where(plans.c.name == name)).first()
         if row is None:
             return None
+        frequencies = (
+            tuple(json.loads(row.backup_frequencies))
+            if row.backup_frequencies
+            else DEFAULT_FREQUENCIES
+        )
         return PlanDef(
-            row.name, json.loads(row.quotas), json.loads(row.trial_quotas), row.trial_hours
+            row.name,
+            json.loads(row.quotas),
+            json.loads(row.trial_quotas),
+            row.trial_hours,
+            frequencies,
         )
 
     def put_plans(
@@ -208,6 +225,7 @@ class Ledger:
                 "quotas": json.dumps(wanted.quotas, sort_keys=True),
                 "trial_quotas": json.dumps(wanted.trial_quotas, sort_keys=True),
                 "trial_hours": wanted.trial_hours,
+                "backup_frequencies": json.dumps(list(wanted.backup_frequencies)),
                 "updated_at": self.now(),
             }
             updated = connection.execute(
@@ -377,6 +395,69 @@ class Ledger:
             sa.select(sa.func.count()).select_from(zone_links).where(zone_links.c.tenant == tenant)
         )
         return int(connection.execute(query).scalar())
+
+    def backup_schedule_rows(
+        self, connection: Any, tenant: str, host: str | None = None
+    ) -> dict[tuple[str, str, str], Any]:
+        """The tenant's recorded schedules by (host, vm, name), on `host` or everywhere."""
+        query = sa.select(backup_schedules).where(backup_schedules.c.tenant == tenant)
+        if host is not None:
+            query = query.where(backup_schedules.c.host == host)
+        return {(r.host, r.vm, r.name): r for r in connection.execute(query)}
+
+    def put_backup_schedule(
+        self, connection: Any, tenant: str, host: str, vm: str, name: str, frequency: str,
+        calendar: str, config: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        where = (
+            (backup_schedules.c.tenant == tenant) & (backup_schedules.c.host == host)
+            & (backup_schedules.c.vm == vm) & (backup_schedules.c.name == name)
+        )  # fmt: skip
+        values = {
+            "frequency": frequency,
+            "calendar": calendar,
+            "config": json.dumps(dict(config), sort_keys=True),
+            "updated_at": self.now(),
+        }
+        if connection.execute(backup_schedules.update().where(where).values(**values)).rowcount:
+            return
+        connection.execute(
+            backup_schedules.insert().values(tenant=tenant, host=host, vm=vm, name=name, **values)
+        )
+
+    def drop_backup_schedule(
+        self, connection: Any, tenant: str, host: str, vm: str, name: str
+    ) -> None:
+        connection.execute(
+            backup_schedules.delete().where(
+                backup_schedules.c.tenant == tenant, backup_schedules.c.host == host,
+                backup_schedules.c.vm == vm, backup_schedules.c.name == name,
+            )
+        )  # fmt: skip
+
+    def backup_storage_mib(self, connection: Any, tenant: str) -> int:
+        """Backup storage the tenant holds now: kept backups not yet pruned, in MiB."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(backups.c.size_bytes), 0)).where(
+            backups.c.tenant == tenant, backups.c.status == "ok", backups.c.pruned_at.is_(None)
+        )
+        return quota.mib_of_bytes(int(connection.execute(query).scalar()))
+
+    def record_backup(self, connection: Any, key: str, **values: Any) -> bool:
+        """One row per backup run; the same key never writes twice (returns False then)."""
+        if connection.execute(sa.select(backups.c.key).where(backups.c.key == key)).first():
+            return False
+        connection.execute(backups.insert().values(key=key, run_id=self.run_id, **values))
+        return True
+
+    def update_backup(self, connection: Any, key: str, **values: Any) -> None:
+        connection.execute(backups.update().where(backups.c.key == key).values(**values))
+
+    def backup_records(self, tenant: str, vm: str | None = None) -> list[Any]:
+        with self.store.read() as connection:
+            query = sa.select(backups).where(backups.c.tenant == tenant)
+            if vm is not None:
+                query = query.where(backups.c.vm == vm)
+            return list(connection.execute(query.order_by(backups.c.started_at, backups.c.key)))
 
     def reserved(self, connection: Any, tenant: str, except_key: str | None = None) -> quota.Usage:
         """Usage that runs in flight have claimed and not yet made real."""

@@ -49,6 +49,8 @@ if sa is not None:
         sa.Column("trial_quotas", sa.Text, nullable=False),
         sa.Column("trial_hours", sa.Integer, nullable=False),
         sa.Column("updated_at", UtcDateTime, nullable=False),
+        # JSON [frequency, ...]; NULL: the default set (backup.DEFAULT_FREQUENCIES)
+        sa.Column("backup_frequencies", sa.Text),
     )
 
     tenants = sa.Table(
@@ -168,4 +170,41 @@ if sa is not None:
         sa.Column("cidr", sa.String(45), nullable=False),
         sa.Column("ends", sa.Text, nullable=False),  # JSON [{zone, uri}, {zone, uri}]
         sa.Column("created_at", UtcDateTime, nullable=False),
+    )
+
+    # Backup schedules installed on hosts (the units are their truth on the host; these rows
+    # count them for the quota across hosts).
+    backup_schedules = sa.Table(
+        "backup_schedules",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("host", sa.String(255), primary_key=True),
+        sa.Column("vm", sa.String(64), primary_key=True),
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("frequency", sa.String(16), nullable=False),
+        sa.Column("calendar", sa.Text, nullable=False),
+        sa.Column("config", sa.Text, nullable=False),  # JSON, as the runner reads it
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+    )
+
+    # One row per backup run, written by the host-side runner: size (metered as backup
+    # storage until pruned), result and duration (for the SLA and the operator).
+    backups = sa.Table(
+        "backups",
+        metadata,
+        sa.Column("key", sa.String(400), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("vm", sa.String(64), nullable=False),
+        sa.Column("schedule", sa.String(64), nullable=False),
+        sa.Column("backup_id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),  # full | incremental | copy
+        sa.Column("status", sa.String(16), nullable=False),  # ok | failed
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("finished_at", UtcDateTime, nullable=False),
+        sa.Column("duration_ms", sa.Integer, nullable=False),
+        sa.Column("size_bytes", sa.BigInteger, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("pruned_at", UtcDateTime),
+        sa.Column("run_id", sa.String(64), nullable=False),
     )

@@ -130,6 +130,10 @@ def volume_xml(
     sub(root, "allocation", "0", unit="bytes")
     target = sub(root, "target")
     sub(target, "format", type=fmt)
+    if fmt == "qcow2":
+        # libvirt 9.0 otherwise writes qcow2 v2 (compat 0.10), which cannot hold the
+        # persistent dirty bitmaps that incremental backups need.
+        sub(target, "compat", "1.1")
     if backing:
         store = sub(root, "backingStore")
         sub(store, "path", backing)

@@ -21,6 +21,18 @@ CONNECTION_OPTIONS: dict[str, dict[str, Any]] = {
 
 LEDGER_OPTIONS: dict[str, dict[str, Any]] = {"ledger_url": {"type": "str"}}
 
+BACKUP_HOST_OPTIONS: dict[str, dict[str, Any]] = {
+    "backup_root": {"type": "path", "default": "/var/lib/vce-kvm/backups"},
+    "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
+    "config_dir": {"type": "path", "default": "/etc/vce-kvm/backup"},
+    "runner": {"type": "path", "default": "/usr/local/bin/vce-backup"},
+}
+
+RETENTION_OPTIONS: dict[str, dict[str, Any]] = {
+    rule: {"type": "int"}
+    for rule in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+}
+
 LEASE_OPTIONS = {
     "mac": {"type": "str", "required": True},
     "ip": {"type": "str", "required": True},

@@ -19,6 +19,7 @@ author:
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
+  - vce.kvm.common.backup_host
   - vce.kvm.common.attributes
 options:
   state:
@@ -77,6 +78,19 @@ options:
     type: list
     elements: dict
     default: []
+  backup_schedules:
+    description:
+      - The tenant's backup schedules on this host (see M(vce.kvm.backup_schedule)). Each item
+        takes O(vce.kvm.backup_schedule#module:vm), O(vce.kvm.backup_schedule#module:name),
+        O(vce.kvm.backup_schedule#module:calendar), O(vce.kvm.backup_schedule#module:retention)
+        and optionally O(vce.kvm.backup_schedule#module:disks),
+        O(vce.kvm.backup_schedule#module:target) or O(vce.kvm.backup_schedule#module:pool) and
+        O(vce.kvm.backup_schedule#module:timeout_minutes). The VM may be declared in the same call.
+      - With O(prune) or O(state=absent), the tenant's other schedules on this host are removed;
+        their backups are kept (purge them with M(vce.kvm.backup_schedule)).
+    type: list
+    elements: dict
+    default: []
   zone:
     description: The host's availability zone (the inventory's C(vce_zone)), for O(public_ips).
     type: str
@@ -88,8 +102,8 @@ options:
     type: dict
   host_command:
     description:
-      - How to run C(nft) and C(ip) on the KVM host for O(public_ips) - a command prefix such as
-        V([ssh, root@kvm1]). Default - directly.
+      - How to run commands on the KVM host for O(public_ips), O(zone_links) and
+        O(backup_schedules) - a command prefix such as V([ssh, root@kvm1]). Default - directly.
     type: list
     elements: str
   default_pool:
@@ -178,6 +192,7 @@ environment:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine import run_environment
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+    BACKUP_HOST_OPTIONS,
     ledger_spec,
     run_module,
 )
@@ -192,6 +207,7 @@ def main() -> None:
             vms={"type": "list", "elements": "dict", "default": []},
             public_ips={"type": "list", "elements": "dict", "default": []},
             zone_links={"type": "list", "elements": "dict", "default": []},
+            backup_schedules={"type": "list", "elements": "dict", "default": []},
             zone={"type": "str"},
             zone_config={"type": "dict"},
             host_command={"type": "list", "elements": "str"},
@@ -200,6 +216,7 @@ def main() -> None:
             allow_restart={"type": "bool", "default": False},
             allow_replace={"type": "bool", "default": False},
             shutdown_timeout={"type": "int", "default": 60},
+            **BACKUP_HOST_OPTIONS,
         ),
         supports_check_mode=True,
     )

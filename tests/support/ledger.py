@@ -11,12 +11,25 @@ from plugins.module_utils.tenants import run_tenant
 ROOMY = dict.fromkeys(KINDS, 1000)
 
 
-def plan_catalog(name: str = "lab", trial_hours: int = 0, **quotas: int) -> dict[str, Any]:
-    return {name: {"quotas": {**ROOMY, **quotas}, "trial_hours": trial_hours}}
+def plan_catalog(
+    name: str = "lab",
+    trial_hours: int = 0,
+    backup_frequencies: list[str] | None = None,
+    **quotas: int,
+) -> dict[str, Any]:
+    plan: dict[str, Any] = {"quotas": {**ROOMY, **quotas}, "trial_hours": trial_hours}
+    if backup_frequencies is not None:
+        plan["backup_frequencies"] = backup_frequencies
+    return {name: plan}
 
 
 def register(
-    url: str, tenant: str, plan: str = "lab", customer: str | None = None, **quotas: int
+    url: str,
+    tenant: str,
+    plan: str = "lab",
+    customer: str | None = None,
+    backup_frequencies: list[str] | None = None,
+    **quotas: int,
 ) -> dict:
     """Register `tenant` on a plan with roomy quotas (or the ones given) and no trial."""
     result = run_tenant(
@@ -25,7 +38,7 @@ def register(
             "name": tenant,
             "customer": customer or f"customer-of-{tenant}",
             "plan": plan,
-            "plans": plan_catalog(plan, **quotas),
+            "plans": plan_catalog(plan, backup_frequencies=backup_frequencies, **quotas),
         }
     )
     return result.facts["tenant"]

@@ -8,7 +8,7 @@ the module_utils that are imported, and the ledger needs every revision wherever
 
 from __future__ import annotations
 
-from .versions import v0001_initial, v0002_public_ips, v0003_zone_links
+from .versions import v0001_initial, v0002_public_ips, v0003_zone_links, v0004_backups
 
-REVISION_MODULES = (v0001_initial, v0002_public_ips, v0003_zone_links)
+REVISION_MODULES = (v0001_initial, v0002_public_ips, v0003_zone_links, v0004_backups)
 HEAD = REVISION_MODULES[-1].revision
