@@ -330,6 +330,9 @@ class BackupRun:
         try:
             return domain.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
         except libvirt.libvirtError as error:
+            # A backup job being set up has no data yet ("backup job data missing").
+            if error.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR:
+                return True
             raise ApplyError(
                 f"Failed to read the jobs of {domain.name()}: {libvirt_reason(error)}"
             ) from error

@@ -112,10 +112,10 @@ def check_calendar(value: Any, path: str) -> str:
         raise SpecError(
             path, "a systemd calendar expression is required, e.g. 'daily' or '*-*-* 02:30'"
         )
-    value = " ".join(value.split())
+    # Checked before spaces are normalised: a newline would start a new line in the unit.
     if len(value) > 200 or CALENDAR_FORBIDDEN.search(value):
         raise SpecError(path, f"invalid calendar expression {value!r}")
-    return value
+    return " ".join(value.split())
 
 
 def parse_schedule(raw: Any, path: str, vm: str | None = None) -> ScheduleSpec:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -122,3 +124,33 @@ def wait_for(predicate, timeout: float, interval: float = 0.25):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+@pytest.fixture
+def backup_host(tmp_path: Path) -> dict[str, str]:
+    """Where a test's backup schedules live: its own backup root, unit and config
+    directories, and a runner that runs this checkout's code (as the installed `vce-backup`
+    console script would)."""
+    runner = tmp_path / "bin" / "vce-backup"
+    runner.parent.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    runner.write_text(
+        f'#!/bin/sh\ncd {root} && exec {sys.executable} -m plugins.module_utils.backup_runner "$@"\n'
+    )
+    runner.chmod(0o755)
+    return {
+        "backup_root": str(tmp_path / "backups"),
+        "unit_dir": str(tmp_path / "units"),
+        "config_dir": str(tmp_path / "config"),
+        "runner": str(runner),
+    }
+
+
+def run_backup(config: str, now: str | None = None, timeout: float = 300) -> dict:
+    """One run of the schedule's runner, as its systemd service starts it; the run's JSON."""
+    runner = Path(config).parents[1] / "bin" / "vce-backup"
+    argv = [str(runner), "run", "--config", config, *(["--now", now] if now else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        raise AssertionError(f"vce-backup exited {proc.returncode}: {proc.stderr}")
+    return json.loads(proc.stdout)
