@@ -531,17 +531,7 @@ class BackupScheduleEngine:
                 if match and match.group("schedule") == name:
                     checkpoint.delete(0)
         with self.ledger.store.locked(self.tenant) as connection:
-            for row in self.ledger_rows(connection, vm, name):
-                self.ledger.update_backup(connection, row.key, pruned_at=self.ledger.now())
-
-    def ledger_rows(self, connection: Any, vm: str, name: str) -> list[Any]:
-        from .ledger_schema import backups
-
-        query = backups.select().where(
-            backups.c.tenant == self.tenant, backups.c.host == self.where.uri,
-            backups.c.vm == vm, backups.c.schedule == name, backups.c.pruned_at.is_(None),
-        )  # fmt: skip
-        return list(connection.execute(query))
+            self.ledger.prune_backups(connection, self.tenant, self.where.uri, vm, name)
 
     def facts(self, observed: Observed) -> dict[str, Any]:
         result = {}

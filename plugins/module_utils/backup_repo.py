@@ -286,7 +286,7 @@ def survivors(backups: Iterable[tuple[str, dt.datetime]], retention: Retention) 
     """Which backups a retention policy keeps: the newest `keep_last`, and for each of
     hourly/daily/weekly/monthly the newest backup of each of the newest N periods (UTC)."""
     newest_first = sorted(backups, key=lambda b: (b[1], b[0]), reverse=True)
-    keep = {backup_id for backup_id, _ in newest_first[: retention.keep_last or 0]}
+    keep = {backup_id for backup_id, _moment in newest_first[: retention.keep_last or 0]}
     for rule in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
         wanted = getattr(retention, rule) or 0
         seen: set[Any] = set()

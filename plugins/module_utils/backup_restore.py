@@ -28,7 +28,6 @@ from .engine import conclude
 from .errors import SpecError, libvirt, libvirt_action
 from .host import Host, TenantInventory
 from .ledger import Ledger, key_of
-from .ledger_schema import events
 from .libvirt_xml import DiskDevice
 from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
@@ -85,11 +84,7 @@ class RestoreEngine:
         )  # fmt: skip
 
     def done_before(self) -> bool:
-        with self.ledger.store.read() as connection:
-            return (
-                connection.execute(events.select().where(events.c.key == self.key)).first()
-                is not None
-            )
+        return self.ledger.has_event(self.key)
 
     def record(self, target: str) -> None:
         with self.ledger.store.locked(self.tenant) as connection:

@@ -1,6 +1,7 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The host-side backup runner: what a schedule's systemd service runs (`vce-backup run`).
+"""The host-side backup runner: what a schedule's systemd service runs (`vce-backup run`, the
+command line is cli/backup.py).
 
 A running VM is backed up live with libvirt's backup API in push mode: full the first time,
 then incremental from the schedule's last checkpoint; an incremental's files are rebased onto
@@ -14,16 +15,14 @@ and its checkpoint are removed (by the next run, when this one was killed).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import re
 import shutil
-import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,46 +493,3 @@ class BackupRun:
     def key(self, backup_id: str) -> str:
         c = self.config
         return record_key(c.uri, c.tenant, c.vm, c.schedule, backup_id)
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def parse_now(value: str | None) -> Callable[[], dt.datetime] | None:
-    if value is None:
-        return None
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"--now needs a time zone, got {value!r}")
-    return lambda: moment
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vce-backup", description="Back up a VM for one vce.kvm backup schedule."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="take a backup now, then apply retention")
-    run.add_argument("--config", required=True, help="the schedule's JSON config")
-    run.add_argument(
-        "--now", help="the moment to record (ISO 8601 with zone); for tests and replays"
-    )
-    listing = commands.add_parser("list", help="list the schedule's good backups as JSON")
-    listing.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = RunnerConfig.load(args.config)
-        if args.command == "list":
-            repo = ScheduleRepo(config.root, config.tenant, config.vm, config.schedule)
-            print(json.dumps([m.as_dict() for m in repo.backups()], indent=2))
-            return 0
-        result = BackupRun(config, parse_now(args.now)).run()
-    except (VceError, argparse.ArgumentTypeError, ValueError) as error:
-        print(f"vce-backup: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.as_dict(), sort_keys=True))
-    return 0 if result.status == "ok" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

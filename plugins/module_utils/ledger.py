@@ -452,6 +452,19 @@ class Ledger:
     def update_backup(self, connection: Any, key: str, **values: Any) -> None:
         connection.execute(backups.update().where(backups.c.key == key).values(**values))
 
+    def prune_backups(
+        self, connection: Any, tenant: str, host: str, vm: str, schedule: str
+    ) -> None:
+        """Mark every kept backup of the schedule pruned (its backups were purged)."""
+        connection.execute(
+            backups.update()
+            .where(
+                backups.c.tenant == tenant, backups.c.host == host, backups.c.vm == vm,
+                backups.c.schedule == schedule, backups.c.pruned_at.is_(None),
+            )
+            .values(pruned_at=self.now())
+        )  # fmt: skip
+
     def backup_records(self, tenant: str, vm: str | None = None) -> list[Any]:
         with self.store.read() as connection:
             query = sa.select(backups).where(backups.c.tenant == tenant)
@@ -576,6 +589,11 @@ class Ledger:
                 run_id=self.run_id,
             )
         )
+
+    def has_event(self, key: str) -> bool:
+        with self.store.read() as connection:
+            found = connection.execute(sa.select(events.c.key).where(events.c.key == key))
+            return found.first() is not None
 
     def history(self, tenant: str) -> list[dict[str, Any]]:
         with self.store.read() as connection:

@@ -110,12 +110,23 @@ plan:
   type: list
   elements: dict
   sample:
-    - {kind: disk, name: data-20261123, action: restore, class: live, field: data, before: null, after: {schedule: nightly, backup: 20261123T023000Z, disk: data, pool: default}}
+    - kind: disk
+      name: data-20261123
+      action: restore
+      class: live
+      field: data
+      before: null
+      after: {schedule: nightly, backup: 20261123T023000Z, disk: data, pool: default}
 backup:
   description: The backup restored from.
   returned: always
   type: dict
-  sample: {schedule: nightly, backup: 20261123T023000Z, taken_at: "2026-11-23T02:30:00+00:00", disk: data, path: /var/lib/vce-kvm/backups/acme/web1/nightly/20261123T023000Z}
+  sample:
+    schedule: nightly
+    backup: 20261123T023000Z
+    taken_at: "2026-11-23T02:30:00+00:00"
+    disk: data
+    path: /var/lib/vce-kvm/backups/acme/web1/nightly/20261123T023000Z
 disk:
   description: The new disk (O(mode=new_disk)).
   returned: when O(mode=new_disk)

@@ -148,12 +148,29 @@ plan:
   type: list
   elements: dict
   sample:
-    - {kind: backup_schedule, name: web1/nightly, action: create, class: live, field: schedule, before: null, after: {calendar: "*-*-* 02:30", frequency: daily, retention: {keep_daily: 7}, disks: all, target: /var/lib/vce-kvm/backups}}
+    - kind: backup_schedule
+      name: web1/nightly
+      action: create
+      class: live
+      field: schedule
+      before: null
+      after: {calendar: "*-*-* 02:30", frequency: daily, retention: {keep_daily: 7}, disks: all}
 backup_schedule:
   description: The schedule after the run (empty after O(state=absent)).
   returned: always
   type: dict
-  sample: {vm: web1, name: nightly, calendar: "*-*-* 02:30", frequency: daily, retention: {keep_daily: 7}, disks: all, target: /var/lib/vce-kvm/backups, timer: vce-backup-acme_web1_nightly.timer, service: vce-backup-acme_web1_nightly.service, enabled: true, backups: ["20261124T023000Z"]}
+  sample:
+    vm: web1
+    name: nightly
+    calendar: "*-*-* 02:30"
+    frequency: daily
+    retention: {keep_daily: 7}
+    disks: all
+    target: /var/lib/vce-kvm/backups
+    timer: vce-backup-acme_web1_nightly.timer
+    service: vce-backup-acme_web1_nightly.service
+    enabled: true
+    backups: ["20261124T023000Z"]
 """
 
 from ansible.module_utils.basic import AnsibleModule

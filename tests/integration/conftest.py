@@ -134,9 +134,7 @@ def backup_host(tmp_path: Path) -> dict[str, str]:
     runner = tmp_path / "bin" / "vce-backup"
     runner.parent.mkdir()
     root = Path(__file__).resolve().parents[2]
-    runner.write_text(
-        f'#!/bin/sh\ncd {root} && exec {sys.executable} -m plugins.module_utils.backup_runner "$@"\n'
-    )
+    runner.write_text(f'#!/bin/sh\ncd {root} && exec {sys.executable} -m cli.backup "$@"\n')
     runner.chmod(0o755)
     return {
         "backup_root": str(tmp_path / "backups"),

@@ -228,3 +228,28 @@ def test_a_half_written_backup_is_never_listed(tmp_path):
     assert [m.backup_id for m in repo.backups()] == [good.backup_id]
     assert sorted(repo.clear_partials()) == [".partial-20260102T000000Z", "20260103T000000Z"]
     assert [p.name for p in repo.dir.iterdir()] == [good.backup_id]
+
+
+def test_the_vce_backup_command_lists_a_schedule(tmp_path, capsys):
+    from importlib.metadata import entry_points
+
+    from cli.backup import main
+    from plugins.module_utils.backup_runner import RunnerConfig
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("vce-backup") == "ansible_collections.vce.kvm.cli.backup:main"
+    repo = ScheduleRepo(tmp_path, "acme", "web1", "daily")
+    good = take(repo, dt.datetime(2026, 1, 1, tzinfo=UTC), 1, None)
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            RunnerConfig(
+                "acme", "web1", "acme_web1", "daily", "qemu:///system", str(tmp_path), (),
+                Retention(keep_last=1),
+            ).as_dict()
+        )
+    )  # fmt: skip
+    assert main(["list", "--config", str(config)]) == 0
+    assert [b["backup_id"] for b in json.loads(capsys.readouterr().out)] == [good.backup_id]
+    assert main(["list", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "Failed to read backup schedule config" in capsys.readouterr().err
