@@ -312,3 +312,50 @@ def test_concurrent_runs_of_one_vm_take_turns(uri, conn, tenant, blank_image, ba
     dom = conn.lookupByName(f"{tenant}_web")
     names = sorted(CHECKPOINT_NAME.match(c.getName())["schedule"] for c in dom.listAllCheckpoints())
     assert names == ["a", "b"]  # one checkpoint per schedule, each its own chain
+
+
+def hmp_write(dom, path: str, offset_mib: int, mib: int, pattern: int) -> None:
+    """Write into the running VM's disk at `path` from QEMU itself (the VM runs no OS)."""
+    import libvirt_qemu
+
+    blocks = json.loads(libvirt_qemu.qemuMonitorCommand(dom, '{"execute": "query-block"}', 0))
+    device = next(b["qdev"] for b in blocks["return"] if b.get("inserted", {}).get("file") == path)
+    command = f'qemu-io -d {device} "write -P {pattern} {offset_mib}M {mib}M"'
+    output = libvirt_qemu.qemuMonitorCommand(
+        dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+    )
+    assert not output.strip(), output  # qemu-io reports errors here, successes elsewhere
+
+
+def test_a_copy_of_a_stopped_vm_continues_the_incremental_chain(
+    uri, conn, tenant, blank_image, backup_host
+):
+    env = vm_environment(uri, tenant, blank_image, state="running")
+    assert not run_module("environment", env)["failed"]
+    dom = conn.lookupByName(f"{tenant}_web")
+    args = schedule_args(uri, tenant, backup_host, disks=["data"], retention={"keep_last": 9})
+    assert run_module("backup_schedule", args)["changed"]
+    config = str(Path(backup_host["config_dir"]) / f"vce-backup-{tenant}_web_nightly.json")
+    data = next(d for d in disk_paths(dom) if d.endswith("_data.qcow2"))
+    schedule_dir = Path(backup_host["backup_root"]) / tenant / "web" / "nightly"
+
+    hmp_write(dom, data, 0, 4, 0x11)
+    assert run_backup(config, now="2026-11-01T02:30:00+00:00")["kind"] == "full"
+    hmp_write(dom, data, 8, 4, 0x22)
+    dom.destroy()
+    copy = run_backup(config, now="2026-11-02T02:30:00+00:00")
+    assert (copy["status"], copy["kind"]) == ("ok", "copy"), copy
+    dom.create()
+    hmp_write(dom, data, 16, 4, 0x33)
+    incremental = run_backup(config, now="2026-11-03T02:30:00+00:00")
+    assert (incremental["status"], incremental["kind"]) == ("ok", "incremental"), incremental
+    manifest = json.loads((schedule_dir / incremental["backup_id"] / "manifest.json").read_text())
+    assert manifest["parent"] == copy["backup_id"]
+    dom.destroy()  # QEMU flushes its qcow2 caches as it exits: the file is now the disk
+
+    def compare(backup: Path) -> int:
+        argv = ["qemu-img", "compare", data, str(backup)]
+        return subprocess.run(argv, capture_output=True, check=False).returncode
+
+    assert compare(schedule_dir / incremental["backup_id"] / "vdb.qcow2") == 0
+    assert compare(schedule_dir / copy["backup_id"] / "vdb.qcow2") == 1  # the last write counted
