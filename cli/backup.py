@@ -17,17 +17,11 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-try:
-    from ansible_collections.vce.kvm.plugins.module_utils.backup_repo import ScheduleRepo
-    from ansible_collections.vce.kvm.plugins.module_utils.backup_runner import (
-        BackupRun,
-        RunnerConfig,
-    )
-    from ansible_collections.vce.kvm.plugins.module_utils.errors import VceError
-except ImportError:  # run from a checkout: python -m cli.backup
-    from plugins.module_utils.backup_repo import ScheduleRepo
-    from plugins.module_utils.backup_runner import BackupRun, RunnerConfig
-    from plugins.module_utils.errors import VceError
+# Relative: the same code whether installed or run from a checkout with
+# PYTHONPATH=<checkout>/collections python -m ansible_collections.vce.kvm.cli.backup
+from ..plugins.module_utils.backup_repo import ScheduleRepo
+from ..plugins.module_utils.backup_runner import BackupRun, RunnerConfig
+from ..plugins.module_utils.errors import VceError
 
 
 def parse_now(value: str | None) -> Callable[[], dt.datetime] | None:

@@ -35,7 +35,7 @@ from .backup_repo import (
     qemu_img,
     write_json_atomically,
 )
-from .backup_spec import Retention
+from .backup_spec import Retention, parse_retention
 from .errors import ApplyError, VceError, libvirt_action, libvirt_reason
 from .host import connect
 from .libvirt_xml import DiskDevice, parse_domain
@@ -92,7 +92,8 @@ class RunnerConfig:
             uri=raw["uri"],
             root=raw["root"],
             disks=tuple(raw.get("disks") or ()),
-            retention=Retention(**raw["retention"]),
+            # Validated as the module validates it: an empty policy would prune every backup.
+            retention=parse_retention(raw["retention"], "retention"),
             ledger_url=raw.get("ledger_url"),
             timeout_s=int(raw.get("timeout_s") or 6 * 3600),
         )
@@ -101,7 +102,7 @@ class RunnerConfig:
     def load(cls, path: str | Path) -> RunnerConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, VceError) as error:
             raise VceError(f"Failed to read backup schedule config {path}: {error}") from None
 
 
@@ -337,8 +338,14 @@ class BackupRun:
             ) from error
 
     def abort_job(self, domain: Any) -> None:
-        with libvirt_action("abort the backup of", self.obj):
+        try:
             domain.abortJob()
+        except libvirt.libvirtError as error:
+            # The job may have ended on its own between the check and the abort.
+            if self.job_active(domain):
+                raise ApplyError(
+                    f"Failed to abort the backup of {self.obj}: {libvirt_reason(error)}"
+                ) from error
         deadline = time.monotonic() + ABORT_WAIT_S
         while self.job_active(domain) and time.monotonic() < deadline:
             time.sleep(JOB_POLL_S)

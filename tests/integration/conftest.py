@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.support.backups import runner_script
 from tests.support.ledger import forget_stores, register
 from tools.cleanup import remove_prefixed
 from tools.labhost import ensure_pool
@@ -134,7 +134,7 @@ def backup_host(tmp_path: Path) -> dict[str, str]:
     runner = tmp_path / "bin" / "vce-backup"
     runner.parent.mkdir()
     root = Path(__file__).resolve().parents[2]
-    runner.write_text(f'#!/bin/sh\ncd {root} && exec {sys.executable} -m cli.backup "$@"\n')
+    runner.write_text(runner_script(root))
     runner.chmod(0o755)
     return {
         "backup_root": str(tmp_path / "backups"),

@@ -260,7 +260,7 @@ def test_a_runner_killed_mid_backup_leaves_nothing_counted_and_the_next_run_succ
     assert json.loads(listed.stdout) == []  # nothing half-written counts as a backup
 
     after = run_backup(config, now="2026-11-02T03:00:00+00:00")
-    assert after["status"] == "ok" and after["kind"] == "full", after
+    assert after["status"] == "ok" and after["kind"] == "full", after["error"]
     assert ".partial-20261102T023000Z" in after["cleaned"]
     assert [p.name for p in schedule_dir.iterdir()] == ["20261102T030000Z"]
     checkpoints = [c.getName() for c in dom.listAllCheckpoints()]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from plugins.module_utils.backup_spec import (
     parse_schedule,
 )
 from plugins.module_utils.errors import SpecError
+from tests.support.backups import runner_script
 
 UTC = dt.UTC
 
@@ -230,10 +233,22 @@ def test_a_half_written_backup_is_never_listed(tmp_path):
     assert [p.name for p in repo.dir.iterdir()] == [good.backup_id]
 
 
-def test_the_vce_backup_command_lists_a_schedule(tmp_path, capsys):
+def vce_backup(*args: str) -> subprocess.CompletedProcess:
+    """The command as a schedule's service runs it, with this checkout's code."""
+    script = Path(tempfile.mkdtemp(dir="/tmp")) / "vce-backup"
+    script.write_text(runner_script(Path(__file__).resolve().parents[2]))
+    script.chmod(0o755)
+    try:
+        return subprocess.run(
+            [str(script), *args], capture_output=True, text=True, timeout=120, check=False
+        )
+    finally:
+        shutil.rmtree(script.parent)
+
+
+def test_the_vce_backup_command_lists_a_schedule(tmp_path):
     from importlib.metadata import entry_points
 
-    from cli.backup import main
     from plugins.module_utils.backup_runner import RunnerConfig
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
@@ -249,7 +264,13 @@ def test_the_vce_backup_command_lists_a_schedule(tmp_path, capsys):
             ).as_dict()
         )
     )  # fmt: skip
-    assert main(["list", "--config", str(config)]) == 0
-    assert [b["backup_id"] for b in json.loads(capsys.readouterr().out)] == [good.backup_id]
-    assert main(["list", "--config", str(tmp_path / "missing.json")]) == 2
-    assert "Failed to read backup schedule config" in capsys.readouterr().err
+    listed = vce_backup("list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert [b["backup_id"] for b in json.loads(listed.stdout)] == [good.backup_id]
+    missing = vce_backup("list", "--config", str(tmp_path / "missing.json"))
+    assert missing.returncode == 2 and "Failed to read backup schedule config" in missing.stderr
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"retention": {}}))
+    empty = vce_backup("run", "--config", str(config))
+    assert empty.returncode == 2  # an empty policy would prune every backup
+    assert "retention: give at least one rule" in empty.stderr
+    assert [m.backup_id for m in repo.backups()] == [good.backup_id]
