@@ -21,7 +21,7 @@ from typing import Any
 
 from . import quota
 from .backup_repo import ScheduleRepo
-from .backup_runner import CHECKPOINT_NAME, RunnerConfig
+from .backup_runner import RunnerConfig, drop_schedule_checkpoints
 from .backup_spec import (
     CALENDAR_ITERATIONS,
     DEFAULT_BACKUP_ROOT,
@@ -32,7 +32,7 @@ from .backup_spec import (
     parse_schedule,
 )
 from .enforcement import Declaration, Gate
-from .errors import ApplyError, SpecError, VceError, libvirt_action
+from .errors import ApplyError, SpecError, VceError, libvirt, libvirt_reason
 from .host import DEFAULT_URI, Host, TenantInventory
 from .hostshell import HostShell, check_prefix
 from .ledger import Ledger
@@ -364,7 +364,8 @@ class BackupScheduleEngine:
             wanted.append(rendered)
         new = [r for r in wanted if (r.spec.vm, r.spec.name) not in observed.schedules]
         if new:
-            self.check_quota(len(new))
+            with self.ledger.store.read() as connection:
+                self.check_quota(connection, len(new))
         for rendered in wanted:
             before = observed.schedules.get((rendered.spec.vm, rendered.spec.name))
             plan.add(
@@ -396,13 +397,11 @@ class BackupScheduleEngine:
             and rendered.timer in observed.enabled
         )
 
-    def check_quota(self, added: int) -> None:
-        with self.ledger.store.read() as connection:
-            record = self.ledger.require_tenant(connection, self.tenant)
-            limits = self.ledger.limits(connection, record)
-            used = {
-                "backup_schedules": len(self.ledger.backup_schedule_rows(connection, self.tenant))
-            }
+    def check_quota(self, connection: Any, added: int) -> None:
+        """The tenant's schedules on every host, plus `added`, within its quota."""
+        record = self.ledger.require_tenant(connection, self.tenant)
+        limits = self.ledger.limits(connection, record)
+        used = {"backup_schedules": len(self.ledger.backup_schedule_rows(connection, self.tenant))}
         found = quota.breaches(limits, used, {"backup_schedules": added})
         if found:
             raise quota.QuotaExceeded(self.tenant, found)
@@ -411,10 +410,12 @@ class BackupScheduleEngine:
         self, names: Sequence[tuple[str, str]], observed: Observed, purge: bool
     ) -> Plan:
         plan = Plan()
+        recorded = self.recorded()
         for vm, name in names:
             config = observed.schedules.get((vm, name))
-            recorded = self.recorded().get((vm, name))
-            if config is None and recorded is None:
+            if config is None and (vm, name) in recorded:
+                config = json.loads(recorded[(vm, name)].config)
+            if config is None:
                 continue
             plan.add(
                 Change(
@@ -422,13 +423,13 @@ class BackupScheduleEngine:
                     f"{vm}/{name}",
                     "delete",
                     field="schedule",
-                    before=self.summary(config or json.loads(recorded.config)),
+                    before=self.summary(config),
                     after=None,
                     run=partial(self.remove, vm, name, observed.systemd),
                 )
             )
             if purge:
-                root = (config or json.loads(recorded.config)).get("root", self.where.backup_root)
+                root = config.get("root", self.where.backup_root)
                 plan.add(
                     Change(
                         "backup_schedule",
@@ -459,16 +460,9 @@ class BackupScheduleEngine:
         spec = rendered.spec
         what = f"backup schedule {spec.name} of VM {spec.vm}"
         with self.ledger.store.locked(self.tenant) as connection:
-            if not existed:
-                record = self.ledger.require_tenant(connection, self.tenant)
-                limits = self.ledger.limits(connection, record)
-                rows = self.ledger.backup_schedule_rows(connection, self.tenant)
-                if (self.where.uri, spec.vm, spec.name) not in rows:
-                    found = quota.breaches(
-                        limits, {"backup_schedules": len(rows)}, {"backup_schedules": 1}
-                    )
-                    if found:
-                        raise quota.QuotaExceeded(self.tenant, found)
+            rows = self.ledger.backup_schedule_rows(connection, self.tenant, self.where.uri)
+            if (self.where.uri, spec.vm, spec.name) not in rows:
+                self.check_quota(connection, 1)  # again, under the lock: runs race
             ops: list[dict[str, Any]] = [
                 {"op": "write", "path": path, "content": content, "mode": 0o644}
                 for path, content in rendered.files.items()
@@ -522,14 +516,14 @@ class BackupScheduleEngine:
         """Delete the schedule's backups and its checkpoints; the ledger marks them pruned."""
         repo = ScheduleRepo(root, self.tenant, vm, name)
         self.write([{"op": "rmtree", "path": str(repo.dir)}], f"the backups of schedule {name}")
-        domain_name = object_name(self.tenant, vm)
-        domain = next((d for d in self.host.conn.listAllDomains() if d.name() == domain_name), None)
-        with libvirt_action("delete the checkpoints of", f"VM {vm}"):
-            # A VM already gone took its checkpoints with it.
-            for checkpoint in domain.listAllCheckpoints() if domain is not None else []:
-                match = CHECKPOINT_NAME.match(checkpoint.getName())
-                if match and match.group("schedule") == name:
-                    checkpoint.delete(0)
+        try:
+            domain = self.host.conn.lookupByName(object_name(self.tenant, vm))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise ApplyError(f"Failed to find VM {vm}: {libvirt_reason(error)}") from error
+            domain = None  # a VM already gone took its checkpoints with it
+        if domain is not None:
+            drop_schedule_checkpoints(domain, name, None, f"VM {vm}")
         with self.ledger.store.locked(self.tenant) as connection:
             self.ledger.prune_backups(connection, self.tenant, self.where.uri, vm, name)
 

@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .backup_spec import Retention
-from .errors import ApplyError, VceError
+from .errors import VceError
+from .hostshell import HostShell
 
 MANIFEST = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
@@ -42,23 +42,14 @@ def backup_id_of(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def allocated_bytes(path: Path) -> int:
-    """Bytes the file really takes on disk (sparse files count what is allocated)."""
-    return path.stat().st_blocks * 512
+def files_size(directory: Path) -> int:
+    """Bytes a backup's image files really take on disk (what is allocated, not sparse)."""
+    return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.name != MANIFEST)
 
 
 def qemu_img(args: Sequence[str], action: str, obj: str) -> str:
-    try:
-        proc = subprocess.run(
-            ["qemu-img", *args], capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT,
-            check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise ApplyError(f"Failed to {action} {obj}: {error}") from None
-    if proc.returncode != 0:
-        reason = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
-        raise ApplyError(f"Failed to {action} {obj}: {reason}")
-    return proc.stdout
+    """qemu-img on this host (the runner and restores run there), with a backup's patience."""
+    return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
 
 
 @dataclass
@@ -166,14 +157,6 @@ class ScheduleRepo:
                 continue  # not a finished backup: never listed, never restored
         return sorted(found, key=lambda m: (m.taken_at, m.backup_id))
 
-    def get(self, backup_id: str) -> Manifest:
-        for manifest in self.backups():
-            if manifest.backup_id == backup_id:
-                return manifest
-        raise VceError(
-            f"schedule {self.schedule} of VM {self.vm} has no backup {backup_id!r} in {self.dir}"
-        )
-
     def path(self, backup_id: str) -> Path:
         return self.dir / backup_id
 
@@ -199,10 +182,6 @@ class ScheduleRepo:
             n += 1
             candidate = f"{base}-{n}"
         return candidate
-
-    def size_of(self, backup_id: str) -> int:
-        directory = self.path(backup_id)
-        return sum(allocated_bytes(p) for p in directory.iterdir() if p.name != MANIFEST)
 
     @contextlib.contextmanager
     def vm_lock(self, timeout: float) -> Iterator[None]:
@@ -267,7 +246,7 @@ class ScheduleRepo:
         child.parent = parent.parent
         if child.parent is None:
             child.kind = "full"
-        child.size_bytes = self.size_of(child.backup_id)
+        child.size_bytes = files_size(self.path(child.backup_id))
         write_json_atomically(self.path(child.backup_id) / MANIFEST, child.as_dict())
 
 

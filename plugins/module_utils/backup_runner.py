@@ -32,6 +32,8 @@ from .backup_repo import (
     DiskFile,
     Manifest,
     ScheduleRepo,
+    backup_id_of,
+    files_size,
     qemu_img,
     write_json_atomically,
 )
@@ -144,6 +146,33 @@ def record_key(uri: str, tenant: str, vm: str, schedule: str, backup_id: str) ->
     return f"backup:{uri}:{tenant}:{vm}:{schedule}:{backup_id}"
 
 
+def checkpoint_names(domain: Any, obj: str) -> list[str]:
+    with libvirt_action("list the checkpoints of", obj):
+        return [cp.getName() for cp in domain.listAllCheckpoints()]
+
+
+def delete_checkpoint(domain: Any, name: str, obj: str) -> None:
+    with libvirt_action("find", f"checkpoint {name} of {obj}"):
+        checkpoint = domain.checkpointLookupByName(name)
+    try:
+        checkpoint.delete(0)
+    except libvirt.libvirtError:
+        # An inactive domain whose image lost the bitmap: forget the checkpoint anyway.
+        with libvirt_action("delete", f"checkpoint {name} of {obj}"):
+            checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+
+
+def drop_schedule_checkpoints(domain: Any, schedule: str, keep: str | None, obj: str) -> list[str]:
+    """Delete `schedule`'s checkpoints except `keep`; returns what was dropped."""
+    dropped = []
+    for name in checkpoint_names(domain, obj):
+        match = CHECKPOINT_NAME.match(name)
+        if match and match.group("schedule") == schedule and name != keep:
+            delete_checkpoint(domain, name, obj)
+            dropped.append(f"checkpoint {name}")
+    return dropped
+
+
 class BackupRun:
     """One run of one schedule."""
 
@@ -155,6 +184,7 @@ class BackupRun:
         self.repo = ScheduleRepo(config.root, config.tenant, config.vm, config.schedule)
         self.obj = f"VM {config.vm} of tenant {config.tenant}"
         self.t0 = time.monotonic()
+        self._ledger: Any = None
 
     # -- the run --------------------------------------------------------------------------
 
@@ -185,12 +215,17 @@ class BackupRun:
             previous = self.repo.backups()
             last = previous[-1] if previous else None
             result.cleaned.extend(self.drop_checkpoints(domain, keep=last and last.checkpoint))
-            disks = self.selected_disks(domain)
+            with libvirt_action("read", f"domain {self.config.domain}"):
+                devices = [
+                    d for d in parse_domain(domain.XMLDesc(0), "", False).disks
+                    if d.device == "disk"
+                ]  # fmt: skip
+            disks = self.selected_disks(devices)
             result.backup_id = self.repo.new_id(started)
             partial = self.repo.partial(result.backup_id)
             partial.mkdir(parents=True)
             try:
-                manifest = self.take(domain, disks, last, result, partial)
+                manifest = self.take(domain, devices, disks, last, result, partial)
                 self.finish(manifest, partial)
             except BaseException:
                 self.discard(domain, result, partial)
@@ -202,10 +237,8 @@ class BackupRun:
         finally:
             conn.close()
 
-    def selected_disks(self, domain: Any) -> list[DiskDevice]:
-        with libvirt_action("read", f"domain {self.config.domain}"):
-            state = parse_domain(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "", False)
-        by_name = {(d.serial or d.target): d for d in state.disks if d.device == "disk"}
+    def selected_disks(self, devices: list[DiskDevice]) -> list[DiskDevice]:
+        by_name = {(d.serial or d.target): d for d in devices}
         if not self.config.disks:
             return sorted(by_name.values(), key=lambda d: d.target)
         missing = [name for name in self.config.disks if name not in by_name]
@@ -218,6 +251,7 @@ class BackupRun:
     def take(
         self,
         domain: Any,
+        devices: list[DiskDevice],
         disks: list[DiskDevice],
         last: Manifest | None,
         result: RunResult,
@@ -240,7 +274,9 @@ class BackupRun:
         base = last if self.can_increment(domain, last, files) else None
         checkpoint = checkpoint_name(self.config.schedule, result.backup_id)
         try:
-            result.bytes_processed = self.live_backup(domain, files, partial, base, checkpoint)
+            result.bytes_processed = self.live_backup(
+                domain, devices, files, partial, base, checkpoint
+            )
         except ApplyError:
             if base is None:
                 raise
@@ -252,7 +288,9 @@ class BackupRun:
             for leftover in partial.iterdir():
                 leftover.unlink()
             base = None
-            result.bytes_processed = self.live_backup(domain, files, partial, None, checkpoint)
+            result.bytes_processed = self.live_backup(
+                domain, devices, files, partial, None, checkpoint
+            )
         manifest.checkpoint = checkpoint
         if base is not None:
             manifest.kind = "incremental"
@@ -278,6 +316,7 @@ class BackupRun:
     def live_backup(
         self,
         domain: Any,
+        devices: list[DiskDevice],
         files: list[DiskFile],
         partial: Path,
         base: Manifest | None,
@@ -291,11 +330,7 @@ class BackupRun:
         ET.SubElement(cp, "name").text = checkpoint
         cp_disks = ET.SubElement(cp, "disks")
         wanted = {d.target for d in files}
-        with libvirt_action("read", f"domain {self.config.domain}"):
-            state = parse_domain(domain.XMLDesc(0), "", False)
-        for device in state.disks:
-            if device.device != "disk":
-                continue
+        for device in devices:
             if device.target not in wanted:
                 ET.SubElement(backup_disks, "disk", name=device.target, backup="no")
                 ET.SubElement(cp_disks, "disk", name=device.target, checkpoint="no")
@@ -374,7 +409,7 @@ class BackupRun:
                 qemu_img(["info", "--output=json", "-U", str(path)], "read", str(path))
             )
             disk.virtual_size = int(info["virtual-size"])
-        manifest.size_bytes = sum(p.stat().st_blocks * 512 for p in partial.iterdir())
+        manifest.size_bytes = files_size(partial)
         manifest.duration_s = time.monotonic() - self.t0
         write_json_atomically(partial / MANIFEST, manifest.as_dict())
         final = self.repo.path(manifest.backup_id)
@@ -400,35 +435,24 @@ class BackupRun:
     # -- checkpoints ----------------------------------------------------------------------
 
     def checkpoints(self, domain: Any) -> list[str]:
-        with libvirt_action("list the checkpoints of", self.obj):
-            return [cp.getName() for cp in domain.listAllCheckpoints()]
+        return checkpoint_names(domain, self.obj)
 
     def drop_checkpoints(self, domain: Any, keep: str | None) -> list[str]:
         """Delete this schedule's checkpoints except `keep` (other schedules' stay)."""
-        dropped = []
-        for name in self.checkpoints(domain):
-            match = CHECKPOINT_NAME.match(name)
-            if match and match.group("schedule") == self.config.schedule and name != keep:
-                self.delete_checkpoint(domain, name)
-                dropped.append(f"checkpoint {name}")
-        return dropped
+        return drop_schedule_checkpoints(domain, self.config.schedule, keep, self.obj)
 
     def delete_checkpoint(self, domain: Any, name: str) -> None:
-        with libvirt_action("find", f"checkpoint {name} of {self.obj}"):
-            checkpoint = domain.checkpointLookupByName(name)
-        try:
-            checkpoint.delete(0)
-        except libvirt.libvirtError:
-            # An inactive domain whose image lost the bitmap: forget the checkpoint anyway.
-            with libvirt_action("delete", f"checkpoint {name} of {self.obj}"):
-                checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        delete_checkpoint(domain, name, self.obj)
 
     # -- the ledger -----------------------------------------------------------------------
 
     def ledger(self) -> Any:
-        from .ledger import Ledger
+        """The run's ledger, opened once (not at all when no run needs it)."""
+        if self._ledger is None:
+            from .ledger import Ledger
 
-        return Ledger.open(self.config.ledger_url, now=self.clock(), actor="vce-backup")
+            self._ledger = Ledger.open(self.config.ledger_url, now=self.clock(), actor="vce-backup")
+        return self._ledger
 
     def check_storage_quota(self) -> None:
         try:
@@ -454,7 +478,7 @@ class BackupRun:
             "host": self.config.uri,
             "vm": self.config.vm,
             "schedule": self.config.schedule,
-            "backup_id": result.backup_id or result.started_at.strftime("%Y%m%dT%H%M%SZ"),
+            "backup_id": result.backup_id or backup_id_of(result.started_at),
             "kind": result.kind,
             "status": result.status,
             "started_at": result.started_at,
@@ -463,10 +487,8 @@ class BackupRun:
             "size_bytes": result.size_bytes,
             "error": result.error,
         }
-        key = record_key(
-            self.config.uri, self.config.tenant, self.config.vm, self.config.schedule,
-            values["backup_id"] if result.status == "ok" else f"{values['backup_id']}:failed",
-        )  # fmt: skip
+        suffix = "" if result.status == "ok" else ":failed"
+        key = self.key(f"{values['backup_id']}{suffix}")
         try:
             ledger = self.ledger()
             with ledger.store.locked(self.config.tenant) as connection:

@@ -34,7 +34,14 @@ class HostShell:
     def __init__(self, prefix: Sequence[str] = ()) -> None:
         self.prefix = tuple(prefix)
 
-    def run(self, argv: Sequence[str], action: str, obj: str, stdin: str | None = None) -> str:
+    def run(
+        self,
+        argv: Sequence[str],
+        action: str,
+        obj: str,
+        stdin: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> str:
         """Run `argv` on the host; a failure reads "Failed to <action> <object>: <stderr>"."""
         command = [*self.prefix, *argv]
         try:
@@ -43,7 +50,7 @@ class HostShell:
                 input=stdin,
                 capture_output=True,
                 text=True,
-                timeout=COMMAND_TIMEOUT,
+                timeout=timeout,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as error:

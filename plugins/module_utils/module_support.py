@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .backup_spec import RETENTION_RULES
 from .errors import SpecError, VceError
 from .quota import QuotaExceeded, plain
 
@@ -28,10 +29,7 @@ BACKUP_HOST_OPTIONS: dict[str, dict[str, Any]] = {
     "runner": {"type": "path", "default": "/usr/local/bin/vce-backup"},
 }
 
-RETENTION_OPTIONS: dict[str, dict[str, Any]] = {
-    rule: {"type": "int"}
-    for rule in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
-}
+RETENTION_OPTIONS: dict[str, dict[str, Any]] = {rule: {"type": "int"} for rule in RETENTION_RULES}
 
 LEASE_OPTIONS = {
     "mac": {"type": "str", "required": True},
