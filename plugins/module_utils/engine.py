@@ -28,6 +28,7 @@ from .facts import tenant_facts
 from .host import DEFAULT_URI, Host, TenantInventory
 from .ledger import Ledger
 from .libvirt_xml import DiskDevice, disk_device_xml, free_disk_target
+from .metering import UsageWatch
 from .network import NetworkEngine
 from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
@@ -69,7 +70,9 @@ def conclude(
     """
     gate.admit(plan, inventory)
     after = inventory
+    usage_changes: list[dict[str, Any]] = []
     if not check_mode:
+        watch = UsageWatch(gate.ledger, gate.host.uri, inventory.tenant, inventory)
         with gate.reservation(plan):
             plan.apply()
             if public_ips is not None:
@@ -78,12 +81,15 @@ def conclude(
         if plan.changed:
             after = gate.host.inventory(inventory.tenant)
         gate.settle(after, plan)
+        if plan.changed:
+            usage_changes = watch.changes(after)
     result = Result(
         changed=plan.changed,
         plan=plan.to_list(),
         diff=plan.diff(),
         warnings=plan.warnings,
         pending_restart=plan.pending_restart,
+        usage_changes=usage_changes,
     )
     if section is None and check_mode:
         return result

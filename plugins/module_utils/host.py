@@ -19,7 +19,7 @@ from .libvirt_xml import (
     parse_network,
     parse_volume,
 )
-from .ownership import tenant_prefix
+from .ownership import SEPARATOR
 
 DEFAULT_URI = "qemu:///system"
 _connections: dict[str, object] = {}
@@ -123,31 +123,53 @@ class Host:
         return self._domain_type
 
     def inventory(self, tenant: str) -> TenantInventory:
-        inventory = TenantInventory(tenant)
-        prefix = tenant_prefix(tenant)
-        # Objects may vanish between the listing and their read when another run works on the
-        # same host: such an object is not the tenant's any more (or not yet), so it is skipped.
+        return self.read_inventories(tenant)[tenant]
+
+    def inventories(self) -> dict[str, TenantInventory]:
+        """Every tenant's objects on the host, read in one pass (reconciliation, probes)."""
+        return self.read_inventories(None)
+
+    def read_inventories(self, only: str | None) -> dict[str, TenantInventory]:
+        """The objects of tenant `only` (None: of every tenant), by tenant.
+
+        Objects may vanish between the listing and their read when another run works on the
+        same host: such an object is not the tenant's any more (or not yet), so it is skipped.
+        """
+        found = {only: TenantInventory(only)} if only is not None else {}
+
+        def inventory_of(name: str) -> TenantInventory | None:
+            tenant, separator, _rest = name.partition(SEPARATOR)
+            if not separator or not tenant or (only is not None and tenant != only):
+                return None
+            return found.setdefault(tenant, TenantInventory(tenant))
+
         with libvirt_action("list", f"domains on {self.uri}"):
             for dom in self.conn.listAllDomains(0):
-                if dom.name().startswith(prefix):
+                inventory = inventory_of(dom.name())
+                if inventory is not None:
                     with skip_vanished():
                         inventory.domains[dom.name()] = self.read_domain(dom)
         with libvirt_action("list", f"networks on {self.uri}"):
             for net in self.conn.listAllNetworks(0):
-                if net.name().startswith(prefix):
+                inventory = inventory_of(net.name())
+                if inventory is not None:
                     with skip_vanished():
                         inventory.networks[net.name()] = self.read_network(net)
+        pools: dict[str, str] = {}
         with libvirt_action("list", f"storage pools on {self.uri}"):
             for pool in self.conn.listAllStoragePools(0):
-                inventory.pools[pool.name()] = self.pool_path(pool)
+                pools[pool.name()] = self.pool_path(pool)
                 if not pool.isActive():
                     continue
                 for vol in pool.listAllVolumes(0):
-                    if vol.name().startswith(prefix):
+                    inventory = inventory_of(vol.name())
+                    if inventory is not None:
                         with skip_vanished():
                             key = (pool.name(), vol.name())
                             inventory.volumes[key] = parse_volume(pool.name(), vol.XMLDesc(0))
-        return inventory
+        for inventory in found.values():
+            inventory.pools = dict(pools)
+        return found
 
     def read_domain(self, dom: object) -> DomainState:
         name = dom.name()

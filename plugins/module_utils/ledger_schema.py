@@ -208,3 +208,158 @@ if sa is not None:
         sa.Column("pruned_at", UtcDateTime),
         sa.Column("run_id", sa.String(64), nullable=False),
     )
+
+    # -- metering, SLA and billing (migration 0005) ----------------------------------------
+
+    # One row per ansible-playbook run, Pulumi operation, reconciliation or probe pass.
+    runs = sa.Table(
+        "runs",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("source", sa.String(16), nullable=False),  # ansible | pulumi | reconcile | probe
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("ended_at", UtcDateTime),
+        sa.Column("result", sa.String(16), nullable=False),  # running | ok | failed | interrupted
+        sa.Column("detail", sa.Text, nullable=False),  # JSON
+    )
+
+    # What one resource had from `started_at` until the next state of the same resource
+    # (`ended_at`, NULL while it is the latest). A state is written once per idempotency key,
+    # so replaying a run never counts twice; states may arrive out of order.
+    usage_intervals = sa.Table(
+        "usage_intervals",
+        metadata,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column(
+            "kind", sa.String(16), nullable=False
+        ),  # vm | disk | volume | public_ip | zone_link
+        sa.Column("name", sa.String(160), nullable=False),
+        sa.Column("vm", sa.String(64), nullable=False),  # the VM it belongs to, "" none
+        sa.Column(
+            "state", sa.String(16), nullable=False
+        ),  # running | paused | stopped | present | absent
+        sa.Column("vcpus", sa.Integer, nullable=False),
+        sa.Column("ram_mib", sa.BigInteger, nullable=False),
+        sa.Column("disk_mib", sa.BigInteger, nullable=False),
+        sa.Column("public_ips", sa.Integer, nullable=False),
+        sa.Column("zone_links", sa.Integer, nullable=False),
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("ended_at", UtcDateTime),
+        sa.Column("source", sa.String(16), nullable=False),  # run | reconcile
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Index("ix_usage_tenant_start", "tenant", "started_at"),
+        sa.Index("ix_usage_resource", "host", "tenant", "kind", "name", "started_at"),
+    )
+
+    # The last thing the probe saw of each VM it watches.
+    probe_status = sa.Table(
+        "probe_status",
+        metadata,
+        sa.Column("host", sa.String(255), primary_key=True),
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("vm", sa.String(64), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("reason", sa.String(64), nullable=False),
+        sa.Column("up", sa.Boolean, nullable=False),
+        sa.Column("since", UtcDateTime, nullable=False),
+        sa.Column("checked_at", UtcDateTime, nullable=False),
+    )
+
+    # Downtime and data-loss incidents, from probes and from customer reports.
+    incidents = sa.Table(
+        "incidents",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("key", sa.String(200), nullable=False, unique=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("host", sa.String(255), nullable=False),  # "" every host of the tenant
+        sa.Column("vm", sa.String(64), nullable=False),  # "" every VM of the tenant
+        sa.Column("kind", sa.String(16), nullable=False),  # downtime | data_loss
+        sa.Column("source", sa.String(16), nullable=False),  # probe | report | operator
+        sa.Column("cause", sa.String(16), nullable=False),  # provider | maintenance | ...
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("reported_at", UtcDateTime),
+        sa.Column("confirmed_at", UtcDateTime),
+        sa.Column("ended_at", UtcDateTime),
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+    )
+
+    # Intervals whose downtime is not compensated: announced maintenance, force majeure,
+    # customer-caused. Empty scope fields match everything.
+    exclusions = sa.Table(
+        "exclusions",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("key", sa.String(200), nullable=False, unique=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("vm", sa.String(64), nullable=False),
+        sa.Column("cause", sa.String(16), nullable=False),  # maintenance | force_majeure | customer
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("ended_at", UtcDateTime, nullable=False),
+        sa.Column("announced_at", UtcDateTime),
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+    )
+
+    # A plan's prices from a moment on (Decimal strings in JSON, per unit and hour).
+    price_lists = sa.Table(
+        "price_lists",
+        metadata,
+        sa.Column("plan", sa.String(64), primary_key=True),
+        sa.Column("effective_from", UtcDateTime, primary_key=True),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("prices", sa.Text, nullable=False),
+        sa.Column("recorded_at", UtcDateTime, nullable=False),
+    )
+
+    # Invoices of closed months: frozen documents; corrections are credit notes.
+    invoices = sa.Table(
+        "invoices",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("month", sa.String(7), primary_key=True),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("total", sa.String(32), nullable=False),  # Decimal as text
+        sa.Column("document", sa.Text, nullable=False),  # JSON
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("closed_at", UtcDateTime, nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )
+
+    credit_notes = sa.Table(
+        "credit_notes",
+        metadata,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("month", sa.String(7), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("amount", sa.String(32), nullable=False),  # Decimal as text, positive
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("document", sa.Text, nullable=False),  # JSON: the corrected invoice
+        sa.Column("issued_at", UtcDateTime, nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+    )
+
+    # Customer requests logged by support, with the clock of the terms (5.1).
+    requests = sa.Table(
+        "requests",
+        metadata,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False, index=True),
+        sa.Column("kind", sa.String(24), nullable=False),
+        sa.Column("reference", sa.String(128), nullable=False),
+        sa.Column("logged_at", UtcDateTime, nullable=False),
+        sa.Column("fulfilled_at", UtcDateTime),
+        sa.Column("fulfilled_by", sa.String(64)),  # the run that fulfilled it
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+    )

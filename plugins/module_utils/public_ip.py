@@ -25,6 +25,7 @@ from .errors import SpecError
 from .host import DEFAULT_URI, Host, TenantInventory
 from .hostshell import HostShell, check_prefix
 from .ledger import Ledger
+from .metering import UsageWatch
 from .ownership import check_owner, object_name
 from .plan import UNKNOWN, Change, Plan
 from .result import Result
@@ -623,14 +624,17 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
     else:
         plan = engine.plan([], [name], nat)
     gate.admit_state(plan)
+    usage_changes = []
     if not check_mode:
+        watch = UsageWatch(ledger, host.uri, tenant, None)
         plan.apply()
         engine.flush()
         if plan.changed:
             nat = engine.nat.observe()
+            usage_changes = watch.changes(None)
     return Result(
         plan.changed, plan.to_list(), plan.diff(), plan.warnings,
-        facts={"public_ip": engine.facts(nat).get(name, {})},
+        facts={"public_ip": engine.facts(nat).get(name, {})}, usage_changes=usage_changes,
     )  # fmt: skip
 
 

@@ -16,6 +16,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     pending_restart: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    # What the run changed in metered usage (metering.UsageChange.as_dict), for the ledger's
+    # callback to record.
+    usage_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -24,5 +27,6 @@ class Result:
             "diff": self.diff,
             "warnings": self.warnings,
             "pending_restart": self.pending_restart,
+            "usage_changes": self.usage_changes,
             **self.facts,
         }

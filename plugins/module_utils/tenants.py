@@ -19,6 +19,7 @@ from .enforcement import tenant_usage
 from .errors import SpecError
 from .host import DEFAULT_URI, Host
 from .ledger import Ledger, PlanDef, Tenant, iso, key_of, parse_moment, parse_plans
+from .metering import UsageWatch
 from .ownership import object_name
 from .plan import Change, Plan
 from .result import Result
@@ -413,8 +414,12 @@ def run_block(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         if object_name(tenant, vm) not in host.inventory(tenant).domains:
             raise SpecError("name", f"unknown VM {vm!r} of tenant {tenant!r} on {host.uri}")
         plan = plan_block(ledger, connection, host, record, vm, bool(params["blocked"]), params)
+        usage_changes = []
         if not check_mode:
+            watch = UsageWatch(ledger, host.uri, tenant, host.inventory(tenant))
             plan.apply()
+            if plan.changed:
+                usage_changes = watch.changes(host.inventory(tenant))
         blocked = vm in ledger.require_tenant(connection, tenant).blocked_vms
     return Result(
         plan.changed,
@@ -422,4 +427,5 @@ def run_block(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         plan.diff(),
         plan.warnings,
         facts={"vm": {"name": vm, "blocked": blocked}},
+        usage_changes=usage_changes,
     )

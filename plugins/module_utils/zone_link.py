@@ -25,6 +25,7 @@ from .host import Host
 from .hostshell import HostShell, check_prefix
 from .ledger import Ledger
 from .libvirt_xml import NetworkState
+from .metering import UsageWatch
 from .ownership import check_owner, object_name
 from .plan import UNKNOWN, Change, Plan
 from .result import Result
@@ -366,11 +367,15 @@ def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result
     gate = Gate(ledger, host, tenant, Declaration())
     plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
     gate.admit_state(plan)
+    usage_changes = []
     if not check_mode:
+        watch = UsageWatch(ledger, host.uri, tenant, None)
         plan.apply()
+        if plan.changed:
+            usage_changes = watch.changes(None)
     return Result(
         plan.changed, plan.to_list(), plan.diff(), plan.warnings,
-        facts={"zone_link": engine.facts()},
+        facts={"zone_link": engine.facts()}, usage_changes=usage_changes,
     )  # fmt: skip
 
 

@@ -8,7 +8,19 @@ the module_utils that are imported, and the ledger needs every revision wherever
 
 from __future__ import annotations
 
-from .versions import v0001_initial, v0002_public_ips, v0003_zone_links, v0004_backups
+from .versions import (
+    v0001_initial,
+    v0002_public_ips,
+    v0003_zone_links,
+    v0004_backups,
+    v0005_billing,
+)
 
-REVISION_MODULES = (v0001_initial, v0002_public_ips, v0003_zone_links, v0004_backups)
+REVISION_MODULES = (
+    v0001_initial,
+    v0002_public_ips,
+    v0003_zone_links,
+    v0004_backups,
+    v0005_billing,
+)
 HEAD = REVISION_MODULES[-1].revision
