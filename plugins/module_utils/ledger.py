@@ -15,13 +15,14 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import quota
+from . import periods, quota
 from .backup_spec import DEFAULT_FREQUENCIES, check_frequencies
 from .errors import SpecError, VceError
 from .ledger_store import Store, open_store
+from .prices import PriceList, parse_prices
 from .spec import check_name
 
 try:
@@ -34,6 +35,7 @@ try:
         events,
         host_usage,
         plans,
+        price_lists,
         public_ips,
         quota_requests,
         reservations,
@@ -47,6 +49,8 @@ except ImportError:  # reported by Store()
 DEFAULT_TRIAL_HOURS = 72
 # A reservation outlives a killed run by at most this long, then stops counting.
 RESERVATION_TTL = dt.timedelta(hours=1)
+# When a plan's first prices take effect: for every month, past ones included.
+PRICES_SINCE_EVER = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def utcnow() -> dt.datetime:
@@ -94,11 +98,12 @@ class PlanDef:
     trial_quotas: dict[str, int]
     trial_hours: int = DEFAULT_TRIAL_HOURS
     backup_frequencies: tuple[str, ...] = DEFAULT_FREQUENCIES
+    prices: PriceList | None = None
 
 
 def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
     """Plans as the inventory declares them:
-    {name: {quotas, trial_quotas, trial_hours, backup_frequencies}}."""
+    {name: {quotas, trial_quotas, trial_hours, backup_frequencies, prices}}."""
     if not isinstance(raw, Mapping):
         raise SpecError(path, "must be a mapping of plan name to its quotas")
     result = {}
@@ -107,11 +112,11 @@ def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
         check_name(name, where)
         if not isinstance(body, Mapping):
             raise SpecError(where, "must be a mapping with quotas (and trial_quotas, trial_hours)")
-        unknown = set(body) - {"quotas", "trial_quotas", "trial_hours", "backup_frequencies"}
+        known = ("quotas", "trial_quotas", "trial_hours", "backup_frequencies", "prices")
+        unknown = set(body) - set(known)
         if unknown:
             raise SpecError(
-                f"{where}.{sorted(unknown)[0]}",
-                "unknown option; known: quotas, trial_quotas, trial_hours, backup_frequencies",
+                f"{where}.{sorted(unknown)[0]}", f"unknown option; known: {', '.join(known)}"
             )
         quotas = quota.check_quotas(body.get("quotas"), f"{where}.quotas", complete=True)
         trial = body.get("trial_quotas")
@@ -129,7 +134,9 @@ def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
         frequencies = check_frequencies(
             body.get("backup_frequencies"), f"{where}.backup_frequencies"
         )
-        result[name] = PlanDef(name, quotas, trial_quotas, hours, frequencies)
+        prices = body.get("prices")
+        price_list = parse_prices(prices, f"{where}.prices") if prices is not None else None
+        result[name] = PlanDef(name, quotas, trial_quotas, hours, frequencies, price_list)
     return result
 
 
@@ -167,6 +174,10 @@ class Tenant:
 
 def iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+def price_list_of(row: Any) -> PriceList:
+    return parse_prices(json.loads(row.prices), f"price list of plan {row.plan}")
 
 
 class Ledger:
@@ -208,7 +219,42 @@ class Ledger:
             json.loads(row.trial_quotas),
             row.trial_hours,
             frequencies,
+            self.latest_prices(connection, name),
         )
+
+    def price_lists(self, connection: Any, plan: str) -> list[tuple[dt.datetime, PriceList]]:
+        """The plan's price lists, oldest first, each with the moment it takes effect."""
+        rows = connection.execute(
+            sa.select(price_lists)
+            .where(price_lists.c.plan == plan)
+            .order_by(price_lists.c.effective_from)
+        )
+        return [(row.effective_from, price_list_of(row)) for row in rows]
+
+    def latest_prices(self, connection: Any, plan: str) -> PriceList | None:
+        lists = self.price_lists(connection, plan)
+        return lists[-1][1] if lists else None
+
+    def put_prices(
+        self, connection: Any, plan: str, prices: PriceList, effective_from: dt.datetime | None
+    ) -> dt.datetime:
+        """Record new prices. A plan's first prices hold for every month; a change takes
+        effect at the start of the next month (no month is repriced once it began)."""
+        if effective_from is None:
+            effective_from = (
+                periods.Month.of(self.now(), periods.time_zone()).next().start
+                if self.price_lists(connection, plan)
+                else PRICES_SINCE_EVER
+            )
+        where = (price_lists.c.plan == plan) & (price_lists.c.effective_from == effective_from)
+        connection.execute(price_lists.delete().where(where))
+        connection.execute(
+            price_lists.insert().values(
+                plan=plan, effective_from=effective_from, currency=prices.currency,
+                prices=json.dumps(prices.as_dict(), sort_keys=True), recorded_at=self.now(),
+            )
+        )  # fmt: skip
+        return effective_from
 
     def put_plans(
         self, connection: Any, defs: Mapping[str, PlanDef], check_mode: bool = False
@@ -216,7 +262,10 @@ class Ledger:
         """Record plan definitions; returns the names that were new or changed."""
         changed = []
         for name, wanted in sorted(defs.items()):
-            if self.plan(connection, name) == wanted:
+            recorded = self.plan(connection, name)
+            if recorded is not None and recorded == replace(
+                wanted, prices=wanted.prices or recorded.prices
+            ):
                 continue
             changed.append(name)
             if check_mode:
@@ -233,6 +282,8 @@ class Ledger:
             )
             if updated.rowcount == 0:
                 connection.execute(plans.insert().values(name=name, **values))
+            if wanted.prices is not None and wanted.prices != self.latest_prices(connection, name):
+                self.put_prices(connection, name, wanted.prices, None)
         return changed
 
     # -- tenants -------------------------------------------------------------------------
@@ -259,6 +310,10 @@ class Ledger:
             granted == name,
             dict(blocked),
         )
+
+    def tenant_names(self) -> list[str]:
+        with self.store.read() as connection:
+            return [row.name for row in connection.execute(sa.select(tenants.c.name))]
 
     def require_tenant(self, connection: Any, name: str) -> Tenant:
         record = self.tenant(connection, name)
