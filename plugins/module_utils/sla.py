@@ -288,11 +288,13 @@ class Incidents:
     def report(
         self, tenant: str, vm: str, host: str, reported_at: dt.datetime,
         confirmed_at: dt.datetime | None = None, note: str = "", reference: str = "",
+        restored_at: dt.datetime | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """A customer's report (5.11): it counts from the report once support confirms it."""
+        """A customer's report (5.11): it counts from the report once support confirms it,
+        until restoration."""
         return self.open(
             tenant, vm, host, reported_at, source="report", reported_at=reported_at,
-            confirmed_at=confirmed_at, note=note, reference=reference,
+            confirmed_at=confirmed_at, ended_at=restored_at, note=note, reference=reference,
         )  # fmt: skip
 
     def update(self, number: int, **values: Any) -> dict[str, Any]:

@@ -170,6 +170,18 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+usage_changes:
+  description:
+    - What the run changed in metered usage - for each resource whose state changed, the state it has
+      from that moment on. The P(vce.kvm.ledger#callback) callback plugin records them in the ledger for
+      billing (see docs/billing.md). Empty in check mode and when nothing changed.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {key: 3f0c9a7e21b4d5e6f708192a3b4c5d6e7f809a1b, tenant: acme, host: "qemu:///system", kind: vm, name: web,
+       action: created, at: "2026-11-24T09:31:02.118734+00:00", state: running, vm: web, vcpus: 2,
+       ram_mib: 2048, disk_mib: 10240, public_ips: 0, zone_links: 0}
 plan:
   description: The changes made, or in check mode to be made, in the order applied.
   returned: always

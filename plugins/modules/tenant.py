@@ -44,7 +44,11 @@ options:
     description:
       - Plan definitions to record in the ledger, usually the inventory's C(vce_plans). Each key is
         a plan name; each value has C(quotas) (a limit for every quota kind), optional
-        C(trial_quotas) (default - the same) and C(trial_hours) (default 72; V(0) for no trial).
+        C(trial_quotas) (default - the same) and C(trial_hours) (default 72; V(0) for no trial),
+        C(backup_frequencies), and C(prices) - the price list, per unit and hour as decimal
+        strings (C(currency) default KZT, C(vcpu_hour), C(ram_gib_hour), C(disk_gib_hour),
+        C(public_ip_hour), C(zone_link_hour), C(backup_gib_hour)). A plan's first prices hold for
+        every month; a change takes effect at the start of the next month.
     type: dict
   quotas:
     description:
