@@ -1,0 +1,471 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Imports come after DOCUMENTATION, as ansible-test wants of plugins.
+# ruff: noqa: E402
+"""Ansible callback vce.kvm.ledger: every run, and the usage changes vce modules report, in the
+ledger that billing reads. A ledger problem never fails the playbook: it becomes a warning,
+and what could not be written waits in a spool file to be written later."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: ledger
+type: notification
+short_description: Records every playbook run and the usage changes of vce.kvm modules in the ledger
+version_added: 0.1.0
+author:
+  - vce.kvm developers (!UNKNOWN)
+description:
+  - Records each C(ansible-playbook) run in the ledger's C(runs) table when it starts (result
+    C(running)), and when it ends with its result (C(ok), C(failed), or C(interrupted) when the
+    run stopped before its end) and each host's stats.
+  - Writes the usage changes that vce.kvm modules report (C(usage_changes), in loops too) to
+    the ledger as each task result arrives, so billing follows what the run did. The same
+    change is never counted twice.
+  - The run id is E(VCE_RUN_ID) if set, else a new one; the callback sets E(VCE_RUN_ID) so the
+    modules run over the local connection record their ledger events under the same run.
+  - Each change goes to the ledger the module used - the C(ledger_url) argument of the task
+    (or its C(module_defaults)) if it has one, else this callback's O(ledger_url).
+  - A ledger problem never fails the playbook. Changes that cannot be written are kept in a
+    spool file O(spool_dir)/<run id>.jsonl and retried at the next write and at the end of the
+    run; what is still there at the end is written later with C(vce ledger record --spool FILE).
+requirements:
+  - Enable it with C(callbacks_enabled = vce.kvm.ledger) in the C([defaults]) section of
+    C(ansible.cfg).
+  - SQLAlchemy 2 and Alembic on the controller (psycopg 3 for PostgreSQL).
+options:
+  ledger_url:
+    description:
+      - The ledger as a database URL, for the run's record and for the changes of tasks that do
+        not set their own C(ledger_url).
+      - Default - the SQLite file C(~/.local/share/vce-kvm/ledger.sqlite3) (C($XDG_DATA_HOME) is
+        honoured), the same default as the modules'.
+    type: str
+    env:
+      - name: VCE_LEDGER_URL
+    ini:
+      - section: vce_ledger
+        key: ledger_url
+  spool_dir:
+    description:
+      - Where changes that could not be written wait, one file per run. The files may hold
+        the ledger URL, so they are readable by their owner only.
+    type: path
+    default: ~/.local/state/vce-kvm/spool
+    env:
+      - name: VCE_LEDGER_SPOOL
+    ini:
+      - section: vce_ledger
+        key: spool_dir
+  actor:
+    description:
+      - Who runs the playbook, as the ledger records it.
+      - Default - the user name.
+    type: str
+    env:
+      - name: VCE_ACTOR
+notes:
+  - A run killed with SIGKILL or SIGTERM keeps the result C(running); a run stopped with
+    Ctrl+C is marked C(interrupted).
+  - A task with C(no_log) hides its result from callbacks, so its usage changes are not
+    recorded by this callback; C(vce ledger reconcile) records what the host holds.
+  - Changes of a loop are written when the loop's task ends.
+seealso:
+  - module: vce.kvm.environment
+"""
+
+import atexit
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+from ansible.release import __version__ as ANSIBLE_VERSION
+
+try:
+    from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger import (
+        Ledger,
+        default_actor,
+        utcnow,
+    )
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger_store import (
+        default_url,
+        safe_url,
+    )
+    from ansible_collections.vce.kvm.plugins.module_utils.metering import Metering, UsageChange
+    from ansible_collections.vce.kvm.plugins.module_utils.spool import (
+        RunRecord,
+        replay,
+        spool,
+        spool_path,
+        spool_run,
+    )
+except ImportError as error:  # reported as a warning when the playbook starts
+    IMPORT_ERROR: ImportError | None = error
+else:
+    IMPORT_ERROR = None
+
+
+Warn = Callable[[str], None]
+ADHOC_PLAYBOOK = "__adhoc_playbook__"  # the name ansible (ad hoc) gives its one-play playbook
+HOST_STATS = ("ok", "changed", "failures", "unreachable", "skipped")
+
+
+def reason(error: BaseException) -> str:
+    """An error in one line: database drivers add SQL and links on the lines after."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if IMPORT_ERROR is None and isinstance(error, VceError) and text:
+        return text  # written for the user as it is
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Recorder:
+    """One run's records in the ledgers it writes to. Each ledger gets the run's start before
+    the first change written to it, and its end; what fails is spooled, never raised."""
+
+    def __init__(
+        self, run: RunRecord, main_url: str, spool_dir: str, warn: Warn, note: Warn
+    ) -> None:
+        self.run = run
+        self.main_url = main_url
+        self.spool_file = spool_path(spool_dir, run.run_id)
+        self.spool_dir = spool_dir
+        self.warn = warn
+        self.note = note
+        self.ledgers: dict[str, Ledger] = {}
+        self.urls: list[str] = [main_url]  # every ledger of the run, in order of first use
+        self.started: set[str] = set()
+        self.start_spooled: set[str] = set()
+        self.seen: set[tuple[str, str]] = set()  # (url, change key): written or spooled
+        self.counts = {"recorded": 0, "spooled": 0, "invalid": 0}
+        self.spool_warned = False
+        self.finished = False
+        # Callbacks may come from more than one thread; one write at a time keeps the spool
+        # and the counts consistent.
+        self.lock = threading.RLock()
+
+    # -- ledgers -------------------------------------------------------------------------
+
+    def ledger(self, url: str) -> Ledger:
+        ledger = self.ledgers.get(url)
+        if ledger is None:
+            ledger = Ledger.open(url, actor=self.run.actor, run_id=self.run.run_id)
+            self.ledgers[url] = ledger
+        return ledger
+
+    def begin(self, url: str) -> None:
+        """The run's start in the ledger at `url`, once (raises when the ledger fails)."""
+        if url not in self.urls:
+            self.urls.append(url)
+        if url in self.started:
+            return
+        run = self.run
+        Metering(self.ledger(url)).start_run(run.run_id, run.source, run.started_at, run.detail)
+        self.started.add(url)
+
+    # -- the run's events ----------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.lock:
+            try:
+                self.begin(self.main_url)
+            except Exception as error:  # the playbook goes on; the start waits in the spool
+                self.keep(self.main_url, error)
+
+    def record(self, url: str, changes: list[UsageChange]) -> None:
+        """Write the changes now (the run may die at its next task), else spool them."""
+        with self.lock:
+            fresh = [c for c in changes if (url, c.key) not in self.seen]
+            if not fresh:
+                return
+            self.seen.update((url, change.key) for change in fresh)
+            self.flush()
+            try:
+                self.begin(url)
+                written = Metering(self.ledger(url)).record(fresh, source="run")
+            except Exception as error:  # never the playbook's problem: keep them for later
+                self.keep(url, error, fresh)
+            else:
+                self.counts["recorded"] += written
+
+    def finish(self, result: str, detail: Mapping[str, Any]) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            self.flush()
+            self.run.result = result
+            self.run.ended_at = utcnow()
+            self.run.end_detail = {**detail, "usage_changes": dict(self.counts)}
+            for url in self.urls:
+                self.end_in(url)
+            self.report_spool()
+
+    def end_in(self, url: str) -> None:
+        run = self.run
+        try:
+            self.begin(url)
+            Metering(self.ledger(url)).finish_run(
+                run.run_id, run.result or "failed", run.ended_at or utcnow(), run.end_detail
+            )
+        except Exception as error:
+            self.keep(url, error, finish=True)
+
+    def interrupted(self) -> None:
+        """At exit without stats (Ctrl+C, an error of Ansible's own): best effort, silent."""
+        if self.finished:
+            return
+        try:
+            self.finish("interrupted", {"interrupted": True})
+        except Exception as error:  # the process is ending: nothing left to tell but this
+            self.note(f"vce.kvm.ledger: could not mark run {self.run.run_id} interrupted: {error}")
+
+    # -- the spool -----------------------------------------------------------------------
+
+    def keep(
+        self,
+        url: str,
+        error: BaseException,
+        changes: Sequence[UsageChange] = (),
+        finish: bool = False,
+    ) -> None:
+        """Spool what the ledger at `url` did not take; warn once per run."""
+        shown = safe_url(url)
+        try:
+            if url not in self.started and url not in self.start_spooled:
+                spool_run(self.spool_dir, url, self.run, "start")
+                self.start_spooled.add(url)
+            if changes:
+                spool(self.spool_dir, self.run.run_id, url, changes, self.run.actor)
+                self.counts["spooled"] += len(changes)
+            if finish:
+                spool_run(self.spool_dir, url, self.run, "finish")
+        except Exception as spool_error:  # both the ledger and the disk failed
+            self.warn(
+                f"vce.kvm.ledger: cannot write to the ledger at {shown} ({reason(error)}) nor "
+                f"to the spool {self.spool_file} ({reason(spool_error)}): "
+                f"{len(changes)} usage change(s) of run {self.run.run_id} are not recorded"
+            )
+            return
+        if not self.spool_warned:
+            self.spool_warned = True
+            self.warn(
+                f"vce.kvm.ledger: cannot write to the ledger at {shown} ({reason(error)}); "
+                f"run {self.run.run_id} keeps its records in {self.spool_file} and retries "
+                "them at its next write and at its end"
+            )
+        else:
+            self.note(f"vce.kvm.ledger: ledger at {shown} still failing: {reason(error)}")
+
+    def flush(self) -> None:
+        """Retry what waits in the run's spool (records are idempotent: nothing twice)."""
+        if not self.spool_file.exists():
+            return
+        try:
+            written, remaining = replay(self.spool_file, self.ledger, self.note)
+        except Exception as error:  # the spool stays as it is; the next flush tries again
+            self.note(f"vce.kvm.ledger: could not replay {self.spool_file}: {reason(error)}")
+            return
+        self.counts["recorded"] += written
+        if remaining == 0:
+            self.started |= self.start_spooled
+            self.start_spooled.clear()
+            self.note(f"vce.kvm.ledger: {self.spool_file} written to the ledger")
+
+    def report_spool(self) -> None:
+        if not self.spool_file.exists():
+            return
+        try:
+            waiting = sum(1 for line in self.spool_file.open(encoding="utf-8") if line.strip())
+        except OSError:
+            waiting = 0
+        self.warn(
+            f"vce.kvm.ledger: {waiting} record(s) of run {self.run.run_id} are not in the "
+            f"ledger yet; write them with: vce ledger record --spool {self.spool_file}"
+        )
+
+
+# -- reading task results ------------------------------------------------------------------
+
+
+def is_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def url_in(args: Any, fallback: str) -> str:
+    """The `ledger_url` a module was given, if plain (an untemplated one is not the URL)."""
+    value = args.get("ledger_url") if isinstance(args, Mapping) else None
+    if isinstance(value, str) and value and not is_template(value):
+        return str(value)
+    return fallback
+
+
+def invocation_args(data: Mapping[str, Any]) -> Any:
+    invocation = data.get("invocation")
+    return invocation.get("module_args") if isinstance(invocation, Mapping) else None
+
+
+def reported(data: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The task's result and each of its loop items', with where they are in the result."""
+    yield "", data
+    items = data.get("results")
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping):
+                yield f"results[{index}].", item
+
+
+def result_parts(result: Any) -> tuple[Mapping[str, Any], Any, str, str]:
+    """(result data, task, task name, host name) across ansible-core versions (2.19 made the
+    underscored attributes public)."""
+    data = getattr(result, "result", None)
+    if not isinstance(data, Mapping):
+        data = getattr(result, "_result", None) or {}
+    task = getattr(result, "task", None) or getattr(result, "_task", None)
+    host = getattr(result, "host", None) or getattr(result, "_host", None)
+    name = getattr(result, "task_name", None) or (task.get_name() if task is not None else "")
+    return data, task, str(name), host.get_name() if host is not None else "?"
+
+
+def playbook_detail(playbook: Any) -> dict[str, Any]:
+    name = getattr(playbook, "_file_name", None) or ""
+    cli = context.CLIARGS
+    detail: dict[str, Any] = {
+        "check_mode": bool(cli.get("check", False)),
+        "ansible_version": ANSIBLE_VERSION,
+    }
+    if name == ADHOC_PLAYBOOK:
+        detail["adhoc"] = {"module": cli.get("module_name"), "pattern": cli.get("args")}
+    else:
+        detail["playbook"] = os.path.abspath(name) if name else None
+    return detail
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "vce.kvm.ledger"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display: Any = None) -> None:
+        super().__init__(display=display)
+        self.recorder: Recorder | None = None
+        self.playbooks: list[str] = []
+        self.run_started = False
+
+    def warn(self, message: str) -> None:
+        self._display.warning(message)
+
+    def note(self, message: str) -> None:
+        self._display.vv(message)
+
+    def guarded(self, what: str, action: Callable[[], None]) -> None:
+        """The last line of defence: whatever goes wrong here, the playbook goes on."""
+        try:
+            action()
+        except Exception as error:
+            self.warn(f"vce.kvm.ledger: {what} failed: {reason(error)}")
+
+    # -- the run -------------------------------------------------------------------------
+
+    def v2_playbook_on_start(self, playbook: Any) -> None:
+        detail = playbook_detail(playbook)
+        if detail.get("playbook"):
+            self.playbooks.append(detail["playbook"])
+        if not self.run_started:  # several playbooks in one command are one run
+            self.run_started = True
+            self.guarded("recording the run's start", lambda: self.start(detail))
+
+    def start(self, detail: dict[str, Any]) -> None:
+        if IMPORT_ERROR is not None:
+            self.warn(f"vce.kvm.ledger: not recording this run: {IMPORT_ERROR}")
+            return
+        run_id = os.environ.get("VCE_RUN_ID") or uuid.uuid4().hex
+        # Modules run over the local connection inherit it: their ledger events share the id.
+        os.environ["VCE_RUN_ID"] = run_id
+        actor = self.get_option("actor") or default_actor()
+        run = RunRecord(run_id, actor, "ansible", utcnow(), detail)
+        main_url = self.get_option("ledger_url") or default_url()
+        spool_dir = str(self.get_option("spool_dir") or "~/.local/state/vce-kvm/spool")
+        self.recorder = Recorder(run, main_url, spool_dir, self.warn, self.note)
+        self.recorder.start()
+        atexit.register(self.recorder.interrupted)
+        self.mention_old_spools(Path(spool_dir).expanduser(), self.recorder.spool_file)
+
+    def mention_old_spools(self, directory: Path, own: Path) -> None:
+        """Other runs' spool files are billing data not yet in the ledger: say so."""
+        try:
+            waiting = sorted(p for p in directory.glob("*.jsonl") if p != own)
+        except OSError:
+            return
+        if waiting:
+            self.warn(
+                f"vce.kvm.ledger: {len(waiting)} spool file(s) of other runs wait in "
+                f"{directory}; write each with: vce ledger record --spool FILE"
+            )
+
+    def v2_playbook_on_stats(self, stats: Any) -> None:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        hosts = {
+            host: {key: value for key, value in stats.summarize(host).items() if key in HOST_STATS}
+            for host in sorted(stats.processed)
+        }
+        failed = any(s["failures"] or s["unreachable"] for s in hosts.values())
+        detail: dict[str, Any] = {"hosts": hosts}
+        if len(self.playbooks) > 1:
+            detail["playbooks"] = self.playbooks
+        self.guarded(
+            "recording the run's end",
+            lambda: recorder.finish("failed" if failed else "ok", detail),
+        )
+
+    # -- task results --------------------------------------------------------------------
+
+    def v2_runner_on_ok(self, result: Any) -> None:
+        self.guarded("recording usage changes", lambda: self.collect(result))
+
+    def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        # A loop that failed on one item still made the changes its other items report.
+        self.guarded("recording usage changes", lambda: self.collect(result))
+
+    def collect(self, result: Any) -> None:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        data, task, task_name, host = result_parts(result)
+        task_url = url_in(invocation_args(data), url_in(getattr(task, "args", None), ""))
+        batches: dict[str, list[UsageChange]] = {}
+        for where, part in reported(data):
+            raw = part.get("usage_changes")
+            if not raw:
+                continue
+            url = url_in(invocation_args(part), task_url) or recorder.main_url
+            changes = self.checked(raw, where, task_name, host)
+            batches.setdefault(url, []).extend(changes)
+        for url, changes in batches.items():
+            recorder.record(url, changes)
+
+    def checked(self, raw: Any, where: str, task_name: str, host: str) -> list[UsageChange]:
+        """The valid changes; each invalid one is a warning naming its field."""
+        recorder = self.recorder
+        prefix = f"vce.kvm.ledger: task {task_name!r} on {host}"
+        if not isinstance(raw, list):
+            self.warn(f"{prefix}: {where}usage_changes must be a list; not recorded")
+            return []
+        changes = []
+        for index, item in enumerate(raw):
+            try:
+                changes.append(UsageChange.from_dict(item, f"{where}usage_changes[{index}]"))
+            except SpecError as error:
+                if recorder is not None:
+                    recorder.counts["invalid"] += 1
+                self.warn(f"{prefix}: a usage change is not recorded: {error}")
+        return changes

@@ -1,0 +1,142 @@
+"""The ledger spool: what the callback could not write, replayed into a real SQLite ledger
+once, and only once; a damaged line is reported and kept, never fatal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import sqlalchemy as sa
+
+from plugins.module_utils.ledger import Ledger
+from plugins.module_utils.ledger_schema import runs, usage_intervals
+from plugins.module_utils.metering import UsageChange
+from plugins.module_utils.spool import RunRecord, replay, spool, spool_path, spool_run
+
+HOST = "qemu+ssh://root@kvm1/system"
+AT = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
+UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+
+
+def change(name="web1", minutes=0, state="running", vcpus=2):
+    return {
+        "key": "ignored-the-ledger-computes-its-own",
+        "tenant": "acme",
+        "host": HOST,
+        "kind": "vm",
+        "name": name,
+        "action": "created",
+        "at": (AT + dt.timedelta(minutes=minutes)).isoformat(),
+        "state": state,
+        "vm": name,
+        "vcpus": vcpus,
+        "ram_mib": 1024,
+        "disk_mib": 10240,
+        "public_ips": 0,
+        "zone_links": 0,
+    }
+
+
+def run_record(run_id="run-1", result=None):
+    record = RunRecord(run_id, "ops", "ansible", AT, {"playbook": "/srv/site.yml"})
+    if result:
+        record.result, record.ended_at = result, AT + dt.timedelta(minutes=5)
+        record.end_detail = {"hosts": {"kvm1": {"ok": 3, "failures": 0}}}
+    return record
+
+
+def rows(url, table):
+    store = Ledger.open(url).store
+    with store.read() as connection:
+        return connection.execute(sa.select(table)).fetchall()
+
+
+def into(url):
+    """A factory that writes every line into `url`, whatever ledger the line names."""
+    return lambda _named: Ledger.open(url)
+
+
+def test_spooled_changes_and_run_replay_into_the_ledger_and_the_file_goes(tmp_path, ledger_url):
+    spool_dir = tmp_path / "spool"
+    run = run_record()
+    spool_run(spool_dir, ledger_url, run, "start")
+    path = spool(spool_dir, "run-1", ledger_url, [change(), change("web2")], actor="ops")
+    stopped = UsageChange.from_dict(change("web1", 3, "stopped"))
+    spool(spool_dir, "run-1", ledger_url, [stopped], actor="ops")
+    spool_run(spool_dir, ledger_url, run_record(result="ok"), "finish")
+    assert path == spool_path(spool_dir, "run-1")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"  # it may hold a password in its URL
+    assert len(path.read_text().splitlines()) == 5
+
+    assert replay(path, Ledger.open) == (3, 0)
+    assert not path.exists()
+    usage = sorted(rows(ledger_url, usage_intervals), key=lambda r: (r.name, r.started_at))
+    assert [(r.name, r.state, r.vcpus, r.ram_mib, r.disk_mib) for r in usage] == [
+        ("web1", "running", 2, 1024, 10240),
+        ("web1", "stopped", 2, 1024, 10240),
+        ("web2", "running", 2, 1024, 10240),
+    ]
+    assert usage[0].ended_at == usage[1].started_at == AT + dt.timedelta(minutes=3)
+    assert {(r.run_id, r.actor, r.source) for r in usage} == {("run-1", "ops", "run")}
+    (row,) = rows(ledger_url, runs)
+    assert (row.id, row.source, row.actor, row.result) == ("run-1", "ansible", "ops", "ok")
+    assert row.ended_at == AT + dt.timedelta(minutes=5)
+    detail = json.loads(row.detail)
+    assert detail["playbook"] == "/srv/site.yml" and detail["hosts"]["kvm1"]["ok"] == 3
+
+
+def test_replaying_the_same_changes_twice_counts_them_once(tmp_path, ledger_url):
+    spool_dir = tmp_path / "spool"
+    changes = [change(), change("web2")]
+    first = spool(spool_dir, "run-2", ledger_url, changes)
+    assert replay(first, Ledger.open) == (2, 0)
+    again = spool(spool_dir, "run-2", ledger_url, changes)  # e.g. a copy kept by hand
+    spool(spool_dir, "run-2", ledger_url, changes)
+    assert replay(again, Ledger.open) == (0, 0)
+    assert not again.exists()
+    assert len(rows(ledger_url, usage_intervals)) == 2
+
+
+def test_a_bad_line_is_reported_and_kept_while_the_others_are_written(tmp_path, ledger_url):
+    spool_dir = tmp_path / "spool"
+    path = spool(spool_dir, "run-3", ledger_url, [change(), change("web2", vcpus=-1)])
+    with path.open("a") as handle:
+        handle.write("{not json\n")
+    spool(spool_dir, "run-3", ledger_url, [change("web3")])
+    told = []
+
+    assert replay(path, Ledger.open, told.append) == (2, 2)
+    assert any("change.vcpus" in message and "-1" in message for message in told), told
+    assert any(":3: not a JSON line" in message for message in told), told
+    kept = path.read_text().splitlines()
+    assert kept[1] == "{not json" and json.loads(kept[0])["change"]["vcpus"] == -1
+    assert {r.name for r in rows(ledger_url, usage_intervals)} == {"web1", "web3"}
+    # Replaying what is left changes nothing and still reports it: never raised.
+    assert replay(path, Ledger.open, told.append) == (0, 2)
+
+
+def test_an_unreachable_ledger_keeps_its_lines_and_the_others_are_written(tmp_path, ledger_url):
+    spool_dir = tmp_path / "spool"
+    spool_run(spool_dir, UNREACHABLE, run_record("run-4"), "start")
+    spool(spool_dir, "run-4", UNREACHABLE, [change("far")])
+    path = spool(spool_dir, "run-4", ledger_url, [change("near")])
+    told = []
+
+    assert replay(path, Ledger.open, told.append) == (1, 2)
+    assert any("nobody@127.0.0.1:1/none" in message for message in told), told
+    assert [json.loads(line)["url"] for line in path.read_text().splitlines()] == [UNREACHABLE] * 2
+
+    # The CLI's way to write them elsewhere: a factory that ignores the URL in the file.
+    assert replay(path, into(ledger_url)) == (1, 0)
+    assert {r.name for r in rows(ledger_url, usage_intervals)} == {"near", "far"}
+    assert [r.id for r in rows(ledger_url, runs)] == ["run-4"]
+
+
+def test_replaying_a_missing_file_does_nothing(tmp_path):
+    assert replay(tmp_path / "none.jsonl", Ledger.open) == (0, 0)
+
+
+def test_an_odd_run_id_still_makes_one_file_in_the_spool_directory(tmp_path):
+    path = spool_path(tmp_path, "../../etc/passwd run")
+    assert path.parent == tmp_path and os.sep not in path.name and path.suffix == ".jsonl"
