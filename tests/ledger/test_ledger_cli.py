@@ -1,0 +1,238 @@
+"""`vce ledger` as finance and support use it: the real command in a subprocess, on a ledger
+prepared with an injected clock (SQLite)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.support.billing import Scenario, local
+
+ROOT = Path(__file__).resolve().parents[2]
+LATER = "2027-01-05T00:00:00+05:00"
+
+
+@pytest.fixture
+def books(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    scenario = Scenario(url)
+    scenario.usage(local(2026, 11, 1))
+    scenario.down(local(2026, 11, 4, 10, 0), local(2026, 11, 4, 10, 50))
+    return scenario
+
+
+def vce(url, *args, now=LATER):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "collections"), "VCE_LEDGER_URL": url}
+    cmd = [sys.executable, "-m", "ansible_collections.vce.kvm.cli.vce", *args]
+    if now:
+        cmd += ["--now", now]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_invoice_in_json_csv_and_html(books, tmp_path):
+    done = vce(books.url, "ledger", "invoice", "--month", "2026-11")
+    assert done.returncode == 0, done.stderr
+    [invoice] = json.loads(done.stdout)
+    assert (invoice["tenant"], invoice["subtotal"], invoice["total"]) == (
+        "acme",
+        "29520.00",
+        "28044.00",
+    )
+
+    done = vce(books.url, "ledger", "invoice", "--month", "2026-11", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["amount"] for r in rows if r["record"] == "total"] == ["28044.00"]
+
+    page = tmp_path / "acme.html"
+    done = vce(
+        books.url, "ledger", "invoice", "--month", "2026-11", "--tenant", "acme",
+        "--format", "html", "--output", str(page),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    HTMLParser().feed(text)
+    assert text.count("<svg") == 1 and "28" in text and "99.8842" in text
+
+
+def test_sla_and_usage(books):
+    done = vce(books.url, "ledger", "sla", "--month", "2026-11", "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert (row["vm"], row["availability"], row["credit_percent"], row["credit"]) == (
+        "web", "99.8842", "5", "1476.00",
+    )  # fmt: skip
+    done = vce(books.url, "ledger", "usage", "--month", "2026-11", "--tenant", "acme")
+    [interval] = json.loads(done.stdout)
+    assert (interval["vcpus"], interval["state"], interval["ended_at"]) == (2, "running", None)
+
+
+def test_requests_are_timed_against_the_terms(books):
+    for reference, kind, logged, fulfilled in (
+        ("CRM-1", "zone_link", "2026-11-10T10:00:00+05:00", "2026-11-10T10:25:00+05:00"),
+        ("CRM-2", "vm_reboot_unblock", "2026-11-11T10:00:00+05:00", "2026-11-11T10:12:00+05:00"),
+        ("CRM-3", "critical_fault", "2026-11-30T23:30:00+05:00", None),
+    ):
+        done = vce(books.url, "ledger", "request", "log", "--tenant", "acme", "--kind", kind,
+                   "--reference", reference, "--logged-at", logged)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        if fulfilled:
+            done = vce(books.url, "ledger", "request", "fulfil", "--tenant", "acme",
+                       "--reference", reference, "--at", fulfilled)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+    report = json.loads(vce(books.url, "ledger", "requests", "--month", "2026-11").stdout)
+    status = {
+        r["reference"]: (r["target_minutes"], r["elapsed_minutes"], r["status"])
+        for r in report["requests"]
+    }
+    assert status == {
+        "CRM-1": (30, "25.0", "met"),
+        "CRM-2": (10, "12.0", "missed"),
+        "CRM-3": (60, "50430.0", "missed (open)"),
+    }
+    assert report["summary"]["zone_link"] == {"requests": 1, "met": 1, "missed": 0, "open": 0}
+
+
+def test_closed_month_is_frozen_and_corrected_by_a_credit_note(books):
+    early = vce(books.url, "ledger", "close", "--month", "2026-11", now="2026-11-20T00:00:00+05:00")
+    assert early.returncode == 2 and "not over yet" in early.stderr
+    closed = json.loads(vce(books.url, "ledger", "close", "--month", "2026-11").stdout)
+    assert closed["invoices"] == [{"tenant": "acme", "action": "closed", "total": "28044.00"}]
+    again = json.loads(vce(books.url, "ledger", "close", "--month", "2026-11").stdout)
+    assert again["invoices"][0]["action"] == "unchanged"
+
+    # A confirmed report arrives late: 10 more hours of November downtime (15% instead of 5%).
+    done = vce(
+        books.url, "ledger", "incident", "report", "--tenant", "acme", "--vm", "web",
+        "--reported-at", "2026-11-20T00:00:00+05:00", "--confirmed-at", "2026-11-20T00:05:00+05:00",
+        "--restored-at", "2026-11-21T20:00:00+05:00", "--reference", "CRM-9",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [invoice] = json.loads(vce(books.url, "ledger", "invoice", "--month", "2026-11").stdout)
+    assert (invoice["status"], invoice["total"], invoice["credit_notes"]) == (
+        "closed",
+        "28044.00",
+        [],
+    )
+    corrected = json.loads(vce(books.url, "ledger", "close", "--month", "2026-11").stdout)
+    assert corrected["invoices"][0] == {
+        "tenant": "acme",
+        "action": "credit note",
+        "amount": "2952.00",
+    }
+    [invoice] = json.loads(vce(books.url, "ledger", "invoice", "--month", "2026-11").stdout)
+    assert [n["amount"] for n in invoice["credit_notes"]] == ["2952.00"]
+    assert (
+        json.loads(vce(books.url, "ledger", "close", "--month", "2026-11").stdout)["invoices"][0][
+            "action"
+        ]
+        == "unchanged"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("ledger", "invoice", "--month", "2026-13"), "month: must be a month as YYYY-MM"),
+        (("ledger", "invoice", "--month", "november"), "month: must be a month as YYYY-MM"),
+        (
+            ("ledger", "invoice", "--month", "2026-11", "--tenant", "nobody"),
+            "'nobody' is not in the ledger",
+        ),
+        (
+            ("ledger", "usage", "--month", "2026-11", "--tenant", "nobody"),
+            "'nobody' is not in the ledger",
+        ),
+        (
+            ("ledger", "sla", "--month", "2026-11", "--time-zone", "Mars/Olympus"),
+            "time_zone: unknown time zone",
+        ),
+        (
+            (
+                "ledger",
+                "incident",
+                "report",
+                "--tenant",
+                "acme",
+                "--vm",
+                "web",
+                "--reported-at",
+                "2026-11-04T10:20:00+05:00",
+            ),
+            "overlaps incident #1",
+        ),
+        (
+            (
+                "ledger",
+                "incident",
+                "report",
+                "--tenant",
+                "acme",
+                "--vm",
+                "web",
+                "--reported-at",
+                "2026-11-09T00:00:00+05:00",
+                "--restored-at",
+                "2026-11-08T00:00:00+05:00",
+            ),
+            "ended_at: 2026-11-08T00:00:00+05:00 is before started_at",
+        ),
+        (
+            ("ledger", "incident", "restore", "1", "--at", "2026-11-05T00:00:00+05:00"),
+            "already ended",
+        ),
+        (
+            ("ledger", "incident", "confirm", "99", "--at", "2026-11-01T00:00:00+05:00"),
+            "no incident #99",
+        ),
+        (
+            (
+                "ledger",
+                "exclusion",
+                "add",
+                "--cause",
+                "maintenance",
+                "--start",
+                "2026-11-05T00:00:00+05:00",
+                "--end",
+                "2026-11-04T00:00:00+05:00",
+                "--announced-at",
+                "2026-11-01T00:00:00+05:00",
+            ),
+            "end",
+        ),
+        (
+            (
+                "ledger",
+                "request",
+                "fulfil",
+                "--tenant",
+                "acme",
+                "--reference",
+                "none",
+                "--at",
+                "2026-11-05T00:00:00+05:00",
+            ),
+            "no request 'none'",
+        ),
+        (("ledger", "record", "--spool", "/nonexistent/spool.jsonl"), "no spool file"),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_and_changes_nothing(books, args, message):
+    before = vce(books.url, "ledger", "invoice", "--month", "2026-11").stdout
+    done = vce(books.url, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert vce(books.url, "ledger", "invoice", "--month", "2026-11").stdout == before
+
+
+def test_a_report_with_its_time_without_offset_is_refused(books):
+    done = vce(books.url, "ledger", "incident", "report", "--tenant", "acme",
+               "--reported-at", "2026-11-20T00:00:00")  # fmt: skip
+    assert done.returncode == 2 and "needs a UTC offset" in done.stderr
