@@ -306,7 +306,7 @@ def minutes_text(start: dt.datetime, end: dt.datetime) -> str:
 
 
 def month_title(label: str) -> str:
-    year, _, month = label.partition("-")
+    year, _dash, month = label.partition("-")
     if year.isdigit() and month.isdigit() and 1 <= int(month) <= 12:
         return f"{MONTH_NAMES[int(month) - 1]} {year}"
     return label
@@ -586,14 +586,14 @@ def vm_chart(vm: Mapping[str, Any], name: str, month: str, frame: Frame) -> str:
     existed = intervals_of(vm.get("existed"), f"{name}.existed", frame)
     downtime = intervals_of(vm.get("downtime"), f"{name}.downtime", frame)
     marks = [
-        bar(0, CHART_WIDTH, COLOUR_ABSENT, "VM did not exist"),
+        span_rect(0, CHART_WIDTH, COLOUR_ABSENT, "VM did not exist"),
         *future_marks(frame),
         *(
-            bar(frame.x(s), frame.x(e), COLOUR_UP, f"Existed {span_text(s, e, frame)}")
+            span_rect(frame.x(s), frame.x(e), COLOUR_UP, f"Existed {span_text(s, e, frame)}")
             for s, e in existed
         ),
         *(
-            bar(
+            span_rect(
                 frame.x(s), frame.x(e), COLOUR_DOWN,
                 f"Downtime {span_text(s, e, frame)}: {minutes_text(s, e)}",
                 overhang=MARK_OVERHANG, least=MIN_MARK,
@@ -615,10 +615,10 @@ def future_marks(frame: Frame) -> list[str]:
     if frame.as_of >= frame.end:
         return []
     title = f"After {frame.local(frame.as_of)}: not yet reached"
-    return [bar(frame.x(frame.as_of), CHART_WIDTH, COLOUR_FUTURE, title, dashed=True)]
+    return [span_rect(frame.x(frame.as_of), CHART_WIDTH, COLOUR_FUTURE, title, dashed=True)]
 
 
-def bar(
+def span_rect(
     left: float, right: float, colour: str, title: str, *, overhang: int = 0,
     least: float = 0.0, dashed: bool = False,
 ) -> str:  # fmt: skip

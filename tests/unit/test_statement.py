@@ -200,7 +200,7 @@ def test_every_value_is_escaped():
     checker = parsed(page)
     assert EVIL not in page
     assert "&lt;script&gt;" in page
-    tags = {tag for tag, _ in checker.elements}
+    tags = {tag for tag, _attrs in checker.elements}
     assert "script" not in tags and "img" not in tags
     assert f"Statement {EVIL} 2026-11" in "".join(checker.text)  # the title, read back
 
@@ -209,7 +209,7 @@ def test_one_accessible_chart_per_vm():
     page = html_statement(document())
     assert page.count("<svg") == 2
     found = charts(parsed(page))
-    assert [svg["role"] for svg, _ in found] == ["img", "img"]
+    assert [svg["role"] for svg, _rest in found] == ["img", "img"]
     assert "99.9976%" in found[0][0]["aria-label"]
     assert "web" in found[0][0]["aria-label"]
     assert "no counted downtime" in found[1][0]["aria-label"]
@@ -237,7 +237,7 @@ def test_a_vm_that_existed_half_the_month():
 
 def test_day_ticks_follow_the_local_calendar():
     checker = parsed(html_statement(document()))
-    labels = [tag for tag, _ in checker.elements if tag == "text"]
+    labels = [tag for tag, _attrs in checker.elements if tag == "text"]
     assert len(labels) == 2 * 30  # 30 days, two charts
 
     # A month with a 25-hour day (DST ends in Berlin on 2026-10-25): 31 ticks, and the
