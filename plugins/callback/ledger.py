@@ -80,35 +80,56 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ANSIBLE_VERSION
 
-try:
-    from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger import (
-        Ledger,
-        default_actor,
-        utcnow,
-    )
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger_store import (
-        default_url,
-        safe_url,
-    )
-    from ansible_collections.vce.kvm.plugins.module_utils.metering import Metering, UsageChange
-    from ansible_collections.vce.kvm.plugins.module_utils.spool import (
-        RunRecord,
-        replay,
-        spool,
-        spool_path,
-        spool_run,
-    )
-except ImportError as error:  # reported as a warning when the playbook starts
-    IMPORT_ERROR: ImportError | None = error
-else:
-    IMPORT_ERROR = None
+if TYPE_CHECKING:
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
+    from ansible_collections.vce.kvm.plugins.module_utils.metering import UsageChange
+    from ansible_collections.vce.kvm.plugins.module_utils.spool import RunRecord
+
+
+class Engine:
+    """The collection's ledger code, imported at its first use: the import costs about a
+    second, which an ad-hoc query (`ansible -m ping`) that changes nothing should not pay."""
+
+    def __init__(self) -> None:
+        self.error: ImportError | None = None
+        self.loaded = False
+
+    def load(self) -> ImportError | None:
+        """Import once; the ImportError when the ledger's libraries are missing."""
+        if not self.loaded:
+            self.loaded = True
+            try:
+                from ansible_collections.vce.kvm.plugins.module_utils import (
+                    errors,
+                    ledger,
+                    ledger_store,
+                    metering,
+                    spool,
+                )
+            except ImportError as error:  # reported as a warning when the run starts
+                self.error = error
+            else:
+                for module in (errors, ledger, ledger_store, metering, spool):
+                    self.__dict__.update(
+                        {k: v for k, v in vars(module).items() if not k.startswith("_")}
+                    )
+        return self.error
+
+    def __getattr__(self, name: str) -> Any:
+        if self.load() is not None:
+            raise self.error
+        if name not in self.__dict__:
+            raise AttributeError(name)
+        return self.__dict__[name]
+
+
+engine = Engine()
 
 
 Warn = Callable[[str], None]
@@ -120,7 +141,7 @@ def reason(error: BaseException) -> str:
     """An error in one line: database drivers add SQL and links on the lines after."""
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
-    if IMPORT_ERROR is None and isinstance(error, VceError) and text:
+    if engine.load() is None and isinstance(error, engine.VceError) and text:
         return text  # written for the user as it is
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -134,7 +155,7 @@ class Recorder:
     ) -> None:
         self.run = run
         self.main_url = main_url
-        self.spool_file = spool_path(spool_dir, run.run_id)
+        self.spool_file = engine.spool_path(spool_dir, run.run_id)
         self.spool_dir = spool_dir
         self.warn = warn
         self.note = note
@@ -155,7 +176,7 @@ class Recorder:
     def ledger(self, url: str) -> Ledger:
         ledger = self.ledgers.get(url)
         if ledger is None:
-            ledger = Ledger.open(url, actor=self.run.actor, run_id=self.run.run_id)
+            ledger = engine.Ledger.open(url, actor=self.run.actor, run_id=self.run.run_id)
             self.ledgers[url] = ledger
         return ledger
 
@@ -166,7 +187,9 @@ class Recorder:
         if url in self.started:
             return
         run = self.run
-        Metering(self.ledger(url)).start_run(run.run_id, run.source, run.started_at, run.detail)
+        engine.Metering(self.ledger(url)).start_run(
+            run.run_id, run.source, run.started_at, run.detail
+        )
         self.started.add(url)
 
     # -- the run's events ----------------------------------------------------------------
@@ -188,7 +211,7 @@ class Recorder:
             self.flush()
             try:
                 self.begin(url)
-                written = Metering(self.ledger(url)).record(fresh, source="run")
+                written = engine.Metering(self.ledger(url)).record(fresh, source="run")
             except Exception as error:  # never the playbook's problem: keep them for later
                 self.keep(url, error, fresh)
             else:
@@ -201,7 +224,7 @@ class Recorder:
             self.finished = True
             self.flush()
             self.run.result = result
-            self.run.ended_at = utcnow()
+            self.run.ended_at = engine.utcnow()
             self.run.end_detail = {**detail, "usage_changes": dict(self.counts)}
             for url in self.urls:
                 self.end_in(url)
@@ -211,8 +234,8 @@ class Recorder:
         run = self.run
         try:
             self.begin(url)
-            Metering(self.ledger(url)).finish_run(
-                run.run_id, run.result or "failed", run.ended_at or utcnow(), run.end_detail
+            engine.Metering(self.ledger(url)).finish_run(
+                run.run_id, run.result or "failed", run.ended_at or engine.utcnow(), run.end_detail
             )
         except Exception as error:
             self.keep(url, error, finish=True)
@@ -236,16 +259,16 @@ class Recorder:
         finish: bool = False,
     ) -> None:
         """Spool what the ledger at `url` did not take; warn once per run."""
-        shown = safe_url(url)
+        shown = engine.safe_url(url)
         try:
             if url not in self.started and url not in self.start_spooled:
-                spool_run(self.spool_dir, url, self.run, "start")
+                engine.spool_run(self.spool_dir, url, self.run, "start")
                 self.start_spooled.add(url)
             if changes:
-                spool(self.spool_dir, self.run.run_id, url, changes, self.run.actor)
+                engine.spool(self.spool_dir, self.run.run_id, url, changes, self.run.actor)
                 self.counts["spooled"] += len(changes)
             if finish:
-                spool_run(self.spool_dir, url, self.run, "finish")
+                engine.spool_run(self.spool_dir, url, self.run, "finish")
         except Exception as spool_error:  # both the ledger and the disk failed
             self.warn(
                 f"vce.kvm.ledger: cannot write to the ledger at {shown} ({reason(error)}) nor "
@@ -268,7 +291,7 @@ class Recorder:
         if not self.spool_file.exists():
             return
         try:
-            written, remaining = replay(self.spool_file, self.ledger, self.note)
+            written, remaining = engine.replay(self.spool_file, self.ledger, self.note)
         except Exception as error:  # the spool stays as it is; the next flush tries again
             self.note(f"vce.kvm.ledger: could not replay {self.spool_file}: {reason(error)}")
             return
@@ -358,6 +381,7 @@ class CallbackModule(CallbackBase):
         self.recorder: Recorder | None = None
         self.playbooks: list[str] = []
         self.run_started = False
+        self.adhoc_detail: dict[str, Any] | None = None
 
     def warn(self, message: str) -> None:
         self._display.warning(message)
@@ -378,20 +402,27 @@ class CallbackModule(CallbackBase):
         detail = playbook_detail(playbook)
         if detail.get("playbook"):
             self.playbooks.append(detail["playbook"])
-        if not self.run_started:  # several playbooks in one command are one run
-            self.run_started = True
-            self.guarded("recording the run's start", lambda: self.start(detail))
+        if self.run_started:  # several playbooks in one command are one run
+            return
+        self.run_started = True
+        if "adhoc" in detail:
+            # An ad-hoc command (`ansible -m ping`) is recorded only when it changes usage:
+            # most are queries, and the ledger would double their time.
+            self.adhoc_detail = detail
+            return
+        self.guarded("recording the run's start", lambda: self.start(detail))
 
     def start(self, detail: dict[str, Any]) -> None:
-        if IMPORT_ERROR is not None:
-            self.warn(f"vce.kvm.ledger: not recording this run: {IMPORT_ERROR}")
+        missing = engine.load()
+        if missing is not None:
+            self.warn(f"vce.kvm.ledger: not recording this run: {missing}")
             return
         run_id = os.environ.get("VCE_RUN_ID") or uuid.uuid4().hex
         # Modules run over the local connection inherit it: their ledger events share the id.
         os.environ["VCE_RUN_ID"] = run_id
-        actor = self.get_option("actor") or default_actor()
-        run = RunRecord(run_id, actor, "ansible", utcnow(), detail)
-        main_url = self.get_option("ledger_url") or default_url()
+        actor = self.get_option("actor") or engine.default_actor()
+        run = engine.RunRecord(run_id, actor, "ansible", engine.utcnow(), detail)
+        main_url = self.get_option("ledger_url") or engine.default_url()
         spool_dir = str(self.get_option("spool_dir") or "~/.local/state/vce-kvm/spool")
         self.recorder = Recorder(run, main_url, spool_dir, self.warn, self.note)
         self.recorder.start()
@@ -437,10 +468,15 @@ class CallbackModule(CallbackBase):
         self.guarded("recording usage changes", lambda: self.collect(result))
 
     def collect(self, result: Any) -> None:
+        data, task, task_name, host = result_parts(result)
+        if self.recorder is None and self.adhoc_detail is not None:
+            if not any(part.get("usage_changes") for _where, part in reported(data)):
+                return
+            self.start(self.adhoc_detail)
+            self.adhoc_detail = None
         recorder = self.recorder
         if recorder is None:
             return
-        data, task, task_name, host = result_parts(result)
         task_url = url_in(invocation_args(data), url_in(getattr(task, "args", None), ""))
         batches: dict[str, list[UsageChange]] = {}
         for where, part in reported(data):
@@ -463,8 +499,8 @@ class CallbackModule(CallbackBase):
         changes = []
         for index, item in enumerate(raw):
             try:
-                changes.append(UsageChange.from_dict(item, f"{where}usage_changes[{index}]"))
-            except SpecError as error:
+                changes.append(engine.UsageChange.from_dict(item, f"{where}usage_changes[{index}]"))
+            except engine.SpecError as error:
                 if recorder is not None:
                     recorder.counts["invalid"] += 1
                 self.warn(f"{prefix}: a usage change is not recorded: {error}")
