@@ -190,9 +190,19 @@ class Biller:
         if only is not None:
             tenant_query = tenant_query.where(tenants.c.name == only)
             queries = [q.where(t.c.tenant == only) for q, t in zip(queries, tables, strict=True)]
+        # Within a tenant, a stable order: the same month gives the same document (and digest)
+        # on every back end.
+        within = [
+            (usage_intervals.c.started_at, usage_intervals.c.key),
+            (backups.c.finished_at, backups.c.key),
+            (incidents.c.started_at, incidents.c.id),
+            (exclusions.c.started_at, exclusions.c.id),
+        ]
         streams = [
-            TenantStream(self.stream(connection, q.order_by(self.ordered(connection, t.c.tenant))))
-            for q, t in zip(queries, tables, strict=True)
+            TenantStream(
+                self.stream(connection, q.order_by(self.ordered(connection, t.c.tenant), *then))
+            )
+            for q, t, then in zip(queries, tables, within, strict=True)
         ]
         for row in self.stream(connection, tenant_query):
             usage, kept, found, excluded = (s.take(row.name) for s in streams)
