@@ -66,6 +66,11 @@ def cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+def split(window: Interval, free: list[Interval]) -> tuple[int, int]:
+    """The window's length and how much of it is free, in microseconds."""
+    return micros(*window), overlap_micros(window[0], window[1], free) if free else 0
+
+
 def hours(unit_us: int, meter: MeterDef) -> Decimal:
     return Decimal(unit_us) / (meter.per_unit * HOUR_US)
 
@@ -82,15 +87,21 @@ class Line:
     billed_us: int = 0
     free_us: int = 0
 
+    def add(self, amount: int, span_us: int, free_us: int) -> None:
+        self.billed_us += amount * (span_us - free_us)
+        self.free_us += amount * free_us
+
+    def cost(self, unit_us: int, prices: PriceList) -> Decimal:
+        """Before its one rounding: one division, after the product."""
+        return Decimal(unit_us) * prices.rate(self.meter.price) / (self.meter.per_unit * HOUR_US)
+
     def exact(self, prices: PriceList) -> Decimal:
-        """The line's amount before its one rounding (one division, after the product)."""
-        rate = prices.rate(self.meter.price)
-        return Decimal(self.billed_us) * rate / (self.meter.per_unit * HOUR_US)
+        """The line's amount before its one rounding."""
+        return self.cost(self.billed_us, prices)
 
     def listed(self, prices: PriceList) -> Decimal:
         """What the line would cost at list prices, free (trial) time included."""
-        rate = prices.rate(self.meter.price)
-        return Decimal(self.billed_us + self.free_us) * rate / (self.meter.per_unit * HOUR_US)
+        return self.cost(self.billed_us + self.free_us, prices)
 
     def as_dict(self, prices: PriceList) -> dict[str, Any]:
         return {
@@ -285,18 +296,19 @@ class Biller:
                 continue
             if row.kind == "vm":
                 existed.setdefault((row.host, row.name), []).append(window)
+            span, free_us = split(window, free)
+            holding = row.state in HOLDING_COMPUTE
             for meter in METERS[:-1]:
                 amount = getattr(row, meter.column)
-                if amount and (not meter.while_holding or row.state in HOLDING_COMPUTE):
-                    self.add(
-                        lines, (row.host, row.kind, row.name, row.vm), meter, amount, window, free
-                    )
+                if amount and (holding or not meter.while_holding):
+                    line = self.line(lines, (row.host, row.kind, row.name, row.vm), meter)
+                    line.add(amount, span, free_us)
         backup_meter = METER_BY_NAME["backup"]
         for row in part.backups:
             window = clip(row.finished_at, row.pruned_at, low, high)
             if window is not None and row.size_bytes:
-                key = (row.host, "backup", row.vm, row.vm)
-                self.add(lines, key, backup_meter, row.size_bytes, window, free)
+                line = self.line(lines, (row.host, "backup", row.vm, row.vm), backup_meter)
+                line.add(row.size_bytes, *split(window, free))
         availability = [
             availability_of(host, vm, spans, part.incidents, [*part.exclusions, *shared], low, high)
             for (host, vm), spans in sorted(existed.items())
@@ -304,17 +316,11 @@ class Biller:
         return self.document(part, prices, list(lines.values()), availability, priced)
 
     @staticmethod
-    def add(
-        lines: dict[Any, Line], resource: tuple[str, str, str, str], meter: MeterDef,
-        amount: int, window: Interval, free: list[Interval],
-    ) -> None:  # fmt: skip
-        line = lines.get((*resource, meter.name))
-        if line is None:
-            line = lines[(*resource, meter.name)] = Line(*resource, meter)
-        span = micros(*window)
-        free_us = overlap_micros(window[0], window[1], free) if free else 0
-        line.billed_us += amount * (span - free_us)
-        line.free_us += amount * free_us
+    def line(lines: dict[Any, Line], resource: tuple[str, str, str, str], meter: MeterDef) -> Line:
+        found = lines.get((*resource, meter.name))
+        if found is None:
+            found = lines[(*resource, meter.name)] = Line(*resource, meter)
+        return found
 
     def document(
         self, part: TenantMonth, prices: PriceList, lines: list[Line],
@@ -323,13 +329,14 @@ class Biller:
         tenant = part.tenant
         lines.sort(key=lambda x: (x.host, x.kind, x.name, x.meter.name))
         subtotal = sum((cents(line.exact(prices)) for line in lines), Decimal(0))
+        compute_cost: dict[tuple[str, str], Decimal] = {}
+        for line in lines:
+            if line.meter.compute:
+                key = (line.host, line.vm)
+                compute_cost[key] = compute_cost.get(key, Decimal(0)) + line.listed(prices)
         vm_rows, credits = [], Decimal(0)
         for vm in availability:
-            compute = sum(
-                (x.listed(prices) for x in lines
-                 if x.host == vm.host and x.vm == vm.vm and x.meter.compute),
-                Decimal(0),
-            )  # fmt: skip
+            compute = compute_cost.get((vm.host, vm.vm), Decimal(0))
             credit = cents(compute * vm.percent / 100)
             credits += credit
             vm_rows.append(self.vm_row(vm, compute, credit))

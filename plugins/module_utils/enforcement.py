@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import quota
-from .disk import EXTENSIONS
 from .errors import VceError
 from .host import Host, TenantInventory
 from .ledger import Ledger, Tenant, key_of
-from .ownership import tenant_prefix
+from .metering import host_meters
 from .plan import Plan
 from .spec import DiskSpec, EnvironmentSpec, NetworkSpec, VmSpec
 
@@ -33,30 +32,17 @@ def vm_usage(vcpus: int, memory_mib: int, boot_mib: int) -> quota.Usage:
 
 
 def observed_objects(inventory: TenantInventory) -> dict[ObjectKey, quota.Usage]:
-    """Each of the tenant's objects on the host with what it uses."""
-    tenant = inventory.tenant
-    prefix = tenant_prefix(tenant)
-    volumes = {name: volume for (_pool, name), volume in inventory.volumes.items()}
+    """Each of the tenant's objects on the host with what it uses (VMs and volumes as
+    metering reads them, plus networks)."""
     objects: dict[ObjectKey, quota.Usage] = {}
-    for domain in inventory.domains.values():
-        if not domain.owner or domain.owner.tenant != tenant:
-            continue
-        boot = volumes.pop(f"{prefix}{domain.owner.name}.boot.qcow2", None)
-        vcpus = max(domain.vcpus, domain.live_vcpus or 0)
-        boot_mib = quota.mib_of_bytes(boot.capacity) if boot else 0
-        objects[("vm", domain.owner.name)] = vm_usage(vcpus, domain.memory_mib, boot_mib)
+    for (kind, name), meter in host_meters(inventory).items():
+        if kind == "vm":
+            objects[(kind, name)] = vm_usage(meter.vcpus, meter.ram_mib, meter.disk_mib)
+        else:
+            objects[(kind, name)] = {"disk_gib": meter.disk_mib}
     for network in inventory.networks.values():
-        if network.owner and network.owner.tenant == tenant:
+        if network.owner and network.owner.tenant == inventory.tenant:
             objects[("network", network.owner.name)] = {"networks": 1}
-    disk_extensions = set(EXTENSIONS.values())
-    for name, volume in volumes.items():
-        stem, _dot, ext = name[len(prefix) :].rpartition(".")
-        if ext == "iso":  # cloud-init seeds: a few KiB of the VM's own configuration
-            continue
-        kind = "disk" if "." not in stem and ext in disk_extensions else "volume"
-        objects[(kind, stem if kind == "disk" else name)] = {
-            "disk_gib": quota.mib_of_bytes(volume.capacity)
-        }
     return objects
 
 

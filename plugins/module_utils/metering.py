@@ -20,10 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .disk import EXTENSIONS
 from .errors import SpecError
 from .host import TenantInventory
 from .ledger import Ledger, key_of, parse_moment
 from .ownership import tenant_prefix
+from .quota import mib_of_bytes
 from .spec import check_name
 
 try:
@@ -37,9 +39,9 @@ KINDS = ("vm", "disk", "volume", "public_ip", "zone_link")
 STATES = ("running", "paused", "stopped", "present", "absent")
 # Compute (vCPU, RAM) is billed while a VM holds it on the host: running, or paused.
 HOLDING_COMPUTE = ("running", "paused")
+DISK_EXTENSIONS = frozenset(EXTENSIONS.values())
 RUN_SOURCES = ("ansible", "pulumi", "reconcile", "probe", "cli")
 RUN_RESULTS = ("running", "ok", "failed", "interrupted")
-DISK_EXTENSIONS = ("qcow2", "raw", "img")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
             vm,
             vcpus=max(domain.vcpus, domain.live_vcpus or 0),
             ram_mib=domain.memory_mib,
-            disk_mib=mib(boot.capacity) if boot else 0,
+            disk_mib=mib_of_bytes(boot.capacity) if boot else 0,
         )
     for name, volume in volumes.items():
         stem, _dot, ext = name[len(prefix) :].rpartition(".")
@@ -163,13 +165,9 @@ def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
             continue
         kind = "disk" if "." not in stem and ext in DISK_EXTENSIONS else "volume"
         meters[(kind, stem if kind == "disk" else name)] = Meter(
-            "present", attached.get(volume.path, ""), disk_mib=mib(volume.capacity)
+            "present", attached.get(volume.path, ""), disk_mib=mib_of_bytes(volume.capacity)
         )
     return meters
-
-
-def mib(size_bytes: int) -> int:
-    return -(-size_bytes // (1024 * 1024))
 
 
 def ledger_meters(connection: Any, tenant: str, host: str) -> dict[ResourceKey, Meter]:
@@ -269,10 +267,6 @@ class Metering:
                     detail=json.dumps(merged, sort_keys=True, default=str),
                 )
             )  # fmt: skip
-
-    def run(self, run_id: str) -> Any:
-        with self.ledger.store.read() as connection:
-            return connection.execute(sa.select(runs).where(runs.c.id == run_id)).first()
 
     # -- usage ---------------------------------------------------------------------------
 

@@ -52,10 +52,6 @@ class Month:
     def end(self) -> dt.datetime:
         return self.next().start
 
-    @property
-    def seconds(self) -> int:
-        return int((self.end - self.start).total_seconds())
-
     def next(self) -> Month:
         if self.month == 12:
             return Month(self.year + 1, 1, self.zone)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from .errors import SpecError
@@ -51,8 +52,12 @@ class PriceList:
     currency: str
     rates: tuple[tuple[str, Decimal], ...]  # (price key, per unit-hour), every key
 
+    @cached_property
+    def by_key(self) -> dict[str, Decimal]:
+        return dict(self.rates)
+
     def rate(self, price_key: str) -> Decimal:
-        return dict(self.rates)[price_key]
+        return self.by_key[price_key]
 
     def as_dict(self) -> dict[str, str]:
         return {"currency": self.currency, **{k: str(v) for k, v in self.rates}}

@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 from .errors import SpecError, VceError, libvirt_action, vanished
 from .host import DOMAIN_STATES, connect
-from .ledger import Ledger, iso, key_of, parse_moment
+from .ledger import Ledger, iso, key_of
 from .ownership import SEPARATOR
 from .periods import Interval, clip, intersect, subtract, total_micros, union
 from .spec import check_name
@@ -62,7 +63,8 @@ def credit_percent(availability: Fraction) -> Decimal:
 
 @dataclass
 class VmAvailability:
-    """One VM in one period: how long it existed, was down, and what is excluded."""
+    """One VM in one period: how long it existed, was down, and what is excluded. The
+    figures are read (and kept) once it is complete."""
 
     host: str
     vm: str
@@ -72,33 +74,33 @@ class VmAvailability:
     excluded: list[Interval] = field(default_factory=list)  # maintenance, force majeure, ...
     incidents: list[int] = field(default_factory=list)
 
-    @property
+    @cached_property
     def existed_us(self) -> int:
         return total_micros(self.existed)
 
-    @property
+    @cached_property
     def counted(self) -> list[Interval]:
         """Downtime that counts: within the VM's existence, outside every exclusion."""
         return subtract(intersect(self.downtime, self.existed), self.excluded)
 
-    @property
+    @cached_property
     def downtime_us(self) -> int:
         return total_micros(self.counted)
 
-    @property
+    @cached_property
     def excluded_us(self) -> int:
         """Down, but not compensated: excluded intervals and incidents of other causes."""
         down = intersect(union([*self.downtime, *self.uncompensated]), self.existed)
         return total_micros(down) - self.downtime_us
 
-    @property
+    @cached_property
     def availability(self) -> Fraction:
         existed = self.existed_us
         if existed == 0:
             return Fraction(1)
         return Fraction(existed - self.downtime_us, existed)
 
-    @property
+    @cached_property
     def percent(self) -> Decimal:
         return credit_percent(self.availability)
 
@@ -412,13 +414,6 @@ def check_order(
         return
     if end < start or (strict and end == start):
         raise SpecError(end_field, f"{iso(end)} is before {start_field} ({iso(start)})")
-
-
-def moment(value: Any, field_name: str, required: bool = True) -> dt.datetime | None:
-    parsed = parse_moment(value, field_name)
-    if parsed is None and required:
-        raise SpecError(field_name, "is required (ISO 8601 with offset)")
-    return parsed
 
 
 # -- the probe ---------------------------------------------------------------------------
