@@ -210,11 +210,14 @@ class Gate:
         claimed = False
         if plan.changed:
             with self.ledger.store.locked(self.tenant) as connection:
-                fresh = observed_objects(self.host.inventory(self.tenant))
+                # The claims first, libvirt second: a run that finishes in between then counts
+                # twice (its claim and its VM), never not at all (VM not yet defined when
+                # read, claim already released when queried).
                 others = quota.add(
                     self.ledger.known_usage(connection, self.tenant, except_host=self.host.uri),
                     self.ledger.reserved(connection, self.tenant, except_key=self.key),
                 )
+                fresh = observed_objects(self.host.inventory(self.tenant))
                 delta = self.check(fresh, others)
                 if delta:
                     self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, delta)

@@ -16,7 +16,8 @@ from plugins.module_utils.ledger import Ledger
 from plugins.module_utils.plan import Change, Plan
 from plugins.module_utils.quota import KINDS, QuotaExceeded
 from plugins.module_utils.tenants import run_quota, run_tenant
-from tests.support.ledger import ROOMY
+from tests.conftest import fresh_database_url
+from tests.support.ledger import ROOMY, forget_stores
 
 URI = "test:///default"
 T0 = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
@@ -244,6 +245,35 @@ def test_a_failed_apply_releases_its_reservation(any_ledger_url, testdriver):
         raise RuntimeError("libvirt failed half-way")
     with ledger.store.read() as connection:
         assert ledger.reserved(connection, "acme")["vms"] == 0
+
+
+def test_a_run_finishing_during_the_locked_reading_still_counts(
+    request, tmp_path, monkeypatch, testdriver
+):
+    """PostgreSQL lets another run release its claim while this one holds the tenant's lock
+    and reads libvirt: that run's VM, defined after the reading, must still count through its
+    claim. (SQLite's one write lock keeps the release out until this run's check ends.)"""
+    url = fresh_database_url("postgresql", tmp_path, request)
+    monkeypatch.setenv("VCE_LEDGER_URL", url)
+    tenant(plan="nontrial")
+    run_quota({"tenant": "acme", "quotas": {"vms": 1}})
+    ledger = Ledger.open()
+    with ledger.store.read() as connection:
+        ledger.reserve(connection, "run-a", "acme", URI, {"vms": 1})
+    h = host.Host(URI)
+    read_libvirt = h.inventory
+
+    def reading_while_run_a_finishes(name):
+        found = read_libvirt(name)
+        with ledger.store.read() as connection:
+            ledger.release(connection, "run-a")
+        return found
+
+    gate = Gate(ledger, h, "acme", Declaration({("vm", "web2"): {"vms": 1}}))
+    monkeypatch.setattr(h, "inventory", reading_while_run_a_finishes)
+    with pytest.raises(QuotaExceeded), gate.reservation(Plan([Change("vm", "web2", "create")])):
+        pass
+    forget_stores()
 
 
 def test_other_hosts_usage_counts(any_ledger_url, testdriver):
