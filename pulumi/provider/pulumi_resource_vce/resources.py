@@ -1,0 +1,706 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The six resources as thin adapters over the engine: their properties, the engine entry
+point each calls, how an id names an object, and how the live object reads back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.vce.kvm.plugins.module_utils import quota
+from ansible_collections.vce.kvm.plugins.module_utils.backup import (
+    BackupScheduleEngine,
+    parse_backup_host,
+    run_backup_schedule,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.enforcement import (
+    Declaration,
+    declare_disk,
+    declare_network,
+    declare_vm,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine import run_disk, run_network, run_vm
+from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.facts import tenant_facts
+from ansible_collections.vce.kvm.plugins.module_utils.host import Host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.public_ip import engine_from, run_public_ip
+from ansible_collections.vce.kvm.plugins.module_utils.result import Result
+from ansible_collections.vce.kvm.plugins.module_utils.spec import (
+    check_name,
+    parse_disk,
+    parse_network,
+    parse_vm,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.zone_link import engine_for, run_zone_link
+
+from .config import ProviderConfig
+from .props import Prop
+
+PACKAGE = "vce"
+
+ZONE = Prop(
+    "zone",
+    "string",
+    "The zone (a key of the provider's `zones`); optional when the provider has one zone.",
+    replace=True,
+)
+HOST = Prop(
+    "host",
+    "string",
+    "The zone's host (a key of the zone's `hosts`); optional when the zone has one host.",
+    replace=True,
+)
+
+
+def name_prop(what: str) -> Prop:
+    return Prop(
+        "name",
+        "string",
+        f"The {what}'s name within the tenant (1-32 of a-z, 0-9 and "
+        "'-'); the resource's name when omitted.",
+        replace=True,
+    )
+
+
+RETENTION = tuple(
+    Prop(rule, "integer", f"Backups kept by the `{rule}` rule.")
+    for rule in ("keepLast", "keepHourly", "keepDaily", "keepWeekly", "keepMonthly")
+)
+NIC = (
+    Prop("network", "string", "The tenant network the NIC joins.", required=True),
+    Prop("mac", "string", "A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted."),
+    Prop("ip", "string", "A fixed IPv4 address (a static DHCP lease on the network)."),
+)
+LEASE = (
+    Prop("mac", "string", "The MAC address.", required=True),
+    Prop("ip", "string", "The address leased to it.", required=True),
+    Prop("hostname", "string", "The host name DHCP gives it."),
+)
+NIC_ADDRESS = (
+    Prop("network", "string", "The network."),
+    Prop("mac", "string", "The MAC address."),
+    Prop("ip", "string", "The IPv4 address (reserved or leased); empty when unknown."),
+)
+
+VM_INPUTS = (
+    name_prop("VM"),
+    ZONE,
+    HOST,
+    Prop("state", "string", "running or stopped.", default="running"),
+    Prop("vcpus", "integer", "vCPUs.", default=1),
+    Prop("maxVcpus", "integer", "The vCPU ceiling for live growth (defaults to vcpus)."),
+    Prop("memoryMib", "integer", "RAM in MiB.", required=True),
+    Prop("maxMemoryMib", "integer", "The RAM ceiling for live growth, in MiB."),
+    Prop(
+        "bootDisk",
+        "object",
+        "The boot disk: a copy-on-write qcow2 over a base image.",
+        type_name="VmBootDisk",
+        required=True,
+        fields=(
+            Prop(
+                "image", "string", "The base image's path on the host.", required=True, replace=True
+            ),
+            Prop("imageFormat", "string", "qcow2 or raw.", default="qcow2", replace=True),
+            Prop("sizeGib", "integer", "Size in GiB (grows live, never shrinks).", required=True),
+            Prop("pool", "string", "The storage pool (defaults to `default`).", replace=True),
+        ),
+    ),
+    Prop(
+        "disks", "array", "Names of the tenant's extra disks to attach, in order.", items="string"
+    ),
+    Prop("nics", "array", "Network interfaces.", type_name="VmNic", items=NIC),
+    Prop(
+        "cloudInit",
+        "object",
+        "First-boot configuration (a NoCloud seed).",
+        type_name="VmCloudInit",
+        fields=(
+            Prop("hostname", "string", "The guest's host name."),
+            Prop(
+                "sshAuthorizedKeys", "array", "Public SSH keys of the default user.", items="string"
+            ),
+            Prop("userData", "string", "Extra cloud-config user data (kept secret).", secret=True),
+        ),
+    ),
+    Prop(
+        "allowRestart", "boolean", "Let changes that need a restart restart the VM.", default=False
+    ),
+    Prop("shutdownTimeout", "integer", "Seconds to wait for a clean shutdown.", default=60),
+)
+VM_OUTPUTS = (
+    Prop("libvirtName", "string", "The domain's name in libvirt.", output_only=True),
+    Prop("powerState", "string", "The domain's state as libvirt reports it.", output_only=True),
+    Prop(
+        "nicAddresses",
+        "array",
+        "Each NIC's network, MAC and IPv4 address.",
+        type_name="VmNicAddress",
+        items=NIC_ADDRESS,
+        output_only=True,
+    ),
+)
+
+DISK_INPUTS = (
+    name_prop("disk"),
+    ZONE,
+    HOST,
+    Prop("sizeGib", "integer", "Size in GiB (grows live, never shrinks).", required=True),
+    Prop("pool", "string", "The storage pool.", default="default", replace=True),
+    Prop("format", "string", "qcow2 or raw.", default="qcow2", replace=True),
+    Prop("backingImage", "string", "A base image the disk starts as a copy of.", replace=True),
+    Prop("attachTo", "string", "The VM to attach the disk to; detached when removed."),
+)
+DISK_OUTPUTS = (
+    Prop("path", "string", "The volume's path on the host.", output_only=True),
+    Prop("volume", "string", "The volume's name in its pool.", output_only=True),
+    Prop("attachedTo", "string", "The VM the disk is attached to now.", output_only=True),
+)
+
+NETWORK_INPUTS = (
+    name_prop("network"),
+    ZONE,
+    HOST,
+    Prop("cidr", "string", "The IPv4 subnet, e.g. 10.10.0.0/24.", required=True),
+    Prop("gateway", "string", "The host's address on it (defaults to the first)."),
+    Prop("dhcpStart", "string", "First address of the DHCP range."),
+    Prop("dhcpEnd", "string", "Last address of the DHCP range."),
+    Prop("mode", "string", "nat, isolated or routed.", default="nat"),
+    Prop("uplink", "string", "The host interface a routed network forwards to."),
+    Prop("mtu", "integer", "The MTU."),
+    Prop(
+        "staticLeases", "array", "Fixed DHCP leases.", type_name="NetworkStaticLease", items=LEASE
+    ),
+    Prop(
+        "allowReplace",
+        "boolean",
+        "Let changes that redefine the network (cidr, mode) do so.",
+        default=False,
+    ),
+)
+NETWORK_OUTPUTS = (
+    Prop("libvirtName", "string", "The network's name in libvirt.", output_only=True),
+    Prop("bridge", "string", "The host bridge.", output_only=True),
+    Prop("active", "boolean", "Whether the network is active.", output_only=True),
+)
+
+PUBLIC_IP_INPUTS = (
+    name_prop("public IP"),
+    ZONE,
+    HOST,
+    Prop("vm", "string", "The VM whose NIC the address is bound to (1:1 NAT).", required=True),
+    Prop(
+        "network",
+        "string",
+        "The VM's routed network with the NIC's fixed IP (the first when omitted).",
+    ),
+    Prop(
+        "address",
+        "string",
+        "A particular address of the zone's pools (allocated when omitted).",
+        replace=True,
+    ),
+)
+PUBLIC_IP_OUTPUTS = (
+    Prop("allocatedAddress", "string", "The public address.", output_only=True),
+    Prop("pool", "string", "The zone pool it came from.", output_only=True),
+    Prop("privateIp", "string", "The NIC address it is bound to.", output_only=True),
+    Prop("bound", "boolean", "Whether the NAT binding is in place.", output_only=True),
+)
+
+ZONE_LINK_INPUTS = (
+    name_prop("link"),
+    Prop(
+        "network",
+        "string",
+        "The tenant network joined across the two zones (declared with the same name in both).",
+        required=True,
+        replace=True,
+    ),
+    Prop(
+        "zones",
+        "array",
+        "The two zones it joins; the first holds the network's gateway.",
+        items="string",
+        required=True,
+        replace=True,
+    ),
+)
+ZONE_LINK_OUTPUTS = (
+    Prop("vni", "integer", "The VXLAN network identifier.", output_only=True),
+    Prop("device", "string", "The VXLAN device on both hosts.", output_only=True),
+)
+
+BACKUP_INPUTS = (
+    Prop("vm", "string", "The VM to back up.", required=True, replace=True),
+    name_prop("schedule"),
+    ZONE,
+    HOST,
+    Prop(
+        "calendar",
+        "string",
+        "A systemd calendar expression among the plan's frequencies.",
+        required=True,
+    ),
+    Prop(
+        "retention",
+        "object",
+        "How many backups each rule keeps.",
+        type_name="BackupScheduleRetention",
+        required=True,
+        fields=RETENTION,
+    ),
+    Prop(
+        "disks",
+        "array",
+        "Disks to back up (boot and extra disk names; all when omitted).",
+        items="string",
+    ),
+    Prop("target", "string", "A directory under the host's backup root."),
+    Prop("pool", "string", "A storage pool to keep the backups in instead of `target`."),
+    Prop("timeoutMinutes", "integer", "How long one backup may take.", default=360),
+    Prop(
+        "purgeBackups",
+        "boolean",
+        "Delete the schedule's backups with it (kept by default).",
+        default=False,
+    ),
+)
+BACKUP_OUTPUTS = (
+    Prop("frequency", "string", "The frequency the calendar was classed as.", output_only=True),
+    Prop("timer", "string", "The systemd timer.", output_only=True),
+    Prop("enabled", "boolean", "Whether the timer is enabled.", output_only=True),
+    Prop(
+        "backups",
+        "array",
+        "The schedule's backups, oldest first.",
+        items="string",
+        output_only=True,
+    ),
+)
+
+
+@dataclass
+class Observed:
+    """A live object read back: its declared-shape inputs and computed outputs."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+@dataclass
+class Kind:
+    name: str
+    description: str
+    inputs: tuple[Prop, ...]
+    outputs: tuple[Prop, ...]
+    run: Callable[[dict[str, Any], bool], Result]
+    params: Callable[[ProviderConfig, dict[str, Any]], dict[str, Any]]
+    observe: Callable[[ProviderConfig, dict[str, Any]], Observed | None]
+    declare: Callable[[dict[str, Any]], Declaration] | None = None  # libvirt-counted usage
+    counted: str | None = None  # ledger-counted quota kind (one per object)
+    absent_state: str = "absent"
+    extra_ids: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def token(self) -> str:
+        return f"{PACKAGE}:index:{self.name}"
+
+    def id_of(self, config: ProviderConfig, values: Mapping[str, Any]) -> str:
+        if self.name == "ZoneLink":
+            return str(values["name"])
+        where = config.where(values.get("zone"), values.get("host"))
+        parts = [where.zone, *([where.host] if config.hosted(where.zone) else [])]
+        parts += [str(values[key]) for key in (*self.extra_ids, "name")]
+        return "/".join(parts)
+
+    def parse_id(self, config: ProviderConfig, resource_id: str) -> dict[str, Any]:
+        """The identifying inputs an id stands for (import)."""
+        parts = resource_id.split("/")
+        if self.name == "ZoneLink":
+            if len(parts) != 1:
+                raise SpecError("id", f"a zone link's id is its name, got {resource_id!r}")
+            return {"name": check_name(parts[0], "id")}
+        keys = ["zone", "host"] if len(parts) == 3 + len(self.extra_ids) else ["zone"]
+        keys += [*self.extra_ids, "name"]
+        if len(parts) != len(keys):
+            raise SpecError(
+                "id", f"expected {'/'.join(f'<{k}>' for k in keys)}, got {resource_id!r}"
+            )
+        values = dict(zip(keys, parts, strict=True))
+        where = config.where(values["zone"], values.get("host"))
+        for key in (*self.extra_ids, "name"):
+            check_name(values[key], "id")
+        return {**values, "zone": where.zone}
+
+
+# -- engine parameters ----------------------------------------------------------------------
+
+
+def base(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
+    where = config.where(values.get("zone"), values.get("host"))
+    return {"uri": where.uri, "tenant": config.tenant, "ledger_url": config.ledger_url}
+
+
+def vm_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    return {**base(config, values), **engine_inputs(VM_INPUTS, values)}
+
+
+def disk_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    params = {**base(config, values), **engine_inputs(DISK_INPUTS, values)}
+    params["state"] = "attached" if values.get("attachTo") else "present"
+    return params
+
+
+def network_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    return {**base(config, values), **engine_inputs(NETWORK_INPUTS, values)}
+
+
+def public_ip_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    zone = config.zone(values.get("zone"))
+    return {
+        **base(config, values),
+        **engine_inputs(PUBLIC_IP_INPUTS, values),
+        "zone": zone.name,
+        "zone_config": zone.public_ip_config("zone"),
+        "host_command": zone.host_command,
+    }
+
+
+def zone_link_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    zones = values.get("zones") or []
+    if len(zones) != 2:
+        raise SpecError("zones", f"a zone link joins exactly two zones, got {len(zones)}")
+    return {
+        "tenant": config.tenant,
+        "ledger_url": config.ledger_url,
+        "name": values.get("name"),
+        "network": values.get("network"),
+        "ends": [
+            config.zone(z, f"zones[{i}]").link_end(f"zones[{i}]") for i, z in enumerate(zones)
+        ],
+    }
+
+
+def backup_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
+    zone = config.zone(values.get("zone"))
+    return {
+        **base(config, values),
+        **engine_inputs(BACKUP_INPUTS, values),
+        **zone.backup_host(),
+    }
+
+
+def engine_inputs(props: tuple[Prop, ...], values: Mapping[str, Any]) -> dict[str, Any]:
+    from .props import to_engine
+
+    declared = [p for p in props if p.name not in ("zone", "host")]
+    return to_engine(tuple(declared), values)
+
+
+# -- quota declarations (Check) -----------------------------------------------------------
+
+
+def declare_vm_values(params: dict[str, Any]) -> Declaration:
+    fields = (
+        "name",
+        "vcpus",
+        "max_vcpus",
+        "memory_mib",
+        "max_memory_mib",
+        "boot_disk",
+        "disks",
+        "nics",
+        "cloud_init",
+        "state",
+    )
+    raw = {k: params[k] for k in fields if params.get(k) is not None}
+    spec = parse_vm(raw, "", params["tenant"], "default")
+    key, usage = declare_vm(spec)
+    return Declaration({key: usage})
+
+
+def declare_disk_values(params: dict[str, Any]) -> Declaration:
+    fields = ("name", "size_gib", "pool", "format", "backing_image")
+    raw = {k: params[k] for k in fields if params.get(k) is not None}
+    key, usage = declare_disk(parse_disk(raw, "", params.get("pool") or "default"))
+    return Declaration({key: usage})
+
+
+def declare_network_values(params: dict[str, Any]) -> Declaration:
+    fields = (
+        "name",
+        "cidr",
+        "gateway",
+        "dhcp_start",
+        "dhcp_end",
+        "mode",
+        "mtu",
+        "uplink",
+        "static_leases",
+    )
+    raw = {k: params[k] for k in fields if params.get(k) is not None}
+    key, usage = declare_network(parse_network(raw, ""))
+    return Declaration({key: usage})
+
+
+# -- reading back -----------------------------------------------------------------------------
+
+
+def host_of(config: ProviderConfig, values: Mapping[str, Any]) -> Host:
+    return Host(config.where(values.get("zone"), values.get("host")).uri)
+
+
+def placement(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
+    where = config.where(values.get("zone"), values.get("host"))
+    found = {"zone": where.zone}
+    if config.hosted(where.zone):
+        found["host"] = where.host
+    return found
+
+
+def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    name = values["name"]
+    facts = tenant_facts(host_of(config, values), config.tenant)
+    vm = facts["vms"].get(name)
+    if vm is None:
+        return None
+    boot = facts["disks"].get(f"{name}.boot", {})
+    boot_paths = {boot.get("path")}
+    extra = [
+        d["serial"] for d in vm["disks"] if d["device"] == "disk" and d["path"] not in boot_paths
+    ]
+    boot_disk = {"image": boot.get("backing_image"), "sizeGib": round(boot.get("size_gib") or 0)}
+    if boot.get("pool") and boot.get("pool") != "default":
+        boot_disk["pool"] = boot["pool"]
+    inputs = {
+        "name": name,
+        **placement(config, values),
+        "state": "running" if vm["state"] in ("running", "paused") else "stopped",
+        "vcpus": vm["vcpus"],
+        "memoryMib": vm["memory_mib"],
+        "bootDisk": boot_disk,
+        "disks": [d for d in extra if d],
+        "nics": [{"network": n["network"], "mac": n["mac"]} for n in vm["nics"]],
+    }
+    if vm["max_vcpus"] != vm["vcpus"]:
+        inputs["maxVcpus"] = vm["max_vcpus"]
+    if vm["max_memory_mib"] != vm["memory_mib"]:
+        inputs["maxMemoryMib"] = vm["max_memory_mib"]
+    outputs = {
+        "libvirtName": vm["libvirt_name"],
+        "powerState": vm["state"],
+        "nicAddresses": [
+            {"network": n["network"], "mac": n["mac"], "ip": n["ip"] or ""} for n in vm["nics"]
+        ],
+    }
+    return Observed(inputs, outputs)
+
+
+def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    name = values["name"]
+    disk = tenant_facts(host_of(config, values), config.tenant)["disks"].get(name)
+    if disk is None:
+        return None
+    inputs = {
+        "name": name,
+        **placement(config, values),
+        "sizeGib": round(disk["size_gib"]),
+        "pool": disk["pool"],
+        "format": disk["format"],
+        "backingImage": disk["backing_image"],
+        "attachTo": disk["attached_to"],
+    }
+    outputs = {"path": disk["path"], "volume": disk["volume"], "attachedTo": disk["attached_to"]}
+    return Observed(inputs, outputs)
+
+
+def observe_network(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    name = values["name"]
+    net = tenant_facts(host_of(config, values), config.tenant)["networks"].get(name)
+    if net is None:
+        return None
+    inputs = {
+        "name": name,
+        **placement(config, values),
+        "cidr": net["cidr"],
+        "gateway": net["gateway"],
+        "dhcpStart": net["dhcp_range"][0],
+        "dhcpEnd": net["dhcp_range"][1],
+        "mode": net["mode"],
+        "mtu": net["mtu"],
+        "staticLeases": [
+            {k: v for k, v in lease.items() if v is not None} for lease in net["static_leases"]
+        ],
+    }
+    outputs = {"libvirtName": net["libvirt_name"], "bridge": net["bridge"], "active": net["active"]}
+    return Observed(inputs, outputs)
+
+
+def observe_public_ip(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    params = public_ip_params(config, {**values, "vm": values.get("vm") or "-"})
+    host = Host(params["uri"])
+    ledger = Ledger.open(config.ledger_url)
+    engine = engine_from(params, ledger, host, config.tenant)
+    found = engine.facts(engine.nat.observe()).get(values["name"])
+    if not found:
+        return None
+    inputs = {"name": values["name"], **placement(config, values), "vm": found["vm"]}
+    if values.get("network"):
+        inputs["network"] = values["network"]
+    if values.get("address"):
+        inputs["address"] = found["address"]
+    outputs = {
+        "allocatedAddress": found["address"],
+        "pool": found["pool"],
+        "privateIp": found["private_ip"],
+        "bound": found["bound"],
+    }
+    return Observed(inputs, outputs)
+
+
+def observe_zone_link(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    ledger = Ledger.open(config.ledger_url)
+    zones = values.get("zones") or []
+    row = ledger_link(ledger, config.tenant, values["name"])
+    if row is None:
+        return None
+    if len(zones) != 2:
+        zones = [end["zone"] for end in row["ends"]]
+    params = zone_link_params(config, {**values, "zones": zones, "network": row["network"]})
+    facts = engine_for(ledger, config.tenant, params, "").facts()
+    if not facts:
+        return None
+    inputs = {
+        "name": values["name"],
+        "network": facts["network"],
+        "zones": [end["zone"] for end in facts["ends"]],
+    }
+    return Observed(inputs, {"vni": facts["vni"], "device": facts["device"]})
+
+
+def ledger_link(ledger: Ledger, tenant: str, name: str) -> dict[str, Any] | None:
+    import json
+
+    import sqlalchemy as sa
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger_schema import zone_links
+
+    with ledger.store.read() as connection:
+        row = connection.execute(
+            sa.select(zone_links).where(zone_links.c.tenant == tenant, zone_links.c.name == name)
+        ).first()
+    if row is None:
+        return None
+    return {"network": row.network, "ends": json.loads(row.ends)}
+
+
+def observe_backup(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
+    params = backup_params(config, values)
+    host = Host(params["uri"])
+    ledger = Ledger.open(config.ledger_url)
+    engine = BackupScheduleEngine(ledger, host, config.tenant, parse_backup_host(params))
+    found = engine.facts(engine.observe()).get(f"{values['vm']}/{values['name']}")
+    if not found:
+        return None
+    retention = {
+        camel_key: value
+        for key, value in (found.get("retention") or {}).items()
+        if (camel_key := to_camel(key)) and value is not None
+    }
+    inputs = {
+        "vm": values["vm"],
+        "name": values["name"],
+        **placement(config, values),
+        "calendar": found["calendar"],
+        "retention": retention,
+    }
+    if found.get("disks") not in (None, "all"):
+        inputs["disks"] = list(found["disks"])
+    outputs = {
+        "frequency": found.get("frequency"),
+        "timer": found["timer"],
+        "enabled": found["enabled"],
+        "backups": found.get("backups") or [],
+    }
+    return Observed(inputs, outputs)
+
+
+def to_camel(key: str) -> str:
+    from .props import camel
+
+    return camel(key)
+
+
+def usage_of(kind: str) -> quota.Usage:
+    return {kind: 1}
+
+
+KINDS: dict[str, Kind] = {
+    kind.token: kind
+    for kind in (
+        Kind(
+            "Vm",
+            "A tenant VM on a KVM host.",
+            VM_INPUTS,
+            VM_OUTPUTS,
+            run_vm,
+            vm_params,
+            observe_vm,
+            declare=declare_vm_values,
+        ),
+        Kind(
+            "Disk",
+            "A tenant disk (a volume in a storage pool).",
+            DISK_INPUTS,
+            DISK_OUTPUTS,
+            run_disk,
+            disk_params,
+            observe_disk,
+            declare=declare_disk_values,
+        ),
+        Kind(
+            "Network",
+            "A tenant L2 network with DHCP.",
+            NETWORK_INPUTS,
+            NETWORK_OUTPUTS,
+            run_network,
+            network_params,
+            observe_network,
+            declare=declare_network_values,
+        ),
+        Kind(
+            "PublicIp",
+            "A public IPv4 address of the zone, bound 1:1 to a VM's NIC.",
+            PUBLIC_IP_INPUTS,
+            PUBLIC_IP_OUTPUTS,
+            run_public_ip,
+            public_ip_params,
+            observe_public_ip,
+            counted="public_ips",
+        ),
+        Kind(
+            "ZoneLink",
+            "One tenant network joined across two zones (VXLAN).",
+            ZONE_LINK_INPUTS,
+            ZONE_LINK_OUTPUTS,
+            run_zone_link,
+            zone_link_params,
+            observe_zone_link,
+            counted="zone_links",
+        ),
+        Kind(
+            "BackupSchedule",
+            "A VM's backup schedule: a systemd timer on its host and a retention policy.",
+            BACKUP_INPUTS,
+            BACKUP_OUTPUTS,
+            run_backup_schedule,
+            backup_params,
+            observe_backup,
+            counted="backup_schedules",
+            extra_ids=("vm",),
+        ),
+    )
+}
