@@ -18,7 +18,14 @@ from typing import Any
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.runtime.rpc import UNKNOWN
 
-__all__ = ["UNKNOWN", "contains_unknown", "from_values", "resource_type", "to_values"]
+__all__ = [
+    "UNKNOWN",
+    "contains_unknown",
+    "from_values",
+    "plain_values",
+    "resource_type",
+    "to_values",
+]
 
 Path = str  # "cloudInit.userData", "nics[0].ip"
 
@@ -35,6 +42,11 @@ def to_values(properties: Mapping[str, PropertyValue]) -> tuple[dict[str, Any], 
     secrets: set[Path] = set()
     values = {key: plain(item, key, secrets) for key, item in properties.items()}
     return values, secrets
+
+
+def plain_values(properties: Mapping[str, PropertyValue]) -> dict[str, Any]:
+    """Plain Python values where secrecy does not matter (comparisons)."""
+    return to_values(properties)[0]
 
 
 def plain(item: PropertyValue, path: Path, secrets: set[Path]) -> Any:

@@ -44,7 +44,14 @@ from pulumi.provider.experimental.provider import (
     UpdateResponse,
 )
 
-from .adapter import UNKNOWN, contains_unknown, from_values, resource_type, to_values
+from .adapter import (
+    UNKNOWN,
+    contains_unknown,
+    from_values,
+    plain_values,
+    resource_type,
+    to_values,
+)
 from .config import CONFIG, ProviderConfig, parse_config
 from .props import Prop, camel_path, check_types, secret_paths, with_defaults
 from .records import RunRecords
@@ -115,7 +122,7 @@ class VceProvider(Provider):
             news["name"] = request.name
         news = with_defaults(kind.inputs, news)
         failures = check_types(kind.inputs, news)
-        olds, _ = to_values(request.old_inputs)
+        olds = plain_values(request.old_inputs)
         if not failures and not contains_unknown(news):
             failures = await asyncio.to_thread(self.admit, kind, request.urn, olds, news)
         secrets |= secret_paths(kind.inputs, news)
@@ -177,8 +184,8 @@ class VceProvider(Provider):
 
     async def diff(self, request: DiffRequest) -> DiffResponse:
         kind = kind_of(request.urn)
-        olds, _ = to_values(request.old_state)
-        news, _ = to_values(request.new_inputs)
+        olds = plain_values(request.old_state)
+        news = plain_values(request.new_inputs)
         detailed: dict[str, PropertyDiff] = {}
         replaces: list[str] = []
         ignored = set(request.ignore_changes)
@@ -223,7 +230,7 @@ class VceProvider(Provider):
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = kind_of(request.urn)
-        olds, _ = to_values(request.properties)
+        olds = plain_values(request.properties)
         inputs = {p.name: olds.get(p.name) for p in kind.inputs if olds.get(p.name) is not None}
         await self.apply(kind, request.urn, inputs, present=False)
 
