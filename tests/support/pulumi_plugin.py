@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,9 @@ class Plugin:
         self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
 
     def read_port(self) -> int:
-        deadline = time.monotonic() + START_SECONDS
-        line = self.process.stdout.readline()
-        if not line.strip().isdigit() or time.monotonic() > deadline:
+        ready, _writable, _failed = select.select([self.process.stdout], [], [], START_SECONDS)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
             self.process.kill()
             _out, err = self.process.communicate(timeout=10)
             raise RuntimeError(f"the plugin printed {line!r} instead of its port: {err}")

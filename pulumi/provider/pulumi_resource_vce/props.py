@@ -5,6 +5,7 @@ engine's parameter names and which changes force a replacement."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class Prop:
         return snake(self.name)
 
 
+@functools.cache
 def snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 

@@ -124,24 +124,25 @@ class VceProvider(Provider):
         failures = check_types(kind.inputs, news)
         olds = plain_values(request.old_inputs)
         if not failures and not contains_unknown(news):
-            failures = await asyncio.to_thread(self.admit, kind, request.urn, olds, news)
+            failures = await self.admit(kind, request.urn, olds, news)
         secrets |= secret_paths(kind.inputs, news)
         return CheckResponse(
             inputs=from_values(news, secrets),
             failures=[CheckFailure(path, reason) for path, reason in failures],
         )
 
-    def admit(
+    async def admit(
         self, kind: Kind, urn: str, olds: Mapping[str, Any], news: dict[str, Any]
     ) -> list[tuple[str, str]]:
         """The engine's own validation, then the tenant's quotas (skipped when nothing
-        changed: a change that adds nothing never breaches a quota)."""
+        changed: a change that adds nothing never breaches a quota). Only the quota check
+        reads the ledger and libvirt, so only it leaves the event loop."""
         try:
             params = kind.params(self.configured(), news)
             declaration = kind.declare(params) if kind.declare is not None else None
             if {k: v for k, v in olds.items() if not k.startswith("__")} == news:
                 return []
-            self.check_quota(kind, urn, params, declaration, olds)
+            await asyncio.to_thread(self.check_quota, kind, urn, params, declaration, olds)
         except quota.QuotaExceeded as error:
             return [(quota_property(kind, b.kind), str(error)) for b in error.breaches[:1]]
         except SpecError as error:
