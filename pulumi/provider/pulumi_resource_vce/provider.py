@@ -52,7 +52,7 @@ from .adapter import (
     resource_type,
     to_values,
 )
-from .config import CONFIG, ProviderConfig, parse_config
+from .config import CONFIG, ProviderConfig, decoded, parse_config
 from .props import Prop, camel_path, check_types, secret_paths, with_defaults
 from .records import RunRecords
 from .resources import KINDS, Kind, Observed
@@ -81,7 +81,9 @@ class VceProvider(Provider):
 
     async def check_config(self, request: CheckRequest) -> CheckResponse:
         values, _secrets = to_values(request.new_inputs)
-        values = {k: v for k, v in values.items() if not k.startswith("__") and k != "version"}
+        values = {
+            k: decoded(v) for k, v in values.items() if not k.startswith("__") and k != "version"
+        }
         failures = [CheckFailure(path, reason) for path, reason in check_types(CONFIG, values)]
         if not failures and not contains_unknown(values):
             try:
@@ -263,11 +265,18 @@ class VceProvider(Provider):
         config = self.configured()
         try:
             params = kind.params(config, inputs)
+            steps = [params]
             if not present:
-                params["state"] = kind.absent_state
-                params["purge_backups"] = bool(inputs.get("purgeBackups"))
-            result = await self.call(kind.run, params, False)
-            await self.call(self.records.record, config, result.usage_changes)
+                if kind.detach_first and inputs.get("attachTo"):
+                    steps.insert(0, {**params, "state": "detached"})
+                steps[-1] = {
+                    **params,
+                    "state": "absent",
+                    "purge_backups": bool(inputs.get("purgeBackups")),
+                }
+            for step in steps:
+                result = await self.call(kind.run, step, False)
+                await self.call(self.records.record, config, result.usage_changes)
             if not present:
                 return None
             observed = await self.call(kind.observe, config, inputs)

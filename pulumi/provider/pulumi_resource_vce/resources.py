@@ -302,7 +302,8 @@ class Kind:
     observe: Callable[[ProviderConfig, dict[str, Any]], Observed | None]
     declare: Callable[[dict[str, Any]], Declaration] | None = None  # libvirt-counted usage
     counted: str | None = None  # ledger-counted quota kind (one per object)
-    absent_state: str = "absent"
+    # A disk attached by this resource is detached before it is deleted.
+    detach_first: bool = False
     extra_ids: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -660,6 +661,7 @@ KINDS: dict[str, Kind] = {
             disk_params,
             observe_disk,
             declare=declare_disk_values,
+            detach_first=True,
         ),
         Kind(
             "Network",
