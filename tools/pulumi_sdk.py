@@ -349,7 +349,7 @@ class Schema:
         for module, names in sorted(exports):
             imports += import_from(module, names)
         names = sorted(
-            ["__version__", "config", "outputs", *(n for _, ns in exports[:-1] for n in ns)],
+            ["__version__", "config", "outputs", *(n for _module, ns in exports[:-1] for n in ns)],
             key=lambda n: (not n[:1].isupper(), n),
         )
         body = ["__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]"]
