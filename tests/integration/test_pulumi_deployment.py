@@ -3,8 +3,9 @@ a second up with no changes, an update, destroy; libvirt read back after each.
 
 Limits (there is no Pulumi CLI here): the program runs under mocks to record its
 registrations, and this test plays the engine's part for each of them in registration order
-(dependencies resolved by the mocks as the names the provider gives; no state file, no
-parallelism). Against the private libvirtd of one host: the public IP is left out (it needs a
+(dependencies resolved by the mocks as the names the provider gives; the engine's dependency
+order rebuilt from the kinds, since the program registers outputs-dependent resources in no
+fixed order; no state file, no parallelism). Against the private libvirtd of one host: the public IP is left out (it needs a
 zone uplink and public pools: tests/multihost covers the engine's public IPs), the routed
 network is isolated here (no uplink on this host), and the VMs use the harness's blank base
 image with 256 MiB instead of the example's cloud image and sizes, stopped: the blank image
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[2] / "pulumi" / "examples" / "tenant-environment"
 DIFF_NONE = provider_pb2.DiffResponse.DIFF_NONE
 DIFF_SOME = provider_pb2.DiffResponse.DIFF_SOME
+# What each kind's inputs may refer to comes before it.
+DEPENDENCY_ORDER = ["Network", "Vm", "Disk", "BackupSchedule"]
 
 
 def example_registrations(image: str, subnet: str) -> list[tuple[str, str, dict]]:
@@ -51,7 +54,7 @@ def example_registrations(image: str, subnet: str) -> list[tuple[str, str, dict]
         if token == "vce:index:Disk":
             inputs = {**inputs, "sizeGib": 1}
         found.append((token, registration.name, inputs))
-    return found
+    return sorted(found, key=lambda item: DEPENDENCY_ORDER.index(item[0].rsplit(":", 1)[1]))
 
 
 def owned(conn, tenant: str) -> dict[str, list[str]]:
@@ -118,7 +121,9 @@ def test_the_example_deploys_updates_and_destroys(
         # An update: the web VM gets more memory, live where the domain allows it.
         web_urn = urn("vce:index:Vm", "web")
         grown, _failures = plugin.check(
-            web_urn, {**stack[1][2], "memoryMib": 384, "allowRestart": True}, olds=checked["web"]
+            web_urn,
+            {**{n: i for _t, n, i in stack}["web"], "memoryMib": 384, "allowRestart": True},
+            olds=checked["web"],
         )
         web_id, web_state = states["web"]
         diff = plugin.diff(web_urn, web_id, web_state, grown)
