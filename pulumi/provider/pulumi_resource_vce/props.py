@@ -170,13 +170,3 @@ def secret_paths(props: tuple[Prop, ...], values: Mapping[str, Any], path: str =
         elif prop.type == "object" and isinstance(value, Mapping):
             found |= secret_paths(prop.fields, value, f"{where}.")
     return found
-
-
-def replace_paths(props: tuple[Prop, ...], path: str = "") -> list[str]:
-    paths = []
-    for prop in props:
-        if prop.replace:
-            paths.append(f"{path}{prop.name}")
-        if prop.type == "object":
-            paths.extend(replace_paths(prop.fields, f"{path}{prop.name}."))
-    return paths

@@ -55,7 +55,7 @@ from .adapter import (
 from .config import CONFIG, ProviderConfig, decoded, parse_config
 from .props import Prop, camel_path, check_types, secret_paths, with_defaults
 from .records import RunRecords
-from .resources import KINDS, Kind, Observed
+from .resources import KINDS, Kind
 from .schema import SCHEMA_FILE
 
 CONFIG_PREFIX = "vce:config:"
@@ -169,8 +169,9 @@ class VceProvider(Provider):
         else:
             if olds:
                 return
+            # Before the reading transaction: settling an ended trial takes the tenant's lock.
+            record = ledger.current_tenant(config.tenant)
             with ledger.store.read() as connection:
-                record = ledger.current_tenant(config.tenant)
                 limits = ledger.limits(connection, record)
                 used = quota.add(tenant_usage(ledger, connection, record), others_pending)
                 if kind.counted == "backup_schedules":
@@ -217,10 +218,10 @@ class VceProvider(Provider):
         config = self.configured()
         if request.preview:
             return CreateResponse(resource_id="", properties=preview_state(kind, inputs, secrets))
-        observed = await self.apply(kind, request.urn, inputs, present=True)
+        outputs = await self.apply(kind, request.urn, inputs, present=True)
         return CreateResponse(
             resource_id=kind.id_of(config, inputs),
-            properties=state(kind, inputs, observed, secrets),
+            properties=state(kind, inputs, outputs, secrets),
         )
 
     async def update(self, request: UpdateRequest) -> UpdateResponse:
@@ -228,8 +229,8 @@ class VceProvider(Provider):
         news, secrets = to_values(request.news)
         if request.preview:
             return UpdateResponse(properties=preview_state(kind, news, secrets))
-        observed = await self.apply(kind, request.urn, news, present=True)
-        return UpdateResponse(properties=state(kind, news, observed, secrets))
+        outputs = await self.apply(kind, request.urn, news, present=True)
+        return UpdateResponse(properties=state(kind, news, outputs, secrets))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = kind_of(request.urn)
@@ -261,7 +262,9 @@ class VceProvider(Provider):
 
     async def apply(
         self, kind: Kind, urn: str, inputs: dict[str, Any], present: bool
-    ) -> Observed | None:
+    ) -> dict[str, Any]:
+        """Run the engine; the computed outputs from the facts its run returns (no second
+        reading of the host)."""
         config = self.configured()
         try:
             params = kind.params(config, inputs)
@@ -277,15 +280,15 @@ class VceProvider(Provider):
             for step in steps:
                 result = await self.call(kind.run, step, False)
                 await self.call(self.records.record, config, result.usage_changes)
-            if not present:
-                return None
-            observed = await self.call(kind.observe, config, inputs)
         finally:
             with self.pending_lock:
                 self.pending.pop(urn, None)
-        if observed is None:
+        if not present:
+            return {}
+        facts = result.facts.get(kind.facts_key)
+        if not facts:
             raise ProviderError(f"{kind.token} {inputs.get('name')}: not found after applying it")
-        return observed
+        return kind.outputs_of(facts)
 
     async def call(self, function: Any, *args: Any) -> Any:
         """A blocking engine call in a worker thread, its failures as the user sees them."""
@@ -347,9 +350,8 @@ def preview_state(kind: Kind, inputs: dict[str, Any], secrets: set[str]) -> dict
 
 
 def state(
-    kind: Kind, inputs: dict[str, Any], observed: Observed | None, secrets: set[str]
+    kind: Kind, inputs: dict[str, Any], outputs: dict[str, Any], secrets: set[str]
 ) -> dict[str, Any]:
-    outputs = observed.outputs if observed is not None else {}
     return from_values({**inputs, **outputs}, secrets | secret_paths(kind.inputs, inputs))
 
 
@@ -363,7 +365,7 @@ def refreshed(kind: Kind, declared: dict[str, Any], live: Mapping[str, Any]) -> 
             continue
         old, new = declared[prop.name], live[prop.name]
         if prop.type == "object" and isinstance(old, Mapping) and isinstance(new, Mapping):
-            result[prop.name] = {k: new.get(k, v) if k in new else v for k, v in old.items()}
+            result[prop.name] = {k: new.get(k, v) for k, v in old.items()}
         elif prop.name == "nics" and isinstance(old, list) and isinstance(new, list):
             same = [n.get("network") for n in old] == [n.get("network") for n in new]
             result[prop.name] = old if same else new

@@ -5,11 +5,12 @@ point each calls, how an id names an object, and how the live object reads back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.vce.kvm.plugins.module_utils import quota
+import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.backup import (
     BackupScheduleEngine,
     parse_backup_host,
@@ -26,6 +27,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.facts import tenant_facts
 from ansible_collections.vce.kvm.plugins.module_utils.host import Host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.ledger_schema import zone_links
 from ansible_collections.vce.kvm.plugins.module_utils.public_ip import engine_from, run_public_ip
 from ansible_collections.vce.kvm.plugins.module_utils.result import Result
 from ansible_collections.vce.kvm.plugins.module_utils.spec import (
@@ -37,7 +39,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.spec import (
 from ansible_collections.vce.kvm.plugins.module_utils.zone_link import engine_for, run_zone_link
 
 from .config import ProviderConfig
-from .props import Prop
+from .props import Prop, camel, to_engine
 
 PACKAGE = "vce"
 
@@ -300,18 +302,24 @@ class Kind:
     run: Callable[[dict[str, Any], bool], Result]
     params: Callable[[ProviderConfig, dict[str, Any]], dict[str, Any]]
     observe: Callable[[ProviderConfig, dict[str, Any]], Observed | None]
+    # The computed outputs from the object's facts, as the engine's run returns them under
+    # `facts_key` and as `observe` reads them.
+    outputs_of: Callable[[Mapping[str, Any]], dict[str, Any]]
+    facts_key: str
     declare: Callable[[dict[str, Any]], Declaration] | None = None  # libvirt-counted usage
     counted: str | None = None  # ledger-counted quota kind (one per object)
     # A disk attached by this resource is detached before it is deleted.
     detach_first: bool = False
     extra_ids: tuple[str, ...] = field(default_factory=tuple)
+    # Whether the object lives in one zone (its id starts with the zone); a zone link spans two.
+    zoned: bool = True
 
     @property
     def token(self) -> str:
         return f"{PACKAGE}:index:{self.name}"
 
     def id_of(self, config: ProviderConfig, values: Mapping[str, Any]) -> str:
-        if self.name == "ZoneLink":
+        if not self.zoned:
             return str(values["name"])
         where = config.where(values.get("zone"), values.get("host"))
         parts = [where.zone, *([where.host] if config.hosted(where.zone) else [])]
@@ -321,7 +329,7 @@ class Kind:
     def parse_id(self, config: ProviderConfig, resource_id: str) -> dict[str, Any]:
         """The identifying inputs an id stands for (import)."""
         parts = resource_id.split("/")
-        if self.name == "ZoneLink":
+        if not self.zoned:
             if len(parts) != 1:
                 raise SpecError("id", f"a zone link's id is its name, got {resource_id!r}")
             return {"name": check_name(parts[0], "id")}
@@ -396,8 +404,6 @@ def backup_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, A
 
 
 def engine_inputs(props: tuple[Prop, ...], values: Mapping[str, Any]) -> dict[str, Any]:
-    from .props import to_engine
-
     declared = [p for p in props if p.name not in ("zone", "host")]
     return to_engine(tuple(declared), values)
 
@@ -491,14 +497,17 @@ def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | Non
         inputs["maxVcpus"] = vm["max_vcpus"]
     if vm["max_memory_mib"] != vm["memory_mib"]:
         inputs["maxMemoryMib"] = vm["max_memory_mib"]
-    outputs = {
+    return Observed(inputs, vm_outputs(vm))
+
+
+def vm_outputs(vm: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "libvirtName": vm["libvirt_name"],
         "powerState": vm["state"],
         "nicAddresses": [
             {"network": n["network"], "mac": n["mac"], "ip": n["ip"] or ""} for n in vm["nics"]
         ],
     }
-    return Observed(inputs, outputs)
 
 
 def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
@@ -515,8 +524,11 @@ def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | N
         "backingImage": disk["backing_image"],
         "attachTo": disk["attached_to"],
     }
-    outputs = {"path": disk["path"], "volume": disk["volume"], "attachedTo": disk["attached_to"]}
-    return Observed(inputs, outputs)
+    return Observed(inputs, disk_outputs(disk))
+
+
+def disk_outputs(disk: Mapping[str, Any]) -> dict[str, Any]:
+    return {"path": disk["path"], "volume": disk["volume"], "attachedTo": disk["attached_to"]}
 
 
 def observe_network(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
@@ -537,8 +549,11 @@ def observe_network(config: ProviderConfig, values: dict[str, Any]) -> Observed 
             {k: v for k, v in lease.items() if v is not None} for lease in net["static_leases"]
         ],
     }
-    outputs = {"libvirtName": net["libvirt_name"], "bridge": net["bridge"], "active": net["active"]}
-    return Observed(inputs, outputs)
+    return Observed(inputs, network_outputs(net))
+
+
+def network_outputs(net: Mapping[str, Any]) -> dict[str, Any]:
+    return {"libvirtName": net["libvirt_name"], "bridge": net["bridge"], "active": net["active"]}
 
 
 def observe_public_ip(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
@@ -554,13 +569,16 @@ def observe_public_ip(config: ProviderConfig, values: dict[str, Any]) -> Observe
         inputs["network"] = values["network"]
     if values.get("address"):
         inputs["address"] = found["address"]
-    outputs = {
+    return Observed(inputs, public_ip_outputs(found))
+
+
+def public_ip_outputs(found: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "allocatedAddress": found["address"],
         "pool": found["pool"],
         "privateIp": found["private_ip"],
         "bound": found["bound"],
     }
-    return Observed(inputs, outputs)
 
 
 def observe_zone_link(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
@@ -580,15 +598,14 @@ def observe_zone_link(config: ProviderConfig, values: dict[str, Any]) -> Observe
         "network": facts["network"],
         "zones": [end["zone"] for end in facts["ends"]],
     }
-    return Observed(inputs, {"vni": facts["vni"], "device": facts["device"]})
+    return Observed(inputs, zone_link_outputs(facts))
+
+
+def zone_link_outputs(facts: Mapping[str, Any]) -> dict[str, Any]:
+    return {"vni": facts["vni"], "device": facts["device"]}
 
 
 def ledger_link(ledger: Ledger, tenant: str, name: str) -> dict[str, Any] | None:
-    import json
-
-    import sqlalchemy as sa
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger_schema import zone_links
-
     with ledger.store.read() as connection:
         row = connection.execute(
             sa.select(zone_links).where(zone_links.c.tenant == tenant, zone_links.c.name == name)
@@ -609,7 +626,7 @@ def observe_backup(config: ProviderConfig, values: dict[str, Any]) -> Observed |
     retention = {
         camel_key: value
         for key, value in (found.get("retention") or {}).items()
-        if (camel_key := to_camel(key)) and value is not None
+        if (camel_key := camel(key)) and value is not None
     }
     inputs = {
         "vm": values["vm"],
@@ -620,23 +637,16 @@ def observe_backup(config: ProviderConfig, values: dict[str, Any]) -> Observed |
     }
     if found.get("disks") not in (None, "all"):
         inputs["disks"] = list(found["disks"])
-    outputs = {
+    return Observed(inputs, backup_outputs(found))
+
+
+def backup_outputs(found: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "frequency": found.get("frequency"),
         "timer": found["timer"],
         "enabled": found["enabled"],
         "backups": found.get("backups") or [],
     }
-    return Observed(inputs, outputs)
-
-
-def to_camel(key: str) -> str:
-    from .props import camel
-
-    return camel(key)
-
-
-def usage_of(kind: str) -> quota.Usage:
-    return {kind: 1}
 
 
 KINDS: dict[str, Kind] = {
@@ -650,6 +660,8 @@ KINDS: dict[str, Kind] = {
             run_vm,
             vm_params,
             observe_vm,
+            vm_outputs,
+            "vm",
             declare=declare_vm_values,
         ),
         Kind(
@@ -660,6 +672,8 @@ KINDS: dict[str, Kind] = {
             run_disk,
             disk_params,
             observe_disk,
+            disk_outputs,
+            "disk",
             declare=declare_disk_values,
             detach_first=True,
         ),
@@ -671,6 +685,8 @@ KINDS: dict[str, Kind] = {
             run_network,
             network_params,
             observe_network,
+            network_outputs,
+            "network",
             declare=declare_network_values,
         ),
         Kind(
@@ -681,6 +697,8 @@ KINDS: dict[str, Kind] = {
             run_public_ip,
             public_ip_params,
             observe_public_ip,
+            public_ip_outputs,
+            "public_ip",
             counted="public_ips",
         ),
         Kind(
@@ -691,7 +709,10 @@ KINDS: dict[str, Kind] = {
             run_zone_link,
             zone_link_params,
             observe_zone_link,
+            zone_link_outputs,
+            "zone_link",
             counted="zone_links",
+            zoned=False,
         ),
         Kind(
             "BackupSchedule",
@@ -701,6 +722,8 @@ KINDS: dict[str, Kind] = {
             run_backup_schedule,
             backup_params,
             observe_backup,
+            backup_outputs,
+            "backup_schedule",
             counted="backup_schedules",
             extra_ids=("vm",),
         ),
