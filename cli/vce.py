@@ -14,11 +14,12 @@
     vce ledger request   log|fulfil ...
     vce ledger record    --spool FILE
     vce ledger prices    --plan P
+    vce drift            -i INVENTORY [--hosts PATTERN] [--tenant T] [--json F] [--junit F]
 
 Common options: --ledger-url (else $VCE_LEDGER_URL), --time-zone (else $VCE_TIME_ZONE, else
 Asia/Almaty), --now (an ISO time: the clock, for replays and tests), --actor.
-Exit status: 0 done, 1 the command ran and found a problem (e.g. an unreachable host), 2 bad
-input or an unusable ledger (the message names the field and the reason).
+Exit status: 0 done, 1 the command ran and found a problem (e.g. an unreachable host, drift), 2
+bad input or an unusable ledger (the message names the field and the reason).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..plugins.module_utils.requests_sla import COLUMNS as REQUEST_COLUMNS
 from ..plugins.module_utils.requests_sla import TARGETS, RequestLog, summary
 from ..plugins.module_utils.sla import CAUSES, EXCLUDED_CAUSES, Incidents, probe_host
 from ..plugins.module_utils.spool import replay
+from . import drift
 
 USAGE_COLUMNS = (
     "host", "kind", "name", "vm", "state", "vcpus", "ram_mib", "disk_mib", "public_ips",
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = sla_commands.add_parser("probe", help="same as vce ledger probe")
     sub.add_argument("--uri", action="append", required=True)
     common(sub)
+    drift.add_parser(groups)
     return parser
 
 
@@ -384,6 +387,8 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
+        if args.group == "drift":
+            return drift.run(args)
         return COMMANDS[args.command](args)
     except SpecError as error:
         print(f"vce: {error.field}: {error.reason}", file=sys.stderr)

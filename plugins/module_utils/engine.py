@@ -22,7 +22,7 @@ from .enforcement import (
     declare_removal,
     declare_vm,
 )
-from .environment import EnvironmentEngine, Options
+from .environment import EnvironmentEngine, Failures, Options, planning
 from .errors import SpecError
 from .facts import tenant_facts
 from .host import DEFAULT_URI, Host, TenantInventory
@@ -34,7 +34,14 @@ from .ownership import check_owner, object_name
 from .plan import Change, ChangeClass, Plan
 from .public_ip import PublicIpEngine, plan_environment_public_ips
 from .result import Result
-from .spec import check_name, parse_disk, parse_environment, parse_network, parse_vm
+from .spec import (
+    EnvironmentSpec,
+    check_name,
+    parse_disk,
+    parse_environment,
+    parse_network,
+    parse_vm,
+)
 from .tenants import ledger_facts, run_block
 from .vm import Context, VmEngine
 from .zone_link import plan_environment_links
@@ -122,28 +129,45 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     gate = open_gate(params, host, tenant, declaration)
     engine = EnvironmentEngine(host, tenant, options)
     inventory = engine.observe()
-    absent = state == "absent"
-    public_ips, plan = plan_environment_public_ips(
-        params, spec, gate.ledger, host, inventory, absent or options.prune
-    )
-    links = plan_environment_links(params, spec, gate.ledger, host.uri, absent or options.prune)
-    backups = plan_environment_backups(
-        params, spec, gate.ledger, host, inventory, absent or options.prune
-    )
-    # Links, public IPs and backup schedules go before the networks and VMs they use, and come
-    # after them.
-    if absent:
+    public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
+    return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
+
+
+def plan_environment(
+    params: dict[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    engine: EnvironmentEngine,
+    inventory: TenantInventory,
+    failures: Failures | None = None,
+) -> tuple[PublicIpEngine | None, Plan]:
+    """The whole tenant's plan on the engine's host: `spec` None means state absent.
+
+    Links, public IPs and backup schedules go before the networks and VMs they use when those
+    are removed, and after them when they are made. With `failures`, what cannot be planned
+    is recorded there (a kind's whole group under the name "*") and the rest is planned.
+    """
+    host = engine.host
+    remove_undeclared = spec is None or engine.options.prune
+    public_ips, plan, links, backups = None, Plan(), Plan(), Plan()
+    with planning(failures, "public_ip", "*"):
+        public_ips, plan = plan_environment_public_ips(
+            params, spec, ledger, host, inventory, remove_undeclared
+        )
+    with planning(failures, "zone_link", "*"):
+        links = plan_environment_links(params, spec, ledger, host.uri, remove_undeclared)
+    with planning(failures, "backup_schedule", "*"):
+        backups = plan_environment_backups(params, spec, ledger, host, inventory, remove_undeclared)
+    if spec is None:
         backups.extend(links)
         backups.extend(plan)
         backups.extend(engine.plan_absent(inventory))
-        plan = backups
-    else:
-        objects = engine.plan_present(spec, inventory)
-        objects.extend(links)
-        objects.extend(plan)
-        objects.extend(backups)
-        plan = objects
-    return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
+        return public_ips, backups
+    objects = engine.plan_present(spec, inventory, failures)
+    objects.extend(links)
+    objects.extend(plan)
+    objects.extend(backups)
+    return public_ips, objects
 
 
 def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:

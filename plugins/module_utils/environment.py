@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .disk import EXTENSIONS, DiskEngine
+from .errors import VceError
 from .host import Host, TenantInventory
 from .libvirt_xml import DomainState, NetworkState, VolumeState
 from .network import NetworkEngine
@@ -18,6 +20,22 @@ from .spec import EnvironmentSpec, StaticLease, VmSpec
 from .vm import Context, VmEngine
 
 T = TypeVar("T", DomainState, NetworkState)
+
+
+# (kind, declared name) -> why that object could not be planned.
+Failures = dict[tuple[str, str], VceError]
+
+
+@contextmanager
+def planning(failures: Failures | None, kind: str, name: str) -> Iterator[None]:
+    """Plan one object; with `failures` given, an object that cannot be planned is recorded
+    there and the others are still planned (drift reports every object), else it raises."""
+    try:
+        yield
+    except VceError as error:
+        if failures is None:
+            raise
+        failures[(kind, name)] = error
 
 
 @dataclass
@@ -42,27 +60,32 @@ class EnvironmentEngine:
     def observe(self) -> TenantInventory:
         return self.host.inventory(self.tenant)
 
-    def plan_present(self, spec: EnvironmentSpec, inventory: TenantInventory) -> Plan:
+    def plan_present(
+        self, spec: EnvironmentSpec, inventory: TenantInventory, failures: Failures | None = None
+    ) -> Plan:
         plan = Plan()
         vm_leases = self.vm_leases(spec)
         for i, net in enumerate(spec.networks):
-            plan.extend(
-                self.networks.plan_present(
-                    net,
-                    inventory,
-                    vm_leases.get(net.name, []),
-                    self.options.allow_replace,
-                    f"networks[{i}].cidr",
+            with planning(failures, "network", net.name):
+                plan.extend(
+                    self.networks.plan_present(
+                        net,
+                        inventory,
+                        vm_leases.get(net.name, []),
+                        self.options.allow_replace,
+                        f"networks[{i}].cidr",
+                    )
                 )
-            )
         for i, disk in enumerate(spec.disks):
-            plan.extend(self.disks.plan_present(disk, inventory, f"disks[{i}]."))
+            with planning(failures, "disk", disk.name):
+                plan.extend(self.disks.plan_present(disk, inventory, f"disks[{i}]."))
         ctx_networks = {net.name: net for net in spec.networks}
         ctx_disks = {disk.name: disk for disk in spec.disks}
         attached = self.attachments(spec)
         for i, vm in enumerate(spec.vms):
             ctx = Context(ctx_networks, ctx_disks, self.options.allow_restart, f"vms[{i}].")
-            plan.extend(self.vms.plan_present(attached[vm.name], inventory, ctx))
+            with planning(failures, "vm", vm.name):
+                plan.extend(self.vms.plan_present(attached[vm.name], inventory, ctx))
         undeclared = self.plan_undeclared(spec, inventory)
         if self.options.prune:
             plan.extend(undeclared)
