@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,7 @@ from ..plugins.module_utils.drift import (
     summary,
     write_if_changed,
 )
-from ..plugins.module_utils.errors import SpecError
+from ..plugins.module_utils.errors import SpecError, VceError
 
 INVENTORY_VARIABLES = (
     "vce_uri", "vce_tenants", "vce_zone", "vce_zones", "vce_ledger_url", *HOST_VARIABLES,
@@ -46,19 +48,28 @@ def add_parser(groups: Any) -> None:
     sub = groups.add_parser(
         "drift",
         help="compare the hosts with the inventory's declarations (JSON/JUnit reports)",
-        description="Compare KVM hosts with the tenant environments an Ansible inventory "
-        "declares; exit 1 when anything drifted.",
+        description=DESCRIPTION,
     )
-    sub.add_argument(
+    add_arguments(sub)
+
+
+DESCRIPTION = (
+    "Compare KVM hosts with the tenant environments an Ansible inventory declares; exit 1 "
+    "when anything drifted."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "-i", "--inventory", action="append", required=True, help="an Ansible inventory source"
     )
-    sub.add_argument(
+    parser.add_argument(
         "--hosts", default="kvm_hosts", help="inventory host pattern (default kvm_hosts)"
     )
-    sub.add_argument("--tenant", action="append", default=[], help="only this tenant")
-    sub.add_argument("--json", type=Path, help="write the JSON report here")
-    sub.add_argument("--junit", type=Path, help="write the JUnit XML report here")
-    sub.add_argument("--quiet", action="store_true", help="print the summary line only")
+    parser.add_argument("--tenant", action="append", default=[], help="only this tenant")
+    parser.add_argument("--json", type=Path, help="write the JSON report here")
+    parser.add_argument("--junit", type=Path, help="write the JUnit XML report here")
+    parser.add_argument("--quiet", action="store_true", help="print the summary line only")
 
 
 def plain(value: Any) -> Any:
@@ -68,7 +79,9 @@ def plain(value: Any) -> Any:
 
 def inventory_declarations(sources: Sequence[str], pattern: str) -> list[HostDeclaration]:
     """Each matching inventory host's declaration, its variables templated by ansible-core."""
-    # ansible-core is imported here only: the rest of `vce` does not need it.
+    # ansible-core is imported here only: the rest of `vce` does not need it. Its YAML
+    # inventory parser is tried before "auto", which would load every YAML file twice.
+    os.environ.setdefault("ANSIBLE_INVENTORY_ENABLED", "host_list,yaml,ini,auto,toml,script")
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -126,3 +139,18 @@ def run(args: argparse.Namespace) -> int:
     hosts = len(declarations)
     print(f"vce drift: {counts['resources']} objects on {hosts} host(s): {found}")
     return 1 if any(case.drifted for case in cases) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`vce drift ...` (cli/command.py sends it here without loading the ledger commands)."""
+    parser = argparse.ArgumentParser(prog="vce drift", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return run(args)
+    except SpecError as error:
+        print(f"vce: {error.field}: {error.reason}", file=sys.stderr)
+        return 2
+    except VceError as error:
+        print(f"vce: {error}", file=sys.stderr)
+        return 2

@@ -13,7 +13,9 @@ one row per schedule so the `backup_schedules` quota counts every host.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,6 +50,11 @@ DEFAULT_RUNNER = "/usr/local/bin/vce-backup"
 WANTS_DIR = "timers.target.wants"
 # Paths go into unit files unquoted: plain characters only (no spaces, quotes or specifiers).
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+
+# A calendar's next elapses, as systemd computed them, are reused for a minute: many tenants
+# share a few calendars, and the frequency they give does not change in that time.
+CALENDAR_REUSE_S = 60.0
+_calendar_outputs: dict[tuple[tuple[str, ...], str], tuple[float, str]] = {}
 
 # Run on the host with python3 (Ansible needs it there anyway): one command per step.
 READ_SCRIPT = r"""
@@ -150,6 +157,26 @@ def parse_backup_host(params: Mapping[str, Any]) -> BackupHost:
     )
 
 
+def read_host_schedules(where: BackupHost) -> dict[str, Any]:
+    """Every tenant's schedule files on the host in one read (drift checks all tenants)."""
+    return where.shell.json(
+        ["python3", "-c", READ_SCRIPT, where.unit_dir, where.config_dir, UNIT_PREFIX],
+        "read",
+        f"the backup schedules on KVM host {where.uri}",
+    )
+
+
+def tenant_part(host_read: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """One tenant's share of read_host_schedules()."""
+    files = {
+        path: content
+        for path, content in host_read.get("files", {}).items()
+        if os.path.basename(path).startswith(prefix)
+    }
+    enabled = [name for name in host_read.get("enabled", []) if name.startswith(prefix)]
+    return {"systemd": host_read.get("systemd"), "files": files, "enabled": enabled}
+
+
 def unit_base(tenant: str, vm: str, schedule: str) -> str:
     # Declared names cannot contain "_", so the three parts never run into each other.
     return f"{UNIT_PREFIX}{tenant}_{vm}_{schedule}"
@@ -185,13 +212,18 @@ class BackupScheduleEngine:
 
     # -- observe --------------------------------------------------------------------------
 
-    def observe(self) -> Observed:
+    def observe(self, host_read: Mapping[str, Any] | None = None) -> Observed:
+        """The tenant's schedule files on the host; from `host_read` (every tenant's, read
+        once by read_host_schedules) when given."""
         prefix = f"{UNIT_PREFIX}{self.tenant}_"
-        raw = self.where.shell.json(
-            ["python3", "-c", READ_SCRIPT, self.where.unit_dir, self.where.config_dir, prefix],
-            "read",
-            f"the backup schedules of tenant {self.tenant} on {self.obj_host}",
-        )
+        if host_read is not None:
+            raw = tenant_part(host_read, prefix)
+        else:
+            raw = self.where.shell.json(
+                ["python3", "-c", READ_SCRIPT, self.where.unit_dir, self.where.config_dir, prefix],
+                "read",
+                f"the backup schedules of tenant {self.tenant} on {self.obj_host}",
+            )
         observed = Observed(bool(raw.get("systemd")), raw.get("files", {}), set(raw["enabled"]))
         for path, content in observed.files.items():
             if not path.endswith(".json"):
@@ -270,15 +302,23 @@ class BackupScheduleEngine:
         return plan.backup_frequencies, plan.name
 
     def calendar_frequency(self, spec: ScheduleSpec, path: str) -> str:
-        argv = [
-            "env", "TZ=UTC", "systemd-analyze", "calendar",
-            f"--iterations={CALENDAR_ITERATIONS}", spec.calendar,
-        ]  # fmt: skip
-        try:
-            output = self.where.shell.run(argv, "check", f"calendar {spec.calendar!r}")
-        except ApplyError as error:
-            reason = str(error).split(": ", 1)[-1]
-            raise SpecError(f"{path}calendar", f"invalid calendar expression: {reason}") from None
+        key = (tuple(self.where.shell.prefix), spec.calendar)
+        known = _calendar_outputs.get(key)
+        if known is not None and time.monotonic() - known[0] < CALENDAR_REUSE_S:
+            output = known[1]
+        else:
+            argv = [
+                "env", "TZ=UTC", "systemd-analyze", "calendar",
+                f"--iterations={CALENDAR_ITERATIONS}", spec.calendar,
+            ]  # fmt: skip
+            try:
+                output = self.where.shell.run(argv, "check", f"calendar {spec.calendar!r}")
+            except ApplyError as error:
+                reason = str(error).split(": ", 1)[-1]
+                raise SpecError(
+                    f"{path}calendar", f"invalid calendar expression: {reason}"
+                ) from None
+            _calendar_outputs[key] = (time.monotonic(), output)
         allowed, plan = self.allowed_frequencies()
         calendar = parse_calendar_output(spec.calendar, output)
         return check_frequency(calendar, allowed, plan, f"{path}calendar")
@@ -584,9 +624,11 @@ def plan_environment_backups(
     host: Host,
     inventory: TenantInventory,
     remove_undeclared: bool,
+    host_read: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The environment's schedules (their VMs may be declared in the same run). With prune or
-    state absent, the tenant's other schedules on this host are removed; backups stay."""
+    state absent, the tenant's other schedules on this host are removed; backups stay.
+    `host_read`: every tenant's schedule files, already read (read_host_schedules)."""
     tenant = check_name(params.get("tenant"), "tenant")
     engine = BackupScheduleEngine(ledger, host, tenant, parse_backup_host(params))
     raw = [] if spec is None else as_list(params.get("backup_schedules"), "backup_schedules")
@@ -594,7 +636,7 @@ def plan_environment_backups(
     names = [(s.vm, s.name) for s in specs]
     if len(set(names)) != len(names):
         raise SpecError("backup_schedules", "declares the same schedule of a VM twice")
-    observed = engine.observe()
+    observed = engine.observe(host_read)
     plan = Plan()
     if specs:
         declared_disks = {vm.name: ["boot", *vm.disks] for vm in spec.vms} if spec else {}

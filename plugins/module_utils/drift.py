@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backup import parse_backup_host, read_host_schedules
 from .engine import plan_environment
 from .environment import EnvironmentEngine, Failures, Options
 from .errors import OwnershipError, SpecError, VceError
@@ -214,11 +215,17 @@ class DriftEngine:
     def __init__(self, declaration: HostDeclaration, only: Sequence[str] = ()) -> None:
         self.declaration = declaration
         self.only = set(only)
+        self.backup_read: dict[str, Any] | None = None
 
     def observe(self) -> tuple[Host, Ledger, dict[str, TenantInventory]]:
         host = Host(self.declaration.uri)
         inventories = host.inventories()
         ledger = Ledger.open(self.declaration.ledger_url)
+        try:
+            where = parse_backup_host({**self.declaration.shared, "uri": self.declaration.uri})
+            self.backup_read = read_host_schedules(where)
+        except VceError:
+            self.backup_read = None  # each tenant's own read then reports it
         return host, ledger, inventories
 
     def cases(self) -> list[DriftCase]:
@@ -278,7 +285,9 @@ class DriftEngine:
         failures: Failures = {}
         engine = EnvironmentEngine(host, tenant, DRIFT_OPTIONS)
         try:
-            _public_ips, plan = plan_environment(params, spec, ledger, engine, inventory, failures)
+            _public_ips, plan = plan_environment(
+                params, spec, ledger, engine, inventory, failures, self.backup_read
+            )
         except VceError as error:
             failures[("tenant", "*")] = error
             plan = Plan()
@@ -292,7 +301,9 @@ class DriftEngine:
         engine = EnvironmentEngine(host, tenant, DRIFT_OPTIONS)
         failures: Failures = {}
         try:
-            _public_ips, plan = plan_environment(params, None, ledger, engine, inventory, failures)
+            _public_ips, plan = plan_environment(
+                params, None, ledger, engine, inventory, failures, self.backup_read
+            )
         except VceError as error:
             failures[("tenant", "*")] = error
             plan = Plan()

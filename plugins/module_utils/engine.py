@@ -140,12 +140,14 @@ def plan_environment(
     engine: EnvironmentEngine,
     inventory: TenantInventory,
     failures: Failures | None = None,
+    backup_read: dict[str, Any] | None = None,
 ) -> tuple[PublicIpEngine | None, Plan]:
     """The whole tenant's plan on the engine's host: `spec` None means state absent.
 
     Links, public IPs and backup schedules go before the networks and VMs they use when those
     are removed, and after them when they are made. With `failures`, what cannot be planned
     is recorded there (a kind's whole group under the name "*") and the rest is planned.
+    `backup_read`: the host's backup schedule files, already read for every tenant.
     """
     host = engine.host
     remove_undeclared = spec is None or engine.options.prune
@@ -157,7 +159,9 @@ def plan_environment(
     with planning(failures, "zone_link", "*"):
         links = plan_environment_links(params, spec, ledger, host.uri, remove_undeclared)
     with planning(failures, "backup_schedule", "*"):
-        backups = plan_environment_backups(params, spec, ledger, host, inventory, remove_undeclared)
+        backups = plan_environment_backups(
+            params, spec, ledger, host, inventory, remove_undeclared, backup_read
+        )
     if spec is None:
         backups.extend(links)
         backups.extend(plan)
