@@ -363,3 +363,24 @@ if sa is not None:
         sa.Column("note", sa.Text, nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
     )
+
+    # The KVM hosts of the fleet (migration 0006): where runs reach them, their zone and its
+    # public pools, and the capacity libvirt reported at the last registration.
+    hosts = sa.Table(
+        "hosts",
+        metadata,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("zone", sa.String(64), nullable=False, index=True),
+        sa.Column("uri", sa.String(255), nullable=False),
+        sa.Column("uplink", sa.String(16)),
+        sa.Column("public_pools", sa.Text, nullable=False),  # JSON [{name, cidr, gateway, exclude}]
+        sa.Column("cpus", sa.Integer, nullable=False),
+        sa.Column("memory_mib", sa.BigInteger, nullable=False),
+        sa.Column("libvirt_version", sa.String(32), nullable=False),
+        sa.Column("qemu_version", sa.String(32), nullable=False),
+        sa.Column("registered_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.Column("key", sa.String(64), nullable=False),  # idempotency key of the recorded values
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+    )

@@ -42,6 +42,11 @@ def connection_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {**CONNECTION_OPTIONS, **options}
 
 
+def host_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options of a module that manages the host itself, not a tenant's objects: no tenant."""
+    return {"uri": CONNECTION_OPTIONS["uri"], **options}
+
+
 def ledger_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Options of a module that changes a tenant's objects: connection and ledger."""
     return {**CONNECTION_OPTIONS, **LEDGER_OPTIONS, **options}

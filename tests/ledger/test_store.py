@@ -20,6 +20,11 @@ def test_head_constant_is_alembics_head():
     assert ScriptDirectory(migrations_dir()).get_current_head() == HEAD
 
 
+def test_the_stores_fast_path_knows_the_newest_revision():
+    # A stale constant would let a ledger one revision behind skip its migration.
+    assert ledger_store.SCHEMA_REVISION == HEAD
+
+
 def test_migrated_schema_matches_the_tables_the_code_queries(any_ledger_url):
     store = open_store(any_ledger_url)
     assert store.revision() == HEAD

@@ -14,6 +14,7 @@ from .versions import (
     v0003_zone_links,
     v0004_backups,
     v0005_billing,
+    v0006_hosts,
 )
 
 REVISION_MODULES = (
@@ -22,5 +23,6 @@ REVISION_MODULES = (
     v0003_zone_links,
     v0004_backups,
     v0005_billing,
+    v0006_hosts,
 )
 HEAD = REVISION_MODULES[-1].revision

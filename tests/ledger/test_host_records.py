@@ -1,0 +1,130 @@
+"""The `hosts` table on SQLite and PostgreSQL: registered once, unchanged on a re-run, updated
+with only what changed, nothing written in check mode, removed, refused while tenants remain."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import xml.etree.ElementTree as ET
+
+import pytest
+import sqlalchemy as sa
+
+from plugins.module_utils import host, host_record
+from plugins.module_utils.errors import SpecError
+from plugins.module_utils.host import Host
+from plugins.module_utils.ledger import Ledger
+from plugins.module_utils.ledger_schema import hosts
+from plugins.module_utils.ledger_store import open_store
+from plugins.module_utils.ownership import Owner, owner_element
+
+URI = "test:///default"
+PARAMS = {
+    "name": "kvm-01.lab",
+    "zone": "zone-a",
+    "uri": URI,
+    "uplink": "eth1",
+    "public_pools": [{"name": "main", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1"}],
+}
+
+
+@pytest.fixture(autouse=True)
+def testdriver(monkeypatch):
+    """Test-driver state from the driver's defaults: the driver keeps its objects while any
+    connection to it is open, so this test's connections are closed afterwards."""
+    connections = {}
+    monkeypatch.setattr(host, "_connections", connections)
+    yield
+    for conn in connections.values():
+        conn.close()
+
+
+def rows(url: str) -> list:
+    with open_store(url).read() as connection:
+        return list(connection.execute(sa.select(hosts)))
+
+
+def test_a_host_is_recorded_once_with_what_libvirt_reports(any_ledger_url, monkeypatch):
+    monkeypatch.setenv("VCE_ACTOR", "operator-a")
+    monkeypatch.setenv("VCE_RUN_ID", "run-1")
+    checked = host_record.run_host(PARAMS, check_mode=True)
+    assert checked.changed and checked.plan[0]["action"] == "create"
+    assert checked.diff["after"]["host/kvm-01.lab"]["create"]["zone"] == "zone-a"
+    assert rows(any_ledger_url) == []
+
+    created = host_record.run_host(PARAMS)
+    info = Host(URI).conn.getInfo()
+    [row] = rows(any_ledger_url)
+    assert (row.cpus, row.memory_mib) == (info[2], info[1])
+    assert (row.run_id, row.actor, row.uplink) == ("run-1", "operator-a", "eth1")
+    assert row.registered_at.utcoffset() == dt.timedelta(0)
+    assert created.facts["host"]["public_pools"][0]["cidr"] == "203.0.113.0/28"
+
+    monkeypatch.setenv("VCE_RUN_ID", "run-2")
+    again = host_record.run_host(PARAMS)
+    assert again.changed is False and again.plan == []
+    assert rows(any_ledger_url) == [row]
+
+
+def test_an_update_writes_only_when_values_change(any_ledger_url, monkeypatch):
+    host_record.run_host(PARAMS)
+    [first] = rows(any_ledger_url)
+    moved = host_record.run_host({**PARAMS, "zone": "zone-b"}, check_mode=True)
+    assert moved.plan[0]["before"] == {"zone": "zone-a"}
+    assert moved.plan[0]["after"] == {"zone": "zone-b"}
+    assert rows(any_ledger_url) == [first]
+
+    # The host got more memory: the next registration records it, and only it.
+    read = host_record.read_values
+
+    def grown(declared, host):
+        return dataclasses.replace(read(declared, host), memory_mib=first.memory_mib * 2)
+
+    monkeypatch.setattr(host_record, "read_values", grown)
+    updated = host_record.run_host(PARAMS)
+    assert [(c["field"], c["before"], c["after"]) for c in updated.plan] == [
+        ("record", {"memory_mib": first.memory_mib}, {"memory_mib": first.memory_mib * 2})
+    ]
+    [row] = rows(any_ledger_url)
+    assert row.memory_mib == first.memory_mib * 2
+    assert row.registered_at == first.registered_at and row.key != first.key
+
+
+def test_absent_removes_the_record_unless_tenants_remain(any_ledger_url):
+    host_record.run_host(PARAMS)
+    conn = Host(URI).conn
+    domain = conn.defineXML(owned_domain_xml())
+    try:
+        with pytest.raises(SpecError, match=r"still has 1 object\(s\) of tenants .*acme/acme_web"):
+            host_record.run_host({"name": PARAMS["name"], "state": "absent"})
+    finally:
+        domain.undefine()
+    assert len(rows(any_ledger_url)) == 1
+    assert host_record.run_host({"name": PARAMS["name"], "state": "absent"}, True).changed
+    assert len(rows(any_ledger_url)) == 1
+    removed = host_record.run_host({"name": PARAMS["name"], "state": "absent"})
+    assert removed.changed and removed.facts["host"] == {}
+    assert rows(any_ledger_url) == []
+    assert host_record.run_host({"name": PARAMS["name"], "state": "absent"}).changed is False
+
+
+def test_a_replayed_write_keeps_its_run(any_ledger_url):
+    """The idempotency key is the values': the same values from another run write nothing."""
+    declared = host_record.parse_host(PARAMS)
+    values = host_record.read_values(declared, Host(URI))
+    for run_id in ("run-a", "run-b"):
+        ledger = Ledger.open(any_ledger_url, run_id=run_id)
+        with ledger.store.locked("(host test)") as connection:
+            engine = host_record.HostRecordEngine(host_record.HostRecords(ledger), connection)
+            engine.plan_present(declared.name, values, engine.observe(declared.name)).apply()
+    [row] = rows(any_ledger_url)
+    assert row.run_id == "run-a" and row.key == values.key(declared.name)
+
+
+def owned_domain_xml() -> str:
+    root = ET.Element("domain", {"type": "test"})
+    ET.SubElement(root, "name").text = "acme_web"
+    ET.SubElement(root, "memory").text = "65536"
+    ET.SubElement(ET.SubElement(root, "os"), "type").text = "hvm"
+    ET.SubElement(root, "metadata").append(owner_element(Owner("acme", "vm", "web")))
+    return ET.tostring(root, encoding="unicode")
