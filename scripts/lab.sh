@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README, for a fresh Debian 12 machine where you are root:
-#   scripts/lab.sh demo   install everything, prepare this machine as the lab KVM host and
-#                         apply the demo tenant (a network, two VMs with disks, started)
-#   scripts/lab.sh test   install everything and run the whole test suite (what CI runs)
+#   scripts/lab.sh demo   install everything, make this machine the lab KVM host
+#                         (playbooks/site.yml: the kvm_host role), build the tiny guest image
+#                         and apply the demo tenant (a network, two VMs with disks, started)
+#   scripts/lab.sh test   install everything and run the whole test suite (what CI runs):
+#                         ruff, ansible-doc, playbook syntax, ansible-lint, ansible-test sanity,
+#                         pytest, and `molecule test` (the roles converged on this machine)
 #   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
 #                         and apply playbooks/zones.yml: public IPs and a cross-zone link
 #   scripts/lab.sh zones-down   stop the zone lab
@@ -54,6 +57,8 @@ install_all() {
 
 demo() {
   install_all
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/site.yml
+  # The base image (tools.tinyguest); the daemons and the pool are already there.
   "$VENV/bin/python" -m tools.labhost
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/demo.yml
 }
@@ -96,11 +101,16 @@ run_tests() {
     "$VENV/bin/ansible-doc" "vce.kvm.$name" > /dev/null
   done
   echo "lab: playbook syntax"
-  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/demo.yml > /dev/null
-  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check playbooks/zones.yml > /dev/null
+  for playbook in playbooks/*.yml; do
+    PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" --syntax-check "$playbook" > /dev/null
+  done
+  echo "lab: ansible-lint (production profile: roles, playbooks, molecule)"
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-lint"
   sanity
   echo "lab: pytest (unit, integration against a private libvirtd, guest boot)"
-  PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider tests
+  PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider --durations=20 tests
+  echo "lab: molecule test (kvm_host and tenant_environment on this machine, testinfra)"
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/molecule" test
 }
 
 case "${1:-}" in
