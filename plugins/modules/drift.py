@@ -141,11 +141,8 @@ cases:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.drift import (
-    DriftEngine,
-    HostDeclaration,
-    report_document,
-)
+from ansible_collections.vce.kvm.plugins.module_utils.drift import DriftEngine, HostDeclaration
+from ansible_collections.vce.kvm.plugins.module_utils.drift_report import report_document
 from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.module_support import BACKUP_HOST_OPTIONS
 

@@ -76,7 +76,7 @@ written:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.drift import (
+from ansible_collections.vce.kvm.plugins.module_utils.drift_report import (
     DriftCase,
     json_report,
     junit_report,
