@@ -107,6 +107,14 @@ def test_public_ip_nat_rules_and_address(
         assert public in on_uplink, addresses
 
 
+def test_uplink_egress_filter_loaded(host: Any, inventory: dict[str, Any]) -> None:
+    rules = host.check_output("nft list table ip vce_egress")
+    uplink = inventory["vce_zones"][inventory["vce_zone"]]["uplink"]
+    assert "hook postrouting priority 200" in rules  # after the public IPs' source NAT
+    assert f'oifname "{uplink}" iifname "virbr*" ip saddr' in rules
+    assert "10.0.0.0/8" in rules and "drop" in rules
+
+
 def test_backup_units_valid(host: Any, inventory: dict[str, Any], tenant: dict[str, Any]) -> None:
     for schedule in tenant["backup_schedules"]:
         base = f"vce-backup-{inventory['vce_tenant']}_{schedule['vm']}_{schedule['name']}"
