@@ -9,7 +9,21 @@ other command is the ledger's (cli/vce.py, which also answers `drift`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from ..plugins.module_utils.errors import SpecError, VceError
+
+
+def reported(command: Callable[[], int]) -> int:
+    """Run a `vce` command; bad input and engine errors are a message and exit status 2."""
+    try:
+        return command()
+    except SpecError as error:
+        print(f"vce: {error.field}: {error.reason}", file=sys.stderr)
+        return 2
+    except VceError as error:
+        print(f"vce: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,8 @@ from ..plugins.module_utils.drift_report import (
     summary,
     write_if_changed,
 )
-from ..plugins.module_utils.errors import SpecError, VceError
+from ..plugins.module_utils.errors import SpecError
+from .command import reported
 
 INVENTORY_VARIABLES = (
     "vce_uri", "vce_tenants", "vce_zone", "vce_zones", "vce_ledger_url", *HOST_VARIABLES,
@@ -152,11 +153,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vce drift", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return run(args)
-    except SpecError as error:
-        print(f"vce: {error.field}: {error.reason}", file=sys.stderr)
-        return 2
-    except VceError as error:
-        print(f"vce: {error}", file=sys.stderr)
-        return 2
+    return reported(lambda: run(args))

@@ -46,6 +46,7 @@ from ..plugins.module_utils.requests_sla import TARGETS, RequestLog, summary
 from ..plugins.module_utils.sla import CAUSES, EXCLUDED_CAUSES, Incidents, probe_host
 from ..plugins.module_utils.spool import replay
 from . import drift
+from .command import reported
 
 USAGE_COLUMNS = (
     "host", "kind", "name", "vm", "state", "vcpus", "ram_mib", "disk_mib", "public_ips",
@@ -386,16 +387,9 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    command = drift.run if args.group == "drift" else COMMANDS[args.command]
     try:
-        if args.group == "drift":
-            return drift.run(args)
-        return COMMANDS[args.command](args)
-    except SpecError as error:
-        print(f"vce: {error.field}: {error.reason}", file=sys.stderr)
-        return 2
-    except VceError as error:
-        print(f"vce: {error}", file=sys.stderr)
-        return 2
+        return reported(lambda: command(args))
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: not an error of ours
         return 0
 

@@ -29,7 +29,7 @@ from .errors import OwnershipError, SpecError, VceError
 from .host import DEFAULT_URI, Host, TenantInventory
 from .ledger import Ledger
 from .plan import Change, Plan
-from .spec import as_list, check_name, parse_environment
+from .spec import EnvironmentSpec, as_list, check_name, parse_environment
 
 KINDS = ("network", "disk", "vm", "public_ip", "zone_link", "backup_schedule")
 # Options of the environment module a tenant's declaration may hold; the rest (customer, plan,
@@ -194,6 +194,26 @@ class DriftEngine:
             case = DriftCase(self.declaration.host, tenant, "tenant", tenant, ERROR)
             case.message = f"the declaration cannot be read: {error}"
             return [case]
+        return self.compare(tenant, params, spec, objects, host, ledger, inventory)
+
+    def orphan_tenant_cases(
+        self, tenant: str, host: Host, ledger: Ledger, inventory: TenantInventory
+    ) -> list[DriftCase]:
+        """A tenant with objects on the host and no declaration here: all of them orphans."""
+        params = self.params(tenant, "absent")
+        return self.compare(tenant, params, None, [], host, ledger, inventory)
+
+    def compare(
+        self,
+        tenant: str,
+        params: dict[str, Any],
+        spec: EnvironmentSpec | None,
+        objects: list[tuple[str, str]],
+        host: Host,
+        ledger: Ledger,
+        inventory: TenantInventory,
+    ) -> list[DriftCase]:
+        """The tenant's plan (`spec` None: its removal), never applied, as cases."""
         failures: Failures = {}
         engine = EnvironmentEngine(host, tenant, DRIFT_OPTIONS)
         try:
@@ -204,22 +224,6 @@ class DriftEngine:
             failures[("tenant", "*")] = error
             plan = Plan()
         return self.classify(tenant, objects, plan, failures)
-
-    def orphan_tenant_cases(
-        self, tenant: str, host: Host, ledger: Ledger, inventory: TenantInventory
-    ) -> list[DriftCase]:
-        """A tenant with objects on the host and no declaration here: all of them orphans."""
-        params = self.params(tenant, "absent")
-        engine = EnvironmentEngine(host, tenant, DRIFT_OPTIONS)
-        failures: Failures = {}
-        try:
-            _public_ips, plan = plan_environment(
-                params, None, ledger, engine, inventory, failures, self.backup_read
-            )
-        except VceError as error:
-            failures[("tenant", "*")] = error
-            plan = Plan()
-        return self.classify(tenant, [], plan, failures)
 
     def classify(
         self,
