@@ -79,12 +79,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ansible_collections.vce.kvm.plugins.module_utils import backup_runner  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.core.backup_spec import Retention  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.runner.backup import BackupRun, RunnerConfig  # noqa: E402
 from env10 import CpuMeter, host_busy, log, machine_facts, machine_line  # noqa: E402
 
-from plugins.module_utils import backup_runner  # noqa: E402
-from plugins.module_utils.backup_runner import BackupRun, RunnerConfig  # noqa: E402
-from plugins.module_utils.backup_spec import Retention  # noqa: E402
-from plugins.module_utils.ledger import Ledger  # noqa: E402
 from tests.support.ledger import forget_stores  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 

@@ -87,10 +87,15 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from plugins.module_utils import statement  # noqa: E402
-from plugins.module_utils.billing import STREAM_BATCH, Biller, Books  # noqa: E402
-from plugins.module_utils.ledger import Ledger, parse_plans  # noqa: E402
-from plugins.module_utils.ledger_schema import (  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils import statement  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.core.periods import Month, parse_month  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.finance.billing import (  # noqa: E402
+    STREAM_BATCH,
+    Biller,
+    Books,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.prices import parse_prices  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (  # noqa: E402
     backups,
     events,
     exclusions,
@@ -98,8 +103,8 @@ from plugins.module_utils.ledger_schema import (  # noqa: E402
     tenants,
     usage_intervals,
 )
-from plugins.module_utils.periods import Month, parse_month  # noqa: E402
-from plugins.module_utils.prices import parse_prices  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, parse_plans  # noqa: E402
+
 from tests.support.ledger import ROOMY  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "billing.json"

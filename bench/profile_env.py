@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import env10  # noqa: E402
-
-from plugins.module_utils import engine, facts, host  # noqa: E402
-from plugins.module_utils.environment import EnvironmentEngine  # noqa: E402
-from plugins.module_utils.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils import engine, facts, host  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentEngine  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -125,7 +124,7 @@ def instrument_vm_create(calls: dict[str, float]) -> Callable[[], None]:
 def import_time() -> dict[str, float]:
     """Wall time of a fresh interpreter importing the engine (what each module run pays)."""
     python = env10.MAIN_VENV / "bin" / "python"
-    code = "import plugins.module_utils.engine"
+    code = "import ansible_collections.vce.kvm.plugins.module_utils.engine.facade"
     out: dict[str, float] = {}
     for label, snippet in (("python -c pass", "pass"), ("import engine", code)):
         runs = []

@@ -72,12 +72,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (  # noqa: E402
+    TABLE,
+    TABLE_DEFINITION,
+    PublicIpEngine,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell  # noqa: E402
 from env10 import CpuMeter, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
 from quota_check import code_version, make_image, summary_ms  # noqa: E402
 
-from plugins.module_utils import engine  # noqa: E402
-from plugins.module_utils.hostshell import HostShell  # noqa: E402
-from plugins.module_utils.public_ip import TABLE, TABLE_DEFINITION, PublicIpEngine  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, domain_type  # noqa: E402

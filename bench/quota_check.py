@@ -66,6 +66,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, Plan  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (  # noqa: E402
+    Gate,
+    declare_environment,
+    observed_objects,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger  # noqa: E402
 from env10 import (  # noqa: E402
     CpuMeter,
     host_busy,
@@ -76,12 +86,6 @@ from env10 import (  # noqa: E402
     wait_quiet,
 )
 
-from plugins.module_utils import engine  # noqa: E402
-from plugins.module_utils.enforcement import Gate, declare_environment, observed_objects  # noqa: E402
-from plugins.module_utils.host import Host  # noqa: E402
-from plugins.module_utils.ledger import Ledger  # noqa: E402
-from plugins.module_utils.plan import Change, Plan  # noqa: E402
-from plugins.module_utils.spec import parse_environment  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402

@@ -17,11 +17,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from ..plugins.module_utils.core.errors import VceError
+from ..plugins.module_utils.runner.backup import BackupRun, RunnerConfig
+
 # Relative: the same code whether installed or run from a checkout with
 # PYTHONPATH=<checkout>/collections python -m ansible_collections.vce.kvm.cli.backup
-from ..plugins.module_utils.backup_repo import ScheduleRepo
-from ..plugins.module_utils.backup_runner import BackupRun, RunnerConfig
-from ..plugins.module_utils.errors import VceError
+from ..plugins.module_utils.runner.repo import ScheduleRepo
 
 
 def parse_now(value: str | None) -> Callable[[], dt.datetime] | None:

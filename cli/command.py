@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from ..plugins.module_utils.errors import SpecError, VceError
+from ..plugins.module_utils.core.errors import SpecError, VceError
 
 
 def reported(command: Callable[[], int]) -> int:

@@ -23,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..plugins.module_utils.drift import HOST_VARIABLES, DriftEngine, HostDeclaration
-from ..plugins.module_utils.drift_report import (
+from ..plugins.module_utils.core.errors import SpecError
+from ..plugins.module_utils.engine.drift import HOST_VARIABLES, DriftEngine, HostDeclaration
+from ..plugins.module_utils.engine.drift_report import (
     IN_SYNC,
     DriftCase,
     json_report,
@@ -32,7 +33,6 @@ from ..plugins.module_utils.drift_report import (
     summary,
     write_if_changed,
 )
-from ..plugins.module_utils.errors import SpecError
 from .command import reported
 
 INVENTORY_VARIABLES = (

@@ -32,19 +32,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..plugins.module_utils.core.errors import SpecError, VceError
+from ..plugins.module_utils.core.periods import Month, parse_month, time_zone
+
 # Relative: the same code whether installed or run from a checkout with
 # PYTHONPATH=<checkout>/collections python -m ansible_collections.vce.kvm.cli.vce
-from ..plugins.module_utils import statement
-from ..plugins.module_utils.billing import Biller, Books
-from ..plugins.module_utils.errors import SpecError, VceError
-from ..plugins.module_utils.host import Host
-from ..plugins.module_utils.ledger import Ledger, parse_moment
-from ..plugins.module_utils.metering import Metering, observe_host
-from ..plugins.module_utils.periods import Month, parse_month, time_zone
-from ..plugins.module_utils.requests_sla import COLUMNS as REQUEST_COLUMNS
-from ..plugins.module_utils.requests_sla import TARGETS, RequestLog, summary
-from ..plugins.module_utils.sla import CAUSES, EXCLUDED_CAUSES, Incidents, probe_host
-from ..plugins.module_utils.spool import replay
+from ..plugins.module_utils.finance import statement
+from ..plugins.module_utils.finance.billing import Biller, Books
+from ..plugins.module_utils.finance.requests import COLUMNS as REQUEST_COLUMNS
+from ..plugins.module_utils.finance.requests import TARGETS, RequestLog, summary
+from ..plugins.module_utils.finance.sla import CAUSES, EXCLUDED_CAUSES, Incidents, probe_host
+from ..plugins.module_utils.host.connection import Host
+from ..plugins.module_utils.ledger.metering import Metering, observe_host
+from ..plugins.module_utils.ledger.spool import replay
+from ..plugins.module_utils.ledger.tenants import Ledger, parse_moment
 from . import drift
 from .command import reported
 

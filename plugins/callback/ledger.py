@@ -87,9 +87,9 @@ from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ANSIBLE_VERSION
 
 if TYPE_CHECKING:
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
-    from ansible_collections.vce.kvm.plugins.module_utils.metering import UsageChange
-    from ansible_collections.vce.kvm.plugins.module_utils.spool import RunRecord
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import UsageChange
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRecord
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 
 class Engine:

@@ -4,7 +4,7 @@
 # ruff: noqa: E402
 """Ansible inventory vce.kvm.libvirt_tenants: the tenant VMs on several KVM hosts, read from
 the ownership metadata vce.kvm gives every object, with their plans and public IPs from the
-ledger. The reading is the engine's (module_utils.tenant_listing); this adapts it to Ansible."""
+ledger. The reading is the engine's (module_utils.engine.listing); this adapts it to Ansible."""
 
 from __future__ import annotations
 
@@ -134,8 +134,8 @@ from typing import Any
 from ansible.errors import AnsibleParserError
 from ansible.inventory.group import to_safe_group_name
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
-from ansible_collections.vce.kvm.plugins.module_utils.errors import VceError
-from ansible_collections.vce.kvm.plugins.module_utils.tenant_listing import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.listing import (
     Listing,
     host_vars,
     inventory_names,

@@ -150,11 +150,13 @@ vm:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.backup_restore import run_backup_restore
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     BACKUP_HOST_OPTIONS,
     ledger_spec,
     run_module,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_restore import (
+    run_backup_restore,
 )
 
 # The restore reads the backup and writes the disk where the module runs: on the KVM host.

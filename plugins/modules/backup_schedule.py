@@ -174,12 +174,14 @@ backup_schedule:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.backup import run_backup_schedule
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     BACKUP_HOST_OPTIONS,
     RETENTION_OPTIONS,
     ledger_spec,
     run_module,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
+    run_backup_schedule,
 )
 
 

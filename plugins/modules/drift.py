@@ -141,10 +141,15 @@ cases:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.drift import DriftEngine, HostDeclaration
-from ansible_collections.vce.kvm.plugins.module_utils.drift_report import report_document
-from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import BACKUP_HOST_OPTIONS
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import (
+    DriftEngine,
+    HostDeclaration,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import report_document
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
+    BACKUP_HOST_OPTIONS,
+)
 
 SHARED_OPTIONS = ("zone", "zone_config", "host_command", "default_pool", *BACKUP_HOST_OPTIONS)
 

@@ -76,14 +76,14 @@ written:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.drift_report import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import (
     DriftCase,
     json_report,
     junit_report,
     summary,
     write_if_changed,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
 
 
 def main() -> None:

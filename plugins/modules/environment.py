@@ -202,8 +202,8 @@ environment:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.engine import run_environment
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_environment
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     BACKUP_HOST_OPTIONS,
     ledger_spec,
     run_module,

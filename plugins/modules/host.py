@@ -132,12 +132,12 @@ host:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.host_record import run_host
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     LEDGER_OPTIONS,
     host_spec,
     run_module,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
 
 PUBLIC_POOL_OPTIONS = {
     "name": {"type": "str", "required": True},

@@ -70,9 +70,9 @@ vms:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.engine import run_info
-from ansible_collections.vce.kvm.plugins.module_utils.errors import VceError
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import ledger_spec
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_info
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import ledger_spec
 
 
 def main() -> None:

@@ -133,8 +133,8 @@ network:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.engine import run_network
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_network
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     LEASE_OPTIONS,
     ledger_spec,
     run_module,

@@ -147,8 +147,13 @@ public_ip:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import ledger_spec, run_module
-from ansible_collections.vce.kvm.plugins.module_utils.public_ip import run_public_ip
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
+    ledger_spec,
+    run_module,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+    run_public_ip,
+)
 
 
 def main() -> None:

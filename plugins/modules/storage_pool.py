@@ -109,8 +109,11 @@ pool:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import host_spec, run_module
-from ansible_collections.vce.kvm.plugins.module_utils.pool import run_storage_pool
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
+    host_spec,
+    run_module,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.pool import run_storage_pool
 
 
 def main() -> None:

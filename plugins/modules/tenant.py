@@ -127,8 +127,8 @@ tenant:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import run_module
-from ansible_collections.vce.kvm.plugins.module_utils.tenants import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import run_module
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 
 
 def main() -> None:

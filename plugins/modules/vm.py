@@ -242,8 +242,8 @@ vm:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.engine import run_vm
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import (
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_vm
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     ledger_spec,
     run_module,
 )

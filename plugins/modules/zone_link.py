@@ -116,8 +116,10 @@ zone_link:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.module_support import run_module
-from ansible_collections.vce.kvm.plugins.module_utils.zone_link import run_zone_link
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import run_module
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
+    run_zone_link,
+)
 
 
 def main() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import libvirt
-
-from plugins.module_utils.libvirt_xml import parse_domain, parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_domain, parse_network
 
 
 def domain(conn: libvirt.virConnect, name: str):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.runner.backup import CHECKPOINT_NAME
 
-from plugins.module_utils.backup_runner import CHECKPOINT_NAME
-from plugins.module_utils.ledger import Ledger
 from tests.integration.conftest import run_backup, wait_for
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_network
 
-from plugins.module_utils.libvirt_xml import parse_network
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module

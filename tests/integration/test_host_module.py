@@ -12,12 +12,12 @@ import os
 
 import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_network
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
 
-from plugins.module_utils.engine import run_network
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.host_record import run_host
-from plugins.module_utils.ledger_schema import hosts
-from plugins.module_utils.ledger_store import open_store
 from tests.support.ansible_runner import run_module
 
 pytestmark = pytest.mark.integration

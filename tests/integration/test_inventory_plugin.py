@@ -18,10 +18,11 @@ from pathlib import Path
 import libvirt
 import pytest
 import yaml
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_block
+from ansible_collections.vce.kvm.plugins.module_utils.ledger import schema as ledger_schema
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
 
-from plugins.module_utils import engine, ledger_schema
-from plugins.module_utils.ledger_store import open_store
-from plugins.module_utils.tenants import run_block
 from tests.support.ansible_runner import ansible_env
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed

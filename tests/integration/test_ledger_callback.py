@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import replay
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.ledger_schema import runs, usage_intervals
-from plugins.module_utils.spool import replay
 from tests.integration.helpers import domain, volume
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env, task_results
 from tests.support.ledger import register

@@ -9,13 +9,17 @@ import datetime as dt
 import json
 
 import pytest
-
-from plugins.module_utils import engine
-from plugins.module_utils.host import Host
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.metering import Meter, Metering, UsageChange, observe_host
-from plugins.module_utils.ownership import object_name
-from plugins.module_utils.sla import Incidents, probe_host
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents, probe_host
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import object_name
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import (
+    Meter,
+    Metering,
+    UsageChange,
+    observe_host,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 pytestmark = pytest.mark.integration
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/vce-test/libvirt-sock"

@@ -6,8 +6,8 @@ import contextlib
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_network
 
-from plugins.module_utils.libvirt_xml import parse_network
 from tests.support.ansible_runner import run_module
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import grpc
 import libvirt
 import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_quota
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
 from pulumi.runtime.proto import provider_pb2
 
-from plugins.module_utils.ledger_schema import runs, usage_intervals
-from plugins.module_utils.tenants import run_quota
 from tests.support.ledger import forget_stores
 from tests.support.pulumi_plugin import (
     SECRET_SIG,

@@ -8,11 +8,11 @@ import multiprocessing
 import os
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_quota
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from plugins.module_utils import engine
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.quota import QuotaExceeded
-from plugins.module_utils.tenants import run_quota
 from tests.conftest import fresh_database_url
 from tests.support.ledger import forget_stores, register
 

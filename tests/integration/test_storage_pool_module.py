@@ -16,9 +16,9 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.pool import run_storage_pool
 
-from plugins.module_utils.errors import SpecError, VceError
-from plugins.module_utils.pool import run_storage_pool
 from tests.support.ansible_runner import run_module
 
 pytestmark = pytest.mark.integration

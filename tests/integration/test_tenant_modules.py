@@ -5,8 +5,8 @@ module payload)."""
 from __future__ import annotations
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS
 
-from plugins.module_utils.quota import KINDS
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module
 

@@ -11,9 +11,9 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import Meter
 
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.metering import Meter
 from tests.support.billing import HOST, HOURLY, Scenario, discount, local, total
 
 NOV = "2026-11"  # 30 days

@@ -8,10 +8,14 @@ import datetime as dt
 import itertools
 from decimal import Decimal
 
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import (
+    Meter,
+    Metering,
+    UsageChange,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugins.module_utils.metering import Meter, Metering, UsageChange
 from tests.support.billing import HOST, Scenario, local
 from tests.support.ledger import forget_stores
 

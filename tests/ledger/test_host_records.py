@@ -9,14 +9,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import sqlalchemy as sa
-
-from plugins.module_utils import host, host_record
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.host import Host
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.ledger_schema import hosts
-from plugins.module_utils.ledger_store import open_store
-from plugins.module_utils.ownership import Owner, owner_element
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import host as host_record
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner, owner_element
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 URI = "test:///default"
 PARAMS = {

@@ -10,13 +10,15 @@ import itertools
 import tempfile
 from pathlib import Path
 
+from ansible_collections.vce.kvm.plugins.module_utils.core import quota
+from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import observed_objects
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugins.module_utils import engine, host, quota
-from plugins.module_utils.enforcement import observed_objects
-from plugins.module_utils.quota import QuotaExceeded
-from plugins.module_utils.tenants import run_tenant
 from tests.support.ledger import ROOMY, forget_stores
 
 URI = "test:///default"

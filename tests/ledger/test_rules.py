@@ -8,14 +8,18 @@ import copy
 import datetime as dt
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, Plan
+from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS, QuotaExceeded
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import Declaration, Gate
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import (
+    run_quota,
+    run_tenant,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from plugins.module_utils import engine, host
-from plugins.module_utils.enforcement import Declaration, Gate
-from plugins.module_utils.errors import SpecError, VceError
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.plan import Change, Plan
-from plugins.module_utils.quota import KINDS, QuotaExceeded
-from plugins.module_utils.tenants import run_quota, run_tenant
 from tests.conftest import fresh_database_url
 from tests.support.ledger import ROOMY, forget_stores
 
@@ -46,7 +50,10 @@ def testdriver(monkeypatch, tmp_path):
 def clock(monkeypatch):
     """The ledger's clock, set by the test."""
     now = {"value": T0}
-    monkeypatch.setattr("plugins.module_utils.ledger.utcnow", lambda: now["value"])
+    monkeypatch.setattr(
+        "ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants.utcnow",
+        lambda: now["value"],
+    )
     return now
 
 

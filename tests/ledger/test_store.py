@@ -8,12 +8,15 @@ import multiprocessing
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
-
-from plugins.module_utils import ledger_store
-from plugins.module_utils.errors import VceError
-from plugins.module_utils.ledger_migrations import HEAD
-from plugins.module_utils.ledger_schema import events, metadata
-from plugins.module_utils.ledger_store import Store, migrations_dir, open_store
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.ledger import store as ledger_store
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.migrations import HEAD
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, metadata
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import (
+    Store,
+    migrations_dir,
+    open_store,
+)
 
 
 def test_head_constant_is_alembics_head():
@@ -94,7 +97,8 @@ def test_an_unreachable_postgresql_hides_the_password():
 
 
 def _register(args: tuple[str, str]) -> str:
-    from plugins.module_utils.tenants import run_tenant
+    from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
+
     from tests.support.ledger import plan_catalog
 
     url, name = args

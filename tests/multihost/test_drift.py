@@ -16,8 +16,8 @@ from pathlib import Path
 import libvirt
 import pytest
 import yaml
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from plugins.module_utils import engine
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
 from tests.support.backups import runner_script
 from tests.support.ledger import register

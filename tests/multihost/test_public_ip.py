@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from plugins.module_utils import engine
 from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register
@@ -243,7 +243,9 @@ def test_bad_public_ip_input_changes_nothing(kvm_a, acme, rival):
 
 def allocate(args: dict) -> str:
     os.environ["VCE_LEDGER_URL"] = args.pop("ledger_url")
-    from plugins.module_utils.public_ip import run_public_ip
+    from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+        run_public_ip,
+    )
 
     return run_public_ip(args).facts["public_ip"]["address"]
 

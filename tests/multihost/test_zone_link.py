@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from plugins.module_utils import engine
 from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register

@@ -7,12 +7,17 @@ import datetime as dt
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from plugins.module_utils.billing import Books
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.metering import Meter, Metering, UsageChange
-from plugins.module_utils.periods import parse_month
-from plugins.module_utils.sla import Incidents
-from plugins.module_utils.tenants import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.core.periods import parse_month
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.finance.billing import Books
+from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import (
+    Meter,
+    Metering,
+    UsageChange,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+
 from tests.support.ledger import plan_catalog
 
 ALMATY = ZoneInfo("Asia/Almaty")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugins.module_utils import ledger_store
-from plugins.module_utils.quota import KINDS
-from plugins.module_utils.tenants import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.ledger import store as ledger_store
 
 ROOMY = dict.fromkeys(KINDS, 1000)
 

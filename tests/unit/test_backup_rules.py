@@ -12,16 +12,21 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from plugins.module_utils.backup_repo import DiskFile, Manifest, ScheduleRepo, survivors
-from plugins.module_utils.backup_spec import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.backup_spec import (
     Retention,
     check_frequency,
     check_under_root,
     parse_calendar_output,
     parse_schedule,
 )
-from plugins.module_utils.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
+    DiskFile,
+    Manifest,
+    ScheduleRepo,
+    survivors,
+)
+
 from tests.support.backups import runner_script
 
 UTC = dt.UTC
@@ -249,7 +254,7 @@ def vce_backup(*args: str) -> subprocess.CompletedProcess:
 def test_the_vce_backup_command_lists_a_schedule(tmp_path):
     from importlib.metadata import entry_points
 
-    from plugins.module_utils.backup_runner import RunnerConfig
+    from ansible_collections.vce.kvm.plugins.module_utils.runner.backup import RunnerConfig
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts.get("vce-backup") == "ansible_collections.vce.kvm.cli.backup:main"

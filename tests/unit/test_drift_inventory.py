@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 from ansible_collections.vce.kvm.cli.drift import inventory_declarations
-from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 
 from tests.support.ansible_runner import ROOT, ansible_env
 

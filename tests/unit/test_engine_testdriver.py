@@ -8,9 +8,15 @@ import copy
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    ApplyError,
+    OwnershipError,
+    SpecError,
+    libvirt_action,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
-from plugins.module_utils import engine, host
-from plugins.module_utils.errors import ApplyError, OwnershipError, SpecError, libvirt_action
 from tests.support.ledger import register
 
 URI = "test:///default"

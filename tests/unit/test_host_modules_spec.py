@@ -4,12 +4,18 @@ and the pool plans against libvirt's test driver."""
 from __future__ import annotations
 
 import pytest
-
-from plugins.module_utils import host
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.host import Host
-from plugins.module_utils.host_record import parse_host, version_text
-from plugins.module_utils.pool import PoolEngine, parse_pool, run_storage_pool
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import (
+    parse_host,
+    version_text,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.pool import (
+    PoolEngine,
+    parse_pool,
+    run_storage_pool,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
 
 POOLS = [{"name": "main", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1"}]
 

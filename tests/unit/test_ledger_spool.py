@@ -8,11 +8,16 @@ import json
 import os
 
 import sqlalchemy as sa
-
-from plugins.module_utils.ledger import Ledger
-from plugins.module_utils.ledger_schema import runs, usage_intervals
-from plugins.module_utils.metering import UsageChange
-from plugins.module_utils.spool import RunRecord, replay, spool, spool_path, spool_run
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import UsageChange
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import (
+    RunRecord,
+    replay,
+    spool,
+    spool_path,
+    spool_run,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 HOST = "qemu+ssh://root@kvm1/system"
 AT = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)

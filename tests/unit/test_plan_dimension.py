@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from plugins.module_utils.plan import Plan
-from plugins.module_utils.vm import Dimension, plan_dimension
+from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Plan
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.vm import (
+    Dimension,
+    plan_dimension,
+)
 
 
 def plan_for(wanted, wanted_max, config, config_max, live, live_max):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.public_ip import parse_public_ip, parse_zone
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+    parse_public_ip,
+    parse_zone,
+)
 
 ZONE = {
     "uplink": "up0",
@@ -78,10 +80,12 @@ def test_bad_zones(raw, field):
 
 
 def test_a_routed_network_names_its_uplink_and_only_it_has_one():
-    from plugins.module_utils.libvirt_xml import network_xml
-    from plugins.module_utils.libvirt_xml import parse_network as read_network
-    from plugins.module_utils.ownership import Owner
-    from plugins.module_utils.spec import parse_network
+    from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
+    from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
+    from ansible_collections.vce.kvm.plugins.module_utils.host.xml import network_xml
+    from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
+        parse_network as read_network,
+    )
 
     spec = parse_network(
         {"name": "lan", "cidr": "10.9.0.0/24", "mode": "routed", "uplink": "up0"}, ""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.spec import default_mac, parse_environment
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
+    default_mac,
+    parse_environment,
+)
 
 IMAGE = "/var/lib/images/base.qcow2"
 

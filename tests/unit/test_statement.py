@@ -12,9 +12,8 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
-
-from plugins.module_utils.errors import SpecError
-from plugins.module_utils.statement import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
     CHART_WIDTH,
     COLOUR_DOWN,
     COLOUR_FUTURE,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import xml.etree.ElementTree as ET
 
-from plugins.module_utils.libvirt_xml import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import NetworkSpec, StaticLease
+from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner, read_owner
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
     DiskDevice,
     DomainDefinition,
     NicDevice,
@@ -14,8 +16,6 @@ from plugins.module_utils.libvirt_xml import (
     parse_domain,
     parse_network,
 )
-from plugins.module_utils.ownership import Owner, read_owner
-from plugins.module_utils.spec import NetworkSpec, StaticLease
 
 
 def test_domain_xml_round_trip_keeps_owner_and_escapes_values():

@@ -13,15 +13,15 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ansible_collections.vce.kvm.plugins.module_utils import quota
-from ansible_collections.vce.kvm.plugins.module_utils.enforcement import (
+from ansible_collections.vce.kvm.plugins.module_utils.core import quota
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
     Gate,
     observed_objects,
     tenant_usage,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError, VceError
-from ansible_collections.vce.kvm.plugins.module_utils.host import Host
-from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from pulumi.provider.experimental.provider import (
     CheckFailure,
     CheckRequest,

@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger, utcnow
-from ansible_collections.vce.kvm.plugins.module_utils.metering import Metering, UsageChange
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import Metering, UsageChange
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
 
 from .config import ProviderConfig
 

@@ -11,32 +11,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.backup import (
-    BackupScheduleEngine,
-    parse_backup_host,
-    run_backup_schedule,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.enforcement import (
-    Declaration,
-    declare_disk,
-    declare_network,
-    declare_vm,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine import run_disk, run_network, run_vm
-from ansible_collections.vce.kvm.plugins.module_utils.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.facts import tenant_facts
-from ansible_collections.vce.kvm.plugins.module_utils.host import Host
-from ansible_collections.vce.kvm.plugins.module_utils.ledger import Ledger
-from ansible_collections.vce.kvm.plugins.module_utils.ledger_schema import zone_links
-from ansible_collections.vce.kvm.plugins.module_utils.public_ip import engine_from, run_public_ip
-from ansible_collections.vce.kvm.plugins.module_utils.result import Result
-from ansible_collections.vce.kvm.plugins.module_utils.spec import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     check_name,
     parse_disk,
     parse_network,
     parse_vm,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.zone_link import engine_for, run_zone_link
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
+    run_disk,
+    run_network,
+    run_vm,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
+    Declaration,
+    declare_disk,
+    declare_network,
+    declare_vm,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
+    BackupScheduleEngine,
+    parse_backup_host,
+    run_backup_schedule,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+    engine_from,
+    run_public_ip,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
+    engine_for,
+    run_zone_link,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.host.facts import tenant_facts
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import zone_links
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from .config import ProviderConfig
 from .props import Prop, camel, to_engine

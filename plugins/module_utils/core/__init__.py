@@ -1,0 +1,5 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Vocabulary without I/O: errors, declarations and their validation, plans, results, periods,
+quota rules, backup calendars.
+"""

@@ -1,0 +1,325 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The engine's entry points: what every front end (Ansible, Pulumi, CLI) calls.
+
+Each takes plain parameters, validates them, observes the host once, plans, and applies the
+plan unless asked only to check. The result is plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.errors import SpecError
+from ..core.plan import Change, ChangeClass, Plan
+from ..core.result import Result
+from ..core.spec import (
+    EnvironmentSpec,
+    check_name,
+    parse_disk,
+    parse_environment,
+    parse_network,
+    parse_vm,
+)
+from ..host.connection import DEFAULT_URI, Host, TenantInventory
+from ..host.facts import tenant_facts
+from ..host.ownership import check_owner, object_name
+from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
+from ..ledger.metering import UsageWatch
+from ..ledger.tenants import Ledger
+from .environment import EnvironmentEngine, Failures, Options, planning
+from .gate import (
+    Declaration,
+    Gate,
+    declare_disk,
+    declare_environment,
+    declare_network,
+    declare_one,
+    declare_removal,
+    declare_vm,
+)
+from .resources.backup_schedule import plan_environment_backups
+from .resources.disk import DiskEngine, attached_to, find_volume, volume_name
+from .resources.network import NetworkEngine
+from .resources.public_ip import PublicIpEngine, plan_environment_public_ips
+from .resources.tenant import ledger_facts, run_block
+from .resources.vm import Context, VmEngine
+from .resources.zone_link import plan_environment_links
+
+
+def options_from(params: dict[str, Any]) -> Options:
+    return Options(
+        allow_restart=bool(params.get("allow_restart")),
+        allow_replace=bool(params.get("allow_replace")),
+        prune=bool(params.get("prune")),
+        shutdown_timeout=float(params.get("shutdown_timeout") or 60),
+    )
+
+
+def open_gate(params: dict[str, Any], host: Host, tenant: str, declaration: Declaration) -> Gate:
+    return Gate(Ledger.open(params.get("ledger_url") or None), host, tenant, declaration)
+
+
+def conclude(
+    plan: Plan,
+    check_mode: bool,
+    gate: Gate,
+    inventory: TenantInventory,
+    section: str | None = None,
+    name: str | None = None,
+    public_ips: PublicIpEngine | None = None,
+) -> Result:
+    """Admit the plan (quotas, operator locks), apply it under a reservation unless checking,
+    then report the plan and the facts of the object(s) concerned.
+
+    `section` names one object's facts (e.g. "vms" with `name`); without it, the whole
+    tenant's facts are returned, except in check mode.
+    """
+    gate.admit(plan, inventory)
+    after = inventory
+    usage_changes: list[dict[str, Any]] = []
+    if not check_mode:
+        watch = UsageWatch(gate.ledger, gate.host.uri, inventory.tenant, inventory)
+        with gate.reservation(plan):
+            plan.apply()
+            if public_ips is not None:
+                public_ips.flush()  # one nft batch for every binding of the run
+        # What was read before the run still holds when nothing changed.
+        if plan.changed:
+            after = gate.host.inventory(inventory.tenant)
+        gate.settle(after, plan)
+        if plan.changed:
+            usage_changes = watch.changes(after)
+    result = Result(
+        changed=plan.changed,
+        plan=plan.to_list(),
+        diff=plan.diff(),
+        warnings=plan.warnings,
+        pending_restart=plan.pending_restart,
+        usage_changes=usage_changes,
+    )
+    if section is None and check_mode:
+        return result
+    facts = tenant_facts(gate.host, inventory.tenant, after)
+    if public_ips is not None:
+        changed = plan.changed and not check_mode
+        facts["public_ips"] = public_ips.facts(
+            public_ips.nat.observe() if changed else public_ips.observed
+        )
+    if section is None:
+        result.facts = {"environment": facts}
+    else:
+        result.facts = {section[:-1]: facts[section].get(name) or {}}
+    return result
+
+
+def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
+    state = params.get("state") or "present"
+    default_pool = params.get("default_pool") or "default"
+    options = options_from(params)
+    spec = None
+    if state == "absent":
+        tenant = check_name(params.get("tenant"), "tenant")
+        declaration = Declaration(remove_undeclared=True)
+    else:
+        spec = parse_environment(params, default_pool)
+        tenant = spec.tenant
+        declaration = declare_environment(spec, options.prune)
+    host = Host(params.get("uri") or DEFAULT_URI)
+    gate = open_gate(params, host, tenant, declaration)
+    engine = EnvironmentEngine(host, tenant, options)
+    inventory = engine.observe()
+    public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
+    return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
+
+
+def plan_environment(
+    params: dict[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    engine: EnvironmentEngine,
+    inventory: TenantInventory,
+    failures: Failures | None = None,
+    backup_read: dict[str, Any] | None = None,
+) -> tuple[PublicIpEngine | None, Plan]:
+    """The whole tenant's plan on the engine's host: `spec` None means state absent.
+
+    Links, public IPs and backup schedules go before the networks and VMs they use when those
+    are removed, and after them when they are made. With `failures`, what cannot be planned
+    is recorded there (a kind's whole group under the name "*") and the rest is planned.
+    `backup_read`: the host's backup schedule files, already read for every tenant.
+    """
+    host = engine.host
+    remove_undeclared = spec is None or engine.options.prune
+    public_ips, plan, links, backups = None, Plan(), Plan(), Plan()
+    with planning(failures, "public_ip", "*"):
+        public_ips, plan = plan_environment_public_ips(
+            params, spec, ledger, host, inventory, remove_undeclared
+        )
+    with planning(failures, "zone_link", "*"):
+        links = plan_environment_links(params, spec, ledger, host.uri, remove_undeclared)
+    with planning(failures, "backup_schedule", "*"):
+        backups = plan_environment_backups(
+            params, spec, ledger, host, inventory, remove_undeclared, backup_read
+        )
+    if spec is None:
+        backups.extend(links)
+        backups.extend(plan)
+        backups.extend(engine.plan_absent(inventory))
+        return public_ips, backups
+    objects = engine.plan_present(spec, inventory, failures)
+    objects.extend(links)
+    objects.extend(plan)
+    objects.extend(backups)
+    return public_ips, objects
+
+
+def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = NetworkEngine(host, tenant)
+    if params.get("state") == "absent":
+        gate = open_gate(params, host, tenant, declare_removal("network", name))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_absent(name, inventory)
+    else:
+        fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "uplink")
+        raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
+        spec = parse_network(raw, "")
+        gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
+    return conclude(plan, check_mode, gate, inventory, "networks", name)
+
+
+def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = DiskEngine(host, tenant)
+    state = params.get("state") or "present"
+    name = check_name(params.get("name"), "name")
+    if state == "absent":
+        gate = open_gate(params, host, tenant, declare_removal("disk", name))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_absent(name, inventory)
+        return conclude(plan, check_mode, gate, inventory, "disks", name)
+    raw = {
+        k: params.get(k)
+        for k in ("name", "size_gib", "pool", "format", "backing_image")
+        if params.get(k) is not None
+    }
+    spec = parse_disk(raw, "", params.get("pool") or "default")
+    gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)))
+    inventory = host.inventory(tenant)
+    plan = engine.plan_present(spec, inventory)
+    if state == "attached":
+        vm = check_name(params.get("attach_to"), "attach_to")
+        plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
+    elif state == "detached":
+        plan.extend(plan_detach(host, tenant, spec.name, inventory))
+    return conclude(plan, check_mode, gate, inventory, "disks", name)
+
+
+def disk_path(inventory: TenantInventory, tenant: str, name: str, fmt: str, pool: str) -> str:
+    volume = find_volume(inventory, tenant, name)
+    if volume is not None:
+        return volume.path
+    return f"{inventory.pools[pool].rstrip('/')}/{volume_name(tenant, name, fmt)}"
+
+
+def plan_attach(
+    host: Host, tenant: str, name: str, fmt: str, vm: str, inventory: TenantInventory, pool: str
+) -> Plan:
+    plan = Plan()
+    path = disk_path(inventory, tenant, name, fmt, pool)
+    current = attached_to(inventory, path)
+    libvirt_name = object_name(tenant, vm)
+    domain = inventory.domains.get(libvirt_name)
+    if domain is None:
+        raise SpecError("attach_to", f"unknown VM {vm!r} of tenant {tenant!r}")
+    check_owner(domain.owner, tenant, "vm", libvirt_name)
+    if current is not None and current.name == libvirt_name:
+        return plan
+    if current is not None:
+        user = current.owner.name if current.owner else current.name
+        raise SpecError("attach_to", f"disk {name!r} is attached to VM {user!r}; detach it first")
+    target = free_disk_target({d.target for d in domain.disks})
+    xml = disk_device_xml(DiskDevice(target, path, fmt, serial=name))
+    vms = VmEngine(host, tenant)
+    running = domain.state in ("running", "paused")
+    plan.add(
+        Change(
+            "disk",
+            name,
+            "attach",
+            ChangeClass.LIVE,
+            "attached_to",
+            None,
+            vm,
+            lambda: vms.attach(libvirt_name, xml, running),
+        )
+    )
+    return plan
+
+
+def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) -> Plan:
+    plan = Plan()
+    volume = find_volume(inventory, tenant, name)
+    domain = attached_to(inventory, volume.path) if volume else None
+    if domain is None:
+        return plan
+    check_owner(domain.owner, tenant, "vm", domain.name)
+    device = next(d for d in domain.disks if d.path == volume.path)
+    vms = VmEngine(host, tenant)
+    running = domain.state in ("running", "paused")
+    vm_name = domain.owner.name if domain.owner else domain.name
+    plan.add(
+        Change(
+            "disk",
+            name,
+            "detach",
+            ChangeClass.LIVE,
+            "attached_to",
+            vm_name,
+            None,
+            lambda: vms.detach(domain.name, disk_device_xml(device), running),
+        )
+    )
+    return plan
+
+
+VM_FIELDS = (
+    "name", "vcpus", "max_vcpus", "memory_mib", "max_memory_mib", "boot_disk", "disks", "nics",
+    "cloud_init",
+)  # fmt: skip
+
+
+def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    if params.get("blocked") is not None:
+        return run_block(params, check_mode)
+    name = check_name(params.get("name"), "name")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = VmEngine(host, tenant, float(params.get("shutdown_timeout") or 60))
+    state = params.get("state") or "running"
+    if state == "absent":
+        gate = open_gate(params, host, tenant, declare_removal("vm", name))
+        inventory = host.inventory(tenant)
+        plan = engine.plan_absent(name, inventory)
+    else:
+        raw = {k: params.get(k) for k in VM_FIELDS if params.get(k) is not None}
+        raw["state"] = state
+        spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
+        gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)))
+        inventory = host.inventory(tenant)
+        ctx = Context(allow_restart=bool(params.get("allow_restart")))
+        plan = engine.plan_present(spec, inventory, ctx)
+    return conclude(plan, check_mode, gate, inventory, "vms", name)
+
+
+def run_info(params: dict[str, Any]) -> dict[str, Any]:
+    tenant = check_name(params.get("tenant"), "tenant")
+    facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
+    facts["ledger"] = ledger_facts(Ledger.open(params.get("ledger_url") or None), tenant)
+    return facts

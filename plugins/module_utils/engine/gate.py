@@ -1,0 +1,263 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Quotas and operator locks in every run: the gate between a plan and its apply.
+
+Usage is counted from libvirt (the truth) per object; a run's delta is what the host would use
+after the declaration minus what it uses now. Before any change the gate checks
+used (this host, now) + the other hosts' last usage + other runs' reservations + delta against
+the tenant's limits; at apply it does that again under the ledger's lock, against a fresh
+reading of the host, and records the delta as a reservation until the changes are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core import quota
+from ..core.errors import VceError
+from ..core.plan import Plan
+from ..core.spec import DiskSpec, EnvironmentSpec, NetworkSpec, VmSpec
+from ..host.connection import Host, TenantInventory
+from ..ledger.metering import host_meters
+from ..ledger.tenants import Ledger, Tenant, key_of
+
+ObjectKey = tuple[str, str]  # (kind, declared name)
+
+
+def vm_usage(vcpus: int, memory_mib: int, boot_mib: int) -> quota.Usage:
+    return {"vms": 1, "vcpus": vcpus, "ram_gib": memory_mib, "disk_gib": boot_mib}
+
+
+def observed_objects(inventory: TenantInventory) -> dict[ObjectKey, quota.Usage]:
+    """Each of the tenant's objects on the host with what it uses (VMs and volumes as
+    metering reads them, plus networks)."""
+    objects: dict[ObjectKey, quota.Usage] = {}
+    for (kind, name), meter in host_meters(inventory).items():
+        if kind == "vm":
+            objects[(kind, name)] = vm_usage(meter.vcpus, meter.ram_mib, meter.disk_mib)
+        else:
+            objects[(kind, name)] = {"disk_gib": meter.disk_mib}
+    for network in inventory.networks.values():
+        if network.owner and network.owner.tenant == inventory.tenant:
+            objects[("network", network.owner.name)] = {"networks": 1}
+    return objects
+
+
+def running_vms(inventory: TenantInventory) -> int:
+    return sum(
+        1
+        for d in inventory.domains.values()
+        if d.owner and d.owner.tenant == inventory.tenant and d.state in ("running", "paused")
+    )
+
+
+@dataclass
+class Declaration:
+    """What a run declares: objects with the usage they will have, and objects it removes."""
+
+    objects: dict[ObjectKey, quota.Usage] = field(default_factory=dict)
+    removed: set[ObjectKey] = field(default_factory=set)
+    # Remove every object not declared (an environment with prune, or state absent).
+    remove_undeclared: bool = False
+
+    def project(self, observed: Mapping[ObjectKey, quota.Usage]) -> quota.Usage:
+        """What the host will use once the declaration holds. Disks never shrink, so a declared
+        size below the current one counts as the current one."""
+        projected: dict[ObjectKey, quota.Usage] = {}
+        for key, usage in observed.items():
+            if key in self.removed or (self.remove_undeclared and key not in self.objects):
+                continue
+            projected[key] = usage
+        for key, usage in self.objects.items():
+            before = observed.get(key, {})
+            projected[key] = {
+                **usage,
+                "disk_gib": max(usage.get("disk_gib", 0), before.get("disk_gib", 0)),
+            }
+        return quota.add(*projected.values())
+
+    def identity(self) -> list[Any]:
+        """A stable description: the same declaration gives the same reservation key."""
+        return [
+            sorted((list(k), sorted(v.items())) for k, v in self.objects.items()),
+            sorted(list(k) for k in self.removed),
+            self.remove_undeclared,
+        ]
+
+
+def declare_vm(spec: VmSpec) -> tuple[ObjectKey, quota.Usage]:
+    boot_mib = spec.boot_disk.size_gib * 1024 if spec.boot_disk else 0
+    return ("vm", spec.name), vm_usage(spec.vcpus, spec.memory_mib, boot_mib)
+
+
+def declare_disk(spec: DiskSpec) -> tuple[ObjectKey, quota.Usage]:
+    return ("disk", spec.name), {"disk_gib": spec.size_gib * 1024}
+
+
+def declare_network(spec: NetworkSpec) -> tuple[ObjectKey, quota.Usage]:
+    return ("network", spec.name), {"networks": 1}
+
+
+def declare_environment(spec: EnvironmentSpec, prune: bool) -> Declaration:
+    objects = dict(
+        [declare_network(n) for n in spec.networks]
+        + [declare_disk(d) for d in spec.disks]
+        + [declare_vm(v) for v in spec.vms]
+    )
+    return Declaration(objects, remove_undeclared=prune)
+
+
+def declare_one(key_and_usage: tuple[ObjectKey, quota.Usage]) -> Declaration:
+    key, usage = key_and_usage
+    return Declaration({key: usage})
+
+
+def declare_removal(kind: str, name: str) -> Declaration:
+    return Declaration(removed={(kind, name)})
+
+
+class Gate:
+    """Quotas and locks for one tenant's run on one host."""
+
+    def __init__(self, ledger: Ledger, host: Host, tenant: str, declaration: Declaration) -> None:
+        self.ledger = ledger
+        self.host = host
+        self.tenant = tenant
+        self.declaration = declaration
+        self.key = key_of("reservation", tenant, host.uri, declaration.identity())
+        self.record = ledger.current_tenant(tenant)
+        with ledger.store.read() as connection:
+            self.limits = ledger.limits(connection, self.record)
+            self.others = quota.add(
+                ledger.known_usage(connection, tenant, except_host=host.uri),
+                ledger.reserved(connection, tenant, except_key=self.key),
+            )
+
+    # -- before apply --------------------------------------------------------------------
+
+    def admit(self, plan: Plan, inventory: TenantInventory) -> None:
+        """Refuse the plan before anything changes: closed or suspended tenants, blocked VMs,
+        quotas. Check mode and previews fail here too."""
+        self.hold_blocked_vms(plan)
+        self.admit_state(plan)
+        self.check(observed_objects(inventory), self.others)
+
+    def admit_state(self, plan: Plan) -> None:
+        """Closed and suspended tenants change nothing (the whole admission of runs whose
+        resources the ledger counts itself: public IPs, zone links)."""
+        if self.record.state == "closed" and plan.changed:
+            raise VceError(f"tenant {self.tenant} is closed: its runs may change nothing")
+        if self.record.state == "suspended" and plan.changed:
+            raise self.suspended_error()
+
+    def hold_blocked_vms(self, plan: Plan) -> None:
+        """A blocked VM stays paused whatever the declaration says, and nothing else changes it."""
+        blocked = self.blocked_vms()
+        if not blocked:
+            return
+        kept = []
+        for change in plan.changes:
+            if change.kind == "vm" and change.name in blocked:
+                if change.action == "resume":
+                    continue
+                if self.record.state == "suspended":
+                    raise self.suspended_error()
+                raise VceError(
+                    f"VM {change.name} of tenant {self.tenant} is blocked by the operator: "
+                    f"it cannot be started or changed until the operator unblocks it "
+                    f"(refused: {change.action}{' ' + change.field if change.field else ''})"
+                )
+            kept.append(change)
+        if len(kept) != len(plan.changes):
+            plan.warnings.append(
+                f"VMs blocked by the operator stay paused: {', '.join(sorted(blocked))}"
+            )
+        plan.changes[:] = kept
+
+    def suspended_error(self) -> VceError:
+        return VceError(
+            f"tenant {self.tenant} is suspended by the operator: its VMs stay paused and "
+            "nothing can be changed until the operator resumes it"
+        )
+
+    def blocked_vms(self) -> set[str]:
+        if self.record.state == "suspended":
+            return {name for kind, name in self.declaration.objects if kind == "vm"} | set(
+                self.record.blocked_vms
+            )
+        return set(self.record.blocked_vms)
+
+    def check(
+        self, observed: Mapping[ObjectKey, quota.Usage], others: Mapping[str, int]
+    ) -> quota.Usage:
+        """The positive delta of the declaration, or QuotaExceeded naming every quota it breaks."""
+        here = quota.add(*observed.values())
+        delta = quota.subtract(self.declaration.project(observed), here)
+        found = quota.breaches(self.limits, quota.add(here, others), delta)
+        if found:
+            raise quota.QuotaExceeded(self.tenant, found)
+        return {kind: amount for kind, amount in delta.items() if amount > 0}
+
+    # -- apply ---------------------------------------------------------------------------
+
+    @contextmanager
+    def reservation(self, plan: Plan) -> Iterator[None]:
+        """Reserve the delta under the lock (checked against a fresh reading), make the changes,
+        then record the host's usage and drop the reservation; a failure drops it as well."""
+        claimed = False
+        if plan.changed:
+            with self.ledger.store.locked(self.tenant) as connection:
+                # The claims first, libvirt second: a run that finishes in between then counts
+                # twice (its claim and its VM), never not at all (VM not yet defined when
+                # read, claim already released when queried).
+                others = quota.add(
+                    self.ledger.known_usage(connection, self.tenant, except_host=self.host.uri),
+                    self.ledger.reserved(connection, self.tenant, except_key=self.key),
+                )
+                fresh = observed_objects(self.host.inventory(self.tenant))
+                delta = self.check(fresh, others)
+                if delta:
+                    self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, delta)
+                    claimed = True
+        try:
+            yield
+        except BaseException:
+            if claimed:
+                with self.ledger.store.read() as connection:
+                    self.ledger.release(connection, self.key)
+            raise
+
+    def settle(self, after: TenantInventory, plan: Plan) -> None:
+        """After the changes: record what the host now uses, drop the claim, start the trial
+        clock at the first VM start, and recheck (a concurrent change outside the ledger can
+        still break a quota; say so)."""
+        observed = observed_objects(after)
+        used = quota.add(*observed.values())
+        running = running_vms(after)
+        with self.ledger.store.read() as connection:
+            self.ledger.record_host_usage(connection, self.tenant, self.host.uri, used, running)
+            self.ledger.release(connection, self.key)
+            if running:
+                self.ledger.start_trial(connection, self.record)
+            others = self.ledger.known_usage(connection, self.tenant, except_host=self.host.uri)
+        total = quota.add(used, others)
+        over = quota.below_usage(self.limits, total)
+        if over and plan.changed:
+            plan.warnings.append(
+                f"tenant {self.tenant} is above its quotas after this run: {'; '.join(over)}"
+            )
+
+
+def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage:
+    """What the ledger knows the tenant uses on every host, plus claims in flight."""
+    return quota.add(
+        ledger.known_usage(connection, record.name),
+        ledger.reserved(connection, record.name),
+        {
+            "public_ips": ledger.public_ip_count(connection, record.name),
+            "zone_links": ledger.zone_link_count(connection, record.name),
+        },
+    )

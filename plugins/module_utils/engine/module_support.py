@@ -1,0 +1,88 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every vce.kvm Ansible module shares: connection options and one way to run and report.
+
+No Ansible import here: the module object is passed in, so the engine stays importable alone.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..core.backup_spec import RETENTION_RULES
+from ..core.errors import SpecError, VceError
+from ..core.quota import QuotaExceeded, plain
+
+CONNECTION_OPTIONS: dict[str, dict[str, Any]] = {
+    "uri": {"type": "str", "default": "qemu:///system"},
+    "tenant": {"type": "str", "required": True},
+}
+
+LEDGER_OPTIONS: dict[str, dict[str, Any]] = {"ledger_url": {"type": "str"}}
+
+BACKUP_HOST_OPTIONS: dict[str, dict[str, Any]] = {
+    "backup_root": {"type": "path", "default": "/var/lib/vce-kvm/backups"},
+    "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
+    "config_dir": {"type": "path", "default": "/etc/vce-kvm/backup"},
+    "runner": {"type": "path", "default": "/usr/local/bin/vce-backup"},
+}
+
+RETENTION_OPTIONS: dict[str, dict[str, Any]] = {rule: {"type": "int"} for rule in RETENTION_RULES}
+
+LEASE_OPTIONS = {
+    "mac": {"type": "str", "required": True},
+    "ip": {"type": "str", "required": True},
+    "hostname": {"type": "str"},
+}
+
+
+def connection_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {**CONNECTION_OPTIONS, **options}
+
+
+def host_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options of a module that manages the host itself, not a tenant's objects: no tenant."""
+    return {"uri": CONNECTION_OPTIONS["uri"], **options}
+
+
+def ledger_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options of a module that changes a tenant's objects: connection and ledger."""
+    return {**CONNECTION_OPTIONS, **LEDGER_OPTIONS, **options}
+
+
+def run_module(module: Any, action: Callable[[dict[str, Any], bool], Any]) -> None:
+    """Run an engine entry point and report as Ansible expects; never a raw traceback."""
+    try:
+        result = action(module.params, module.check_mode)
+    except QuotaExceeded as error:
+        module.fail_json(
+            msg=str(error),
+            quota_breaches=[
+                {
+                    "quota": b.kind,
+                    "limit": b.limit,
+                    "used": plain(b.kind, b.used),
+                    "requested": plain(b.kind, b.requested),
+                }
+                for b in error.breaches
+            ],
+            changed=False,
+        )
+    except SpecError as error:
+        module.fail_json(msg=str(error), field=error.field, reason=error.reason, changed=False)
+    except VceError as error:
+        module.fail_json(msg=str(error), changed=False)
+    except Exception as error:  # a bug of ours: say so plainly, keep the trace for -vvv
+        module.fail_json(
+            msg=f"Unexpected error in vce.kvm ({type(error).__name__}: {error}); please report it",
+            exception=traceback.format_exc(),
+        )
+    output = result.as_dict()
+    diff = output.pop("diff")
+    for warning in output.pop("warnings"):
+        module.warn(warning)
+    if module._diff:
+        output["diff"] = diff
+    module.exit_json(**output)

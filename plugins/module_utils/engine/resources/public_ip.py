@@ -1,0 +1,680 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Public IPs: an address of the zone's pool, allocated in the ledger and bound 1:1 to a VM's
+NIC on its host with nftables (DNAT in, SNAT out) in the project's own table.
+
+The VM's network is routed to the zone's uplink (libvirt's own `route` forward mode, so libvirt
+keeps allowing that traffic whenever it rewrites its chains); the address is put on the uplink
+so the host answers for it. Every rule carries a comment naming tenant, binding and both
+addresses, so the bindings are read back from the host itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ...core import quota
+from ...core.errors import SpecError
+from ...core.plan import UNKNOWN, Change, Plan
+from ...core.result import Result
+from ...core.spec import (
+    INTERFACE_PATTERN,
+    EnvironmentSpec,
+    as_list,
+    as_mapping,
+    check_ipv4,
+    check_name,
+    reject_unknown,
+)
+from ...host.connection import DEFAULT_URI, Host, TenantInventory
+from ...host.ownership import check_owner, object_name
+from ...host.shell import HostShell, check_prefix
+from ...ledger.metering import UsageWatch
+from ...ledger.tenants import Ledger
+from ..gate import Declaration, Gate
+
+TABLE = "vce_nat"
+TAG = "vce"
+# Base chains of the project's table; `nft -f` adds them only when missing.
+TABLE_DEFINITION = f"""table ip {TABLE} {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+  chain output {{ type nat hook output priority -100; policy accept; }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+}}
+"""
+
+try:
+    import sqlalchemy as sa
+
+    from ...ledger.schema import public_ips
+except ImportError:  # reported by the ledger's Store()
+    sa = None
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    cidr: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    exclude: frozenset[ipaddress.IPv4Address] = frozenset()
+
+    def addresses(self) -> list[ipaddress.IPv4Address]:
+        """Assignable addresses in order: not the network, broadcast, gateway or excluded."""
+        return [a for a in self.cidr.hosts() if a != self.gateway and a not in self.exclude]
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    uplink: str
+    pools: tuple[Pool, ...]
+
+    def pool_of(self, address: ipaddress.IPv4Address) -> Pool | None:
+        return next((p for p in self.pools if address in p.cidr), None)
+
+
+def parse_zone(name: Any, raw: Any) -> Zone:
+    zone = check_name(name, "zone")
+    raw = as_mapping(raw, "zone_config")
+    reject_unknown(raw, {"uplink", "public_pools"}, "zone_config")
+    uplink = raw.get("uplink")
+    if not isinstance(uplink, str) or not INTERFACE_PATTERN.match(uplink):
+        raise SpecError(
+            "zone_config.uplink", f"the zone's uplink interface is required, got {uplink!r}"
+        )
+    pools = []
+    for i, item in enumerate(as_list(raw.get("public_pools"), "zone_config.public_pools")):
+        path = f"zone_config.public_pools[{i}]"
+        item = as_mapping(item, path)
+        reject_unknown(item, {"name", "cidr", "gateway", "exclude"}, path)
+        try:
+            cidr = ipaddress.IPv4Network(str(item.get("cidr")), strict=True)
+        except ValueError as error:
+            raise SpecError(
+                f"{path}.cidr", f"invalid IPv4 CIDR {item.get('cidr')!r}: {error}"
+            ) from None
+        gateway = check_ipv4(item.get("gateway"), f"{path}.gateway")
+        exclude = frozenset(
+            check_ipv4(a, f"{path}.exclude[{j}]")
+            for j, a in enumerate(as_list(item.get("exclude"), f"{path}.exclude"))
+        )
+        pools.append(Pool(check_name(item.get("name"), f"{path}.name"), cidr, gateway, exclude))
+    if not pools:
+        raise SpecError("zone_config.public_pools", f"zone {zone} has no public IP pool")
+    return Zone(zone, uplink, tuple(pools))
+
+
+@dataclass(frozen=True)
+class PublicIpSpec:
+    name: str
+    vm: str
+    network: str | None  # the NIC's network; None: the VM's first NIC
+    address: ipaddress.IPv4Address | None  # requested; None: the pool's first free one
+
+
+def parse_public_ip(raw: Any, path: str, zone: Zone) -> PublicIpSpec:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"name", "vm", "network", "address"}, path)
+    prefix = f"{path}." if path else ""
+    name = check_name(raw.get("name"), f"{prefix}name")
+    vm = check_name(raw.get("vm"), f"{prefix}vm")
+    network = raw.get("network")
+    if network is not None:
+        network = check_name(network, f"{prefix}network")
+    address = None
+    if raw.get("address") is not None:
+        address = check_ipv4(raw["address"], f"{prefix}address")
+        pool = zone.pool_of(address)
+        if pool is None:
+            pools = ", ".join(str(p.cidr) for p in zone.pools)
+            raise SpecError(
+                f"{prefix}address", f"{address} is outside zone {zone.name}'s pools ({pools})"
+            )
+        if address not in pool.addresses():
+            raise SpecError(
+                f"{prefix}address",
+                f"{address} is not assignable in pool {pool.name} (network, gateway or excluded)",
+            )
+    return PublicIpSpec(name, vm, network, address)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One public IP as the host holds it: its NAT rules and the address on the uplink."""
+
+    tenant: str
+    name: str
+    public: str
+    private: str
+    handles: tuple[tuple[str, int], ...] = ()  # (chain, rule handle)
+
+
+def comment_of(tenant: str, name: str, public: str, private: str) -> str:
+    return f"{TAG}:{tenant}:{name}:{public}:{private}"
+
+
+@dataclass
+class NatState:
+    bindings: dict[tuple[str, str], Binding] = field(default_factory=dict)
+    uplink_addresses: set[str] = field(default_factory=set)
+
+
+class NatTable:
+    """The project's nft table on one host, read and changed in one batch each."""
+
+    def __init__(self, shell: HostShell, uplink: str) -> None:
+        self.shell = shell
+        self.uplink = uplink
+        # Re-declaring an existing table costs as much as the rules of 50 bindings.
+        self.table_seen = False
+
+    def observe(self) -> NatState:
+        state = NatState()
+        listing = self.shell.json(["nft", "-j", "list", "ruleset", "ip"], "list", "nftables rules")
+        found: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        details: dict[tuple[str, str], tuple[str, str]] = {}
+        for item in listing.get("nftables", []):
+            if item.get("table", {}).get("name") == TABLE:
+                self.table_seen = True
+            rule = item.get("rule")
+            if not rule or rule.get("table") != TABLE:
+                continue
+            parts = str(rule.get("comment", "")).split(":")
+            if len(parts) != 5 or parts[0] != TAG:
+                continue
+            key = (parts[1], parts[2])
+            found.setdefault(key, []).append((rule["chain"], int(rule["handle"])))
+            details[key] = (parts[3], parts[4])
+        for key, handles in found.items():
+            public, private = details[key]
+            state.bindings[key] = Binding(key[0], key[1], public, private, tuple(sorted(handles)))
+        state.uplink_addresses = self.uplink_addresses()
+        return state
+
+    def batch(self, bind: Sequence[Binding], unbind: Sequence[Binding]) -> None:
+        """All rule changes in one atomic `nft -f`, then the uplink's addresses in one
+        `ip -batch`."""
+        lines = [] if self.table_seen else [TABLE_DEFINITION]
+        for old in unbind:
+            lines += [
+                f"delete rule ip {TABLE} {chain} handle {handle}" for chain, handle in old.handles
+            ]
+        for new in bind:
+            note = json.dumps(comment_of(new.tenant, new.name, new.public, new.private))
+            dnat = f"ip daddr {new.public} dnat to {new.private} comment {note}"
+            lines += [
+                f"add rule ip {TABLE} prerouting {dnat}",
+                f"add rule ip {TABLE} output {dnat}",
+                f'add rule ip {TABLE} postrouting oifname "{self.uplink}" ip saddr {new.private} '
+                f"snat to {new.public} comment {note}",
+            ]
+        self.shell.run(
+            ["nft", "-f", "-"],
+            "apply",
+            f"nftables rules of table {TABLE}",
+            stdin="\n".join(lines) + "\n",
+        )
+        present = self.uplink_addresses()
+        keep = {b.public for b in bind}
+        commands = [
+            f"addr del {old.public}/32 dev {self.uplink}"
+            for old in unbind
+            if old.public not in keep and old.public in present
+        ]
+        commands += [f"addr add {public}/32 dev {self.uplink}" for public in sorted(keep - present)]
+        if commands:
+            self.shell.run(
+                ["ip", "-batch", "-"],
+                "change",
+                f"public addresses on {self.uplink}",
+                stdin="\n".join(commands) + "\n",
+            )
+
+    def uplink_addresses(self) -> set[str]:
+        """The /32 addresses on the uplink: where the host answers for public IPs."""
+        shown = self.shell.json(
+            ["ip", "-j", "-4", "addr", "show", "dev", self.uplink], "read", f"uplink {self.uplink}"
+        )
+        return {
+            info["local"]
+            for link in shown or []
+            for info in link.get("addr_info", [])
+            if info.get("prefixlen") == 32
+        }
+
+
+def nic_address(
+    inventory: TenantInventory, tenant: str, spec: PublicIpSpec, path: str
+) -> tuple[str, str]:
+    """The VM NIC's reserved private address and its network's uplink (the VM must be the
+    tenant's, the NIC must have a fixed IP on a routed network)."""
+    prefix = f"{path}." if path else ""
+    libvirt_name = object_name(tenant, spec.vm)
+    domain = inventory.domains.get(libvirt_name)
+    if domain is None:
+        raise SpecError(f"{prefix}vm", f"unknown VM {spec.vm!r} of tenant {tenant!r} on this host")
+    check_owner(domain.owner, tenant, "vm", libvirt_name)
+    for nic in domain.nics:
+        state = inventory.networks.get(nic.network)
+        declared = state.owner.name if state and state.owner else nic.network
+        if spec.network is not None and declared != spec.network:
+            continue
+        if state is None:
+            break
+        lease = state.hosts.get(nic.mac)
+        if lease is None:
+            raise SpecError(
+                f"{prefix}vm",
+                f"VM {spec.vm}'s NIC on {declared} has no fixed IP; declare nics[].ip",
+            )
+        if state.mode != "routed" or not state.uplink:
+            raise SpecError(
+                f"{prefix}network",
+                f"VM {spec.vm}'s NIC is on network {declared} ({state.mode}); a public IP needs a "
+                "routed network (mode: routed, uplink: the zone's uplink)",
+            )
+        return str(lease.ip), state.uplink
+    wanted = f" on network {spec.network}" if spec.network else ""
+    raise SpecError(f"{prefix}network", f"VM {spec.vm} has no NIC{wanted} of tenant {tenant}")
+
+
+def declared_nic_address(
+    environment: EnvironmentSpec, spec: PublicIpSpec, path: str
+) -> tuple[str, str] | None:
+    """The NIC's address and uplink from the environment's own declaration, when it declares
+    the VM (which may not exist yet when the plan is made); None otherwise."""
+    vm = next((v for v in environment.vms if v.name == spec.vm), None)
+    if vm is None:
+        return None
+    networks = {n.name: n for n in environment.networks}
+    for nic in vm.nics:
+        if spec.network is not None and nic.network != spec.network:
+            continue
+        network = networks.get(nic.network)
+        if nic.ip is None:
+            raise SpecError(
+                f"{path}.vm", f"VM {spec.vm}'s NIC on {nic.network} has no fixed IP; declare its ip"
+            )
+        if network is None or network.mode != "routed":
+            mode = network.mode if network else "not declared here"
+            raise SpecError(
+                f"{path}.network",
+                f"VM {spec.vm}'s NIC is on network {nic.network} ({mode}); a public IP needs a "
+                "routed network (mode: routed, uplink: the zone's uplink)",
+            )
+        return str(nic.ip), network.uplink or ""
+    wanted = f" on network {spec.network}" if spec.network else ""
+    raise SpecError(f"{path}.network", f"VM {spec.vm} has no NIC{wanted}")
+
+
+class PublicIpEngine:
+    """Allocation in the ledger and binding on the host, planned together.
+
+    Each allocation is its own short ledger transaction under the tenant's and the zone's
+    locks. Bindings, unbindings and releases are collected while the plan applies and carried
+    out by flush(): one nft batch, one ip batch, one ledger transaction per run and host.
+    """
+
+    def __init__(
+        self, ledger: Ledger, host: Host, tenant: str, zone: Zone, shell: HostShell
+    ) -> None:
+        self.ledger = ledger
+        self.host = host
+        self.tenant = tenant
+        self.zone = zone
+        self.nat = NatTable(shell, zone.uplink)
+        self.to_bind: list[tuple[str, str, Binding | None]] = []  # name, private, old binding
+        self.to_unbind: list[Binding] = []
+        self.to_release: list[str] = []
+        # The host's NAT as read for the plan: still true when the run changed nothing.
+        self.observed = NatState()
+
+    @contextmanager
+    def locked(self) -> Iterator[Any]:
+        with self.ledger.store.locked(self.tenant) as connection:
+            self.ledger.store.also_lock(connection, zone_lock(self.zone.name))
+            yield connection
+
+    def allocations(self) -> dict[str, Any]:
+        """The tenant's allocations in this zone, by name."""
+        with self.ledger.store.read() as connection:
+            query = sa.select(public_ips).where(
+                public_ips.c.tenant == self.tenant, public_ips.c.zone == self.zone.name
+            )
+            return {row.name: row for row in connection.execute(query)}
+
+    def unused(self, taken: Container[str]) -> list[tuple[str, str]]:
+        """The zone's assignable addresses nobody holds, in pool order, with their pool."""
+        return [
+            (str(address), pool.name)
+            for pool in self.zone.pools
+            for address in pool.addresses()
+            if str(address) not in taken
+        ]
+
+    def free_address(self, connection: Any) -> tuple[str, str]:
+        taken = {row.address for row in connection.execute(sa.select(public_ips.c.address))}
+        free = self.unused(taken)
+        if not free:
+            raise self.exhausted()
+        return free[0]
+
+    def plan(
+        self,
+        declared: Sequence[tuple[PublicIpSpec, str, str, str]],
+        removed: Sequence[str],
+        nat: NatState,
+    ) -> Plan:
+        """Changes for the declared public IPs - (spec, private address, uplink, field path) -
+        and the removals of the named ones."""
+        plan = Plan()
+        current = self.allocations()
+        new = [spec for spec, *_rest in declared if spec.name not in current]
+        with self.ledger.store.read() as connection:
+            if new:
+                record = self.ledger.require_tenant(connection, self.tenant)
+                limits = self.ledger.limits(connection, record)
+                used = {"public_ips": self.ledger.public_ip_count(connection, self.tenant)}
+                found = quota.breaches(limits, used, {"public_ips": len(new)})
+                if found:
+                    raise quota.QuotaExceeded(self.tenant, found)
+            taken = {row.address: row for row in connection.execute(sa.select(public_ips))}
+        wanted = {str(s.address) for s, *_rest in declared if s.address is not None}
+        automatic = [a for a, _pool in self.unused(taken) if a not in wanted]
+        needed = [s for s in new if s.address is None]
+        if len(needed) > len(automatic):
+            raise self.exhausted()
+        for spec, private, uplink, path in declared:
+            prefix = f"{path}." if path else ""
+            if uplink != self.zone.uplink:
+                raise SpecError(
+                    f"{prefix}network",
+                    f"VM {spec.vm}'s network is routed to {uplink or 'nothing'}, not to zone "
+                    f"{self.zone.name}'s uplink {self.zone.uplink}",
+                )
+            row = current.get(spec.name)
+            address = self.choose(spec, row, taken, prefix)
+            if row is None:
+                plan.add(
+                    Change(
+                        "public_ip",
+                        spec.name,
+                        "allocate",
+                        field="address",
+                        after=address or UNKNOWN,
+                        run=partial(self.allocate, spec, address, private),
+                    )
+                )
+            elif (row.vm, row.private_ip) != (spec.vm, private):
+                plan.add(
+                    Change(
+                        "public_ip",
+                        spec.name,
+                        "rebind",
+                        field="vm",
+                        before=f"{row.vm} ({row.private_ip})",
+                        after=f"{spec.vm} ({private})",
+                        run=partial(self.record_binding, spec.name, spec.vm, private),
+                    )
+                )
+            self.plan_binding(plan, spec.name, row.address if row else address, private, nat)
+        for name in removed:
+            self.plan_release(plan, name, current.get(name), nat)
+        return plan
+
+    def exhausted(self) -> SpecError:
+        pools = ", ".join(f"{p.name} {p.cidr}" for p in self.zone.pools)
+        return SpecError(
+            "zone_config.public_pools", f"zone {self.zone.name}'s pools are exhausted ({pools})"
+        )
+
+    def choose(
+        self, spec: PublicIpSpec, row: Any, taken: Mapping[str, Any], prefix: str
+    ) -> str | None:
+        """The address the declaration holds or asks for; None: the pool's first free one."""
+        if spec.address is None:
+            return row.address if row else None
+        address = str(spec.address)
+        if row is not None and row.address != address:
+            raise SpecError(
+                f"{prefix}address",
+                f"{self.tenant}'s public IP {spec.name} is {row.address}; changing the address "
+                "means releasing it (state: absent) and allocating a new one",
+            )
+        holder = taken.get(address)
+        if holder is not None and (holder.tenant, holder.name) != (self.tenant, spec.name):
+            raise SpecError(f"{prefix}address", f"{address} is already taken")
+        return address
+
+    def plan_binding(
+        self, plan: Plan, name: str, address: str | None, private: str, nat: NatState
+    ) -> None:
+        bound = nat.bindings.get((self.tenant, name))
+        healthy = (
+            bound is not None
+            and address is not None
+            and (bound.public, bound.private) == (address, private)
+            and len(bound.handles) == 3
+            and bound.public in nat.uplink_addresses
+        )
+        if healthy:
+            return
+        plan.add(
+            Change(
+                "public_ip",
+                name,
+                "bind",
+                field="binding",
+                before=f"{bound.public} -> {bound.private}" if bound else None,
+                after=f"{address or UNKNOWN} -> {private}",
+                run=partial(self.to_bind.append, (name, private, bound)),
+            )
+        )
+
+    def plan_release(self, plan: Plan, name: str, row: Any, nat: NatState) -> None:
+        bound = nat.bindings.get((self.tenant, name))
+        if bound is not None:
+            plan.add(
+                Change(
+                    "public_ip",
+                    name,
+                    "unbind",
+                    field="binding",
+                    before=f"{bound.public} -> {bound.private}",
+                    run=partial(self.to_unbind.append, bound),
+                )
+            )
+        if row is not None:
+            plan.add(
+                Change(
+                    "public_ip",
+                    name,
+                    "release",
+                    field="address",
+                    before=row.address,
+                    run=partial(self.to_release.append, name),
+                )
+            )
+
+    def allocate(self, spec: PublicIpSpec, address: str | None, private: str) -> None:
+        with self.locked() as connection:
+            if address is None:
+                address, pool = self.free_address(connection)
+            else:
+                pool = self.zone.pool_of(ipaddress.IPv4Address(address)).name
+                holder = connection.execute(
+                    sa.select(public_ips).where(public_ips.c.address == address)
+                ).first()
+                if holder is not None:
+                    raise SpecError("address", f"{address} was taken by another run meanwhile")
+            now = self.ledger.now()
+            connection.execute(
+                public_ips.insert().values(
+                    address=address,
+                    zone=self.zone.name,
+                    pool=pool,
+                    tenant=self.tenant,
+                    name=spec.name,
+                    host=self.host.uri,
+                    vm=spec.vm,
+                    private_ip=private,
+                    allocated_at=now,
+                    updated_at=now,
+                )
+            )
+            detail = {"name": spec.name, "address": address}
+            self.ledger.event(connection, self.tenant, "public_ip_allocated", detail)
+
+    def record_binding(self, name: str, vm: str, private: str) -> None:
+        with self.locked() as connection:
+            connection.execute(
+                public_ips.update()
+                .where(
+                    public_ips.c.tenant == self.tenant,
+                    public_ips.c.zone == self.zone.name,
+                    public_ips.c.name == name,
+                )
+                .values(vm=vm, private_ip=private, host=self.host.uri, updated_at=self.ledger.now())
+            )
+
+    def release(self, names: Sequence[str]) -> None:
+        """Free the addresses (after their rules and addresses went, in flush)."""
+        with self.locked() as connection:
+            for name in names:
+                row = connection.execute(
+                    sa.select(public_ips).where(
+                        public_ips.c.tenant == self.tenant,
+                        public_ips.c.zone == self.zone.name,
+                        public_ips.c.name == name,
+                    )
+                ).first()
+                if row is None:
+                    continue
+                connection.execute(public_ips.delete().where(public_ips.c.address == row.address))
+                detail = {"name": name, "address": row.address}
+                self.ledger.event(connection, self.tenant, "public_ip_released", detail)
+
+    def flush(self) -> None:
+        """Apply what the run's changes collected: every rule in one nft batch, the uplink's
+        addresses in one ip batch, then the releases in one ledger transaction."""
+        if self.to_bind or self.to_unbind:
+            rows = self.allocations()
+            bind, unbind = [], list(self.to_unbind)
+            for name, private, old in self.to_bind:
+                bind.append(Binding(self.tenant, name, rows[name].address, private))
+                if old is not None:
+                    unbind.append(old)
+            self.nat.batch(bind, unbind)
+        if self.to_release:
+            self.release(self.to_release)
+        self.to_bind.clear()
+        self.to_unbind.clear()
+        self.to_release.clear()
+
+    def facts(self, nat: NatState) -> dict[str, dict[str, Any]]:
+        result = {}
+        for name, row in self.allocations().items():
+            bound = nat.bindings.get((self.tenant, name))
+            result[name] = {
+                "name": name,
+                "address": row.address,
+                "pool": row.pool,
+                "zone": row.zone,
+                "vm": row.vm,
+                "private_ip": row.private_ip,
+                "bound": bound is not None and bound.public == row.address,
+            }
+        return result
+
+
+def zone_lock(zone: str) -> str:
+    return f"(public-ips {zone})"
+
+
+def engine_from(
+    params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
+) -> PublicIpEngine:
+    zone = parse_zone(params.get("zone"), params.get("zone_config"))
+    shell = HostShell(check_prefix(params.get("host_command")))
+    return PublicIpEngine(ledger, host, tenant, zone, shell)
+
+
+def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    engine = engine_from(params, ledger, host, tenant)
+    gate = Gate(ledger, host, tenant, Declaration())
+    nat = engine.nat.observe()
+    if (params.get("state") or "present") == "present":
+        inventory = host.inventory(tenant)
+        fields = ("name", "vm", "network", "address")
+        spec = parse_public_ip(
+            {k: params[k] for k in fields if params.get(k) is not None}, "", engine.zone
+        )
+        private, uplink = nic_address(inventory, tenant, spec, "")
+        plan = engine.plan([(spec, private, uplink, "")], [], nat)
+    else:
+        plan = engine.plan([], [name], nat)
+    gate.admit_state(plan)
+    usage_changes = []
+    if not check_mode:
+        watch = UsageWatch(ledger, host.uri, tenant, None)
+        plan.apply()
+        engine.flush()
+        if plan.changed:
+            nat = engine.nat.observe()
+            usage_changes = watch.changes(None)
+    return Result(
+        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
+        facts={"public_ip": engine.facts(nat).get(name, {})}, usage_changes=usage_changes,
+    )  # fmt: skip
+
+
+def plan_environment_public_ips(
+    params: Mapping[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    host: Host,
+    inventory: TenantInventory,
+    remove_undeclared: bool,
+) -> tuple[PublicIpEngine | None, Plan]:
+    """The environment's public IPs (the VMs they bind may be declared in the same run); with
+    prune or state absent, the tenant's other public IPs of the zone are released."""
+    absent = params.get("state") == "absent"
+    raw_ips = [] if absent else as_list(params.get("public_ips"), "public_ips")
+    if params.get("zone_config") is None:
+        if raw_ips:
+            raise SpecError(
+                "zone_config", "public IPs need the host's zone: set zone and zone_config"
+            )
+        return None, Plan()
+    tenant = check_name(params.get("tenant"), "tenant")
+    engine = engine_from(params, ledger, host, tenant)
+    declared = []
+    for i, raw in enumerate(raw_ips):
+        path = f"public_ips[{i}]"
+        item = parse_public_ip(raw, path, engine.zone)
+        found = declared_nic_address(spec, item, path) if spec else None
+        private, uplink = found or nic_address(inventory, tenant, item, path)
+        declared.append((item, private, uplink, path))
+    names = [item.name for item, *_rest in declared]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SpecError("public_ips", f"public IP {duplicates[0]!r} is declared twice")
+    undeclared = sorted(set(engine.allocations()) - set(names))
+    engine.observed = engine.nat.observe()
+    plan = engine.plan(declared, undeclared if remove_undeclared else [], engine.observed)
+    if undeclared and not remove_undeclared:
+        plan.warnings.append(
+            f"tenant {tenant} has public IPs no declaration mentions: {', '.join(undeclared)} "
+            "(set prune: true to release them)"
+        )
+    return engine, plan

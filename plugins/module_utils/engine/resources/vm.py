@@ -1,0 +1,889 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tenant VMs: a libvirt domain, its overlay boot disk, cloud-init seed, NICs and leases."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ...core.errors import SpecError, libvirt, libvirt_action
+from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
+from ...core.spec import DiskSpec, NetworkSpec, StaticLease, VmSpec, check_host_address, spec_hash
+from ...host.cloudinit import seed_digest, seed_image
+from ...host.connection import Host, TenantInventory
+from ...host.ownership import NAMESPACE, PREFIX, Owner, check_owner, object_name, owner_element
+from ...host.xml import (
+    GIB,
+    KIB_PER_MIB,
+    DiskDevice,
+    DomainDefinition,
+    DomainState,
+    NicDevice,
+    disk_device_xml,
+    domain_xml,
+    free_disk_target,
+    nic_device_xml,
+    raw_volume_xml,
+    to_string,
+    volume_xml,
+)
+from .disk import DiskEngine, check_pool, find_volume, volume_name
+from .network import NetworkEngine
+
+KIND = "vm"
+SEED_TARGET = "hdc"
+POLL_SECONDS = 0.2
+SHUTDOWN_RETRY_SECONDS = 2.0
+UNDEFINE_FLAGS = (
+    "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
+    "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+    "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA",
+    "VIR_DOMAIN_UNDEFINE_NVRAM",
+)
+
+
+def vm_hash(spec: VmSpec) -> str:
+    """The configuration's digest; power state is operation, not configuration."""
+    return spec_hash(replace(spec, state=""))
+
+
+def send_all(stream: Any, payload: bytes, chunk: int = 256 * 1024) -> None:
+    """virStream.send may take fewer bytes than offered: keep sending until all are taken."""
+    view = memoryview(payload)
+    sent = 0
+    while sent < len(payload):
+        taken = stream.send(bytes(view[sent : sent + chunk]))
+        if taken <= 0:
+            stream.abort()
+            raise OSError(f"the upload stream stopped after {sent} of {len(payload)} bytes")
+        sent += taken
+    stream.finish()
+
+
+def boot_volume_name(tenant: str, vm: str) -> str:
+    return f"{object_name(tenant, vm)}.boot.qcow2"
+
+
+def seed_volume_name(tenant: str, vm: str) -> str:
+    return f"{object_name(tenant, vm)}.seed.iso"
+
+
+def vm_summary(spec: VmSpec) -> dict[str, Any]:
+    return {
+        "vcpus": spec.vcpus,
+        "max_vcpus": spec.max_vcpus,
+        "memory_mib": spec.memory_mib,
+        "max_memory_mib": spec.max_memory_mib,
+        "boot_disk": {
+            "image": spec.boot_disk.image,
+            "size_gib": spec.boot_disk.size_gib,
+            "pool": spec.boot_disk.pool,
+        },
+        "disks": list(spec.disks),
+        "nics": [
+            {"network": n.network, "mac": n.mac, "ip": str(n.ip) if n.ip else UNKNOWN}
+            for n in spec.nics
+        ],
+        "cloud_init": spec.cloud_init is not None,
+        "state": spec.state,
+    }
+
+
+def domain_summary(domain: DomainState) -> dict[str, Any]:
+    return {
+        "vcpus": domain.vcpus,
+        "max_vcpus": domain.max_vcpus,
+        "memory_mib": domain.memory_mib,
+        "max_memory_mib": domain.max_memory_mib,
+        "disks": [d.path for d in domain.disks],
+        "nics": [{"network": n.network, "mac": n.mac} for n in domain.nics],
+        "state": domain.state,
+    }
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """vCPUs or memory: a current value that may change live up to a maximum fixed at boot."""
+
+    field: str
+    max_field: str
+    wanted: int
+    wanted_max: int
+    config: int
+    config_max: int
+    live: int | None  # None when stopped, or when the live value is not compared
+    live_max: int | None  # None when stopped
+    set_max: Callable[[], None]
+    set_current: Callable[[bool], None]  # argument: also change the running VM
+
+
+def plan_dimension(plan: Plan, name: str, d: Dimension, restart_needed: list[str]) -> None:
+    """Within the running maximum a change is live; beyond it, it waits for a restart."""
+    running = d.live_max is not None
+    if d.config_max != d.wanted_max:
+        cls = ChangeClass.RESTART if running else ChangeClass.LIVE
+        plan.add(
+            Change(KIND, name, "update", cls, d.max_field, d.config_max, d.wanted_max, d.set_max)
+        )
+    if running and d.live_max != d.wanted_max:
+        restart_needed.append(d.max_field)
+    fits_live = running and d.wanted <= d.live_max
+    live_differs = d.live is not None and d.live != d.wanted
+    if d.config != d.wanted or (live_differs and fits_live):
+        cls = ChangeClass.RESTART if running and not fits_live else ChangeClass.LIVE
+        before = d.live if live_differs and fits_live else d.config
+        plan.add(
+            Change(
+                KIND,
+                name,
+                "update",
+                cls,
+                d.field,
+                before,
+                d.wanted,
+                lambda: d.set_current(fits_live),
+            )
+        )
+    effective = d.live if d.live is not None else d.config
+    if running and not fits_live and effective != d.wanted:
+        restart_needed.append(d.field)
+
+
+@dataclass
+class Context:
+    """What a VM's plan may rely on besides the host: the rest of the same declaration."""
+
+    networks: dict[str, NetworkSpec] = field(default_factory=dict)
+    disks: dict[str, DiskSpec] = field(default_factory=dict)
+    allow_restart: bool = False
+    path: str = ""
+
+
+@dataclass
+class Resolved:
+    """A VM declaration with every reference turned into a libvirt name or path."""
+
+    spec: VmSpec
+    libvirt_name: str
+    boot_path: str
+    seed_path: str
+    extra_disks: list[tuple[str, str, str]]  # declared name, path, format
+    networks: list[str]  # libvirt network per NIC
+    leases: list[tuple[str, str, StaticLease]]  # declared network, libvirt network, lease
+    seed: str  # digest of the cloud-init seed, "" without one
+
+
+class VmEngine:
+    """Observe, plan and apply one tenant's VMs on one host."""
+
+    def __init__(self, host: Host, tenant: str, shutdown_timeout: float = 60.0) -> None:
+        self.host = host
+        self.tenant = tenant
+        self.networks = NetworkEngine(host, tenant)
+        self.disks = DiskEngine(host, tenant)
+        self.shutdown_timeout = shutdown_timeout
+
+    # references ------------------------------------------------------------------------------
+
+    def resolve(self, spec: VmSpec, inventory: TenantInventory, ctx: Context) -> Resolved:
+        libvirt_name = object_name(self.tenant, spec.name)
+        boot_pool = check_pool(inventory, spec.boot_disk.pool, f"{ctx.path}boot_disk.pool")
+        if self.host.is_local and not os.path.exists(spec.boot_disk.image):
+            raise SpecError(
+                f"{ctx.path}boot_disk.image", f"no such image on the host: {spec.boot_disk.image}"
+            )
+        seed_pool = boot_pool.rstrip("/")
+        extra = [self.resolve_disk(name, inventory, ctx, i) for i, name in enumerate(spec.disks)]
+        networks: list[str] = []
+        leases: list[tuple[str, str, StaticLease]] = []
+        for i, nic in enumerate(spec.nics):
+            net_name, cidr = self.resolve_network(nic.network, inventory, ctx, i)
+            networks.append(net_name)
+            if nic.ip is not None:
+                check_host_address(nic.ip, cidr, f"{ctx.path}nics[{i}].ip")
+                hostname = spec.cloud_init.hostname if spec.cloud_init else spec.name
+                leases.append((nic.network, net_name, StaticLease(nic.mac, nic.ip, hostname)))
+        self.check_address_conflicts(spec, inventory, leases, ctx)
+        seed = seed_digest(libvirt_name, spec.cloud_init) if spec.cloud_init else ""
+        return Resolved(
+            spec,
+            libvirt_name,
+            f"{boot_pool.rstrip('/')}/{boot_volume_name(self.tenant, spec.name)}",
+            f"{seed_pool}/{seed_volume_name(self.tenant, spec.name)}",
+            extra,
+            networks,
+            leases,
+            seed,
+        )
+
+    def resolve_disk(
+        self, name: str, inventory: TenantInventory, ctx: Context, index: int
+    ) -> tuple[str, str, str]:
+        volume = find_volume(inventory, self.tenant, name)
+        if volume is not None:
+            return name, volume.path, volume.format
+        declared = ctx.disks.get(name)
+        if declared is None:
+            raise SpecError(
+                f"{ctx.path}disks[{index}]", f"unknown disk {name!r} of tenant {self.tenant!r}"
+            )
+        pool_path = check_pool(inventory, declared.pool, f"{ctx.path}disks[{index}]")
+        path = f"{pool_path.rstrip('/')}/{volume_name(self.tenant, name, declared.format)}"
+        return name, path, declared.format
+
+    def resolve_network(
+        self, name: str, inventory: TenantInventory, ctx: Context, index: int
+    ) -> tuple[str, ipaddress.IPv4Network]:
+        libvirt_name = object_name(self.tenant, name)
+        declared = ctx.networks.get(name)
+        if declared is not None:
+            return libvirt_name, declared.cidr
+        state = inventory.networks.get(libvirt_name)
+        if state is None or state.cidr is None:
+            raise SpecError(
+                f"{ctx.path}nics[{index}].network",
+                f"unknown network {name!r} of tenant {self.tenant!r}",
+            )
+        check_owner(state.owner, self.tenant, "network", libvirt_name)
+        return libvirt_name, state.cidr
+
+    def check_address_conflicts(
+        self,
+        spec: VmSpec,
+        inventory: TenantInventory,
+        leases: list[tuple[str, str, StaticLease]],
+        ctx: Context,
+    ) -> None:
+        libvirt_name = object_name(self.tenant, spec.name)
+        for i, nic in enumerate(spec.nics):
+            for domain in inventory.domains.values():
+                if domain.name != libvirt_name and any(n.mac == nic.mac for n in domain.nics):
+                    raise SpecError(
+                        f"{ctx.path}nics[{i}].mac",
+                        f"MAC {nic.mac} is already used by VM {domain.name!r}",
+                    )
+        own_macs = {nic.mac for nic in spec.nics}
+        for declared_net, net_name, lease in leases:
+            state = inventory.networks.get(net_name)
+            if state is None:
+                continue
+            if lease.ip == state.gateway:
+                raise SpecError(
+                    f"{ctx.path}nics", f"{lease.ip} is the gateway of network {declared_net!r}"
+                )
+            for mac, other in state.hosts.items():
+                if other.ip == lease.ip and mac not in own_macs:
+                    raise SpecError(
+                        f"{ctx.path}nics",
+                        f"IP {lease.ip} on network {declared_net!r} is already leased to {mac}",
+                    )
+
+    # planning --------------------------------------------------------------------------------
+
+    def owned(self, inventory: TenantInventory, name: str) -> DomainState | None:
+        libvirt_name = object_name(self.tenant, name)
+        domain = inventory.domains.get(libvirt_name)
+        if domain is not None:
+            check_owner(domain.owner, self.tenant, KIND, libvirt_name)
+        return domain
+
+    def plan_present(self, spec: VmSpec, inventory: TenantInventory, ctx: Context) -> Plan:
+        domain = self.owned(inventory, spec.name)
+        resolved = self.resolve(spec, inventory, ctx)
+        plan = Plan()
+        self.plan_leases(plan, resolved, inventory, domain)
+        if domain is None:
+            plan.changes.insert(
+                0,
+                Change(
+                    KIND,
+                    spec.name,
+                    "create",
+                    ChangeClass.LIVE,
+                    None,
+                    None,
+                    vm_summary(spec),
+                    lambda: self.create(resolved, inventory),
+                ),
+            )
+            return plan
+        self.plan_update(plan, resolved, domain, inventory, ctx)
+        return plan
+
+    def plan_leases(
+        self, plan: Plan, resolved: Resolved, inventory: TenantInventory, domain: DomainState | None
+    ) -> None:
+        wanted = {(net, lease.mac): (declared, lease) for declared, net, lease in resolved.leases}
+        for (net_name, mac), (declared, lease) in sorted(wanted.items()):
+            state = inventory.networks.get(net_name)
+            if state is None:
+                continue  # created in this plan, with the lease in its definition
+            current = state.hosts.get(mac)
+            if current != lease:
+                plan.add(
+                    self.networks.lease_change(
+                        declared, net_name, current, lease, KIND, resolved.spec.name
+                    )
+                )
+        macs = {nic.mac for nic in resolved.spec.nics} | {
+            n.mac for n in (domain.nics if domain else [])
+        }
+        for net_name, state in sorted(inventory.networks.items()):
+            for mac in sorted(macs & set(state.hosts)):
+                if (
+                    (net_name, mac) not in wanted
+                    and state.owner
+                    and state.owner.tenant == self.tenant
+                ):
+                    if mac in state.owner.get("leases").split(","):
+                        continue  # the network's own static lease
+                    plan.add(
+                        self.networks.lease_change(
+                            state.owner.name,
+                            net_name,
+                            state.hosts[mac],
+                            None,
+                            KIND,
+                            resolved.spec.name,
+                        )
+                    )
+
+    def plan_update(
+        self, plan: Plan, r: Resolved, domain: DomainState, inventory: TenantInventory, ctx: Context
+    ) -> None:
+        spec = r.spec
+        running = domain.state in ("running", "paused")
+        restart_needed: list[str] = []
+        self.plan_cpu_memory(plan, spec, domain, running, restart_needed)
+        self.plan_boot_disk(plan, r, inventory, domain, ctx)
+        self.plan_extra_disks(plan, r, domain, running)
+        self.plan_nics(plan, r, domain, running)
+        self.plan_seed(plan, r, domain, running, restart_needed)
+        name = spec.name
+        if (
+            plan.changes
+            or domain.owner is None
+            or domain.owner.spec_hash != vm_hash(spec)
+            or domain.owner.get("seed") != r.seed
+        ):
+            owner = self.owner(spec, r.seed)
+            plan.add(
+                Change(
+                    KIND,
+                    name,
+                    "update",
+                    ChangeClass.LIVE,
+                    "metadata",
+                    domain.owner.spec_hash if domain.owner else None,
+                    owner.spec_hash,
+                    lambda: self.set_metadata(r.libvirt_name, owner),
+                )
+            )
+        wants_autostart = spec.state == "running"
+        if domain.autostart != wants_autostart:
+            plan.add(
+                Change(
+                    KIND,
+                    name,
+                    "autostart",
+                    ChangeClass.LIVE,
+                    "autostart",
+                    domain.autostart,
+                    wants_autostart,
+                    lambda: self.set_autostart(r.libvirt_name, wants_autostart),
+                )
+            )
+        self.plan_power(plan, r, domain, restart_needed, ctx)
+
+    def plan_cpu_memory(
+        self,
+        plan: Plan,
+        spec: VmSpec,
+        domain: DomainState,
+        running: bool,
+        restart_needed: list[str],
+    ) -> None:
+        libvirt_name = object_name(self.tenant, spec.name)
+        vcpus = Dimension(
+            "vcpus",
+            "max_vcpus",
+            spec.vcpus,
+            spec.max_vcpus,
+            domain.vcpus,
+            domain.max_vcpus,
+            domain.live_vcpus if running else None,
+            domain.live_max_vcpus if running else None,
+            lambda: self.set_max_vcpus(libvirt_name, spec.max_vcpus, spec.vcpus),
+            lambda live: self.set_vcpus(libvirt_name, spec.vcpus, live),
+        )
+        # The balloon's current size is the guest's business: only the definition is compared.
+        memory = Dimension(
+            "memory_mib",
+            "max_memory_mib",
+            spec.memory_mib,
+            spec.max_memory_mib,
+            domain.memory_mib,
+            domain.max_memory_mib,
+            None,
+            domain.live_max_memory_mib if running else None,
+            lambda: self.set_max_memory(libvirt_name, spec.max_memory_mib, spec.memory_mib),
+            lambda live: self.set_memory(libvirt_name, spec.memory_mib, live),
+        )
+        for dimension in (vcpus, memory):
+            plan_dimension(plan, spec.name, dimension, restart_needed)
+
+    def plan_boot_disk(
+        self, plan: Plan, r: Resolved, inventory: TenantInventory, domain: DomainState, ctx: Context
+    ) -> None:
+        spec = r.spec
+        volume = next((v for v in inventory.volumes.values() if v.path == r.boot_path), None)
+        if volume is None:
+            raise SpecError(
+                f"{ctx.path}boot_disk",
+                f"the boot disk {r.boot_path} of VM {spec.name!r} is missing from the host; "
+                "restore it from a backup or delete and re-create the VM",
+            )
+        if volume.backing is not None and volume.backing != spec.boot_disk.image:
+            raise SpecError(
+                f"{ctx.path}boot_disk.image",
+                f"VM {spec.name!r} was created from {volume.backing}; changing the base image "
+                "would replace its boot disk and is refused (delete and re-create the VM)",
+            )
+        wanted = spec.boot_disk.size_gib * GIB
+        if wanted < volume.capacity:
+            raise SpecError(
+                f"{ctx.path}boot_disk.size_gib",
+                f"the boot disk of {spec.name!r} is {volume.capacity / GIB:g} GiB; shrinking it "
+                f"to {spec.boot_disk.size_gib} GiB would destroy data and is refused",
+            )
+        if wanted > volume.capacity:
+            plan.add(
+                Change(
+                    KIND,
+                    spec.name,
+                    "resize",
+                    ChangeClass.LIVE,
+                    "boot_disk.size_gib",
+                    volume.capacity / GIB,
+                    spec.boot_disk.size_gib,
+                    lambda: self.disks.grow(volume, wanted, domain),
+                )
+            )
+
+    def plan_extra_disks(self, plan: Plan, r: Resolved, domain: DomainState, running: bool) -> None:
+        managed = {r.boot_path, r.seed_path}
+        present = {d.path: d for d in domain.disks}
+        wanted_paths = {path for _name, path, _format in r.extra_disks}
+        used = {d.target for d in domain.disks}
+        for disk_name, path, fmt in r.extra_disks:
+            if path in present:
+                continue
+            target = free_disk_target(used)
+            used.add(target)
+            device = DiskDevice(target, path, fmt, serial=disk_name)
+            plan.add(
+                Change(
+                    KIND,
+                    r.spec.name,
+                    "attach",
+                    ChangeClass.LIVE,
+                    f"disk {disk_name}",
+                    None,
+                    target,
+                    lambda device=device: self.attach(
+                        r.libvirt_name, disk_device_xml(device), running
+                    ),
+                )
+            )
+        for path, device in present.items():
+            if path in managed or path in wanted_paths or device.device != "disk":
+                continue
+            plan.add(
+                Change(
+                    KIND,
+                    r.spec.name,
+                    "detach",
+                    ChangeClass.LIVE,
+                    f"disk {device.serial or path}",
+                    device.target,
+                    None,
+                    lambda device=device: self.detach(
+                        r.libvirt_name, disk_device_xml(device), running
+                    ),
+                )
+            )
+
+    def plan_nics(self, plan: Plan, r: Resolved, domain: DomainState, running: bool) -> None:
+        present = {(n.mac, n.network) for n in domain.nics}
+        wanted = {(nic.mac, net) for nic, net in zip(r.spec.nics, r.networks, strict=False)}
+        for nic, net in zip(r.spec.nics, r.networks, strict=False):
+            if (nic.mac, net) in present:
+                continue
+            device = NicDevice(nic.mac, net)
+            plan.add(
+                Change(
+                    KIND,
+                    r.spec.name,
+                    "attach",
+                    ChangeClass.LIVE,
+                    f"nic {nic.mac}",
+                    None,
+                    nic.network,
+                    lambda device=device: self.attach(
+                        r.libvirt_name, nic_device_xml(device), running
+                    ),
+                )
+            )
+        for nic in domain.nics:
+            if (nic.mac, nic.network) in wanted:
+                continue
+            device = NicDevice(nic.mac, nic.network)
+            plan.add(
+                Change(
+                    KIND,
+                    r.spec.name,
+                    "detach",
+                    ChangeClass.LIVE,
+                    f"nic {nic.mac}",
+                    nic.network,
+                    None,
+                    lambda device=device: self.detach(
+                        r.libvirt_name, nic_device_xml(device), running
+                    ),
+                )
+            )
+
+    def plan_seed(
+        self, plan: Plan, r: Resolved, domain: DomainState, running: bool, restart_needed: list[str]
+    ) -> None:
+        current = domain.owner.get("seed") if domain.owner else ""
+        has_device = any(d.path == r.seed_path for d in domain.disks)
+        if current == r.seed and has_device == bool(r.seed):
+            return
+        cls = ChangeClass.RESTART if running else ChangeClass.LIVE
+        if running:
+            restart_needed.append("cloud_init")
+        plan.add(
+            Change(
+                KIND,
+                r.spec.name,
+                "update",
+                cls,
+                "cloud_init",
+                current or None,
+                r.seed or None,
+                lambda: self.rewrite_seed(r, has_device),
+            )
+        )
+
+    def plan_power(
+        self, plan: Plan, r: Resolved, domain: DomainState, restart_needed: list[str], ctx: Context
+    ) -> None:
+        name, libvirt_name = r.spec.name, r.libvirt_name
+        if r.spec.state == "stopped":
+            if domain.state not in ("shutoff", "crashed"):
+                plan.add(
+                    Change(
+                        KIND,
+                        name,
+                        "stop",
+                        ChangeClass.LIVE,
+                        "state",
+                        domain.state,
+                        "stopped",
+                        lambda: self.stop(libvirt_name),
+                    )
+                )
+            return
+        if domain.state == "paused":
+            plan.add(
+                Change(
+                    KIND,
+                    name,
+                    "resume",
+                    ChangeClass.LIVE,
+                    "state",
+                    "paused",
+                    "running",
+                    lambda: self.resume(libvirt_name),
+                )
+            )
+        elif domain.state != "running":
+            plan.add(
+                Change(
+                    KIND,
+                    name,
+                    "start",
+                    ChangeClass.LIVE,
+                    "state",
+                    domain.state,
+                    "running",
+                    lambda: self.start(libvirt_name),
+                )
+            )
+            return
+        if not restart_needed:
+            return
+        fields = ", ".join(dict.fromkeys(restart_needed))
+        if ctx.allow_restart:
+            plan.add(
+                Change(
+                    KIND,
+                    name,
+                    "restart",
+                    ChangeClass.RESTART,
+                    "state",
+                    "running",
+                    "running",
+                    lambda: self.restart(libvirt_name),
+                )
+            )
+            return
+        for change in plan.changes:
+            if (
+                change.kind == KIND
+                and change.name == name
+                and change.change_class == ChangeClass.RESTART
+            ):
+                change.pending_restart = True
+        message = (
+            f"vm {name}: {fields} take effect at the next restart "
+            "(set allow_restart: true to restart now)"
+        )
+        plan.pending_restart.append(message)
+        plan.warnings.append(message)
+
+    def plan_absent(self, name: str, inventory: TenantInventory) -> Plan:
+        plan = Plan()
+        domain = self.owned(inventory, name)
+        boot = [
+            v
+            for v in inventory.volumes.values()
+            if v.name in (boot_volume_name(self.tenant, name), seed_volume_name(self.tenant, name))
+        ]
+        if domain is None and not boot:
+            return plan
+        macs = {n.mac for n in domain.nics} if domain else set()
+        leases = [
+            (net_name, state.hosts[mac])
+            for net_name, state in sorted(inventory.networks.items())
+            for mac in sorted(macs & set(state.hosts))
+        ]
+        before = domain_summary(domain) if domain else {"volumes": [v.name for v in boot]}
+        plan.add(
+            Change(
+                KIND,
+                name,
+                "delete",
+                ChangeClass.LIVE,
+                None,
+                before,
+                None,
+                lambda: self.delete(
+                    object_name(self.tenant, name), domain is not None, boot, leases
+                ),
+            )
+        )
+        return plan
+
+    # apply -----------------------------------------------------------------------------------
+
+    def owner(self, spec: VmSpec, seed: str) -> Owner:
+        return Owner(self.tenant, KIND, spec.name, vm_hash(spec), (("seed", seed),))
+
+    def definition(self, r: Resolved) -> DomainDefinition:
+        spec = r.spec
+        disks = [DiskDevice("vda", r.boot_path, "qcow2", serial="boot")]
+        used = {"vda"}
+        for disk_name, path, fmt in r.extra_disks:
+            target = free_disk_target(used)
+            used.add(target)
+            disks.append(DiskDevice(target, path, fmt, serial=disk_name))
+        if r.seed:
+            disks.append(DiskDevice(SEED_TARGET, r.seed_path, "raw", device="cdrom"))
+        return DomainDefinition(
+            name=r.libvirt_name,
+            domain_type=self.host.domain_type,
+            owner=self.owner(spec, r.seed),
+            vcpus=spec.vcpus,
+            max_vcpus=spec.max_vcpus,
+            memory_mib=spec.memory_mib,
+            max_memory_mib=spec.max_memory_mib,
+            disks=disks,
+            nics=[NicDevice(nic.mac, net) for nic, net in zip(spec.nics, r.networks, strict=False)],
+            console_log=f"{self.host.log_dir}/{r.libvirt_name}.console.log",
+        )
+
+    def create(self, r: Resolved, inventory: TenantInventory) -> None:
+        spec = r.spec
+        if not any(v.path == r.boot_path for v in inventory.volumes.values()):
+            name = boot_volume_name(self.tenant, spec.name)
+            xml = volume_xml(
+                name,
+                spec.boot_disk.size_gib,
+                "qcow2",
+                spec.boot_disk.image,
+                spec.boot_disk.image_format,
+            )
+            self.disks.create(spec.boot_disk.pool, name, xml)
+        if r.seed:
+            self.write_seed(r)
+        xml = domain_xml(self.definition(r))
+        with libvirt_action("define", f"domain {r.libvirt_name}"):
+            dom = self.host.conn.defineXML(xml)
+            dom.setAutostart(1 if spec.state == "running" else 0)
+        if spec.state == "running":
+            with libvirt_action("start", f"domain {r.libvirt_name}"):
+                dom.create()
+
+    def write_seed(self, r: Resolved) -> None:
+        cloud_init = r.spec.cloud_init
+        if cloud_init is None:
+            return
+        payload = seed_image(r.libvirt_name, cloud_init)
+        name = seed_volume_name(self.tenant, r.spec.name)
+        pool = self.host.lookup_pool(r.spec.boot_disk.pool)
+        with libvirt_action("write", f"cloud-init seed {name}"):
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.storageVolLookupByName(name).delete(0)
+            vol = pool.createXML(raw_volume_xml(name, len(payload)), 0)
+            stream = self.host.conn.newStream(0)
+            vol.upload(stream, 0, len(payload), 0)
+            send_all(stream, payload)
+
+    def rewrite_seed(self, r: Resolved, has_device: bool) -> None:
+        if r.seed:
+            self.write_seed(r)
+            if not has_device:
+                device = DiskDevice(SEED_TARGET, r.seed_path, "raw", device="cdrom")
+                self.attach(r.libvirt_name, disk_device_xml(device), False)
+            return
+        if has_device:
+            device = DiskDevice(SEED_TARGET, r.seed_path, "raw", device="cdrom")
+            self.detach(r.libvirt_name, disk_device_xml(device), False)
+        pool = self.host.lookup_pool(r.spec.boot_disk.pool)
+        seed = f"cloud-init seed of {r.libvirt_name}"
+        with libvirt_action("delete", seed), contextlib.suppress(libvirt.libvirtError):
+            pool.storageVolLookupByName(seed_volume_name(self.tenant, r.spec.name)).delete(0)
+
+    def lookup(self, libvirt_name: str) -> Any:
+        with libvirt_action("find", f"domain {libvirt_name}"):
+            return self.host.conn.lookupByName(libvirt_name)
+
+    def affect(self, dom: Any, live: bool) -> int:
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if live and dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        return flags
+
+    def set_max_vcpus(self, libvirt_name: str, maximum: int, current: int) -> None:
+        dom = self.lookup(libvirt_name)
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        with libvirt_action("set the vCPU maximum of", f"domain {libvirt_name}"):
+            if current < dom.vcpusFlags(config):
+                dom.setVcpusFlags(current, config)
+            dom.setVcpusFlags(maximum, config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+
+    def set_vcpus(self, libvirt_name: str, vcpus: int, live: bool) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("set vCPUs of", f"domain {libvirt_name}"):
+            dom.setVcpusFlags(vcpus, self.affect(dom, live))
+
+    def set_max_memory(self, libvirt_name: str, maximum_mib: int, current_mib: int) -> None:
+        dom = self.lookup(libvirt_name)
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        with libvirt_action("set the memory maximum of", f"domain {libvirt_name}"):
+            dom.setMemoryFlags(maximum_mib * KIB_PER_MIB, config | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+            dom.setMemoryFlags(min(current_mib, maximum_mib) * KIB_PER_MIB, config)
+
+    def set_memory(self, libvirt_name: str, memory_mib: int, live: bool) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("set memory of", f"domain {libvirt_name}"):
+            dom.setMemoryFlags(memory_mib * KIB_PER_MIB, self.affect(dom, live))
+
+    def attach(self, libvirt_name: str, xml: str, live: bool) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("attach a device to", f"domain {libvirt_name}"):
+            dom.attachDeviceFlags(xml, self.affect(dom, live))
+
+    def detach(self, libvirt_name: str, xml: str, live: bool) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("detach a device from", f"domain {libvirt_name}"):
+            dom.detachDeviceFlags(xml, self.affect(dom, live))
+
+    def set_metadata(self, libvirt_name: str, owner: Owner) -> None:
+        dom = self.lookup(libvirt_name)
+        xml = to_string(owner_element(owner, qualified=False))
+        with libvirt_action("update the ownership metadata of", f"domain {libvirt_name}"):
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, PREFIX, NAMESPACE, self.affect(dom, True)
+            )
+
+    def set_autostart(self, libvirt_name: str, enabled: bool) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("set autostart of", f"domain {libvirt_name}"):
+            dom.setAutostart(1 if enabled else 0)
+
+    def start(self, libvirt_name: str) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("start", f"domain {libvirt_name}"):
+            dom.create()
+
+    def suspend(self, libvirt_name: str) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("pause", f"domain {libvirt_name}"):
+            dom.suspend()
+
+    def resume(self, libvirt_name: str) -> None:
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("resume", f"domain {libvirt_name}"):
+            dom.resume()
+
+    def stop(self, libvirt_name: str) -> None:
+        """ACPI shutdown, waiting at most shutdown_timeout; then power off.
+
+        A guest that is still booting may drop the request, so it is repeated while waiting.
+        """
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("stop", f"domain {libvirt_name}"):
+            deadline = time.monotonic() + self.shutdown_timeout
+            next_request = 0.0
+            while dom.isActive() and time.monotonic() < deadline:
+                if time.monotonic() >= next_request:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.shutdown()
+                    next_request = time.monotonic() + SHUTDOWN_RETRY_SECONDS
+                time.sleep(POLL_SECONDS)
+            if dom.isActive():
+                dom.destroy()
+
+    def restart(self, libvirt_name: str) -> None:
+        self.stop(libvirt_name)
+        self.start(libvirt_name)
+
+    def delete(
+        self,
+        libvirt_name: str,
+        has_domain: bool,
+        volumes: list[Any],
+        leases: list[tuple[str, StaticLease]],
+    ) -> None:
+        if has_domain:
+            dom = self.lookup(libvirt_name)
+            with libvirt_action("delete", f"domain {libvirt_name}"):
+                if dom.isActive():
+                    dom.destroy()
+                flags = 0
+                for flag in UNDEFINE_FLAGS:
+                    flags |= getattr(libvirt, flag, 0)
+                dom.undefineFlags(flags)
+        for net_name, lease in leases:
+            self.networks.set_lease(net_name, lease.mac, None)
+        for volume in volumes:
+            self.disks.delete(volume)

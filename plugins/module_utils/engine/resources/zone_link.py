@@ -1,0 +1,440 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Zone links: one tenant network spanning two availability zones, as one L2 segment over
+VXLAN on the hosts' underlay.
+
+Each end is a VXLAN device `vx<VNI>` on the host's underlay interface, pointing at the other
+end's underlay address, and a port of the tenant network's libvirt bridge. The VNI is
+allocated in the ledger (unique). VXLAN adds 50 bytes, so the network's MTU must fit in the
+underlay's MTU minus 50: the link is refused otherwise, saying which to change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from ...core import quota
+from ...core.errors import SpecError
+from ...core.plan import UNKNOWN, Change, Plan
+from ...core.result import Result
+from ...core.spec import (
+    INTERFACE_PATTERN,
+    EnvironmentSpec,
+    NetworkSpec,
+    as_list,
+    as_mapping,
+    check_ipv4,
+    check_name,
+    reject_unknown,
+)
+from ...host.connection import Host
+from ...host.ownership import check_owner, object_name
+from ...host.shell import HostShell, check_prefix
+from ...host.xml import NetworkState
+from ...ledger.metering import UsageWatch
+from ...ledger.tenants import Ledger
+from ..gate import Declaration, Gate
+
+try:
+    import sqlalchemy as sa
+
+    from ...ledger.schema import zone_links
+except ImportError:  # reported by the ledger's Store()
+    sa = None
+
+VXLAN_OVERHEAD = 50
+VXLAN_PORT = 4789
+FIRST_VNI = 10_000
+LAST_VNI = 16_777_215
+DEFAULT_MTU = 1500
+
+
+@dataclass(frozen=True)
+class End:
+    zone: str
+    uri: str
+    underlay_ip: str
+    underlay_dev: str
+    shell: HostShell
+
+    def host(self) -> Host:
+        return Host(self.uri)
+
+
+def parse_end(raw: Any, path: str) -> End:
+    raw = as_mapping(raw, path)
+    reject_unknown(raw, {"zone", "uri", "underlay_ip", "underlay_dev", "host_command"}, path)
+    zone = check_name(raw.get("zone"), f"{path}.zone")
+    uri = raw.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise SpecError(f"{path}.uri", "the libvirt URI of the end's host is required")
+    underlay_ip = str(check_ipv4(raw.get("underlay_ip"), f"{path}.underlay_ip"))
+    dev = raw.get("underlay_dev")
+    if not isinstance(dev, str) or not INTERFACE_PATTERN.match(dev):
+        raise SpecError(f"{path}.underlay_dev", f"an interface name is required, got {dev!r}")
+    return End(
+        zone,
+        uri,
+        underlay_ip,
+        dev,
+        HostShell(check_prefix(raw.get("host_command"), f"{path}.host_command")),
+    )
+
+
+@dataclass
+class EndState:
+    network: NetworkState
+    underlay_mtu: int
+    device: dict[str, Any] | None  # `ip -j -d link` of vx<VNI>, when it exists
+
+
+class ZoneLinkEngine:
+    def __init__(
+        self, ledger: Ledger, tenant: str, name: str, network: str, ends: tuple[End, End]
+    ) -> None:
+        self.ledger = ledger
+        self.tenant = tenant
+        self.name = name
+        self.network = network
+        self.ends = ends
+
+    def row(self) -> Any:
+        with self.ledger.store.read() as connection:
+            query = sa.select(zone_links).where(
+                zone_links.c.tenant == self.tenant, zone_links.c.name == self.name
+            )
+            return connection.execute(query).first()
+
+    def observe_end(
+        self, end: End, vni: int | None, path: str, declared: NetworkSpec | None = None
+    ) -> EndState:
+        """The end's network as the host has it, or as declared in the same run (created
+        before the link is connected; its bridge is read when connecting)."""
+        libvirt_name = object_name(self.tenant, self.network)
+        state = end.host().network(libvirt_name)
+        if state is None and declared is not None:
+            state = NetworkState(
+                libvirt_name, None, False, True, declared.mode, declared.cidr, declared.gateway,
+                declared.dhcp_start, declared.dhcp_end, declared.mtu,
+            )  # fmt: skip
+        elif state is None:
+            raise SpecError(
+                f"{path}",
+                f"tenant {self.tenant} has no network {self.network!r} in zone {end.zone} "
+                f"({end.uri})",
+            )
+        else:
+            check_owner(state.owner, self.tenant, "network", libvirt_name)
+        links = end.shell.json(
+            ["ip", "-j", "-d", "link", "show", "dev", end.underlay_dev],
+            "read",
+            f"underlay {end.underlay_dev}",
+        )
+        mtu = int(links[0]["mtu"]) if links else DEFAULT_MTU
+        device = None
+        if vni is not None:
+            found = end.shell.json(
+                ["ip", "-j", "-d", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
+            )
+            device = next((d for d in found or [] if d.get("ifname") == device_name(vni)), None)
+        return EndState(state, mtu, device)
+
+    def validate(self, states: tuple[EndState, EndState]) -> str:
+        """Refuse what cannot be one L2 segment; returns the network's CIDR."""
+        a, b = (s.network for s in states)
+        if self.ends[0].zone == self.ends[1].zone:
+            raise SpecError(
+                "ends[1].zone",
+                f"both ends are in zone {self.ends[0].zone}; a zone link joins two zones",
+            )
+        for i, state in enumerate(states):
+            mtu = state.network.mtu or DEFAULT_MTU
+            if mtu + VXLAN_OVERHEAD > state.underlay_mtu:
+                end = self.ends[i]
+                raise SpecError(
+                    f"ends[{i}].underlay_dev",
+                    f"MTU too small: network {self.network} has MTU {mtu}, which needs an "
+                    f"underlay MTU of {mtu + VXLAN_OVERHEAD}, but {end.underlay_dev} in zone "
+                    f"{end.zone} has {state.underlay_mtu}; lower the network's mtu to "
+                    f"{state.underlay_mtu - VXLAN_OVERHEAD} or raise the underlay's",
+                )
+        if a.cidr != b.cidr:
+            raise SpecError(
+                "network",
+                f"network {self.network} is {a.cidr} in zone {self.ends[0].zone} but {b.cidr} in "
+                f"zone {self.ends[1].zone}; a link joins one subnet",
+            )
+        if a.gateway == b.gateway:
+            raise SpecError(
+                "network",
+                f"both ends of {self.network} use gateway {a.gateway}; give each zone its own "
+                "gateway address",
+            )
+        if a.dhcp_start <= b.dhcp_end and b.dhcp_start <= a.dhcp_end:
+            raise SpecError(
+                "network",
+                f"the DHCP ranges of {self.network} overlap ({a.dhcp_start}-{a.dhcp_end} and "
+                f"{b.dhcp_start}-{b.dhcp_end}); give each zone its own range",
+            )
+        return str(a.cidr)
+
+    def check_overlaps(self, cidr: str) -> None:
+        with self.ledger.store.read() as connection:
+            query = sa.select(zone_links).where(
+                zone_links.c.tenant == self.tenant, zone_links.c.name != self.name
+            )
+            for other in connection.execute(query):
+                if ipaddress.IPv4Network(other.cidr).overlaps(ipaddress.IPv4Network(cidr)):
+                    raise SpecError(
+                        "network", f"{cidr} overlaps {other.cidr} of the tenant's link {other.name}"
+                    )
+
+    def plan_present(self, declared: NetworkSpec | None = None, path: str = "") -> Plan:
+        """Both ends; `declared` is the first end's network when the same run creates it."""
+        plan = Plan()
+        row = self.row()
+        vni = row.vni if row else None
+        states = (
+            self.observe_end(self.ends[0], vni, f"{path}ends[0]", declared),
+            self.observe_end(self.ends[1], vni, f"{path}ends[1]"),
+        )
+        cidr = self.validate(states)
+        self.check_overlaps(cidr)
+        if row is None:
+            with self.ledger.store.read() as connection:
+                record = self.ledger.require_tenant(connection, self.tenant)
+                limits = self.ledger.limits(connection, record)
+                used = {"zone_links": self.ledger.zone_link_count(connection, self.tenant)}
+            found = quota.breaches(limits, used, {"zone_links": 1})
+            if found:
+                raise quota.QuotaExceeded(self.tenant, found)
+            plan.add(
+                Change(
+                    "zone_link",
+                    self.name,
+                    "allocate",
+                    field="vni",
+                    after=UNKNOWN,
+                    run=partial(self.allocate, cidr),
+                )
+            )
+        device = device_name(vni) if vni else f"vx{UNKNOWN}"
+        for i, (end, state) in enumerate(zip(self.ends, states, strict=True)):
+            peer = self.ends[1 - i]
+            if self.healthy(state, end, peer):
+                continue
+            plan.add(
+                Change(
+                    "zone_link",
+                    self.name,
+                    "connect",
+                    field=f"ends[{i}]",
+                    before=state.device.get("ifname") if state.device else None,
+                    after=f"{device} {end.underlay_ip} -> {peer.underlay_ip} on "
+                    f"{state.network.bridge}",
+                    run=partial(self.connect, end, peer, state),
+                )
+            )
+        return plan
+
+    def healthy(self, state: EndState, end: End, peer: End) -> bool:
+        device = state.device
+        if device is None:
+            return False
+        data = device.get("linkinfo", {}).get("info_data", {})
+        return (
+            data.get("remote") == peer.underlay_ip
+            and data.get("local") == end.underlay_ip
+            and device.get("master") == state.network.bridge
+            and "UP" in device.get("flags", [])
+        )
+
+    def plan_absent(self) -> Plan:
+        plan = Plan()
+        row = self.row()
+        if row is None:
+            return plan
+        for i, end in enumerate(self.ends):
+            found = end.shell.json(
+                ["ip", "-j", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
+            )
+            if any(d.get("ifname") == device_name(row.vni) for d in found or []):
+                plan.add(
+                    Change(
+                        "zone_link",
+                        self.name,
+                        "disconnect",
+                        field=f"ends[{i}]",
+                        before=device_name(row.vni),
+                        run=partial(
+                            end.shell.run,
+                            ["ip", "link", "del", device_name(row.vni)],
+                            "delete",
+                            f"VXLAN device {device_name(row.vni)} in zone {end.zone}",
+                        ),
+                    )
+                )
+        plan.add(
+            Change("zone_link", self.name, "release", field="vni", before=row.vni, run=self.release)
+        )
+        return plan
+
+    def allocate(self, cidr: str) -> None:
+        with self.ledger.store.locked(self.tenant) as connection:
+            self.ledger.store.also_lock(connection, "(vni)")
+            used = {r.vni for r in connection.execute(sa.select(zone_links.c.vni))}
+            vni = next(v for v in range(FIRST_VNI, LAST_VNI + 1) if v not in used)
+            ends = [
+                {
+                    "zone": e.zone,
+                    "uri": e.uri,
+                    "underlay_ip": e.underlay_ip,
+                    "underlay_dev": e.underlay_dev,
+                    "host_command": list(e.shell.prefix),
+                }
+                for e in self.ends
+            ]
+            connection.execute(
+                zone_links.insert().values(
+                    tenant=self.tenant,
+                    name=self.name,
+                    vni=vni,
+                    network=self.network,
+                    cidr=cidr,
+                    ends=json.dumps(ends, sort_keys=True),
+                    created_at=self.ledger.now(),
+                )
+            )
+            self.ledger.event(
+                connection, self.tenant, "zone_link_created", {"name": self.name, "vni": vni}
+            )
+
+    def connect(self, end: End, peer: End, state: EndState) -> None:
+        vni = self.row().vni
+        name = device_name(vni)
+        obj = f"VXLAN device {name} in zone {end.zone}"
+        if state.device is not None:
+            end.shell.run(["ip", "link", "del", name], "replace", obj)
+        end.shell.run(
+            ["ip", "link", "add", name, "type", "vxlan", "id", str(vni), "local", end.underlay_ip,
+             "remote", peer.underlay_ip, "dstport", str(VXLAN_PORT), "dev", end.underlay_dev],
+            "create", obj,
+        )  # fmt: skip
+        mtu = state.network.mtu or DEFAULT_MTU
+        # Read now: a network created earlier in the same run got its bridge name only then.
+        network = end.host().network(object_name(self.tenant, self.network))
+        end.shell.run(["ip", "link", "set", name, "mtu", str(mtu)], "set the MTU of", obj)
+        end.shell.run(["ip", "link", "set", name, "master", network.bridge], "attach", obj)
+        end.shell.run(["ip", "link", "set", name, "up"], "start", obj)
+
+    def release(self) -> None:
+        with self.ledger.store.locked(self.tenant) as connection:
+            connection.execute(
+                zone_links.delete().where(
+                    zone_links.c.tenant == self.tenant, zone_links.c.name == self.name
+                )
+            )
+            self.ledger.event(connection, self.tenant, "zone_link_removed", {"name": self.name})
+
+    def facts(self) -> dict[str, Any]:
+        row = self.row()
+        if row is None:
+            return {}
+        return {
+            "name": row.name,
+            "vni": row.vni,
+            "network": row.network,
+            "cidr": row.cidr,
+            "ends": json.loads(row.ends),
+            "device": device_name(row.vni),
+        }
+
+
+def device_name(vni: int) -> str:
+    return f"vx{vni}"
+
+
+def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result:
+    tenant = check_name(params.get("tenant"), "tenant")
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    engine = engine_for(ledger, tenant, params, "")
+    host = engine.ends[0].host()
+    gate = Gate(ledger, host, tenant, Declaration())
+    plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
+    gate.admit_state(plan)
+    usage_changes = []
+    if not check_mode:
+        watch = UsageWatch(ledger, host.uri, tenant, None)
+        plan.apply()
+        if plan.changed:
+            usage_changes = watch.changes(None)
+    return Result(
+        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
+        facts={"zone_link": engine.facts()}, usage_changes=usage_changes,
+    )  # fmt: skip
+
+
+def links_touching(ledger: Ledger, tenant: str, uri: str) -> dict[str, Any]:
+    """The tenant's recorded links with an end on the host at `uri`, by name."""
+    with ledger.store.read() as connection:
+        rows = connection.execute(sa.select(zone_links).where(zone_links.c.tenant == tenant))
+        return {r.name: r for r in rows if any(e["uri"] == uri for e in json.loads(r.ends))}
+
+
+def plan_environment_links(
+    params: Mapping[str, Any],
+    spec: EnvironmentSpec | None,
+    ledger: Ledger,
+    uri: str,
+    remove_undeclared: bool,
+) -> Plan:
+    """The environment's zone links (this host is the first end of each; its network may be
+    declared in the same run). With prune or state absent, the tenant's other links with an
+    end on this host are removed, both ends."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    absent = params.get("state") == "absent"
+    raw_links = [] if absent else as_list(params.get("zone_links"), "zone_links")
+    plan = Plan()
+    networks = {n.name: n for n in spec.networks} if spec else {}
+    declared = set()
+    for i, raw in enumerate(raw_links):
+        path = f"zone_links[{i}]"
+        raw = as_mapping(raw, path)
+        reject_unknown(raw, {"name", "network", "ends"}, path)
+        engine = engine_for(ledger, tenant, raw, path)
+        if engine.ends[0].uri != uri:
+            raise SpecError(f"{path}.ends[0].uri", f"the first end must be this host ({uri})")
+        declared.add(engine.name)
+        plan.extend(engine.plan_present(networks.get(engine.network), f"{path}."))
+    recorded = links_touching(ledger, tenant, uri)
+    undeclared = sorted(set(recorded) - declared)
+    for name in undeclared if remove_undeclared else []:
+        row = recorded[name]
+        recorded_ends = json.loads(row.ends)
+        ends = (
+            parse_end(recorded_ends[0], f"recorded link {name} ends[0]"),
+            parse_end(recorded_ends[1], f"recorded link {name} ends[1]"),
+        )
+        plan.extend(ZoneLinkEngine(ledger, tenant, name, row.network, ends).plan_absent())
+    if undeclared and not remove_undeclared:
+        plan.warnings.append(
+            f"tenant {tenant} has zone links no declaration mentions: {', '.join(undeclared)} "
+            "(set prune: true to remove them)"
+        )
+    return plan
+
+
+def engine_for(ledger: Ledger, tenant: str, raw: Mapping[str, Any], path: str) -> ZoneLinkEngine:
+    prefix = f"{path}." if path else ""
+    name = check_name(raw.get("name"), f"{prefix}name")
+    network = check_name(raw.get("network"), f"{prefix}network")
+    raw_ends = as_list(raw.get("ends"), f"{prefix}ends")
+    if len(raw_ends) != 2:
+        raise SpecError(f"{prefix}ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
+    ends = (parse_end(raw_ends[0], f"{prefix}ends[0]"), parse_end(raw_ends[1], f"{prefix}ends[1]"))
+    return ZoneLinkEngine(ledger, tenant, name, network, ends)

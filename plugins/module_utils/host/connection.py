@@ -1,0 +1,210 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One libvirt connection per host per run, and what a tenant has on that host."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..core.errors import VceError, libvirt, libvirt_action, libvirt_reason, vanished
+from .ownership import SEPARATOR
+from .xml import (
+    DomainState,
+    NetworkState,
+    VolumeState,
+    parse_domain,
+    parse_network,
+    parse_volume,
+)
+
+DEFAULT_URI = "qemu:///system"
+_connections: dict[str, object] = {}
+
+DOMAIN_STATES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+
+def connect(uri: str = DEFAULT_URI) -> object:
+    """Open (once per process) and return the libvirt connection for `uri`."""
+    if libvirt is None:
+        raise VceError(
+            "The libvirt Python bindings are missing: install libvirt-python on the machine "
+            "that runs the module (pip install libvirt-python)"
+        )
+    # libvirt prints every error to stderr by default; the engine reports them itself.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = _connections.get(uri)
+    if conn is not None:
+        try:
+            if conn.isAlive():
+                return conn
+        except libvirt.libvirtError:
+            pass
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as error:
+        raise VceError(f"Failed to connect to libvirt at {uri}: {libvirt_reason(error)}") from None
+    _connections[uri] = conn
+    return conn
+
+
+def local_domain_type() -> str:
+    """'kvm' only with a real hardware module loaded; /dev/kvm alone can be a software shim."""
+    for module in ("kvm_intel", "kvm_amd"):
+        if os.path.isdir(f"/sys/module/{module}"):
+            return "kvm"
+    return "qemu"
+
+
+def domain_type(conn: object, uri: str, is_local: bool) -> str:
+    """The domain type to define: 'kvm' where the host has hardware virtualisation."""
+    forced = os.environ.get("VCE_DOMAIN_TYPE")
+    if forced in ("kvm", "qemu"):
+        return forced
+    if uri.startswith("test:"):
+        return "test"
+    if is_local:
+        return local_domain_type()
+    caps = conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    return "kvm" if "<domain>kvm</domain>" in caps else "qemu"
+
+
+@dataclass
+class TenantInventory:
+    """The tenant's objects on one host, read in one pass."""
+
+    tenant: str
+    domains: dict[str, DomainState] = field(default_factory=dict)
+    networks: dict[str, NetworkState] = field(default_factory=dict)
+    volumes: dict[tuple[str, str], VolumeState] = field(default_factory=dict)
+    pools: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def skip_vanished() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if not vanished(error):
+            raise
+
+
+class Host:
+    """A KVM host reached through one libvirt URI."""
+
+    def __init__(self, uri: str = DEFAULT_URI) -> None:
+        self.uri = uri
+        self.conn = connect(uri)
+        self._domain_type: str | None = None
+        # Host-side paths can be checked from here only when the daemon runs on this machine.
+        self.is_local = "+" not in uri.split(":", 1)[0] and uri.split("://", 1)[-1][:1] in "/?"
+        # libvirt's test driver keeps no separate persistent network definition.
+        self.network_config_flag = (
+            0 if uri.startswith("test:") else libvirt.VIR_NETWORK_XML_INACTIVE
+        )
+        self.log_dir = os.environ.get("VCE_CONSOLE_LOG_DIR", "/var/log/libvirt/qemu")
+
+    @property
+    def domain_type(self) -> str:
+        if self._domain_type is None:
+            self._domain_type = domain_type(self.conn, self.uri, self.is_local)
+        return self._domain_type
+
+    def inventory(self, tenant: str) -> TenantInventory:
+        return self.read_inventories(tenant)[tenant]
+
+    def inventories(self) -> dict[str, TenantInventory]:
+        """Every tenant's objects on the host, read in one pass (reconciliation, probes)."""
+        return self.read_inventories(None)
+
+    def read_inventories(self, only: str | None) -> dict[str, TenantInventory]:
+        """The objects of tenant `only` (None: of every tenant), by tenant.
+
+        Objects may vanish between the listing and their read when another run works on the
+        same host: such an object is not the tenant's any more (or not yet), so it is skipped.
+        """
+        found = {only: TenantInventory(only)} if only is not None else {}
+
+        def inventory_of(name: str) -> TenantInventory | None:
+            tenant, separator, _rest = name.partition(SEPARATOR)
+            if not separator or not tenant or (only is not None and tenant != only):
+                return None
+            return found.setdefault(tenant, TenantInventory(tenant))
+
+        with libvirt_action("list", f"domains on {self.uri}"):
+            for dom in self.conn.listAllDomains(0):
+                inventory = inventory_of(dom.name())
+                if inventory is not None:
+                    with skip_vanished():
+                        inventory.domains[dom.name()] = self.read_domain(dom)
+        with libvirt_action("list", f"networks on {self.uri}"):
+            for net in self.conn.listAllNetworks(0):
+                inventory = inventory_of(net.name())
+                if inventory is not None:
+                    with skip_vanished():
+                        inventory.networks[net.name()] = self.read_network(net)
+        pools: dict[str, str] = {}
+        with libvirt_action("list", f"storage pools on {self.uri}"):
+            for pool in self.conn.listAllStoragePools(0):
+                pools[pool.name()] = self.pool_path(pool)
+                if not pool.isActive():
+                    continue
+                for vol in pool.listAllVolumes(0):
+                    inventory = inventory_of(vol.name())
+                    if inventory is not None:
+                        with skip_vanished():
+                            key = (pool.name(), vol.name())
+                            inventory.volumes[key] = parse_volume(pool.name(), vol.XMLDesc(0))
+        for inventory in found.values():
+            inventory.pools = dict(pools)
+        return found
+
+    def read_domain(self, dom: object) -> DomainState:
+        name = dom.name()
+        with libvirt_action("read", f"domain {name}"):
+            state_code = dom.state()[0]
+            state = DOMAIN_STATES.get(state_code, "unknown")
+            config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            result = parse_domain(config, state, bool(dom.autostart()))
+            if dom.isActive():
+                live = parse_domain(dom.XMLDesc(0), state, result.autostart)
+                result.live_vcpus = live.vcpus
+                result.live_max_vcpus = live.max_vcpus
+                result.live_max_memory_mib = live.max_memory_mib
+        return result
+
+    def network(self, libvirt_name: str) -> NetworkState | None:
+        """One network read alone, without listing the host; None when there is none."""
+        with libvirt_action("read", f"network {libvirt_name}"), skip_vanished():
+            return self.read_network(self.conn.networkLookupByName(libvirt_name))
+        return None
+
+    def read_network(self, net: object) -> NetworkState:
+        with libvirt_action("read", f"network {net.name()}"):
+            active = bool(net.isActive())
+            config = net.XMLDesc(self.network_config_flag)
+            state = parse_network(config, active, bool(net.autostart()))
+            if active:
+                # A lease removed from the running dnsmasq only is still a missing lease.
+                live = parse_network(net.XMLDesc(0), active, state.autostart)
+                state.hosts = {m: h for m, h in state.hosts.items() if live.hosts.get(m) == h}
+            return state
+
+    def pool_path(self, pool: object) -> str:
+        return ET.fromstring(pool.XMLDesc(0)).findtext("target/path", "")
+
+    def lookup_pool(self, name: str) -> object:
+        with libvirt_action("find", f"storage pool {name}"):
+            return self.conn.storagePoolLookupByName(name)

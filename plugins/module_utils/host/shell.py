@@ -1,0 +1,68 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Commands on the KVM host itself (nft, ip): what libvirt does not manage.
+
+The host is reached the way the inventory says: directly when the module runs on it, or
+through a command prefix - `ssh root@kvm1` for a remote host, `ip netns exec kvm-a` in the
+multi-host lab.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from ..core.errors import ApplyError, SpecError
+
+COMMAND_TIMEOUT = 60
+
+
+def check_prefix(raw: Any, field: str = "host_command") -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = shlex.split(raw)
+    if not isinstance(raw, Sequence) or not all(isinstance(part, str) and part for part in raw):
+        raise SpecError(field, "must be a command prefix: a list of words, e.g. [ssh, root@kvm1]")
+    return tuple(raw)
+
+
+class HostShell:
+    def __init__(self, prefix: Sequence[str] = ()) -> None:
+        self.prefix = tuple(prefix)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        action: str,
+        obj: str,
+        stdin: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> str:
+        """Run `argv` on the host; a failure reads "Failed to <action> <object>: <stderr>"."""
+        command = [*self.prefix, *argv]
+        try:
+            proc = subprocess.run(
+                command,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise ApplyError(f"Failed to {action} {obj}: {error}") from None
+        if proc.returncode != 0:
+            reason = proc.stderr.strip() or f"{shlex.join(command)} exited {proc.returncode}"
+            raise ApplyError(f"Failed to {action} {obj}: {reason}")
+        return proc.stdout
+
+    def json(self, argv: Sequence[str], action: str, obj: str) -> Any:
+        output = self.run(argv, action, obj)
+        try:
+            return json.loads(output) if output.strip() else {}
+        except ValueError as error:
+            raise ApplyError(f"Failed to {action} {obj}: unreadable output ({error})") from None
