@@ -119,7 +119,7 @@ def test_an_unreachable_host_is_downtime_of_the_vms_left_running(tenant, ledger_
 
 def test_the_timers_commands(uri, tenant, ledger_url):
     """What the host's timers run: `vce sla probe` and `vce ledger reconcile`, as commands."""
-    from tests.ledger.test_ledger_cli import vce
+    from tests.cli.test_ledger_cli import vce
 
     probe = vce(ledger_url, "sla", "probe", "--uri", uri, now=None)
     assert probe.returncode == 0, probe.stderr

@@ -241,7 +241,7 @@ def test_a_half_written_backup_is_never_listed(tmp_path):
 def vce_backup(*args: str) -> subprocess.CompletedProcess:
     """The command as a schedule's service runs it, with this checkout's code."""
     script = Path(tempfile.mkdtemp(dir="/tmp")) / "vce-backup"
-    script.write_text(runner_script(Path(__file__).resolve().parents[2]))
+    script.write_text(runner_script(Path(__file__).resolve().parents[3]))
     script.chmod(0o755)
     try:
         return subprocess.run(
