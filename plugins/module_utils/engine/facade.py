@@ -25,7 +25,6 @@ from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
 from ..host.ownership import check_owner, object_name
 from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
-from ..ledger.metering import UsageWatch
 from ..ledger.tenants import Ledger
 from .environment import EnvironmentEngine, Failures, Options, planning
 from .gate import (
@@ -45,6 +44,7 @@ from .resources.public_ip import PublicIpEngine, plan_environment_public_ips
 from .resources.tenant import ledger_facts, run_block
 from .resources.vm import Context, VmEngine
 from .resources.zone_link import plan_environment_links
+from .run import Run, conclude, conclude_one, tenant_report
 
 
 def options_from(params: dict[str, Any]) -> Options:
@@ -58,59 +58,6 @@ def options_from(params: dict[str, Any]) -> Options:
 
 def open_gate(params: dict[str, Any], host: Host, tenant: str, declaration: Declaration) -> Gate:
     return Gate(Ledger.open(params.get("ledger_url") or None), host, tenant, declaration)
-
-
-def conclude(
-    plan: Plan,
-    check_mode: bool,
-    gate: Gate,
-    inventory: TenantInventory,
-    section: str | None = None,
-    name: str | None = None,
-    public_ips: PublicIpEngine | None = None,
-) -> Result:
-    """Admit the plan (quotas, operator locks), apply it under a reservation unless checking,
-    then report the plan and the facts of the object(s) concerned.
-
-    `section` names one object's facts (e.g. "vms" with `name`); without it, the whole
-    tenant's facts are returned, except in check mode.
-    """
-    gate.admit(plan, inventory)
-    after = inventory
-    usage_changes: list[dict[str, Any]] = []
-    if not check_mode:
-        watch = UsageWatch(gate.ledger, gate.host.uri, inventory.tenant, inventory)
-        with gate.reservation(plan):
-            plan.apply()
-            if public_ips is not None:
-                public_ips.flush()  # one nft batch for every binding of the run
-        # What was read before the run still holds when nothing changed.
-        if plan.changed:
-            after = gate.host.inventory(inventory.tenant)
-        gate.settle(after, plan)
-        if plan.changed:
-            usage_changes = watch.changes(after)
-    result = Result(
-        changed=plan.changed,
-        plan=plan.to_list(),
-        diff=plan.diff(),
-        warnings=plan.warnings,
-        pending_restart=plan.pending_restart,
-        usage_changes=usage_changes,
-    )
-    if section is None and check_mode:
-        return result
-    facts = tenant_facts(gate.host, inventory.tenant, after)
-    if public_ips is not None:
-        changed = plan.changed and not check_mode
-        facts["public_ips"] = public_ips.facts(
-            public_ips.nat.observe() if changed else public_ips.observed
-        )
-    if section is None:
-        result.facts = {"environment": facts}
-    else:
-        result.facts = {section[:-1]: facts[section].get(name) or {}}
-    return result
 
 
 def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -130,7 +77,9 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     engine = EnvironmentEngine(host, tenant, options)
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
-    return conclude(plan, check_mode, gate, inventory, public_ips=public_ips)
+    report = tenant_report(gate, check_mode, public_ips=public_ips)
+    flush = public_ips.flush if public_ips is not None else None  # one nft batch for the run
+    return conclude(Run(plan, report, gate, inventory, flush), check_mode)
 
 
 def plan_environment(
@@ -190,7 +139,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
         gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))
         inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
-    return conclude(plan, check_mode, gate, inventory, "networks", name)
+    return conclude_one(plan, check_mode, gate, inventory, "networks", name)
 
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -203,7 +152,7 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
         gate = open_gate(params, host, tenant, declare_removal("disk", name))
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
-        return conclude(plan, check_mode, gate, inventory, "disks", name)
+        return conclude_one(plan, check_mode, gate, inventory, "disks", name)
     raw = {
         k: params.get(k)
         for k in ("name", "size_gib", "pool", "format", "backing_image")
@@ -218,7 +167,7 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
         plan.extend(plan_attach(host, tenant, spec.name, spec.format, vm, inventory, spec.pool))
     elif state == "detached":
         plan.extend(plan_detach(host, tenant, spec.name, inventory))
-    return conclude(plan, check_mode, gate, inventory, "disks", name)
+    return conclude_one(plan, check_mode, gate, inventory, "disks", name)
 
 
 def disk_path(inventory: TenantInventory, tenant: str, name: str, fmt: str, pool: str) -> str:
@@ -315,7 +264,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         inventory = host.inventory(tenant)
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)
-    return conclude(plan, check_mode, gate, inventory, "vms", name)
+    return conclude_one(plan, check_mode, gate, inventory, "vms", name)
 
 
 def run_info(params: dict[str, Any]) -> dict[str, Any]:

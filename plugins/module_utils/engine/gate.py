@@ -46,6 +46,43 @@ def observed_objects(inventory: TenantInventory) -> dict[ObjectKey, quota.Usage]
     return objects
 
 
+# The kinds the ledger counts itself, and the change that adds one object of each.
+COUNTED_CHANGES = {
+    ("public_ip", "allocate"): "public_ips",
+    ("zone_link", "allocate"): "zone_links",
+    ("backup_schedule", "create"): "backup_schedules",
+}
+
+
+def counted_objects(plan: Plan) -> list[ObjectKey]:
+    """The objects of ledger-counted kinds that the plan adds."""
+    return [(c.kind, c.name) for c in plan.changes if (c.kind, c.action) in COUNTED_CHANGES]
+
+
+def counted_delta(plan: Plan) -> quota.Usage:
+    delta: dict[str, int] = {}
+    for change in plan.changes:
+        kind = COUNTED_CHANGES.get((change.kind, change.action))
+        if kind is not None:
+            delta[kind] = delta.get(kind, 0) + 1
+    return delta
+
+
+def check_counted(
+    ledger: Ledger, connection: Any, record: Tenant, added: quota.Usage, others: quota.Usage
+) -> None:
+    """The one quota check of the ledger-counted kinds (public IPs, zone links, backup
+    schedules), for every entry point and the Pulumi preview alike: the ledger's rows plus
+    `others` (other runs' claims, a preview's pending resources) plus `added`."""
+    if not added:
+        return
+    limits = ledger.limits(connection, record)
+    used = quota.add(ledger.counted_usage(connection, record.name), others)
+    found = quota.breaches(limits, used, added)
+    if found:
+        raise quota.QuotaExceeded(record.name, found)
+
+
 def running_vms(inventory: TenantInventory) -> int:
     return sum(
         1
@@ -138,16 +175,21 @@ class Gate:
 
     # -- before apply --------------------------------------------------------------------
 
-    def admit(self, plan: Plan, inventory: TenantInventory) -> None:
+    def admit(self, plan: Plan, inventory: TenantInventory | None) -> None:
         """Refuse the plan before anything changes: closed or suspended tenants, blocked VMs,
-        quotas. Check mode and previews fail here too."""
+        quotas. Check mode and previews fail here too. `inventory` is None for runs that
+        change no libvirt-metered object (public IPs, zone links, backup schedules)."""
         self.hold_blocked_vms(plan)
         self.admit_state(plan)
-        self.check(observed_objects(inventory), self.others)
+        if inventory is not None:
+            self.check(observed_objects(inventory), self.others)
+        added = counted_delta(plan)
+        if added:
+            with self.ledger.store.read() as connection:
+                check_counted(self.ledger, connection, self.record, added, self.others)
 
     def admit_state(self, plan: Plan) -> None:
-        """Closed and suspended tenants change nothing (the whole admission of runs whose
-        resources the ledger counts itself: public IPs, zone links)."""
+        """Closed and suspended tenants change nothing."""
         if self.record.state == "closed" and plan.changed:
             raise VceError(f"tenant {self.tenant} is closed: its runs may change nothing")
         if self.record.state == "suspended" and plan.changed:
@@ -204,11 +246,19 @@ class Gate:
     # -- apply ---------------------------------------------------------------------------
 
     @contextmanager
-    def reservation(self, plan: Plan) -> Iterator[None]:
+    def reservation(self, plan: Plan, metered: bool = True) -> Iterator[None]:
         """Reserve the delta under the lock (checked against a fresh reading), make the changes,
-        then record the host's usage and drop the reservation; a failure drops it as well."""
+        then record the host's usage and drop the reservation; a failure drops it as well.
+        `metered` False: the plan changes no libvirt-metered object, the host is not read."""
         claimed = False
         if plan.changed:
+            added = counted_delta(plan)
+            if added:
+                # Runs adding other ledger-counted objects claim apart from each other.
+                self.key = key_of(
+                    "reservation", self.tenant, self.host.uri, self.declaration.identity(),
+                    sorted(counted_objects(plan)),
+                )  # fmt: skip
             with self.ledger.store.locked(self.tenant) as connection:
                 # The claims first, libvirt second: a run that finishes in between then counts
                 # twice (its claim and its VM), never not at all (VM not yet defined when
@@ -217,10 +267,13 @@ class Gate:
                     self.ledger.known_usage(connection, self.tenant, except_host=self.host.uri),
                     self.ledger.reserved(connection, self.tenant, except_key=self.key),
                 )
-                fresh = observed_objects(self.host.inventory(self.tenant))
-                delta = self.check(fresh, others)
-                if delta:
-                    self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, delta)
+                delta = {}
+                if metered:
+                    delta = self.check(observed_objects(self.host.inventory(self.tenant)), others)
+                check_counted(self.ledger, connection, self.record, added, others)
+                claim = {**delta, **added}
+                if claim:
+                    self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, claim)
                     claimed = True
         try:
             yield
@@ -230,10 +283,15 @@ class Gate:
                     self.ledger.release(connection, self.key)
             raise
 
-    def settle(self, after: TenantInventory, plan: Plan) -> None:
+    def settle(self, after: TenantInventory | None, plan: Plan) -> None:
         """After the changes: record what the host now uses, drop the claim, start the trial
         clock at the first VM start, and recheck (a concurrent change outside the ledger can
-        still break a quota; say so)."""
+        still break a quota; say so). `after` None: nothing metered changed, only the claim
+        of ledger-counted objects (now rows of their own) is dropped."""
+        if after is None:
+            with self.ledger.store.read() as connection:
+                self.ledger.release(connection, self.key)
+            return
         observed = observed_objects(after)
         used = quota.add(*observed.values())
         running = running_vms(after)
@@ -256,8 +314,5 @@ def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage
     return quota.add(
         ledger.known_usage(connection, record.name),
         ledger.reserved(connection, record.name),
-        {
-            "public_ips": ledger.public_ip_count(connection, record.name),
-            "zone_links": ledger.zone_link_count(connection, record.name),
-        },
+        ledger.counted_usage(connection, record.name),
     )

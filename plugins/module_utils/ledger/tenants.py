@@ -451,6 +451,15 @@ class Ledger:
         )
         return int(connection.execute(query).scalar())
 
+    def counted_usage(self, connection: Any, tenant: str) -> quota.Usage:
+        """What the ledger counts itself, one row per object: public IPs, zone links and
+        backup schedules (libvirt is the truth of the other kinds)."""
+        return {
+            "public_ips": self.public_ip_count(connection, tenant),
+            "zone_links": self.zone_link_count(connection, tenant),
+            "backup_schedules": len(self.backup_schedule_rows(connection, tenant)),
+        }
+
     def backup_schedule_rows(
         self, connection: Any, tenant: str, host: str | None = None
     ) -> dict[tuple[str, str, str], Any]:

@@ -30,8 +30,8 @@ from ...host.ownership import check_owner, object_name
 from ...host.xml import DiskDevice
 from ...ledger.tenants import Ledger, key_of
 from ...runner.repo import Manifest, ScheduleRepo, qemu_img
-from ..facade import conclude
 from ..gate import Declaration, Gate, declare_one
+from ..run import conclude_one
 from .backup_schedule import parse_backup_host
 from .disk import find_volume, volume_name
 from .vm import VmEngine
@@ -246,7 +246,7 @@ def run_backup_restore(params: Mapping[str, Any], check_mode: bool = False) -> R
         inventory = host.inventory(tenant)
         pool = params.get("pool") or engine.source_pool(inventory)
         plan = engine.plan_new_disk(name, check_pool(pool, "pool"), inventory)
-        result = conclude(plan, check_mode, gate, inventory, "disks", name)
+        result = conclude_one(plan, check_mode, gate, inventory, "disks", name)
     else:
         gate = Gate(ledger, host, tenant, Declaration())
         inventory = host.inventory(tenant)
@@ -254,7 +254,7 @@ def run_backup_restore(params: Mapping[str, Any], check_mode: bool = False) -> R
             bool(params.get("confirm")), params.get("start") is not False,
             float(params.get("shutdown_timeout") or 60), inventory,
         )  # fmt: skip
-        result = conclude(plan, check_mode, gate, inventory, "vms", engine.vm)
+        result = conclude_one(plan, check_mode, gate, inventory, "vms", engine.vm)
     result.facts["backup"] = {
         **engine.summary(),
         "path": str(engine.repo.path(engine.manifest.backup_id)),

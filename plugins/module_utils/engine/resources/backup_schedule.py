@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ...core import quota
 from ...core.backup_spec import (
     CALENDAR_ITERATIONS,
     DEFAULT_BACKUP_ROOT,
@@ -42,6 +41,7 @@ from ...ledger.tenants import Ledger
 from ...runner.backup import RunnerConfig, drop_schedule_checkpoints
 from ...runner.repo import ScheduleRepo
 from ..gate import Declaration, Gate
+from ..run import Run, conclude
 
 UNIT_PREFIX = "vce-backup-"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
@@ -402,10 +402,7 @@ class BackupScheduleEngine:
                 continue
             self.verify(rendered, path)
             wanted.append(rendered)
-        new = [r for r in wanted if (r.spec.vm, r.spec.name) not in observed.schedules]
-        if new:
-            with self.ledger.store.read() as connection:
-                self.check_quota(connection, len(new))
+        # A schedule new on this host is a "create": its quota is the gate's (check_counted).
         for rendered in wanted:
             before = observed.schedules.get((rendered.spec.vm, rendered.spec.name))
             plan.add(
@@ -436,15 +433,6 @@ class BackupScheduleEngine:
             all(observed.files.get(path) == content for path, content in rendered.files.items())
             and rendered.timer in observed.enabled
         )
-
-    def check_quota(self, connection: Any, added: int) -> None:
-        """The tenant's schedules on every host, plus `added`, within its quota."""
-        record = self.ledger.require_tenant(connection, self.tenant)
-        limits = self.ledger.limits(connection, record)
-        used = {"backup_schedules": len(self.ledger.backup_schedule_rows(connection, self.tenant))}
-        found = quota.breaches(limits, used, {"backup_schedules": added})
-        if found:
-            raise quota.QuotaExceeded(self.tenant, found)
 
     def plan_absent(
         self, names: Sequence[tuple[str, str]], observed: Observed, purge: bool
@@ -500,9 +488,6 @@ class BackupScheduleEngine:
         spec = rendered.spec
         what = f"backup schedule {spec.name} of VM {spec.vm}"
         with self.ledger.store.locked(self.tenant) as connection:
-            rows = self.ledger.backup_schedule_rows(connection, self.tenant, self.where.uri)
-            if (self.where.uri, spec.vm, spec.name) not in rows:
-                self.check_quota(connection, 1)  # again, under the lock: runs race
             ops: list[dict[str, Any]] = [
                 {"op": "write", "path": path, "content": content, "mode": 0o644}
                 for path, content in rendered.files.items()
@@ -606,15 +591,12 @@ def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> 
         }
         spec = parse_schedule(raw, "", vm)
         plan = engine.plan_present([spec], host.inventory(tenant), observed)
-    gate.admit_state(plan)
-    if not check_mode:
-        plan.apply()
-        if plan.changed:
-            observed = engine.observe()
-    facts = engine.facts(observed).get(f"{vm}/{name}", {})
-    return Result(
-        plan.changed, plan.to_list(), plan.diff(), plan.warnings, facts={"backup_schedule": facts}
-    )
+
+    def facts(_after: object, applied: bool) -> dict[str, Any]:
+        found = engine.facts(engine.observe() if applied else observed)
+        return {"backup_schedule": found.get(f"{vm}/{name}", {})}
+
+    return conclude(Run(plan, facts, gate), check_mode)
 
 
 def plan_environment_backups(

@@ -22,6 +22,7 @@ from ...core.result import Result
 from ...core.spec import INTERFACE_PATTERN, as_list, check_name
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
+from ..run import Run, conclude
 from .public_ip import Pool, parse_zone
 
 try:
@@ -42,6 +43,7 @@ VALUES = (
     "zone", "uri", "uplink", "public_pools", "cpus", "memory_mib", "libvirt_version",
     "qemu_version",
 )  # fmt: skip
+
 ZONE_CONFIG = "zone_config."
 # How many objects a refusal names; the count says how many there are in all.
 SHOWN_OBJECTS = 5
@@ -318,8 +320,8 @@ def record_run(
         engine = HostRecordEngine(HostRecords(ledger), connection)
         row = engine.observe(name)
         plan = planner(engine, row)
-        if not check_mode:
-            plan.apply()
-            row = engine.observe(name)
-    facts = {"host": host_facts(row)}
-    return Result(plan.changed, plan.to_list(), plan.diff(), plan.warnings, facts=facts)
+
+        def facts(_after: object, _applied: bool) -> dict[str, Any]:
+            return {"host": host_facts(row if check_mode else engine.observe(name))}
+
+        return conclude(Run(plan, facts), check_mode)

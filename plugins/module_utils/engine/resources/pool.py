@@ -21,6 +21,7 @@ from ...core.result import Result
 from ...core.spec import check_absolute_path, check_pool
 from ...host.connection import DEFAULT_URI, Host
 from ...host.xml import sub, to_string
+from ..run import Run, conclude
 
 KIND = "storage_pool"
 POOL_TYPES = ("dir",)
@@ -266,10 +267,8 @@ def run_storage_pool(params: dict[str, Any], check_mode: bool = False) -> Result
     engine = PoolEngine(Host(params.get("uri") or DEFAULT_URI))
     observed = engine.observe(name)
     plan = engine.plan_present(spec, observed) if spec else engine.plan_absent(name, observed)
-    after = observed
-    if not check_mode and plan.changed:
-        plan.apply()
-        after = engine.observe(name)
-    return Result(
-        plan.changed, plan.to_list(), plan.diff(), plan.warnings, facts={"pool": pool_facts(after)}
-    )
+
+    def facts(_after: object, applied: bool) -> dict[str, Any]:
+        return {"pool": pool_facts(engine.observe(name) if applied else observed)}
+
+    return conclude(Run(plan, facts), check_mode)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ...core import quota
 from ...core.errors import SpecError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
@@ -35,9 +34,9 @@ from ...core.spec import (
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell, check_prefix
-from ...ledger.metering import UsageWatch
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
+from ..run import Run, conclude
 
 TABLE = "vce_nat"
 TAG = "vce"
@@ -377,13 +376,7 @@ class PublicIpEngine:
         current = self.allocations()
         new = [spec for spec, *_rest in declared if spec.name not in current]
         with self.ledger.store.read() as connection:
-            if new:
-                record = self.ledger.require_tenant(connection, self.tenant)
-                limits = self.ledger.limits(connection, record)
-                used = {"public_ips": self.ledger.public_ip_count(connection, self.tenant)}
-                found = quota.breaches(limits, used, {"public_ips": len(new)})
-                if found:
-                    raise quota.QuotaExceeded(self.tenant, found)
+            # The quota of what `new` adds is the gate's (engine/gate.py: check_counted).
             taken = {row.address: row for row in connection.execute(sa.select(public_ips))}
         wanted = {str(s.address) for s, *_rest in declared if s.address is not None}
         automatic = [a for a, _pool in self.unused(taken) if a not in wanted]
@@ -623,19 +616,11 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
         plan = engine.plan([(spec, private, uplink, "")], [], nat)
     else:
         plan = engine.plan([], [name], nat)
-    gate.admit_state(plan)
-    usage_changes = []
-    if not check_mode:
-        watch = UsageWatch(ledger, host.uri, tenant, None)
-        plan.apply()
-        engine.flush()
-        if plan.changed:
-            nat = engine.nat.observe()
-            usage_changes = watch.changes(None)
-    return Result(
-        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
-        facts={"public_ip": engine.facts(nat).get(name, {})}, usage_changes=usage_changes,
-    )  # fmt: skip
+
+    def facts(_after: object, applied: bool) -> dict[str, Any]:
+        return {"public_ip": engine.facts(engine.nat.observe() if applied else nat).get(name, {})}
+
+    return conclude(Run(plan, facts, gate, flush=engine.flush), check_mode)
 
 
 def plan_environment_public_ips(

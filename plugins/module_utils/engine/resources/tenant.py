@@ -24,6 +24,7 @@ from ...host.ownership import object_name
 from ...ledger.metering import UsageWatch
 from ...ledger.tenants import Ledger, PlanDef, Tenant, iso, key_of, parse_moment, parse_plans
 from ..gate import tenant_usage
+from ..run import Run, conclude
 from .vm import VmEngine
 
 # The terms' targets (5.1), reported with each request.
@@ -67,10 +68,12 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         plan.extend(actions.plan(record, customer, params.get("plan"), overrides, state))
         if not check_mode:
             ledger.put_plans(connection, catalog)
-            plan.apply()
-        after = ledger.tenant(connection, name)
-        facts = actions.facts(after) if after else {}
-    return Result(plan.changed, plan.to_list(), plan.diff(), plan.warnings, facts={"tenant": facts})
+
+        def facts(_after: object, _applied: bool) -> dict[str, Any]:
+            after = ledger.tenant(connection, name)
+            return {"tenant": actions.facts(after) if after else {}}
+
+        return conclude(Run(plan, facts), check_mode)
 
 
 class TenantActions:
@@ -324,20 +327,17 @@ def run_quota(params: Mapping[str, Any], check_mode: bool = False) -> Result:
                     run=apply,
                 )
             )
-            if not check_mode:
-                plan.apply()
-        row = ledger.quota_request(connection, key) if key else None
-        record = ledger.require_tenant(connection, tenant)
-        facts = record.facts(
-            ledger.limits(connection, record), tenant_usage(ledger, connection, record)
-        )
-    return Result(
-        plan.changed,
-        plan.to_list(),
-        plan.diff(),
-        plan.warnings,
-        facts={"tenant": facts, "request": request_facts(row)},
-    )
+
+        def facts(_after: object, _applied: bool) -> dict[str, Any]:
+            row = ledger.quota_request(connection, key) if key else None
+            record = ledger.require_tenant(connection, tenant)
+            usage = tenant_usage(ledger, connection, record)
+            return {
+                "tenant": record.facts(ledger.limits(connection, record), usage),
+                "request": request_facts(row),
+            }
+
+        return conclude(Run(plan, facts), check_mode)
 
 
 def request_facts(row: Any) -> dict[str, Any]:
@@ -414,18 +414,13 @@ def run_block(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         if object_name(tenant, vm) not in host.inventory(tenant).domains:
             raise SpecError("name", f"unknown VM {vm!r} of tenant {tenant!r} on {host.uri}")
         plan = plan_block(ledger, connection, host, record, vm, bool(params["blocked"]), params)
-        usage_changes = []
-        if not check_mode:
-            watch = UsageWatch(ledger, host.uri, tenant, host.inventory(tenant))
-            plan.apply()
-            if plan.changed:
-                usage_changes = watch.changes(host.inventory(tenant))
-        blocked = vm in ledger.require_tenant(connection, tenant).blocked_vms
-    return Result(
-        plan.changed,
-        plan.to_list(),
-        plan.diff(),
-        plan.warnings,
-        facts={"vm": {"name": vm, "blocked": blocked}},
-        usage_changes=usage_changes,
-    )
+
+        def facts(_after: object, _applied: bool) -> dict[str, Any]:
+            blocked = vm in ledger.require_tenant(connection, tenant).blocked_vms
+            return {"vm": {"name": vm, "blocked": blocked}}
+
+        # The operator's block passes no gate (it is what the gate enforces), but it pauses
+        # or resumes a VM: metered like any run.
+        watch = None if check_mode else UsageWatch(ledger, host.uri, tenant, host.inventory(tenant))
+        run = Run(plan, facts, watch=watch, observe=lambda: host.inventory(tenant))
+        return conclude(run, check_mode)

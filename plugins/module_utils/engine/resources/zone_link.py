@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ...core import quota
 from ...core.errors import SpecError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
@@ -36,9 +35,9 @@ from ...host.connection import Host
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell, check_prefix
 from ...host.xml import NetworkState
-from ...ledger.metering import UsageWatch
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
+from ..run import Run, conclude
 
 try:
     import sqlalchemy as sa
@@ -205,14 +204,7 @@ class ZoneLinkEngine:
         )
         cidr = self.validate(states)
         self.check_overlaps(cidr)
-        if row is None:
-            with self.ledger.store.read() as connection:
-                record = self.ledger.require_tenant(connection, self.tenant)
-                limits = self.ledger.limits(connection, record)
-                used = {"zone_links": self.ledger.zone_link_count(connection, self.tenant)}
-            found = quota.breaches(limits, used, {"zone_links": 1})
-            if found:
-                raise quota.QuotaExceeded(self.tenant, found)
+        if row is None:  # its quota is the gate's (engine/gate.py: check_counted)
             plan.add(
                 Change(
                     "zone_link",
@@ -366,17 +358,9 @@ def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result
     host = engine.ends[0].host()
     gate = Gate(ledger, host, tenant, Declaration())
     plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
-    gate.admit_state(plan)
-    usage_changes = []
-    if not check_mode:
-        watch = UsageWatch(ledger, host.uri, tenant, None)
-        plan.apply()
-        if plan.changed:
-            usage_changes = watch.changes(None)
-    return Result(
-        plan.changed, plan.to_list(), plan.diff(), plan.warnings,
-        facts={"zone_link": engine.facts()}, usage_changes=usage_changes,
-    )  # fmt: skip
+    return conclude(
+        Run(plan, lambda _after, _applied: {"zone_link": engine.facts()}, gate), check_mode
+    )
 
 
 def links_touching(ledger: Ledger, tenant: str, uri: str) -> dict[str, Any]:

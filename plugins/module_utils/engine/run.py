@@ -1,0 +1,124 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How every entry point ends: a planned run is admitted, applied and reported in one place.
+
+A tenant's run goes through its gate (operator locks, quotas at plan time, a reservation under
+the ledger's lock at apply time, the host's usage recorded after); a run of the operator's
+(a host record, a pool, a tenant's plan or quotas) has no gate and applies its plan as it is.
+Either way the Result is built here, so check mode, diff mode and previews report alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..core.plan import Plan
+from ..core.result import Result
+from ..host.connection import TenantInventory
+from ..host.facts import tenant_facts
+from ..ledger.metering import UsageWatch
+from .gate import Gate
+
+if TYPE_CHECKING:  # the public IP planner concludes through here too
+    from .resources.public_ip import PublicIpEngine
+
+# The facts a run reports, from the tenant's objects after it (None when the run reads no
+# libvirt object) and whether it applied anything.
+Facts = Callable[[TenantInventory | None, bool], dict[str, Any]]
+
+
+@dataclass
+class Run:
+    """A planned run, ready to conclude."""
+
+    plan: Plan
+    facts: Facts
+    gate: Gate | None = None
+    # The tenant's libvirt objects before the run: given when the plan may change what libvirt
+    # meters (VMs, disks, networks); None when only ledger-counted objects change.
+    inventory: TenantInventory | None = None
+    # Work batched after every change of the run (one nft batch for all public IPs).
+    flush: Callable[[], None] | None = None
+    # A gate-less run that still changes what is metered (an operator's block) watches it.
+    watch: UsageWatch | None = None
+    observe: Callable[[], TenantInventory] | None = None
+
+
+def conclude(run: Run, check_mode: bool) -> Result:
+    """Admit the plan, apply it unless checking, then report the plan and the facts."""
+    plan, gate = run.plan, run.gate
+    if gate is not None:
+        gate.admit(plan, run.inventory)
+    after = run.inventory
+    usage_changes: list[dict[str, Any]] = []
+    if not check_mode:
+        if gate is None:
+            apply(run)
+            if run.watch is not None and run.observe is not None and plan.changed:
+                usage_changes = run.watch.changes(run.observe())
+        else:
+            after, usage_changes = apply_gated(run, gate)
+    return Result(
+        changed=plan.changed,
+        plan=plan.to_list(),
+        diff=plan.diff(),
+        warnings=plan.warnings,
+        pending_restart=plan.pending_restart,
+        usage_changes=usage_changes,
+        facts=run.facts(after, plan.changed and not check_mode),
+    )
+
+
+def apply(run: Run) -> None:
+    run.plan.apply()
+    if run.flush is not None:
+        run.flush()
+
+
+def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict[str, Any]]]:
+    """Apply under the gate's reservation; the tenant's objects after, and the usage changes."""
+    plan, metered = run.plan, run.inventory is not None
+    watch = UsageWatch(gate.ledger, gate.host.uri, gate.tenant, run.inventory)
+    with gate.reservation(plan, metered):
+        apply(run)
+    after = run.inventory
+    # What was read before the run still holds when nothing changed.
+    if plan.changed and metered:
+        after = gate.host.inventory(gate.tenant)
+    gate.settle(after, plan)
+    return after, watch.changes(after) if plan.changed else []
+
+
+def tenant_report(
+    gate: Gate,
+    check_mode: bool,
+    section: str | None = None,
+    name: str | None = None,
+    public_ips: PublicIpEngine | None = None,
+) -> Facts:
+    """The facts of a tenant run: one object's (`section` names its kind, e.g. "vms", with
+    `name`), or the whole environment's; an environment in check mode reports none."""
+
+    def facts(after: TenantInventory | None, applied: bool) -> dict[str, Any]:
+        if section is None and check_mode:
+            return {}
+        found = tenant_facts(gate.host, gate.tenant, after)
+        if public_ips is not None:
+            found["public_ips"] = public_ips.facts(
+                public_ips.nat.observe() if applied else public_ips.observed
+            )
+        if section is None:
+            return {"environment": found}
+        return {section[:-1]: found[section].get(name) or {}}
+
+    return facts
+
+
+def conclude_one(
+    plan: Plan, check_mode: bool, gate: Gate, inventory: TenantInventory, section: str, name: str
+) -> Result:
+    """Conclude a run on one of the tenant's libvirt objects, reporting that object's facts."""
+    report = tenant_report(gate, check_mode, section, name)
+    return conclude(Run(plan, report, gate, inventory), check_mode)
