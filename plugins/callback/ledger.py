@@ -76,9 +76,8 @@ seealso:
 
 import atexit
 import os
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +87,7 @@ from ansible.release import __version__ as ANSIBLE_VERSION
 
 if TYPE_CHECKING:
     from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import UsageChange
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRecord
-    from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.recorder import Recorder
 
 
 class Engine:
@@ -105,17 +103,18 @@ class Engine:
         if not self.loaded:
             self.loaded = True
             try:
-                from ansible_collections.vce.kvm.plugins.module_utils import (
-                    errors,
-                    ledger,
-                    ledger_store,
+                from ansible_collections.vce.kvm.plugins.module_utils.core import errors
+                from ansible_collections.vce.kvm.plugins.module_utils.ledger import (
                     metering,
+                    recorder,
                     spool,
+                    store,
+                    tenants,
                 )
             except ImportError as error:  # reported as a warning when the run starts
                 self.error = error
             else:
-                for module in (errors, ledger, ledger_store, metering, spool):
+                for module in (errors, tenants, store, metering, spool, recorder):
                     self.__dict__.update(
                         {k: v for k, v in vars(module).items() if not k.startswith("_")}
                     )
@@ -132,186 +131,8 @@ class Engine:
 engine = Engine()
 
 
-Warn = Callable[[str], None]
 ADHOC_PLAYBOOK = "__adhoc_playbook__"  # the name ansible (ad hoc) gives its one-play playbook
 HOST_STATS = ("ok", "changed", "failures", "unreachable", "skipped")
-
-
-def reason(error: BaseException) -> str:
-    """An error in one line: database drivers add SQL and links on the lines after."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    if engine.load() is None and isinstance(error, engine.VceError) and text:
-        return text  # written for the user as it is
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-class Recorder:
-    """One run's records in the ledgers it writes to. Each ledger gets the run's start before
-    the first change written to it, and its end; what fails is spooled, never raised."""
-
-    def __init__(
-        self, run: RunRecord, main_url: str, spool_dir: str, warn: Warn, note: Warn
-    ) -> None:
-        self.run = run
-        self.main_url = main_url
-        self.spool_file = engine.spool_path(spool_dir, run.run_id)
-        self.spool_dir = spool_dir
-        self.warn = warn
-        self.note = note
-        self.ledgers: dict[str, Ledger] = {}
-        self.urls: list[str] = [main_url]  # every ledger of the run, in order of first use
-        self.started: set[str] = set()
-        self.start_spooled: set[str] = set()
-        self.seen: set[tuple[str, str]] = set()  # (url, change key): written or spooled
-        self.counts = {"recorded": 0, "spooled": 0, "invalid": 0}
-        self.spool_warned = False
-        self.finished = False
-        # Callbacks may come from more than one thread; one write at a time keeps the spool
-        # and the counts consistent.
-        self.lock = threading.RLock()
-
-    # -- ledgers -------------------------------------------------------------------------
-
-    def ledger(self, url: str) -> Ledger:
-        ledger = self.ledgers.get(url)
-        if ledger is None:
-            ledger = engine.Ledger.open(url, actor=self.run.actor, run_id=self.run.run_id)
-            self.ledgers[url] = ledger
-        return ledger
-
-    def begin(self, url: str) -> None:
-        """The run's start in the ledger at `url`, once (raises when the ledger fails)."""
-        if url not in self.urls:
-            self.urls.append(url)
-        if url in self.started:
-            return
-        run = self.run
-        engine.Metering(self.ledger(url)).start_run(
-            run.run_id, run.source, run.started_at, run.detail
-        )
-        self.started.add(url)
-
-    # -- the run's events ----------------------------------------------------------------
-
-    def start(self) -> None:
-        with self.lock:
-            try:
-                self.begin(self.main_url)
-            except Exception as error:  # the playbook goes on; the start waits in the spool
-                self.keep(self.main_url, error)
-
-    def record(self, url: str, changes: list[UsageChange]) -> None:
-        """Write the changes now (the run may die at its next task), else spool them."""
-        with self.lock:
-            fresh = [c for c in changes if (url, c.key) not in self.seen]
-            if not fresh:
-                return
-            self.seen.update((url, change.key) for change in fresh)
-            self.flush()
-            try:
-                self.begin(url)
-                written = engine.Metering(self.ledger(url)).record(fresh, source="run")
-            except Exception as error:  # never the playbook's problem: keep them for later
-                self.keep(url, error, fresh)
-            else:
-                self.counts["recorded"] += written
-
-    def finish(self, result: str, detail: Mapping[str, Any]) -> None:
-        with self.lock:
-            if self.finished:
-                return
-            self.finished = True
-            self.flush()
-            self.run.result = result
-            self.run.ended_at = engine.utcnow()
-            self.run.end_detail = {**detail, "usage_changes": dict(self.counts)}
-            for url in self.urls:
-                self.end_in(url)
-            self.report_spool()
-
-    def end_in(self, url: str) -> None:
-        run = self.run
-        try:
-            self.begin(url)
-            engine.Metering(self.ledger(url)).finish_run(
-                run.run_id, run.result or "failed", run.ended_at or engine.utcnow(), run.end_detail
-            )
-        except Exception as error:
-            self.keep(url, error, finish=True)
-
-    def interrupted(self) -> None:
-        """At exit without stats (Ctrl+C, an error of Ansible's own): best effort, silent."""
-        if self.finished:
-            return
-        try:
-            self.finish("interrupted", {"interrupted": True})
-        except Exception as error:  # the process is ending: nothing left to tell but this
-            self.note(f"vce.kvm.ledger: could not mark run {self.run.run_id} interrupted: {error}")
-
-    # -- the spool -----------------------------------------------------------------------
-
-    def keep(
-        self,
-        url: str,
-        error: BaseException,
-        changes: Sequence[UsageChange] = (),
-        finish: bool = False,
-    ) -> None:
-        """Spool what the ledger at `url` did not take; warn once per run."""
-        shown = engine.safe_url(url)
-        try:
-            if url not in self.started and url not in self.start_spooled:
-                engine.spool_run(self.spool_dir, url, self.run, "start")
-                self.start_spooled.add(url)
-            if changes:
-                engine.spool(self.spool_dir, self.run.run_id, url, changes, self.run.actor)
-                self.counts["spooled"] += len(changes)
-            if finish:
-                engine.spool_run(self.spool_dir, url, self.run, "finish")
-        except Exception as spool_error:  # both the ledger and the disk failed
-            self.warn(
-                f"vce.kvm.ledger: cannot write to the ledger at {shown} ({reason(error)}) nor "
-                f"to the spool {self.spool_file} ({reason(spool_error)}): "
-                f"{len(changes)} usage change(s) of run {self.run.run_id} are not recorded"
-            )
-            return
-        if not self.spool_warned:
-            self.spool_warned = True
-            self.warn(
-                f"vce.kvm.ledger: cannot write to the ledger at {shown} ({reason(error)}); "
-                f"run {self.run.run_id} keeps its records in {self.spool_file} and retries "
-                "them at its next write and at its end"
-            )
-        else:
-            self.note(f"vce.kvm.ledger: ledger at {shown} still failing: {reason(error)}")
-
-    def flush(self) -> None:
-        """Retry what waits in the run's spool (records are idempotent: nothing twice)."""
-        if not self.spool_file.exists():
-            return
-        try:
-            written, remaining = engine.replay(self.spool_file, self.ledger, self.note)
-        except Exception as error:  # the spool stays as it is; the next flush tries again
-            self.note(f"vce.kvm.ledger: could not replay {self.spool_file}: {reason(error)}")
-            return
-        self.counts["recorded"] += written
-        if remaining == 0:
-            self.started |= self.start_spooled
-            self.start_spooled.clear()
-            self.note(f"vce.kvm.ledger: {self.spool_file} written to the ledger")
-
-    def report_spool(self) -> None:
-        if not self.spool_file.exists():
-            return
-        try:
-            waiting = sum(1 for line in self.spool_file.open(encoding="utf-8") if line.strip())
-        except OSError:
-            waiting = 0
-        self.warn(
-            f"vce.kvm.ledger: {waiting} record(s) of run {self.run.run_id} are not in the "
-            f"ledger yet; write them with: vce ledger record --spool {self.spool_file}"
-        )
 
 
 # -- reading task results ------------------------------------------------------------------
@@ -394,7 +215,7 @@ class CallbackModule(CallbackBase):
         try:
             action()
         except Exception as error:
-            self.warn(f"vce.kvm.ledger: {what} failed: {reason(error)}")
+            self.warn(f"vce.kvm.ledger: {what} failed: {engine.reason(error)}")
 
     # -- the run -------------------------------------------------------------------------
 
@@ -424,7 +245,7 @@ class CallbackModule(CallbackBase):
         run = engine.RunRecord(run_id, actor, "ansible", engine.utcnow(), detail)
         main_url = self.get_option("ledger_url") or engine.default_url()
         spool_dir = str(self.get_option("spool_dir") or "~/.local/state/vce-kvm/spool")
-        self.recorder = Recorder(run, main_url, spool_dir, self.warn, self.note)
+        self.recorder = engine.Recorder(run, main_url, spool_dir, self.warn, self.note)
         self.recorder.start()
         atexit.register(self.recorder.interrupted)
         self.mention_old_spools(Path(spool_dir).expanduser(), self.recorder.spool_file)

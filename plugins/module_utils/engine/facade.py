@@ -267,6 +267,18 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     return conclude_one(plan, check_mode, gate, inventory, "vms", name)
 
 
+def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
+    """One of the tenant's libvirt objects (`section`: "vms", "disks" or "networks") as the
+    engine reports it, or None. A VM's facts carry its boot disk's under `boot_disk`."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
+    found = facts[section].get(name)
+    if found is None or section != "vms":
+        return found
+    return {**found, "boot_disk": facts["disks"].get(f"{name}.boot", {})}
+
+
 def run_info(params: dict[str, Any]) -> dict[str, Any]:
     tenant = check_name(params.get("tenant"), "tenant")
     facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)

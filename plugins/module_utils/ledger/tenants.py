@@ -451,6 +451,13 @@ class Ledger:
         )
         return int(connection.execute(query).scalar())
 
+    def zone_link(self, connection: Any, tenant: str, name: str) -> Any:
+        """The tenant's zone link `name` as recorded (network, ends, VNI), or None."""
+        query = sa.select(zone_links).where(
+            zone_links.c.tenant == tenant, zone_links.c.name == name
+        )
+        return connection.execute(query).first()
+
     def counted_usage(self, connection: Any, tenant: str) -> quota.Usage:
         """What the ledger counts itself, one row per object: public IPs, zone links and
         backup schedules (libvirt is the truth of the other kinds)."""

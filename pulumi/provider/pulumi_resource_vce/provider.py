@@ -17,8 +17,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.core import quota
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
     Gate,
+    check_counted,
     observed_objects,
-    tenant_usage,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
@@ -171,17 +171,10 @@ class VceProvider(Provider):
                 return
             # Before the reading transaction: settling an ended trial takes the tenant's lock.
             record = ledger.current_tenant(config.tenant)
-            with ledger.store.read() as connection:
-                limits = ledger.limits(connection, record)
-                used = quota.add(tenant_usage(ledger, connection, record), others_pending)
-                if kind.counted == "backup_schedules":
-                    used["backup_schedules"] = len(
-                        ledger.backup_schedule_rows(connection, config.tenant)
-                    )
             delta = {kind.counted: 1}
-            found = quota.breaches(limits, used, delta)
-            if found:
-                raise quota.QuotaExceeded(config.tenant, found)
+            with ledger.store.read() as connection:
+                others = quota.add(ledger.reserved(connection, config.tenant), others_pending)
+                check_counted(ledger, connection, record, delta, others)
         if delta:
             with self.pending_lock:
                 self.pending[urn] = delta

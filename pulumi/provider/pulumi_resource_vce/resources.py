@@ -5,12 +5,10 @@ point each calls, how an id names an object, and how the live object reads back.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
@@ -20,6 +18,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     parse_vm,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
+    read_object,
     run_disk,
     run_network,
     run_vm,
@@ -31,22 +30,18 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
     declare_vm,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
-    BackupScheduleEngine,
-    parse_backup_host,
+    read_backup_schedule,
     run_backup_schedule,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
-    engine_from,
+    read_public_ip,
     run_public_ip,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
-    engine_for,
+    read_zone_link,
+    recorded_zone_link,
     run_zone_link,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
-from ansible_collections.vce.kvm.plugins.module_utils.host.facts import tenant_facts
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import zone_links
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from .config import ProviderConfig
 from .props import Prop, camel, to_engine
@@ -467,10 +462,6 @@ def declare_network_values(params: dict[str, Any]) -> Declaration:
 # -- reading back -----------------------------------------------------------------------------
 
 
-def host_of(config: ProviderConfig, values: Mapping[str, Any]) -> Host:
-    return Host(config.where(values.get("zone"), values.get("host")).uri)
-
-
 def placement(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
     where = config.where(values.get("zone"), values.get("host"))
     found = {"zone": where.zone}
@@ -479,13 +470,16 @@ def placement(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, An
     return found
 
 
+def read_params(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {**base(config, values), "name": values["name"]}
+
+
 def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
     name = values["name"]
-    facts = tenant_facts(host_of(config, values), config.tenant)
-    vm = facts["vms"].get(name)
+    vm = read_object(read_params(config, values), "vms")
     if vm is None:
         return None
-    boot = facts["disks"].get(f"{name}.boot", {})
+    boot = vm["boot_disk"]
     boot_paths = {boot.get("path")}
     extra = [
         d["serial"] for d in vm["disks"] if d["device"] == "disk" and d["path"] not in boot_paths
@@ -522,7 +516,7 @@ def vm_outputs(vm: Mapping[str, Any]) -> dict[str, Any]:
 
 def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
     name = values["name"]
-    disk = tenant_facts(host_of(config, values), config.tenant)["disks"].get(name)
+    disk = read_object(read_params(config, values), "disks")
     if disk is None:
         return None
     inputs = {
@@ -543,7 +537,7 @@ def disk_outputs(disk: Mapping[str, Any]) -> dict[str, Any]:
 
 def observe_network(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
     name = values["name"]
-    net = tenant_facts(host_of(config, values), config.tenant)["networks"].get(name)
+    net = read_object(read_params(config, values), "networks")
     if net is None:
         return None
     inputs = {
@@ -567,12 +561,8 @@ def network_outputs(net: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def observe_public_ip(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    params = public_ip_params(config, {**values, "vm": values.get("vm") or "-"})
-    host = Host(params["uri"])
-    ledger = Ledger.open(config.ledger_url)
-    engine = engine_from(params, ledger, host, config.tenant)
-    found = engine.facts(engine.nat.observe()).get(values["name"])
-    if not found:
+    found = read_public_ip(public_ip_params(config, {**values, "vm": values.get("vm") or "-"}))
+    if found is None:
         return None
     inputs = {"name": values["name"], **placement(config, values), "vm": found["vm"]}
     if values.get("network"):
@@ -592,16 +582,17 @@ def public_ip_outputs(found: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def observe_zone_link(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    ledger = Ledger.open(config.ledger_url)
-    zones = values.get("zones") or []
-    row = ledger_link(ledger, config.tenant, values["name"])
-    if row is None:
+    recorded = recorded_zone_link(
+        {"tenant": config.tenant, "ledger_url": config.ledger_url, "name": values["name"]}
+    )
+    if recorded is None:
         return None
+    zones = values.get("zones") or []
     if len(zones) != 2:
-        zones = [end["zone"] for end in row["ends"]]
-    params = zone_link_params(config, {**values, "zones": zones, "network": row["network"]})
-    facts = engine_for(ledger, config.tenant, params, "").facts()
-    if not facts:
+        zones = recorded["zones"]
+    params = zone_link_params(config, {**values, "zones": zones, "network": recorded["network"]})
+    facts = read_zone_link(params)
+    if facts is None:
         return None
     inputs = {
         "name": values["name"],
@@ -615,23 +606,9 @@ def zone_link_outputs(facts: Mapping[str, Any]) -> dict[str, Any]:
     return {"vni": facts["vni"], "device": facts["device"]}
 
 
-def ledger_link(ledger: Ledger, tenant: str, name: str) -> dict[str, Any] | None:
-    with ledger.store.read() as connection:
-        row = connection.execute(
-            sa.select(zone_links).where(zone_links.c.tenant == tenant, zone_links.c.name == name)
-        ).first()
-    if row is None:
-        return None
-    return {"network": row.network, "ends": json.loads(row.ends)}
-
-
 def observe_backup(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    params = backup_params(config, values)
-    host = Host(params["uri"])
-    ledger = Ledger.open(config.ledger_url)
-    engine = BackupScheduleEngine(ledger, host, config.tenant, parse_backup_host(params))
-    found = engine.facts(engine.observe()).get(f"{values['vm']}/{values['name']}")
-    if not found:
+    found = read_backup_schedule(backup_params(config, values))
+    if found is None:
         return None
     retention = {
         camel_key: value

@@ -571,6 +571,16 @@ class BackupScheduleEngine:
         return result
 
 
+def read_backup_schedule(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The VM's backup schedule `name` as its host has it (units, config, backups), or None."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    vm = check_name(params.get("vm"), "vm")
+    name = check_name(params.get("name"), "name")
+    where = parse_backup_host(params)
+    engine = BackupScheduleEngine(Ledger.open(where.ledger_url), Host(where.uri), tenant, where)
+    return engine.facts(engine.observe()).get(f"{vm}/{name}") or None
+
+
 def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     vm = check_name(params.get("vm"), "vm")

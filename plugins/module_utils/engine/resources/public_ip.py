@@ -598,6 +598,15 @@ def engine_from(
     return PublicIpEngine(ledger, host, tenant, zone, shell)
 
 
+def read_public_ip(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tenant's public IP `name` (allocation and binding), or None."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    host = Host(params.get("uri") or DEFAULT_URI)
+    engine = engine_from(params, Ledger.open(params.get("ledger_url") or None), host, tenant)
+    return engine.facts(engine.nat.observe()).get(name) or None
+
+
 def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")

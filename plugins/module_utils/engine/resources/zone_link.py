@@ -104,10 +104,7 @@ class ZoneLinkEngine:
 
     def row(self) -> Any:
         with self.ledger.store.read() as connection:
-            query = sa.select(zone_links).where(
-                zone_links.c.tenant == self.tenant, zone_links.c.name == self.name
-            )
-            return connection.execute(query).first()
+            return self.ledger.zone_link(connection, self.tenant, self.name)
 
     def observe_end(
         self, end: End, vni: int | None, path: str, declared: NetworkSpec | None = None
@@ -422,3 +419,23 @@ def engine_for(ledger: Ledger, tenant: str, raw: Mapping[str, Any], path: str) -
         raise SpecError(f"{prefix}ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
     ends = (parse_end(raw_ends[0], f"{prefix}ends[0]"), parse_end(raw_ends[1], f"{prefix}ends[1]"))
     return ZoneLinkEngine(ledger, tenant, name, network, ends)
+
+
+def recorded_zone_link(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tenant's zone link `name` as the ledger recorded it: its network and the zones of
+    its ends (what a front end needs to read it back), or None."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    name = check_name(params.get("name"), "name")
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    with ledger.store.read() as connection:
+        row = ledger.zone_link(connection, tenant, name)
+    if row is None:
+        return None
+    return {"network": row.network, "zones": [end["zone"] for end in json.loads(row.ends)]}
+
+
+def read_zone_link(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The zone link's facts (both ends read from their hosts), or None when it is gone."""
+    tenant = check_name(params.get("tenant"), "tenant")
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    return engine_for(ledger, tenant, params, "").facts() or None
