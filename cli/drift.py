@@ -33,7 +33,7 @@ from ..plugins.module_utils.engine.drift_report import (
     summary,
     write_if_changed,
 )
-from .command import reported
+from .exits import reported
 
 INVENTORY_VARIABLES = (
     "vce_uri", "vce_tenants", "vce_zone", "vce_zones", "vce_ledger_url", *HOST_VARIABLES,

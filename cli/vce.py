@@ -47,7 +47,7 @@ from ..plugins.module_utils.ledger.metering import Metering, observe_host
 from ..plugins.module_utils.ledger.spool import replay
 from ..plugins.module_utils.ledger.tenants import Ledger, parse_moment
 from . import drift
-from .command import reported
+from .exits import reported
 
 USAGE_COLUMNS = (
     "host", "kind", "name", "vm", "state", "vcpus", "ram_mib", "disk_mib", "public_ips",

@@ -1,0 +1,26 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How every `vce` command ends on bad input: a message naming the field, exit status 2.
+
+A module of its own so that command.py (the dispatcher) imports the commands and the commands
+import this, never each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from ..plugins.module_utils.core.errors import SpecError, VceError
+
+
+def reported(command: Callable[[], int]) -> int:
+    """Run a `vce` command; bad input and engine errors are a message and exit status 2."""
+    try:
+        return command()
+    except SpecError as error:
+        print(f"vce: {error.field}: {error.reason}", file=sys.stderr)
+        return 2
+    except VceError as error:
+        print(f"vce: {error}", file=sys.stderr)
+        return 2
