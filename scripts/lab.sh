@@ -107,8 +107,15 @@ run_tests() {
   echo "lab: ansible-lint (production profile: roles, playbooks, molecule)"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-lint"
   sanity
-  echo "lab: pytest (unit, integration against a private libvirtd, guest boot)"
-  PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider --durations=20 tests
+  echo "lab: pytest, unit tier with coverage (no engine file under 60% from unit tests alone)"
+  mkdir -p tests/output
+  COVERAGE_FILE=tests/output/.coverage PATH="$PWD/$VENV/bin:$PATH" \
+    "$py" -m pytest -q -p no:cacheprovider --durations=10 tests/unit \
+    --cov=plugins/module_utils --cov-report=term --cov-report=json:tests/output/coverage.json
+  "$py" -m tools.coverage_gate tests/output/coverage.json --minimum 60
+  echo "lab: pytest (cli, pulumi, integration against a private libvirtd, guest boot, multi-host)"
+  PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider --durations=20 tests \
+    --ignore=tests/unit
   echo "lab: molecule test (kvm_host and tenant_environment on this machine, testinfra)"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/molecule" test
 }
