@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.errors import SpecError
-from ..core.plan import Change, ChangeClass, Plan
+from ..core.plan import Change, Plan
 from ..core.result import Result
 from ..core.spec import (
     EnvironmentSpec,
@@ -202,11 +202,9 @@ def plan_attach(
             "disk",
             name,
             "attach",
-            ChangeClass.LIVE,
-            "attached_to",
-            None,
-            vm,
-            lambda: vms.attach(libvirt_name, xml, running),
+            field="attached_to",
+            after=vm,
+            run=lambda: vms.attach(libvirt_name, xml, running),
         )
     )
     return plan
@@ -228,11 +226,9 @@ def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) 
             "disk",
             name,
             "detach",
-            ChangeClass.LIVE,
-            "attached_to",
-            vm_name,
-            None,
-            lambda: vms.detach(domain.name, disk_device_xml(device), running),
+            field="attached_to",
+            before=vm_name,
+            run=lambda: vms.detach(domain.name, disk_device_xml(device), running),
         )
     )
     return plan

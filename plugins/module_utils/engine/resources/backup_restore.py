@@ -135,11 +135,14 @@ class RestoreEngine:
         path = Path(pool_path) / volume_name(self.tenant, name, "qcow2")
         plan.add(
             Change(
-                "disk", name, "restore", ChangeClass.LIVE, "data", None,
-                {**self.summary(), "pool": pool},
-                partial(self.restore_new, path, pool),
+                "disk",
+                name,
+                "restore",
+                field="data",
+                after={**self.summary(), "pool": pool},
+                run=partial(self.restore_new, path, pool),
             )
-        )  # fmt: skip
+        )
         return plan
 
     def restore_new(self, path: Path, pool: str) -> None:
@@ -186,30 +189,35 @@ class RestoreEngine:
                     "vm",
                     self.vm,
                     "stop",
-                    ChangeClass.RESTART,
-                    "state",
-                    domain.state,
-                    "shutoff",
-                    partial(vms.stop, libvirt_name),
+                    change_class=ChangeClass.RESTART,
+                    field="state",
+                    before=domain.state,
+                    after="shutoff",
+                    run=partial(vms.stop, libvirt_name),
                 )
             )
         plan.add(
             Change(
-                "disk", self.disk, "restore", ChangeClass.REPLACE, "data", "current",
-                self.summary(), partial(self.restore_in_place, libvirt_name, device),
+                "disk",
+                self.disk,
+                "restore",
+                change_class=ChangeClass.REPLACE,
+                field="data",
+                before="current",
+                after=self.summary(),
+                run=partial(self.restore_in_place, libvirt_name, device),
             )
-        )  # fmt: skip
+        )
         if running and start:
             plan.add(
                 Change(
                     "vm",
                     self.vm,
                     "start",
-                    ChangeClass.LIVE,
-                    "state",
-                    "shutoff",
-                    "running",
-                    partial(vms.start, libvirt_name),
+                    field="state",
+                    before="shutoff",
+                    after="running",
+                    run=partial(vms.start, libvirt_name),
                 )
             )
         return plan

@@ -9,7 +9,7 @@ separator declared names cannot contain), and the serial of the attached device.
 from __future__ import annotations
 
 from ...core.errors import SpecError, libvirt, libvirt_action
-from ...core.plan import Change, ChangeClass, Plan
+from ...core.plan import Change, Plan
 from ...core.spec import DiskSpec
 from ...host.connection import Host, TenantInventory
 from ...host.ownership import EXTENSIONS, volume_name
@@ -83,11 +83,8 @@ class DiskEngine:
                     KIND,
                     spec.name,
                     "create",
-                    ChangeClass.LIVE,
-                    None,
-                    None,
-                    disk_summary(spec),
-                    lambda: self.create(spec.pool, name, xml),
+                    after=disk_summary(spec),
+                    run=lambda: self.create(spec.pool, name, xml),
                 )
             )
             return plan
@@ -106,11 +103,10 @@ class DiskEngine:
                     KIND,
                     spec.name,
                     "resize",
-                    ChangeClass.LIVE,
-                    "size_gib",
-                    volume.capacity / GIB,
-                    spec.size_gib,
-                    lambda: self.grow(volume, wanted, domain),
+                    field="size_gib",
+                    before=volume.capacity / GIB,
+                    after=spec.size_gib,
+                    run=lambda: self.grow(volume, wanted, domain),
                 )
             )
         return plan
@@ -152,14 +148,7 @@ class DiskEngine:
 
     def delete_change(self, name: str, volume: VolumeState) -> Change:
         return Change(
-            KIND,
-            name,
-            "delete",
-            ChangeClass.LIVE,
-            None,
-            volume_summary(volume),
-            None,
-            lambda: self.delete(volume),
+            KIND, name, "delete", before=volume_summary(volume), run=lambda: self.delete(volume)
         )
 
     # apply -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from typing import Any
 
 from ...core.errors import SpecError, libvirt, libvirt_action
 from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
@@ -101,11 +102,8 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "create",
-                    ChangeClass.LIVE,
-                    None,
-                    None,
-                    network_summary(spec),
-                    lambda: self.create(libvirt_name, xml),
+                    after=network_summary(spec),
+                    run=lambda: self.create(libvirt_name, xml),
                 )
             )
             return plan
@@ -126,11 +124,10 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "replace",
-                    ChangeClass.REPLACE,
-                    None,
-                    state_summary(state),
-                    network_summary(spec),
-                    lambda: self.replace(libvirt_name, xml),
+                    change_class=ChangeClass.REPLACE,
+                    before=state_summary(state),
+                    after=network_summary(spec),
+                    run=lambda: self.replace(libvirt_name, xml),
                 )
             )
             return plan
@@ -141,11 +138,10 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "update",
-                    ChangeClass.LIVE,
-                    "metadata",
-                    state.owner.spec_hash if state.owner else None,
-                    spec_hash(spec),
-                    lambda: self.refresh_definition(libvirt_name, spec),
+                    field="metadata",
+                    before=state.owner.spec_hash if state.owner else None,
+                    after=spec_hash(spec),
+                    run=lambda: self.refresh_definition(libvirt_name, spec),
                 )
             )
         if not state.active:
@@ -154,11 +150,10 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "start",
-                    ChangeClass.LIVE,
-                    "active",
-                    False,
-                    True,
-                    lambda: self.start(libvirt_name),
+                    field="active",
+                    before=False,
+                    after=True,
+                    run=lambda: self.start(libvirt_name),
                 )
             )
         if not state.autostart:
@@ -167,11 +162,10 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "autostart",
-                    ChangeClass.LIVE,
-                    "autostart",
-                    False,
-                    True,
-                    lambda: self.autostart(libvirt_name),
+                    field="autostart",
+                    before=False,
+                    after=True,
+                    run=lambda: self.autostart(libvirt_name),
                 )
             )
         return plan
@@ -191,11 +185,10 @@ class NetworkEngine:
                     KIND,
                     spec.name,
                     "update",
-                    ChangeClass.LIVE,
-                    "dhcp_range",
-                    f"{old[0]}-{old[1]}",
-                    f"{new[0]}-{new[1]}",
-                    lambda: self.set_range(libvirt_name, old, new),
+                    field="dhcp_range",
+                    before=f"{old[0]}-{old[1]}",
+                    after=f"{new[0]}-{new[1]}",
+                    run=lambda: self.set_range(libvirt_name, old, new),
                 )
             )
         declared = {lease.mac: lease for lease in spec.static_leases}
@@ -223,11 +216,10 @@ class NetworkEngine:
             kind,
             owner_name or declared_name,
             "update",
-            ChangeClass.LIVE,
-            f"lease {mac} on {declared_name}",
-            str(current.ip) if current else None,
-            str(wanted.ip) if wanted else None,
-            lambda: self.set_lease(libvirt_name, mac, wanted),
+            field=f"lease {mac} on {declared_name}",
+            before=str(current.ip) if current else None,
+            after=str(wanted.ip) if wanted else None,
+            run=lambda: self.set_lease(libvirt_name, mac, wanted),
         )
 
     def plan_absent(self, name: str, inventory: TenantInventory) -> Plan:
@@ -249,14 +241,7 @@ class NetworkEngine:
 
     def delete_change(self, name: str, state: NetworkState) -> Change:
         return Change(
-            KIND,
-            name,
-            "delete",
-            ChangeClass.LIVE,
-            None,
-            state_summary(state),
-            None,
-            lambda: self.delete(state.name),
+            KIND, name, "delete", before=state_summary(state), run=lambda: self.delete(state.name)
         )
 
     # apply -----------------------------------------------------------------------------------
@@ -287,14 +272,16 @@ class NetworkEngine:
             net.undefine()
 
     def start(self, libvirt_name: str) -> None:
-        net = self.lookup(libvirt_name)
-        with libvirt_action("start", f"network {libvirt_name}"):
-            net.create()
+        self.call(libvirt_name, "start", "create")
 
     def autostart(self, libvirt_name: str) -> None:
+        self.call(libvirt_name, "set autostart on", "setAutostart", 1)
+
+    def call(self, libvirt_name: str, verb: str, method: str, *args: Any) -> Any:
+        """The network's libvirt `method`, its errors mapped as `verb` of the network."""
         net = self.lookup(libvirt_name)
-        with libvirt_action("set autostart on", f"network {libvirt_name}"):
-            net.setAutostart(1)
+        with libvirt_action(verb, f"network {libvirt_name}"):
+            return getattr(net, method)(*args)
 
     def refresh_definition(self, libvirt_name: str, spec: NetworkSpec) -> None:
         """Write the new ownership metadata into the persistent definition.

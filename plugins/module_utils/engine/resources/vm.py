@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from ...core.errors import SpecError, libvirt, libvirt_action
@@ -129,7 +130,16 @@ def plan_dimension(plan: Plan, name: str, d: Dimension, restart_needed: list[str
     if d.config_max != d.wanted_max:
         cls = ChangeClass.RESTART if running else ChangeClass.LIVE
         plan.add(
-            Change(KIND, name, "update", cls, d.max_field, d.config_max, d.wanted_max, d.set_max)
+            Change(
+                KIND,
+                name,
+                "update",
+                change_class=cls,
+                field=d.max_field,
+                before=d.config_max,
+                after=d.wanted_max,
+                run=d.set_max,
+            )
         )
     if running and d.live_max != d.wanted_max:
         restart_needed.append(d.max_field)
@@ -143,16 +153,28 @@ def plan_dimension(plan: Plan, name: str, d: Dimension, restart_needed: list[str
                 KIND,
                 name,
                 "update",
-                cls,
-                d.field,
-                before,
-                d.wanted,
-                lambda: d.set_current(fits_live),
+                change_class=cls,
+                field=d.field,
+                before=before,
+                after=d.wanted,
+                run=lambda: d.set_current(fits_live),
             )
         )
     effective = d.live if d.live is not None else d.config
     if running and not fits_live and effective != d.wanted:
         restart_needed.append(d.field)
+
+
+def power(
+    name: str,
+    action: str,
+    before: str,
+    after: str,
+    run: Callable[[], None],
+    change_class: ChangeClass = ChangeClass.LIVE,
+) -> Change:
+    """A change of a VM's power state."""
+    return Change(KIND, name, action, change_class, "state", before, after, run)
 
 
 @dataclass
@@ -305,11 +327,8 @@ class VmEngine:
                     KIND,
                     spec.name,
                     "create",
-                    ChangeClass.LIVE,
-                    None,
-                    None,
-                    vm_summary(spec),
-                    lambda: self.create(resolved, inventory),
+                    after=vm_summary(spec),
+                    run=lambda: self.create(resolved, inventory),
                 ),
             )
             return plan
@@ -378,11 +397,10 @@ class VmEngine:
                     KIND,
                     name,
                     "update",
-                    ChangeClass.LIVE,
-                    "metadata",
-                    domain.owner.spec_hash if domain.owner else None,
-                    owner.spec_hash,
-                    lambda: self.set_metadata(r.libvirt_name, owner),
+                    field="metadata",
+                    before=domain.owner.spec_hash if domain.owner else None,
+                    after=owner.spec_hash,
+                    run=lambda: self.set_metadata(r.libvirt_name, owner),
                 )
             )
         wants_autostart = spec.state == "running"
@@ -392,11 +410,10 @@ class VmEngine:
                     KIND,
                     name,
                     "autostart",
-                    ChangeClass.LIVE,
-                    "autostart",
-                    domain.autostart,
-                    wants_autostart,
-                    lambda: self.set_autostart(r.libvirt_name, wants_autostart),
+                    field="autostart",
+                    before=domain.autostart,
+                    after=wants_autostart,
+                    run=lambda: self.set_autostart(r.libvirt_name, wants_autostart),
                 )
             )
         self.plan_power(plan, r, domain, restart_needed, ctx)
@@ -468,11 +485,10 @@ class VmEngine:
                     KIND,
                     spec.name,
                     "resize",
-                    ChangeClass.LIVE,
-                    "boot_disk.size_gib",
-                    volume.capacity / GIB,
-                    spec.boot_disk.size_gib,
-                    lambda: self.disks.grow(volume, wanted, domain),
+                    field="boot_disk.size_gib",
+                    before=volume.capacity / GIB,
+                    after=spec.boot_disk.size_gib,
+                    run=lambda: self.disks.grow(volume, wanted, domain),
                 )
             )
 
@@ -486,38 +502,15 @@ class VmEngine:
                 continue
             target = free_disk_target(used)
             used.add(target)
-            device = DiskDevice(target, path, fmt, serial=disk_name)
+            xml = disk_device_xml(DiskDevice(target, path, fmt, serial=disk_name))
             plan.add(
-                Change(
-                    KIND,
-                    r.spec.name,
-                    "attach",
-                    ChangeClass.LIVE,
-                    f"disk {disk_name}",
-                    None,
-                    target,
-                    lambda device=device: self.attach(
-                        r.libvirt_name, disk_device_xml(device), running
-                    ),
-                )
+                self.device_change(r, running, "attach", f"disk {disk_name}", None, target, xml)
             )
         for path, device in present.items():
             if path in managed or path in wanted_paths or device.device != "disk":
                 continue
-            plan.add(
-                Change(
-                    KIND,
-                    r.spec.name,
-                    "detach",
-                    ChangeClass.LIVE,
-                    f"disk {device.serial or path}",
-                    device.target,
-                    None,
-                    lambda device=device: self.detach(
-                        r.libvirt_name, disk_device_xml(device), running
-                    ),
-                )
-            )
+            field, xml = f"disk {device.serial or path}", disk_device_xml(device)
+            plan.add(self.device_change(r, running, "detach", field, device.target, None, xml))
 
     def plan_nics(self, plan: Plan, r: Resolved, domain: DomainState, running: bool) -> None:
         present = {(n.mac, n.network) for n in domain.nics}
@@ -525,39 +518,25 @@ class VmEngine:
         for nic, net in zip(r.spec.nics, r.networks, strict=False):
             if (nic.mac, net) in present:
                 continue
-            device = NicDevice(nic.mac, net)
+            xml = nic_device_xml(NicDevice(nic.mac, net))
             plan.add(
-                Change(
-                    KIND,
-                    r.spec.name,
-                    "attach",
-                    ChangeClass.LIVE,
-                    f"nic {nic.mac}",
-                    None,
-                    nic.network,
-                    lambda device=device: self.attach(
-                        r.libvirt_name, nic_device_xml(device), running
-                    ),
-                )
+                self.device_change(r, running, "attach", f"nic {nic.mac}", None, nic.network, xml)
             )
         for nic in domain.nics:
             if (nic.mac, nic.network) in wanted:
                 continue
-            device = NicDevice(nic.mac, nic.network)
+            xml = nic_device_xml(NicDevice(nic.mac, nic.network))
             plan.add(
-                Change(
-                    KIND,
-                    r.spec.name,
-                    "detach",
-                    ChangeClass.LIVE,
-                    f"nic {nic.mac}",
-                    nic.network,
-                    None,
-                    lambda device=device: self.detach(
-                        r.libvirt_name, nic_device_xml(device), running
-                    ),
-                )
+                self.device_change(r, running, "detach", f"nic {nic.mac}", nic.network, None, xml)
             )
+
+    def device_change(
+        self, r: Resolved, running: bool, action: str, field: str, before: Any, after: Any, xml: str
+    ) -> Change:
+        """A disk or NIC attached to or detached from the VM, live when it runs."""
+        call = self.attach if action == "attach" else self.detach
+        run = partial(call, r.libvirt_name, xml, running)
+        return Change(KIND, r.spec.name, action, field=field, before=before, after=after, run=run)
 
     def plan_seed(
         self, plan: Plan, r: Resolved, domain: DomainState, running: bool, restart_needed: list[str]
@@ -574,11 +553,11 @@ class VmEngine:
                 KIND,
                 r.spec.name,
                 "update",
-                cls,
-                "cloud_init",
-                current or None,
-                r.seed or None,
-                lambda: self.rewrite_seed(r, has_device),
+                change_class=cls,
+                field="cloud_init",
+                before=current or None,
+                after=r.seed or None,
+                run=lambda: self.rewrite_seed(r, has_device),
             )
         )
 
@@ -589,61 +568,22 @@ class VmEngine:
         if r.spec.state == "stopped":
             if domain.state not in ("shutoff", "crashed"):
                 plan.add(
-                    Change(
-                        KIND,
-                        name,
-                        "stop",
-                        ChangeClass.LIVE,
-                        "state",
-                        domain.state,
-                        "stopped",
-                        lambda: self.stop(libvirt_name),
-                    )
+                    power(name, "stop", domain.state, "stopped", partial(self.stop, libvirt_name))
                 )
             return
         if domain.state == "paused":
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "resume",
-                    ChangeClass.LIVE,
-                    "state",
-                    "paused",
-                    "running",
-                    lambda: self.resume(libvirt_name),
-                )
-            )
+            plan.add(power(name, "resume", "paused", "running", partial(self.resume, libvirt_name)))
         elif domain.state != "running":
             plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "start",
-                    ChangeClass.LIVE,
-                    "state",
-                    domain.state,
-                    "running",
-                    lambda: self.start(libvirt_name),
-                )
+                power(name, "start", domain.state, "running", partial(self.start, libvirt_name))
             )
             return
         if not restart_needed:
             return
         fields = ", ".join(dict.fromkeys(restart_needed))
         if ctx.allow_restart:
-            plan.add(
-                Change(
-                    KIND,
-                    name,
-                    "restart",
-                    ChangeClass.RESTART,
-                    "state",
-                    "running",
-                    "running",
-                    lambda: self.restart(libvirt_name),
-                )
-            )
+            restart = partial(self.restart, libvirt_name)
+            plan.add(power(name, "restart", "running", "running", restart, ChangeClass.RESTART))
             return
         for change in plan.changes:
             if (
@@ -681,11 +621,8 @@ class VmEngine:
                 KIND,
                 name,
                 "delete",
-                ChangeClass.LIVE,
-                None,
-                before,
-                None,
-                lambda: self.delete(
+                before=before,
+                run=lambda: self.delete(
                     object_name(self.tenant, name), domain is not None, boot, leases
                 ),
             )
@@ -776,6 +713,12 @@ class VmEngine:
         with libvirt_action("find", f"domain {libvirt_name}"):
             return self.host.conn.lookupByName(libvirt_name)
 
+    def call(self, libvirt_name: str, verb: str, method: str, *args: Any) -> Any:
+        """The domain's libvirt `method`, its errors mapped as `verb` of the domain."""
+        dom = self.lookup(libvirt_name)
+        with libvirt_action(verb, f"domain {libvirt_name}"):
+            return getattr(dom, method)(*args)
+
     def affect(self, dom: Any, live: bool) -> int:
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if live and dom.isActive():
@@ -791,9 +734,7 @@ class VmEngine:
             dom.setVcpusFlags(maximum, config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
 
     def set_vcpus(self, libvirt_name: str, vcpus: int, live: bool) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("set vCPUs of", f"domain {libvirt_name}"):
-            dom.setVcpusFlags(vcpus, self.affect(dom, live))
+        self.call_affecting(libvirt_name, "set vCPUs of", "setVcpusFlags", vcpus, live)
 
     def set_max_memory(self, libvirt_name: str, maximum_mib: int, current_mib: int) -> None:
         dom = self.lookup(libvirt_name)
@@ -803,19 +744,23 @@ class VmEngine:
             dom.setMemoryFlags(min(current_mib, maximum_mib) * KIB_PER_MIB, config)
 
     def set_memory(self, libvirt_name: str, memory_mib: int, live: bool) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("set memory of", f"domain {libvirt_name}"):
-            dom.setMemoryFlags(memory_mib * KIB_PER_MIB, self.affect(dom, live))
+        kib = memory_mib * KIB_PER_MIB
+        self.call_affecting(libvirt_name, "set memory of", "setMemoryFlags", kib, live)
 
     def attach(self, libvirt_name: str, xml: str, live: bool) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("attach a device to", f"domain {libvirt_name}"):
-            dom.attachDeviceFlags(xml, self.affect(dom, live))
+        self.call_affecting(libvirt_name, "attach a device to", "attachDeviceFlags", xml, live)
 
     def detach(self, libvirt_name: str, xml: str, live: bool) -> None:
+        self.call_affecting(libvirt_name, "detach a device from", "detachDeviceFlags", xml, live)
+
+    def call_affecting(
+        self, libvirt_name: str, verb: str, method: str, value: Any, live: bool
+    ) -> None:
+        """`method(value, flags)` on the domain's definition, and on the running domain too
+        when `live` and it runs."""
         dom = self.lookup(libvirt_name)
-        with libvirt_action("detach a device from", f"domain {libvirt_name}"):
-            dom.detachDeviceFlags(xml, self.affect(dom, live))
+        with libvirt_action(verb, f"domain {libvirt_name}"):
+            getattr(dom, method)(value, self.affect(dom, live))
 
     def set_metadata(self, libvirt_name: str, owner: Owner) -> None:
         dom = self.lookup(libvirt_name)
@@ -831,19 +776,13 @@ class VmEngine:
             dom.setAutostart(1 if enabled else 0)
 
     def start(self, libvirt_name: str) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("start", f"domain {libvirt_name}"):
-            dom.create()
+        self.call(libvirt_name, "start", "create")
 
     def suspend(self, libvirt_name: str) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("pause", f"domain {libvirt_name}"):
-            dom.suspend()
+        self.call(libvirt_name, "pause", "suspend")
 
     def resume(self, libvirt_name: str) -> None:
-        dom = self.lookup(libvirt_name)
-        with libvirt_action("resume", f"domain {libvirt_name}"):
-            dom.resume()
+        self.call(libvirt_name, "resume", "resume")
 
     def stop(self, libvirt_name: str) -> None:
         """ACPI shutdown, waiting at most shutdown_timeout; then power off.
