@@ -16,13 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-# The Pulumi SDK and provider from the checkout (the repository's own pulumi/ directory has no
+# The Pulumi SDK and provider from the checkout, ahead of site-packages where an installed
+# copy of the project may be older (the repository's own pulumi/ directory has no
 # __init__.py, so `import pulumi` still finds the real SDK).
 # The provider imports the engine as ansible_collections.vce.kvm: the checkout's, not an
 # installed copy.
 for _path in (ROOT / "pulumi" / "sdk" / "python", ROOT / "pulumi" / "provider"):
     if str(_path) not in sys.path:
-        sys.path.append(str(_path))
+        sys.path.insert(1, str(_path))
 if str(ROOT / "collections") not in sys.path:
     sys.path.insert(1, str(ROOT / "collections"))
 
