@@ -84,7 +84,12 @@ RETENTION = tuple(
 )
 NIC = (
     Prop("network", "string", "The tenant network the NIC joins.", required=True),
-    Prop("mac", "string", "A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted."),
+    Prop(
+        "mac",
+        "string",
+        "A fixed MAC address (52:54:00:xx:xx:xx); when omitted, a stable one derived from the "
+        "tenant, the VM and the NIC's position.",
+    ),
     Prop("ip", "string", "A fixed IPv4 address (a static DHCP lease on the network)."),
 )
 LEASE = (
