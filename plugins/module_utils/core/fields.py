@@ -18,16 +18,24 @@ differences that hold for a whole front end:
     that name the object; the others are required by `required_if` or the parser;
   - an Ansible list defaults to [] where the parser reads a missing list as empty;
   - a Pulumi resource's `name` defaults to the resource's name, and its schema has no choices
-    (the engine checks them).
+    (the engine checks them);
+  - the environment module takes its entries (vms, disks, ...) as free-form dicts: the parsers
+    check them, and the environment's default_pool applies where an entry names no pool.
+A nested object's fields exist wherever the field holding them does.
+
+The Pulumi property tables keep what only they have (descriptions, replacement, secrets);
+tests/unit/core/test_fields.py checks their names, types, required and defaults against this.
 
 No I/O and no Ansible import: the engine and the Pulumi provider import this too.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 SPEC = "spec"
@@ -43,10 +51,10 @@ NETWORK_MODES = ("nat", "isolated", "routed")
 VM_STATES = ("running", "stopped")
 DISK_FORMATS = ("qcow2", "raw")
 # What a Pulumi resource's name does that no other front end's does.
-NAMED_BY_RESOURCE = {"required": False}
+NAMED_BY_RESOURCE = MappingProxyType({"required": False})
 # A field the Ansible module cannot require, because state=absent needs only the name.
-NOT_FOR_ABSENT = {"required": False}
-EMPTY_LIST = {"default": []}
+NOT_FOR_ABSENT = MappingProxyType({"required": False})
+EMPTY_LIST = MappingProxyType({"default": []})
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ def ansible_option(field: Field) -> dict[str, Any]:
         option["choices"] = list(field.choices)
     if field.fields:
         option["options"] = ansible_options(field.fields)
-    option.update(field.ansible)
+    option.update(copy.deepcopy(dict(field.ansible)))  # no default list shared between specs
     if not option.get("required"):
         option.pop("required", None)
     return option
@@ -153,8 +161,7 @@ HOST = Field("host", "str", fronts=PULUMI_ONLY)
 SHUTDOWN_TIMEOUT = Field("shutdown_timeout", "int", default=60, fronts=RUN_OPTION)
 
 
-def name(**pulumi: Any) -> Field:
-    return Field("name", "str", required=True, pulumi={**NAMED_BY_RESOURCE, **pulumi})
+NAME = Field("name", "str", required=True, pulumi=NAMED_BY_RESOURCE)
 
 
 def ansible_state(*choices: str, default: str = "present") -> Field:
@@ -167,7 +174,7 @@ def ansible_state(*choices: str, default: str = "present") -> Field:
 
 VM = (
     *CONNECTION,
-    name(),
+    NAME,
     ZONE,
     HOST,
     Field(
@@ -197,7 +204,7 @@ VM = (
 
 DISK = (
     *CONNECTION,
-    name(),
+    NAME,
     ZONE,
     HOST,
     # Pulumi attaches when attachTo is set and detaches when it is not.
@@ -211,7 +218,7 @@ DISK = (
 
 NETWORK = (
     *CONNECTION,
-    name(),
+    NAME,
     ZONE,
     HOST,
     ansible_state("present", "absent"),
@@ -238,7 +245,7 @@ ZONE_CONFIG = (
 )
 PUBLIC_IP = (
     *CONNECTION,
-    name(),
+    NAME,
     HOST,
     ansible_state("present", "absent"),
     Field("vm", "str", required=True, ansible=NOT_FOR_ABSENT),
@@ -262,7 +269,7 @@ ZONE_LINK = (
     # A link spans two hosts: no single uri.
     TENANT,
     LEDGER_URL,
-    name(),
+    NAME,
     Field("network", "str", required=True),
     ansible_state("present", "absent"),
     # Ansible and the engine take both ends' hosts; Pulumi names the two zones and reads
@@ -281,7 +288,7 @@ BACKUP_HOST = (
 BACKUP_SCHEDULE = (
     *CONNECTION,
     Field("vm", "str", required=True),
-    name(),
+    NAME,
     ZONE,
     HOST,
     ansible_state("present", "absent"),
