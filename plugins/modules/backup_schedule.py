@@ -175,9 +175,7 @@ backup_schedule:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
-    BACKUP_HOST_OPTIONS,
-    RETENTION_OPTIONS,
-    ledger_spec,
+    kind_spec,
     run_module,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
@@ -187,20 +185,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_sc
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ledger_spec(
-            vm={"type": "str", "required": True},
-            name={"type": "str", "required": True},
-            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
-            calendar={"type": "str"},
-            retention={"type": "dict", "options": RETENTION_OPTIONS},
-            disks={"type": "list", "elements": "str"},
-            target={"type": "path"},
-            pool={"type": "str"},
-            timeout_minutes={"type": "int", "default": 360},
-            purge_backups={"type": "bool", "default": False},
-            host_command={"type": "list", "elements": "str"},
-            **BACKUP_HOST_OPTIONS,
-        ),
+        argument_spec=kind_spec("backup_schedule"),
         required_if=[("state", "present", ("calendar", "retention"))],
         mutually_exclusive=[("target", "pool")],
         supports_check_mode=True,

@@ -101,26 +101,14 @@ disk:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_disk
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
-    ledger_spec,
+    kind_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ledger_spec(
-            name={"type": "str", "required": True},
-            state={
-                "type": "str",
-                "default": "present",
-                "choices": ["present", "attached", "detached", "absent"],
-            },
-            size_gib={"type": "int"},
-            pool={"type": "str", "default": "default"},
-            format={"type": "str", "default": "qcow2", "choices": ["qcow2", "raw"]},
-            backing_image={"type": "str"},
-            attach_to={"type": "str"},
-        ),
+        argument_spec=kind_spec("disk"),
         required_if=[
             ("state", "present", ("size_gib",)),
             ("state", "attached", ("size_gib", "attach_to")),

@@ -135,32 +135,14 @@ network:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_network
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
-    LEASE_OPTIONS,
-    ledger_spec,
+    kind_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ledger_spec(
-            name={"type": "str", "required": True},
-            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
-            cidr={"type": "str"},
-            gateway={"type": "str"},
-            dhcp_start={"type": "str"},
-            dhcp_end={"type": "str"},
-            mode={"type": "str", "default": "nat", "choices": ["nat", "isolated", "routed"]},
-            uplink={"type": "str"},
-            mtu={"type": "int"},
-            static_leases={
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": LEASE_OPTIONS,
-            },
-            allow_replace={"type": "bool", "default": False},
-        ),
+        argument_spec=kind_spec("network"),
         required_if=[("state", "present", ("cidr",))],
         supports_check_mode=True,
     )

@@ -148,7 +148,7 @@ public_ip:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
-    ledger_spec,
+    kind_spec,
     run_module,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
@@ -158,33 +158,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ledger_spec(
-            name={"type": "str", "required": True},
-            state={"type": "str", "default": "present", "choices": ["present", "absent"]},
-            vm={"type": "str"},
-            network={"type": "str"},
-            address={"type": "str"},
-            zone={"type": "str", "required": True},
-            zone_config={
-                "type": "dict",
-                "required": True,
-                "options": {
-                    "uplink": {"type": "str", "required": True},
-                    "public_pools": {
-                        "type": "list",
-                        "elements": "dict",
-                        "required": True,
-                        "options": {
-                            "name": {"type": "str", "required": True},
-                            "cidr": {"type": "str", "required": True},
-                            "gateway": {"type": "str", "required": True},
-                            "exclude": {"type": "list", "elements": "str", "default": []},
-                        },
-                    },
-                },
-            },
-            host_command={"type": "list", "elements": "str"},
-        ),
+        argument_spec=kind_spec("public_ip"),
         required_if=[("state", "present", ("vm",))],
         supports_check_mode=True,
     )

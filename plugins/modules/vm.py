@@ -244,68 +244,14 @@ vm:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_vm
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
-    ledger_spec,
+    kind_spec,
     run_module,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=ledger_spec(
-            name={"type": "str", "required": True},
-            state={
-                "type": "str",
-                "default": "running",
-                "choices": ["running", "stopped", "absent"],
-            },
-            vcpus={"type": "int", "default": 1},
-            max_vcpus={"type": "int"},
-            memory_mib={"type": "int"},
-            max_memory_mib={"type": "int"},
-            boot_disk={
-                "type": "dict",
-                "options": {
-                    "image": {"type": "str", "required": True},
-                    "image_format": {
-                        "type": "str",
-                        "default": "qcow2",
-                        "choices": ["qcow2", "raw"],
-                    },
-                    "size_gib": {"type": "int", "required": True},
-                    "pool": {"type": "str"},
-                },
-            },
-            disks={"type": "list", "elements": "str", "default": []},
-            nics={
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": {
-                    "network": {"type": "str", "required": True},
-                    "mac": {"type": "str"},
-                    "ip": {"type": "str"},
-                },
-            },
-            cloud_init={
-                "type": "dict",
-                "options": {
-                    "hostname": {"type": "str"},
-                    "ssh_authorized_keys": {
-                        "type": "list",
-                        "elements": "str",
-                        "default": [],
-                        "no_log": False,  # public keys: not secret, shown in plans
-                    },
-                    "user_data": {"type": "str"},
-                },
-            },
-            default_pool={"type": "str", "default": "default"},
-            allow_restart={"type": "bool", "default": False},
-            shutdown_timeout={"type": "int", "default": 60},
-            blocked={"type": "bool"},
-            requested_at={"type": "str"},
-            reason={"type": "str"},
-        ),
+        argument_spec=kind_spec("vm"),
         supports_check_mode=True,
     )
     run_module(module, run_vm)

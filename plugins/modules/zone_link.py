@@ -116,7 +116,10 @@ zone_link:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import run_module
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
+    kind_spec,
+    run_module,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
     run_zone_link,
 )
@@ -124,25 +127,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "tenant": {"type": "str", "required": True},
-            "name": {"type": "str", "required": True},
-            "network": {"type": "str", "required": True},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-            "ends": {
-                "type": "list",
-                "elements": "dict",
-                "required": True,
-                "options": {
-                    "zone": {"type": "str", "required": True},
-                    "uri": {"type": "str", "required": True},
-                    "underlay_ip": {"type": "str", "required": True},
-                    "underlay_dev": {"type": "str", "required": True},
-                    "host_command": {"type": "list", "elements": "str"},
-                },
-            },
-            "ledger_url": {"type": "str"},
-        },
+        argument_spec=kind_spec("zone_link"),
         supports_check_mode=True,
     )
     run_module(module, run_zone_link)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import fields
 from .errors import SpecError
 from .spec import (
     as_list,
@@ -36,7 +37,7 @@ FREQUENCIES: dict[str, dt.timedelta] = {
     "monthly": dt.timedelta(days=28),
 }
 DEFAULT_FREQUENCIES = ("daily", "weekly", "monthly")
-RETENTION_RULES = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+RETENTION_RULES = tuple(rule.name for rule in fields.RETENTION)
 MAX_KEEP = 10_000
 DEFAULT_BACKUP_ROOT = "/var/lib/vce-kvm/backups"
 CALENDAR_ITERATIONS = 100
@@ -121,10 +122,8 @@ def check_calendar(value: Any, path: str) -> str:
 def parse_schedule(raw: Any, path: str, vm: str | None = None) -> ScheduleSpec:
     """One schedule; `vm` is given by the module (top level), else read from the entry."""
     raw = as_mapping(raw, path)
-    allowed = {"name", "calendar", "retention", "disks", "target", "pool", "timeout_minutes"}
-    if vm is None:
-        allowed.add("vm")
-    reject_unknown(raw, allowed, path)
+    allowed = fields.spec_keys(fields.BACKUP_SCHEDULE)
+    reject_unknown(raw, allowed if vm is None else allowed - {"vm"}, path)
     vm = vm if vm is not None else check_name(raw.get("vm"), at(path, "vm"))
     disks = tuple(
         check_name(d, f"{at(path, 'disks')}[{i}]")

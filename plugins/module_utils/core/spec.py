@@ -13,20 +13,19 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import fields
 from .errors import SpecError
+from .fields import DISK_FORMATS, NETWORK_MODES, VM_STATES, spec_keys
 
 NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 NAME_RULE = "use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit"
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INTERFACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,14}$")
-NETWORK_MODES = ("nat", "isolated", "routed")
-VM_STATES = ("running", "stopped")
-DISK_FORMATS = ("qcow2", "raw")
 MAX_VCPUS = 64
 MIN_MEMORY_MIB = 64
 MAX_MEMORY_MIB = 1024 * 1024
@@ -108,7 +107,7 @@ def check_pool(value: Any, path: str) -> str:
     return value
 
 
-def reject_unknown(raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
+def reject_unknown(raw: Mapping[str, Any], allowed: Set[str], path: str) -> None:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise SpecError(at(path, unknown[0]), "unknown option")
@@ -222,7 +221,7 @@ def default_mac(tenant: str, vm: str, index: int) -> str:
 
 def parse_lease(raw: Any, path: str, cidr: ipaddress.IPv4Network) -> StaticLease:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, {"mac", "ip", "hostname"}, path)
+    reject_unknown(raw, spec_keys(fields.STATIC_LEASE), path)
     mac = check_mac(raw.get("mac"), at(path, "mac"))
     ip = check_ipv4(raw.get("ip"), at(path, "ip"))
     check_host_address(ip, cidr, at(path, "ip"))
@@ -241,11 +240,7 @@ def check_host_address(ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, p
 
 def parse_network(raw: Any, path: str) -> NetworkSpec:
     raw = as_mapping(raw, path)
-    allowed = {
-        "name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "static_leases",
-        "uplink",
-    }  # fmt: skip
-    reject_unknown(raw, allowed, path)
+    reject_unknown(raw, spec_keys(fields.NETWORK), path)
     name = check_name(raw.get("name"), at(path, "name"))
     try:
         cidr = ipaddress.IPv4Network(str(raw.get("cidr")), strict=True)
@@ -293,7 +288,7 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
 
 def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, {"name", "size_gib", "pool", "format", "backing_image", "attach_to"}, path)
+    reject_unknown(raw, spec_keys(fields.DISK), path)
     name = check_name(raw.get("name"), at(path, "name"))
     size = check_int(raw.get("size_gib"), at(path, "size_gib"), 1, MAX_DISK_GIB, "GiB")
     pool = check_pool(optional(raw, "pool", default_pool), at(path, "pool"))
@@ -308,7 +303,7 @@ def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
 
 def parse_boot_disk(raw: Any, path: str, default_pool: str) -> BootDiskSpec:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, {"image", "size_gib", "pool", "image_format"}, path)
+    reject_unknown(raw, spec_keys(fields.BOOT_DISK), path)
     image = check_absolute_path(raw.get("image"), at(path, "image"))
     size = check_int(raw.get("size_gib"), at(path, "size_gib"), 1, MAX_DISK_GIB, "GiB")
     pool = check_pool(optional(raw, "pool", default_pool), at(path, "pool"))
@@ -320,7 +315,7 @@ def parse_boot_disk(raw: Any, path: str, default_pool: str) -> BootDiskSpec:
 
 def parse_cloud_init(raw: Any, path: str, vm_name: str) -> CloudInitSpec:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, {"hostname", "ssh_authorized_keys", "user_data"}, path)
+    reject_unknown(raw, spec_keys(fields.CLOUD_INIT), path)
     hostname = check_name(optional(raw, "hostname", vm_name), at(path, "hostname"))
     keys = []
     for i, key in enumerate(
@@ -339,7 +334,7 @@ def parse_cloud_init(raw: Any, path: str, vm_name: str) -> CloudInitSpec:
 
 def parse_nic(raw: Any, path: str, tenant: str, vm: str, index: int) -> NicSpec:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, {"network", "mac", "ip"}, path)
+    reject_unknown(raw, spec_keys(fields.NIC), path)
     network = check_name(raw.get("network"), at(path, "network"))
     mac = raw.get("mac")
     mac = check_mac(mac, at(path, "mac")) if mac is not None else default_mac(tenant, vm, index)
@@ -347,23 +342,9 @@ def parse_nic(raw: Any, path: str, tenant: str, vm: str, index: int) -> NicSpec:
     return NicSpec(network, mac, check_ipv4(ip, at(path, "ip")) if ip is not None else None)
 
 
-VM_OPTIONS = {
-    "name",
-    "vcpus",
-    "max_vcpus",
-    "memory_mib",
-    "max_memory_mib",
-    "boot_disk",
-    "disks",
-    "nics",
-    "cloud_init",
-    "state",
-}
-
-
 def parse_vm(raw: Any, path: str, tenant: str, default_pool: str) -> VmSpec:
     raw = as_mapping(raw, path)
-    reject_unknown(raw, VM_OPTIONS, path)
+    reject_unknown(raw, spec_keys(fields.VM), path)
     name = check_name(raw.get("name"), at(path, "name"))
     vcpus = check_int(raw.get("vcpus", 1), at(path, "vcpus"), 1, MAX_VCPUS)
     max_vcpus = check_int(optional(raw, "max_vcpus", vcpus), at(path, "max_vcpus"), 1, MAX_VCPUS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import fields
 from ..core.errors import SpecError
 from ..core.plan import Change, Plan
 from ..core.result import Result
@@ -133,9 +134,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
-        fields = ("name", "cidr", "gateway", "dhcp_start", "dhcp_end", "mode", "mtu", "uplink")
-        raw = {k: params.get(k) for k in (*fields, "static_leases") if params.get(k) is not None}
-        spec = parse_network(raw, "")
+        spec = parse_network(fields.declared(fields.NETWORK, params), "")
         gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))
         inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
@@ -153,12 +152,7 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
         return conclude_one(plan, check_mode, gate, inventory, "disks", name)
-    raw = {
-        k: params.get(k)
-        for k in ("name", "size_gib", "pool", "format", "backing_image")
-        if params.get(k) is not None
-    }
-    spec = parse_disk(raw, "", params.get("pool") or "default")
+    spec = parse_disk(fields.declared(fields.DISK, params), "", params.get("pool") or "default")
     gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)))
     inventory = host.inventory(tenant)
     plan = engine.plan_present(spec, inventory)
@@ -234,12 +228,6 @@ def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) 
     return plan
 
 
-VM_FIELDS = (
-    "name", "vcpus", "max_vcpus", "memory_mib", "max_memory_mib", "boot_disk", "disks", "nics",
-    "cloud_init",
-)  # fmt: skip
-
-
 def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     if params.get("blocked") is not None:
@@ -253,8 +241,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
-        raw = {k: params.get(k) for k in VM_FIELDS if params.get(k) is not None}
-        raw["state"] = state
+        raw = {**fields.declared(fields.VM, params), "state": state}
         spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
         gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)))
         inventory = host.inventory(tenant)

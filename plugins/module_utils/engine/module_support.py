@@ -11,31 +11,22 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ..core.backup_spec import RETENTION_RULES
+from ..core import fields
 from ..core.errors import SpecError, VceError
 from ..core.quota import QuotaExceeded, plain
 
-CONNECTION_OPTIONS: dict[str, dict[str, Any]] = {
-    "uri": {"type": "str", "default": "qemu:///system"},
-    "tenant": {"type": "str", "required": True},
-}
+# Derived from core.fields, where each resource's fields are described once.
+CONNECTION_OPTIONS = fields.ansible_options((fields.URI, fields.TENANT))
+LEDGER_OPTIONS = fields.ansible_options((fields.LEDGER_URL,))
+BACKUP_HOST_OPTIONS = fields.ansible_options(fields.BACKUP_HOST)
+RETENTION_OPTIONS = fields.ansible_options(fields.RETENTION)
+LEASE_OPTIONS = fields.ansible_options(fields.STATIC_LEASE)
 
-LEDGER_OPTIONS: dict[str, dict[str, Any]] = {"ledger_url": {"type": "str"}}
 
-BACKUP_HOST_OPTIONS: dict[str, dict[str, Any]] = {
-    "backup_root": {"type": "path", "default": "/var/lib/vce-kvm/backups"},
-    "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
-    "config_dir": {"type": "path", "default": "/etc/vce-kvm/backup"},
-    "runner": {"type": "path", "default": "/usr/local/bin/vce-backup"},
-}
-
-RETENTION_OPTIONS: dict[str, dict[str, Any]] = {rule: {"type": "int"} for rule in RETENTION_RULES}
-
-LEASE_OPTIONS = {
-    "mac": {"type": "str", "required": True},
-    "ip": {"type": "str", "required": True},
-    "hostname": {"type": "str"},
-}
+def kind_spec(kind: str) -> dict[str, dict[str, Any]]:
+    """The argument_spec of the module that declares one object of `kind` (a key of
+    core.fields.KINDS)."""
+    return fields.ansible_options(fields.KINDS[kind])
 
 
 def connection_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:

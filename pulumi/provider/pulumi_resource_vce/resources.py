@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.vce.kvm.plugins.module_utils.core import fields
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
@@ -78,7 +79,12 @@ RETENTION = tuple(
 )
 NIC = (
     Prop("network", "string", "The tenant network the NIC joins.", required=True),
-    Prop("mac", "string", "A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted."),
+    Prop(
+        "mac",
+        "string",
+        "A fixed MAC address (52:54:00:xx:xx:xx); when omitted, a stable one derived from the "
+        "tenant, the VM and the NIC's position.",
+    ),
     Prop("ip", "string", "A fixed IPv4 address (a static DHCP lease on the network)."),
 )
 LEASE = (
@@ -417,45 +423,19 @@ def engine_inputs(props: tuple[Prop, ...], values: Mapping[str, Any]) -> dict[st
 
 
 def declare_vm_values(params: dict[str, Any]) -> Declaration:
-    fields = (
-        "name",
-        "vcpus",
-        "max_vcpus",
-        "memory_mib",
-        "max_memory_mib",
-        "boot_disk",
-        "disks",
-        "nics",
-        "cloud_init",
-        "state",
-    )
-    raw = {k: params[k] for k in fields if params.get(k) is not None}
-    spec = parse_vm(raw, "", params["tenant"], "default")
+    spec = parse_vm(fields.declared(fields.VM, params), "", params["tenant"], "default")
     key, usage = declare_vm(spec)
     return Declaration({key: usage})
 
 
 def declare_disk_values(params: dict[str, Any]) -> Declaration:
-    fields = ("name", "size_gib", "pool", "format", "backing_image")
-    raw = {k: params[k] for k in fields if params.get(k) is not None}
+    raw = fields.declared(fields.DISK, params)
     key, usage = declare_disk(parse_disk(raw, "", params.get("pool") or "default"))
     return Declaration({key: usage})
 
 
 def declare_network_values(params: dict[str, Any]) -> Declaration:
-    fields = (
-        "name",
-        "cidr",
-        "gateway",
-        "dhcp_start",
-        "dhcp_end",
-        "mode",
-        "mtu",
-        "uplink",
-        "static_leases",
-    )
-    raw = {k: params[k] for k in fields if params.get(k) is not None}
-    key, usage = declare_network(parse_network(raw, ""))
+    key, usage = declare_network(parse_network(fields.declared(fields.NETWORK, params), ""))
     return Declaration({key: usage})
 
 

@@ -279,7 +279,8 @@ class VmNicArgs:
     ) -> None:
         """
         :param network: The tenant network the NIC joins.
-        :param mac: A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted.
+        :param mac: A fixed MAC address (52:54:00:xx:xx:xx); when omitted, a stable one derived from
+            the tenant, the VM and the NIC's position.
         :param ip: A fixed IPv4 address (a static DHCP lease on the network).
         """
         pulumi.set(self, "network", network)
@@ -301,7 +302,10 @@ class VmNicArgs:
     @property
     @pulumi.getter
     def mac(self) -> pulumi.Input[str] | None:
-        """A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted."""
+        """
+        A fixed MAC address (52:54:00:xx:xx:xx); when omitted, a stable one derived from the tenant,
+        the VM and the NIC's position.
+        """
         return pulumi.get(self, "mac")
 
     @mac.setter

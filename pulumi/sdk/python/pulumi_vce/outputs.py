@@ -208,7 +208,10 @@ class VmNic:
     @property
     @pulumi.getter
     def mac(self) -> str | None:
-        """A fixed MAC address (52:54:00:xx:xx:xx); chosen by libvirt if omitted."""
+        """
+        A fixed MAC address (52:54:00:xx:xx:xx); when omitted, a stable one derived from the tenant,
+        the VM and the NIC's position.
+        """
         return pulumi.get(self, "mac")
 
     @property
