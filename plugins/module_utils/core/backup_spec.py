@@ -18,7 +18,7 @@ from typing import Any
 
 from . import fields
 from .errors import SpecError
-from .spec import (
+from .validation import (
     as_list,
     as_mapping,
     at,

@@ -12,124 +12,33 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
-import re
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import fields
 from .errors import SpecError
 from .fields import DISK_FORMATS, NETWORK_MODES, VM_STATES, spec_keys
+from .validation import (
+    INTERFACE_PATTERN,
+    as_list,
+    as_mapping,
+    at,
+    check_absolute_path,
+    check_choice,
+    check_int,
+    check_ipv4,
+    check_mac,
+    check_name,
+    check_pool,
+    optional,
+    reject_unknown,
+)
 
-NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-NAME_RULE = "use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit"
-MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INTERFACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,14}$")
 MAX_VCPUS = 64
 MIN_MEMORY_MIB = 64
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_DISK_GIB = 64 * 1024
-
-
-def at(path: str, name: str) -> str:
-    """The field path of `name` inside `path`; top-level fields have no prefix."""
-    return f"{path}.{name}" if path else name
-
-
-def check_name(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SpecError(path, "a name is required")
-    if not NAME_PATTERN.match(value):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        raise SpecError(path, f"invalid name {shown!r}: {NAME_RULE}")
-    return value
-
-
-def check_int(value: Any, path: str, minimum: int, maximum: int, unit: str = "") -> int:
-    if isinstance(value, bool) or value is None:
-        raise SpecError(path, f"must be a whole number, got {value!r}")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise SpecError(path, f"must be a whole number, got {value!r}")
-        value = int(value)
-    if isinstance(value, str):
-        if not value.strip().lstrip("-").isdigit():
-            raise SpecError(path, f"must be a whole number, got {value!r}")
-        value = int(value)
-    if not isinstance(value, int):
-        raise SpecError(path, f"must be a whole number, got {type(value).__name__}")
-    suffix = f" {unit}" if unit else ""
-    if value <= 0 and minimum > 0:
-        raise SpecError(path, f"must be positive, got {value}{suffix}")
-    if value < minimum:
-        raise SpecError(path, f"must be at least {minimum}{suffix}, got {value}{suffix}")
-    if value > maximum:
-        raise SpecError(path, f"must be at most {maximum}{suffix}, got {value}{suffix}")
-    return value
-
-
-def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise SpecError(path, f"must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-def check_mac(value: Any, path: str) -> str:
-    mac = str(value).strip().lower()
-    if not MAC_PATTERN.match(mac):
-        raise SpecError(
-            path, f"invalid MAC address {value!r}: expected six hex pairs like 52:54:00:12:34:56"
-        )
-    if int(mac[:2], 16) & 1:
-        raise SpecError(path, f"{mac} is a multicast MAC address; a NIC needs a unicast one")
-    return mac
-
-
-def check_ipv4(value: Any, path: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(value).strip())
-    except ValueError:
-        raise SpecError(path, f"invalid IPv4 address {value!r}") from None
-
-
-def check_absolute_path(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise SpecError(path, f"must be an absolute path on the KVM host, got {value!r}")
-    if any(ch in value for ch in "\n\r\0") or "/../" in value or value.endswith("/.."):
-        raise SpecError(path, f"path {value!r} contains a forbidden character or '..'")
-    return value
-
-
-def check_pool(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not POOL_PATTERN.match(value):
-        raise SpecError(path, f"invalid storage pool name {value!r}")
-    return value
-
-
-def reject_unknown(raw: Mapping[str, Any], allowed: Set[str], path: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise SpecError(at(path, unknown[0]), "unknown option")
-
-
-def optional(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = raw.get(key)
-    return default if value is None else value
-
-
-def as_mapping(raw: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise SpecError(path, f"must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def as_list(raw: Any, path: str) -> list[Any]:
-    if raw is None:
-        return []
-    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
-        raise SpecError(path, f"must be a list, got {type(raw).__name__}")
-    return list(raw)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..core.errors import OwnershipError, SpecError, VceError
 from ..core.plan import Change, Plan
-from ..core.spec import EnvironmentSpec, as_list, check_name, parse_environment
+from ..core.spec import EnvironmentSpec, parse_environment
+from ..core.validation import as_list, check_name
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..ledger.tenants import Ledger
 from .drift_report import DRIFTED, ERROR, MISSING, ORPHAN, Difference, DriftCase

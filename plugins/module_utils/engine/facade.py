@@ -14,14 +14,8 @@ from ..core import fields
 from ..core.errors import SpecError
 from ..core.plan import Change, Plan
 from ..core.result import Result
-from ..core.spec import (
-    EnvironmentSpec,
-    check_name,
-    parse_disk,
-    parse_environment,
-    parse_network,
-    parse_vm,
-)
+from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
+from ..core.validation import check_name
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
 from ..host.ownership import check_owner, object_name

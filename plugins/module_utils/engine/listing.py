@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import SpecError, VceError
-from ..core.spec import check_name
+from ..core.validation import check_name
 from ..host.connection import Host
 from ..host.facts import tenant_facts
 from ..ledger import schema as ledger_schema

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.errors import SpecError
 from ..core.periods import Month
-from ..core.spec import check_name
+from ..core.validation import check_name
 from ..ledger.tenants import Ledger, iso, key_of
 
 try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core.errors import SpecError, VceError, libvirt_action, vanished
 from ..core.periods import Interval, clip, intersect, subtract, total_micros, union
-from ..core.spec import check_name
+from ..core.validation import check_name
 from ..host.connection import DOMAIN_STATES, connect
 from ..host.ownership import SEPARATOR
 from ..ledger.tenants import Ledger, iso, key_of

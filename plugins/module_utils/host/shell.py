@@ -15,19 +15,9 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.errors import ApplyError, SpecError
+from ..core.errors import ApplyError
 
 COMMAND_TIMEOUT = 60
-
-
-def check_prefix(raw: Any, field: str = "host_command") -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        raw = shlex.split(raw)
-    if not isinstance(raw, Sequence) or not all(isinstance(part, str) and part for part in raw):
-        raise SpecError(field, "must be a command prefix: a list of words, e.g. [ssh, root@kvm1]")
-    return tuple(raw)
 
 
 class HostShell:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.errors import SpecError
 from ..core.quota import mib_of_bytes
-from ..core.spec import check_name
+from ..core.validation import check_name
 from ..host.connection import TenantInventory
 from ..host.ownership import EXTENSIONS, tenant_prefix
 from .tenants import Ledger, key_of, parse_moment

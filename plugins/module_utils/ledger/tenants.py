@@ -21,7 +21,7 @@ from typing import Any
 from ..core import periods, quota
 from ..core.backup_spec import DEFAULT_FREQUENCIES, check_frequencies
 from ..core.errors import SpecError, VceError
-from ..core.spec import check_name
+from ..core.validation import check_name
 from .prices import PriceList, parse_prices
 from .store import Store, open_store
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.core.spec import check_name
+from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_name
 
 from .props import Prop, check_types, to_engine
 

@@ -13,11 +13,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.core import fields
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
-    check_name,
     parse_disk,
     parse_network,
     parse_vm,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_name
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
     read_object,
     run_disk,

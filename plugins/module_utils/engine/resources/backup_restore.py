@@ -24,7 +24,7 @@ from ...core.errors import SpecError, libvirt, libvirt_action
 from ...core.plan import Change, ChangeClass, Plan
 from ...core.quota import mib_of_bytes
 from ...core.result import Result
-from ...core.spec import check_choice, check_name, check_pool
+from ...core.validation import check_choice, check_name, check_pool
 from ...host.connection import Host, TenantInventory
 from ...host.ownership import check_owner, object_name
 from ...host.xml import DiskDevice

@@ -33,10 +33,11 @@ from ...core.backup_spec import (
 from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_reason
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.spec import EnvironmentSpec, as_list, check_name
+from ...core.spec import EnvironmentSpec
+from ...core.validation import as_list, check_name, check_prefix
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import check_owner, object_name
-from ...host.shell import HostShell, check_prefix
+from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
 from ...runner.backup import RunnerConfig, drop_schedule_checkpoints
 from ...runner.repo import ScheduleRepo

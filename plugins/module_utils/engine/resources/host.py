@@ -19,7 +19,7 @@ from typing import Any
 from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.spec import INTERFACE_PATTERN, as_list, check_name
+from ...core.validation import INTERFACE_PATTERN, as_list, check_name
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
 from ..run import Run, conclude

@@ -18,7 +18,7 @@ from typing import Any
 from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.spec import check_absolute_path, check_pool
+from ...core.validation import check_absolute_path, check_pool
 from ...host.connection import DEFAULT_URI, Host
 from ...host.xml import sub, to_string
 from ..run import Run, conclude

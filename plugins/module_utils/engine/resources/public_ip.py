@@ -22,18 +22,19 @@ from typing import Any
 from ...core.errors import SpecError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
-from ...core.spec import (
+from ...core.spec import EnvironmentSpec
+from ...core.validation import (
     INTERFACE_PATTERN,
-    EnvironmentSpec,
     as_list,
     as_mapping,
     check_ipv4,
     check_name,
+    check_prefix,
     reject_unknown,
 )
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import check_owner, object_name
-from ...host.shell import HostShell, check_prefix
+from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
 from ..run import Run, conclude

@@ -18,7 +18,7 @@ from ...core import quota
 from ...core.errors import SpecError
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.spec import check_name
+from ...core.validation import check_name
 from ...host.connection import DEFAULT_URI, Host
 from ...host.ownership import object_name
 from ...ledger.metering import UsageWatch

@@ -21,19 +21,19 @@ from typing import Any
 from ...core.errors import SpecError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
-from ...core.spec import (
+from ...core.spec import EnvironmentSpec, NetworkSpec
+from ...core.validation import (
     INTERFACE_PATTERN,
-    EnvironmentSpec,
-    NetworkSpec,
     as_list,
     as_mapping,
     check_ipv4,
     check_name,
+    check_prefix,
     reject_unknown,
 )
 from ...host.connection import Host
 from ...host.ownership import check_owner, object_name
-from ...host.shell import HostShell, check_prefix
+from ...host.shell import HostShell
 from ...host.xml import NetworkState
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
