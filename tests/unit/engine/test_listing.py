@@ -144,7 +144,7 @@ def test_an_unreadable_ledger_is_a_warning_and_the_vms_are_still_listed(deployed
 
 
 def not_a_database(tmp_path):
-    path = tmp_path / "ledger.sqlite3"
+    path = tmp_path / "garbage.sqlite3"
     path.write_text("not a database" * 100)
     return f"sqlite:///{path}"
 
