@@ -28,7 +28,6 @@ NOVEMBER = Month(2026, 11, ZoneInfo("UTC"))
 @pytest.fixture
 def log(ledger_url):
     register(ledger_url, "acme")
-    register(ledger_url, "other")
     return RequestLog(Ledger.open(ledger_url, now=T0 + dt.timedelta(hours=6), actor="support"))
 
 
@@ -119,6 +118,7 @@ def test_fulfilled_by_a_run_takes_the_moment_the_run_ended(log):
 
 def test_the_month_report_joins_logged_requests_quota_increases_and_unblocks(log):
     ledger = log.ledger
+    register(ledger.store.url, "other")
     log.log("acme", "zone_link", "CRM-8", T0 + dt.timedelta(days=1))
     log.log("other", "password", "CRM-9", T0)
     log.log("acme", "password", "CRM-10", dt.datetime(2026, 10, 31, 23, 0, tzinfo=UTC))
