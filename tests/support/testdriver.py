@@ -1,0 +1,46 @@
+"""libvirt's test driver for unit tests: `test:///default` keeps one state for every
+connection of the process, and starts again from its defaults once all of them are closed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+URI = "test:///default"
+
+
+def fresh_driver(monkeypatch) -> Iterator[None]:
+    """The engine's connection cache emptied for the test, and its connections closed after
+    it, so the next test starts from the driver's defaults."""
+    from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+
+    connections: dict[str, Any] = {}
+    monkeypatch.setattr(host, "_connections", connections)
+    yield
+    for conn in connections.values():
+        with contextlib.suppress(Exception):  # already closed by the code under test
+            conn.close()
+
+
+def environment(image: Path | str, tenant: str = "acme", uri: str = URI) -> dict[str, Any]:
+    """One network, one data disk and one VM with a fixed address."""
+    return {
+        "uri": uri,
+        "tenant": tenant,
+        "default_pool": "default-pool",
+        "networks": [{"name": "lan", "cidr": "10.20.0.0/24"}],
+        "disks": [{"name": "data1", "size_gib": 2}],
+        "vms": [
+            {
+                "name": "web1",
+                "vcpus": 1,
+                "max_vcpus": 2,
+                "memory_mib": 128,
+                "boot_disk": {"image": str(image), "size_gib": 1},
+                "disks": ["data1"],
+                "nics": [{"network": "lan", "ip": "10.20.0.10"}],
+            }
+        ],
+    }
