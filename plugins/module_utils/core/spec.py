@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fields
+from .backup_spec import ScheduleSpec, parse_schedule
 from .errors import SpecError
 from .fields import DISK_FORMATS, NETWORK_MODES, VM_STATES, spec_keys
 from .validation import (
@@ -33,6 +34,14 @@ from .validation import (
     check_pool,
     optional,
     reject_unknown,
+)
+from .zones import (
+    PublicIpSpec,
+    PublicZone,
+    ZoneLinkSpec,
+    parse_public_ip,
+    parse_zone_link,
+    zone_of,
 )
 
 MAX_VCPUS = 64
@@ -109,11 +118,18 @@ class VmSpec:
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
+    """A whole tenant environment as declared: every object kind, parsed before any host is
+    read, so the planners take declarations and never raw parameters."""
+
     tenant: str
     networks: tuple[NetworkSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()
     vms: tuple[VmSpec, ...] = ()
     attachments: Mapping[str, str] = field(default_factory=dict)
+    public_zone: PublicZone | None = None  # the host's zone, when public IPs are declared
+    public_ips: tuple[PublicIpSpec, ...] = ()
+    zone_links: tuple[ZoneLinkSpec, ...] = ()
+    backup_schedules: tuple[ScheduleSpec, ...] = ()
 
 
 def spec_hash(spec: Any) -> str:
@@ -362,11 +378,46 @@ def parse_environment(
     check_unique([v.name for v in vms], "vms", "VM")
     check_network_overlaps(networks, "networks")
     attachments = collect_attachments(disks_raw, vms)
-    spec = EnvironmentSpec(tenant, networks, disks, vms, attachments)
+    zone = zone_of(raw)
+    spec = EnvironmentSpec(
+        tenant, networks, disks, vms, attachments, zone,
+        parse_public_ips(raw, zone), parse_zone_links(raw), parse_backup_schedules(raw),
+    )  # fmt: skip
     check_addresses(spec)
     if complete:
         check_references(spec)
     return spec
+
+
+def parse_public_ips(raw: Mapping[str, Any], zone: PublicZone | None) -> tuple[PublicIpSpec, ...]:
+    items = as_list(raw.get("public_ips"), "public_ips")
+    if items and zone is None:
+        raise SpecError("zone_config", "public IPs need the host's zone: set zone and zone_config")
+    ips = tuple(parse_public_ip(item, f"public_ips[{i}]", zone) for i, item in enumerate(items))
+    names = [ip.name for ip in ips]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpecError("public_ips", f"public IP {twice[0]!r} is declared twice")
+    return ips
+
+
+def parse_zone_links(raw: Mapping[str, Any]) -> tuple[ZoneLinkSpec, ...]:
+    links = []
+    for i, item in enumerate(as_list(raw.get("zone_links"), "zone_links")):
+        path = f"zone_links[{i}]"
+        reject_unknown(as_mapping(item, path), {"name", "network", "ends"}, path)
+        links.append(parse_zone_link(item, path))
+    check_unique([link.name for link in links], "zone_links", "zone link")
+    return tuple(links)
+
+
+def parse_backup_schedules(raw: Mapping[str, Any]) -> tuple[ScheduleSpec, ...]:
+    items = as_list(raw.get("backup_schedules"), "backup_schedules")
+    specs = tuple(parse_schedule(item, f"backup_schedules[{i}]") for i, item in enumerate(items))
+    names = [(s.vm, s.name) for s in specs]
+    if len(set(names)) != len(names):
+        raise SpecError("backup_schedules", "declares the same schedule of a VM twice")
+    return specs
 
 
 def collect_attachments(disks_raw: list[Any], vms: Sequence[VmSpec]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from ..core.plan import Change, Plan
 from ..core.result import Result
 from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
 from ..core.validation import check_name
+from ..core.zones import zone_of
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
 from ..host.ownership import check_owner, object_name
@@ -32,10 +33,14 @@ from .gate import (
     declare_removal,
     declare_vm,
 )
-from .resources.backup_schedule import plan_environment_backups
+from .resources.backup_schedule import (
+    BackupScheduleEngine,
+    parse_backup_host,
+    plan_environment_backups,
+)
 from .resources.disk import DiskEngine, attached_to, find_volume, volume_name
 from .resources.network import NetworkEngine
-from .resources.public_ip import PublicIpEngine, plan_environment_public_ips
+from .resources.public_ip import PublicIpEngine, plan_environment_public_ips, planner_in
 from .resources.tenant import ledger_facts, run_block
 from .resources.vm import Context, VmEngine
 from .resources.zone_link import plan_environment_links
@@ -94,17 +99,19 @@ def plan_environment(
     `backup_read`: the host's backup schedule files, already read for every tenant.
     """
     host = engine.host
+    tenant = engine.tenant
     remove_undeclared = spec is None or engine.options.prune
     public_ips, plan, links, backups = None, Plan(), Plan(), Plan()
     with planning(failures, "public_ip", "*"):
-        public_ips, plan = plan_environment_public_ips(
-            params, spec, ledger, host, inventory, remove_undeclared
-        )
+        zone = spec.public_zone if spec else zone_of(params)
+        public_ips = planner_in(zone, params, ledger, host, tenant) if zone else None
+        plan = plan_environment_public_ips(spec, public_ips, inventory, remove_undeclared)
     with planning(failures, "zone_link", "*"):
-        links = plan_environment_links(params, spec, ledger, host.uri, remove_undeclared)
+        links = plan_environment_links(spec, ledger, tenant, host.uri, remove_undeclared)
     with planning(failures, "backup_schedule", "*"):
+        schedules = BackupScheduleEngine(ledger, host, tenant, parse_backup_host(params))
         backups = plan_environment_backups(
-            params, spec, ledger, host, inventory, remove_undeclared, backup_read
+            spec, schedules, inventory, remove_undeclared, backup_read
         )
     if spec is None:
         backups.extend(links)

@@ -28,16 +28,14 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     parse_network,
     parse_nic,
     parse_vm,
+    parse_zone_links,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
     Pool,
-    Zone,
+    PublicZone,
+    parse_link_end,
     parse_public_ip,
-    parse_zone,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
-    parse_end,
-    plan_environment_links,
+    parse_public_zone,
 )
 from pulumi_resource_vce.props import Prop, camel
 from pulumi_resource_vce.resources import KINDS as PULUMI_KINDS
@@ -198,7 +196,7 @@ def test_prop_differences_are_found():
 
 # -- the spec parsers -------------------------------------------------------------------------
 
-ZONE = Zone(
+ZONE = PublicZone(
     "zone-a",
     "eth0",
     (Pool("pub-a", ipaddress.IPv4Network("203.0.113.0/28"), ipaddress.IPv4Address("203.0.113.1")),),
@@ -206,10 +204,8 @@ ZONE = Zone(
 
 
 def parse_link(raw: Mapping[str, Any]) -> Any:
-    """A zone link as the environment declares it: its keys are checked before the ledger is
-    needed."""
-    params = {"tenant": "acme", "zone_links": [raw]}
-    return plan_environment_links(params, None, None, "qemu:///system", False)
+    """A zone link as the environment declares it."""
+    return parse_zone_links({"zone_links": [raw]})
 
 
 Parser = Callable[[Mapping[str, Any]], Any]
@@ -226,13 +222,13 @@ PARSERS: dict[str, tuple[tuple[fields.Field, ...], Parser]] = {
         lambda raw: parse_lease(raw, "", ipaddress.IPv4Network("10.0.0.0/24")),
     ),
     "public_ip": (fields.PUBLIC_IP, lambda raw: parse_public_ip(raw, "", ZONE)),
-    "public_ip.zone_config": (fields.ZONE_CONFIG, lambda raw: parse_zone("zone-a", raw)),
+    "public_ip.zone_config": (fields.ZONE_CONFIG, lambda raw: parse_public_zone("zone-a", raw)),
     "public_ip.zone_config.public_pools[]": (
         fields.PUBLIC_POOL,
-        lambda raw: parse_zone("zone-a", {"uplink": "eth0", "public_pools": [raw]}),
+        lambda raw: parse_public_zone("zone-a", {"uplink": "eth0", "public_pools": [raw]}),
     ),
     "zone_link": (fields.ZONE_LINK, parse_link),
-    "zone_link.ends[]": (fields.LINK_END, lambda raw: parse_end(raw, "end")),
+    "zone_link.ends[]": (fields.LINK_END, lambda raw: parse_link_end(raw, "end")),
     "backup_schedule": (fields.BACKUP_SCHEDULE, lambda raw: parse_schedule(raw, "")),
     "backup_schedule.retention": (fields.RETENTION, lambda raw: parse_retention(raw, "")),
 }

@@ -34,7 +34,7 @@ from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_rea
 from ...core.plan import Change, Plan
 from ...core.result import Result
 from ...core.spec import EnvironmentSpec
-from ...core.validation import as_list, check_name, check_prefix
+from ...core.validation import check_name, check_prefix
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell
@@ -611,36 +611,30 @@ def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> 
 
 
 def plan_environment_backups(
-    params: Mapping[str, Any],
     spec: EnvironmentSpec | None,
-    ledger: Ledger,
-    host: Host,
+    planner: BackupScheduleEngine,
     inventory: TenantInventory,
     remove_undeclared: bool,
     host_read: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The environment's schedules (their VMs may be declared in the same run). With prune or
-    state absent, the tenant's other schedules on this host are removed; backups stay.
-    `host_read`: every tenant's schedule files, already read (read_host_schedules)."""
-    tenant = check_name(params.get("tenant"), "tenant")
-    engine = BackupScheduleEngine(ledger, host, tenant, parse_backup_host(params))
-    raw = [] if spec is None else as_list(params.get("backup_schedules"), "backup_schedules")
-    specs = [parse_schedule(item, f"backup_schedules[{i}]") for i, item in enumerate(raw)]
+    state absent (`spec` None), the tenant's other schedules on this host are removed;
+    backups stay. `host_read`: every tenant's schedule files, already read
+    (read_host_schedules)."""
+    specs = spec.backup_schedules if spec else ()
     names = [(s.vm, s.name) for s in specs]
-    if len(set(names)) != len(names):
-        raise SpecError("backup_schedules", "declares the same schedule of a VM twice")
-    observed = engine.observe(host_read)
+    observed = planner.observe(host_read)
     plan = Plan()
     if specs:
-        declared_disks = {vm.name: ["boot", *vm.disks] for vm in spec.vms} if spec else {}
+        declared_disks = {vm.name: ["boot", *vm.disks] for vm in spec.vms}
         paths = [f"backup_schedules[{i}]." for i in range(len(specs))]
-        plan.extend(engine.plan_present(specs, inventory, observed, declared_disks, paths))
-    undeclared = sorted((set(observed.schedules) | set(engine.recorded())) - set(names))
+        plan.extend(planner.plan_present(specs, inventory, observed, declared_disks, paths))
+    undeclared = sorted((set(observed.schedules) | set(planner.recorded())) - set(names))
     if remove_undeclared:
-        plan.extend(engine.plan_absent(undeclared, observed, purge=False))
+        plan.extend(planner.plan_absent(undeclared, observed, purge=False))
     elif undeclared:
         plan.warnings.append(
-            f"tenant {tenant} has backup schedules no declaration mentions: "
+            f"tenant {planner.tenant} has backup schedules no declaration mentions: "
             f"{', '.join(f'{vm}/{name}' for vm, name in undeclared)} "
             "(set prune: true to remove them)"
         )

@@ -20,10 +20,10 @@ from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
 from ...core.validation import INTERFACE_PATTERN, as_list, check_name
+from ...core.zones import Pool, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
 from ..run import Run, conclude
-from .public_ip import Pool, parse_zone
 
 try:
     import sqlalchemy as sa
@@ -100,10 +100,10 @@ def pool_record(pool: Pool) -> dict[str, Any]:
 
 
 def check_pools(zone: str, uplink: Any, raw: Any) -> tuple[dict[str, Any], ...]:
-    """The public pools, checked exactly as a zone's configuration is (parse_zone), with the
+    """The public pools, checked exactly as a zone's configuration is (parse_public_zone), with the
     errors naming this module's options."""
     try:
-        parsed = parse_zone(zone, {"uplink": uplink, "public_pools": raw})
+        parsed = parse_public_zone(zone, {"uplink": uplink, "public_pools": raw})
     except SpecError as error:
         field = error.field.removeprefix(ZONE_CONFIG)
         raise SpecError(field, error.reason) from None

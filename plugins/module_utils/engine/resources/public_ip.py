@@ -19,19 +19,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ...core import fields
 from ...core.errors import SpecError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
 from ...core.spec import EnvironmentSpec
 from ...core.validation import (
-    INTERFACE_PATTERN,
-    as_list,
-    as_mapping,
-    check_ipv4,
     check_name,
     check_prefix,
-    reject_unknown,
 )
+from ...core.zones import PublicIpSpec, PublicZone, parse_public_ip, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell
@@ -55,93 +52,6 @@ try:
     from ...ledger.schema import public_ips
 except ImportError:  # reported by the ledger's Store()
     sa = None
-
-
-@dataclass(frozen=True)
-class Pool:
-    name: str
-    cidr: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
-    exclude: frozenset[ipaddress.IPv4Address] = frozenset()
-
-    def addresses(self) -> list[ipaddress.IPv4Address]:
-        """Assignable addresses in order: not the network, broadcast, gateway or excluded."""
-        return [a for a in self.cidr.hosts() if a != self.gateway and a not in self.exclude]
-
-
-@dataclass(frozen=True)
-class Zone:
-    name: str
-    uplink: str
-    pools: tuple[Pool, ...]
-
-    def pool_of(self, address: ipaddress.IPv4Address) -> Pool | None:
-        return next((p for p in self.pools if address in p.cidr), None)
-
-
-def parse_zone(name: Any, raw: Any) -> Zone:
-    zone = check_name(name, "zone")
-    raw = as_mapping(raw, "zone_config")
-    reject_unknown(raw, {"uplink", "public_pools"}, "zone_config")
-    uplink = raw.get("uplink")
-    if not isinstance(uplink, str) or not INTERFACE_PATTERN.match(uplink):
-        raise SpecError(
-            "zone_config.uplink", f"the zone's uplink interface is required, got {uplink!r}"
-        )
-    pools = []
-    for i, item in enumerate(as_list(raw.get("public_pools"), "zone_config.public_pools")):
-        path = f"zone_config.public_pools[{i}]"
-        item = as_mapping(item, path)
-        reject_unknown(item, {"name", "cidr", "gateway", "exclude"}, path)
-        try:
-            cidr = ipaddress.IPv4Network(str(item.get("cidr")), strict=True)
-        except ValueError as error:
-            raise SpecError(
-                f"{path}.cidr", f"invalid IPv4 CIDR {item.get('cidr')!r}: {error}"
-            ) from None
-        gateway = check_ipv4(item.get("gateway"), f"{path}.gateway")
-        exclude = frozenset(
-            check_ipv4(a, f"{path}.exclude[{j}]")
-            for j, a in enumerate(as_list(item.get("exclude"), f"{path}.exclude"))
-        )
-        pools.append(Pool(check_name(item.get("name"), f"{path}.name"), cidr, gateway, exclude))
-    if not pools:
-        raise SpecError("zone_config.public_pools", f"zone {zone} has no public IP pool")
-    return Zone(zone, uplink, tuple(pools))
-
-
-@dataclass(frozen=True)
-class PublicIpSpec:
-    name: str
-    vm: str
-    network: str | None  # the NIC's network; None: the VM's first NIC
-    address: ipaddress.IPv4Address | None  # requested; None: the pool's first free one
-
-
-def parse_public_ip(raw: Any, path: str, zone: Zone) -> PublicIpSpec:
-    raw = as_mapping(raw, path)
-    reject_unknown(raw, {"name", "vm", "network", "address"}, path)
-    prefix = f"{path}." if path else ""
-    name = check_name(raw.get("name"), f"{prefix}name")
-    vm = check_name(raw.get("vm"), f"{prefix}vm")
-    network = raw.get("network")
-    if network is not None:
-        network = check_name(network, f"{prefix}network")
-    address = None
-    if raw.get("address") is not None:
-        address = check_ipv4(raw["address"], f"{prefix}address")
-        pool = zone.pool_of(address)
-        if pool is None:
-            pools = ", ".join(str(p.cidr) for p in zone.pools)
-            raise SpecError(
-                f"{prefix}address", f"{address} is outside zone {zone.name}'s pools ({pools})"
-            )
-        if address not in pool.addresses():
-            raise SpecError(
-                f"{prefix}address",
-                f"{address} is not assignable in pool {pool.name} (network, gateway or excluded)",
-            )
-    return PublicIpSpec(name, vm, network, address)
 
 
 @dataclass(frozen=True)
@@ -322,7 +232,7 @@ class PublicIpEngine:
     """
 
     def __init__(
-        self, ledger: Ledger, host: Host, tenant: str, zone: Zone, shell: HostShell
+        self, ledger: Ledger, host: Host, tenant: str, zone: PublicZone, shell: HostShell
     ) -> None:
         self.ledger = ledger
         self.host = host
@@ -591,10 +501,17 @@ def zone_lock(zone: str) -> str:
     return f"(public-ips {zone})"
 
 
-def engine_from(
+def public_ip_planner(
     params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
 ) -> PublicIpEngine:
-    zone = parse_zone(params.get("zone"), params.get("zone_config"))
+    """The planner of the tenant's public IPs in the zone the run's parameters give."""
+    zone = parse_public_zone(params.get("zone"), params.get("zone_config"))
+    return planner_in(zone, params, ledger, host, tenant)
+
+
+def planner_in(
+    zone: PublicZone, params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
+) -> PublicIpEngine:
     shell = HostShell(check_prefix(params.get("host_command")))
     return PublicIpEngine(ledger, host, tenant, zone, shell)
 
@@ -604,8 +521,8 @@ def read_public_ip(params: Mapping[str, Any]) -> dict[str, Any] | None:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = engine_from(params, Ledger.open(params.get("ledger_url") or None), host, tenant)
-    return engine.facts(engine.nat.observe()).get(name) or None
+    planner = public_ip_planner(params, Ledger.open(params.get("ledger_url") or None), host, tenant)
+    return planner.facts(planner.nat.observe()).get(name) or None
 
 
 def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result:
@@ -613,63 +530,49 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = engine_from(params, ledger, host, tenant)
+    planner = public_ip_planner(params, ledger, host, tenant)
     gate = Gate(ledger, host, tenant, Declaration())
-    nat = engine.nat.observe()
+    nat = planner.nat.observe()
     if (params.get("state") or "present") == "present":
         inventory = host.inventory(tenant)
-        fields = ("name", "vm", "network", "address")
-        spec = parse_public_ip(
-            {k: params[k] for k in fields if params.get(k) is not None}, "", engine.zone
-        )
+        spec = parse_public_ip(fields.declared(fields.PUBLIC_IP, params), "", planner.zone)
         private, uplink = nic_address(inventory, tenant, spec, "")
-        plan = engine.plan([(spec, private, uplink, "")], [], nat)
+        plan = planner.plan([(spec, private, uplink, "")], [], nat)
     else:
-        plan = engine.plan([], [name], nat)
+        plan = planner.plan([], [name], nat)
 
     def facts(_after: object, applied: bool) -> dict[str, Any]:
-        return {"public_ip": engine.facts(engine.nat.observe() if applied else nat).get(name, {})}
+        now = planner.nat.observe() if applied else nat
+        return {"public_ip": planner.facts(now).get(name, {})}
 
-    return conclude(Run(plan, facts, gate, flush=engine.flush), check_mode)
+    return conclude(Run(plan, facts, gate, flush=planner.flush), check_mode)
 
 
 def plan_environment_public_ips(
-    params: Mapping[str, Any],
     spec: EnvironmentSpec | None,
-    ledger: Ledger,
-    host: Host,
+    planner: PublicIpEngine | None,
     inventory: TenantInventory,
     remove_undeclared: bool,
-) -> tuple[PublicIpEngine | None, Plan]:
+) -> Plan:
     """The environment's public IPs (the VMs they bind may be declared in the same run); with
-    prune or state absent, the tenant's other public IPs of the zone are released."""
-    absent = params.get("state") == "absent"
-    raw_ips = [] if absent else as_list(params.get("public_ips"), "public_ips")
-    if params.get("zone_config") is None:
-        if raw_ips:
-            raise SpecError(
-                "zone_config", "public IPs need the host's zone: set zone and zone_config"
-            )
-        return None, Plan()
-    tenant = check_name(params.get("tenant"), "tenant")
-    engine = engine_from(params, ledger, host, tenant)
+    prune or state absent (`spec` None), the tenant's other public IPs of the zone are
+    released. `planner` None: the host has no zone (parse_environment refuses public IPs)."""
+    if planner is None:
+        return Plan()
+    tenant = planner.tenant
     declared = []
-    for i, raw in enumerate(raw_ips):
+    for i, item in enumerate(spec.public_ips if spec else ()):
         path = f"public_ips[{i}]"
-        item = parse_public_ip(raw, path, engine.zone)
-        found = declared_nic_address(spec, item, path) if spec else None
+        found = declared_nic_address(spec, item, path)
         private, uplink = found or nic_address(inventory, tenant, item, path)
         declared.append((item, private, uplink, path))
-    names = [item.name for item, *_rest in declared]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SpecError("public_ips", f"public IP {duplicates[0]!r} is declared twice")
-    undeclared = sorted(set(engine.allocations()) - set(names))
-    engine.observed = engine.nat.observe()
-    plan = engine.plan(declared, undeclared if remove_undeclared else [], engine.observed)
+    names = {item.name for item, *_rest in declared}
+    undeclared = sorted(set(planner.allocations()) - names)
+    planner.observed = planner.nat.observe()
+    plan = planner.plan(declared, undeclared if remove_undeclared else [], planner.observed)
     if undeclared and not remove_undeclared:
         plan.warnings.append(
             f"tenant {tenant} has public IPs no declaration mentions: {', '.join(undeclared)} "
             "(set prune: true to release them)"
         )
-    return engine, plan
+    return plan

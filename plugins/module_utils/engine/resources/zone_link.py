@@ -23,14 +23,9 @@ from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
 from ...core.spec import EnvironmentSpec, NetworkSpec
 from ...core.validation import (
-    INTERFACE_PATTERN,
-    as_list,
-    as_mapping,
-    check_ipv4,
     check_name,
-    check_prefix,
-    reject_unknown,
 )
+from ...core.zones import LinkEnd, ZoneLinkSpec, parse_link_end, parse_zone_link
 from ...host.connection import Host
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell
@@ -55,34 +50,21 @@ DEFAULT_MTU = 1500
 
 @dataclass(frozen=True)
 class End:
+    """A link end as a run reaches it: the declared end, and the shell of its host."""
+
     zone: str
     uri: str
     underlay_ip: str
     underlay_dev: str
     shell: HostShell
 
+    @classmethod
+    def of(cls, end: LinkEnd) -> End:
+        shell = HostShell(end.host_command)
+        return cls(end.zone, end.uri, end.underlay_ip, end.underlay_dev, shell)
+
     def host(self) -> Host:
         return Host(self.uri)
-
-
-def parse_end(raw: Any, path: str) -> End:
-    raw = as_mapping(raw, path)
-    reject_unknown(raw, {"zone", "uri", "underlay_ip", "underlay_dev", "host_command"}, path)
-    zone = check_name(raw.get("zone"), f"{path}.zone")
-    uri = raw.get("uri")
-    if not isinstance(uri, str) or not uri:
-        raise SpecError(f"{path}.uri", "the libvirt URI of the end's host is required")
-    underlay_ip = str(check_ipv4(raw.get("underlay_ip"), f"{path}.underlay_ip"))
-    dev = raw.get("underlay_dev")
-    if not isinstance(dev, str) or not INTERFACE_PATTERN.match(dev):
-        raise SpecError(f"{path}.underlay_dev", f"an interface name is required, got {dev!r}")
-    return End(
-        zone,
-        uri,
-        underlay_ip,
-        dev,
-        HostShell(check_prefix(raw.get("host_command"), f"{path}.host_command")),
-    )
 
 
 @dataclass
@@ -351,7 +333,7 @@ def device_name(vni: int) -> str:
 def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = engine_for(ledger, tenant, params, "")
+    engine = zone_link_planner(ledger, tenant, parse_zone_link(params, ""))
     host = engine.ends[0].host()
     gate = Gate(ledger, host, tenant, Declaration())
     plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
@@ -368,40 +350,34 @@ def links_touching(ledger: Ledger, tenant: str, uri: str) -> dict[str, Any]:
 
 
 def plan_environment_links(
-    params: Mapping[str, Any],
-    spec: EnvironmentSpec | None,
-    ledger: Ledger,
-    uri: str,
-    remove_undeclared: bool,
+    spec: EnvironmentSpec | None, ledger: Ledger, tenant: str, uri: str, remove_undeclared: bool
 ) -> Plan:
     """The environment's zone links (this host is the first end of each; its network may be
-    declared in the same run). With prune or state absent, the tenant's other links with an
-    end on this host are removed, both ends."""
-    tenant = check_name(params.get("tenant"), "tenant")
-    absent = params.get("state") == "absent"
-    raw_links = [] if absent else as_list(params.get("zone_links"), "zone_links")
+    declared in the same run). With prune or state absent (`spec` None), the tenant's other
+    links with an end on this host are removed, both ends."""
     plan = Plan()
+    links = spec.zone_links if spec else ()
     networks = {n.name: n for n in spec.networks} if spec else {}
-    declared = set()
-    for i, raw in enumerate(raw_links):
+    for i, link in enumerate(links):
         path = f"zone_links[{i}]"
-        raw = as_mapping(raw, path)
-        reject_unknown(raw, {"name", "network", "ends"}, path)
-        engine = engine_for(ledger, tenant, raw, path)
-        if engine.ends[0].uri != uri:
+        if link.ends[0].uri != uri:
             raise SpecError(f"{path}.ends[0].uri", f"the first end must be this host ({uri})")
-        declared.add(engine.name)
-        plan.extend(engine.plan_present(networks.get(engine.network), f"{path}."))
+        planner = zone_link_planner(ledger, tenant, link)
+        plan.extend(planner.plan_present(networks.get(link.network), f"{path}."))
     recorded = links_touching(ledger, tenant, uri)
-    undeclared = sorted(set(recorded) - declared)
+    undeclared = sorted(set(recorded) - {link.name for link in links})
     for name in undeclared if remove_undeclared else []:
         row = recorded[name]
-        recorded_ends = json.loads(row.ends)
-        ends = (
-            parse_end(recorded_ends[0], f"recorded link {name} ends[0]"),
-            parse_end(recorded_ends[1], f"recorded link {name} ends[1]"),
+        ends = json.loads(row.ends)
+        link = ZoneLinkSpec(
+            name,
+            row.network,
+            (
+                parse_link_end(ends[0], f"recorded link {name} ends[0]"),
+                parse_link_end(ends[1], f"recorded link {name} ends[1]"),
+            ),
         )
-        plan.extend(ZoneLinkEngine(ledger, tenant, name, row.network, ends).plan_absent())
+        plan.extend(zone_link_planner(ledger, tenant, link).plan_absent())
     if undeclared and not remove_undeclared:
         plan.warnings.append(
             f"tenant {tenant} has zone links no declaration mentions: {', '.join(undeclared)} "
@@ -410,15 +386,9 @@ def plan_environment_links(
     return plan
 
 
-def engine_for(ledger: Ledger, tenant: str, raw: Mapping[str, Any], path: str) -> ZoneLinkEngine:
-    prefix = f"{path}." if path else ""
-    name = check_name(raw.get("name"), f"{prefix}name")
-    network = check_name(raw.get("network"), f"{prefix}network")
-    raw_ends = as_list(raw.get("ends"), f"{prefix}ends")
-    if len(raw_ends) != 2:
-        raise SpecError(f"{prefix}ends", f"a zone link has exactly two ends, got {len(raw_ends)}")
-    ends = (parse_end(raw_ends[0], f"{prefix}ends[0]"), parse_end(raw_ends[1], f"{prefix}ends[1]"))
-    return ZoneLinkEngine(ledger, tenant, name, network, ends)
+def zone_link_planner(ledger: Ledger, tenant: str, spec: ZoneLinkSpec) -> ZoneLinkEngine:
+    ends = (End.of(spec.ends[0]), End.of(spec.ends[1]))
+    return ZoneLinkEngine(ledger, tenant, spec.name, spec.network, ends)
 
 
 def recorded_zone_link(params: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -438,4 +408,4 @@ def read_zone_link(params: Mapping[str, Any]) -> dict[str, Any] | None:
     """The zone link's facts (both ends read from their hosts), or None when it is gone."""
     tenant = check_name(params.get("tenant"), "tenant")
     ledger = Ledger.open(params.get("ledger_url") or None)
-    return engine_for(ledger, tenant, params, "").facts() or None
+    return zone_link_planner(ledger, tenant, parse_zone_link(params, "")).facts() or None

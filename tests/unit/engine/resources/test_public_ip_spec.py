@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
     parse_public_ip,
-    parse_zone,
+    parse_public_zone,
 )
 
 ZONE = {
@@ -26,7 +26,7 @@ ZONE = {
 
 
 def test_pools_give_their_assignable_addresses_in_order():
-    zone = parse_zone("zone-a", ZONE)
+    zone = parse_public_zone("zone-a", ZONE)
     assert [str(a) for a in zone.pools[0].addresses()] == [
         "203.0.113.67", "203.0.113.68", "203.0.113.69", "203.0.113.70",
     ]  # fmt: skip
@@ -34,7 +34,7 @@ def test_pools_give_their_assignable_addresses_in_order():
 
 
 def test_a_requested_address_must_be_assignable_in_a_pool():
-    zone = parse_zone("zone-a", ZONE)
+    zone = parse_public_zone("zone-a", ZONE)
     spec = parse_public_ip({"name": "web", "vm": "web1", "address": "203.0.113.74"}, "", zone)
     assert spec.address == ipaddress.IPv4Address("203.0.113.74")
 
@@ -52,7 +52,7 @@ def test_a_requested_address_must_be_assignable_in_a_pool():
     ],
 )
 def test_bad_public_ip_declarations(raw, field, reason):
-    zone = parse_zone("zone-a", ZONE)
+    zone = parse_public_zone("zone-a", ZONE)
     with pytest.raises(SpecError) as error:
         parse_public_ip({"name": "web", "vm": "web1", **raw}, "", zone)
     assert error.value.field.endswith(field)
@@ -75,7 +75,7 @@ def test_bad_public_ip_declarations(raw, field, reason):
 )
 def test_bad_zones(raw, field):
     with pytest.raises(SpecError) as error:
-        parse_zone("zone-a", raw)
+        parse_public_zone("zone-a", raw)
     assert error.value.field == field
 
 
