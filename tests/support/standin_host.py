@@ -34,10 +34,20 @@ class StandInHost:
             "systemctl": [],
         }
         self.path.write_text(json.dumps(state))
+        # A shell in front: only the stand-in's own tools pay for a Python start.
+        self.dispatch = self.path.with_suffix(".sh")
+        self.dispatch.write_text(
+            "#!/bin/sh\n"
+            'case "$1" in\n'
+            f'  ip|nft|systemctl) exec {sys.executable} -I -S {__file__} {self.path} "$@" ;;\n'
+            '  *) exec "$@" ;;\n'
+            "esac\n"
+        )
+        self.dispatch.chmod(0o755)
 
     @property
     def prefix(self) -> list[str]:
-        return [sys.executable, "-I", "-S", __file__, str(self.path)]
+        return [str(self.dispatch)]
 
     def change(self, edit) -> None:
         """Change the pretend host behind the engine's back (drift, a reboot)."""
