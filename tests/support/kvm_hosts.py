@@ -12,14 +12,18 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network i
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.xml import network_xml
 
-POOL = (
-    "<pool type='dir'><name>default-pool</name><target><path>/default-pool</path></target></pool>"
-)
+POOL = "<pool type='dir'><name>default-pool</name><target><path>{}</path></target></pool>"
 
 
-def host_file(path: Path, tenant: str, networks: list[dict], bridge: str = "virbr1") -> str:
+def host_file(
+    path: Path,
+    tenant: str,
+    networks: list[dict],
+    bridge: str = "virbr1",
+    pool_path: str = "/default-pool",
+) -> str:
     """A node file with the tenant's networks (as the engine defines them, with the bridge
-    name libvirt would give) and a pool 'default-pool'; returns its URI."""
+    name libvirt would give) and a pool 'default-pool' at `pool_path`; returns its URI."""
     parts = []
     for i, raw in enumerate(networks):
         spec = parse_network(raw, "")
@@ -28,5 +32,5 @@ def host_file(path: Path, tenant: str, networks: list[dict], bridge: str = "virb
         )
         root.find("bridge").set("name", f"{bridge}{i}" if i else bridge)
         parts.append(ET.tostring(root, encoding="unicode"))
-    path.write_text(f"<node>{''.join(parts)}{POOL}</node>")
+    path.write_text(f"<node>{''.join(parts)}{POOL.format(pool_path)}</node>")
     return f"test://{path}"
