@@ -16,6 +16,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, public_ips
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
+from tests.support.kvm_hosts import host_file
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
 
@@ -268,3 +269,27 @@ def test_an_environment_checks_the_vms_it_declares(lab):
     elsewhere = {**declared, "public_ips": [{"name": "web", "vm": "web1", "network": "dmz"}]}
     with pytest.raises(SpecError, match="VM web1 has no NIC on network dmz"):
         facade.run_environment(elsewhere, check_mode=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="prune on one host releases the tenant's public IPs bound on other hosts of the "
+    "zone: PublicIpEngine.allocations() selects by tenant and zone, not by host, so the "
+    "address is freed in the ledger while the other host keeps its NAT rules for it",
+)
+def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(lab, tmp_path):
+    uri_b = host_file(tmp_path / "kvm-b.xml", "acme", [])
+    facade.run_environment({**environment("acme", str(lab.image)), "uri": uri_b})
+    host_b = StandInHost(tmp_path / "kvm-b", {"up0": 1500})
+    run_public_ip(lab.params(name="api", uri=uri_b, host_command=host_b.prefix))
+    declared = {
+        **environment("acme", str(lab.image)),
+        "ledger_url": lab.ledger_url,
+        "zone": "zone-a",
+        "zone_config": ZONE,
+        "host_command": lab.host.prefix,
+        "public_ips": [{"name": "web", "vm": "web1"}],
+        "prune": True,
+    }
+    result = facade.run_environment(declared, check_mode=True)
+    assert [c["name"] for c in result.plan if c["kind"] == "public_ip"] == ["web", "web"]
