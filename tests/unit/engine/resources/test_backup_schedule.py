@@ -25,6 +25,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
     events,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
@@ -333,3 +335,27 @@ def test_host_paths_are_plain_absolute_paths():
     for bad in ("relative", "/srv/a b", "/srv/%i", "/srv/../etc", None):
         with pytest.raises(SpecError):
             check_host_path(bad, "backup_root")
+
+
+@given(st.text(alphabet="/ab.-_ %$\\", max_size=20))
+def test_an_accepted_host_path_is_absolute_plain_and_without_parent_steps(value):
+    try:
+        path = check_host_path(value, "unit_dir")
+    except SpecError as error:
+        assert error.field == "unit_dir"
+        return
+    assert path.startswith("/")
+    assert set(path) <= set("/ab.-_")
+    assert ".." not in path.split("/")
+    assert path == "/" or not path.endswith("/")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check_host_path accepts a path ending in a newline: SAFE_PATH ends in `$`, which "
+    "also matches before a final newline, so the newline reaches the unit files unquoted",
+)
+def test_a_host_path_ending_in_a_newline_is_refused():
+    with pytest.raises(SpecError) as caught:
+        check_host_path("/usr/local/bin/vce-backup\n", "runner")
+    assert caught.value.field == "runner"

@@ -11,6 +11,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+    parse_public_ip,
+    parse_zone,
     run_public_ip,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, public_ips
@@ -293,3 +295,20 @@ def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(la
     }
     result = facade.run_environment(declared, check_mode=True)
     assert [c["name"] for c in result.plan if c["kind"] == "public_ip"] == ["web", "web"]
+
+
+ASSIGNABLE = {"203.0.113.67", "203.0.113.68", "203.0.113.69", "203.0.113.70", "203.0.113.74"}
+
+
+def test_exactly_the_assignable_addresses_of_the_pools_can_be_requested():
+    zone = parse_zone("zone-a", ZONE)
+    accepted = set()
+    for last in range(256):
+        address = f"203.0.113.{last}"
+        try:
+            parse_public_ip({"name": "web", "vm": "web1", "address": address}, "", zone)
+        except SpecError as error:
+            assert error.field == "address"
+        else:
+            accepted.add(address)
+    assert accepted == ASSIGNABLE
