@@ -9,6 +9,8 @@ connections it opened.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
@@ -17,6 +19,19 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Hos
 from tests.support.ledger import register
 
 URI = "test:///default"
+
+
+@pytest.fixture(autouse=True)
+def host_python(tmp_path, monkeypatch):
+    """The host's `python3` (the engine reads and writes backup schedule files with it, standard
+    library only; every environment run reads them) is this interpreter without site
+    packages: a pyenv shim and the virtualenv's site set-up cost a quarter of a second a call."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python3 = bin_dir / "python3"
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    python3.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ reaches a stand-in host (tests/support) so nothing on this machine is reloaded."
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -96,19 +94,6 @@ class Lab:
         with Ledger.open(self.ledger_url).store.read() as connection:
             query = sa.select(events.c.kind).where(events.c.kind.like("backup_schedule%"))
             return sorted(r.kind for r in connection.execute(query))
-
-
-@pytest.fixture(autouse=True)
-def host_python(tmp_path, monkeypatch):
-    """The host's `python3` (which reads and writes the schedule files with the standard
-    library only) is this interpreter without site packages: a pyenv shim and the virtualenv's
-    site set-up cost a quarter of a second a call."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    python3 = bin_dir / "python3"
-    python3.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
-    python3.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture
