@@ -1,0 +1,219 @@
+"""Tenant networks on libvirt's test driver: created, re-run unchanged, DHCP range and static
+leases changed live, replacement only when allowed, removal refused while a VM uses them."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    OwnershipError,
+    SpecError,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network import (
+    NetworkEngine,
+    sub_range,
+)
+
+from .conftest import URI
+
+LAN = {"name": "lan", "cidr": "10.20.0.0/24"}
+MAC = "52:54:00:aa:00:01"
+
+
+def plan_of(test_host, raw, tenant="acme", **options):
+    engine = NetworkEngine(test_host, tenant)
+    return engine.plan_present(parse_network(raw, ""), test_host.inventory(tenant), **options)
+
+
+def summary(plan):
+    return [(c["kind"], c["name"], c["action"], c.get("field")) for c in plan.to_list()]
+
+
+def test_a_new_network_is_planned_with_its_addresses_then_made_once(test_host):
+    plan = plan_of(test_host, {**LAN, "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}]})
+    [change] = plan.to_list()
+    assert (change["action"], change["class"], change["before"]) == ("create", "live", None)
+    assert change["after"] == {
+        "bridge": UNKNOWN,
+        "cidr": "10.20.0.0/24",
+        "gateway": "10.20.0.1",
+        "dhcp_range": "10.20.0.127-10.20.0.254",
+        "mode": "nat",
+        "uplink": None,
+        "mtu": None,
+        "static_leases": {MAC: "10.20.0.5"},
+    }
+    plan.apply()
+    state = test_host.inventory("acme").networks["acme_lan"]
+    assert (state.active, state.autostart, str(state.gateway)) == (True, True, "10.20.0.1")
+    assert not plan_of(
+        test_host, {**LAN, "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}]}
+    ).changed
+
+
+def test_dhcp_range_and_leases_change_live_and_settle(test_host):
+    plan_of(test_host, {**LAN, "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}]}).apply()
+    other = "52:54:00:aa:00:02"
+    changed = {
+        **LAN,
+        "dhcp_start": "10.20.0.100",
+        "dhcp_end": "10.20.0.200",
+        "static_leases": [{"mac": MAC, "ip": "10.20.0.6"}, {"mac": other, "ip": "10.20.0.7"}],
+    }
+    plan = plan_of(test_host, changed)
+    assert {c.change_class.value for c in plan.changes} == {"live"}
+    assert [(c["field"], c["before"], c["after"]) for c in plan.to_list()][:3] == [
+        ("dhcp_range", "10.20.0.127-10.20.0.254", "10.20.0.100-10.20.0.200"),
+        (f"lease {MAC} on lan", "10.20.0.5", "10.20.0.6"),
+        (f"lease {other} on lan", None, "10.20.0.7"),
+    ]
+    assert plan.changes[-1].field == "metadata"
+    plan.apply()
+    state = test_host.inventory("acme").networks["acme_lan"]
+    assert (str(state.dhcp_start), str(state.dhcp_end)) == ("10.20.0.100", "10.20.0.200")
+    assert {mac: str(lease.ip) for mac, lease in state.hosts.items()} == {
+        MAC: "10.20.0.6",
+        other: "10.20.0.7",
+    }
+    # The test driver shows a running network's live definition only, where the ownership
+    # metadata (written to the saved one) does not change: only that refresh is left.
+    assert [c.field for c in plan_of(test_host, changed).changes] == ["metadata"]
+    # A managed lease no longer declared is removed.
+    fewer = {**changed, "static_leases": [{"mac": other, "ip": "10.20.0.7"}]}
+    plan = plan_of(test_host, fewer)
+    assert next((c["field"], c["before"], c["after"]) for c in plan.to_list()) == (
+        f"lease {MAC} on lan",
+        "10.20.0.6",
+        None,
+    )
+    plan.apply()
+    assert set(test_host.inventory("acme").networks["acme_lan"].hosts) == {other}
+
+
+def test_changes_to_a_stopped_network_are_saved_and_it_is_started(test_host):
+    plan_of(test_host, LAN).apply()
+    test_host.conn.networkLookupByName("acme_lan").destroy()
+    changed = {
+        **LAN,
+        "dhcp_start": "10.20.0.100",
+        "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}],
+    }
+    plan = plan_of(test_host, changed)
+    assert [c.field for c in plan.changes] == [
+        "dhcp_range",
+        f"lease {MAC} on lan",
+        "metadata",
+        "active",
+    ]
+    plan.apply()
+    state = test_host.inventory("acme").networks["acme_lan"]
+    assert state.active and str(state.hosts[MAC].ip) == "10.20.0.5"
+    assert not plan_of(test_host, changed).changed
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"cidr": "10.21.0.0/24"}, "cidr"),
+        ({"gateway": "10.20.0.2"}, "gateway"),
+        ({"mtu": 1400}, "mtu"),
+        ({"mode": "isolated"}, "mode"),
+    ],
+)
+def test_fields_needing_a_new_network_are_refused_without_allow_replace(test_host, change, field):
+    plan_of(test_host, LAN).apply()
+    with pytest.raises(SpecError, match="set allow_replace: true") as caught:
+        plan_of(test_host, {**LAN, **change})
+    assert caught.value.field == field
+
+
+def test_replacing_keeps_leases_the_network_does_not_manage(test_host):
+    plan_of(test_host, {**LAN, "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}]}).apply()
+    vm_mac = "52:54:00:bb:00:01"
+    # A lease of a VM NIC: on the network, not in its own declaration.
+    NetworkEngine(test_host, "acme").set_lease(
+        "acme_lan", vm_mac, parse_network(
+            {**LAN, "static_leases": [{"mac": vm_mac, "ip": "10.20.0.9"}]}, ""
+        ).static_leases[0],
+    )  # fmt: skip
+    plan = plan_of(test_host, {**LAN, "mtu": 1400}, allow_replace=True)
+    [change] = plan.to_list()
+    assert (change["action"], change["class"]) == ("replace", "replace")
+    assert (change["before"]["mtu"], change["after"]["mtu"]) == (None, 1400)
+    plan.apply()
+    state = test_host.inventory("acme").networks["acme_lan"]
+    assert state.mtu == 1400
+    assert set(state.hosts) == {vm_mac}
+
+
+def test_a_stopped_network_is_started_and_autostarted(test_host):
+    plan_of(test_host, LAN).apply()
+    net = test_host.conn.networkLookupByName("acme_lan")
+    net.destroy()
+    net.setAutostart(0)
+    plan = plan_of(test_host, LAN)
+    assert [(c.action, c.field, c.before, c.after) for c in plan.changes] == [
+        ("start", "active", False, True),
+        ("autostart", "autostart", False, True),
+    ]
+    plan.apply()
+    assert not plan_of(test_host, LAN).changed
+
+
+def test_overlaps_and_foreign_networks_are_refused(test_host):
+    plan_of(test_host, LAN).apply()
+    with pytest.raises(SpecError, match=r"10.20.0.0/25 overlaps network 'lan' \(10.20.0.0/24\)"):
+        plan_of(test_host, {"name": "dmz", "cidr": "10.20.0.0/25"})
+    # Another tenant may use the same addresses.
+    assert plan_of(test_host, {"name": "lan", "cidr": "10.20.0.0/24"}, tenant="other").changed
+    test_host.conn.networkDefineXML("<network><name>acme_stray</name></network>")
+    with pytest.raises(OwnershipError, match=r"not created by vce\.kvm"):
+        plan_of(test_host, {"name": "stray", "cidr": "10.30.0.0/24"})
+
+
+def test_removal_is_planned_with_what_goes_and_refused_while_a_vm_uses_it(test_host):
+    engine = NetworkEngine(test_host, "acme")
+    assert not engine.plan_absent("lan", test_host.inventory("acme")).changed
+    plan_of(test_host, LAN).apply()
+    plan = engine.plan_absent("lan", test_host.inventory("acme"))
+    [change] = plan.to_list()
+    assert (change["action"], change["before"]["cidr"], change["after"]) == (
+        "delete",
+        "10.20.0.0/24",
+        None,
+    )
+    test_host.conn.defineXML(
+        "<domain type='test'><name>acme_web1</name><memory>131072</memory>"
+        "<os><type>hvm</type></os><devices><interface type='network'>"
+        "<source network='acme_lan'/></interface></devices></domain>"
+    )
+    with pytest.raises(SpecError, match=r"still used by VM\(s\) acme_web1") as caught:
+        engine.plan_absent("lan", test_host.inventory("acme"))
+    assert caught.value.field == "state"
+    test_host.conn.lookupByName("acme_web1").undefine()
+    engine.plan_absent("lan", test_host.inventory("acme")).apply()
+    assert "acme_lan" not in test_host.inventory("acme").networks
+
+
+def test_the_network_module_checks_applies_and_removes(acme):
+    params = {
+        "uri": URI,
+        "tenant": "acme",
+        **LAN,
+        "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}],
+    }
+    checked = facade.run_network(params, check_mode=True)
+    assert checked.changed and [c["action"] for c in checked.plan] == ["create"]
+    assert not facade.run_network({**params, "state": "absent"}, check_mode=True).changed
+    made = facade.run_network(params)
+    assert made.changed and made.facts["network"]["cidr"] == "10.20.0.0/24"
+    assert not facade.run_network(params).changed
+    removed = facade.run_network({**params, "state": "absent"})
+    assert [c["action"] for c in removed.plan] == ["delete"]
+    assert not facade.run_network({**params, "state": "absent"}).changed
+
+
+def test_a_dhcp_range_element_names_both_ends():
+    assert sub_range("10.0.0.2", "10.0.0.9") == '<range start="10.0.0.2" end="10.0.0.9" />'
