@@ -9,10 +9,12 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
+    parse_public_ip,
+    parse_public_zone,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
-    parse_public_ip,
-    parse_zone,
     run_public_ip,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, public_ips
@@ -301,7 +303,7 @@ ASSIGNABLE = {"203.0.113.67", "203.0.113.68", "203.0.113.69", "203.0.113.70", "2
 
 
 def test_exactly_the_assignable_addresses_of_the_pools_can_be_requested():
-    zone = parse_zone("zone-a", ZONE)
+    zone = parse_public_zone("zone-a", ZONE)
     accepted = set()
     for last in range(256):
         address = f"203.0.113.{last}"

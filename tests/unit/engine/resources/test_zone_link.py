@@ -11,11 +11,16 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 )
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
-from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
+    EnvironmentSpec,
+    parse_network,
+    parse_zone_links,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import parse_zone_link
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
-    engine_for,
     plan_environment_links,
     run_zone_link,
+    zone_link_planner,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, zone_links
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
@@ -238,8 +243,13 @@ def test_bad_ends_name_the_field(zones, end, field):
     params = zones.params()
     params["ends"][1].update(end)
     with pytest.raises(SpecError) as caught:
-        engine_for(Ledger.open(zones.ledger_url), "acme", params, "")
+        zone_link_planner(Ledger.open(zones.ledger_url), "acme", parse_zone_link(params, ""))
     assert caught.value.field == field
+
+
+def environment(params):
+    """The environment declaring `params`' zone links, parsed as the environment module does."""
+    return EnvironmentSpec("acme", zone_links=parse_zone_links(params))
 
 
 def test_an_environment_links_from_its_own_host_and_prunes_only_when_asked(zones):
@@ -248,33 +258,35 @@ def test_an_environment_links_from_its_own_host_and_prunes_only_when_asked(zones
         "tenant": "acme",
         "zone_links": [{k: zones.params()[k] for k in ("name", "network", "ends")}],
     }
-    plan = plan_environment_links(declared, None, ledger, zones.uri_a, False)
+    plan = plan_environment_links(environment(declared), ledger, "acme", zones.uri_a, False)
     assert [(c.action, c.field) for c in plan.changes] == [
         ("allocate", "vni"),
         ("connect", "ends[0]"),
         ("connect", "ends[1]"),
     ]
     with pytest.raises(SpecError, match="the first end must be this host") as caught:
-        plan_environment_links(declared, None, ledger, zones.uri_b, False)
+        plan_environment_links(environment(declared), ledger, "acme", zones.uri_b, False)
     assert caught.value.field == "zone_links[0].ends[0].uri"
     run_zone_link(zones.params())
     undeclared = {"tenant": "acme", "zone_links": []}
-    kept = plan_environment_links(undeclared, None, ledger, zones.uri_a, False)
+    kept = plan_environment_links(environment(undeclared), ledger, "acme", zones.uri_a, False)
     assert not kept.changed
     assert kept.warnings == [
         "tenant acme has zone links no declaration mentions: stretch (set prune: true to "
         "remove them)"
     ]
-    pruned = plan_environment_links(undeclared, None, ledger, zones.uri_a, True)
+    pruned = plan_environment_links(environment(undeclared), ledger, "acme", zones.uri_a, True)
     assert [c.action for c in pruned.changes] == ["disconnect", "disconnect", "release"]
     # Another host of the tenant is not touched by this host's environment.
-    assert not plan_environment_links(undeclared, None, ledger, "test:///elsewhere", True).changed
+    assert not plan_environment_links(
+        environment(undeclared), ledger, "acme", "test:///elsewhere", True
+    ).changed
 
 
 def test_a_network_declared_in_the_same_run_is_planned_before_it_exists(tmp_path, acme):
     zones = Zones(tmp_path, acme, None, ZONE_B)
     declared = parse_network(ZONE_A, "")
-    engine = engine_for(Ledger.open(acme), "acme", zones.params(), "")
+    engine = zone_link_planner(Ledger.open(acme), "acme", parse_zone_link(zones.params(), ""))
     plan = engine.plan_present(declared)
     assert [(c.action, c.field) for c in plan.changes] == [
         ("allocate", "vni"),
