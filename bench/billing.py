@@ -6,7 +6,7 @@ machine, with memory bounded (streamed, not all rows in memory); report the rows
 
 Set-up (not measured): per back end a fresh ledger (a SQLite file in a temp dir under /tmp;
 a database on a private PostgreSQL server of tools.postgres, started and stopped here),
-migrated by ``Ledger.open``, plans and price lists through ``Ledger.put_plans`` /
+migrated by ``Ledger.open``, plans and price lists through ``Ledger.put_tariffs`` /
 ``put_prices``, everything else by SQLAlchemy Core executemany in chunks: 2,000 tenants on 4
 plans (one without prices, a few trials, some suspended after their trial), 10 VMs each on
 10 hosts, data disks, public IPs, zone links, downtime incidents (probe, customer reports
@@ -103,7 +103,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (  # 
     tenants,
     usage_intervals,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, parse_plans  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, parse_tariffs  # noqa: E402
 
 from tests.support.ledger import ROOMY  # noqa: E402
 
@@ -604,7 +604,7 @@ def populate(url: str, scale: Scale) -> dict[str, Any]:
     }
     catalog["internal"] = {"quotas": ROOMY, "trial_hours": 0}
     with ledger.store.locked("(bench)") as connection:
-        ledger.put_plans(connection, parse_plans(catalog))
+        ledger.put_tariffs(connection, parse_tariffs(catalog))
         for plan, (effective, prices) in PRICE_CHANGES.items():
             ledger.put_prices(connection, plan, parse_prices(prices), effective)
         insert_chunks(connection, tenants, data.tenants)

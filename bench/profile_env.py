@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import env10  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils import engine, facts, host  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
-from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentEngine  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentPlanner  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -73,7 +73,7 @@ def run_steps(p: dict[str, Any]) -> dict[str, Any]:
         spec = parse_environment(p, p["default_pool"])
     with timed(t, "connect"):
         h = host.Host(p["uri"])
-    env = EnvironmentEngine(h, spec.tenant, engine.options_from(p))
+    env = EnvironmentPlanner(h, spec.tenant, engine.options_from(p))
     with timed(t, "observe"):
         inventory = env.observe()
     with timed(t, "plan"):

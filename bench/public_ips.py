@@ -17,7 +17,7 @@ Then, per repetition (default 5, after 1 untimed warm-up repetition), in this or
 
 1. VCE BIND: ``run_environment`` with the same VMs plus 50 ``public_ips`` (allocate + bind
    50: 150 nft rules, 50 /32 addresses on up0): the "one run". Checked: 150 rules, 50
-   addresses. Split, by wrapping ``HostShell.run`` and three ``PublicIpEngine`` methods in
+   addresses. Split, by wrapping ``HostShell.run`` and three ``PublicIpPlanner`` methods in
    this process (plugins/ untouched): each host command by kind (``nft -f``, ``nft list``,
    ``ip addr add/del/show``), the ledger allocations, the flush (nft batch + addresses).
 2. VCE NO-OP: the same call again; checked: nothing changed.
@@ -76,7 +76,7 @@ from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E40
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (  # noqa: E402
     TABLE,
     TABLE_DEFINITION,
-    PublicIpEngine,
+    PublicIpPlanner,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell  # noqa: E402
 from env10 import CpuMeter, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
@@ -156,7 +156,7 @@ def command_kind(argv: tuple[str, ...] | list[str]) -> str:
 
 
 class Recorder:
-    """Wraps HostShell.run and PublicIpEngine.allocate/release/flush: count and seconds of
+    """Wraps HostShell.run and PublicIpPlanner.allocate/release/flush: count and seconds of
     each, and the stdin of every `nft -f` (the batch text), while active."""
 
     def __init__(self) -> None:
@@ -172,9 +172,9 @@ class Recorder:
     def installed(self) -> Iterator[Recorder]:
         originals = {
             (HostShell, "run"): HostShell.run,
-            (PublicIpEngine, "allocate"): PublicIpEngine.allocate,
-            (PublicIpEngine, "release"): PublicIpEngine.release,
-            (PublicIpEngine, "flush"): PublicIpEngine.flush,
+            (PublicIpPlanner, "allocate"): PublicIpPlanner.allocate,
+            (PublicIpPlanner, "release"): PublicIpPlanner.release,
+            (PublicIpPlanner, "flush"): PublicIpPlanner.flush,
         }
         recorder = self
         shell_run = HostShell.run
@@ -200,9 +200,9 @@ class Recorder:
             return wrapper
 
         HostShell.run = run  # type: ignore[method-assign]
-        PublicIpEngine.allocate = timed("engine allocate (ledger)", PublicIpEngine.allocate)  # type: ignore[method-assign]
-        PublicIpEngine.release = timed("engine release (flush + ledger)", PublicIpEngine.release)  # type: ignore[method-assign]
-        PublicIpEngine.flush = timed("engine flush (nft batch + addresses)", PublicIpEngine.flush)  # type: ignore[method-assign]
+        PublicIpPlanner.allocate = timed("engine allocate (ledger)", PublicIpPlanner.allocate)  # type: ignore[method-assign]
+        PublicIpPlanner.release = timed("engine release (flush + ledger)", PublicIpPlanner.release)  # type: ignore[method-assign]
+        PublicIpPlanner.flush = timed("engine flush (nft batch + addresses)", PublicIpPlanner.flush)  # type: ignore[method-assign]
         try:
             yield self
         finally:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plugins.module_utils.core.errors import SpecError
-from ..plugins.module_utils.engine.drift import HOST_VARIABLES, DriftEngine, HostDeclaration
+from ..plugins.module_utils.engine.drift import HOST_VARIABLES, DeclaredHost, DriftCheck
 from ..plugins.module_utils.engine.drift_report import (
     IN_SYNC,
     DriftCase,
@@ -76,7 +76,7 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def inventory_declarations(sources: Sequence[str], pattern: str) -> list[HostDeclaration]:
+def inventory_declarations(sources: Sequence[str], pattern: str) -> list[DeclaredHost]:
     """Each matching inventory host's declaration, its variables templated by ansible-core."""
     # ansible-core is imported here only: the rest of `vce` does not need it. Its YAML
     # inventory parser is tried before "auto", which would load every YAML file twice.
@@ -119,15 +119,15 @@ def inventory_declarations(sources: Sequence[str], pattern: str) -> list[HostDec
                 wanted[name] = plain(templar.template(hostvars[name]))
             except AnsibleError as error:
                 raise SpecError(f"{host.name}: {name}", f"cannot be templated: {error}") from None
-        declarations.append(HostDeclaration.from_hostvars(host.name, wanted))
+        declarations.append(DeclaredHost.from_hostvars(host.name, wanted))
     return declarations
 
 
-def drift_cases(declarations: Sequence[HostDeclaration], tenants: Sequence[str]) -> list[DriftCase]:
+def drift_cases(declarations: Sequence[DeclaredHost], tenants: Sequence[str]) -> list[DriftCase]:
     if len(declarations) == 1:
-        return DriftEngine(declarations[0], tenants).cases()
+        return DriftCheck(declarations[0], tenants).cases()
     with ThreadPoolExecutor(min(PARALLEL_HOSTS, len(declarations))) as pool:
-        per_host = pool.map(lambda d: DriftEngine(d, tenants).cases(), declarations)
+        per_host = pool.map(lambda d: DriftCheck(d, tenants).cases(), declarations)
         return [case for cases in per_host for case in cases]
 
 

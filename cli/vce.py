@@ -369,7 +369,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_prices(args: argparse.Namespace) -> int:
     ledger = open_ledger(args)
     with ledger.store.read() as connection:
-        if ledger.plan(connection, args.plan) is None:
+        if ledger.tariff(connection, args.plan) is None:
             raise SpecError("plan", f"no plan {args.plan!r} in the ledger")
         lists = ledger.price_lists(connection, args.plan)
     print_json(

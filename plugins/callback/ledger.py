@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     from ansible_collections.vce.kvm.plugins.module_utils.ledger.recorder import Recorder
 
 
-class Engine:
+class LedgerCode:
     """The collection's ledger code, imported at its first use: the import costs about a
     second, which an ad-hoc query (`ansible -m ping`) that changes nothing should not pay."""
 
@@ -128,7 +128,7 @@ class Engine:
         return self.__dict__[name]
 
 
-engine = Engine()
+ledger_code = LedgerCode()
 
 
 ADHOC_PLAYBOOK = "__adhoc_playbook__"  # the name ansible (ad hoc) gives its one-play playbook
@@ -215,7 +215,7 @@ class CallbackModule(CallbackBase):
         try:
             action()
         except Exception as error:
-            self.warn(f"vce.kvm.ledger: {what} failed: {engine.reason(error)}")
+            self.warn(f"vce.kvm.ledger: {what} failed: {ledger_code.reason(error)}")
 
     # -- the run -------------------------------------------------------------------------
 
@@ -234,18 +234,18 @@ class CallbackModule(CallbackBase):
         self.guarded("recording the run's start", lambda: self.start(detail))
 
     def start(self, detail: dict[str, Any]) -> None:
-        missing = engine.load()
+        missing = ledger_code.load()
         if missing is not None:
             self.warn(f"vce.kvm.ledger: not recording this run: {missing}")
             return
         run_id = os.environ.get("VCE_RUN_ID") or uuid.uuid4().hex
         # Modules run over the local connection inherit it: their ledger events share the id.
         os.environ["VCE_RUN_ID"] = run_id
-        actor = self.get_option("actor") or engine.default_actor()
-        run = engine.RunRecord(run_id, actor, "ansible", engine.utcnow(), detail)
-        main_url = self.get_option("ledger_url") or engine.default_url()
+        actor = self.get_option("actor") or ledger_code.default_actor()
+        run = ledger_code.RunRecord(run_id, actor, "ansible", ledger_code.utcnow(), detail)
+        main_url = self.get_option("ledger_url") or ledger_code.default_url()
         spool_dir = str(self.get_option("spool_dir") or "~/.local/state/vce-kvm/spool")
-        self.recorder = engine.Recorder(run, main_url, spool_dir, self.warn, self.note)
+        self.recorder = ledger_code.Recorder(run, main_url, spool_dir, self.warn, self.note)
         self.recorder.start()
         atexit.register(self.recorder.interrupted)
         self.mention_old_spools(Path(spool_dir).expanduser(), self.recorder.spool_file)
@@ -320,8 +320,10 @@ class CallbackModule(CallbackBase):
         changes = []
         for index, item in enumerate(raw):
             try:
-                changes.append(engine.UsageChange.from_dict(item, f"{where}usage_changes[{index}]"))
-            except engine.SpecError as error:
+                changes.append(
+                    ledger_code.UsageChange.from_dict(item, f"{where}usage_changes[{index}]")
+                )
+            except ledger_code.SpecError as error:
                 if recorder is not None:
                     recorder.counts["invalid"] += 1
                 self.warn(f"{prefix}: a usage change is not recorded: {error}")

@@ -143,8 +143,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import (
-    DriftEngine,
-    HostDeclaration,
+    DeclaredHost,
+    DriftCheck,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import report_document
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
@@ -186,14 +186,14 @@ def main() -> None:
     )
     params = module.params
     try:
-        declaration = HostDeclaration.from_options(
+        declaration = DeclaredHost.from_options(
             params["host_name"] or params["uri"],
             params["uri"],
             params["ledger_url"],
             params["tenants"],
             {option: params[option] for option in SHARED_OPTIONS},
         )
-        cases = DriftEngine(declaration, params["only_tenants"]).cases()
+        cases = DriftCheck(declaration, params["only_tenants"]).cases()
     except SpecError as error:
         module.fail_json(msg=str(error), field=error.field, reason=error.reason)
     except VceError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import libvirt
-from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_domain, parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import read_domain, read_network
 
 
 def domain(conn: libvirt.virConnect, name: str):
@@ -13,10 +13,10 @@ def domain(conn: libvirt.virConnect, name: str):
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
         return None
-    state = parse_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "", bool(dom.autostart()))
+    state = read_domain(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "", bool(dom.autostart()))
     state.state = "running" if dom.isActive() else "shutoff"
     if dom.isActive():
-        live = parse_domain(dom.XMLDesc(0), "", False)
+        live = read_domain(dom.XMLDesc(0), "", False)
         state.live_vcpus = live.vcpus
         state.live_max_vcpus = live.max_vcpus
         state.live_max_memory_mib = live.max_memory_mib
@@ -25,7 +25,7 @@ def domain(conn: libvirt.virConnect, name: str):
 
 def network_hosts(conn: libvirt.virConnect, name: str) -> dict:
     net = conn.networkLookupByName(name)
-    return parse_network(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), True, True).hosts
+    return read_network(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), True, True).hosts
 
 
 def volume(conn: libvirt.virConnect, pool: str, name: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import read_network
 
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import domain
@@ -140,7 +140,7 @@ def token_server(address: str) -> Iterator[TokenServer]:
 def bridge_address(conn: libvirt.virConnect, network: str) -> str:
     """The host's address on a libvirt network's bridge (its gateway)."""
     xml = conn.networkLookupByName(network).XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-    return str(parse_network(xml, True, True).gateway)
+    return str(read_network(xml, True, True).gateway)
 
 
 def test_guest_serves_http_and_fetches_from_host(uri, conn, tenant, subnet, base_image, libvirtd):

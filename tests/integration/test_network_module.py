@@ -6,7 +6,7 @@ import contextlib
 
 import libvirt
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.host.xml import parse_network
+from ansible_collections.vce.kvm.plugins.module_utils.host import xml
 
 from tests.support.ansible_runner import run_module
 
@@ -18,7 +18,7 @@ def read_network(conn, name):
         net = conn.networkLookupByName(name)
     except libvirt.libvirtError:
         return None
-    return parse_network(
+    return xml.read_network(
         net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), net.isActive(), net.autostart()
     )
 

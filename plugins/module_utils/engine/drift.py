@@ -28,7 +28,7 @@ from ..core.validation import as_list, check_name
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..ledger.tenants import Ledger
 from .drift_report import DRIFTED, ERROR, MISSING, ORPHAN, Difference, DriftCase
-from .environment import EnvironmentEngine, Failures, Options
+from .environment import EnvironmentPlanner, Failures, Options
 from .facade import plan_environment
 from .resources.backup_schedule import parse_backup_host, read_host_schedules
 
@@ -50,7 +50,7 @@ DRIFT_OPTIONS = Options(allow_restart=True, allow_replace=True, prune=True)
 
 
 @dataclass
-class HostDeclaration:
+class DeclaredHost:
     """What one KVM host should hold: its tenants' environments and what they share."""
 
     host: str
@@ -67,7 +67,7 @@ class HostDeclaration:
         ledger_url: str | None,
         tenants: Any,
         shared: Mapping[str, Any],
-    ) -> HostDeclaration:
+    ) -> DeclaredHost:
         if tenants is None:
             tenants = {}
         if not isinstance(tenants, Mapping):
@@ -83,7 +83,7 @@ class HostDeclaration:
         return cls(host, uri or DEFAULT_URI, ledger_url or None, declared, shared)
 
     @classmethod
-    def from_hostvars(cls, host: str, hostvars: Mapping[str, Any]) -> HostDeclaration:
+    def from_hostvars(cls, host: str, hostvars: Mapping[str, Any]) -> DeclaredHost:
         """The declaration an inventory host's (templated) variables make."""
         shared = {option: hostvars.get(var) for var, option in HOST_VARIABLES.items()}
         zone = hostvars.get("vce_zone")
@@ -116,10 +116,10 @@ def declared_objects(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-class DriftEngine:
+class DriftCheck:
     """Compares one host's declaration with the host, read once."""
 
-    def __init__(self, declaration: HostDeclaration, only: Sequence[str] = ()) -> None:
+    def __init__(self, declaration: DeclaredHost, only: Sequence[str] = ()) -> None:
         self.declaration = declaration
         self.only = set(only)
         self.backup_read: dict[str, Any] | None = None
@@ -216,7 +216,7 @@ class DriftEngine:
     ) -> list[DriftCase]:
         """The tenant's plan (`spec` None: its removal), never applied, as cases."""
         failures: Failures = {}
-        engine = EnvironmentEngine(host, tenant, DRIFT_OPTIONS)
+        engine = EnvironmentPlanner(host, tenant, DRIFT_OPTIONS)
         try:
             _public_ips, plan = plan_environment(
                 params, spec, ledger, engine, inventory, failures, self.backup_read

@@ -15,9 +15,9 @@ from ..core.spec import EnvironmentSpec, StaticLease, VmSpec
 from ..host.connection import Host, TenantInventory
 from ..host.ownership import tenant_prefix
 from ..host.xml import DomainState, NetworkState, VolumeState
-from .resources.disk import EXTENSIONS, DiskEngine
-from .resources.network import NetworkEngine
-from .resources.vm import Context, VmEngine
+from .resources.disk import EXTENSIONS, DiskPlanner
+from .resources.network import NetworkPlanner
+from .resources.vm import Context, VmPlanner
 
 T = TypeVar("T", DomainState, NetworkState)
 
@@ -46,16 +46,16 @@ class Options:
     shutdown_timeout: float = 60.0
 
 
-class EnvironmentEngine:
+class EnvironmentPlanner:
     """Plans and applies every object of one tenant on one host together."""
 
     def __init__(self, host: Host, tenant: str, options: Options | None = None) -> None:
         self.host = host
         self.tenant = tenant
         self.options = options or Options()
-        self.networks = NetworkEngine(host, tenant)
-        self.disks = DiskEngine(host, tenant)
-        self.vms = VmEngine(host, tenant, self.options.shutdown_timeout)
+        self.networks = NetworkPlanner(host, tenant)
+        self.disks = DiskPlanner(host, tenant)
+        self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout)
 
     def observe(self) -> TenantInventory:
         return self.host.inventory(self.tenant)

@@ -22,7 +22,7 @@ from ..host.facts import tenant_facts
 from ..host.ownership import check_owner, object_name
 from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
 from ..ledger.tenants import Ledger
-from .environment import EnvironmentEngine, Failures, Options, planning
+from .environment import EnvironmentPlanner, Failures, Options, planning
 from .gate import (
     Declaration,
     Gate,
@@ -34,15 +34,15 @@ from .gate import (
     declare_vm,
 )
 from .resources.backup_schedule import (
-    BackupScheduleEngine,
+    BackupSchedulePlanner,
     parse_backup_host,
     plan_environment_backups,
 )
-from .resources.disk import DiskEngine, attached_to, find_volume, volume_name
-from .resources.network import NetworkEngine
-from .resources.public_ip import PublicIpEngine, plan_environment_public_ips, planner_in
+from .resources.disk import DiskPlanner, attached_to, find_volume, volume_name
+from .resources.network import NetworkPlanner
+from .resources.public_ip import PublicIpPlanner, plan_environment_public_ips, planner_in
 from .resources.tenant import ledger_facts, run_block
-from .resources.vm import Context, VmEngine
+from .resources.vm import Context, VmPlanner
 from .resources.zone_link import plan_environment_links
 from .run import Run, conclude, conclude_one, tenant_report
 
@@ -74,7 +74,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         declaration = declare_environment(spec, options.prune)
     host = Host(params.get("uri") or DEFAULT_URI)
     gate = open_gate(params, host, tenant, declaration)
-    engine = EnvironmentEngine(host, tenant, options)
+    engine = EnvironmentPlanner(host, tenant, options)
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
     report = tenant_report(gate, check_mode, public_ips=public_ips)
@@ -86,11 +86,11 @@ def plan_environment(
     params: dict[str, Any],
     spec: EnvironmentSpec | None,
     ledger: Ledger,
-    engine: EnvironmentEngine,
+    engine: EnvironmentPlanner,
     inventory: TenantInventory,
     failures: Failures | None = None,
     backup_read: dict[str, Any] | None = None,
-) -> tuple[PublicIpEngine | None, Plan]:
+) -> tuple[PublicIpPlanner | None, Plan]:
     """The whole tenant's plan on the engine's host: `spec` None means state absent.
 
     Links, public IPs and backup schedules go before the networks and VMs they use when those
@@ -109,7 +109,7 @@ def plan_environment(
     with planning(failures, "zone_link", "*"):
         links = plan_environment_links(spec, ledger, tenant, host.uri, remove_undeclared)
     with planning(failures, "backup_schedule", "*"):
-        schedules = BackupScheduleEngine(ledger, host, tenant, parse_backup_host(params))
+        schedules = BackupSchedulePlanner(ledger, host, tenant, parse_backup_host(params))
         backups = plan_environment_backups(
             spec, schedules, inventory, remove_undeclared, backup_read
         )
@@ -129,7 +129,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = NetworkEngine(host, tenant)
+    engine = NetworkPlanner(host, tenant)
     if params.get("state") == "absent":
         gate = open_gate(params, host, tenant, declare_removal("network", name))
         inventory = host.inventory(tenant)
@@ -145,7 +145,7 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = DiskEngine(host, tenant)
+    engine = DiskPlanner(host, tenant)
     state = params.get("state") or "present"
     name = check_name(params.get("name"), "name")
     if state == "absent":
@@ -190,7 +190,7 @@ def plan_attach(
         raise SpecError("attach_to", f"disk {name!r} is attached to VM {user!r}; detach it first")
     target = free_disk_target({d.target for d in domain.disks})
     xml = disk_device_xml(DiskDevice(target, path, fmt, serial=name))
-    vms = VmEngine(host, tenant)
+    vms = VmPlanner(host, tenant)
     running = domain.state in ("running", "paused")
     plan.add(
         Change(
@@ -213,7 +213,7 @@ def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) 
         return plan
     check_owner(domain.owner, tenant, "vm", domain.name)
     device = next(d for d in domain.disks if d.path == volume.path)
-    vms = VmEngine(host, tenant)
+    vms = VmPlanner(host, tenant)
     running = domain.state in ("running", "paused")
     vm_name = domain.owner.name if domain.owner else domain.name
     plan.add(
@@ -235,7 +235,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         return run_block(params, check_mode)
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = VmEngine(host, tenant, float(params.get("shutdown_timeout") or 60))
+    engine = VmPlanner(host, tenant, float(params.get("shutdown_timeout") or 60))
     state = params.get("state") or "running"
     if state == "absent":
         gate = open_gate(params, host, tenant, declare_removal("vm", name))

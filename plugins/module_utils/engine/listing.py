@@ -47,7 +47,7 @@ class Listing:
 def parse_hosts(raw: Any) -> list[HostSource]:
     if not isinstance(raw, list) or not raw:
         raise SpecError("hosts", "must be a non-empty list of {name, uri, zone}")
-    sources = [parse_host(item, f"hosts[{index}]") for index, item in enumerate(raw)]
+    sources = [parse_source(item, f"hosts[{index}]") for index, item in enumerate(raw)]
     for key in ("name", "uri"):
         repeated = sorted(k for k, n in Counter(getattr(s, key) for s in sources).items() if n > 1)
         if repeated:
@@ -55,7 +55,7 @@ def parse_hosts(raw: Any) -> list[HostSource]:
     return sources
 
 
-def parse_host(item: Any, path: str) -> HostSource:
+def parse_source(item: Any, path: str) -> HostSource:
     if not isinstance(item, Mapping):
         raise SpecError(path, "must be a mapping with name, uri and (optionally) zone")
     unknown = sorted(set(item) - set(HOST_KEYS))

@@ -22,7 +22,7 @@ from ..ledger.metering import UsageWatch
 from .gate import Gate
 
 if TYPE_CHECKING:  # the public IP planner concludes through here too
-    from .resources.public_ip import PublicIpEngine
+    from .resources.public_ip import PublicIpPlanner
 
 # The facts a run reports, from the tenant's objects after it (None when the run reads no
 # libvirt object) and whether it applied anything.
@@ -96,7 +96,7 @@ def tenant_report(
     check_mode: bool,
     section: str | None = None,
     name: str | None = None,
-    public_ips: PublicIpEngine | None = None,
+    public_ips: PublicIpPlanner | None = None,
 ) -> Facts:
     """The facts of a tenant run: one object's (`section` names its kind, e.g. "vms", with
     `name`), or the whole environment's; an environment in check mode reports none."""

@@ -16,9 +16,9 @@ from .xml import (
     DomainState,
     NetworkState,
     VolumeState,
-    parse_domain,
-    parse_network,
-    parse_volume,
+    read_domain,
+    read_network,
+    read_volume,
 )
 
 DEFAULT_URI = "qemu:///system"
@@ -166,7 +166,7 @@ class Host:
                     if inventory is not None:
                         with skip_vanished():
                             key = (pool.name(), vol.name())
-                            inventory.volumes[key] = parse_volume(pool.name(), vol.XMLDesc(0))
+                            inventory.volumes[key] = read_volume(pool.name(), vol.XMLDesc(0))
         for inventory in found.values():
             inventory.pools = dict(pools)
         return found
@@ -177,9 +177,9 @@ class Host:
             state_code = dom.state()[0]
             state = DOMAIN_STATES.get(state_code, "unknown")
             config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-            result = parse_domain(config, state, bool(dom.autostart()))
+            result = read_domain(config, state, bool(dom.autostart()))
             if dom.isActive():
-                live = parse_domain(dom.XMLDesc(0), state, result.autostart)
+                live = read_domain(dom.XMLDesc(0), state, result.autostart)
                 result.live_vcpus = live.vcpus
                 result.live_max_vcpus = live.max_vcpus
                 result.live_max_memory_mib = live.max_memory_mib
@@ -195,10 +195,10 @@ class Host:
         with libvirt_action("read", f"network {net.name()}"):
             active = bool(net.isActive())
             config = net.XMLDesc(self.network_config_flag)
-            state = parse_network(config, active, bool(net.autostart()))
+            state = read_network(config, active, bool(net.autostart()))
             if active:
                 # A lease removed from the running dnsmasq only is still a missing lease.
-                live = parse_network(net.XMLDesc(0), active, state.autostart)
+                live = read_network(net.XMLDesc(0), active, state.autostart)
                 state.hosts = {m: h for m, h in state.hosts.items() if live.hosts.get(m) == h}
             return state
 

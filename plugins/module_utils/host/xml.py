@@ -84,7 +84,7 @@ class NetworkState:
     uplink: str | None = None
 
 
-def parse_network(xml: str, active: bool, autostart: bool) -> NetworkState:
+def read_network(xml: str, active: bool, autostart: bool) -> NetworkState:
     root = ET.fromstring(xml)
     state = NetworkState(root.findtext("name", ""), read_owner(root), active, autostart)
     forward = root.find("forward")
@@ -160,7 +160,7 @@ class VolumeState:
     backing: str | None
 
 
-def parse_volume(pool: str, xml: str) -> VolumeState:
+def read_volume(pool: str, xml: str) -> VolumeState:
     root = ET.fromstring(xml)
     fmt = root.find("target/format")
     return VolumeState(
@@ -290,7 +290,7 @@ class DomainState:
     live_max_memory_mib: int | None = None
 
 
-def parse_domain(config_xml: str, state: str, autostart: bool) -> DomainState:
+def read_domain(config_xml: str, state: str, autostart: bool) -> DomainState:
     root = ET.fromstring(config_xml)
     vcpu = root.find("vcpu")
     max_vcpus = int(vcpu.text or "1") if vcpu is not None else 1

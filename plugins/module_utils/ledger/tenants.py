@@ -92,7 +92,7 @@ def parse_moment(value: Any, field_name: str) -> dt.datetime | None:
 
 
 @dataclass(frozen=True)
-class PlanDef:
+class Tariff:
     name: str
     quotas: dict[str, int]
     trial_quotas: dict[str, int]
@@ -101,7 +101,7 @@ class PlanDef:
     prices: PriceList | None = None
 
 
-def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
+def parse_tariffs(raw: Any, path: str = "plans") -> dict[str, Tariff]:
     """Plans as the inventory declares them:
     {name: {quotas, trial_quotas, trial_hours, backup_frequencies, prices}}."""
     if not isinstance(raw, Mapping):
@@ -136,7 +136,7 @@ def parse_plans(raw: Any, path: str = "plans") -> dict[str, PlanDef]:
         )
         prices = body.get("prices")
         price_list = parse_prices(prices, f"{where}.prices") if prices is not None else None
-        result[name] = PlanDef(name, quotas, trial_quotas, hours, frequencies, price_list)
+        result[name] = Tariff(name, quotas, trial_quotas, hours, frequencies, price_list)
     return result
 
 
@@ -204,7 +204,7 @@ class Ledger:
 
     # -- plans ---------------------------------------------------------------------------
 
-    def plan(self, connection: Any, name: str) -> PlanDef | None:
+    def tariff(self, connection: Any, name: str) -> Tariff | None:
         row = connection.execute(sa.select(plans).where(plans.c.name == name)).first()
         if row is None:
             return None
@@ -213,7 +213,7 @@ class Ledger:
             if row.backup_frequencies
             else DEFAULT_FREQUENCIES
         )
-        return PlanDef(
+        return Tariff(
             row.name,
             json.loads(row.quotas),
             json.loads(row.trial_quotas),
@@ -256,13 +256,13 @@ class Ledger:
         )  # fmt: skip
         return effective_from
 
-    def put_plans(
-        self, connection: Any, defs: Mapping[str, PlanDef], check_mode: bool = False
+    def put_tariffs(
+        self, connection: Any, defs: Mapping[str, Tariff], check_mode: bool = False
     ) -> list[str]:
         """Record plan definitions; returns the names that were new or changed."""
         changed = []
         for name, wanted in sorted(defs.items()):
-            recorded = self.plan(connection, name)
+            recorded = self.tariff(connection, name)
             if recorded is not None and recorded == replace(
                 wanted, prices=wanted.prices or recorded.prices
             ):
@@ -326,14 +326,14 @@ class Ledger:
 
     def limits(self, connection: Any, record: Tenant) -> dict[str, int]:
         """The tenant's quotas now: its plan's (trial quotas while in trial), then overrides."""
-        plan = self.plan(connection, record.plan)
+        plan = self.tariff(connection, record.plan)
         if plan is None:
             raise VceError(f"tenant {record.name}: its plan {record.plan!r} is not in the ledger")
         base = plan.trial_quotas if record.state == "trial" else plan.quotas
         return {**base, **record.overrides}
 
     def create_tenant(
-        self, connection: Any, name: str, customer: str, plan: PlanDef, overrides: Mapping[str, int]
+        self, connection: Any, name: str, customer: str, plan: Tariff, overrides: Mapping[str, int]
     ) -> Tenant:
         """A new tenant: in trial if its plan has one and its customer never had one (3.12)."""
         now = self.now()
@@ -419,7 +419,7 @@ class Ledger:
         """The trial clock starts at the tenant's first VM start."""
         if record.state != "trial" or record.trial_started_at is not None:
             return
-        plan = self.plan(connection, record.plan)
+        plan = self.tariff(connection, record.plan)
         hours = plan.trial_hours if plan else DEFAULT_TRIAL_HOURS
         now = self.now()
         ends = now + dt.timedelta(hours=hours)

@@ -31,7 +31,7 @@ from ..core.backup_spec import Retention, parse_retention
 from ..core.errors import ApplyError, VceError, libvirt_action, libvirt_reason
 from ..core.quota import show
 from ..host.connection import connect
-from ..host.xml import DiskDevice, parse_domain
+from ..host.xml import DiskDevice, read_domain
 from .repo import (
     MANIFEST,
     DiskFile,
@@ -217,7 +217,7 @@ class BackupRun:
             result.cleaned.extend(self.drop_checkpoints(domain, keep=last and last.checkpoint))
             with libvirt_action("read", f"domain {self.config.domain}"):
                 devices = [
-                    d for d in parse_domain(domain.XMLDesc(0), "", False).disks
+                    d for d in read_domain(domain.XMLDesc(0), "", False).disks
                     if d.device == "disk"
                 ]  # fmt: skip
             disks = self.selected_disks(devices)

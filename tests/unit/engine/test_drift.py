@@ -17,8 +17,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, ChangeClass
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import (
-    DriftEngine,
-    HostDeclaration,
+    DeclaredHost,
+    DriftCheck,
     declared_objects,
     evidence,
     failure_status,
@@ -65,7 +65,7 @@ def site(monkeypatch, tmp_path, ledger_url):
 def cases_of(hostvars, only=()):
     return {
         (c.tenant, c.kind, c.name): c
-        for c in DriftEngine(HostDeclaration.from_hostvars("kvm1", hostvars), only).cases()
+        for c in DriftCheck(DeclaredHost.from_hostvars("kvm1", hostvars), only).cases()
     }
 
 
@@ -156,14 +156,14 @@ def test_a_declaration_that_cannot_be_read_is_an_error_for_its_tenant(site):
 
 def test_a_host_that_cannot_be_read_is_one_error_case(site, tmp_path):
     site["vce_uri"] = f"test://{tmp_path}/missing.xml"
-    (case,) = DriftEngine(HostDeclaration.from_hostvars("kvm9", site)).cases()
+    (case,) = DriftCheck(DeclaredHost.from_hostvars("kvm9", site)).cases()
     assert (case.host, case.tenant, case.kind, case.status) == ("kvm9", "", "host", "error")
     assert case.name == site["vce_uri"]
     assert "Failed to connect to libvirt" in case.message
 
 
 def test_the_declaration_comes_from_the_hosts_variables():
-    declaration = HostDeclaration.from_hostvars(
+    declaration = DeclaredHost.from_hostvars(
         "kvm1",
         {
             "vce_uri": "qemu+ssh://root@kvm1/system",
@@ -185,7 +185,7 @@ def test_the_declaration_comes_from_the_hosts_variables():
     }  # fmt: skip
     # Only the environment module's options; the tenant module's stay out.
     assert declaration.tenants == {"acme": {"vms": []}, "globex": {}}
-    bare = HostDeclaration.from_hostvars("kvm2", {"vce_zone": "ast", "vce_zones": {"ala": {}}})
+    bare = DeclaredHost.from_hostvars("kvm2", {"vce_zone": "ast", "vce_zones": {"ala": {}}})
     assert (bare.uri, bare.tenants, bare.shared) == ("qemu:///system", {}, {})
 
 
@@ -195,7 +195,7 @@ def test_the_declaration_comes_from_the_hosts_variables():
 )
 def test_bad_tenant_declarations_are_refused_naming_the_field(tenants, field):
     with pytest.raises(SpecError) as error:
-        HostDeclaration.from_hostvars("kvm1", {"vce_tenants": tenants})
+        DeclaredHost.from_hostvars("kvm1", {"vce_tenants": tenants})
     assert error.value.field == field
 
 

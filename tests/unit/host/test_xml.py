@@ -13,8 +13,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
     NicDevice,
     domain_xml,
     network_xml,
-    parse_domain,
-    parse_network,
+    read_domain,
+    read_network,
 )
 
 
@@ -35,7 +35,7 @@ def test_domain_xml_round_trip_keeps_owner_and_escapes_values():
     assert "a&amp;b &lt;c&gt;" in xml
     root = ET.fromstring(xml)
     assert read_owner(root) == owner
-    state = parse_domain(xml, "shutoff", False)
+    state = read_domain(xml, "shutoff", False)
     assert (state.vcpus, state.max_vcpus, state.memory_mib, state.max_memory_mib) == (
         1,
         4,
@@ -58,7 +58,7 @@ def test_network_xml_round_trip():
     )
     lease = StaticLease("52:54:00:00:00:02", ipaddress.IPv4Address("10.1.0.5"), "web")
     xml = network_xml("acme_lan", spec, Owner("acme", "network", "lan", "h"), [lease])
-    state = parse_network(xml, True, True)
+    state = read_network(xml, True, True)
     assert state.mode == "isolated"
     assert str(state.cidr) == "10.1.0.0/24"
     assert state.mtu == 1400

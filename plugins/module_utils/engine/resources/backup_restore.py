@@ -34,7 +34,7 @@ from ..gate import Declaration, Gate, declare_one
 from ..run import conclude_one
 from .backup_schedule import parse_backup_host
 from .disk import find_volume, volume_name
-from .vm import VmEngine
+from .vm import VmPlanner
 
 MODES = ("new_disk", "in_place")
 
@@ -54,7 +54,7 @@ def find_backup(repo: ScheduleRepo, backup: str) -> Manifest:
     raise SpecError("backup", f"no backup {backup!r} of schedule {repo.schedule} (latest: {shown})")
 
 
-class RestoreEngine:
+class RestorePlanner:
     def __init__(self, ledger: Ledger, host: Host, tenant: str, params: Mapping[str, Any]) -> None:
         self.ledger = ledger
         self.host = host
@@ -181,7 +181,7 @@ class RestoreEngine:
                 f"restoring backup {self.manifest.backup_id} into VM {self.vm} replaces all data "
                 f"on its disk {self.disk}: set confirm: true to do it",
             )
-        vms = VmEngine(self.host, self.tenant, timeout)
+        vms = VmPlanner(self.host, self.tenant, timeout)
         running = domain.state in ("running", "paused")
         if running:
             plan.add(
@@ -246,7 +246,7 @@ def run_backup_restore(params: Mapping[str, Any], check_mode: bool = False) -> R
     tenant = check_name(params.get("tenant"), "tenant")
     host = Host(params.get("uri") or "qemu:///system")
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = RestoreEngine(ledger, host, tenant, params)
+    engine = RestorePlanner(ledger, host, tenant, params)
     if engine.mode == "new_disk":
         name = check_name(params.get("new_disk"), "new_disk")
         mib = mib_of_bytes(engine.file.virtual_size)

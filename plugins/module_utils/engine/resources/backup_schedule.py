@@ -203,7 +203,7 @@ class Observed:
     schedules: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
-class BackupScheduleEngine:
+class BackupSchedulePlanner:
     def __init__(self, ledger: Ledger, host: Host, tenant: str, where: BackupHost) -> None:
         self.ledger = ledger
         self.host = host
@@ -297,7 +297,7 @@ class BackupScheduleEngine:
     def allowed_frequencies(self) -> tuple[tuple[str, ...], str]:
         with self.ledger.store.read() as connection:
             record = self.ledger.require_tenant(connection, self.tenant)
-            plan = self.ledger.plan(connection, record.plan)
+            plan = self.ledger.tariff(connection, record.plan)
         if plan is None:
             raise VceError(f"tenant {self.tenant}: its plan {record.plan!r} is not in the ledger")
         return plan.backup_frequencies, plan.name
@@ -578,7 +578,7 @@ def read_backup_schedule(params: Mapping[str, Any]) -> dict[str, Any] | None:
     vm = check_name(params.get("vm"), "vm")
     name = check_name(params.get("name"), "name")
     where = parse_backup_host(params)
-    engine = BackupScheduleEngine(Ledger.open(where.ledger_url), Host(where.uri), tenant, where)
+    engine = BackupSchedulePlanner(Ledger.open(where.ledger_url), Host(where.uri), tenant, where)
     return engine.facts(engine.observe()).get(f"{vm}/{name}") or None
 
 
@@ -590,7 +590,7 @@ def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> 
     host = Host(where.uri)
     ledger = Ledger.open(where.ledger_url)
     gate = Gate(ledger, host, tenant, Declaration())
-    engine = BackupScheduleEngine(ledger, host, tenant, where)
+    engine = BackupSchedulePlanner(ledger, host, tenant, where)
     observed = engine.observe()
     if params.get("state") == "absent":
         plan = engine.plan_absent([(vm, name)], observed, bool(params.get("purge_backups")))
@@ -612,7 +612,7 @@ def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> 
 
 def plan_environment_backups(
     spec: EnvironmentSpec | None,
-    planner: BackupScheduleEngine,
+    planner: BackupSchedulePlanner,
     inventory: TenantInventory,
     remove_undeclared: bool,
     host_read: Mapping[str, Any] | None = None,

@@ -60,7 +60,7 @@ def check_pool(inventory: TenantInventory, pool: str, field: str) -> str:
     return inventory.pools[pool]
 
 
-class DiskEngine:
+class DiskPlanner:
     """Observe, plan and apply one tenant's standalone disks on one host."""
 
     def __init__(self, host: Host, tenant: str) -> None:

@@ -72,7 +72,7 @@ class HostValues:
 
 
 @dataclass(frozen=True)
-class HostDeclaration:
+class HostRecordSpec:
     name: str
     zone: str
     uri: str
@@ -110,7 +110,7 @@ def check_pools(zone: str, uplink: Any, raw: Any) -> tuple[dict[str, Any], ...]:
     return tuple(pool_record(pool) for pool in parsed.pools)
 
 
-def parse_host(params: Mapping[str, Any]) -> HostDeclaration:
+def parse_host(params: Mapping[str, Any]) -> HostRecordSpec:
     name = check_host_name(params.get("name"), "name")
     if params.get("zone") is None:
         raise SpecError("zone", "the host's zone is required when state=present")
@@ -126,7 +126,7 @@ def parse_host(params: Mapping[str, Any]) -> HostDeclaration:
         raise SpecError(
             "uplink", f"invalid interface name {uplink!r}: 1-15 of a-z, 0-9, '.', '_', '-'"
         )
-    return HostDeclaration(name, zone, uri, uplink, pools)
+    return HostRecordSpec(name, zone, uri, uplink, pools)
 
 
 def version_text(number: int) -> str:
@@ -134,7 +134,7 @@ def version_text(number: int) -> str:
     return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
 
 
-def read_values(declared: HostDeclaration, host: Host) -> HostValues:
+def read_values(declared: HostRecordSpec, host: Host) -> HostValues:
     """The declaration completed with the capacity and versions libvirt reports."""
     with libvirt_action("read the capacity of", f"host {declared.uri}"):
         info = host.conn.getInfo()
@@ -214,7 +214,7 @@ def tenant_objects(host: Host) -> list[str]:
     return found
 
 
-class HostRecordEngine:
+class HostRecordPlanner:
     """Observe, plan and apply one host's record in the ledger, inside one transaction."""
 
     def __init__(self, records: HostRecords, connection: Any) -> None:
@@ -311,13 +311,13 @@ def record_run(
     params: Mapping[str, Any],
     name: str,
     check_mode: bool,
-    planner: Callable[[HostRecordEngine, Any], Plan],
+    planner: Callable[[HostRecordPlanner, Any], Plan],
 ) -> Result:
     """Plan against the record in the ledger and apply under the host's lock unless checking."""
     ledger = Ledger.open(params.get("ledger_url") or None)
     transaction = ledger.store.read() if check_mode else ledger.store.locked(lock_name(name))
     with transaction as connection:
-        engine = HostRecordEngine(HostRecords(ledger), connection)
+        engine = HostRecordPlanner(HostRecords(ledger), connection)
         row = engine.observe(name)
         plan = planner(engine, row)
 

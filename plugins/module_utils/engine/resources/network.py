@@ -13,7 +13,7 @@ from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
 from ...core.spec import NetworkSpec, StaticLease, spec_hash
 from ...host.connection import Host, TenantInventory
 from ...host.ownership import Owner, add_metadata, check_owner, object_name
-from ...host.xml import NetworkState, dhcp_host_element, network_xml, parse_network, to_string
+from ...host.xml import NetworkState, dhcp_host_element, network_xml, read_network, to_string
 
 KIND = "network"
 REPLACE_FIELDS = ("mode", "uplink", "cidr", "gateway", "mtu")
@@ -57,7 +57,7 @@ def managed_leases(state: NetworkState) -> set[str]:
     return {mac for mac in state.owner.get("leases").split(",") if mac}
 
 
-class NetworkEngine:
+class NetworkPlanner:
     """Observe, plan and apply one tenant's networks on one host."""
 
     def __init__(self, host: Host, tenant: str) -> None:
@@ -353,8 +353,8 @@ class NetworkEngine:
     def scopes_holding(self, net: object, mac: str, flags: int) -> list[tuple[int, object]]:
         """Where an entry for `mac` exists now: the live and/or saved definition."""
         scopes = []
-        config = parse_network(net.XMLDesc(self.host.network_config_flag), False, False)
-        live = parse_network(net.XMLDesc(0), True, False) if net.isActive() else None
+        config = read_network(net.XMLDesc(self.host.network_config_flag), False, False)
+        live = read_network(net.XMLDesc(0), True, False) if net.isActive() else None
         in_config = config.hosts.get(mac)
         in_live = live.hosts.get(mac) if live else None
         if in_config and in_live and in_config == in_live:

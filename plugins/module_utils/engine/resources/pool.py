@@ -99,7 +99,7 @@ def pool_facts(state: PoolState | None) -> dict[str, Any]:
     }
 
 
-class PoolEngine:
+class PoolPlanner:
     """Observe, plan and apply one storage pool on one host."""
 
     def __init__(self, host: Host) -> None:
@@ -264,7 +264,7 @@ def run_storage_pool(params: dict[str, Any], check_mode: bool = False) -> Result
         raise SpecError("state", f"must be one of {', '.join(STATES)}, got {state!r}")
     name = check_pool(params.get("name"), "name")
     spec = parse_pool(params) if state == "present" else None
-    engine = PoolEngine(Host(params.get("uri") or DEFAULT_URI))
+    engine = PoolPlanner(Host(params.get("uri") or DEFAULT_URI))
     observed = engine.observe(name)
     plan = engine.plan_present(spec, observed) if spec else engine.plan_absent(name, observed)
 

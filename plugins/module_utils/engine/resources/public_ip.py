@@ -223,7 +223,7 @@ def declared_nic_address(
     raise SpecError(f"{path}.network", f"VM {spec.vm} has no NIC{wanted}")
 
 
-class PublicIpEngine:
+class PublicIpPlanner:
     """Allocation in the ledger and binding on the host, planned together.
 
     Each allocation is its own short ledger transaction under the tenant's and the zone's
@@ -503,7 +503,7 @@ def zone_lock(zone: str) -> str:
 
 def public_ip_planner(
     params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
-) -> PublicIpEngine:
+) -> PublicIpPlanner:
     """The planner of the tenant's public IPs in the zone the run's parameters give."""
     zone = parse_public_zone(params.get("zone"), params.get("zone_config"))
     return planner_in(zone, params, ledger, host, tenant)
@@ -511,9 +511,9 @@ def public_ip_planner(
 
 def planner_in(
     zone: PublicZone, params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
-) -> PublicIpEngine:
+) -> PublicIpPlanner:
     shell = HostShell(check_prefix(params.get("host_command")))
-    return PublicIpEngine(ledger, host, tenant, zone, shell)
+    return PublicIpPlanner(ledger, host, tenant, zone, shell)
 
 
 def read_public_ip(params: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -550,7 +550,7 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
 
 def plan_environment_public_ips(
     spec: EnvironmentSpec | None,
-    planner: PublicIpEngine | None,
+    planner: PublicIpPlanner | None,
     inventory: TenantInventory,
     remove_undeclared: bool,
 ) -> Plan:

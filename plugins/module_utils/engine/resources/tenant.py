@@ -22,15 +22,15 @@ from ...core.validation import check_name
 from ...host.connection import DEFAULT_URI, Host
 from ...host.ownership import object_name
 from ...ledger.metering import UsageWatch
-from ...ledger.tenants import Ledger, PlanDef, Tenant, iso, key_of, parse_moment, parse_plans
+from ...ledger.tenants import Ledger, Tariff, Tenant, iso, key_of, parse_moment, parse_tariffs
 from ..gate import tenant_usage
 from ..run import Run, conclude
-from .vm import VmEngine
+from .vm import VmPlanner
 
 # The terms' targets (5.1), reported with each request.
 QUOTA_REQUEST_TARGET = dt.timedelta(minutes=20)
 STATES = ("active", "suspended", "closed")
-PLANS_LOCK = "(plans)"
+TARIFFS_LOCK = "(plans)"
 
 
 def open_ledger(params: Mapping[str, Any]) -> Ledger:
@@ -42,7 +42,7 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     state = params.get("state") or "active"
     if state not in STATES:
         raise SpecError("state", f"must be one of {', '.join(STATES)}, got {state!r}")
-    catalog = parse_plans(params["plans"]) if params.get("plans") is not None else {}
+    catalog = parse_tariffs(params["plans"]) if params.get("plans") is not None else {}
     overrides = None
     if params.get("quotas") is not None:
         overrides = quota.check_quotas(params["quotas"], "quotas")
@@ -56,8 +56,8 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         if catalog:
             # Plans are shared by tenants registered at the same moment; tenant locks come
             # first, then this one, always in that order.
-            ledger.store.also_lock(connection, PLANS_LOCK)
-        for changed in ledger.put_plans(connection, catalog, check_mode=True):
+            ledger.store.also_lock(connection, TARIFFS_LOCK)
+        for changed in ledger.put_tariffs(connection, catalog, check_mode=True):
             plan.add(
                 Change("plan", changed, "define", field="quotas", after=catalog[changed].quotas)
             )
@@ -67,7 +67,7 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
         actions = TenantActions(ledger, connection, name, params, catalog, requested_at)
         plan.extend(actions.plan(record, customer, params.get("plan"), overrides, state))
         if not check_mode:
-            ledger.put_plans(connection, catalog)
+            ledger.put_tariffs(connection, catalog)
 
         def facts(_after: object, _applied: bool) -> dict[str, Any]:
             after = ledger.tenant(connection, name)
@@ -83,7 +83,7 @@ class TenantActions:
         connection: Any,
         name: str,
         params: Mapping[str, Any],
-        catalog: Mapping[str, PlanDef],
+        catalog: Mapping[str, Tariff],
         requested_at: dt.datetime | None,
     ) -> None:
         self.ledger = ledger
@@ -93,8 +93,8 @@ class TenantActions:
         self.catalog = catalog
         self.requested_at = requested_at
 
-    def plan_def(self, name: str) -> PlanDef:
-        found = self.catalog.get(name) or self.ledger.plan(self.connection, name)
+    def plan_def(self, name: str) -> Tariff:
+        found = self.catalog.get(name) or self.ledger.tariff(self.connection, name)
         if found is None:
             raise SpecError(
                 "plan", f"unknown plan {name!r}: define it under plans (the inventory's plans)"
@@ -262,7 +262,7 @@ def record_facts(ledger: Ledger, connection: Any, record: Tenant) -> dict[str, A
 def pause_or_resume(host: Host, tenant: str, pause: bool, keep_paused: set[str]) -> None:
     """Pause every running VM of the tenant on the host, or resume the paused ones (except
     those blocked one by one)."""
-    engine = VmEngine(host, tenant)
+    engine = VmPlanner(host, tenant)
     for domain in host.inventory(tenant).domains.values():
         if not domain.owner or domain.owner.tenant != tenant:
             continue
@@ -371,7 +371,7 @@ def plan_block(
         return plan
     requested_at = parse_moment(params.get("requested_at"), "requested_at") or ledger.now()
     libvirt_name = object_name(record.name, vm)
-    engine = VmEngine(host, record.name)
+    engine = VmPlanner(host, record.name)
 
     def apply() -> None:
         ledger.set_block(connection, record.name, vm, blocked, params.get("reason") or "")

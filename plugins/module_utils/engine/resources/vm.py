@@ -34,8 +34,8 @@ from ...host.xml import (
     to_string,
     volume_xml,
 )
-from .disk import DiskEngine, check_pool, find_volume, volume_name
-from .network import NetworkEngine
+from .disk import DiskPlanner, check_pool, find_volume, volume_name
+from .network import NetworkPlanner
 
 KIND = "vm"
 SEED_TARGET = "hdc"
@@ -201,14 +201,14 @@ class Resolved:
     seed: str  # digest of the cloud-init seed, "" without one
 
 
-class VmEngine:
+class VmPlanner:
     """Observe, plan and apply one tenant's VMs on one host."""
 
     def __init__(self, host: Host, tenant: str, shutdown_timeout: float = 60.0) -> None:
         self.host = host
         self.tenant = tenant
-        self.networks = NetworkEngine(host, tenant)
-        self.disks = DiskEngine(host, tenant)
+        self.networks = NetworkPlanner(host, tenant)
+        self.disks = DiskPlanner(host, tenant)
         self.shutdown_timeout = shutdown_timeout
 
     # references ------------------------------------------------------------------------------

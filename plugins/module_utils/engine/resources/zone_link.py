@@ -74,7 +74,7 @@ class EndState:
     device: dict[str, Any] | None  # `ip -j -d link` of vx<VNI>, when it exists
 
 
-class ZoneLinkEngine:
+class ZoneLinkPlanner:
     def __init__(
         self, ledger: Ledger, tenant: str, name: str, network: str, ends: tuple[End, End]
     ) -> None:
@@ -386,9 +386,9 @@ def plan_environment_links(
     return plan
 
 
-def zone_link_planner(ledger: Ledger, tenant: str, spec: ZoneLinkSpec) -> ZoneLinkEngine:
+def zone_link_planner(ledger: Ledger, tenant: str, spec: ZoneLinkSpec) -> ZoneLinkPlanner:
     ends = (End.of(spec.ends[0]), End.of(spec.ends[1]))
-    return ZoneLinkEngine(ledger, tenant, spec.name, spec.network, ends)
+    return ZoneLinkPlanner(ledger, tenant, spec.name, spec.network, ends)
 
 
 def recorded_zone_link(params: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import ApplyEr
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_disk
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.disk import (
-    DiskEngine,
+    DiskPlanner,
     find_volume,
 )
 
@@ -19,7 +19,7 @@ POOL = "default-pool"
 
 def plan_of(test_host, raw, path=""):
     spec = parse_disk(raw, "", POOL)
-    return DiskEngine(test_host, "acme").plan_present(spec, test_host.inventory("acme"), path)
+    return DiskPlanner(test_host, "acme").plan_present(spec, test_host.inventory("acme"), path)
 
 
 def test_a_new_disk_is_planned_in_its_pool_and_made_once(test_host):
@@ -89,7 +89,7 @@ def test_a_disk_in_another_pool_is_not_moved(test_host):
 
 
 def test_removal_names_what_goes_and_waits_for_the_vm_to_let_go(test_host):
-    engine = DiskEngine(test_host, "acme")
+    engine = DiskPlanner(test_host, "acme")
     assert not engine.plan_absent("data1", test_host.inventory("acme")).changed
     plan_of(test_host, {"name": "data1", "size_gib": 2}).apply()
     path = find_volume(test_host.inventory("acme"), "acme", "data1").path

@@ -10,7 +10,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host impo
     version_text,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.pool import (
-    PoolEngine,
+    PoolPlanner,
     parse_pool,
     run_storage_pool,
 )
@@ -114,7 +114,7 @@ def test_host(monkeypatch):
 
 
 def test_a_new_pool_is_defined_built_started_and_autostarted(test_host):
-    engine = PoolEngine(test_host)
+    engine = PoolPlanner(test_host)
     spec = parse_pool({"name": "scratch", "path": "/scratch"})
     assert engine.observe("scratch") is None
     plan = engine.plan_present(spec, None)
@@ -133,7 +133,7 @@ def test_a_new_pool_is_defined_built_started_and_autostarted(test_host):
 
 
 def test_a_pool_is_never_moved_or_its_path_taken_twice(test_host):
-    engine = PoolEngine(test_host)
+    engine = PoolPlanner(test_host)
     current = engine.observe("default-pool")
     with pytest.raises(
         SpecError, match="exists with path /default-pool, declared /elsewhere"

@@ -115,7 +115,7 @@ def test_a_replayed_write_keeps_its_run(any_ledger_url):
     for run_id in ("run-a", "run-b"):
         ledger = Ledger.open(any_ledger_url, run_id=run_id)
         with ledger.store.locked("(host test)") as connection:
-            engine = host_record.HostRecordEngine(host_record.HostRecords(ledger), connection)
+            engine = host_record.HostRecordPlanner(host_record.HostRecords(ledger), connection)
             engine.plan_present(declared.name, values, engine.observe(declared.name)).apply()
     [row] = rows(any_ledger_url)
     assert row.run_id == "run-a" and row.key == values.key(declared.name)

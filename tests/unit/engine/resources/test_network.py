@@ -12,7 +12,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network import (
-    NetworkEngine,
+    NetworkPlanner,
     sub_range,
 )
 
@@ -23,7 +23,7 @@ MAC = "52:54:00:aa:00:01"
 
 
 def plan_of(test_host, raw, tenant="acme", **options):
-    engine = NetworkEngine(test_host, tenant)
+    engine = NetworkPlanner(test_host, tenant)
     return engine.plan_present(parse_network(raw, ""), test_host.inventory(tenant), **options)
 
 
@@ -133,7 +133,7 @@ def test_replacing_keeps_leases_the_network_does_not_manage(test_host):
     plan_of(test_host, {**LAN, "static_leases": [{"mac": MAC, "ip": "10.20.0.5"}]}).apply()
     vm_mac = "52:54:00:bb:00:01"
     # A lease of a VM NIC: on the network, not in its own declaration.
-    NetworkEngine(test_host, "acme").set_lease(
+    NetworkPlanner(test_host, "acme").set_lease(
         "acme_lan", vm_mac, parse_network(
             {**LAN, "static_leases": [{"mac": vm_mac, "ip": "10.20.0.9"}]}, ""
         ).static_leases[0],
@@ -174,7 +174,7 @@ def test_overlaps_and_foreign_networks_are_refused(test_host):
 
 
 def test_removal_is_planned_with_what_goes_and_refused_while_a_vm_uses_it(test_host):
-    engine = NetworkEngine(test_host, "acme")
+    engine = NetworkPlanner(test_host, "acme")
     assert not engine.plan_absent("lan", test_host.inventory("acme")).changed
     plan_of(test_host, LAN).apply()
     plan = engine.plan_absent("lan", test_host.inventory("acme"))

@@ -278,7 +278,7 @@ def test_an_environment_checks_the_vms_it_declares(lab):
 @pytest.mark.xfail(
     strict=True,
     reason="prune on one host releases the tenant's public IPs bound on other hosts of the "
-    "zone: PublicIpEngine.allocations() selects by tenant and zone, not by host, so the "
+    "zone: PublicIpPlanner.allocations() selects by tenant and zone, not by host, so the "
     "address is freed in the ledger while the other host keeps its NAT rules for it",
 )
 def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(lab, tmp_path):

@@ -82,9 +82,9 @@ def test_bad_zones(raw, field):
 def test_a_routed_network_names_its_uplink_and_only_it_has_one():
     from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
     from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
-    from ansible_collections.vce.kvm.plugins.module_utils.host.xml import network_xml
     from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
-        parse_network as read_network,
+        network_xml,
+        read_network,
     )
 
     spec = parse_network(
