@@ -13,9 +13,9 @@ from ..core.errors import VceError
 from ..core.plan import Plan
 from ..core.spec import EnvironmentSpec, StaticLease, VmSpec
 from ..host.connection import Host, TenantInventory
-from ..host.ownership import tenant_prefix
+from ..host.ownership import EXTENSIONS, tenant_prefix
 from ..host.xml import DomainState, NetworkState, VolumeState
-from .resources.disk import EXTENSIONS, DiskPlanner
+from .resources.disk import DiskPlanner
 from .resources.network import NetworkPlanner
 from .resources.vm import Context, VmPlanner
 

@@ -19,7 +19,7 @@ from ..core.validation import check_name
 from ..core.zones import zone_of
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
-from ..host.ownership import check_owner, object_name
+from ..host.ownership import check_owner, object_name, volume_name
 from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
 from ..ledger.tenants import Ledger
 from .environment import EnvironmentPlanner, Failures, Options, planning
@@ -38,7 +38,7 @@ from .resources.backup_schedule import (
     parse_backup_host,
     plan_environment_backups,
 )
-from .resources.disk import DiskPlanner, attached_to, find_volume, volume_name
+from .resources.disk import DiskPlanner, attached_to, find_volume
 from .resources.network import NetworkPlanner
 from .resources.public_ip import PublicIpPlanner, plan_environment_public_ips, planner_in
 from .resources.tenant import ledger_facts, run_block

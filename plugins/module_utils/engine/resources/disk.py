@@ -53,7 +53,7 @@ def attached_to(inventory: TenantInventory, path: str) -> DomainState | None:
     return None
 
 
-def check_pool(inventory: TenantInventory, pool: str, field: str) -> str:
+def pool_directory(inventory: TenantInventory, pool: str, field: str) -> str:
     if pool not in inventory.pools:
         known = ", ".join(sorted(inventory.pools)) or "none"
         raise SpecError(field, f"unknown storage pool {pool!r} (pools on this host: {known})")
@@ -68,7 +68,7 @@ class DiskPlanner:
         self.tenant = tenant
 
     def planned_path(self, spec: DiskSpec, inventory: TenantInventory, field: str) -> str:
-        pool_path = check_pool(inventory, spec.pool, field)
+        pool_path = pool_directory(inventory, spec.pool, field)
         return f"{pool_path.rstrip('/')}/{volume_name(self.tenant, spec.name, spec.format)}"
 
     def plan_present(self, spec: DiskSpec, inventory: TenantInventory, path: str = "") -> Plan:

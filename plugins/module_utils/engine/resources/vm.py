@@ -18,7 +18,15 @@ from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
 from ...core.spec import DiskSpec, NetworkSpec, StaticLease, VmSpec, check_host_address, spec_hash
 from ...host.cloudinit import seed_digest, seed_image
 from ...host.connection import Host, TenantInventory
-from ...host.ownership import NAMESPACE, PREFIX, Owner, check_owner, object_name, owner_element
+from ...host.ownership import (
+    NAMESPACE,
+    PREFIX,
+    Owner,
+    check_owner,
+    object_name,
+    owner_element,
+    volume_name,
+)
 from ...host.xml import (
     GIB,
     KIB_PER_MIB,
@@ -34,7 +42,7 @@ from ...host.xml import (
     to_string,
     volume_xml,
 )
-from .disk import DiskPlanner, check_pool, find_volume, volume_name
+from .disk import DiskPlanner, find_volume, pool_directory
 from .network import NetworkPlanner
 
 KIND = "vm"
@@ -215,7 +223,7 @@ class VmPlanner:
 
     def resolve(self, spec: VmSpec, inventory: TenantInventory, ctx: Context) -> Resolved:
         libvirt_name = object_name(self.tenant, spec.name)
-        boot_pool = check_pool(inventory, spec.boot_disk.pool, f"{ctx.path}boot_disk.pool")
+        boot_pool = pool_directory(inventory, spec.boot_disk.pool, f"{ctx.path}boot_disk.pool")
         if self.host.is_local and not os.path.exists(spec.boot_disk.image):
             raise SpecError(
                 f"{ctx.path}boot_disk.image", f"no such image on the host: {spec.boot_disk.image}"
@@ -255,7 +263,7 @@ class VmPlanner:
             raise SpecError(
                 f"{ctx.path}disks[{index}]", f"unknown disk {name!r} of tenant {self.tenant!r}"
             )
-        pool_path = check_pool(inventory, declared.pool, f"{ctx.path}disks[{index}]")
+        pool_path = pool_directory(inventory, declared.pool, f"{ctx.path}disks[{index}]")
         path = f"{pool_path.rstrip('/')}/{volume_name(self.tenant, name, declared.format)}"
         return name, path, declared.format
 
