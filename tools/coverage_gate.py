@@ -32,7 +32,7 @@ def percentages(report: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("report", type=Path)
     parser.add_argument("--minimum", type=float, default=60.0)
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.plan import Plan
 from ..core.result import Result
@@ -24,9 +24,12 @@ from .gate import Gate
 if TYPE_CHECKING:  # the public IP planner concludes through here too
     from .resources.public_ip import PublicIpPlanner
 
-# The facts a run reports, from the tenant's objects after it (None when the run reads no
-# libvirt object) and whether it applied anything.
-Facts = Callable[[TenantInventory | None, bool], dict[str, Any]]
+
+class Facts(Protocol):
+    """The facts a run reports, from the tenant's objects after it (None when the run reads
+    no libvirt object) and whether it applied anything."""
+
+    def __call__(self, after: TenantInventory | None, applied: bool) -> dict[str, Any]: ...
 
 
 @dataclass

@@ -35,7 +35,7 @@ DECLARED = ("networks", "disks", "vms")
 def site(monkeypatch, tmp_path, ledger_url):
     """acme and globex deployed on the test driver; hostvars declaring acme only."""
     drivers = fresh_driver(monkeypatch)
-    next(drivers)
+    next(drivers, None)
     image = tmp_path / "base.qcow2"
     image.write_bytes(b"")
     register(ledger_url, "acme")

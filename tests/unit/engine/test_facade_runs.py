@@ -17,7 +17,7 @@ from tests.support.testdriver import URI, environment, fresh_driver
 @pytest.fixture
 def image(monkeypatch, tmp_path, ledger_url):
     drivers = fresh_driver(monkeypatch)
-    next(drivers)
+    next(drivers, None)
     register(ledger_url, "acme")
     path = tmp_path / "base.qcow2"
     path.write_bytes(b"")
@@ -142,7 +142,7 @@ def test_detaching_plans_the_detach_from_the_vm_using_it(deployed):
 def test_an_environment_removal_is_planned_for_every_object_of_the_tenant(deployed):
     absent = {"uri": URI, "tenant": "acme", "state": "absent"}
     planned = engine.run_environment(absent, check_mode=True)
-    assert {(kind, action) for kind, _, action in actions(planned)} == {
+    assert {(kind, action) for kind, _name, action in actions(planned)} == {
         ("vm", "delete"), ("disk", "delete"), ("network", "delete"),
     }  # fmt: skip
     assert planned.facts == {}

@@ -72,7 +72,7 @@ def test_the_result_is_reported_with_warnings_and_facts_and_the_diff_only_when_a
     assert output["plan"][0]["action"] == "create"
     assert "diff" not in output and "warnings" not in output
     assert module.warnings == ["pool almost full"]
-    _, output, _ = run(action, diff=True)
+    _how, output, _module = run(action, diff=True)
     assert output["diff"] == {"before": {}, "after": {"vm": "web1"}}
 
 
@@ -80,7 +80,7 @@ def test_a_spec_error_names_the_field_and_changes_nothing():
     def action(params, check_mode):
         raise SpecError("vms[0].vcpus", "must be at least 1")
 
-    how, output, _ = run(action)
+    how, output, _module = run(action)
     assert how == "fail"
     assert output["field"] == "vms[0].vcpus"
     assert output["reason"] == "must be at least 1"
@@ -93,7 +93,7 @@ def test_a_quota_breach_lists_each_quota_in_its_unit_gib_as_exact_decimals():
     def action(params, check_mode):
         raise QuotaExceeded("acme", breaches)
 
-    how, output, _ = run(action)
+    how, output, _module = run(action)
     assert how == "fail" and output["changed"] is False
     assert "Quota exceeded for tenant acme" in output["msg"]
     assert output["quota_breaches"] == [
@@ -106,7 +106,7 @@ def test_an_engine_error_is_its_message():
     def action(params, check_mode):
         raise VceError("Failed to connect to libvirt at qemu:///system: no socket")
 
-    how, output, _ = run(action)
+    how, output, _module = run(action)
     assert (how, output) == (
         "fail",
         {"msg": "Failed to connect to libvirt at qemu:///system: no socket", "changed": False},
@@ -117,7 +117,7 @@ def test_a_bug_is_reported_as_one_with_its_trace_kept_for_verbose_runs():
     def action(params, check_mode):
         return {}["missing"]
 
-    how, output, _ = run(action)
+    how, output, _module = run(action)
     assert how == "fail"
     assert output["msg"].startswith("Unexpected error in vce.kvm (KeyError: 'missing')")
     assert "please report it" in output["msg"]

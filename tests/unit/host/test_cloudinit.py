@@ -51,7 +51,7 @@ def test_own_user_data_without_keys_is_passed_as_written():
     script = "#!/bin/sh\necho hello > /tmp/x\n"
     spec = CloudInitSpec("web1", (), script)
     assert cloudinit.user_data(spec) == script.encode()
-    _, files = read_seed(cloudinit.seed_image("i-1", spec))
+    _label, files = read_seed(cloudinit.seed_image("i-1", spec))
     assert files["user-data"] == script.encode()
 
 

@@ -74,7 +74,7 @@ def vm(monkeypatch, tmp_path, ledger_url):
     A run closes its libvirt connection when it ends; the test's own connection keeps the
     test driver's state (the VM) alive across runs, as a host keeps its VMs."""
     drivers = fresh_driver(monkeypatch)
-    next(drivers)
+    next(drivers, None)
     keep = libvirt.open(URI)
     register(ledger_url, "acme")
     disks = tmp_path / "disks"
@@ -167,7 +167,7 @@ def test_retention_prunes_the_oldest_and_the_ledger_knows(vm, tmp_path, ledger_u
     clock = Clock(T0, dt.timedelta(days=1))
     settings = config(tmp_path, ledger_url, retention=Retention(keep_last=2))
     kept = []
-    for _ in range(3):
+    for _attempt in range(3):
         result = BackupRun(settings, clock).run()
         assert result.status == "ok", result.error
         kept.append(result.backup_id)
@@ -181,7 +181,9 @@ def test_retention_prunes_the_oldest_and_the_ledger_knows(vm, tmp_path, ledger_u
 
 
 def test_two_runs_in_the_same_second_get_distinct_ids(vm, tmp_path, ledger_url):
-    ids = [BackupRun(config(tmp_path, ledger_url), lambda: T0).run().backup_id for _ in range(2)]
+    ids = [
+        BackupRun(config(tmp_path, ledger_url), lambda: T0).run().backup_id for _attempt in range(2)
+    ]
     assert ids == ["20261110T020000Z", "20261110T020000Z-2"]
 
 

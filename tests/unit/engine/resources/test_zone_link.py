@@ -35,7 +35,10 @@ ZONE_B = {**LAN, "gateway": "10.30.0.2", "dhcp_start": "10.30.0.100", "dhcp_end"
 
 
 class Zones:
-    def __init__(self, tmp_path, ledger_url, a=ZONE_A, b=ZONE_B, underlay_mtu=1600, lab="lab"):
+    def __init__(self, tmp_path, ledger_url, a=..., b=..., underlay_mtu=1600, lab="lab"):
+        """`a`, `b`: the tenant network on each host (None: none; omitted: ZONE_A, ZONE_B)."""
+        a = ZONE_A if a is ... else a
+        b = ZONE_B if b is ... else b
         tmp_path = tmp_path / lab
         tmp_path.mkdir()
         self.ledger_url = ledger_url
