@@ -77,11 +77,13 @@ import libvirt_qemu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ansible_collections.vce.kvm.plugins.module_utils import backup_runner  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.backup_spec import Retention  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.runner import backup as backup_runner  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.runner.backup import BackupRun, RunnerConfig  # noqa: E402
 from env10 import CpuMeter, host_busy, log, machine_facts, machine_line  # noqa: E402
 

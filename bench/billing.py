@@ -86,9 +86,11 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible_collections.vce.kvm.plugins.module_utils import statement  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.periods import Month, parse_month  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.finance import statement  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.finance.billing import (  # noqa: E402
     STREAM_BATCH,
     Biller,

@@ -54,9 +54,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from env10 import host_busy, log, machine_facts, machine_line, remove_pool  # noqa: E402
 from quota_check import code_version, make_image  # noqa: E402
 

@@ -27,12 +27,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import env10  # noqa: E402
-from ansible_collections.vce.kvm.plugins.module_utils import engine, facts, host  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentEngine  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.host import facts  # noqa: E402
 
 
 @contextlib.contextmanager

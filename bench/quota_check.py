@@ -64,11 +64,13 @@ import libvirt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, Plan  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (  # noqa: E402
     Gate,
     declare_environment,
