@@ -883,7 +883,6 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
     peer = results.get("peer", {})
     versions = peer.get("versions", {})
     block = [
-        DOC_BEGIN,
         f"Latest run: {results['started_utc']} (`{json_path.relative_to(ROOT)}`, not committed).",
         "",
         f"Machine: {machine_line(results['machine'])}.",
@@ -896,14 +895,20 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
             f"{versions.get('ansible_core')}), community.libvirt "
             f"{versions.get('community_libvirt')}, volumes via {peer.get('volume_via')}."
         )
-    block += ["", *report_lines(results), DOC_END]
+    block += ["", *report_lines(results)]
+    write_doc_block(DOC_BEGIN, DOC_END, block)
+
+
+def write_doc_block(begin: str, end: str, lines: list[str]) -> None:
+    """Put lines between the markers begin and end of docs/benchmarks.md (appended, markers
+    and all, when the doc lacks them): the rest of the doc is written by hand."""
+    block = "\n".join([begin, *lines, end])
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        text = head + "\n".join(block) + tail
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 
