@@ -40,7 +40,7 @@ CLEANUP_GRACE_S = 60.0
 def run_one(script: str) -> tuple[int, float]:
     """Run one script's quick mode; its exit status (or a note of the timeout) and wall time."""
     argv = [sys.executable, str(BENCH / f"{script}.py"), "--quick"]
-    print(f"==> {script}: {' '.join(argv[1:])}", flush=True)
+    print(f"==> bench/{script}.py --quick", flush=True)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=BENCH.parent)
     try:
