@@ -11,7 +11,7 @@ the temp dir (``kvm_hosts`` -> ``bench-kvm`` with ``vce_tenants``) and applied b
 ``engine.run_environment`` each: 1 isolated network, 9 standalone 1 GiB disks, 9 stopped VMs
 (1 vCPU, 128 MiB, overlay boot disk, one NIC with a fixed MAC and IP on the network, one of
 the disks attached) and 1 backup schedule (a runner script in the temp dir, unit and config
-directories in the temp dir): 20 declared resources per tenant, 200 in all, 300 libvirt
+directories in the temp dir): 20 declared resources per tenant, 200 in all, 280 libvirt
 objects (VMs, networks, standalone disks and boot disks).
 
 Measured, N times each (default 7) after one warm-up, alternating, median and min wall:

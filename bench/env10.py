@@ -68,7 +68,8 @@ from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 from tools.tinyguest import build_base_image  # noqa: E402
 
-MAIN_VENV = ROOT / ".venv"
+# The virtualenv running this script (normally .venv): its ansible-playbook, its Python.
+MAIN_VENV = Path(sys.prefix)
 PEER_VENV = BENCH / ".venv-peer"
 PEER_REQUIREMENTS = ("ansible>=12,<13", "libvirt-python==12.8.0", "lxml")
 RESULTS_DIR = BENCH / "results"
