@@ -62,8 +62,8 @@ sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
-from env10 import host_busy, log, machine_facts, machine_line, remove_pool  # noqa: E402
-from quota_check import code_version, make_image  # noqa: E402
+from env10 import code_version, host_busy, log, machine_facts, machine_line, remove_pool  # noqa: E402
+from quota_check import make_image  # noqa: E402
 
 from tests.support.backups import runner_script  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402

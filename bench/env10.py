@@ -714,6 +714,21 @@ def phase_peer(ctx: Context) -> dict[str, Any]:
 # machine facts, report
 
 
+def code_version() -> str:
+    """The commit measured, marked dirty when plugins/ differs from it."""
+
+    def git(*argv: str) -> str:
+        proc = subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+        )
+        return proc.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (
+        " + uncommitted plugins/ changes" if git("status", "--porcelain", "plugins") else ""
+    )
+
+
 def machine_facts(conn: libvirt.virConnect) -> dict[str, Any]:
     def version(number: int) -> str:
         return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
@@ -884,7 +899,8 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
     peer = results.get("peer", {})
     versions = peer.get("versions", {})
     block = [
-        f"Latest run: {results['started_utc']} (`{json_path.relative_to(ROOT)}`, not committed).",
+        f"Latest run: {results['started_utc']} at commit {results['code']} "
+        f"(`{json_path.relative_to(ROOT)}`, not committed).",
         "",
         f"Machine: {machine_line(results['machine'])}.",
         f"{results['count']} VMs of {MEMORY_MIB} MiB, 1 vCPU, {SIZE_GIB} GiB qcow2 overlay on the "
@@ -978,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "env10",
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "count": args.count,
+        "code": code_version(),
     }
     errors: list[str] = []
     try:

@@ -85,8 +85,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip
     PublicIpEngine,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell  # noqa: E402
-from env10 import CpuMeter, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
-from quota_check import code_version, make_image, summary_ms  # noqa: E402
+from env10 import CpuMeter, code_version, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
+from quota_check import make_image, summary_ms  # noqa: E402
 
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402

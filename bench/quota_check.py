@@ -87,6 +87,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 from env10 import (  # noqa: E402
     DOC,
     CpuMeter,
+    code_version,
     host_busy,
     log,
     machine_facts,
@@ -438,21 +439,6 @@ def update_doc(results: dict[str, Any]) -> None:
         f"**{verdict}**; {results['check_over_floor']:.3f}x the floor.",
     ]
     write_doc_block(DOC_BEGIN, DOC_END, lines)
-
-
-def code_version() -> str:
-    """The commit measured, marked dirty when plugins/ differs from it."""
-
-    def git(*argv: str) -> str:
-        proc = subprocess.run(
-            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
-        )
-        return proc.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + (
-        " + uncommitted plugins/ changes" if git("status", "--porcelain", "plugins") else ""
-    )
 
 
 def make_image(path: Path) -> Path:
