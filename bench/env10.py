@@ -17,11 +17,18 @@ and the tiny guest base image (tools.tinyguest). Measured, in this order:
 Every phase starts from an empty host and is cleaned up after, in finally blocks; the
 private libvirtd is stopped (and with it every QEMU it started) whatever happens.
 
+The tenant is registered first (untimed) with ``vce.kvm.tenant`` in a SQLite ledger in the
+temp dir (never the user's default ledger), on a plan whose quotas hold exactly its VMs.
+
 Prints a table, the ratios and PASS/MISS per target; writes bench/results/env10-<UTC>.json
 and the latest figures into docs/benchmarks.md (between markers). Exit 0 unless a phase
 errored.
 
-    .venv/bin/python bench/env10.py [--count 10] [--skip-peer] [--no-doc]
+``--quick`` (for CI): 2 VMs, no peer, one start-up sample, no waiting for a quiet machine or
+for the guests to idle; nothing written; a missed speed target is no error, but a no-op that
+reports changes is.
+
+    .venv/bin/python bench/env10.py [--count 10] [--skip-peer] [--no-doc] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import platform
 import resource
@@ -52,13 +60,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 from tools.tinyguest import build_base_image  # noqa: E402
 
-MAIN_VENV = ROOT / ".venv"
+# The virtualenv running this script (normally .venv): its ansible-playbook, its Python.
+MAIN_VENV = Path(sys.prefix)
 PEER_VENV = BENCH / ".venv-peer"
 PEER_REQUIREMENTS = ("ansible>=12,<13", "libvirt-python==12.8.0", "lxml")
 RESULTS_DIR = BENCH / "results"
@@ -71,6 +82,8 @@ CIDR = ipaddress.IPv4Network("10.214.0.0/24")
 MEMORY_MIB = 128
 SIZE_GIB = 1
 TENANT = "bench"  # vce.kvm names its objects bench_<name>
+PLAN = "bench"
+QUICK_COUNT = 2
 FLOOR_PREFIX = "floor"
 PEER_PREFIX = "peer"
 
@@ -273,6 +286,13 @@ def require_ok(run: PlaybookRun, what: str) -> PlaybookRun:
     return run
 
 
+def require_no_changes(run: PlaybookRun) -> PlaybookRun:
+    """A no-op that changes something is a fault, not a slow run: quick mode stops on it."""
+    if run.changed_results or run.plan:
+        raise RuntimeError(f"no-op reported {run.changed_results} changes, plan {run.plan}")
+    return run
+
+
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=1000))
     return path
@@ -378,6 +398,7 @@ class Context:
     count: int
     work: Path
     domain_type: str
+    quick: bool = False  # CI smoke run: fewer samples, no waiting for quiet or idle
 
     @property
     def pool_dir(self) -> Path:
@@ -401,14 +422,16 @@ def phase_startup(ctx: Context, venv: Path, tag: str) -> dict[str, Any]:
         ctx.work / f"startup-ping-{tag}.yml", [{**play, "tasks": [{"ansible.builtin.ping": {}}]}]
     )
     playbook = venv / "bin" / "ansible-playbook"
-    require_ok(run_playbook(playbook, debug, env, ctx.work), "warm-up")  # page cache
+    quiet = not ctx.quick
+    repeats = 1 if ctx.quick else STARTUP_REPEATS
+    require_ok(run_playbook(playbook, debug, env, ctx.work, quiet), "warm-up")  # page cache
     debug_runs = [
-        require_ok(run_playbook(playbook, debug, env, ctx.work), "start-up").wall_s
-        for _ in range(STARTUP_REPEATS)
+        require_ok(run_playbook(playbook, debug, env, ctx.work, quiet), "start-up").wall_s
+        for _ in range(repeats)
     ]
     ping_runs = [
-        require_ok(run_playbook(playbook, ping, env, ctx.work), "ping").wall_s
-        for _ in range(STARTUP_REPEATS)
+        require_ok(run_playbook(playbook, ping, env, ctx.work, quiet), "ping").wall_s
+        for _ in range(repeats)
     ]
     return {
         "debug_s": statistics.median(debug_runs),
@@ -428,7 +451,8 @@ def phase_floor(ctx: Context) -> dict[str, Any]:
     ]  # fmt: skip
     result: dict[str, Any] = {}
     try:
-        result["quiet_wait_s"], result["host_busy_before"] = wait_quiet()
+        if not ctx.quick:
+            result["quiet_wait_s"], result["host_busy_before"] = wait_quiet()
         start = time.perf_counter()
         with CpuMeter() as meter:
             proc = subprocess.run(
@@ -448,6 +472,34 @@ def phase_floor(ctx: Context) -> dict[str, Any]:
         result["removed"] = len(remove_prefixed(ctx.conn, f"{FLOOR_PREFIX}_"))
         result["cleanup_s"] = time.perf_counter() - start
     return result
+
+
+def plan_for(count: int) -> dict[str, Any]:
+    """A plan whose quotas hold the benchmark's environment exactly: the admission is real."""
+    quotas = {
+        "vms": count,
+        "vcpus": count,
+        "ram_gib": math.ceil(count * MEMORY_MIB / 1024),
+        "disk_gib": count * SIZE_GIB,
+        "networks": 1,
+        "public_ips": 0,
+        "zone_links": 0,
+        "backup_schedules": 0,
+        "backup_storage_gib": 0,
+    }
+    return {PLAN: {"quotas": quotas, "trial_hours": 0}}
+
+
+def register_tenant(ctx: Context, playbook: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Register the tenant with vce.kvm.tenant, as an operator does before its first run."""
+    args = {"name": TENANT, "customer": "vce.kvm benchmark", "plan": PLAN}
+    task = {
+        "name": f"Tenant {TENANT} registered",
+        "vce.kvm.tenant": {**args, "plans": plan_for(ctx.count)},
+    }
+    play = {"name": "vce.kvm bench tenant", "hosts": "localhost", "gather_facts": False}
+    book = write_yaml(ctx.work / "vce-tenant.yml", [{**play, "tasks": [task]}])
+    return asdict(require_ok(run_playbook(playbook, book, env, ROOT, quiet=False), "tenant"))
 
 
 def vce_playbook(ctx: Context, path: Path, state: str) -> Path:
@@ -473,21 +525,30 @@ def vce_playbook(ctx: Context, path: Path, state: str) -> Path:
 
 def phase_vce(ctx: Context) -> dict[str, Any]:
     cfg = ansible_cfg(ctx.work / "vce.cfg", MAIN_VENV / "bin" / "python", ROOT / "collections")
-    env = ansible_env(cfg, {"VCE_CONSOLE_LOG_DIR": str(ctx.console_dir)})
+    # A private ledger: the benchmark must never touch the user's default one.
+    ledger = f"sqlite:///{ctx.work / 'ledger.sqlite3'}"
+    env = ansible_env(cfg, {"VCE_CONSOLE_LOG_DIR": str(ctx.console_dir), "VCE_LEDGER_URL": ledger})
     playbook = MAIN_VENV / "bin" / "ansible-playbook"
     present = vce_playbook(ctx, ctx.work / "vce-present.yml", "present")
     absent = vce_playbook(ctx, ctx.work / "vce-absent.yml", "absent")
+    quiet = not ctx.quick
     result: dict[str, Any] = {}
     try:
-        result["first"] = asdict(require_ok(run_playbook(playbook, present, env, ROOT), "vce"))
+        result["tenant"] = register_tenant(ctx, playbook, env)
+        first = run_playbook(playbook, present, env, ROOT, quiet)
+        result["first"] = asdict(require_ok(first, "vce"))
         result["objects"] = count_objects(ctx.conn, TENANT)
         noop = run_playbook(playbook, present, env, ROOT, quiet=False)
         require_ok(noop, "vce no-op (busy)")
         result["noop_busy"] = asdict(noop)
-        result["settle"] = wait_settled(ctx.conn, TENANT)
-        noop = require_ok(run_playbook(playbook, present, env, ROOT), "vce no-op")
-        result["noop"] = asdict(noop)
-        result["absent"] = asdict(require_ok(run_playbook(playbook, absent, env, ROOT), "absent"))
+        if ctx.quick:  # the guests' booting slows it, but its plan must be empty all the same
+            require_no_changes(noop)
+        else:
+            result["settle"] = wait_settled(ctx.conn, TENANT)
+            noop = require_ok(run_playbook(playbook, present, env, ROOT), "vce no-op")
+            result["noop"] = asdict(noop)
+        gone = run_playbook(playbook, absent, env, ROOT, quiet)
+        result["absent"] = asdict(require_ok(gone, "absent"))
     finally:
         start = time.perf_counter()
         result["leftovers_removed"] = remove_prefixed(ctx.conn, f"{TENANT}_")
@@ -653,6 +714,21 @@ def phase_peer(ctx: Context) -> dict[str, Any]:
 # machine facts, report
 
 
+def code_version() -> str:
+    """The commit measured, marked dirty when plugins/ differs from it."""
+
+    def git(*argv: str) -> str:
+        proc = subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+        )
+        return proc.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (
+        " + uncommitted plugins/ changes" if git("status", "--porcelain", "plugins") else ""
+    )
+
+
 def machine_facts(conn: libvirt.virConnect) -> dict[str, Any]:
     def version(number: int) -> str:
         return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
@@ -753,14 +829,15 @@ def report_lines(results: dict[str, Any]) -> list[str]:
     def row(name: str, *keys: str) -> tuple[str, str, str]:
         return name, fmt(dig(results, *keys, "wall_s")), bg(*keys)
 
+    samples = len(dig(results, "startup", "debug_runs_s") or []) or STARTUP_REPEATS
     rows = [
         (
-            "Ansible start-up (1 debug task, median of 3)",
+            f"Ansible start-up (1 debug task, median of {samples})",
             fmt(dig(results, "startup", "debug_s")),
             "",
         ),
         (
-            "same with 1 module task (ping), median of 3, for reference",
+            f"same with 1 module task (ping), median of {samples}, for reference",
             fmt(dig(results, "startup", "ping_s")),
             "",
         ),
@@ -822,8 +899,8 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
     peer = results.get("peer", {})
     versions = peer.get("versions", {})
     block = [
-        DOC_BEGIN,
-        f"Latest run: {results['started_utc']} (`{json_path.relative_to(ROOT)}`, not committed).",
+        f"Latest run: {results['started_utc']} at commit {results['code']} "
+        f"(`{json_path.relative_to(ROOT)}`, not committed).",
         "",
         f"Machine: {machine_line(results['machine'])}.",
         f"{results['count']} VMs of {MEMORY_MIB} MiB, 1 vCPU, {SIZE_GIB} GiB qcow2 overlay on the "
@@ -835,14 +912,20 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
             f"{versions.get('ansible_core')}), community.libvirt "
             f"{versions.get('community_libvirt')}, volumes via {peer.get('volume_via')}."
         )
-    block += ["", *report_lines(results), DOC_END]
+    block += ["", *report_lines(results)]
+    write_doc_block(DOC_BEGIN, DOC_END, block)
+
+
+def write_doc_block(begin: str, end: str, lines: list[str]) -> None:
+    """Put lines between the markers begin and end of docs/benchmarks.md (appended, markers
+    and all, when the doc lacks them): the rest of the doc is written by hand."""
+    block = "\n".join([begin, *lines, end])
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        text = head + "\n".join(block) + tail
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 
@@ -852,7 +935,7 @@ def update_doc(results: dict[str, Any], json_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def private_host(count: int) -> Iterator[Context]:
+def private_host(count: int, quick: bool = False) -> Iterator[Context]:
     """A private libvirtd with the `default` pool; everything removed on the way out."""
     base = Path(tempfile.mkdtemp(prefix="vce-bench-", dir="/tmp"))
     work = base / "work"
@@ -866,7 +949,7 @@ def private_host(count: int) -> Iterator[Context]:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         create_pool(conn, daemon.base_dir / "pool")
         image = build_base_image()
-        yield Context(daemon, conn, image, count, work, domain_type())
+        yield Context(daemon, conn, image, count, work, domain_type(), quick)
     finally:
         if conn is not None:
             for prefix in (FLOOR_PREFIX, TENANT, PEER_PREFIX):
@@ -897,17 +980,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=10, help="VMs per environment")
     parser.add_argument("--skip-peer", action="store_true", help="leave community.libvirt out")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"CI smoke run: {QUICK_COUNT} VMs, no peer, nothing written, errors only fail",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.count, args.skip_peer, args.no_doc = QUICK_COUNT, True, True
 
     started = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {
         "benchmark": "env10",
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "count": args.count,
+        "code": code_version(),
     }
     errors: list[str] = []
     try:
-        with private_host(args.count) as ctx:
+        with private_host(args.count, args.quick) as ctx:
             results["machine"] = machine_facts(ctx.conn)
             results["base_image"] = str(ctx.image)
             log(f"private libvirtd at {ctx.daemon.uri}; {machine_line(results['machine'])}")
@@ -923,9 +1014,10 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = summarise(results)
     results["errors"] = errors
     results["finished_utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS_DIR / f"env10-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.quick:  # a smoke run's figures are no results
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
     if "machine" in results:
         print(f"Machine: {machine_line(results['machine'])}")
@@ -953,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = dig(results, "vce", "noop", "plan")
     if plan:
         print(f"vce no-op plan (should be empty): {plan}")
-    print(f"results: {json_path}")
+    if not args.quick:
+        print(f"results: {json_path}")
     if "machine" in results and not args.no_doc:
         update_doc(results, json_path)
         print(f"updated: {DOC}")

@@ -13,6 +13,12 @@ built with ElementTree. Cleanup is the caller's job (``--cleanup`` removes what 
     python bench/floor.py --uri URI --image BASE.qcow2 --count 10 [--cleanup]
 
 Prints one JSON object on stdout: the phases' durations in seconds, measured inside the script.
+
+``--quick`` (for CI) needs no daemon of the caller's: it starts a private libvirtd (as
+bench/env10.py does), creates 2 VMs, checks them, runs the cleanup, checks nothing is left;
+exit 1 when a check fails.
+
+    python bench/floor.py --quick
 """
 
 from __future__ import annotations
@@ -164,10 +170,31 @@ def cleanup(args: argparse.Namespace) -> dict[str, float]:
     return {"cleanup": time.perf_counter() - start}
 
 
+def quick(args: argparse.Namespace) -> int:
+    """Create and clean up a few VMs on a private libvirtd, checking both did their job."""
+    # Imported here only: the measured floor must not pay for the benchmark's imports.
+    import env10
+
+    with env10.private_host(env10.QUICK_COUNT, quick=True) as ctx:
+        args.uri, args.image, args.count = ctx.daemon.uri, str(ctx.image), ctx.count
+        args.domain_type, args.console_dir = ctx.domain_type, str(ctx.console_dir)
+        result = create(args)
+        made = env10.count_objects(ctx.conn, args.prefix)
+        result.update(cleanup(args))
+        left = env10.count_objects(ctx.conn, args.prefix)
+    json.dump(result, sys.stdout)
+    print()
+    wanted = {"running_domains": args.count, "overlay_volumes": args.count, "active_networks": 1}
+    if made != wanted or any(left.values()):
+        print(f"ERROR made {made} (wanted {wanted}), left after cleanup {left}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uri", required=True)
-    parser.add_argument("--image", required=True, help="qcow2 base image (absolute path)")
+    parser.add_argument("--uri")
+    parser.add_argument("--image", help="qcow2 base image (absolute path)")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--prefix", default="floor")
     parser.add_argument("--pool", default="default")
@@ -177,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain-type", default="qemu", choices=["qemu", "kvm"])
     parser.add_argument("--console-dir", default="", help="serial console logs go here")
     parser.add_argument("--cleanup", action="store_true", help="remove what a run created")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run on a private libvirtd")
     args = parser.parse_args(argv)
+    if args.quick:
+        return quick(args)
+    if not (args.uri and args.image):
+        parser.error("--uri and --image are required (or --quick)")
     result = cleanup(args) if args.cleanup else create(args)
     json.dump(result, sys.stdout)
     print()

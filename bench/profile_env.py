@@ -6,7 +6,10 @@ apply, facts), waits for the guests to idle, runs the same declaration again (th
 and prints the timings as JSON, with the libvirt calls inside them. Also reports what a fresh
 interpreter pays to import the engine.
 
-    .venv/bin/python bench/profile_env.py [--count 10] [--cprofile]
+``--quick`` (for CI): 2 VMs, one import sample, no waiting for the guests; exit 1 when the
+no-op path plans any change.
+
+    .venv/bin/python bench/profile_env.py [--count 10] [--cprofile] [--quick]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import io
 import json
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import time
@@ -27,12 +31,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import env10  # noqa: E402
-from ansible_collections.vce.kvm.plugins.module_utils import engine, facts, host  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentPlanner  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.host import facts  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -121,21 +129,25 @@ def instrument_vm_create(calls: dict[str, float]) -> Callable[[], None]:
     return restore
 
 
-def import_time() -> dict[str, float]:
-    """Wall time of a fresh interpreter importing the engine (what each module run pays)."""
+def import_time(samples: int = 5) -> dict[str, float]:
+    """Wall time of a fresh interpreter importing the engine (what each module run pays):
+    the median of `samples`."""
     python = env10.MAIN_VENV / "bin" / "python"
     code = "import ansible_collections.vce.kvm.plugins.module_utils.engine.facade"
+    # The checkout's engine, not the copy installed in the venv.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "collections")}
     out: dict[str, float] = {}
     for label, snippet in (("python -c pass", "pass"), ("import engine", code)):
         runs = []
-        for _ in range(5):
+        for _ in range(samples):
             start = time.perf_counter()
-            subprocess.run([str(python), "-c", snippet], cwd=ROOT, check=True, timeout=60)
+            subprocess.run([str(python), "-c", snippet], cwd=ROOT, env=env, check=True, timeout=60)
             runs.append(time.perf_counter() - start)
-        out[label] = sorted(runs)[2]
+        out[label] = statistics.median(runs)
     proc = subprocess.run(
         [str(python), "-X", "importtime", "-c", code],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -155,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--cprofile", action="store_true", help="cProfile the fresh run")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: 2 VMs, no waiting")
     args = parser.parse_args(argv)
-    out: dict[str, Any] = {"imports": import_time()}
-    with env10.private_host(args.count) as ctx:
+    if args.quick:
+        args.count = env10.QUICK_COUNT
+    out: dict[str, Any] = {"imports": import_time(1 if args.quick else 5)}
+    with env10.private_host(args.count, args.quick) as ctx:
         os.environ["VCE_CONSOLE_LOG_DIR"] = str(ctx.console_dir)
         p = params(ctx)
         calls: dict[str, float] = {}
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             if profiler:
                 profiler.disable()
             out["fresh"]["libvirt_calls_s"] = dict(calls)
-            out["fresh_settle"] = env10.wait_settled(ctx.conn, env10.TENANT)
+            if not args.quick:  # the no-op's figures only count with the guests idle
+                out["fresh_settle"] = env10.wait_settled(ctx.conn, env10.TENANT)
             calls.clear()
             out["noop"] = run_steps(p)
             out["noop"]["libvirt_calls_s"] = dict(calls)
@@ -182,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(25)
             out["cprofile_top"] = stream.getvalue().splitlines()[:60]
     print(json.dumps(out, indent=2))
+    if args.quick and out["noop"]["changes"]:
+        print(f"ERROR the no-op planned {out['noop']['changes']} changes", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,10 +30,15 @@ sample (its mount namespace, mean) and the cores other processes used during the
 in the JSON also the garbage collector's time per sample and its full passes.
 
 Every object, the pool, the private daemon and the temp dir are removed in finally blocks.
-Prints a table; writes bench/results/quota_check.json. Exit 1 when the check proper's median
+Prints a table; writes bench/results/quota_check.json and the latest figures into
+docs/benchmarks.md (between markers; not with --no-doc). Exit 1 when the check proper's median
 is 20 ms or more, 2 when the set-up or a measurement failed.
 
-    .venv/bin/python bench/quota_check.py [--repeats 30] [--warmups 3] [--cprofile]
+``--quick`` (for CI): 50 objects (3 networks, 22 disks, 25 VMs), 3 samples after 1 warm-up,
+no waiting for a quiet machine, nothing written; exit 2 on a failure, else 0.
+
+    .venv/bin/python bench/quota_check.py [--repeats 30] [--warmups 3] [--cprofile] [--no-doc]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +70,13 @@ import libvirt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The checkout's engine, not the copy installed in the venv (it may be an older layout).
+sys.path.insert(0, str(ROOT / "collections"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ansible_collections.vce.kvm.plugins.module_utils import engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, Plan  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (  # noqa: E402
     Gate,
     declare_environment,
@@ -77,13 +85,16 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (  # no
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger  # noqa: E402
 from env10 import (  # noqa: E402
+    DOC,
     CpuMeter,
+    code_version,
     host_busy,
     log,
     machine_facts,
     machine_line,
     remove_pool,
     wait_quiet,
+    write_doc_block,
 )
 
 from tests.support.ledger import forget_stores, register  # noqa: E402
@@ -94,24 +105,41 @@ from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E40
 RESULTS = ROOT / "bench" / "results" / "quota_check.json"
 TENANT = "bench"
 POOL = "default"
-NETWORKS = 30
-DISKS = 220
-VMS = 250
+DOC_BEGIN = "<!-- quota_check:latest:begin (written by bench/quota_check.py) -->"
+DOC_END = "<!-- quota_check:latest:end -->"
 CIDR_SECOND_OCTET = 233  # 10.233.N.0/24: clear of the 10.x ranges the tests and env10 use
 MEMORY_MIB = 128
 SIZE_GIB = 1
 TARGET_MS = 20.0
 
 
+@dataclass(frozen=True)
+class Size:
+    """The tenant's objects: the issue's 500, or a tenth of them for a quick run."""
+
+    networks: int = 30
+    disks: int = 220
+    vms: int = 250
+
+    @property
+    def total(self) -> int:
+        return self.networks + self.disks + self.vms
+
+
+FULL = Size()
+QUICK = Size(networks=3, disks=22, vms=25)
+QUICK_REPEATS = 3
+QUICK_WARMUPS = 1
+
+
 # --------------------------------------------------------------------------------------------
 # the declaration
 
 
-def declaration_params(
-    uri: str, image: Path, vms: int = VMS, disks: int = DISKS, networks: int = NETWORKS
-) -> dict[str, Any]:
+def declaration_params(uri: str, image: Path, size: Size, extra_vms: int = 0) -> dict[str, Any]:
     """The tenant's environment: `networks` isolated /24s, `disks` standalone disks, `vms`
-    stopped VMs with one NIC each (networks in turn, fixed MAC, no fixed IP)."""
+    (+ `extra_vms`) stopped VMs with one NIC each (networks in turn, fixed MAC, no fixed IP)."""
+    networks, disks, vms = size.networks, size.disks, size.vms + extra_vms
     return {
         "uri": uri,
         "tenant": TENANT,
@@ -141,10 +169,10 @@ def declaration_params(
     }
 
 
-def create_tenant(uri: str, image: Path) -> dict[str, Any]:
-    """All 500 objects in one engine call (a failure ends the bench: the engine must manage it)."""
+def create_tenant(uri: str, image: Path, size: Size) -> dict[str, Any]:
+    """All objects in one engine call (a failure ends the bench: the engine must manage it)."""
     start = time.perf_counter()
-    run = engine.run_environment(declaration_params(uri, image))
+    run = engine.run_environment(declaration_params(uri, image, size))
     return {
         "mode": "one call",
         "changes": len(run.plan),
@@ -211,11 +239,13 @@ def measure(
     repeats: int,
     warmups: int,
     after: Callable[[], None] | None = None,
+    quiet: bool = True,
 ) -> dict[str, Any]:
     """Time `action` (bounded: warmups + repeats calls); `after` runs untimed after each call.
     An action may return its own parts (seconds by label), summarised alongside its total.
-    CPU over the timed calls: this process, the private libvirtd's namespace, the rest."""
-    waited, busy = wait_quiet()
+    CPU over the timed calls: this process, the private libvirtd's namespace, the rest.
+    With quiet, first wait (bounded) for the machine to be nearly idle."""
+    waited, busy = wait_quiet() if quiet else (0.0, host_busy(0.2))
     for _ in range(warmups):
         action()
         if after is not None:
@@ -268,20 +298,32 @@ def bare_listing(conn: libvirt.virConnect) -> Callable[[], None]:
     return action
 
 
-def run_measurements(uri: str, url: str, image: Path, repeats: int, warmups: int) -> dict[str, Any]:
-    params = declaration_params(uri, image, VMS + 1)  # one VM more than exists
+@dataclass(frozen=True)
+class Series:
+    """How each figure is sampled."""
+
+    repeats: int
+    warmups: int
+    quiet: bool = True  # wait for a quiet machine first
+
+
+def run_measurements(uri: str, url: str, image: Path, size: Size, series: Series) -> dict[str, Any]:
+    params = declaration_params(uri, image, size, extra_vms=1)  # one VM more than exists
+    repeats, warmups, quiet = series.repeats, series.warmups, series.quiet
     declaration = declare_environment(parse_environment(params, POOL), prune=False)
     host = Host(uri)
     ledger = Ledger.open(url)
     inventory = host.inventory(TENANT)
     out: dict[str, Any] = {}
 
-    out["bare_listing"] = measure("names-only listing", bare_listing(host.conn), repeats, warmups)
+    out["bare_listing"] = measure(
+        "names-only listing", bare_listing(host.conn), repeats, warmups, quiet=quiet
+    )
 
     def floor() -> None:
         host.inventory(TENANT)
 
-    out["floor"] = measure("floor", floor, repeats, warmups)
+    out["floor"] = measure("floor", floor, repeats, warmups, quiet=quiet)
 
     delta: dict[str, int] = {}
 
@@ -299,7 +341,7 @@ def run_measurements(uri: str, url: str, image: Path, repeats: int, warmups: int
             "check": t3 - t2,
         }
 
-    out["check"] = measure("check proper", check, repeats, warmups)
+    out["check"] = measure("check proper", check, repeats, warmups, quiet=quiet)
     out["check"]["delta"] = dict(delta)
     out["check"]["observed_objects"] = len(observed_objects(inventory))
 
@@ -314,19 +356,19 @@ def run_measurements(uri: str, url: str, image: Path, repeats: int, warmups: int
         with ledger.store.read() as connection:
             ledger.release(connection, gate.key)
 
-    out["admission"] = measure("admission at apply", admission, repeats, warmups, release)
+    out["admission"] = measure("admission at apply", admission, repeats, warmups, release, quiet)
 
     def check_mode() -> None:
         result = engine.run_environment(params, check_mode=True)
         assert [(c["kind"], c["action"]) for c in result.plan] == [("vm", "create")], result.plan
 
-    out["check_mode_run"] = measure("check-mode run", check_mode, repeats, warmups)
+    out["check_mode_run"] = measure("check-mode run", check_mode, repeats, warmups, quiet=quiet)
     return out
 
 
-def profile_check(uri: str, url: str, image: Path, loops: int = 200) -> str:
+def profile_check(uri: str, url: str, image: Path, size: Size, loops: int = 200) -> str:
     """cProfile of the check proper (`loops` times), top functions by cumulative time."""
-    params = declaration_params(uri, image, VMS + 1)
+    params = declaration_params(uri, image, size, extra_vms=1)
     declaration = declare_environment(parse_environment(params, POOL), prune=False)
     host = Host(uri)
     ledger = Ledger.open(url)
@@ -378,19 +420,25 @@ def report_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def code_version() -> str:
-    """The commit measured, marked dirty when plugins/ differs from it."""
-
-    def git(*argv: str) -> str:
-        proc = subprocess.run(
-            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
-        )
-        return proc.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + (
-        " + uncommitted plugins/ changes" if git("status", "--porcelain", "plugins") else ""
-    )
+def update_doc(results: dict[str, Any]) -> None:
+    """The latest figures into docs/benchmarks.md, with when, what and where they were made."""
+    check = results["measurements"]["check"]
+    verdict = "PASS" if results["target_met"] else "MISS"
+    lines = [
+        f"Latest run: {results['started_utc']} at commit {results['code']} "
+        f"(`{RESULTS.relative_to(ROOT)}`, not committed).",
+        "",
+        f"Machine: {machine_line(results['machine'])}.",
+        f"Tenant {TENANT}: {results['resources']['total']} resources, created by one call in "
+        f"{results['create']['wall_s']:.1f} s; {results['repeats']} samples after "
+        f"{results['warmups']} warm-ups; p95 is the nearest rank.",
+        "",
+        *report_lines(results),
+        "",
+        f"Check proper median {check['median_ms']:.2f} ms, target < {TARGET_MS:.0f} ms: "
+        f"**{verdict}**; {results['check_over_floor']:.3f}x the floor.",
+    ]
+    write_doc_block(DOC_BEGIN, DOC_END, lines)
 
 
 def make_image(path: Path) -> Path:
@@ -408,7 +456,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--cprofile", action="store_true", help="also profile the check proper")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke run: 50 objects, 3 samples, nothing written"
+    )
     args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    if args.quick:
+        args.repeats, args.warmups = QUICK_REPEATS, QUICK_WARMUPS
+    series = Series(args.repeats, args.warmups, quiet=not args.quick)
 
     started = dt.datetime.now(dt.UTC)
     begin = time.perf_counter()
@@ -417,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "repeats": args.repeats,
         "warmups": args.warmups,
-        "declared": {"networks": NETWORKS, "disks": DISKS, "vms": VMS},
+        "declared": asdict(size),
         "code": code_version(),
     }
     errors: list[str] = []
@@ -440,20 +496,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"private libvirtd at {daemon.uri}; {machine_line(results['machine'])}")
         register(url, TENANT)
 
-        log(f"creating {NETWORKS} networks, {DISKS} disks, {VMS} stopped VMs ...")
-        results["create"] = create_tenant(daemon.uri, image)
+        log(f"creating {size.networks} networks, {size.disks} disks, {size.vms} stopped VMs ...")
+        results["create"] = create_tenant(daemon.uri, image, size)
         log(f"created in {results['create']['wall_s']:.1f} s ({results['create']['mode']})")
         results["resources"] = count_resources(Host(daemon.uri))
         log(f"resources of tenant {TENANT}: {results['resources']}")
-        if results["resources"]["total"] != NETWORKS + DISKS + VMS:
-            raise RuntimeError(
-                f"expected {NETWORKS + DISKS + VMS} resources, found {results['resources']}"
-            )
-        results["measurements"] = run_measurements(
-            daemon.uri, url, image, args.repeats, args.warmups
-        )
+        if results["resources"]["total"] != size.total:
+            raise RuntimeError(f"expected {size.total} resources, found {results['resources']}")
+        results["measurements"] = run_measurements(daemon.uri, url, image, size, series)
         if args.cprofile:
-            results["cprofile"] = profile_check(daemon.uri, url, image)
+            results["cprofile"] = profile_check(daemon.uri, url, image, size)
     except Exception as error:
         errors.append(f"{type(error).__name__}: {error}")
         log(f"FAILED: {error}\n{traceback.format_exc()}")
@@ -478,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if check and floor:
         results["check_over_floor"] = check["median_ms"] / floor["median_ms"]
         results["target_met"] = check["median_ms"] < TARGET_MS
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.quick:  # a smoke run's figures are no results
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
     if "machine" in results:
         print(f"Machine: {machine_line(results['machine'])}")
@@ -512,12 +565,16 @@ def main(argv: list[str] | None = None) -> int:
     if "cprofile" in results:
         print(results["cprofile"])
     print(f"total {results['total_s']:.1f} s (clean-up {results['cleanup_s']:.1f} s)")
-    print(f"results: {RESULTS}")
+    if not args.quick:
+        print(f"results: {RESULTS}")
+    if check and floor and not (args.quick or args.no_doc or errors):
+        update_doc(results)
+        print(f"updated: {DOC}")
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)
     if errors:
         return 2
-    return 0 if results.get("target_met") else 1
+    return 0 if results.get("target_met") or args.quick else 1
 
 
 if __name__ == "__main__":
