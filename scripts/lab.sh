@@ -5,7 +5,8 @@
 #                         and apply the demo tenant (a network, two VMs with disks, started)
 #   scripts/lab.sh test   install everything and run the whole test suite (what CI runs):
 #                         ruff, ansible-doc, playbook syntax, ansible-lint, ansible-test sanity,
-#                         pytest, and `molecule test` (the roles converged on this machine)
+#                         pytest (the unit tier with its coverage gate first), every
+#                         benchmark's quick mode, and `molecule test` (the roles converged here)
 #   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
 #                         and apply playbooks/zones.yml: public IPs and a cross-zone link
 #   scripts/lab.sh zones-down   stop the zone lab
@@ -116,6 +117,8 @@ run_tests() {
   echo "lab: pytest (cli, pulumi, integration against a private libvirtd, guest boot, multi-host)"
   PATH="$PWD/$VENV/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider --durations=20 tests \
     --ignore=tests/unit
+  echo "lab: every benchmark's quick mode (small counts, nothing recorded: none breaks unnoticed)"
+  PATH="$PWD/$VENV/bin:$PATH" "$py" bench/quick.py
   echo "lab: molecule test (kvm_host and tenant_environment on this machine, testinfra)"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/molecule" test
 }
