@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.errors import VceError
 from .metering import Metering, UsageChange
-from .spool import RunRecord, replay, spool, spool_path, spool_run
+from .spool import RunRecord, is_header, replay, spool, spool_path, spool_run
 from .store import safe_url
 from .tenants import Ledger, utcnow
 
@@ -195,7 +195,8 @@ class Recorder:
         if not self.spool_file.exists():
             return
         try:
-            waiting = sum(1 for line in self.spool_file.open(encoding="utf-8") if line.strip())
+            with self.spool_file.open(encoding="utf-8") as lines:
+                waiting = sum(1 for line in lines if line.strip() and not is_header(line))
         except OSError:
             waiting = 0
         self.warn(

@@ -4,11 +4,16 @@
 
 The ledger callback appends here when the ledger is unreachable, and replays the file at its
 next write and at the end of the run; `vce ledger record --spool FILE` replays what is left.
-A spool file holds one run's records, one JSON object per line, each naming the ledger it
-belongs to:
+A spool file holds one run's records: a header line, then one JSON object per line, each
+naming the ledger it belongs to (docs/billing.md, "The spool file", has the format):
 
+    {"vce_spool": 1}
     {"v": 1, "type": "usage", "url": ..., "run_id": ..., "actor": ..., "change": {...}}
     {"v": 1, "type": "run", "event": "start" | "finish", "url": ..., "run_id": ..., ...}
+
+A replay only ever touches a spool file: a regular file, not a link, whose first line is the
+header (a file of older versions, without it, when every line is a spool line). Anything else
+is refused untouched: `vce ledger record --spool FILE` may run as root on whatever it is given.
 
 Usage changes are idempotent in the ledger (one key per change) and so are run records, so a
 line replayed twice never counts twice. What is written leaves the file; the file goes when
@@ -23,6 +28,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +42,9 @@ from .store import safe_url
 from .tenants import Ledger, parse_moment, utcnow
 
 VERSION = 1
+HEADER = {"vce_spool": VERSION}  # the first line of every spool file
+HEADER_LINE = json.dumps(HEADER)
+ENTRY_TYPES = ("usage", "run")
 RUN_EVENTS = ("start", "finish")
 # A run id becomes a file name as it is when it is plain; anything else is replaced.
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -142,6 +151,8 @@ def append(path: Path, entries: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with locked(path, create=True) as handle:
         if handle is not None:
+            if os.fstat(handle.fileno()).st_size == 0:
+                text = HEADER_LINE + "\n" + text
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -151,9 +162,16 @@ def append(path: Path, entries: list[dict[str, Any]]) -> Path:
 @contextmanager
 def locked(path: Path, create: bool) -> Iterator[IO[str] | None]:
     """The spool file, open for appending under an exclusive lock (None if it is gone and
-    `create` is false). The file may hold a ledger URL with its password: owner only."""
-    flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
+    `create` is false). The file may hold a ledger URL with its password: owner only.
+    Links are never followed, and only a regular file is opened (see `check_file`)."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
     while True:
+        try:
+            check_file(path)
+        except FileNotFoundError:
+            if not create:
+                yield None
+                return
         try:
             descriptor = os.open(path, flags, 0o600)
         except FileNotFoundError:
@@ -161,6 +179,8 @@ def locked(path: Path, create: bool) -> Iterator[IO[str] | None]:
                 raise
             yield None
             return
+        except OSError as error:  # ELOOP: a link put in its place since check_file
+            raise SpecError("spool", f"{path} cannot be opened as a spool file: {error}") from None
         handle = os.fdopen(descriptor, "a+", encoding="utf-8")
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         if same_file(path, handle):
@@ -170,6 +190,22 @@ def locked(path: Path, create: bool) -> Iterator[IO[str] | None]:
         yield handle
     finally:
         handle.close()
+
+
+def check_file(path: Path) -> None:
+    """Refuse what a replay must not rewrite: a symbolic link (its target would be replaced
+    by a new file: links broken, and as root any file reachable), a file with other hard
+    links (they would keep the old content), anything but a regular file (a device or a
+    FIFO would be read). A missing file raises FileNotFoundError."""
+    found = os.lstat(path)
+    if stat.S_ISLNK(found.st_mode):
+        raise SpecError(
+            "spool", f"{path} is a symbolic link; name the spool file itself, not a link to it"
+        )
+    if not stat.S_ISREG(found.st_mode):
+        raise SpecError("spool", f"{path} is not a regular file")
+    if found.st_nlink > 1:
+        raise SpecError("spool", f"{path} has other hard links; a replay would break them")
 
 
 def same_file(path: Path, handle: IO[str]) -> bool:
@@ -194,7 +230,10 @@ def replay(
 ) -> Replayed:
     """Write what the spool file holds to the ledgers it names (`ledger_factory(url)` opens
     one); what is written leaves the file, which is removed once empty. A line that cannot be
-    read or written stays and is reported (`report`, one message each), never raised."""
+    read or written stays and is reported (`report`, one message each), never raised.
+
+    A file that is not a spool file (see `check_file` and `read_lines`) raises SpecError
+    before anything is written, and is left as it was."""
     tell = report or (lambda _message: None)
     spool_file = Path(path)
     with locked(spool_file, create=False) as handle:
@@ -202,16 +241,47 @@ def replay(
             return Replayed(0, 0)
         handle.seek(0)
         lines = read_lines(handle.read(), spool_file, tell)
+        if not lines:  # a header alone: nothing to write, nothing to rewrite
+            return Replayed(0, 0)
         written, kept = replay_lines(lines, ledger_factory, tell)
-        rewrite(spool_file, kept)
+        rewrite(spool_file, kept, os.fstat(handle.fileno()))
     return Replayed(written, len(kept))
 
 
+def is_header(raw: str) -> bool:
+    try:
+        return json.loads(raw) == HEADER
+    except ValueError:
+        return False
+
+
+def is_entry(raw: str) -> bool:
+    """A line as the spool writer writes it: a JSON object of a known type naming its ledger."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return False
+    return (
+        isinstance(entry, dict)
+        and entry.get("v") == VERSION
+        and entry.get("type") in ENTRY_TYPES
+        and isinstance(entry.get("url"), str)
+        and bool(entry["url"])
+    )
+
+
 def read_lines(text: str, path: Path, tell: Report) -> list[Line]:
+    """The spool lines after the header. Without the header (files of older versions) every
+    line must be a spool line; else the file is not a spool file and SpecError is raised."""
+    numbered = [(number, raw) for number, raw in enumerate(text.splitlines(), 1) if raw.strip()]
+    if numbered and is_header(numbered[0][1]):
+        numbered = numbered[1:]
+    elif not numbered or not all(is_entry(raw) for _number, raw in numbered):
+        raise SpecError(
+            "spool", f"{path} is not a spool file (its first line is not {HEADER_LINE})"
+        )
     lines = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
+    for number, raw in numbered:
         line = Line(number, raw)
         try:
             entry = json.loads(raw)
@@ -296,19 +366,31 @@ def write_run(ledger: Ledger, run: RunRecord) -> None:
         metering.finish_run(run.run_id, run.result, run.ended_at or utcnow(), run.end_detail)
 
 
-def rewrite(path: Path, kept: list[Line]) -> None:
-    """Leave only the kept lines: a new file put in place at once (a crash keeps the old one,
-    whose lines are idempotent), or no file at all."""
+def rewrite(path: Path, kept: list[Line], old: os.stat_result) -> None:
+    """Leave only the kept lines after the header: a new file with the old one's mode and
+    owner, put in place at once (a crash keeps the old one, whose lines are idempotent), or no
+    file at all. `path` is a regular file with no other link (`check_file`)."""
     if not kept:
         path.unlink(missing_ok=True)
         return
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write("".join(line.text + "\n" for line in kept))
+            keep_owner_and_mode(handle.fileno(), old)
+            handle.write("".join([HEADER_LINE + "\n"] + [line.text + "\n" for line in kept]))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def keep_owner_and_mode(descriptor: int, old: os.stat_result) -> None:
+    """The new file as the old one was: who may read a spool (it may hold a ledger password)
+    is its owner's choice, not the replay's. Changing the owner needs root; a user replays
+    only their own files, whose owner is already theirs."""
+    new = os.fstat(descriptor)
+    if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+        os.fchown(descriptor, old.st_uid, old.st_gid)
+    os.fchmod(descriptor, stat.S_IMODE(old.st_mode))

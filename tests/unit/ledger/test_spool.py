@@ -7,10 +7,13 @@ import datetime as dt
 import json
 import os
 
+import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import UsageChange
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import (
+    HEADER_LINE,
     RunRecord,
     replay,
     spool,
@@ -72,7 +75,8 @@ def test_spooled_changes_and_run_replay_into_the_ledger_and_the_file_goes(tmp_pa
     spool_run(spool_dir, ledger_url, run_record(result="ok"), "finish")
     assert path == spool_path(spool_dir, "run-1")
     assert oct(path.stat().st_mode & 0o777) == "0o600"  # it may hold a password in its URL
-    assert len(path.read_text().splitlines()) == 5
+    header, *lines = path.read_text().splitlines()
+    assert json.loads(header) == {"vce_spool": 1} and len(lines) == 5
 
     assert replay(path, Ledger.open) == (3, 0)
     assert not path.exists()
@@ -113,8 +117,9 @@ def test_a_bad_line_is_reported_and_kept_while_the_others_are_written(tmp_path, 
 
     assert replay(path, Ledger.open, told.append) == (2, 2)
     assert any("change.vcpus" in message and "-1" in message for message in told), told
-    assert any(":3: not a JSON line" in message for message in told), told
-    kept = path.read_text().splitlines()
+    assert any(":4: not a JSON line" in message for message in told), told
+    header, *kept = path.read_text().splitlines()
+    assert header == HEADER_LINE
     assert kept[1] == "{not json" and json.loads(kept[0])["change"]["vcpus"] == -1
     assert {r.name for r in rows(ledger_url, usage_intervals)} == {"web1", "web3"}
     # Replaying what is left changes nothing and still reports it: never raised.
@@ -130,7 +135,8 @@ def test_an_unreachable_ledger_keeps_its_lines_and_the_others_are_written(tmp_pa
 
     assert replay(path, Ledger.open, told.append) == (1, 2)
     assert any("nobody@127.0.0.1:1/none" in message for message in told), told
-    assert [json.loads(line)["url"] for line in path.read_text().splitlines()] == [UNREACHABLE] * 2
+    urls = [json.loads(line).get("url") for line in path.read_text().splitlines()]
+    assert urls == [None, UNREACHABLE, UNREACHABLE]
 
     # The CLI's way to write them elsewhere: a factory that ignores the URL in the file.
     assert replay(path, into(ledger_url)) == (1, 0)
@@ -145,3 +151,66 @@ def test_replaying_a_missing_file_does_nothing(tmp_path):
 def test_an_odd_run_id_still_makes_one_file_in_the_spool_directory(tmp_path):
     path = spool_path(tmp_path, "../../etc/passwd run")
     assert path.parent == tmp_path and os.sep not in path.name and path.suffix == ".jsonl"
+
+
+def entry_line(url, name="web1"):
+    return json.dumps({"v": 1, "type": "usage", "url": url, "run_id": "run-9", "actor": "ops",
+                       "change": change(name)})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "root:x:0:0:root:/root:/bin/bash\n\nbin:x:1:1::/:/usr/sbin/nologin\n",
+        '{"url": "sqlite:////tmp/x"}\n',  # a JSON object is not a spool line
+        '{entry}\n{"v": 1}\n',  # without the header, one foreign line is enough
+    ],
+)
+def test_a_file_that_is_not_a_spool_file_is_refused_and_left_as_it_was(tmp_path, text):
+    path = tmp_path / "passwd"
+    path.write_text(text.replace("{entry}", entry_line("sqlite:////tmp/x")))
+    path.chmod(0o644)
+    before = path.read_bytes()
+    with pytest.raises(SpecError, match="not a spool file"):
+        replay(path, Ledger.open)
+    assert path.read_bytes() == before and oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_spool_file_of_an_older_version_without_its_header_still_replays(tmp_path, ledger_url):
+    path = tmp_path / "old.jsonl"
+    path.write_text(entry_line(ledger_url) + "\n" + entry_line(UNREACHABLE, "far") + "\n")
+    assert replay(path, Ledger.open) == (1, 1)
+    header, kept = path.read_text().splitlines()  # rewritten as today's spool files are
+    assert header == HEADER_LINE and json.loads(kept)["url"] == UNREACHABLE
+
+
+def test_a_rewrite_keeps_the_files_mode_and_owner(tmp_path, ledger_url):
+    path = spool(tmp_path, "run-5", UNREACHABLE, [change("far")])
+    spool(tmp_path, "run-5", ledger_url, [change("near")])
+    path.chmod(0o640)
+    owner = (path.stat().st_uid, path.stat().st_gid)
+    assert replay(path, Ledger.open) == (1, 1)
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    assert (path.stat().st_uid, path.stat().st_gid) == owner
+
+
+def test_links_are_refused_and_neither_they_nor_their_target_change(tmp_path, ledger_url):
+    target = spool(tmp_path / "spool", "run-6", ledger_url, [change()])
+    before = target.read_bytes()
+    symlink, hardlink = tmp_path / "symlink.jsonl", tmp_path / "hardlink.jsonl"
+    symlink.symlink_to(target)
+    os.link(target, hardlink)
+    with pytest.raises(SpecError, match="symbolic link"):
+        replay(symlink, Ledger.open)
+    with pytest.raises(SpecError, match="hard links"):
+        replay(hardlink, Ledger.open)
+    assert symlink.is_symlink() and target.read_bytes() == before == hardlink.read_bytes()
+    assert rows(ledger_url, usage_intervals) == []
+
+
+def test_a_header_alone_is_left_alone(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(HEADER_LINE + "\n")
+    assert replay(path, Ledger.open) == (0, 0)
+    assert path.read_text() == HEADER_LINE + "\n"
