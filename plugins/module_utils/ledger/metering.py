@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.errors import SpecError
 from ..core.quota import mib_of_bytes
+from ..core.spec import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
 from ..core.validation import check_name
 from ..host.connection import TenantInventory
 from ..host.ownership import EXTENSIONS, tenant_prefix
@@ -63,6 +64,15 @@ class Meter:
 ABSENT = Meter("absent")
 ResourceKey = tuple[str, str]  # (kind, name)
 QUANTITIES = ("vcpus", "ram_mib", "disk_mib", "public_ips", "zone_links")
+# The most one resource can hold, by the engine's own limits (a VM's vCPUs and RAM, a disk's
+# size; a public IP or a zone link is one): a reported change beyond them is no run's doing.
+QUANTITY_LIMITS = {
+    "vcpus": MAX_VCPUS,
+    "ram_mib": MAX_MEMORY_MIB,
+    "disk_mib": MAX_DISK_GIB * 1024,
+    "public_ips": 1,
+    "zone_links": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -115,15 +125,19 @@ class UsageChange:
         state = one_of(raw.get("state"), STATES, f"{path}.state")
         amounts = {}
         for quantity in QUANTITIES:
-            value = raw.get(quantity, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise SpecError(f"{path}.{quantity}", f"must be a whole number ≥ 0, got {value!r}")
-            amounts[quantity] = value
+            amounts[quantity] = quantity_of(raw.get(quantity, 0), quantity, f"{path}.{quantity}")
         vm = raw.get("vm") or ""
         if not isinstance(vm, str):
             raise SpecError(f"{path}.vm", "must be a VM name")
         action = str(raw.get("action") or "changed")
         return cls(tenant, host, kind, name, action, at, Meter(state, vm, **amounts))
+
+
+def quantity_of(value: Any, quantity: str, path: str) -> int:
+    limit = QUANTITY_LIMITS[quantity]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise SpecError(path, f"must be a whole number from 0 to {limit}, got {value!r}")
+    return value
 
 
 def one_of(value: Any, allowed: Iterable[str], path: str) -> str:

@@ -214,3 +214,19 @@ def test_a_header_alone_is_left_alone(tmp_path):
     path.write_text(HEADER_LINE + "\n")
     assert replay(path, Ledger.open) == (0, 0)
     assert path.read_text() == HEADER_LINE + "\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vcpus", 65),
+        ("ram_mib", 1024 * 1024 + 1),
+        ("disk_mib", 64 * 1024 * 1024 + 1),
+        ("public_ips", 2),
+        ("zone_links", -1),
+        ("vcpus", 1e9),
+    ],
+)
+def test_a_change_beyond_what_one_resource_can_hold_is_refused_naming_its_field(field, value):
+    with pytest.raises(SpecError, match=f"change.{field}: must be a whole number from 0 to"):
+        UsageChange.from_dict({**change(), field: value}, "change")
