@@ -22,10 +22,17 @@ description:
   - Writes the usage changes that vce.kvm modules report (C(usage_changes), in loops too) to
     the ledger as each task result arrives, so billing follows what the run did. The same
     change is never counted twice.
+  - Only results of vce.kvm modules are read (the task's resolved action, so short names count
+    when the play's C(collections) resolve them to vce.kvm); a C(usage_changes) in any other
+    result (C(debug), C(set_fact), another collection's module) is ignored. A change is
+    recorded only for the task's C(tenant) on the host its C(uri) names (for
+    M(vce.kvm.zone_link), its first end's), with quantities within the engine's limits; any
+    other is a warning naming the field.
   - The run id is E(VCE_RUN_ID) if set, else a new one; the callback sets E(VCE_RUN_ID) so the
     modules run over the local connection record their ledger events under the same run.
   - Each change goes to the ledger the module used - the C(ledger_url) argument of the task
-    (or its C(module_defaults)) if it has one, else this callback's O(ledger_url).
+    (or its C(module_defaults)) if it has one, else this callback's O(ledger_url). The URL is
+    never taken from the result itself.
   - A ledger problem never fails the playbook. Changes that cannot be written are kept in a
     spool file O(spool_dir)/<run id>.jsonl and retried at the next write and at the end of the
     run; what is still there at the end is written later with C(vce ledger record --spool FILE).
@@ -69,7 +76,7 @@ notes:
     Ctrl+C is marked C(interrupted).
   - A task with C(no_log) hides its result from callbacks, so its usage changes are not
     recorded by this callback; C(vce ledger reconcile) records what the host holds.
-  - Changes of a loop are written when the loop's task ends.
+  - Changes of a loop are written as each item ends.
 seealso:
   - module: vce.kvm.environment
 """
@@ -77,7 +84,7 @@ seealso:
 import atexit
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +110,7 @@ class LedgerCode:
         if not self.loaded:
             self.loaded = True
             try:
-                from ansible_collections.vce.kvm.plugins.module_utils.core import errors
+                from ansible_collections.vce.kvm.plugins.module_utils.core import errors, fields
                 from ansible_collections.vce.kvm.plugins.module_utils.ledger import (
                     metering,
                     recorder,
@@ -118,6 +125,8 @@ class LedgerCode:
                     self.__dict__.update(
                         {k: v for k, v in vars(module).items() if not k.startswith("_")}
                     )
+                # The uri a module connects to when its task names none.
+                self.__dict__["default_uri"] = fields.URI.default
         return self.error
 
     def __getattr__(self, name: str) -> Any:
@@ -150,19 +159,44 @@ def url_in(args: Any, fallback: str) -> str:
     return fallback
 
 
-def invocation_args(data: Mapping[str, Any]) -> Any:
-    invocation = data.get("invocation")
-    return invocation.get("module_args") if isinstance(invocation, Mapping) else None
+COLLECTION = "vce.kvm."
 
 
-def reported(data: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """The task's result and each of its loop items', with where they are in the result."""
-    yield "", data
-    items = data.get("results")
-    if isinstance(items, list):
-        for index, item in enumerate(items):
-            if isinstance(item, Mapping):
-                yield f"results[{index}].", item
+def vce_module(task: Any) -> str:
+    """The vce.kvm module the task ran, without its collection; "" for any other action, whose
+    results are never billing records. `resolved_action` is the FQCN Ansible resolved (short
+    names through the play's `collections` included); an action it cannot resolve, such as a
+    templated one, is not taken for ours."""
+    resolved = getattr(task, "resolved_action", None)
+    if isinstance(resolved, str) and resolved.startswith(COLLECTION):
+        return resolved[len(COLLECTION) :]
+    return ""
+
+
+def task_args(task: Any) -> Mapping[str, Any]:
+    """The task's arguments as Ansible templated them (module_defaults included): those of a
+    loop's item in the item's callback. The result's own copy (`invocation`) is never read:
+    a result is the module's word, the arguments are the playbook's."""
+    args = getattr(task, "args", None)
+    return args if isinstance(args, Mapping) else {}
+
+
+def plain(value: Any) -> str:
+    """A plain string argument, else "" (an untemplated value is not the value)."""
+    return value if isinstance(value, str) and not is_template(value) else ""
+
+
+def scope_of(module: str, args: Mapping[str, Any], default_uri: str) -> tuple[str, str]:
+    """(tenant, host) a vce.kvm module records its changes under: its `tenant`, and its `uri`
+    as given (the engine's UsageWatch takes the host's URI as it is); a zone link is metered on
+    its first end's host. "" where the task does not say."""
+    if module == "zone_link":
+        ends = args.get("ends")
+        first = ends[0] if isinstance(ends, list) and ends else None
+        uri = first.get("uri") if isinstance(first, Mapping) else None
+    else:
+        uri = args.get("uri") or default_uri
+    return plain(args.get("tenant")), plain(uri)
 
 
 def result_parts(result: Any) -> tuple[Mapping[str, Any], Any, str, str]:
@@ -285,46 +319,68 @@ class CallbackModule(CallbackBase):
         self.guarded("recording usage changes", lambda: self.collect(result))
 
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        self.guarded("recording usage changes", lambda: self.collect(result))
+
+    # A loop's items come one by one, each with its own templated arguments (the loop's task
+    # result carries them only untemplated): each item is collected here, the loop's result,
+    # which has no usage_changes of its own, adds nothing.
+
+    def v2_runner_item_on_ok(self, result: Any) -> None:
+        self.guarded("recording usage changes", lambda: self.collect(result))
+
+    def v2_runner_item_on_failed(self, result: Any) -> None:
         # A loop that failed on one item still made the changes its other items report.
         self.guarded("recording usage changes", lambda: self.collect(result))
 
     def collect(self, result: Any) -> None:
         data, task, task_name, host = result_parts(result)
+        module = vce_module(task)
+        raw = data.get("usage_changes")
+        if not module or not raw:
+            return
         if self.recorder is None and self.adhoc_detail is not None:
-            if not any(part.get("usage_changes") for _where, part in reported(data)):
-                return
             self.start(self.adhoc_detail)
             self.adhoc_detail = None
         recorder = self.recorder
         if recorder is None:
             return
-        task_url = url_in(invocation_args(data), url_in(getattr(task, "args", None), ""))
-        batches: dict[str, list[UsageChange]] = {}
-        for where, part in reported(data):
-            raw = part.get("usage_changes")
-            if not raw:
-                continue
-            url = url_in(invocation_args(part), task_url) or recorder.main_url
-            changes = self.checked(raw, where, task_name, host)
-            batches.setdefault(url, []).extend(changes)
-        for url, changes in batches.items():
-            recorder.record(url, changes)
+        args = task_args(task)
+        changes = self.checked(raw, module, args, f"vce.kvm.ledger: task {task_name!r} on {host}")
+        if changes:
+            recorder.record(url_in(args, recorder.main_url), changes)
 
-    def checked(self, raw: Any, where: str, task_name: str, host: str) -> list[UsageChange]:
-        """The valid changes; each invalid one is a warning naming its field."""
-        recorder = self.recorder
-        prefix = f"vce.kvm.ledger: task {task_name!r} on {host}"
+    def checked(
+        self, raw: Any, module: str, args: Mapping[str, Any], prefix: str
+    ) -> list[UsageChange]:
+        """The valid changes of the task's tenant on its host; each other one is a warning
+        naming its field."""
         if not isinstance(raw, list):
-            self.warn(f"{prefix}: {where}usage_changes must be a list; not recorded")
+            self.warn(f"{prefix}: usage_changes must be a list; not recorded")
             return []
+        tenant, uri = scope_of(module, args, ledger_code.default_uri)
         changes = []
         for index, item in enumerate(raw):
+            where = f"usage_changes[{index}]"
             try:
-                changes.append(
-                    ledger_code.UsageChange.from_dict(item, f"{where}usage_changes[{index}]")
-                )
+                change = ledger_code.UsageChange.from_dict(item, where)
+                check_scope(change, where, tenant, uri)
             except ledger_code.SpecError as error:
-                if recorder is not None:
-                    recorder.counts["invalid"] += 1
-                self.warn(f"{prefix}: a usage change is not recorded: {error}")
+                self.refused(prefix, error)
+            else:
+                changes.append(change)
         return changes
+
+    def refused(self, prefix: str, error: Exception) -> None:
+        if self.recorder is not None:
+            self.recorder.counts["invalid"] += 1
+        self.warn(f"{prefix}: a usage change is not recorded: {error}")
+
+
+def check_scope(change: UsageChange, where: str, tenant: str, uri: str) -> None:
+    """A module records changes of its task's tenant on its task's host, never another's."""
+    if change.tenant != tenant:
+        wanted = repr(tenant) if tenant else "a plain tenant argument"
+        raise ledger_code.SpecError(f"{where}.tenant", f"must be the task's tenant ({wanted})")
+    if change.host != uri:
+        wanted = repr(uri) if uri else "a plain uri argument"
+        raise ledger_code.SpecError(f"{where}.host", f"must be the task's host ({wanted})")
