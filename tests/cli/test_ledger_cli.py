@@ -13,6 +13,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.billing import Scenario, local
 
@@ -236,3 +239,75 @@ def test_a_report_with_its_time_without_offset_is_refused(books):
     done = vce(books.url, "ledger", "incident", "report", "--tenant", "acme",
                "--reported-at", "2026-11-20T00:00:00")  # fmt: skip
     assert done.returncode == 2 and "needs a UTC offset" in done.stderr
+
+
+# -- vce ledger record --spool ----------------------------------------------------------------
+
+
+def spool_example():
+    """The spool file docs/billing.md shows, as it is written there."""
+    text = (ROOT / "docs" / "billing.md").read_text(encoding="utf-8")
+    block = text.split("```jsonl\n", 1)[1].split("```", 1)[0]
+    assert block.startswith('{"vce_spool": 1}\n'), block
+    return block
+
+
+def rows_of(url, table):
+    with Ledger.open(url).store.read() as connection:
+        return connection.execute(sa.select(table)).fetchall()
+
+
+def test_the_spool_example_of_the_docs_replays_into_a_fresh_ledger(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    path = tmp_path / "spool" / "7f3c2a9e.jsonl"
+    path.parent.mkdir()
+    path.write_text(spool_example(), encoding="utf-8")
+    done = vce(url, "ledger", "record", "--spool", str(path), "--ledger-url", url)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert json.loads(done.stdout) == {"spool": str(path), "written": 1, "remaining": 0}
+    assert not path.exists()
+    (usage,) = rows_of(url, usage_intervals)
+    assert (usage.tenant, usage.name, usage.vcpus, usage.run_id) == ("acme", "web", 2, "7f3c2a9e")
+    (run,) = rows_of(url, runs)
+    assert (run.id, run.actor, run.result) == ("7f3c2a9e", "ops", "ok")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "root:x:0:0:root:/root:/bin/bash\n\nbin:x:1:1::/:/usr/sbin/nologin\n",
+        '{"tenant": "acme", "vcpus": 720000000}\n',
+        "",
+    ],
+)
+def test_a_file_that_is_not_a_spool_file_is_refused_and_left_as_it_was(books, tmp_path, text):
+    path = tmp_path / "passwd"
+    path.write_text(text)
+    path.chmod(0o644)
+    done = vce(books.url, "ledger", "record", "--spool", str(path))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "not a spool file" in done.stderr and "Traceback" not in done.stderr
+    assert path.read_text() == text and oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_link_to_a_spool_file_is_refused_and_the_file_is_kept(books, tmp_path):
+    target = tmp_path / "run.jsonl"
+    target.write_text(spool_example())
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    done = vce(books.url, "ledger", "record", "--spool", str(link), "--ledger-url", books.url)
+    assert done.returncode == 2 and "symbolic link" in done.stderr, done.stderr
+    assert link.is_symlink() and target.read_text() == spool_example()
+
+
+def test_what_is_left_is_rewritten_keeping_the_files_mode(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    path = tmp_path / "run.jsonl"
+    bad = '{"v": 1, "type": "usage", "url": "x", "run_id": "r", "change": {"kind": "ship"}}'
+    path.write_text(spool_example() + bad + "\n")
+    path.chmod(0o640)
+    done = vce(url, "ledger", "record", "--spool", str(path), "--ledger-url", url)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert json.loads(done.stdout)["remaining"] == 1 and "kept in the spool" in done.stderr
+    assert path.read_text() == '{"vce_spool": 1}\n' + bad + "\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
