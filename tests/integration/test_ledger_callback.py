@@ -158,7 +158,8 @@ def test_an_unwritable_ledger_spools_and_the_spool_replays(tmp_path, any_ledger_
     assert "vce ledger record --spool" in proc.stderr and "Traceback" not in proc.stderr
 
     (spooled,) = spool_dir.glob("*.jsonl")
-    lines = [json.loads(line) for line in spooled.read_text().splitlines()]
+    header, *lines = [json.loads(line) for line in spooled.read_text().splitlines()]
+    assert header == {"vce_spool": 1}
     assert [(line["type"], line.get("event")) for line in lines] == [
         ("run", "start"), ("usage", None), ("usage", None), ("run", "finish"),
     ]  # fmt: skip
@@ -182,3 +183,31 @@ def test_an_unwritable_ledger_spools_and_the_spool_replays(tmp_path, any_ledger_
     spooled.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert replay(spooled, lambda _url: Ledger.open(any_ledger_url)) == (0, 0)
     assert len(table(any_ledger_url, usage_intervals)) == 2
+
+
+def test_a_debug_task_printing_usage_changes_writes_nothing(tmp_path, any_ledger_url):
+    """The hostile-tenant review's playbook: any task's result could bill any tenant."""
+    claimed = [{
+        "tenant": "victim", "host": "qemu:///system", "kind": "vm", "name": "web",
+        "action": "created", "at": "2026-11-01T00:00:00+05:00", "state": "running",
+        "vm": "web", "vcpus": 100000000, "ram_mib": 0, "disk_mib": 0,
+    }]  # fmt: skip
+    playbook = write_playbook(
+        tmp_path / "bill.yml",
+        [
+            {"name": "claim", "ansible.builtin.set_fact": {"usage_changes": claimed}},
+            {"name": "print", "ansible.builtin.debug": {"var": "usage_changes"}},
+            {
+                "name": "print again",
+                "ansible.builtin.debug": {"var": "usage_changes"},
+                "loop": [1, 2],
+            },
+        ],
+    )
+    proc, results = run_playbook(playbook, any_ledger_url, tmp_path / "spool")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results[1]["usage_changes"][0]["tenant"] == "victim"  # printed, as the review saw
+    assert "[WARNING]: vce.kvm.ledger" not in proc.stderr, proc.stderr
+    assert table(any_ledger_url, usage_intervals) == []
+    (run,) = table(any_ledger_url, runs)
+    assert json.loads(run.detail)["usage_changes"] == {"recorded": 0, "spooled": 0, "invalid": 0}
