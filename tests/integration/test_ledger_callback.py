@@ -144,7 +144,9 @@ def test_an_unwritable_ledger_spools_and_the_spool_replays(tmp_path, any_ledger_
     (tmp_path / "a-file").write_text("")
     unwritable = f"sqlite:///{tmp_path / 'a-file' / 'ledger.sqlite3'}"
     spool_dir = tmp_path / "spool"
-    disk = {"uri": uri, "tenant": tenant, "name": "{{ item }}", "size_gib": 1}
+    # Templated as playbooks write them: the callback checks the changes against the values.
+    disk = {"uri": f"{{{{ '{uri}' }}}}", "tenant": f"{{{{ '{tenant}' }}}}", "name": "{{ item }}"}
+    disk["size_gib"] = 1
     # The modules reach the good ledger (the play's environment); the callback cannot.
     playbook = write_playbook(
         tmp_path / "disks.yml",
