@@ -240,12 +240,19 @@ def replay(
         if handle is None:
             return Replayed(0, 0)
         handle.seek(0)
-        lines = read_lines(handle.read(), spool_file, tell)
+        lines = read_lines(read_text(handle, spool_file), spool_file, tell)
         if not lines:  # a header alone: nothing to write, nothing to rewrite
             return Replayed(0, 0)
         written, kept = replay_lines(lines, ledger_factory, tell)
         rewrite(spool_file, kept, os.fstat(handle.fileno()))
     return Replayed(written, len(kept))
+
+
+def read_text(handle: IO[str], path: Path) -> str:
+    try:
+        return handle.read()
+    except UnicodeDecodeError:  # spool files are JSON in UTF-8; this is something else
+        raise SpecError("spool", f"{path} is not a spool file (not UTF-8 text)") from None
 
 
 def is_header(raw: str) -> bool:

@@ -165,11 +165,12 @@ def entry_line(url, name="web1"):
         "root:x:0:0:root:/root:/bin/bash\n\nbin:x:1:1::/:/usr/sbin/nologin\n",
         '{"url": "sqlite:////tmp/x"}\n',  # a JSON object is not a spool line
         '{entry}\n{"v": 1}\n',  # without the header, one foreign line is enough
+        "\x7fELF\x02\x01\x01\xd0\x00",  # not even UTF-8
     ],
 )
 def test_a_file_that_is_not_a_spool_file_is_refused_and_left_as_it_was(tmp_path, text):
     path = tmp_path / "passwd"
-    path.write_text(text.replace("{entry}", entry_line("sqlite:////tmp/x")))
+    path.write_bytes(text.replace("{entry}", entry_line("sqlite:////tmp/x")).encode("latin-1"))
     path.chmod(0o644)
     before = path.read_bytes()
     with pytest.raises(SpecError, match="not a spool file"):
