@@ -210,3 +210,18 @@ def test_default_mac_is_stable_and_unicast():
     assert mac == default_mac("acme", "web1", 0)
     assert mac != default_mac("acme", "web1", 1)
     assert int(mac[:2], 16) & 1 == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (env(networks=[{"name": "lan\n", "cidr": "10.10.0.0/24"}]), "networks[0].name"),
+        (env(disks=[{"name": "data1\n", "size_gib": 2}]), "disks[0].name"),
+        (env(tenant="acme\n"), "tenant"),
+        (env(vms=[vm(vcpus="\u0663")]), "vms[0].vcpus"),
+        (env(vms=[vm(vcpus="--5")]), "vms[0].vcpus"),
+        (env(vms=[vm(memory_mib="\u00b2")]), "vms[0].memory_mib"),
+    ],
+)
+def test_a_trailing_newline_or_a_unicode_digit_is_refused_naming_the_field(raw, field):
+    assert error_of(raw).field == field

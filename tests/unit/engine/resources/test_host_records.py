@@ -128,3 +128,16 @@ def owned_domain_xml() -> str:
     ET.SubElement(ET.SubElement(root, "os"), "type").text = "hvm"
     ET.SubElement(root, "metadata").append(owner_element(Owner("acme", "vm", "web")))
     return ET.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize("name", ["kvm-01.lab\n", "kvm-01.lab\0", "kvm-01\n.lab", "", "a" * 254])
+def test_a_host_name_with_a_newline_or_nul_is_refused(name):
+    with pytest.raises(SpecError) as caught:
+        host_record.check_host_name(name, "name")
+    assert caught.value.field == "name"
+
+
+def test_an_uplink_with_a_trailing_newline_is_refused():
+    with pytest.raises(SpecError) as caught:
+        host_record.parse_host({**PARAMS, "public_pools": [], "uplink": "eth1\n"})
+    assert caught.value.field == "uplink"
