@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import unicodedata
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
@@ -25,6 +26,7 @@ INTERFACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,14}")
 WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 # Longer numbers are refused before int(): Python refuses to convert more than 4300 digits.
 MAX_DIGITS = 30
+MAX_CUSTOMER = 128  # the ledger's customer columns
 
 
 def at(path: str, name: str) -> str:
@@ -70,6 +72,28 @@ def whole_number(text: str, path: str) -> int:
     if len(text.lstrip("-")) > MAX_DIGITS:
         raise SpecError(path, f"must be a whole number of at most {MAX_DIGITS} digits")
     return int(text)
+
+
+def check_customer(value: Any, path: str) -> str:
+    """A customer identity as it is stored and shown: NFKC, without surrounding whitespace, and
+    without control or format characters (an invisible one would make a new customer)."""
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a customer identity (text), got {type(value).__name__}")
+    identity = unicodedata.normalize("NFKC", value).strip()
+    if not identity:
+        raise SpecError(path, "must be a non-empty customer identity")
+    if any(unicodedata.category(char).startswith("C") for char in identity):
+        raise SpecError(path, f"a customer identity cannot hold control characters: {value!r}")
+    if len(identity) > MAX_CUSTOMER:
+        raise SpecError(path, f"must be at most {MAX_CUSTOMER} characters")
+    return identity
+
+
+def customer_key(identity: str) -> str:
+    """The form two customer identities are compared in ("BIN-1" and " bin-1" are one customer).
+    Also applied to identities already in the ledger, which were stored as they were given."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", identity).casefold())
+    return folded.strip()
 
 
 def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:

@@ -12,10 +12,12 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecErr
 from ansible_collections.vce.kvm.plugins.module_utils.core.periods import parse_month
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS, check_quotas
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
+    check_customer,
     check_int,
     check_mac,
     check_name,
     check_pool,
+    customer_key,
     is_interface,
 )
 from hypothesis import given
@@ -175,3 +177,21 @@ def test_a_quota_limit_in_unicode_digits_or_with_spaces_is_refused(value):
     with pytest.raises(SpecError) as caught:
         check_quotas({kind: value}, "quotas")
     assert caught.value.field == f"quotas.{kind}"
+
+
+@given(ANY_VALUE)
+def test_a_customer_is_clean_text_or_refused_naming_the_field(value):
+    identity = outcome(check_customer, value, "customer")
+    if identity is not None:
+        assert identity == identity.strip() and identity
+        assert identity.isprintable() or " " in identity
+        assert customer_key(identity) == customer_key(customer_key(identity))
+
+
+@given(st.text(alphabet="aBz09- ", max_size=20))
+def test_a_customer_key_ignores_case_and_surrounding_whitespace(text):
+    assert customer_key(f" {text.upper()}\n") == customer_key(text.lower())
+
+
+def test_a_customer_key_ignores_full_width_letters():
+    assert customer_key("\uff22\uff29\uff2e-1") == customer_key("bin-1") == "bin-1"
