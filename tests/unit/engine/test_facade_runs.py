@@ -127,7 +127,12 @@ def test_attaching_plans_the_attach_on_a_free_target_and_refuses_what_cannot_be(
         engine.run_disk(new)
     message = str(failed.value)
     assert message.startswith("Failed to attach a device to domain acme_web2")
-    assert "applied before the failure: 1 of 2 changes; a re-run continues from here" in message
+    assert (
+        "applied before the failure: 1 of 2 changes: disk data2 create; failed: disk data2 "
+        "attach; not applied after it: 0; a re-run continues from here" in message
+    )
+    assert [c["action"] for c in failed.value.applied] == ["create"]
+    assert failed.value.changed
 
 
 def test_detaching_plans_the_detach_from_the_vm_using_it(deployed):
