@@ -123,7 +123,8 @@ def check_ipv4(value: Any, path: str) -> ipaddress.IPv4Address:
 def check_absolute_path(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise SpecError(path, f"must be an absolute path on the KVM host, got {value!r}")
-    if any(ch in value for ch in "\n\r\0") or "/../" in value or value.endswith("/.."):
+    # isprintable() refuses every control character (C0, C1, U+2028...), not only "\n\r\0".
+    if not value.isprintable() or "/../" in value or value.endswith("/.."):
         raise SpecError(path, f"path {value!r} contains a forbidden character or '..'")
     return value
 

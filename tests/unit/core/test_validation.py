@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.backup_spec import check_calendar
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.periods import parse_month
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS, check_quotas
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
+    check_absolute_path,
     check_customer,
     check_int,
     check_mac,
@@ -195,3 +197,35 @@ def test_a_customer_key_ignores_case_and_surrounding_whitespace(text):
 
 def test_a_customer_key_ignores_full_width_letters():
     assert customer_key("\uff22\uff29\uff2e-1") == customer_key("bin-1") == "bin-1"
+
+
+@given(ANY_VALUE)
+def test_a_calendar_is_one_plain_ascii_line_or_refused_naming_the_field(value):
+    calendar = outcome(check_calendar, value, "backups[0].calendar")
+    if calendar is not None:
+        assert calendar.isascii() and calendar.isprintable() and calendar == calendar.strip()
+
+
+@pytest.mark.parametrize(
+    "value", ["daily\n", "daily\nExecStart=/bin/sh", "daily\0", "daily\x85", "daily\u2028"]
+)
+def test_a_calendar_with_a_line_break_or_control_character_is_refused(value):
+    with pytest.raises(SpecError) as caught:
+        check_calendar(value, "backups[0].calendar")
+    assert caught.value.field == "backups[0].calendar"
+
+
+@given(ANY_VALUE)
+def test_an_absolute_path_is_printable_or_refused_naming_the_field(value):
+    path = outcome(check_absolute_path, value, "vms[0].boot_disk.image")
+    if path is not None:
+        assert path.startswith("/") and path.isprintable()
+
+
+@pytest.mark.parametrize(
+    "value", ["/srv/a\n", "/srv/a\0", "/srv/a\t", "/srv/a\x85", "/srv/a\u2028"]
+)
+def test_an_absolute_path_with_a_control_character_is_refused(value):
+    with pytest.raises(SpecError) as caught:
+        check_absolute_path(value, "vms[0].boot_disk.image")
+    assert caught.value.field == "vms[0].boot_disk.image"
