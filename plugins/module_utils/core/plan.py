@@ -102,24 +102,25 @@ class Plan:
 
     def failure(self, failed: Change, done: list[dict[str, Any]], error: Exception) -> ApplyError:
         """The ApplyError for `failed`: the reason, then exactly what was applied before it."""
-        unexpected = not isinstance(error, VceError)
-        reason = str(error)
-        if unexpected:
-            reason = (
-                f"Unexpected error in vce.kvm ({type(error).__name__}: {error}); please report it"
-            )
         left = error.left if isinstance(error, ApplyError) else []
         runnable = [change for change in self.changes if change.run is not None]
         applied = f": {describe_all(done)}" if done else ""
         leaving = f", which left {', '.join(left)} in place" if left else ""
         return ApplyError(
-            f"{reason} (applied before the failure: {len(done)} of {len(runnable)} changes"
+            f"{reason(error)} (applied before the failure: {len(done)} of {len(runnable)} changes"
             f"{applied}; failed: {describe(failed.to_dict())}{leaving}; not applied after it: "
             f"{len(runnable) - len(done) - 1}; a re-run continues from here)",
             applied=done,
             left=left,
-            unexpected=unexpected,
+            unexpected=not isinstance(error, VceError),
         )
+
+
+def reason(error: Exception) -> str:
+    """Why a change failed: the message of an error the user can act on, or a bug of ours."""
+    if isinstance(error, VceError):
+        return str(error)
+    return f"Unexpected error in vce.kvm ({type(error).__name__}: {error}); please report it"
 
 
 def describe(change: dict[str, Any]) -> str:

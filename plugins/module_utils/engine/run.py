@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.errors import ApplyError
-from ..core.plan import Plan, describe_all
+from ..core.errors import ApplyError, VceError
+from ..core.plan import Plan, describe_all, reason
 from ..core.result import Result
 from ..host.connection import TenantInventory
 from ..host.facts import tenant_facts
@@ -85,10 +85,11 @@ def apply(run: Run) -> None:
         # Every change ran; only the work batched after them failed, and the front end must
         # still report the changes as made.
         raise ApplyError(
-            f"{error} (applied before the failure: all {len(done)} changes"
+            f"{reason(error)} (applied before the failure: all {len(done)} changes"
             f"{': ' + describe_all(done) if done else ''}; failed: the work batched after them; "
             "a re-run continues from here)",
             applied=done,
+            unexpected=not isinstance(error, VceError),
         ) from error
 
 

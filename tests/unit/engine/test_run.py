@@ -29,3 +29,16 @@ def test_a_failed_flush_reports_every_change_as_applied():
         "Failed to apply the nft batch (applied before the failure: all 1 changes: public_ip web "
         "allocate; failed: the work batched after them;"
     )
+
+
+def test_a_flush_that_fails_with_a_bug_says_so_and_keeps_the_applied_changes():
+    plan = Plan()
+    plan.add(Change("public_ip", "web", "allocate", run=lambda: None))
+
+    def flush() -> None:
+        raise KeyError("handle")
+
+    with pytest.raises(ApplyError) as failed:
+        conclude(Run(plan, no_facts, flush=flush), check_mode=False)
+    assert failed.value.unexpected and failed.value.changed
+    assert str(failed.value).startswith("Unexpected error in vce.kvm (KeyError: 'handle')")
