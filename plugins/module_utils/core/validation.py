@@ -83,8 +83,11 @@ def check_customer(value: Any, path: str) -> str:
     if not identity:
         raise SpecError(path, "must be a non-empty customer identity")
     if any(unicodedata.category(char).startswith("C") for char in identity):
-        raise SpecError(path, f"a customer identity cannot hold control characters: {value!r}")
-    if len(identity) > MAX_CUSTOMER:
+        raise SpecError(
+            path, f"a customer identity cannot hold control or invisible characters: {value!r}"
+        )
+    # The key is stored too (trial grants), and casefolding can lengthen it ("ß" is "ss").
+    if max(len(identity), len(customer_key(identity))) > MAX_CUSTOMER:
         raise SpecError(path, f"must be at most {MAX_CUSTOMER} characters")
     return identity
 

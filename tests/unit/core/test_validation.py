@@ -229,3 +229,10 @@ def test_an_absolute_path_with_a_control_character_is_refused(value):
     with pytest.raises(SpecError) as caught:
         check_absolute_path(value, "vms[0].boot_disk.image")
     assert caught.value.field == "vms[0].boot_disk.image"
+
+
+def test_a_customer_whose_key_is_longer_than_the_column_is_refused():
+    # 100 "ß" are 100 characters; their key ("ss" each) would be 200.
+    with pytest.raises(SpecError, match="at most 128 characters") as caught:
+        check_customer("\u00df" * 100, "customer")
+    assert caught.value.field == "customer"
