@@ -36,6 +36,8 @@ options:
       - The customer's identity (e.g. the contract or tax number). One customer may have
         several tenants; a trial is granted once per customer. Required for a new tenant;
         it cannot change later.
+      - Identities are compared ignoring case, Unicode compatibility forms (NFKC) and
+        surrounding whitespace; control and format characters are refused.
     type: str
   plan:
     description: The tenant's plan, defined in O(plans) now or by an earlier run. Required for a new tenant.

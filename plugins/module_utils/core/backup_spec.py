@@ -113,8 +113,9 @@ def check_calendar(value: Any, path: str) -> str:
         raise SpecError(
             path, "a systemd calendar expression is required, e.g. 'daily' or '*-*-* 02:30'"
         )
-    # Checked before spaces are normalised: a newline would start a new line in the unit.
-    if len(value) > 200 or CALENDAR_FORBIDDEN.search(value):
+    # Checked before spaces are normalised: a newline would start a new line in the unit. systemd
+    # calendars are ASCII, which also keeps out C1 controls and Unicode line separators.
+    if len(value) > 200 or not value.isascii() or CALENDAR_FORBIDDEN.search(value):
         raise SpecError(path, f"invalid calendar expression {value!r}")
     return " ".join(value.split())
 

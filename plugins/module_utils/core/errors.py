@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 try:
     import libvirt
@@ -31,7 +32,28 @@ class OwnershipError(VceError):
 
 
 class ApplyError(VceError):
-    """A change failed while being applied; earlier changes stay, a re-run converges."""
+    """A change failed while being applied; earlier changes stay, a re-run converges.
+
+    `applied` holds the changes (Change.to_dict) that were made before the failure, and `left`
+    names what the failed change itself made and left in place: a front end reports the run as
+    changed when either is non-empty. `unexpected` marks a failure that is a bug of ours.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        applied: Sequence[Mapping[str, Any]] = (),
+        left: Sequence[str] = (),
+        unexpected: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.applied = [dict(change) for change in applied]
+        self.left = list(left)
+        self.unexpected = unexpected
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied or self.left)
 
 
 def libvirt_reason(error: Exception) -> str:

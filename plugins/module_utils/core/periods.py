@@ -19,7 +19,8 @@ from .errors import SpecError
 
 DEFAULT_TIME_ZONE = "Asia/Almaty"
 TIME_ZONE_ENV = "VCE_TIME_ZONE"
-MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+# ASCII digits, matched whole with fullmatch: `\d` takes any Unicode digit, `$` a trailing newline.
+MONTH_PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 Interval = tuple[dt.datetime, dt.datetime]
 
@@ -67,7 +68,7 @@ class Month:
 
 
 def parse_month(value: object, zone: ZoneInfo, field: str = "month") -> Month:
-    match = MONTH_PATTERN.match(str(value or ""))
+    match = MONTH_PATTERN.fullmatch(str(value or ""))
     if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 2000:
         raise SpecError(field, f"must be a month as YYYY-MM (e.g. 2026-11), got {value!r}")
     return Month(int(match.group(1)), int(match.group(2)), zone)

@@ -93,10 +93,40 @@ class Plan:
                 continue
             try:
                 change.run()
-            except VceError as error:
-                raise ApplyError(
-                    f"{error} (applied before the failure: {len(done)} of {len(self.changes)} "
-                    "changes; a re-run continues from here)"
-                ) from error
+            except Exception as error:
+                # Any failure, a bug of ours included: the changes before it were made all the
+                # same, and the front end must report them.
+                raise self.failure(change, done, error) from error
             done.append(change.to_dict())
         return done
+
+    def failure(self, failed: Change, done: list[dict[str, Any]], error: Exception) -> ApplyError:
+        """The ApplyError for `failed`: the reason, then exactly what was applied before it."""
+        left = error.left if isinstance(error, ApplyError) else []
+        runnable = [change for change in self.changes if change.run is not None]
+        applied = f": {describe_all(done)}" if done else ""
+        leaving = f", which left {', '.join(left)} in place" if left else ""
+        return ApplyError(
+            f"{reason(error)} (applied before the failure: {len(done)} of {len(runnable)} changes"
+            f"{applied}; failed: {describe(failed.to_dict())}{leaving}; not applied after it: "
+            f"{len(runnable) - len(done) - 1}; a re-run continues from here)",
+            applied=done,
+            left=left,
+            unexpected=not isinstance(error, VceError),
+        )
+
+
+def reason(error: Exception) -> str:
+    """Why a change failed: the message of an error the user can act on, or a bug of ours."""
+    if isinstance(error, VceError):
+        return str(error)
+    return f"Unexpected error in vce.kvm ({type(error).__name__}: {error}); please report it"
+
+
+def describe(change: dict[str, Any]) -> str:
+    """A change in a message: "disk data2 attach"."""
+    return f"{change['kind']} {change['name']} {change['action']}"
+
+
+def describe_all(changes: list[dict[str, Any]]) -> str:
+    return ", ".join(describe(change) for change in changes)

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import SpecError, VceError
+from .validation import whole_number
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,7 @@ def check_quotas(raw: Any, path: str, complete: bool = False) -> dict[str, int]:
             raise SpecError(field, f"unknown quota kind; known kinds: {', '.join(KINDS)}")
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise SpecError(field, f"must be a whole number, got {value!r}")
-        try:
-            number = int(value)
-        except ValueError:
-            raise SpecError(field, f"must be a whole number, got {value!r}") from None
+        number = value if isinstance(value, int) else whole_number(value, field)
         if number < 0:
             raise SpecError(field, f"must be zero or more, got {number}")
         if number > MAX_LIMIT:

@@ -21,7 +21,6 @@ from .backup_spec import ScheduleSpec, parse_schedule
 from .errors import SpecError
 from .fields import DISK_FORMATS, NETWORK_MODES, VM_STATES, spec_keys
 from .validation import (
-    INTERFACE_PATTERN,
     as_list,
     as_mapping,
     at,
@@ -32,6 +31,7 @@ from .validation import (
     check_mac,
     check_name,
     check_pool,
+    is_interface,
     optional,
     reject_unknown,
 )
@@ -193,7 +193,7 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
     mode = check_choice(optional(raw, "mode", "nat"), at(path, "mode"), NETWORK_MODES)
     uplink = raw.get("uplink")
     if mode == "routed":
-        if not isinstance(uplink, str) or not INTERFACE_PATTERN.match(uplink):
+        if not is_interface(uplink):
             raise SpecError(
                 at(path, "uplink"),
                 f"a routed network needs the host's uplink interface (1-15 of a-z, 0-9, '.', "

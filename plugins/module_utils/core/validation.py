@@ -9,16 +9,24 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import unicodedata
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from .errors import SpecError
 
-NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+# Every pattern here is matched against the whole value with fullmatch: a `$` anchor would let a
+# trailing newline through ("acme_data\n"), and that reaches XML, unit files and the ledger.
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 NAME_RULE = "use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit"
-MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INTERFACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,14}$")
+MAC_PATTERN = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+POOL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+INTERFACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,14}")
+# ASCII only: str.isdigit() takes "²" (which int() refuses) and "٣" (which int() reads as 3).
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# Longer numbers are refused before int(): Python refuses to convert more than 4300 digits.
+MAX_DIGITS = 30
+MAX_CUSTOMER = 128  # the ledger's customer columns
 
 
 def at(path: str, name: str) -> str:
@@ -29,7 +37,7 @@ def at(path: str, name: str) -> str:
 def check_name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(path, "a name is required")
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise SpecError(path, f"invalid name {shown!r}: {NAME_RULE}")
     return value
@@ -43,9 +51,7 @@ def check_int(value: Any, path: str, minimum: int, maximum: int, unit: str = "")
             raise SpecError(path, f"must be a whole number, got {value!r}")
         value = int(value)
     if isinstance(value, str):
-        if not value.strip().lstrip("-").isdigit():
-            raise SpecError(path, f"must be a whole number, got {value!r}")
-        value = int(value)
+        value = whole_number(value, path)
     if not isinstance(value, int):
         raise SpecError(path, f"must be a whole number, got {type(value).__name__}")
     suffix = f" {unit}" if unit else ""
@@ -58,6 +64,41 @@ def check_int(value: Any, path: str, minimum: int, maximum: int, unit: str = "")
     return value
 
 
+def whole_number(text: str, path: str) -> int:
+    """A whole number written as ASCII digits with an optional leading minus, nothing else."""
+    if not WHOLE_NUMBER.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise SpecError(path, f"must be a whole number (digits 0-9, optional '-'), got {shown!r}")
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise SpecError(path, f"must be a whole number of at most {MAX_DIGITS} digits")
+    return int(text)
+
+
+def check_customer(value: Any, path: str) -> str:
+    """A customer identity as it is stored and shown: NFKC, without surrounding whitespace, and
+    without control or format characters (an invisible one would make a new customer)."""
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be a customer identity (text), got {type(value).__name__}")
+    identity = unicodedata.normalize("NFKC", value).strip()
+    if not identity:
+        raise SpecError(path, "must be a non-empty customer identity")
+    if any(unicodedata.category(char).startswith("C") for char in identity):
+        raise SpecError(
+            path, f"a customer identity cannot hold control or invisible characters: {value!r}"
+        )
+    # The key is stored too (trial grants), and casefolding can lengthen it ("ß" is "ss").
+    if max(len(identity), len(customer_key(identity))) > MAX_CUSTOMER:
+        raise SpecError(path, f"must be at most {MAX_CUSTOMER} characters")
+    return identity
+
+
+def customer_key(identity: str) -> str:
+    """The form two customer identities are compared in ("BIN-1" and " bin-1" are one customer).
+    Also applied to identities already in the ledger, which were stored as they were given."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", identity).casefold())
+    return folded.strip()
+
+
 def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise SpecError(path, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -66,7 +107,7 @@ def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:
 
 def check_mac(value: Any, path: str) -> str:
     mac = str(value).strip().lower()
-    if not MAC_PATTERN.match(mac):
+    if not MAC_PATTERN.fullmatch(mac):
         raise SpecError(
             path, f"invalid MAC address {value!r}: expected six hex pairs like 52:54:00:12:34:56"
         )
@@ -85,15 +126,21 @@ def check_ipv4(value: Any, path: str) -> ipaddress.IPv4Address:
 def check_absolute_path(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise SpecError(path, f"must be an absolute path on the KVM host, got {value!r}")
-    if any(ch in value for ch in "\n\r\0") or "/../" in value or value.endswith("/.."):
+    # isprintable() refuses every control character (C0, C1, U+2028...), not only "\n\r\0".
+    if not value.isprintable() or "/../" in value or value.endswith("/.."):
         raise SpecError(path, f"path {value!r} contains a forbidden character or '..'")
     return value
 
 
 def check_pool(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not POOL_PATTERN.match(value):
+    if not isinstance(value, str) or not POOL_PATTERN.fullmatch(value):
         raise SpecError(path, f"invalid storage pool name {value!r}")
     return value
+
+
+def is_interface(value: Any) -> bool:
+    """A host network interface name as the kernel takes it (IFNAMSIZ: 15 characters)."""
+    return isinstance(value, str) and INTERFACE_PATTERN.fullmatch(value) is not None
 
 
 def reject_unknown(raw: Mapping[str, Any], allowed: Set[str], path: str) -> None:

@@ -13,12 +13,12 @@ from typing import Any
 
 from .errors import SpecError
 from .validation import (
-    INTERFACE_PATTERN,
     as_list,
     as_mapping,
     check_ipv4,
     check_name,
     check_prefix,
+    is_interface,
     reject_unknown,
 )
 
@@ -52,7 +52,7 @@ def parse_public_zone(name: Any, raw: Any) -> PublicZone:
     raw = as_mapping(raw, "zone_config")
     reject_unknown(raw, {"uplink", "public_pools"}, "zone_config")
     uplink = raw.get("uplink")
-    if not isinstance(uplink, str) or not INTERFACE_PATTERN.match(uplink):
+    if not is_interface(uplink):
         raise SpecError(
             "zone_config.uplink", f"the zone's uplink interface is required, got {uplink!r}"
         )
@@ -140,7 +140,7 @@ def parse_link_end(raw: Any, path: str) -> LinkEnd:
         raise SpecError(f"{path}.uri", "the libvirt URI of the end's host is required")
     underlay_ip = str(check_ipv4(raw.get("underlay_ip"), f"{path}.underlay_ip"))
     dev = raw.get("underlay_dev")
-    if not isinstance(dev, str) or not INTERFACE_PATTERN.match(dev):
+    if not is_interface(dev):
         raise SpecError(f"{path}.underlay_dev", f"an interface name is required, got {dev!r}")
     prefix = check_prefix(raw.get("host_command"), f"{path}.host_command")
     return LinkEnd(zone, uri, underlay_ip, dev, prefix)

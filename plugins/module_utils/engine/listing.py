@@ -18,7 +18,7 @@ from ..host.facts import tenant_facts
 from ..ledger import schema as ledger_schema
 from ..ledger.store import open_store
 
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # matched whole, with fullmatch
 HOST_KEYS = ("name", "uri", "zone")
 
 
@@ -62,13 +62,13 @@ def parse_source(item: Any, path: str) -> HostSource:
     if unknown:
         raise SpecError(f"{path}.{unknown[0]}", f"unknown key; use {', '.join(HOST_KEYS)}")
     name, uri, zone = item.get("name"), item.get("uri"), item.get("zone")
-    if not isinstance(name, str) or not HOST_NAME.match(name):
+    if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
         raise SpecError(
             f"{path}.name", f"must be 1-63 letters, digits, '.', '_' or '-', got {name!r}"
         )
     if not isinstance(uri, str) or "://" not in uri:
         raise SpecError(f"{path}.uri", f"must be a libvirt URI such as qemu:///system, got {uri!r}")
-    if zone is not None and (not isinstance(zone, str) or not HOST_NAME.match(zone)):
+    if zone is not None and (not isinstance(zone, str) or not HOST_NAME.fullmatch(zone)):
         raise SpecError(
             f"{path}.zone", f"must be 1-63 letters, digits, '.', '_' or '-', got {zone!r}"
         )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core import fields
-from ..core.errors import SpecError, VceError
+from ..core.errors import ApplyError, SpecError, VceError
 from ..core.quota import QuotaExceeded, plain
 
 # Derived from core.fields, where each resource's fields are described once.
@@ -63,6 +63,8 @@ def run_module(module: Any, action: Callable[[dict[str, Any], bool], Any]) -> No
         )
     except SpecError as error:
         module.fail_json(msg=str(error), field=error.field, reason=error.reason, changed=False)
+    except ApplyError as error:
+        fail_applying(module, error)
     except VceError as error:
         module.fail_json(msg=str(error), changed=False)
     except Exception as error:  # a bug of ours: say so plainly, keep the trace for -vvv
@@ -77,3 +79,14 @@ def run_module(module: Any, action: Callable[[dict[str, Any], bool], Any]) -> No
     if module._diff:
         output["diff"] = diff
     module.exit_json(**output)
+
+
+def fail_applying(module: Any, error: ApplyError) -> None:
+    """A run that failed part-way is changed when it made anything: Ansible must not read a
+    host that changed as unchanged. `applied` and `left` say what was made."""
+    details: dict[str, Any] = {"changed": error.changed}
+    if error.changed:
+        details.update(applied=error.applied, left=error.left)
+    if error.unexpected:  # a bug of ours: keep the trace for -vvv
+        details["exception"] = traceback.format_exc()
+    module.fail_json(msg=str(error), **details)

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.plan import Plan
+from ..core.errors import ApplyError, VceError
+from ..core.plan import Plan, describe_all, reason
 from ..core.result import Result
 from ..host.connection import TenantInventory
 from ..host.facts import tenant_facts
@@ -75,9 +76,21 @@ def conclude(run: Run, check_mode: bool) -> Result:
 
 
 def apply(run: Run) -> None:
-    run.plan.apply()
-    if run.flush is not None:
+    done = run.plan.apply()
+    if run.flush is None:
+        return
+    try:
         run.flush()
+    except Exception as error:
+        # Every change ran; only the work batched after them failed, and the front end must
+        # still report the changes as made.
+        raise ApplyError(
+            f"{reason(error)} (applied before the failure: all {len(done)} changes"
+            f"{': ' + describe_all(done) if done else ''}; failed: the work batched after them; "
+            "a re-run continues from here)",
+            applied=done,
+            unexpected=not isinstance(error, VceError),
+        ) from error
 
 
 def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict[str, Any]]]:

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..core.errors import SpecError
 from ..core.periods import Interval, micros, union
+from ..core.validation import whole_number
 
 # Groups thousands without letting a line break split an amount.
 NARROW_SPACE = "\u202f"
@@ -164,6 +165,8 @@ def decimal_of(value: Any, name: str) -> Decimal:
 def count_of(value: Any, name: str) -> int:
     if isinstance(value, (bool, float)):
         raise SpecError(name, f"must be a whole number, got {value!r}")
+    if isinstance(value, str):  # int() would take " 5", "1_000" and Unicode digits
+        return whole_number(value, name)
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -307,7 +310,14 @@ def minutes_text(start: dt.datetime, end: dt.datetime) -> str:
 
 def month_title(label: str) -> str:
     year, _dash, month = label.partition("-")
-    if year.isdigit() and month.isdigit() and 1 <= int(month) <= 12:
+    # isdigit() takes "²", which int() refuses: ASCII digits only.
+    if (
+        year.isascii()
+        and year.isdigit()
+        and month.isascii()
+        and month.isdigit()
+        and 1 <= int(month) <= 12
+    ):
         return f"{MONTH_NAMES[int(month) - 1]} {year}"
     return label
 

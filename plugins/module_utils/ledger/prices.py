@@ -18,7 +18,7 @@ from typing import Any
 from ..core.errors import SpecError
 
 DEFAULT_CURRENCY = "KZT"
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")  # matched whole, with fullmatch
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def parse_prices(raw: Any, path: str = "prices") -> PriceList:
             f"{path}.{unknown[0]}", f"unknown price; known: currency, {', '.join(PRICE_KEYS)}"
         )
     currency = raw.get("currency") or DEFAULT_CURRENCY
-    if not isinstance(currency, str) or not CURRENCY_PATTERN.match(currency):
+    if not isinstance(currency, str) or not CURRENCY_PATTERN.fullmatch(currency):
         raise SpecError(
             f"{path}.currency", f"must be an ISO 4217 code such as KZT, got {currency!r}"
         )

@@ -21,7 +21,7 @@ from typing import Any
 from ..core import periods, quota
 from ..core.backup_spec import DEFAULT_FREQUENCIES, check_frequencies
 from ..core.errors import SpecError, VceError
-from ..core.validation import check_name
+from ..core.validation import check_name, customer_key
 from .prices import PriceList, parse_prices
 from .store import Store, open_store
 
@@ -292,8 +292,9 @@ class Ledger:
         row = connection.execute(sa.select(tenants).where(tenants.c.name == name)).first()
         if row is None:
             return None
+        # By tenant: the grant's customer is its key (customer_key), not the identity as shown.
         granted = connection.execute(
-            sa.select(trial_grants.c.tenant).where(trial_grants.c.customer == row.customer)
+            sa.select(trial_grants.c.tenant).where(trial_grants.c.tenant == name)
         ).scalar()
         blocked = connection.execute(
             sa.select(blocks.c.vm, blocks.c.since).where(blocks.c.tenant == name, blocks.c.vm != "")
@@ -360,13 +361,16 @@ class Ledger:
         return self.require_tenant(connection, name)
 
     def grant_trial(self, connection: Any, customer: str, tenant: str, now: dt.datetime) -> bool:
-        exists = connection.execute(
-            sa.select(trial_grants.c.customer).where(trial_grants.c.customer == customer)
-        ).first()
-        if exists:
+        """Once per customer, compared on customer_key. Grants made before identities were
+        normalised hold them as given, so every grant is read and normalised here: SQL cannot
+        normalise Unicode, and a tenant is created rarely. New grants store the key, so the primary
+        key still refuses two concurrent grants for one customer."""
+        key = customer_key(customer)
+        granted = connection.execute(sa.select(trial_grants.c.customer)).scalars()
+        if any(customer_key(other) == key for other in granted):
             return False
         connection.execute(
-            trial_grants.insert().values(customer=customer, tenant=tenant, granted_at=now)
+            trial_grants.insert().values(customer=key, tenant=tenant, granted_at=now)
         )
         return True
 

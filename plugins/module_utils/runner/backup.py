@@ -51,7 +51,9 @@ except ImportError:  # reported by host.connect
 CONFIG_FORMAT = 1
 JOB_POLL_S = 0.05
 ABORT_WAIT_S = 60.0
-CHECKPOINT_NAME = re.compile(r"^vce-(?P<schedule>.+)-(?P<id>\d{8}T\d{6}Z(?:-\d+)?)$")
+CHECKPOINT_NAME = re.compile(  # matched whole, with fullmatch, ASCII digits only
+    r"vce-(?P<schedule>.+)-(?P<id>[0-9]{8}T[0-9]{6}Z(?:-[0-9]+)?)"
+)
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def drop_schedule_checkpoints(domain: Any, schedule: str, keep: str | None, obj:
     """Delete `schedule`'s checkpoints except `keep`; returns what was dropped."""
     dropped = []
     for name in checkpoint_names(domain, obj):
-        match = CHECKPOINT_NAME.match(name)
+        match = CHECKPOINT_NAME.fullmatch(name)
         if match and match.group("schedule") == schedule and name != keep:
             delete_checkpoint(domain, name, obj)
             dropped.append(f"checkpoint {name}")

@@ -8,6 +8,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     default_mac,
     parse_environment,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 IMAGE = "/var/lib/images/base.qcow2"
 
@@ -210,3 +212,53 @@ def test_default_mac_is_stable_and_unicast():
     assert mac == default_mac("acme", "web1", 0)
     assert mac != default_mac("acme", "web1", 1)
     assert int(mac[:2], 16) & 1 == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (env(networks=[{"name": "lan\n", "cidr": "10.10.0.0/24"}]), "networks[0].name"),
+        (env(disks=[{"name": "data1\n", "size_gib": 2}]), "disks[0].name"),
+        (env(tenant="acme\n"), "tenant"),
+        (env(vms=[vm(vcpus="\u0663")]), "vms[0].vcpus"),
+        (env(vms=[vm(vcpus="--5")]), "vms[0].vcpus"),
+        (env(vms=[vm(memory_mib="\u00b2")]), "vms[0].memory_mib"),
+    ],
+)
+def test_a_trailing_newline_or_a_unicode_digit_is_refused_naming_the_field(raw, field):
+    assert error_of(raw).field == field
+
+
+# Where an arbitrary value is put in a valid declaration, and the field a refusal must name.
+INJECTED = {
+    "tenant": lambda raw, v: raw.update(tenant=v),
+    "networks[0].name": lambda raw, v: raw["networks"][0].update(name=v),
+    "networks[0].mtu": lambda raw, v: raw["networks"][0].update(mtu=v),
+    "disks[0].name": lambda raw, v: raw["disks"][0].update(name=v),
+    "disks[0].size_gib": lambda raw, v: raw["disks"][0].update(size_gib=v),
+    "vms[0].name": lambda raw, v: raw["vms"][0].update(name=v),
+    "vms[0].vcpus": lambda raw, v: raw["vms"][0].update(vcpus=v),
+    "vms[0].memory_mib": lambda raw, v: raw["vms"][0].update(memory_mib=v),
+    "vms[0].nics[0].mac": lambda raw, v: raw["vms"][0]["nics"][0].update(mac=v),
+    "vms[0].boot_disk.image": lambda raw, v: raw["vms"][0]["boot_disk"].update(image=v),
+}
+ARBITRARY = st.one_of(
+    st.text(alphabet=[*"acl0159-:/ ", "\n", "\0", "\u0663", "\u00b2"], max_size=20),
+    st.text(max_size=20),
+    st.integers(),
+    st.none(),
+)
+
+
+@given(st.sampled_from(sorted(INJECTED)), ARBITRARY)
+def test_any_value_in_a_declaration_is_accepted_or_refused_naming_its_field(field, value):
+    raw = env()
+    INJECTED[field](raw, value)
+    try:
+        parse_environment(raw)
+    except SpecError as error:
+        # A valid new name is refused where the old one is used, naming that place.
+        assert error.field in (field, REFERENCED_AT.get(field))
+
+
+REFERENCED_AT = {"disks[0].name": "vms[0].disks[0]", "networks[0].name": "vms[0].nics[0].network"}

@@ -6,7 +6,11 @@ and the apply's failure is checked for what it tells the user."""
 from __future__ import annotations
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import ApplyError, SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    ApplyError,
+    SpecError,
+    libvirt,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
@@ -127,7 +131,12 @@ def test_attaching_plans_the_attach_on_a_free_target_and_refuses_what_cannot_be(
         engine.run_disk(new)
     message = str(failed.value)
     assert message.startswith("Failed to attach a device to domain acme_web2")
-    assert "applied before the failure: 1 of 2 changes; a re-run continues from here" in message
+    assert (
+        "applied before the failure: 1 of 2 changes: disk data2 create; failed: disk data2 "
+        "attach; not applied after it: 0; a re-run continues from here" in message
+    )
+    assert [c["action"] for c in failed.value.applied] == ["create"]
+    assert failed.value.changed
 
 
 def test_detaching_plans_the_detach_from_the_vm_using_it(deployed):
@@ -174,3 +183,65 @@ def test_blocking_a_vm_goes_through_the_tenant_ledger(deployed):
     blocked = engine.run_vm(params)
     assert blocked.changed and blocked.facts == {"vm": {"name": "web1", "blocked": True}}
     assert "web1" in engine.run_info({"uri": URI, "tenant": "acme"})["ledger"]["blocked_vms"]
+
+
+def web2(image: str) -> dict:
+    return {
+        "uri": URI, "tenant": "acme", "name": "web2", "vcpus": 1, "memory_mib": 128,
+        "default_pool": "default-pool", "boot_disk": {"image": image, "size_gib": 1},
+    }  # fmt: skip
+
+
+def refuse(reason: str):
+    def refused(*args, **kwargs):
+        raise libvirt.libvirtError(reason)
+
+    return refused
+
+
+def test_a_vm_create_that_cannot_define_its_domain_removes_the_boot_volume_it_made(
+    image, monkeypatch
+):
+    with monkeypatch.context() as patch:
+        patch.setattr(host.connect(URI), "defineXML", refuse("no room for domains"))
+        with pytest.raises(ApplyError) as failed:
+            engine.run_vm(web2(image))
+    message = str(failed.value)
+    assert message.startswith("Failed to define domain acme_web2: no room for domains")
+    assert "removed what it had made: volume acme_web2.boot.qcow2" in message
+    assert "applied before the failure: 0 of 1 changes; failed: vm web2 create;" in message
+    assert not failed.value.changed
+    assert acme_objects() == set()
+    assert engine.run_vm(web2(image)).changed  # the re-run makes it all
+    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+
+
+def test_a_vm_create_that_cannot_remove_its_boot_volume_says_it_left_it(image, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(host.connect(URI), "defineXML", refuse("no room for domains"))
+        patch.setattr(libvirt.virStorageVol, "delete", refuse("volume busy"))
+        with pytest.raises(ApplyError) as failed:
+            engine.run_vm(web2(image))
+    message = str(failed.value)
+    assert "could not remove volume acme_web2.boot.qcow2: " in message
+    assert "volume busy" in message
+    assert "which left volume acme_web2.boot.qcow2 in place" in message
+    assert failed.value.left == ["volume acme_web2.boot.qcow2"]
+    assert failed.value.changed and failed.value.applied == []
+    assert acme_objects() == {"acme_web2.boot.qcow2"}
+    assert engine.run_vm(web2(image)).changed  # the re-run uses the volume left
+    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+
+
+def test_a_vm_create_that_cannot_start_its_domain_says_the_domain_is_defined(image, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(libvirt.virDomain, "create", refuse("not enough memory"))
+        with pytest.raises(ApplyError) as failed:
+            engine.run_vm(web2(image))
+    assert str(failed.value).startswith(
+        "Failed to start domain acme_web2: not enough memory (domain acme_web2 is defined)"
+    )
+    assert failed.value.left == ["domain acme_web2"] and failed.value.changed
+    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+    again = engine.run_vm(web2(image))
+    assert again.changed and again.facts["vm"]["state"] == "running"

@@ -213,3 +213,11 @@ def test_bad_tenant_lists_are_refused_naming_the_field():
     with pytest.raises(SpecError) as error:
         parse_tenants(["acme", "Not OK"])
     assert error.value.field == "tenants[1]"
+
+
+@pytest.mark.parametrize("key", ["name", "zone"])
+def test_a_host_source_name_or_zone_ending_in_a_newline_is_refused(key):
+    source = {"name": "kvm1", "uri": "test:///default", "zone": "zone-a", key: "kvm1\n"}
+    with pytest.raises(SpecError) as caught:
+        parse_hosts([source])
+    assert caught.value.field.endswith(f".{key}")

@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    ApplyError,
+    SpecError,
+    VceError,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import Breach, QuotaExceeded
 from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
 from ansible_collections.vce.kvm.plugins.module_utils.engine import module_support as support
@@ -136,3 +140,43 @@ def test_option_specs_share_connection_and_ledger_options():
     assert set(support.RETENTION_OPTIONS) and all(
         option == {"type": "int"} for option in support.RETENTION_OPTIONS.values()
     )
+
+
+def raising(error: Exception):
+    def action(params, check_mode):
+        raise error
+
+    return action
+
+
+def test_a_run_that_applied_changes_before_failing_is_reported_changed_with_them():
+    applied = [{"kind": "network", "name": "lan", "action": "create"}]
+    outcome, details, _module = run(raising(ApplyError("Failed to define domain", applied)))
+    assert outcome == "fail"
+    assert details["changed"] is True
+    assert details["applied"] == applied and details["left"] == []
+    assert details["msg"] == "Failed to define domain"
+    assert "exception" not in details
+
+
+def test_a_run_whose_failed_change_left_something_is_reported_changed():
+    error = ApplyError("Failed to start domain acme_web1", left=["domain acme_web1"])
+    outcome, details, _module = run(raising(error))
+    assert (outcome, details["changed"], details["left"]) == ("fail", True, ["domain acme_web1"])
+
+
+def test_a_run_that_applied_nothing_before_failing_is_reported_unchanged():
+    outcome, details, _module = run(raising(ApplyError("Failed to create network lan")))
+    assert (outcome, details["changed"]) == ("fail", False)
+    assert "applied" not in details
+
+
+def test_a_bug_part_way_is_reported_changed_with_its_trace():
+    try:
+        raise KeyError("target")
+    except KeyError as cause:
+        error = ApplyError("Unexpected error", [{"kind": "vm"}], unexpected=True)
+        error.__cause__ = cause
+    outcome, details, _module = run(raising(error))
+    assert outcome == "fail" and details["changed"] is True
+    assert "exception" in details

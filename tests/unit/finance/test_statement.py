@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.finance import statement
 from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
     CHART_WIDTH,
     COLOUR_DOWN,
@@ -421,3 +422,14 @@ def test_json_stream():
     assert write_json_stream(iter(()), empty) == 0
     assert empty.getvalue() == "[]"
     assert json.loads(empty.getvalue()) == []
+
+
+@pytest.mark.parametrize("value", ["\u0663", "\u00b2", " 3", "1_0", "3\n"])
+def test_a_count_in_unicode_digits_or_with_spaces_is_refused_naming_the_field(value):
+    with pytest.raises(SpecError) as caught:
+        statement.count_of(value, "vms.web1.downtime_seconds")
+    assert caught.value.field == "vms.web1.downtime_seconds"
+
+
+def test_a_month_title_with_superscript_digits_stays_the_label():
+    assert statement.month_title("2026-1\u00b2") == "2026-1\u00b2"

@@ -18,6 +18,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant im
     run_tenant,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import trial_grants
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.conftest import fresh_database_url
@@ -109,6 +110,44 @@ def test_a_second_tenant_of_the_same_customer_gets_no_trial(any_ledger_url):
     assert second["state"] == "active"
     assert second["quotas"] == SMALL
     assert second["trial"]["granted"] is False
+
+
+@pytest.mark.parametrize(
+    "again", ["BIN-1\n", " bin-1 ", "\uff22\uff29\uff2e-1", "BIN-1\u00a0", "\tBin-1"]
+)
+def test_the_same_customer_written_differently_gets_no_second_trial(any_ledger_url, again):
+    tenant("acme")
+    second = tenant("acme-two", customer=again).facts["tenant"]
+    assert second["state"] == "active"
+    assert second["trial"]["granted"] is False
+
+
+@pytest.mark.parametrize("customer", ["BIN\x00-1", "BIN-\u200b1", "BIN\n-1", "", "  ", 7])
+def test_a_customer_with_control_characters_or_nothing_is_refused(any_ledger_url, customer):
+    with pytest.raises(SpecError) as caught:
+        tenant(customer=customer)
+    assert caught.value.field == "customer"
+
+
+def test_a_trial_granted_before_normalising_counts_for_the_normalised_customer(any_ledger_url):
+    tenant("acme", customer="nobody")
+    ledger = Ledger.open()
+    with ledger.store.locked("acme") as connection:  # a grant as it was stored before: as given
+        connection.execute(
+            trial_grants.insert().values(customer="Cust-1\n", tenant="old", granted_at=T0)
+        )
+    second = tenant("acme-two", customer="cust-1").facts["tenant"]
+    assert second["state"] == "active"
+    assert second["trial"]["granted"] is False
+
+
+def test_a_tenant_declared_again_with_its_customer_written_differently_is_unchanged(
+    any_ledger_url,
+):
+    tenant("acme")
+    again = tenant("acme", customer=" bin-1\n")
+    assert not again.changed
+    assert again.facts["tenant"]["customer"] == "BIN-1"
 
 
 def test_a_plan_without_trial_hours_starts_active(any_ledger_url):

@@ -50,7 +50,8 @@ DEFAULT_CONFIG_DIR = "/etc/vce-kvm/backup"
 DEFAULT_RUNNER = "/usr/local/bin/vce-backup"
 WANTS_DIR = "timers.target.wants"
 # Paths go into unit files unquoted: plain characters only (no spaces, quotes or specifiers).
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+# Matched whole, with fullmatch: `$` would let a trailing newline start a new line in the unit.
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 
 # A calendar's next elapses, as systemd computed them, are reused for a minute: many tenants
 # share a few calendars, and the frequency they give does not change in that time.
@@ -121,7 +122,7 @@ finally:
 
 
 def check_host_path(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not SAFE_PATH.match(value) or "/../" in f"{value}/":
+    if not isinstance(value, str) or not SAFE_PATH.fullmatch(value) or "/../" in f"{value}/":
         raise SpecError(
             field_name,
             f"must be an absolute path of letters, digits and . _ - / only, got {value!r}",

@@ -19,7 +19,7 @@ from typing import Any
 from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.validation import INTERFACE_PATTERN, as_list, check_name
+from ...core.validation import as_list, check_name, is_interface
 from ...core.zones import Pool, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
@@ -36,7 +36,8 @@ KIND = "host"
 STATES = ("present", "absent")
 # A DNS-style name in lowercase: the inventory's name of the host.
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-HOST_NAME_PATTERN = re.compile(rf"^(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*$")
+# Matched with fullmatch; the length look-ahead ends at \Z, as `$` would allow a trailing newline.
+HOST_NAME_PATTERN = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
 MAX_URI = 255
 # Fields of the record that a registration declares or reads from libvirt, in diff order.
 VALUES = (
@@ -81,7 +82,7 @@ class HostRecordSpec:
 
 
 def check_host_name(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not HOST_NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not HOST_NAME_PATTERN.fullmatch(value):
         raise SpecError(
             field,
             f"invalid host name {value!r}: use a lowercase DNS name (letters, digits, '-' and "
@@ -122,7 +123,7 @@ def parse_host(params: Mapping[str, Any]) -> HostRecordSpec:
     pools: tuple[dict[str, Any], ...] = ()
     if as_list(params.get("public_pools"), "public_pools"):
         pools = check_pools(zone, uplink, params["public_pools"])
-    elif uplink is not None and not (isinstance(uplink, str) and INTERFACE_PATTERN.match(uplink)):
+    elif uplink is not None and not is_interface(uplink):
         raise SpecError(
             "uplink", f"invalid interface name {uplink!r}: 1-15 of a-z, 0-9, '.', '_', '-'"
         )

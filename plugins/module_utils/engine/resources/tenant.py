@@ -18,7 +18,7 @@ from ...core import quota
 from ...core.errors import SpecError
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.validation import check_name
+from ...core.validation import check_customer, check_name, customer_key
 from ...host.connection import DEFAULT_URI, Host
 from ...host.ownership import object_name
 from ...ledger.metering import UsageWatch
@@ -47,8 +47,8 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     if params.get("quotas") is not None:
         overrides = quota.check_quotas(params["quotas"], "quotas")
     customer = params.get("customer")
-    if customer is not None and (not isinstance(customer, str) or not customer.strip()):
-        raise SpecError("customer", "must be a non-empty customer identity")
+    if customer is not None:
+        customer = check_customer(customer, "customer")
     requested_at = parse_moment(params.get("requested_at"), "requested_at")
     ledger = open_ledger(params)
     plan = Plan()
@@ -139,7 +139,7 @@ class TenantActions:
                     "state", f"tenant {self.name} is closed; a closed tenant is not reopened"
                 )
             return plan
-        if customer and customer != record.customer:
+        if customer and customer_key(customer) != customer_key(record.customer):
             raise SpecError(
                 "customer",
                 f"tenant {self.name} belongs to customer {record.customer!r}; it cannot move",

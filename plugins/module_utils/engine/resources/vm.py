@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from ...core.errors import SpecError, libvirt, libvirt_action
+from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_action, vanished
 from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
 from ...core.spec import DiskSpec, NetworkSpec, StaticLease, VmSpec, check_host_address, spec_hash
 from ...host.cloudinit import seed_digest, seed_image
@@ -81,6 +81,14 @@ def boot_volume_name(tenant: str, vm: str) -> str:
 
 def seed_volume_name(tenant: str, vm: str) -> str:
     return f"{object_name(tenant, vm)}.seed.iso"
+
+
+def undone(reason: str, made: list[str], left: dict[str, str]) -> str:
+    """A failed create's reason, with what it had made and what of that it could not remove."""
+    removed = [f"volume {name}" for name in made if name not in left]
+    notes = [f"removed what it had made: {', '.join(removed)}"] if removed else []
+    notes += [f"could not remove volume {name}: {why}" for name, why in left.items()]
+    return f"{reason} ({'; '.join(notes)})" if notes else reason
 
 
 def vm_summary(spec: VmSpec) -> dict[str, Any]:
@@ -666,6 +674,30 @@ class VmPlanner:
         )
 
     def create(self, r: Resolved, inventory: TenantInventory) -> None:
+        """Make the boot volume and seed, then define (and start) the domain. Until the domain
+        is defined, a failure removes the volumes made here, so that a re-run starts afresh;
+        after, the domain is left in place and the error says so (a re-run converges on it)."""
+        made: list[str] = []  # volumes of the boot pool made by this change
+        try:
+            dom = self.define(r, inventory, made)
+        except Exception as error:
+            left = self.remove_volumes(r.spec.boot_disk.pool, made)
+            if not isinstance(error, VceError):
+                raise
+            message = undone(str(error), made, left)
+            raise ApplyError(message, left=[f"volume {name}" for name in left]) from error
+        try:
+            with libvirt_action("set autostart of", f"domain {r.libvirt_name}"):
+                dom.setAutostart(1 if r.spec.state == "running" else 0)
+            if r.spec.state == "running":
+                with libvirt_action("start", f"domain {r.libvirt_name}"):
+                    dom.create()
+        except ApplyError as error:
+            domain = f"domain {r.libvirt_name}"
+            raise ApplyError(f"{error} ({domain} is defined)", left=[domain]) from error
+
+    def define(self, r: Resolved, inventory: TenantInventory, made: list[str]) -> Any:
+        """The boot volume if missing, the seed, then the domain; `made` grows as they are."""
         spec = r.spec
         if not any(v.path == r.boot_path for v in inventory.volumes.values()):
             name = boot_volume_name(self.tenant, spec.name)
@@ -677,15 +709,27 @@ class VmPlanner:
                 spec.boot_disk.image_format,
             )
             self.disks.create(spec.boot_disk.pool, name, xml)
+            made.append(name)
         if r.seed:
+            # Listed before it is written: a failed upload leaves the volume it created.
+            made.append(seed_volume_name(self.tenant, spec.name))
             self.write_seed(r)
         xml = domain_xml(self.definition(r))
         with libvirt_action("define", f"domain {r.libvirt_name}"):
-            dom = self.host.conn.defineXML(xml)
-            dom.setAutostart(1 if spec.state == "running" else 0)
-        if spec.state == "running":
-            with libvirt_action("start", f"domain {r.libvirt_name}"):
-                dom.create()
+            return self.host.conn.defineXML(xml)
+
+    def remove_volumes(self, pool_name: str, names: list[str]) -> dict[str, str]:
+        """Best effort: delete `names` from the pool; those that could not be, with why."""
+        left = {}
+        for name in names:
+            try:
+                pool = self.host.lookup_pool(pool_name)
+                with libvirt_action("delete", f"volume {name}"):
+                    pool.storageVolLookupByName(name).delete(0)
+            except VceError as error:
+                if not vanished(error):  # never made (a failed upload's volume may not exist)
+                    left[name] = str(error)
+        return left
 
     def write_seed(self, r: Resolved) -> None:
         cloud_init = r.spec.cloud_init

@@ -17,6 +17,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owne
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from hypothesis import given
+from hypothesis import strategies as st
 
 URI = "test:///default"
 PARAMS = {
@@ -128,3 +130,27 @@ def owned_domain_xml() -> str:
     ET.SubElement(ET.SubElement(root, "os"), "type").text = "hvm"
     ET.SubElement(root, "metadata").append(owner_element(Owner("acme", "vm", "web")))
     return ET.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize("name", ["kvm-01.lab\n", "kvm-01.lab\0", "kvm-01\n.lab", "", "a" * 254])
+def test_a_host_name_with_a_newline_or_nul_is_refused(name):
+    with pytest.raises(SpecError) as caught:
+        host_record.check_host_name(name, "name")
+    assert caught.value.field == "name"
+
+
+def test_an_uplink_with_a_trailing_newline_is_refused():
+    with pytest.raises(SpecError) as caught:
+        host_record.parse_host({**PARAMS, "public_pools": [], "uplink": "eth1\n"})
+    assert caught.value.field == "uplink"
+
+
+@given(st.one_of(st.text(alphabet="ab09-.\n\0A\u0663", max_size=30), st.text(max_size=30)))
+def test_a_host_name_is_a_lowercase_dns_name_or_refused_naming_the_field(value):
+    try:
+        name = host_record.check_host_name(value, "name")
+    except SpecError as error:
+        assert error.field == "name"
+        return
+    assert name.isascii() and name.isprintable() and name == name.lower()
+    assert all(label and not label.startswith("-") for label in name.split("."))
