@@ -236,3 +236,11 @@ def test_a_report_with_its_time_without_offset_is_refused(books):
     done = vce(books.url, "ledger", "incident", "report", "--tenant", "acme",
                "--reported-at", "2026-11-20T00:00:00")  # fmt: skip
     assert done.returncode == 2 and "needs a UTC offset" in done.stderr
+
+
+def test_a_read_of_a_missing_sqlite_ledger_is_refused_and_creates_nothing(tmp_path):
+    path = tmp_path / "ledgr.sqlite3"  # a mistyped URL
+    done = vce(f"sqlite:///{path}", "ledger", "invoice", "--month", "2026-11")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"vce: No ledger at {path}: check the ledger URL")
+    assert done.stdout == "" and not path.exists()

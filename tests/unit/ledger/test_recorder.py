@@ -114,6 +114,7 @@ def test_when_neither_ledger_nor_disk_take_the_records_the_user_is_told(
 
 
 def test_an_interrupted_run_says_so_and_is_ended_once(ledger_url, tmp_path, said):
+    register(ledger_url, "acme")  # the recorder writes into a ledger, it does not create one
     recorder = recorder_for(ledger_url, tmp_path / "spool", said)
     recorder.start()
     recorder.interrupted()
