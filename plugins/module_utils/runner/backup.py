@@ -39,7 +39,9 @@ from .repo import (
     ScheduleRepo,
     backup_id_of,
     files_size,
+    make_private_dir,
     qemu_img,
+    seal,
     write_json_atomically,
 )
 
@@ -223,7 +225,7 @@ class BackupRun:
             disks = self.selected_disks(devices)
             result.backup_id = self.repo.new_id(started)
             partial = self.repo.partial(result.backup_id)
-            partial.mkdir(parents=True)
+            make_private_dir(partial, exist_ok=False)
             try:
                 manifest = self.take(domain, devices, disks, last, result, partial)
                 self.finish(manifest, partial)
@@ -411,6 +413,7 @@ class BackupRun:
             disk.virtual_size = int(info["virtual-size"])
         manifest.size_bytes = files_size(partial)
         manifest.duration_s = time.monotonic() - self.t0
+        seal(partial)
         write_json_atomically(partial / MANIFEST, manifest.as_dict())
         final = self.repo.path(manifest.backup_id)
         os.rename(partial, final)

@@ -11,6 +11,9 @@ after its files passed `qemu-img check` and its manifest was written. An increme
 files have the previous backup's files as qcow2 backing files (relative paths), so a chain
 needs nothing but its own directory; pruning a backup another one builds on first folds its
 data into that one.
+
+A backup is the tenant's data: every directory the runner makes is 0700 and every file 0600,
+whatever the umask it runs under (systemd's default is 022).
 """
 
 from __future__ import annotations
@@ -47,9 +50,62 @@ def files_size(directory: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.name != MANIFEST)
 
 
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
 def qemu_img(args: Sequence[str], action: str, obj: str) -> str:
-    """qemu-img on this host (the runner and restores run there), with a backup's patience."""
-    return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
+    """qemu-img on this host (the runner and restores run there), with a backup's patience.
+
+    It runs under umask 077: the images it writes are a tenant's data, private from their
+    first byte (callers still chmod them, for a file that existed before).
+    """
+    with private_umask():
+        return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    # The umask is the process's: a thread creating a file meanwhile gets a narrower mode,
+    # never a wider one.
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private_dir(path: Path, exist_ok: bool = True) -> None:
+    """`path` and its missing parents, each made 0700; directories that exist keep their mode."""
+    for directory in (*reversed(path.parents), path):
+        if directory.exists() and (directory != path or exist_ok):
+            continue
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if directory == path and not exist_ok:
+                raise
+            continue  # made by another run meanwhile: its mode is that run's
+        directory.chmod(DIR_MODE)  # mkdir's mode is cut by the umask: chmod is not
+
+
+def open_private(path: Path, flags: int) -> int:
+    """A descriptor on `path`, created 0600 when missing."""
+    fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def seal(directory: Path) -> None:
+    """Every file under `directory` 0600 and every directory 0700, whoever wrote them (libvirt
+    writes a live backup's files)."""
+    directory.chmod(DIR_MODE)
+    for entry in directory.rglob("*"):
+        entry.chmod(DIR_MODE if entry.is_dir() else FILE_MODE)
 
 
 @dataclass
@@ -124,7 +180,7 @@ class Manifest:
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
         handle.flush()
@@ -187,8 +243,9 @@ class ScheduleRepo:
     def vm_lock(self, timeout: float) -> Iterator[None]:
         """Serialise runs for the VM (every schedule): the disks' jobs and checkpoints are
         the VM's, not the schedule's."""
-        self.vm_dir.mkdir(parents=True, exist_ok=True)
-        with (self.vm_dir / LOCK_FILE).open("a") as handle:
+        make_private_dir(self.vm_dir)
+        lock = open_private(self.vm_dir / LOCK_FILE, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(lock, "a") as handle:
             deadline = time.monotonic() + timeout
             while True:
                 try:

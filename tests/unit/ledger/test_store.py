@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import os
 import sqlite3
-import stat
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +18,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import (
     migrations_dir,
     open_store,
 )
+
+from tests.support.files import mode_of
 
 
 def test_head_constant_is_alembics_head():
@@ -116,18 +116,6 @@ def test_tenants_registered_at_once_share_their_plan_and_one_trial(any_ledger_ur
         args = [(any_ledger_url, f"t{i}") for i in range(4)]
         states = pool.map(_register, args, chunksize=1)
     assert sorted(states) == ["active", "active", "active", "trial"]
-
-
-@pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
-def umask(request):
-    """The process umask for the test, restored after: the modes must not depend on it."""
-    previous = os.umask(request.param)
-    yield request.param
-    os.umask(previous)
-
-
-def mode_of(path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 @pytest.mark.usefixtures("umask")
