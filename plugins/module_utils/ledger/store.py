@@ -5,8 +5,8 @@
 Opening a store brings its schema to the newest Alembic revision, under the same lock that
 writers take, so the first runs against a new database can start together.
 
-A SQLite file is created only when the caller asks for it (the entry points that register
-tenants and hosts): a mistyped URL for a read must fail, not answer from an empty ledger. The
+A SQLite file is created only when the caller asks for it (the entry points that register or
+record, docs/ledger.md): a mistyped URL for a read must fail, not answer from an empty ledger. The
 file holds every tenant's records, so it is made 0600 in directories made 0700, whatever the
 process umask; SQLite gives its -wal, -shm and -journal files the database file's mode.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import VceError
+from ..host.files import make_private_dir, open_private
 
 try:
     import sqlalchemy as sa
@@ -228,22 +229,11 @@ class Store:
 def create_private_file(path: Path) -> bool:
     """Make `path` an empty file of mode 0600, and its missing directories 0700; False when
     another process made it first."""
-    missing = [parent for parent in reversed(path.parents) if not parent.exists()]
-    for directory in missing:
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            continue  # another run made it: its mode is that run's
-        # chmod, not mkdir's mode: the umask would only take bits away, and 0 may have added.
-        directory.chmod(0o700)
+    make_private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(open_private(path, os.O_WRONLY | os.O_EXCL))
     except FileExistsError:
         return False
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
     return True
 
 

@@ -31,6 +31,7 @@ from ..core.backup_spec import Retention, parse_retention
 from ..core.errors import ApplyError, VceError, libvirt_action, libvirt_reason
 from ..core.quota import show
 from ..host.connection import connect
+from ..host.files import make_private_dir, seal
 from ..host.xml import DiskDevice, read_domain
 from .repo import (
     MANIFEST,
@@ -39,9 +40,7 @@ from .repo import (
     ScheduleRepo,
     backup_id_of,
     files_size,
-    make_private_dir,
     qemu_img,
-    seal,
     write_json_atomically,
 )
 

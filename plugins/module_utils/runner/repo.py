@@ -32,6 +32,7 @@ from typing import Any
 
 from ..core.backup_spec import Retention
 from ..core.errors import VceError
+from ..host.files import make_private_dir, open_private, private_umask
 from ..host.shell import HostShell
 
 MANIFEST = "manifest.json"
@@ -50,10 +51,6 @@ def files_size(directory: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in directory.iterdir() if p.name != MANIFEST)
 
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-
-
 def qemu_img(args: Sequence[str], action: str, obj: str) -> str:
     """qemu-img on this host (the runner and restores run there), with a backup's patience.
 
@@ -62,50 +59,6 @@ def qemu_img(args: Sequence[str], action: str, obj: str) -> str:
     """
     with private_umask():
         return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
-
-
-@contextlib.contextmanager
-def private_umask() -> Iterator[None]:
-    # The umask is the process's: a thread creating a file meanwhile gets a narrower mode,
-    # never a wider one.
-    previous = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-def make_private_dir(path: Path, exist_ok: bool = True) -> None:
-    """`path` and its missing parents, each made 0700; directories that exist keep their mode."""
-    for directory in (*reversed(path.parents), path):
-        if directory.exists() and (directory != path or exist_ok):
-            continue
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            if directory == path and not exist_ok:
-                raise
-            continue  # made by another run meanwhile: its mode is that run's
-        directory.chmod(DIR_MODE)  # mkdir's mode is cut by the umask: chmod is not
-
-
-def open_private(path: Path, flags: int) -> int:
-    """A descriptor on `path`, created 0600 when missing."""
-    fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def seal(directory: Path) -> None:
-    """Every file under `directory` 0600 and every directory 0700, whoever wrote them (libvirt
-    writes a live backup's files)."""
-    directory.chmod(DIR_MODE)
-    for entry in directory.rglob("*"):
-        entry.chmod(DIR_MODE if entry.is_dir() else FILE_MODE)
 
 
 @dataclass

@@ -26,10 +26,11 @@ from ...core.quota import mib_of_bytes
 from ...core.result import Result
 from ...core.validation import check_choice, check_name, check_pool
 from ...host.connection import Host, TenantInventory
+from ...host.files import FILE_MODE
 from ...host.ownership import check_owner, object_name, volume_name
 from ...host.xml import DiskDevice
 from ...ledger.tenants import Ledger, key_of
-from ...runner.repo import FILE_MODE, Manifest, ScheduleRepo, qemu_img
+from ...runner.repo import Manifest, ScheduleRepo, qemu_img
 from ..gate import Declaration, Gate, declare_one
 from ..run import conclude_one
 from .backup_schedule import parse_backup_host
