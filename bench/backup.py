@@ -593,6 +593,8 @@ def run_bench(
     p = results["prep"]
     log(f"prepared in {p['random_s'] + p['convert_in_s']:.1f} s ({p['random_data']})")
     url = f"sqlite:///{base / 'ledger.sqlite3'}"
+    # No tenant is registered, so nothing else creates the ledger the runner writes into.
+    Ledger.open(url, create=True)
     config = runner_config(daemon.uri, base / "backups", url)
     config_path = base / "schedule.json"
     config_path.write_text(json.dumps(config.as_dict()))

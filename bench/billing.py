@@ -605,7 +605,7 @@ def populate(url: str, scale: Scale) -> dict[str, Any]:
     start = time.perf_counter()
     data = DataSet(scale).build()
     built = time.perf_counter() - start
-    ledger = Ledger.open(url, now=NOW, actor="bench", run_id="setup")
+    ledger = Ledger.open(url, create=True, now=NOW, actor="bench", run_id="setup")
     catalog = {
         name: {"quotas": ROOMY, "trial_hours": 72, "prices": prices}
         for name, prices in PRICES.items()

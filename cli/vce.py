@@ -201,8 +201,14 @@ def request_commands(commands: Any) -> None:
 # -- commands ------------------------------------------------------------------------------
 
 
-def open_ledger(args: argparse.Namespace) -> Ledger:
-    return Ledger.open(args.ledger_url, actor=args.actor, now=args.now)
+def open_ledger(args: argparse.Namespace, create: bool = False) -> Ledger:
+    """The ledger of the command; only commands that write may create it (store.py), and
+    they say so on stderr, where a mistyped URL shows."""
+    ledger = Ledger.open(args.ledger_url, create=create, actor=args.actor, now=args.now)
+    note = ledger.store.creation_note()
+    if note:
+        print(f"vce: {note}", file=sys.stderr)
+    return ledger
 
 
 def month_of(args: argparse.Namespace) -> Month:
@@ -280,13 +286,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    outcome = list(Books(open_ledger(args), month_of(args)).close())
+    outcome = list(Books(open_ledger(args, create=True), month_of(args)).close())
     print_json({"month": args.month, "invoices": outcome})
     return 0
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    ledger = open_ledger(args)
+    ledger = open_ledger(args, create=True)
     metering = Metering(ledger)
     known = ledger.tenant_names()
     report, status = [], 0
@@ -303,14 +309,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    ledger = open_ledger(args)
+    ledger = open_ledger(args, create=True)
     report = [probe_host(ledger, uri) for uri in args.uri]
     print_json(report)
     return 1 if any("unreachable" in r for r in report) else 0
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
-    incidents = Incidents(open_ledger(args))
+    incidents = Incidents(open_ledger(args, create=args.action != "list"))
     if args.action == "report":
         found = incidents.report(
             args.tenant, args.vm, args.host, args.reported_at, args.confirmed_at, args.note,
@@ -336,7 +342,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
 
 def cmd_exclusion(args: argparse.Namespace) -> int:
     print_json(
-        Incidents(open_ledger(args)).exclude(
+        Incidents(open_ledger(args, create=True)).exclude(
             args.cause, args.start, args.end, tenant=args.tenant, host=args.host, vm=args.vm,
             announced_at=args.announced_at, note=args.note,
         )
@@ -345,7 +351,7 @@ def cmd_exclusion(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    log = RequestLog(open_ledger(args))
+    log = RequestLog(open_ledger(args, create=True))
     if args.action == "log":
         print_json(log.log(args.tenant, args.kind, args.reference, args.logged_at, args.note))
     else:

@@ -311,3 +311,23 @@ def test_what_is_left_is_rewritten_keeping_the_files_mode(tmp_path):
     assert json.loads(done.stdout)["remaining"] == 1 and "kept in the spool" in done.stderr
     assert path.read_text() == '{"vce_spool": 1}\n' + bad + "\n"
     assert oct(path.stat().st_mode & 0o777) == "0o640"
+
+
+def test_a_read_of_a_missing_sqlite_ledger_is_refused_and_creates_nothing(tmp_path):
+    path = tmp_path / "ledgr.sqlite3"  # a mistyped URL
+    done = vce(f"sqlite:///{path}", "ledger", "invoice", "--month", "2026-11")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"vce: No ledger at {path}: check the ledger URL")
+    assert done.stdout == "" and not path.exists()
+
+
+def test_a_writing_command_creates_a_missing_ledger_and_says_where(tmp_path):
+    path = tmp_path / "new" / "ledger.sqlite3"
+    done = vce(
+        f"sqlite:///{path}", "ledger", "exclusion", "add", "--cause", "maintenance",
+        "--start", "2026-11-04T00:00:00+05:00", "--end", "2026-11-04T01:00:00+05:00",
+        "--announced-at", "2026-11-01T00:00:00+05:00",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"vce: created a new, empty ledger at {path}\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

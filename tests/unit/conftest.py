@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.files import with_umask
 from tests.support.ledger import forget_stores
 
 
@@ -13,3 +14,9 @@ def ledger_url(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("VCE_LEDGER_URL", url)
     yield url
     forget_stores()
+
+
+@pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
+def umask(request):
+    """The test runs under systemd's default umask, then under none at all."""
+    yield from with_umask(request.param)

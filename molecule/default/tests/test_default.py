@@ -131,6 +131,18 @@ def test_probe_and_reconcile_timers_valid(host: Any) -> None:
     assert host.run("/usr/local/bin/vce-backup --help").rc == 0
 
 
+def test_the_ledger_url_is_in_a_root_only_file_not_in_the_units(
+    host: Any, inventory: dict[str, Any]
+) -> None:
+    for unit in HOST_TIMERS:
+        assert "VCE_LEDGER_URL" not in host.file(f"{UNIT_DIR}/{unit}.service").content_string
+    environment = host.file("/etc/vce-kvm/ledger.env")
+    if inventory.get("vce_ledger_url"):
+        assert (environment.mode, environment.user) == (0o600, "root")
+    else:
+        assert not environment.exists
+
+
 def test_guest_answers_ping(host: Any, tenant: dict[str, Any]) -> None:
     for vm in tenant["vms"]:
         address = vm["nics"][0]["ip"]

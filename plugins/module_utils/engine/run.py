@@ -20,6 +20,7 @@ from ..core.result import Result
 from ..host.connection import TenantInventory
 from ..host.facts import tenant_facts
 from ..ledger.metering import UsageWatch
+from ..ledger.store import Store
 from .gate import Gate
 
 if TYPE_CHECKING:  # the public IP planner concludes through here too
@@ -73,6 +74,15 @@ def conclude(run: Run, check_mode: bool) -> Result:
         usage_changes=usage_changes,
         facts=run.facts(after, plan.changed and not check_mode),
     )
+
+
+def noting_new_ledger(result: Result, store: Store) -> Result:
+    """The result of a registering run, warning when the run made a new ledger file: after a
+    mistyped URL the operator sees where the records went."""
+    note = store.creation_note()
+    if note:
+        result.warnings.append(note)
+    return result
 
 
 def apply(run: Run) -> None:

@@ -61,7 +61,12 @@ class Recorder:
     def ledger(self, url: str) -> Ledger:
         ledger = self.ledgers.get(url)
         if ledger is None:
-            ledger = Ledger.open(url, actor=self.run.actor, run_id=self.run.run_id)
+            # A run's record is written even where nothing was registered yet (a playbook's
+            # first run); a new ledger file is told as a warning, where a mistyped URL shows.
+            ledger = Ledger.open(url, create=True, actor=self.run.actor, run_id=self.run.run_id)
+            note = ledger.store.creation_note()
+            if note:
+                self.warn(note)
             self.ledgers[url] = ledger
         return ledger
 

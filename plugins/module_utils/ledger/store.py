@@ -4,6 +4,11 @@
 
 Opening a store brings its schema to the newest Alembic revision, under the same lock that
 writers take, so the first runs against a new database can start together.
+
+A SQLite file is created only when the caller asks for it (the entry points that register or
+record, docs/ledger.md): a mistyped URL for a read must fail, not answer from an empty ledger. The
+file holds every tenant's records, so it is made 0600 in directories made 0700, whatever the
+process umask; SQLite gives its -wal, -shm and -journal files the database file's mode.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import VceError
+from ..host.files import make_private_dir, open_private
 
 try:
     import sqlalchemy as sa
@@ -47,12 +53,16 @@ def default_url() -> str:
 SCHEMA_REVISION = "0006"
 
 
-def open_store(url: str | None = None) -> Store:
-    """The store at `url` (default: default_url()), opened and migrated once per process."""
+def open_store(url: str | None = None, create: bool = False) -> Store:
+    """The store at `url` (default: default_url()), opened and migrated once per process.
+
+    With `create`, a missing SQLite file is made (Store.created says so); without, it is a
+    VceError naming the path.
+    """
     url = url or default_url()
     store = _stores.get(url)
     if store is None:
-        store = Store(url)
+        store = Store(url, create=create)
         _stores[url] = store
     return store
 
@@ -68,7 +78,7 @@ def safe_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = False) -> None:
         if sa is None:
             raise VceError(
                 "The ledger needs SQLAlchemy and Alembic on the machine that runs the module "
@@ -76,13 +86,15 @@ class Store:
             )
         self.url = url
         self.shown_url = safe_url(url)
+        # The SQLite file this store made, for the entry points to tell the operator.
+        self.created: Path | None = None
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             raise VceError(f"ledger_url: not a database URL: {self.shown_url}") from None
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
-            self.engine = self.sqlite_engine(parsed)
+            self.engine = self.sqlite_engine(parsed, create)
         elif self.dialect == "postgresql":
             self.engine = self.postgresql_engine(parsed)
         else:
@@ -92,9 +104,17 @@ class Store:
             )
         self.migrate()
 
-    def sqlite_engine(self, url: Any) -> Any:
+    def sqlite_engine(self, url: Any, create: bool) -> Any:
         if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.database).expanduser()
+            if not path.exists():
+                if not create:
+                    raise VceError(
+                        f"No ledger at {path}: check the ledger URL ({URL_ENV} or "
+                        "ledger_url); a ledger is created only by registering a tenant or host"
+                    )
+                if create_private_file(path):
+                    self.created = path
         engine = sa.create_engine(url, connect_args={"timeout": LOCK_TIMEOUT_SECONDS})
 
         # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
@@ -113,6 +133,15 @@ class Store:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if locked else "BEGIN")
 
         return engine
+
+    def creation_note(self) -> str | None:
+        """A note that this store made a new ledger file, given once: a process that opens
+        the store again (a Pulumi plugin, a test) did not create it again."""
+        if self.created is None:
+            return None
+        note = f"created a new, empty ledger at {self.created}"
+        self.created = None
+        return note
 
     def postgresql_engine(self, url: Any) -> Any:
         try:
@@ -195,6 +224,17 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
         _stores.pop(self.url, None)
+
+
+def create_private_file(path: Path) -> bool:
+    """Make `path` an empty file of mode 0600, and its missing directories 0700; False when
+    another process made it first."""
+    make_private_dir(path.parent)
+    try:
+        os.close(open_private(path, os.O_WRONLY | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
 
 
 def lock_key(name: str) -> int:

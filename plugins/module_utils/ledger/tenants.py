@@ -196,8 +196,9 @@ class Ledger:
         self.fixed_now = now
 
     @classmethod
-    def open(cls, url: str | None = None, **kwargs: Any) -> Ledger:
-        return cls(open_store(url), **kwargs)
+    def open(cls, url: str | None = None, create: bool = False, **kwargs: Any) -> Ledger:
+        """The ledger at `url`; `create` only for the entry points that register (store.py)."""
+        return cls(open_store(url, create=create), **kwargs)
 
     def now(self) -> dt.datetime:
         return self.fixed_now or utcnow()

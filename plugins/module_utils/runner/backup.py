@@ -31,6 +31,7 @@ from ..core.backup_spec import Retention, parse_retention
 from ..core.errors import ApplyError, VceError, libvirt_action, libvirt_reason
 from ..core.quota import show
 from ..host.connection import connect
+from ..host.files import make_private_dir, seal
 from ..host.xml import DiskDevice, read_domain
 from .repo import (
     MANIFEST,
@@ -225,7 +226,7 @@ class BackupRun:
             disks = self.selected_disks(devices)
             result.backup_id = self.repo.new_id(started)
             partial = self.repo.partial(result.backup_id)
-            partial.mkdir(parents=True)
+            make_private_dir(partial, exist_ok=False)
             try:
                 manifest = self.take(domain, devices, disks, last, result, partial)
                 self.finish(manifest, partial)
@@ -413,6 +414,7 @@ class BackupRun:
             disk.virtual_size = int(info["virtual-size"])
         manifest.size_bytes = files_size(partial)
         manifest.duration_s = time.monotonic() - self.t0
+        seal(partial)
         write_json_atomically(partial / MANIFEST, manifest.as_dict())
         final = self.repo.path(manifest.backup_id)
         os.rename(partial, final)

@@ -11,6 +11,9 @@ after its files passed `qemu-img check` and its manifest was written. An increme
 files have the previous backup's files as qcow2 backing files (relative paths), so a chain
 needs nothing but its own directory; pruning a backup another one builds on first folds its
 data into that one.
+
+A backup is the tenant's data: every directory the runner makes is 0700 and every file 0600,
+whatever the umask it runs under (systemd's default is 022).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from ..core.backup_spec import Retention
 from ..core.errors import VceError
+from ..host.files import make_private_dir, open_private, private_umask
 from ..host.shell import HostShell
 
 MANIFEST = "manifest.json"
@@ -48,8 +52,13 @@ def files_size(directory: Path) -> int:
 
 
 def qemu_img(args: Sequence[str], action: str, obj: str) -> str:
-    """qemu-img on this host (the runner and restores run there), with a backup's patience."""
-    return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
+    """qemu-img on this host (the runner and restores run there), with a backup's patience.
+
+    It runs under umask 077: the images it writes are a tenant's data, private from their
+    first byte (callers still chmod them, for a file that existed before).
+    """
+    with private_umask():
+        return HostShell().run(["qemu-img", *args], action, obj, timeout=QEMU_IMG_TIMEOUT)
 
 
 @dataclass
@@ -124,7 +133,7 @@ class Manifest:
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
         handle.flush()
@@ -187,8 +196,9 @@ class ScheduleRepo:
     def vm_lock(self, timeout: float) -> Iterator[None]:
         """Serialise runs for the VM (every schedule): the disks' jobs and checkpoints are
         the VM's, not the schedule's."""
-        self.vm_dir.mkdir(parents=True, exist_ok=True)
-        with (self.vm_dir / LOCK_FILE).open("a") as handle:
+        make_private_dir(self.vm_dir)
+        lock = open_private(self.vm_dir / LOCK_FILE, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(lock, "a") as handle:
             deadline = time.monotonic() + timeout
             while True:
                 try:

@@ -137,3 +137,11 @@ def test_end_marks_the_run_as_it_stands_and_can_be_repeated(ledger_url, tmp_path
 def test_errors_are_told_in_one_line():
     assert reason(sa.exc.OperationalError("x", {}, Exception("locked\nSQL: ..."))).count("\n") == 0
     assert reason(RuntimeError()) == "RuntimeError"
+
+
+def test_a_run_recorded_into_a_missing_ledger_creates_it_and_warns(tmp_path, said):
+    path = tmp_path / "new" / "ledger.sqlite3"
+    recorder = recorder_for(f"sqlite:///{path}", tmp_path / "spool", said)
+    recorder.start()
+    assert said["warn"] == [f"created a new, empty ledger at {path}"]
+    assert run_row(f"sqlite:///{path}").result == "running"

@@ -20,11 +20,20 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import (
     spool_path,
     spool_run,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 HOST = "qemu+ssh://root@kvm1/system"
 AT = dt.datetime(2026, 11, 24, 9, 0, tzinfo=dt.UTC)
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+
+
+@pytest.fixture(autouse=True)
+def existing_ledger(request):
+    """The ledger a spool names exists (its runs were writing to it): a replay, like any write
+    that does not register, never creates a SQLite ledger (store.py)."""
+    if "ledger_url" in request.fixturenames:
+        open_store(request.getfixturevalue("ledger_url"), create=True)
 
 
 def change(name="web1", minutes=0, state="running", vcpus=2):

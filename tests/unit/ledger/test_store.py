@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import sqlite3
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import (
     open_store,
 )
 
+from tests.support.files import mode_of
+
 
 def test_head_constant_is_alembics_head():
     assert ScriptDirectory(migrations_dir()).get_current_head() == HEAD
@@ -29,7 +32,7 @@ def test_the_stores_fast_path_knows_the_newest_revision():
 
 
 def test_migrated_schema_matches_the_tables_the_code_queries(any_ledger_url):
-    store = open_store(any_ledger_url)
+    store = open_store(any_ledger_url, create=True)
     assert store.revision() == HEAD
     inspector = sa.inspect(store.engine)
     for table in metadata.sorted_tables:
@@ -42,7 +45,7 @@ def test_migrated_schema_matches_the_tables_the_code_queries(any_ledger_url):
 
 
 def test_times_come_back_aware_and_naive_ones_are_refused(any_ledger_url):
-    store = open_store(any_ledger_url)
+    store = open_store(any_ledger_url, create=True)
     moment = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=5)))
     row = dict(key="k", tenant="t", kind="x", detail="{}", actor="a", run_id="r")
     with store.read() as connection:
@@ -58,7 +61,7 @@ def test_times_come_back_aware_and_naive_ones_are_refused(any_ledger_url):
 
 def _open(url: str) -> str | None:
     ledger_store._stores.clear()
-    return open_store(url).revision()
+    return open_store(url, create=True).revision()
 
 
 def test_first_runs_against_a_new_database_can_start_together(any_ledger_url):
@@ -113,3 +116,70 @@ def test_tenants_registered_at_once_share_their_plan_and_one_trial(any_ledger_ur
         args = [(any_ledger_url, f"t{i}") for i in range(4)]
         states = pool.map(_register, args, chunksize=1)
     assert sorted(states) == ["active", "active", "active", "trial"]
+
+
+@pytest.mark.usefixtures("umask")
+def test_a_created_sqlite_ledger_is_private_whatever_the_umask(tmp_path):
+    path = tmp_path / "made" / "vce-kvm" / "ledger.sqlite3"
+    store = open_store(f"sqlite:///{path}", create=True)
+    try:
+        with store.locked("t") as connection:  # a write: WAL and shared memory files appear
+            connection.execute(
+                events.insert().values(
+                    key="k", tenant="t", kind="x", detail="{}", actor="a", run_id="r",
+                    at=dt.datetime(2026, 11, 24, tzinfo=dt.UTC),
+                )
+            )  # fmt: skip
+        companions = [p for p in path.parent.iterdir() if p != path]
+        assert {p.name for p in companions} >= {"ledger.sqlite3-wal", "ledger.sqlite3-shm"}
+        assert {p.name: mode_of(p) for p in [path, *companions]} == dict.fromkeys(
+            [path.name, *(p.name for p in companions)], 0o600
+        )
+        assert [mode_of(d) for d in (path.parent, path.parent.parent)] == [0o700, 0o700]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.usefixtures("umask")
+def test_a_rollback_journal_is_private_too(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    open_store(f"sqlite:///{path}", create=True).dispose()
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA journal_mode=DELETE")
+        connection.execute("PRAGMA locking_mode=EXCLUSIVE")  # keeps the journal after COMMIT
+        connection.execute("PRAGMA journal_mode=PERSIST")
+        connection.execute("CREATE TABLE t (x)")
+        connection.commit()
+        assert mode_of(path.with_name("ledger.sqlite3-journal")) == 0o600
+    finally:
+        connection.close()
+
+
+@pytest.mark.usefixtures("umask")
+def test_an_existing_directory_keeps_its_mode(tmp_path):
+    tmp_path.chmod(0o755)
+    open_store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", create=True).dispose()
+    assert mode_of(tmp_path) == 0o755
+    assert mode_of(tmp_path / "ledger.sqlite3") == 0o600
+
+
+def test_a_missing_sqlite_ledger_is_refused_naming_its_path_and_not_created(tmp_path):
+    path = tmp_path / "typo" / "ledgr.sqlite3"
+    with pytest.raises(VceError, match=f"No ledger at {path}: check the ledger URL"):
+        open_store(f"sqlite:///{path}")
+    assert not path.parent.exists()
+
+
+def test_the_creating_store_says_so_once(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    store = open_store(f"sqlite:///{path}", create=True)
+    try:
+        assert store.creation_note() == f"created a new, empty ledger at {path}"
+        assert store.creation_note() is None
+        ledger_store._stores.clear()  # another process: the file is there, nothing is made
+        again = open_store(f"sqlite:///{path}", create=True)
+        assert again.creation_note() is None
+        again.dispose()
+    finally:
+        store.dispose()

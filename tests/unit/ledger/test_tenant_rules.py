@@ -209,6 +209,7 @@ def test_a_tenant_cannot_change_customer_or_reopen_after_closing(any_ledger_url)
 
 
 def test_unknown_tenant_is_refused_before_anything(any_ledger_url, testdriver):
+    tenant("globex")  # a ledger that exists: a missing SQLite file is refused for itself
     with pytest.raises(VceError, match="'acme' is not in the ledger"):
         engine.run_environment(environment(testdriver, vm("web1", testdriver)), check_mode=True)
 
@@ -487,3 +488,10 @@ def test_quota_kinds_are_the_nine_of_the_terms():
         "vms", "vcpus", "ram_gib", "disk_gib", "public_ips", "networks", "zone_links",
         "backup_schedules", "backup_storage_gib",
     ]  # fmt: skip
+
+
+def test_registering_into_a_missing_sqlite_ledger_creates_it_and_says_so(ledger_url):
+    path = ledger_url.removeprefix("sqlite:///")
+    first = run_tenant({"name": "acme", "customer": "BIN-1", "plan": "small", "plans": PLANS})
+    assert first.warnings == [f"created a new, empty ledger at {path}"]
+    assert tenant().warnings == []

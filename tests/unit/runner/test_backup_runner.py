@@ -30,6 +30,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.runner.backup import (
 from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import ScheduleRepo
 
 from tests.support.backup_api import BackupConnection, BackupDomain
+from tests.support.files import mode_of
 from tests.support.ledger import register
 from tests.support.testdriver import URI, fresh_driver
 
@@ -428,3 +429,16 @@ def test_a_job_that_outlasts_the_timeout_is_aborted_and_the_run_fails(
     assert result.status == "failed"
     assert result.error == "Failed to back up VM web1 of tenant acme: not done after 0 s"
     assert ScheduleRepo(tmp_path / "backups", "acme", "web1", "nightly").backups() == []
+
+
+@pytest.mark.usefixtures("umask")
+def test_a_backup_is_private_to_root_whatever_the_umask(vm, tmp_path, ledger_url):
+    result = BackupRun(config(tmp_path, ledger_url), Clock(T0, dt.timedelta(0))).run()
+    assert result.status == "ok", result.error
+    root = tmp_path / "backups"  # not made by the role here: the runner made it
+    folder = ScheduleRepo(root, "acme", "web1", "nightly").path(result.backup_id)
+    directories = [root, root / "acme", root / "acme" / "web1", folder.parent, folder]
+    assert [mode_of(d) for d in directories] == [0o700] * len(directories)
+    files = [root / "acme" / "web1" / ".lock", *folder.iterdir()]
+    assert {f.name for f in files} >= {".lock", "manifest.json", "vda.qcow2", "vdb.qcow2"}
+    assert {f.name: mode_of(f) for f in files} == {f.name: 0o600 for f in files}

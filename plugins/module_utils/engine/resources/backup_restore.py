@@ -26,6 +26,7 @@ from ...core.quota import mib_of_bytes
 from ...core.result import Result
 from ...core.validation import check_choice, check_name, check_pool
 from ...host.connection import Host, TenantInventory
+from ...host.files import FILE_MODE
 from ...host.ownership import check_owner, object_name, volume_name
 from ...host.xml import DiskDevice
 from ...ledger.tenants import Ledger, key_of
@@ -152,6 +153,7 @@ class RestorePlanner:
                 ["convert", "-q", "-f", "qcow2", "-O", "qcow2", str(self.source), str(staging)],
                 "restore", f"backup {self.manifest.backup_id} into disk {path.name}",
             )  # fmt: skip
+            os.chmod(staging, FILE_MODE)  # a tenant's data, in a pool other users may list
             os.rename(staging, path)
         finally:
             staging.unlink(missing_ok=True)
@@ -231,7 +233,8 @@ class RestorePlanner:
                 "restore",
                 f"backup {self.manifest.backup_id} into disk {self.disk} of VM {self.vm}",
             )  # fmt: skip
-            os.chmod(staging, path.stat().st_mode & 0o777)
+            # Never the disk's old mode when that was wider: a restore is the tenant's data.
+            os.chmod(staging, FILE_MODE)
             os.rename(staging, path)
         finally:
             staging.unlink(missing_ok=True)

@@ -82,9 +82,13 @@ import json, os, shutil, sys
 for op in json.load(sys.stdin):
     path = op["path"]
     if op["op"] == "write":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=op["dir_mode"], exist_ok=True)
         tmp = path + ".vce-tmp"
-        with open(tmp, "w") as handle:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)  # left by a killed run, maybe with a wider mode
+        # Created with its mode: a config never exists wider than 0600, even for a moment.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, op["mode"])
+        with os.fdopen(fd, "w") as handle:
             handle.write(op["content"])
             handle.flush()
             os.fsync(handle.fileno())
@@ -483,6 +487,13 @@ class BackupSchedulePlanner:
     def write(self, ops: list[dict[str, Any]], what: str) -> None:
         self.where.shell.run(["python3", "-c", WRITE_SCRIPT], "write", what, stdin=json.dumps(ops))
 
+    def modes(self, path: str) -> dict[str, int]:
+        """A runner config holds the ledger URL with its password: root's alone, like its
+        directory; systemd units are world-readable by design and hold no secret."""
+        if path.startswith(f"{self.where.config_dir}/"):
+            return {"mode": 0o600, "dir_mode": 0o700}
+        return {"mode": 0o644, "dir_mode": 0o755}
+
     def systemctl(self, args: Sequence[str], what: str) -> None:
         self.where.shell.run(["systemctl", *args], "reload systemd for", what)
 
@@ -491,7 +502,7 @@ class BackupSchedulePlanner:
         what = f"backup schedule {spec.name} of VM {spec.vm}"
         with self.ledger.store.locked(self.tenant) as connection:
             ops: list[dict[str, Any]] = [
-                {"op": "write", "path": path, "content": content, "mode": 0o644}
+                {"op": "write", "path": path, "content": content, **self.modes(path)}
                 for path, content in rendered.files.items()
             ]
             ops.append(

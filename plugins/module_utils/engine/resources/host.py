@@ -23,7 +23,7 @@ from ...core.validation import as_list, check_name, is_interface
 from ...core.zones import Pool, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
-from ..run import Run, conclude
+from ..run import Run, conclude, noting_new_ledger
 
 try:
     import sqlalchemy as sa
@@ -315,7 +315,8 @@ def record_run(
     planner: Callable[[HostRecordPlanner, Any], Plan],
 ) -> Result:
     """Plan against the record in the ledger and apply under the host's lock unless checking."""
-    ledger = Ledger.open(params.get("ledger_url") or None)
+    # Registering a host is how a ledger comes to be (store.py).
+    ledger = Ledger.open(params.get("ledger_url") or None, create=True)
     transaction = ledger.store.read() if check_mode else ledger.store.locked(lock_name(name))
     with transaction as connection:
         engine = HostRecordPlanner(HostRecords(ledger), connection)
@@ -325,4 +326,4 @@ def record_run(
         def facts(_after: object, _applied: bool) -> dict[str, Any]:
             return {"host": host_facts(row if check_mode else engine.observe(name))}
 
-        return conclude(Run(plan, facts), check_mode)
+        return noting_new_ledger(conclude(Run(plan, facts), check_mode), ledger.store)

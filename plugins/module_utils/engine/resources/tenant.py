@@ -24,7 +24,7 @@ from ...host.ownership import object_name
 from ...ledger.metering import UsageWatch
 from ...ledger.tenants import Ledger, Tariff, Tenant, iso, key_of, parse_moment, parse_tariffs
 from ..gate import tenant_usage
-from ..run import Run, conclude
+from ..run import Run, conclude, noting_new_ledger
 from .vm import VmPlanner
 
 # The terms' targets (5.1), reported with each request.
@@ -33,8 +33,8 @@ STATES = ("active", "suspended", "closed")
 TARIFFS_LOCK = "(plans)"
 
 
-def open_ledger(params: Mapping[str, Any]) -> Ledger:
-    return Ledger.open(params.get("ledger_url") or None)
+def open_ledger(params: Mapping[str, Any], create: bool = False) -> Ledger:
+    return Ledger.open(params.get("ledger_url") or None, create=create)
 
 
 def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
@@ -50,7 +50,8 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     if customer is not None:
         customer = check_customer(customer, "customer")
     requested_at = parse_moment(params.get("requested_at"), "requested_at")
-    ledger = open_ledger(params)
+    # Registering a tenant is how a ledger comes to be (store.py).
+    ledger = open_ledger(params, create=True)
     plan = Plan()
     with ledger.store.locked(name) as connection:
         if catalog:
@@ -73,7 +74,7 @@ def run_tenant(params: Mapping[str, Any], check_mode: bool = False) -> Result:
             after = ledger.tenant(connection, name)
             return {"tenant": actions.facts(after) if after else {}}
 
-        return conclude(Run(plan, facts), check_mode)
+        return noting_new_ledger(conclude(Run(plan, facts), check_mode), ledger.store)
 
 
 class TenantActions:

@@ -27,6 +27,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
     write_json_atomically,
 )
 
+from tests.support.files import mode_of
 from tests.support.kvm_hosts import host_file
 
 OLD, NEW = "20261123T023000Z", "20261124T023000Z"
@@ -217,3 +218,12 @@ def test_a_restore_into_a_vm_it_cannot_find_is_refused(lab):
         lab.backup("20261125T023000Z", MIB, disk="data1")
         run_backup_restore(lab.params(disk="data1", mode="in_place", confirm=True))
     assert caught.value.field == "disk"
+
+
+@pytest.mark.usefixtures("umask")
+def test_a_restored_image_is_private_whatever_the_umask_and_the_old_mode(lab):
+    run_backup_restore(lab.params(new_disk="restored"))
+    assert mode_of(lab.pool / "acme_restored.qcow2") == 0o600
+    lab.disk.chmod(0o644)  # a disk made wider by hand: the restore does not keep that
+    run_backup_restore(lab.params(mode="in_place", confirm=True))
+    assert mode_of(lab.disk) == 0o600

@@ -26,6 +26,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.files import mode_of
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
 
@@ -339,3 +340,14 @@ def test_a_host_path_ending_in_a_newline_is_refused():
     with pytest.raises(SpecError) as caught:
         check_host_path("/usr/local/bin/vce-backup\n", "runner")
     assert caught.value.field == "runner"
+
+
+@pytest.mark.usefixtures("umask")
+def test_the_runner_config_holding_the_ledger_url_is_root_only(lab):
+    run_backup_schedule(lab.params())
+    assert (
+        json.loads((lab.config / f"{BASE}.json").read_text())["ledger_url"]
+        == lab.params()["ledger_url"]
+    )
+    assert (mode_of(lab.config), mode_of(lab.config / f"{BASE}.json")) == (0o700, 0o600)
+    assert mode_of(lab.units / f"{BASE}.service") == 0o644

@@ -115,7 +115,8 @@ def test_a_replayed_write_keeps_its_run(any_ledger_url):
     declared = host_record.parse_host(PARAMS)
     values = host_record.read_values(declared, Host(URI))
     for run_id in ("run-a", "run-b"):
-        ledger = Ledger.open(any_ledger_url, run_id=run_id)
+        # The host module's path, which creates the ledger (run_host opens it so).
+        ledger = Ledger.open(any_ledger_url, create=True, run_id=run_id)
         with ledger.store.locked("(host test)") as connection:
             engine = host_record.HostRecordPlanner(host_record.HostRecords(ledger), connection)
             engine.plan_present(declared.name, values, engine.observe(declared.name)).apply()
