@@ -252,13 +252,21 @@ def spool_example():
     return block
 
 
+def existing_ledger(tmp_path):
+    """A ledger made by a registering command: a spool replays only into a ledger that exists
+    (a mistyped URL must not become a new ledger nobody reads)."""
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    Ledger.open(url, create=True)
+    return url
+
+
 def rows_of(url, table):
     with Ledger.open(url).store.read() as connection:
         return connection.execute(sa.select(table)).fetchall()
 
 
 def test_the_spool_example_of_the_docs_replays_into_a_fresh_ledger(tmp_path):
-    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    url = existing_ledger(tmp_path)
     path = tmp_path / "spool" / "7f3c2a9e.jsonl"
     path.parent.mkdir()
     path.write_text(spool_example(), encoding="utf-8")
@@ -268,8 +276,20 @@ def test_the_spool_example_of_the_docs_replays_into_a_fresh_ledger(tmp_path):
     assert not path.exists()
     (usage,) = rows_of(url, usage_intervals)
     assert (usage.tenant, usage.name, usage.vcpus, usage.run_id) == ("acme", "web", 2, "7f3c2a9e")
+
     (run,) = rows_of(url, runs)
     assert (run.id, run.actor, run.result) == ("7f3c2a9e", "ops", "ok")
+
+
+def test_a_spool_is_not_replayed_into_a_ledger_that_does_not_exist(tmp_path):
+    missing = tmp_path / "mistyped.sqlite3"
+    path = tmp_path / "spool" / "7f3c2a9e.jsonl"
+    path.parent.mkdir()
+    path.write_text(spool_example(), encoding="utf-8")
+    url = f"sqlite:///{missing}"
+    done = vce(url, "ledger", "record", "--spool", str(path), "--ledger-url", url)
+    assert done.returncode == 1 and "No ledger at" in done.stderr, done.stderr
+    assert path.read_text(encoding="utf-8") == spool_example() and not missing.exists()
 
 
 @pytest.mark.parametrize(
@@ -301,7 +321,7 @@ def test_a_link_to_a_spool_file_is_refused_and_the_file_is_kept(books, tmp_path)
 
 
 def test_what_is_left_is_rewritten_keeping_the_files_mode(tmp_path):
-    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    url = existing_ledger(tmp_path)
     path = tmp_path / "run.jsonl"
     bad = '{"v": 1, "type": "usage", "url": "x", "run_id": "r", "change": {"kind": "ship"}}'
     path.write_text(spool_example() + bad + "\n")
