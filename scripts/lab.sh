@@ -19,7 +19,9 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping
   python3 python3-venv python3-dev gcc pkg-config
   syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
+  systemd  # the kvm_host role wants it (systemd-analyze verify); minbase roots lack it
   shellcheck  # for ansible-test sanity's shellcheck test (it skips the test without it)
+  debootstrap  # tools.pristine_root builds the pristine Debian 12 root of its check
   postgresql  # the ledger's tests run against a private PostgreSQL server too
 )
 VENV=.venv
