@@ -129,8 +129,12 @@ class PristineError(RuntimeError):
     pass
 
 
+_STARTED = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(f"pristine: {message}", flush=True)
+    """Lines CI's log can be searched for, with the seconds since the start."""
+    print(f"pristine: [{time.monotonic() - _STARTED:4.0f} s] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,6 +371,7 @@ def check(
         if keep:
             log(f"kept the run's changes to the root in {run_dir}/upper")
         else:
+            log(f"removing {run_dir}")
             shutil.rmtree(run_dir, ignore_errors=True)
     log(f"check passed in {time.monotonic() - started:.0f} s")
 
