@@ -4,7 +4,9 @@
 #                         (playbooks/site.yml: the kvm_host role), build the tiny guest image
 #                         and apply the demo tenant (a network, two VMs with disks, started)
 #   scripts/lab.sh test   install everything and run the whole test suite (what CI runs):
-#                         ruff, ansible-doc, playbook syntax, ansible-lint, ansible-test sanity,
+#                         the README's install and demo in a pristine Debian 12 root
+#                         (tools/pristine_root.py), ruff, ansible-doc, playbook syntax,
+#                         ansible-lint, ansible-test sanity,
 #                         pytest (the unit tier with its coverage gate first), every
 #                         benchmark's quick mode, and `molecule test` (the roles converged here)
 #   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
@@ -94,6 +96,8 @@ sanity() {
 run_tests() {
   install_all
   local py="$VENV/bin/python"
+  echo "lab: pristine Debian 12 root: lab.sh install, then lab.sh demo until both VMs answer ping"
+  "$py" -m tools.pristine_root check
   echo "lab: ruff"
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .
