@@ -344,6 +344,20 @@ def run_phase(name: str, command: str, root: Path, run_dir: Path, network: bool)
 
 
 PHASES = {"install": (INSTALL_PHASE, True), "demo": (DEMO_PHASE, False)}
+# Where the daemons of the root wrote why they stopped (the run dir goes after the check).
+DAEMON_LOGS = ("var/log/libvirt/libvirtd.log", "var/log/libvirt/virtlogd.log")
+LOG_TAIL_LINES = 15
+
+
+def show_daemon_logs(upper: Path) -> None:
+    """The last lines of the root's libvirt logs, for a failed phase's report in CI."""
+    paths = [upper / name for name in DAEMON_LOGS]
+    paths += sorted((upper / "var/log/libvirt/qemu").glob("*.log"))
+    for path in paths:
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            log(f"last lines of /{path.relative_to(upper)}:")
+            print("\n".join(lines), flush=True)
 
 
 def check(
@@ -367,6 +381,9 @@ def check(
         for name in phases or list(PHASES):
             command, network = PHASES[name]
             run_phase(name, command, root, run_dir, network=network)
+    except PristineError:
+        show_daemon_logs(run_dir / "upper")
+        raise
     finally:
         if keep:
             log(f"kept the run's changes to the root in {run_dir}/upper")
