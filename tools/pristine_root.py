@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -171,11 +173,12 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Serialize builds of the cache between concurrent checks."""
+def locked(path: Path, shared: bool = False) -> Iterator[None]:
+    """Builds of the cached root take it exclusively, runs on the root shared: a rebuild
+    never removes a root under a running check."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -309,6 +312,13 @@ def prepare_upper(upper: Path, repo: Path) -> None:
         shutil.copyfile(ca, upper / PIP_CA.lstrip("/"))
 
 
+def _die_with_parent() -> None:
+    """In unshare, before exec: if this check is killed, unshare gets SIGKILL, and its
+    --kill-child takes the namespace's PID 1, so every daemon of the phase goes too."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def run_phase(name: str, command: str, root: Path, run_dir: Path, network: bool) -> float:
     """Run one phase in fresh namespaces on the overlay; return its duration in seconds."""
     unshare = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
@@ -331,6 +341,7 @@ def run_phase(name: str, command: str, root: Path, run_dir: Path, network: bool)
             [*unshare, "bash", "-c", PHASE_SCRIPT, "phase", *args],
             env=env,
             timeout=PHASE_TIMEOUT[name],
+            preexec_fn=_die_with_parent,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -378,9 +389,10 @@ def check(
             (run_dir / part).mkdir()
         prepare_upper(run_dir / "upper", repo)
     try:
-        for name in phases or list(PHASES):
-            command, network = PHASES[name]
-            run_phase(name, command, root, run_dir, network=network)
+        with locked(CACHE_DIR / ".lock", shared=True):
+            for name in phases or list(PHASES):
+                command, network = PHASES[name]
+                run_phase(name, command, root, run_dir, network=network)
     except PristineError:
         show_daemon_logs(run_dir / "upper")
         raise
@@ -406,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (debootstrap, mounts, namespaces)")
+    # A CI timeout's SIGTERM unwinds like an error: the run directory is removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         if args.action == "build":
             print(ensure_root(args.rebuild))
