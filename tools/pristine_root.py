@@ -147,7 +147,7 @@ def debian_mirror() -> str:
     """The Debian mirror apt uses on this machine (deb822 sources), else deb.debian.org."""
     for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             if key.strip() == "URIs" and value.strip().rstrip("/").endswith("/debian"):
                 return value.strip().rstrip("/")
     return DEFAULT_MIRROR
