@@ -4,7 +4,9 @@
 #                         (playbooks/site.yml: the kvm_host role), build the tiny guest image
 #                         and apply the demo tenant (a network, two VMs with disks, started)
 #   scripts/lab.sh test   install everything and run the whole test suite (what CI runs):
-#                         ruff, ansible-doc, playbook syntax, ansible-lint, ansible-test sanity,
+#                         the README's install and demo in a pristine Debian 12 root
+#                         (tools/pristine_root.py), ruff, ansible-doc, playbook syntax,
+#                         ansible-lint, ansible-test sanity,
 #                         pytest (the unit tier with its coverage gate first), every
 #                         benchmark's quick mode, and `molecule test` (the roles converged here)
 #   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
@@ -19,7 +21,9 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping
   python3 python3-venv python3-dev gcc pkg-config
   syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
+  systemd  # the kvm_host role wants it (systemd-analyze verify); minbase roots lack it
   shellcheck  # for ansible-test sanity's shellcheck test (it skips the test without it)
+  debootstrap  # tools.pristine_root builds the pristine Debian 12 root of its check
   postgresql  # the ledger's tests run against a private PostgreSQL server too
 )
 VENV=.venv
@@ -92,6 +96,8 @@ sanity() {
 run_tests() {
   install_all
   local py="$VENV/bin/python"
+  echo "lab: pristine Debian 12 root: lab.sh install, then lab.sh demo until both VMs answer ping"
+  "$py" -m tools.pristine_root check
   echo "lab: ruff"
   "$VENV/bin/ruff" check .
   "$VENV/bin/ruff" format --check .

@@ -52,6 +52,15 @@ def verify_units(host: Any, *units: str) -> None:
     assert result.rc == 0, result.stderr
 
 
+def test_qemu_account(host: Any) -> None:
+    """Debian's libvirtd exits without the user libvirt-qemu and the group libvirt-qemu."""
+    user = host.user("libvirt-qemu")
+    assert user.exists
+    assert user.group == "kvm"
+    assert "libvirt-qemu" in user.groups
+    assert host.group("libvirt-qemu").exists
+
+
 def test_libvirtd_runs(host: Any, inventory: dict[str, Any]) -> None:
     pid = host.file("/run/libvirtd.pid").content_string.strip()
     assert host.file(f"/proc/{pid}/comm").content_string.strip() == "libvirtd"
