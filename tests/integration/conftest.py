@@ -16,6 +16,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.backups import runner_script
 from tests.support.ledger import forget_stores, register
@@ -84,6 +85,7 @@ def uri(libvirtd: PrivateLibvirtd, pool: str) -> str:
 def ledger_url(libvirtd: PrivateLibvirtd) -> Iterator[str]:
     """The session's ledger (SQLite), also for the ansible processes the tests start."""
     url = f"sqlite:///{libvirtd.base_dir / 'ledger.sqlite3'}"
+    Ledger.open(url, create=True)  # the operator's ledger exists before any test reads it
     previous = os.environ.get("VCE_LEDGER_URL")
     os.environ["VCE_LEDGER_URL"] = url
     try:

@@ -22,7 +22,7 @@ PLANS = {
 
 @pytest.fixture
 def own_ledger(tmp_path):
-    """A ledger no one has opened yet: the first module call creates and migrates it."""
+    """A ledger no one has opened yet: the first registration creates and migrates it."""
     return f"sqlite:///{tmp_path / 'fresh' / 'ledger.sqlite3'}"
 
 
@@ -91,6 +91,11 @@ def test_quota_breach_in_check_mode_names_limit_used_requested(
 
 
 def test_bad_input_fails_clearly_and_changes_nothing(uri, own_ledger, tenant, blank_image):
+    # A ledger that does not exist (a mistyped URL) is named, and nothing creates it but a
+    # registration.
+    missing = run_module("vm", vm_args(uri, own_ledger, f"{tenant}u", blank_image))
+    assert missing["failed"] and "No ledger at" in missing["msg"]
+    assert not run_module("tenant", tenant_args(own_ledger, f"{tenant}r")).get("failed")
     unknown = run_module("vm", vm_args(uri, own_ledger, f"{tenant}u", blank_image))
     assert unknown["failed"] and "is not in the ledger" in unknown["msg"]
     assert "Traceback" not in unknown["msg"]

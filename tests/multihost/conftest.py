@@ -11,6 +11,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.ledger import forget_stores
 from tools.multihost import MultiHostLab
@@ -31,6 +32,7 @@ def lab() -> Iterator[MultiHostLab]:
 @pytest.fixture(scope="module")
 def ledger_url(lab: MultiHostLab) -> Iterator[str]:
     url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
+    Ledger.open(url, create=True)  # the operator's ledger exists before any test reads it
     previous = os.environ.get("VCE_LEDGER_URL")
     os.environ["VCE_LEDGER_URL"] = url
     yield url
