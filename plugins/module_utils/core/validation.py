@@ -75,8 +75,9 @@ def whole_number(text: str, path: str) -> int:
 
 
 def check_customer(value: Any, path: str) -> str:
-    """A customer identity as it is stored and shown: NFKC, without surrounding whitespace, and
-    without control or format characters (an invisible one would make a new customer)."""
+    """A customer identity as it is stored and shown: NFKC, whitespace runs as one space and
+    none around, no control or format characters (an invisible one would make a new
+    customer)."""
     if not isinstance(value, str):
         raise SpecError(path, f"must be a customer identity (text), got {type(value).__name__}")
     identity = unicodedata.normalize("NFKC", value).strip()
@@ -86,6 +87,7 @@ def check_customer(value: Any, path: str) -> str:
         raise SpecError(
             path, f"a customer identity cannot hold control or invisible characters: {value!r}"
         )
+    identity = spaced(identity)
     # The key is stored too (trial grants), and casefolding can lengthen it ("ß" is "ss").
     if max(len(identity), len(customer_key(identity))) > MAX_CUSTOMER:
         raise SpecError(path, f"must be at most {MAX_CUSTOMER} characters")
@@ -96,7 +98,13 @@ def customer_key(identity: str) -> str:
     """The form two customer identities are compared in ("BIN-1" and " bin-1" are one customer).
     Also applied to identities already in the ledger, which were stored as they were given."""
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", identity).casefold())
-    return folded.strip()
+    return spaced(folded)
+
+
+def spaced(text: str) -> str:
+    """Every run of whitespace as one ASCII space, none around: an ogham or an ideographic
+    space inside an identity must not make a second customer."""
+    return " ".join(text.split())
 
 
 def check_choice(value: Any, path: str, choices: Sequence[str]) -> str:
