@@ -72,7 +72,7 @@ COLOUR_TICK = "#777777"
 INVOICE_COLUMNS = (
     "tenant", "customer", "plan", "month", "status", "currency", "record", "host", "kind",
     "name", "vm", "meter", "unit", "quantity", "free_quantity", "unit_price", "amount",
-    "description",
+    "description", "issued_at",
 )  # fmt: skip
 SLA_COLUMNS = (
     "tenant", "month", "host", "vm", "existed_seconds", "downtime_seconds", "excluded_seconds",
@@ -487,29 +487,63 @@ def discount_label(discount: Mapping[str, Any]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class CreditNote:
+    key: str
+    amount: Decimal
+    currency: str
+    reason: str
+    issued_at: dt.datetime | None
+
+
+def credit_notes_of(document: Mapping[str, Any]) -> list[CreditNote]:
+    """A closed month's credit notes, checked."""
+    currency = str(required(document, "currency"))
+    notes = []
+    for index, note in enumerate(items_of(document, "credit_notes")):
+        name = f"document.credit_notes[{index}]"
+        issued = note.get("issued_at")
+        notes.append(
+            CreditNote(
+                key=str(note.get("key") or ""),
+                amount=decimal_of(note.get("amount"), f"{name}.amount"),
+                currency=str(note.get("currency") or currency),
+                reason=str(note.get("reason") or ""),
+                issued_at=moment_of(issued, f"{name}.issued_at") if issued else None,
+            )
+        )
+    return notes
+
+
+def total_after(document: Mapping[str, Any], notes: list[CreditNote]) -> Decimal | None:
+    """What is owed after the credit notes; None when a note is in another currency, which
+    cannot be netted against this invoice (it is listed only)."""
+    currency = str(required(document, "currency"))
+    if any(note.currency != currency for note in notes):
+        return None
+    total = decimal_of(required(document, "total"), "document.total")
+    return total - sum((note.amount for note in notes), Decimal(0))
+
+
 def credit_notes_html(document: Mapping[str, Any], frame: Frame) -> str:
-    notes = items_of(document, "credit_notes")
+    notes = credit_notes_of(document)
     if not notes:
         return ""
-    currency = str(required(document, "currency"))
-    rows, credited = [], Decimal(0)
+    rows = []
     for index, note in enumerate(notes):
-        name = f"document.credit_notes[{index}]"
-        amount = decimal_of(note.get("amount"), f"{name}.amount")
-        issued = note.get("issued_at")
-        issued = frame.local(moment_of(issued, f"{name}.issued_at")) if issued else NONE_SHOWN
+        issued = frame.local(note.issued_at) if note.issued_at else NONE_SHOWN
+        amount = amount_html(note.amount, f"document.credit_notes[{index}].amount", True)
         rows.append(
-            f"<tr><td>{esc(issued)}</td><td>{esc(note.get('reason'))}</td>"
-            f'<td class="ref">{esc(note.get("key"))}</td><td class="num">'
-            f"{amount_html(amount, name, True)} {esc(note.get('currency') or currency)}</td></tr>\n"
+            f"<tr><td>{esc(issued)}</td><td>{esc(note.reason)}</td>"
+            f'<td class="ref">{esc(note.key)}</td><td class="num">'
+            f"{amount} {esc(note.currency)}</td></tr>\n"
         )
-        credited += amount
-    # Notes in another currency cannot be netted against this invoice: list them only.
-    if all((note.get("currency") or currency) == currency for note in notes):
-        net = decimal_of(required(document, "total"), "document.total") - credited
+    net = total_after(document, notes)
+    if net is not None:
         rows.append(
             '<tr class="total"><td colspan="3">Total after credit notes</td>'
-            f'<td class="num">{amount_html(net, "net")} {esc(currency)}</td></tr>\n'
+            f'<td class="num">{amount_html(net, "net")} {esc(required(document, "currency"))}'
+            "</td></tr>\n"
         )
     head = (
         '<thead><tr><th>Issued</th><th>Reason</th><th>Reference</th><th class="num">Amount</th>'
@@ -764,6 +798,24 @@ def invoice_rows(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         }
     total = decimal_of(required(document, "total"), "document.total")
     yield {**head, "record": "total", "kind": "total", "amount": total}
+    yield from credit_note_rows(document, head)
+
+
+def credit_note_rows(
+    document: Mapping[str, Any], head: Mapping[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """A closed month's credit notes (amount positive, as the invoice shows discounts), then
+    what is owed after them (record "net"), as the HTML statement shows them."""
+    notes = credit_notes_of(document)
+    for note in notes:
+        yield {
+            **head, "currency": note.currency, "record": "credit_note", "kind": "credit_note",
+            "name": note.key, "amount": note.amount, "description": note.reason,
+            "issued_at": note.issued_at,
+        }  # fmt: skip
+    net = total_after(document, notes) if notes else None
+    if net is not None:
+        yield {**head, "record": "net", "kind": "total after credit notes", "amount": net}
 
 
 def sla_rows(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -777,7 +829,8 @@ def sla_rows(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 
 def write_invoice_csv(documents: Iterable[Mapping[str, Any]], out: TextIO) -> int:
     """Every invoice's lines, discounts (kind "discount:<kind>", amount as positive as the
-    invoice shows it) and total as CSV rows; returns the rows written after the header.
+    invoice shows it) and total as CSV rows, then a closed month's credit notes and the total
+    after them (record "net"); returns the rows written after the header.
     Documents are read one at a time: a generator of thousands is fine."""
     rows = (row for document in documents for row in invoice_rows(document))
     return write_rows_csv(rows, out, INVOICE_COLUMNS)

@@ -8,13 +8,20 @@ month. A month of 30 days has 2,592,000 seconds: 0.1% of it is 2,592 s (43 min 1
 from __future__ import annotations
 
 import datetime as dt
+import io
 from decimal import Decimal
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.periods import parse_month
+from ansible_collections.vce.kvm.plugins.module_utils.finance.billing import Books
+from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
+    INVOICE_COLUMNS,
+    write_invoice_csv,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import Meter
 
-from tests.support.billing import HOST, HOURLY, Scenario, discount, local, total
+from tests.support.billing import ALMATY, HOST, HOURLY, Scenario, discount, local, total
 
 NOV = "2026-11"  # 30 days
 NOV_START, DEC_START = local(2026, 11, 1), local(2026, 12, 1)
@@ -284,3 +291,36 @@ def test_rounding_is_once_per_line(any_ledger_url):
         scenario.usage(start + dt.timedelta(seconds=1), Meter("stopped", "web", vcpus=1))
     line = lines_by_meter(scenario.invoice(NOV))["vcpu"]
     assert line["amount"] == "0.01"
+
+
+def test_a_closed_month_as_csv_carries_its_credit_notes(web):
+    web.down(local(2026, 11, 4, 10, 0), local(2026, 11, 4, 10, 50))
+    month = parse_month(NOV, ALMATY)
+    closing = local(2026, 12, 2, 9, 0)
+    assert [d["action"] for d in Books(web.ledger(closing), month).close()] == ["closed"]
+    # A confirmed report arrives late: 44 more hours down, 93.7731%: 15% instead of 5%, a
+    # credit of 4,428.00 instead of 1,476.00.
+    late = web.incidents(local(2026, 12, 3))
+    late.report("acme", "web", "", local(2026, 11, 20), local(2026, 11, 20, 0, 5),
+                reference="CRM-9", restored_at=local(2026, 11, 21, 20, 0))  # fmt: skip
+    issued = local(2026, 12, 3, 9, 0)
+    [corrected] = Books(web.ledger(issued), month).close()
+    assert corrected == {"tenant": "acme", "action": "credit note", "amount": "2952.00"}
+
+    documents = list(Books(web.ledger(local(2026, 12, 4)), month).invoices("acme"))
+    out = io.StringIO(newline="")
+    write_invoice_csv(documents, out)
+    head = "acme,c-acme,std,2026-11,closed,KZT"
+    key = documents[0]["credit_notes"][0]["key"]  # a digest of the corrected invoice
+    assert out.getvalue().splitlines() == [
+        ",".join(INVOICE_COLUMNS),
+        f"{head},line,{HOST},vm,web,web,disk,GiB-hour,7200.000000,0.000000,0.1,720.00,,",
+        f"{head},line,{HOST},vm,web,web,ram,GiB-hour,2880.000000,0.000000,5,14400.00,,",
+        f"{head},line,{HOST},vm,web,web,vcpu,vCPU-hour,1440.000000,0.000000,10,14400.00,,",
+        f'{head},discount,,discount:sla_credit,,,,,,,,1476.00,"SLA credit (terms 5.6), capped '
+        "at the month's charges (5.7)\",",
+        f"{head},total,,total,,,,,,,,28044.00,,",
+        f"{head},credit_note,,credit_note,{key},,,,,,,2952.00,"
+        "records received after the month was closed,2026-12-03T04:00:00+00:00",
+        f"{head},net,,total after credit notes,,,,,,,,25092.00,,",
+    ]

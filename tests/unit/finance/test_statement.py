@@ -329,17 +329,21 @@ def test_invoice_csv_round_trips_exactly_and_streams():
         yield closed_document()
         # the first invoice is fully written before the second is even read
         written = read_csv(out.getvalue())
-        assert written[-1][6] == "total" and written[-1][16] == "15894.00"
+        assert written[-1][6] == "net" and written[-1][16] == "15882.00"
         yield second
 
-    assert write_invoice_csv(documents(), out) == 4 + 2 + 1 + 1 + 0 + 1
+    assert write_invoice_csv(documents(), out) == 4 + 2 + 1 + 2 + 1 + 0 + 1
     rows = read_csv(out.getvalue())
     assert tuple(rows[0]) == INVOICE_COLUMNS
     records = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
-    assert [r["record"] for r in records] == ["line"] * 4 + ["discount"] * 2 + ["total"] + [
-        "line",
-        "total",
-    ]
+    assert [r["record"] for r in records] == ["line"] * 4 + ["discount"] * 2 + [
+        "total", "credit_note", "net", "line", "total",
+    ]  # fmt: skip
+    note = records[7]
+    assert (note["name"], note["amount"], note["currency"], note["issued_at"]) == (
+        "credit-note:acme:2026-11:abc", "12.00", "KZT", "2026-12-02T04:00:00+00:00",
+    )  # fmt: skip
+    assert note["description"] == "records received after the month was closed"
     first = records[0]
     assert (first["tenant"], first["month"], first["currency"], first["status"]) == (
         "acme", "2026-11", "KZT", "closed",
