@@ -9,7 +9,7 @@
     vce ledger close     --month 2026-10
     vce ledger reconcile --uri qemu:///system [--uri ...]
     vce ledger probe     --uri qemu:///system [--uri ...]      (also: vce sla probe)
-    vce ledger incident  report|confirm|restore|classify|data-loss|list ...
+    vce ledger incident  open|report|confirm|restore|classify|data-loss|list ...
     vce ledger exclusion add --cause maintenance --start ... --end ... --announced-at ...
     vce ledger request   log|fulfil ...
     vce ledger record    --spool FILE
@@ -154,6 +154,17 @@ def incident_commands(commands: Any) -> None:
     report.add_argument("--reference", default="", help="the CRM's reference")
     report.add_argument("--note", default="")
     common(report)
+    outage = actions.add_parser(
+        "open", help="a provider outage learned of outside the probe (5.11: internal data)"
+    )
+    outage.add_argument("--tenant", required=True)
+    outage.add_argument("--vm", default="", help="the VM (default: every VM of the tenant)")
+    outage.add_argument("--host", default="", help="the host's URI (default: every host)")
+    outage.add_argument("--started-at", type=moment_arg, required=True)
+    outage.add_argument("--restored-at", type=moment_arg, help="when service was back")
+    outage.add_argument("--reference", default="", help="the CRM's or the NOC's reference")
+    outage.add_argument("--note", default="", help="what happened")
+    common(outage)
     loss = actions.add_parser("data-loss", help="data lost by the provider's fault (5.13)")
     loss.add_argument("--tenant", required=True)
     loss.add_argument("--vm", default="")
@@ -321,6 +332,11 @@ def cmd_incident(args: argparse.Namespace) -> int:
         found = incidents.report(
             args.tenant, args.vm, args.host, args.reported_at, args.confirmed_at, args.note,
             args.reference, args.restored_at,
+        )  # fmt: skip
+    elif args.action == "open":
+        found = incidents.outage(
+            args.tenant, args.vm, args.host, args.started_at, args.restored_at, args.note,
+            args.reference,
         )  # fmt: skip
     elif args.action == "data-loss":
         found = incidents.open(

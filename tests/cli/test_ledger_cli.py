@@ -3,10 +3,12 @@ prepared with an injected clock (SQLite)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -351,3 +353,87 @@ def test_a_writing_command_creates_a_missing_ledger_and_says_where(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == f"vce: created a new, empty ledger at {path}\n"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+# -- vce ledger incident open -----------------------------------------------------------------
+
+
+def test_an_outage_entered_by_the_operator_counts_in_the_sla(books):
+    done = vce(
+        books.url, "ledger", "incident", "open", "--tenant", "acme", "--vm", "web",
+        "--started-at", "2026-11-12T10:00:00+05:00", "--restored-at", "2026-11-12T18:00:00+05:00",
+        "--reference", "NOC-118", "--note", "storage array failover",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outage = json.loads(done.stdout)
+    assert (outage["source"], outage["cause"], outage["counts"]) == ("operator", "provider", True)
+    assert (outage["started_at"], outage["ended_at"]) == (
+        "2026-11-12T05:00:00+00:00", "2026-11-12T13:00:00+00:00",
+    )  # fmt: skip
+    # The probe's 50 minutes and these 8 hours: 31,800 of 2,592,000 s, 98.7731%, 10%.
+    done = vce(books.url, "ledger", "sla", "--month", "2026-11", "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert (row["downtime_seconds"], row["availability"], row["credit_percent"]) == (
+        "31800", "98.7731", "10",
+    )  # fmt: skip
+    assert row["credit"] == "2952.00"
+    again = vce(
+        books.url, "ledger", "incident", "open", "--tenant", "acme", "--vm", "web",
+        "--started-at", "2026-11-12T10:00:00+05:00", "--reference", "NOC-118",
+    )  # fmt: skip
+    assert json.loads(again.stdout)["id"] == outage["id"]  # its reference is its key
+    listed = json.loads(vce(books.url, "ledger", "incident", "list", "--tenant", "acme").stdout)
+    assert [(i["source"], i["counts"]) for i in listed] == [("probe", True), ("operator", True)]
+
+
+def test_an_outage_left_open_is_restored_later(books):
+    done = vce(
+        books.url, "ledger", "incident", "open", "--tenant", "acme",
+        "--started-at", "2026-11-12T10:00:00+05:00",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    number = str(json.loads(done.stdout)["id"])
+    restored = vce(books.url, "ledger", "incident", "restore", number,
+                   "--at", "2026-11-12T11:00:00+05:00")  # fmt: skip
+    assert json.loads(restored.stdout)["ended_at"] == "2026-11-12T06:00:00+00:00"
+    done = vce(books.url, "ledger", "sla", "--month", "2026-11", "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert row["downtime_seconds"] == str(3000 + 3600)  # every VM of the tenant: web too
+
+
+OPEN = ("ledger", "incident", "open", "--tenant", "acme")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (OPEN, "the following arguments are required: --started-at"),
+        ((*OPEN, "--started-at", "2026-11-12T10:00:00"), "needs a UTC offset"),
+        ((*OPEN, "--started-at", "yesterday"), "argument --started-at"),
+        ((*OPEN, "--started-at", "2026-11-12T10:00:00+05:00", "--restored-at",
+          "2026-11-12T09:00:00+05:00"), "ended_at: 2026-11-12T09:00:00+05:00 is before"),
+        ((*OPEN, "--started-at", "2027-02-01T10:00:00+05:00"),
+         "started_at: 2027-02-01T10:00:00+05:00 is in the future"),
+        ((*OPEN, "--started-at", "2026-11-12T10:00:00+05:00", "--restored-at",
+          "2027-02-01T10:00:00+05:00"), "ended_at: 2027-02-01T10:00:00+05:00 is in the future"),
+        (("ledger", "incident", "open", "--tenant", "nobody", "--started-at",
+          "2026-11-12T10:00:00+05:00"), "'nobody' is not in the ledger"),
+        (("ledger", "incident", "open", "--tenant", "Ac Me", "--started-at",
+          "2026-11-12T10:00:00+05:00"), "tenant"),
+        ((*OPEN, "--vm", "../web", "--started-at", "2026-11-12T10:00:00+05:00"), "vm"),
+        ((*OPEN, "--vm", "web", "--started-at", "2026-11-04T10:30:00+05:00"),
+         "overlaps incident #1"),
+    ],
+)  # fmt: skip
+def test_a_bad_outage_is_refused_naming_the_field_and_records_nothing(books, args, message):
+    before = ledger_dump(books.url)
+    done = vce(books.url, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert ledger_dump(books.url) == before
+
+
+def ledger_dump(url: str) -> list[str]:
+    """Every row of the SQLite ledger as SQL (its file header changes on any open)."""
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
+        return list(connection.iterdump())

@@ -35,7 +35,7 @@ from ..core.periods import Interval, Month, clip, micros, overlap_micros, union
 from ..ledger.metering import HOLDING_COMPUTE
 from ..ledger.prices import FREE, METERS, MeterDef, PriceList
 from ..ledger.tenants import Ledger, iso, key_of, price_list_of
-from .sla import DATA_LOSS_PERCENT, VmAvailability, availability_of, shown_percent
+from .sla import DATA_LOSS_PERCENT, VmAvailability, availability_of, counts, shown_percent
 
 try:
     import sqlalchemy as sa
@@ -397,16 +397,12 @@ class Biller:
             "incidents": vm.incidents,
             "existed": [[iso(s), iso(e)] for s, e in union(vm.existed)],
             "downtime": [[iso(s), iso(e)] for s, e in vm.counted],
+            "excluded": [[iso(s), iso(e)] for s, e in vm.excluded_windows],
         }
 
 
 def is_counted_loss(row: Any, month: Month) -> bool:
-    return (
-        row.kind == "data_loss"
-        and row.cause == "provider"
-        and (row.source != "report" or row.confirmed_at is not None)
-        and month.contains(row.started_at)
-    )
+    return row.kind == "data_loss" and counts(row) and month.contains(row.started_at)
 
 
 def incident_row(row: Any) -> dict[str, Any]:
@@ -414,6 +410,7 @@ def incident_row(row: Any) -> dict[str, Any]:
         "id": row.id, "vm": row.vm, "host": row.host, "kind": row.kind, "source": row.source,
         "cause": row.cause, "started_at": iso(row.started_at), "reported_at": iso(row.reported_at),
         "confirmed_at": iso(row.confirmed_at), "ended_at": iso(row.ended_at), "note": row.note,
+        "counts": counts(row),
     }  # fmt: skip
 
 

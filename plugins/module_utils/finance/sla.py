@@ -94,6 +94,13 @@ class VmAvailability:
         return total_micros(down) - self.downtime_us
 
     @cached_property
+    def excluded_windows(self) -> list[Interval]:
+        """The time that cannot count while the VM existed: exclusions (whether or not the VM
+        was down in them) and downtime of other causes; what the statement's chart marks."""
+        windows = intersect(union([*self.excluded, *self.uncompensated]), self.existed)
+        return subtract(windows, self.counted)
+
+    @cached_property
     def availability(self) -> Fraction:
         existed = self.existed_us
         if existed == 0:
@@ -124,6 +131,14 @@ def incident_window(row: Any) -> tuple[dt.datetime, dt.datetime | None] | None:
             return None
         return (row.reported_at or row.started_at, row.ended_at)
     return (row.started_at, row.ended_at)
+
+
+def counts(row: Any) -> bool:
+    """Whether an incident counts at all: provider downtime within its window, or a data loss
+    by the provider's fault (5.13); a customer's report only once support confirmed it."""
+    if row.kind == "data_loss":
+        return row.cause == "provider" and (row.source != "report" or row.confirmed_at is not None)
+    return incident_window(row) is not None
 
 
 def matches(row: Any, host: str, vm: str) -> bool:
@@ -179,7 +194,7 @@ def incident_facts(row: Any) -> dict[str, Any]:
         "confirmed_at": iso(row.confirmed_at),
         "ended_at": iso(row.ended_at),
         "note": row.note,
-        "counts": incident_window(row) is not None,
+        "counts": counts(row),
     }
 
 
@@ -297,6 +312,22 @@ class Incidents:
         return self.open(
             tenant, vm, host, reported_at, source="report", reported_at=reported_at,
             confirmed_at=confirmed_at, ended_at=restored_at, note=note, reference=reference,
+        )  # fmt: skip
+
+    def outage(
+        self, tenant: str, vm: str, host: str, started_at: dt.datetime,
+        ended_at: dt.datetime | None = None, note: str = "", reference: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        """A provider outage learned of outside the probe (a host failure the network
+        operations centre saw, a storage fault): the provider's internal data of 5.11, so it
+        counts from its start, without a report or a confirmation, until restoration."""
+        now = self.ledger.now()
+        for name, moment in (("started_at", started_at), ("ended_at", ended_at)):
+            if moment is not None and moment > now:
+                raise SpecError(name, f"{iso(moment)} is in the future (now {iso(now)})")
+        return self.open(
+            tenant, vm, host, started_at, source="operator", ended_at=ended_at, note=note,
+            reference=reference,
         )  # fmt: skip
 
     def update(self, number: int, **values: Any) -> dict[str, Any]:

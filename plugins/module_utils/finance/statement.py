@@ -53,6 +53,7 @@ METER_LABELS = {
     "backup": "Backup storage",
 }
 DISCOUNT_LABELS = {"sla_credit": "SLA credit", "data_loss": "Data loss"}
+EXCLUDED_TEXT = "excluded, not counted (announced maintenance, force majeure, the customer's doing)"
 
 # The chart's coordinate system: about CSS pixels on an A4 page's text width, so that the
 # minimum mark below stays about one device pixel wide on screen and on paper.
@@ -66,6 +67,10 @@ MIN_MARK = 1.0  # a 1-minute outage is 0.017 units of a month: it would vanish
 COLOUR_UP = "#2f6db5"
 COLOUR_DOWN = "#d7301f"
 COLOUR_ABSENT = "#d4d4d4"
+# Excluded time is striped, not a third flat colour: it stays apart from the blue, the
+# vermilion and the grey of absence in grey-scale prints too.
+COLOUR_EXCLUDED = "#e69f00"
+STRIPES_CSS = f"repeating-linear-gradient(45deg, {COLOUR_EXCLUDED} 0 1.5px, #ffffff 1.5px 3px)"
 COLOUR_FUTURE = "#ffffff"
 COLOUR_TICK = "#777777"
 
@@ -119,6 +124,8 @@ tr.total td { border-top: 0.4mm solid; font-weight: 700; font-size: 11pt; }
 tr.chart td { padding-top: 0; }
 svg.timeline { display: block; width: 100%; height: auto; }
 table.incidents { font-size: 9pt; }
+tr.not-counted td { color: #666; }
+strong.not-counted { color: #1a1a1a; font-weight: 600; }
 .ref { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 8pt;
   word-break: break-all; }
 footer { margin-top: 8mm; color: #666; font-size: 8.5pt; }
@@ -578,16 +585,20 @@ def sla_html(document: Mapping[str, Any], frame: Frame) -> str:
     )
     bodies = "".join(vm_html(vm, index, document, frame) for index, vm in enumerate(vms))
     return section(
-        "sla", "Service level", f"{intro}{legend_html(frame)}<table>\n{head}{bodies}</table>\n"
+        "sla",
+        "Service level",
+        f"{intro}{legend_html(frame, vms)}<table>\n{head}{bodies}</table>\n",
     )
 
 
-def legend_html(frame: Frame) -> str:
+def legend_html(frame: Frame, vms: list[Any]) -> str:
     entries = [
         (COLOUR_UP, "VM existed"),
         (COLOUR_DOWN, "counted downtime"),
         (COLOUR_ABSENT, "VM did not exist"),
     ]
+    if any(vm.get("excluded") for vm in vms):
+        entries.append((STRIPES_CSS, EXCLUDED_TEXT))
     if frame.as_of < frame.end:
         entries.append((COLOUR_FUTURE, "not yet reached"))
     swatches = "".join(
@@ -619,22 +630,36 @@ def vm_html(vm: Mapping[str, Any], index: int, document: Mapping[str, Any], fram
         + "".join(f'<td class="num">{cell}</td>' for cell in cells[1:-1])
         + f"<td>{cells[-1]}</td></tr>\n"
     )
-    chart = vm_chart(vm, name, str(document.get("month") or ""), frame)
+    chart = vm_chart(vm, index, str(document.get("month") or ""), frame)
     return (
         f'<tbody class="vm">\n{row}<tr class="chart"><td colspan="8">{chart}</td></tr>\n</tbody>\n'
     )
 
 
-def vm_chart(vm: Mapping[str, Any], name: str, month: str, frame: Frame) -> str:
-    """The VM's month as a timeline: existence, counted downtime, absence and the future."""
+def vm_chart(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> str:
+    """The VM's month as a timeline: existence, excluded time, counted downtime, absence and
+    the future."""
+    name = f"document.availability[{index}]"
     existed = intervals_of(vm.get("existed"), f"{name}.existed", frame)
+    excluded = intervals_of(vm.get("excluded"), f"{name}.excluded", frame)
     downtime = intervals_of(vm.get("downtime"), f"{name}.downtime", frame)
+    # One pattern per chart: ids are the page's, and a chart copied out keeps its own.
+    stripes = f"excluded-{index}"
     marks = [
+        stripes_pattern(stripes) if excluded else "",
         span_rect(0, CHART_WIDTH, COLOUR_ABSENT, "VM did not exist"),
         *future_marks(frame),
         *(
             span_rect(frame.x(s), frame.x(e), COLOUR_UP, f"Existed {span_text(s, e, frame)}")
             for s, e in existed
+        ),
+        *(
+            span_rect(
+                frame.x(s), frame.x(e), f"url(#{stripes})",
+                f"Excluded {span_text(s, e, frame)}: {minutes_text(s, e)}, not counted",
+                least=MIN_MARK,
+            )
+            for s, e in excluded
         ),
         *(
             span_rect(
@@ -646,11 +671,19 @@ def vm_chart(vm: Mapping[str, Any], name: str, month: str, frame: Frame) -> str:
         ),
         *day_ticks(frame),
     ]  # fmt: skip
-    label = chart_label(vm, month, existed, downtime)
+    label = chart_label(vm, month, existed, downtime, excluded)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" role="img" '
         f'aria-label="{esc(label)}" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" '
         f'width="{CHART_WIDTH}" height="{CHART_HEIGHT}">' + "".join(marks) + "</svg>"
+    )
+
+
+def stripes_pattern(identifier: str) -> str:
+    return (
+        f'<defs><pattern id="{identifier}" width="4" height="4" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="4" height="4" fill="#ffffff"/>'
+        f'<rect width="2" height="4" fill="{COLOUR_EXCLUDED}"/></pattern></defs>'
     )
 
 
@@ -704,20 +737,30 @@ def span_text(start: dt.datetime, end: dt.datetime, frame: Frame) -> str:
 
 
 def chart_label(
-    vm: Mapping[str, Any], month: str, existed: list[Interval], downtime: list[Interval]
-) -> str:
-    existed_s = sum(micros(s, e) for s, e in existed) // 10**6
-    down_s = sum(micros(s, e) for s, e in downtime) // 10**6
+    vm: Mapping[str, Any], month: str, existed: list[Interval], downtime: list[Interval],
+    excluded: list[Interval],
+) -> str:  # fmt: skip
     summary = (
         f"Availability of VM {vm.get('vm')} on {vm.get('host')} in {month}: "
-        f"{vm.get('availability')}%. Existed {duration_text(existed_s)}"
+        f"{vm.get('availability')}%. Existed {duration_text(seconds_in(existed))}"
     )
-    if not downtime:
-        return summary + "; no counted downtime."
-    return (
-        summary + f"; counted downtime {duration_text(down_s)} in "
-        f"{plural(len(downtime), 'interval')}."
-    )
+    if downtime:
+        summary += (
+            f"; counted downtime {duration_text(seconds_in(downtime))} in "
+            f"{plural(len(downtime), 'interval')}"
+        )
+    else:
+        summary += "; no counted downtime"
+    if excluded:
+        summary += (
+            f"; excluded, not counted, {duration_text(seconds_in(excluded))} in "
+            f"{plural(len(excluded), 'interval')}"
+        )
+    return summary + "."
+
+
+def seconds_in(intervals: list[Interval]) -> int:
+    return sum(micros(s, e) for s, e in intervals) // 10**6
 
 
 def incidents_html(document: Mapping[str, Any], frame: Frame) -> str:
@@ -750,17 +793,32 @@ def incident_row(incident: Mapping[str, Any], index: int, frame: Frame) -> str:
     cause = esc(incident.get("cause")) + (
         f'<br><span class="muted">by {esc(source)}</span>' if source else ""
     )
+    not_counted = not_counted_text(incident)
+    if not_counted:
+        cause += f'<br><strong class="not-counted">{esc(not_counted)}</strong>'
+    unconfirmed = "not confirmed" if source == "report" else NONE_SHOWN
     cells = (
         esc(incident.get("id")),
         vm + where,
         esc(incident.get("kind")),
         cause,
         when("started_at"),
-        f"{when('reported_at')} / {when('confirmed_at')}",
+        f"{when('reported_at')} / {when('confirmed_at', unconfirmed)}",
         when("ended_at", "still open"),
         esc(incident.get("note") or ""),
     )
-    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>\n"
+    row_class = ' class="not-counted"' if not_counted else ""
+    return f"<tr{row_class}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>\n"
+
+
+def not_counted_text(incident: Mapping[str, Any]) -> str:
+    """Why an incident the ledger marks as not counting gives nothing ("" when it counts, or
+    when the document predates the mark)."""
+    if incident.get("counts") is not False:
+        return ""
+    if incident.get("cause") != "provider":
+        return "not counted: not the provider's fault (terms 5.8\u20135.10)"
+    return "not counted: not confirmed by support (terms 5.11)"
 
 
 def footer_html(frame: Frame) -> str:
