@@ -277,13 +277,13 @@ class BackupRun:
         base = last if self.can_increment(domain, last, files) else None
         checkpoint = checkpoint_name(self.config.schedule, result.backup_id)
         try:
-            result.bytes_processed = self.live_backup(
-                domain, devices, files, partial, base, checkpoint
-            )
+            self.begin_backup(domain, devices, files, partial, base, checkpoint)
         except ApplyError:
             if base is None:
                 raise
-            # The checkpoint's bitmaps may be gone (a disk restored or replaced): start over.
+            # Refused at its start: the checkpoint's bitmaps are gone (a disk restored or
+            # replaced), so start over. A job that fails later (disk full, timeout) is not
+            # this: the run fails and the last good checkpoint stays for the next one.
             result.warnings.append(
                 f"incremental backup from {base.backup_id} failed; took a full backup instead"
             )
@@ -291,9 +291,8 @@ class BackupRun:
             for leftover in partial.iterdir():
                 leftover.unlink()
             base = None
-            result.bytes_processed = self.live_backup(
-                domain, devices, files, partial, None, checkpoint
-            )
+            self.begin_backup(domain, devices, files, partial, None, checkpoint)
+        result.bytes_processed = self.wait_for_job(domain)
         manifest.checkpoint = checkpoint
         if base is not None:
             manifest.kind = "incremental"
@@ -316,7 +315,7 @@ class BackupRun:
             return False
         return last.checkpoint in self.checkpoints(domain)
 
-    def live_backup(
+    def begin_backup(
         self,
         domain: Any,
         devices: list[DiskDevice],
@@ -324,7 +323,8 @@ class BackupRun:
         partial: Path,
         base: Manifest | None,
         checkpoint: str,
-    ) -> int | None:
+    ) -> None:
+        """Start the push-mode job (incremental from `base`'s checkpoint, else full)."""
         backup = ET.Element("domainbackup", mode="push")
         if base is not None:
             ET.SubElement(backup, "incremental").text = base.checkpoint
@@ -345,7 +345,6 @@ class BackupRun:
             ET.SubElement(cp_disks, "disk", name=device.target, checkpoint="bitmap")
         with libvirt_action("start the backup of", self.obj):
             domain.backupBegin(ET.tostring(backup, "unicode"), ET.tostring(cp, "unicode"), 0)
-        return self.wait_for_job(domain)
 
     def wait_for_job(self, domain: Any) -> int | None:
         deadline = time.monotonic() + self.config.timeout_s

@@ -383,13 +383,6 @@ def test_a_failed_job_leaves_no_backup_and_no_checkpoint_of_its_own(live, tmp_pa
     assert (row.status, row.error) == ("failed", failed.error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/backup.py take() treats any failed incremental job (disk full, timeout) as "
-    "refused bitmaps: it drops the last good backup's checkpoint, retries a full backup and "
-    "warns 'took a full backup instead' even when that fails too; docs/backups.md promises "
-    "the fallback only when an incremental is refused, so the next run is full, not incremental",
-)
 def test_a_failed_incremental_job_keeps_the_last_good_checkpoint(live, tmp_path, ledger_url):
     clock = Clock(T0, dt.timedelta(days=1))
     settings = config(tmp_path, ledger_url)
