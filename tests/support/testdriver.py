@@ -44,3 +44,14 @@ def environment(image: Path | str, tenant: str = "acme", uri: str = URI) -> dict
             }
         ],
     }
+
+
+def objects_of(tenant: str = "acme") -> set[str]:
+    """The names of the tenant's domains, networks and volumes on the test driver."""
+    from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+
+    conn = host.connect(URI)
+    names = {d.name() for d in conn.listAllDomains(0)} | {n.name() for n in conn.listAllNetworks(0)}
+    for pool in conn.listAllStoragePools(0):
+        names |= {v.name() for v in pool.listAllVolumes(0)}
+    return {name for name in names if name.startswith(f"{tenant}_")}

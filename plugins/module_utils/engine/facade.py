@@ -56,8 +56,12 @@ def options_from(params: dict[str, Any]) -> Options:
     )
 
 
-def open_gate(params: dict[str, Any], host: Host, tenant: str, declaration: Declaration) -> Gate:
-    return Gate(Ledger.open(params.get("ledger_url") or None), host, tenant, declaration)
+def open_gate(
+    params: dict[str, Any], host: Host, tenant: str, declaration: Declaration, check_mode: bool
+) -> Gate:
+    """The run's gate; a check-mode run may preview a tenant not registered yet."""
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    return Gate(ledger, host, tenant, declaration, preview=check_mode)
 
 
 def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
@@ -73,7 +77,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         tenant = spec.tenant
         declaration = declare_environment(spec, options.prune)
     host = Host(params.get("uri") or DEFAULT_URI)
-    gate = open_gate(params, host, tenant, declaration)
+    gate = open_gate(params, host, tenant, declaration, check_mode)
     engine = EnvironmentPlanner(host, tenant, options)
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
@@ -131,12 +135,12 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     host = Host(params.get("uri") or DEFAULT_URI)
     engine = NetworkPlanner(host, tenant)
     if params.get("state") == "absent":
-        gate = open_gate(params, host, tenant, declare_removal("network", name))
+        gate = open_gate(params, host, tenant, declare_removal("network", name), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
         spec = parse_network(fields.declared(fields.NETWORK, params), "")
-        gate = open_gate(params, host, tenant, declare_one(declare_network(spec)))
+        gate = open_gate(params, host, tenant, declare_one(declare_network(spec)), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
     return conclude_one(plan, check_mode, gate, inventory, "networks", name)
@@ -149,12 +153,12 @@ def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     state = params.get("state") or "present"
     name = check_name(params.get("name"), "name")
     if state == "absent":
-        gate = open_gate(params, host, tenant, declare_removal("disk", name))
+        gate = open_gate(params, host, tenant, declare_removal("disk", name), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
         return conclude_one(plan, check_mode, gate, inventory, "disks", name)
     spec = parse_disk(fields.declared(fields.DISK, params), "", params.get("pool") or "default")
-    gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)))
+    gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)), check_mode)
     inventory = host.inventory(tenant)
     plan = engine.plan_present(spec, inventory)
     if state == "attached":
@@ -238,13 +242,13 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     engine = VmPlanner(host, tenant, float(params.get("shutdown_timeout") or 60))
     state = params.get("state") or "running"
     if state == "absent":
-        gate = open_gate(params, host, tenant, declare_removal("vm", name))
+        gate = open_gate(params, host, tenant, declare_removal("vm", name), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
         raw = {**fields.declared(fields.VM, params), "state": state}
         spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
-        gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)))
+        gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)), check_mode)
         inventory = host.inventory(tenant)
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)

@@ -159,13 +159,24 @@ def declare_removal(kind: str, name: str) -> Declaration:
 class Gate:
     """Quotas and locks for one tenant's run on one host."""
 
-    def __init__(self, ledger: Ledger, host: Host, tenant: str, declaration: Declaration) -> None:
+    def __init__(
+        self, ledger: Ledger, host: Host, tenant: str, declaration: Declaration,
+        preview: bool = False,
+    ) -> None:  # fmt: skip
+        """`preview`: a check-mode run, which may be of a tenant not registered yet."""
         self.ledger = ledger
         self.host = host
         self.tenant = tenant
         self.declaration = declaration
         self.key = key_of("reservation", tenant, host.uri, declaration.identity())
-        self.record = ledger.current_tenant(tenant)
+        found = ledger.registered_tenant(tenant) if preview else ledger.current_tenant(tenant)
+        self.limits: dict[str, int] = {}
+        self.others: quota.Usage = {}
+        if found is None:
+            self.unregistered = True
+            return
+        self.unregistered = False
+        self.record = found
         with ledger.store.read() as connection:
             self.limits = ledger.limits(connection, self.record)
             self.others = quota.add(
@@ -178,7 +189,17 @@ class Gate:
     def admit(self, plan: Plan, inventory: TenantInventory | None) -> None:
         """Refuse the plan before anything changes: closed or suspended tenants, blocked VMs,
         quotas. Check mode and previews fail here too. `inventory` is None for runs that
-        change no libvirt-metered object (public IPs, zone links, backup schedules)."""
+        change no libvirt-metered object (public IPs, zone links, backup schedules).
+
+        A preview of a tenant not registered yet is shown with a warning instead: it has no
+        plan, so no quotas to check; nothing of it can be applied (apply never gets here)."""
+        if self.unregistered:
+            plan.warnings.append(
+                f"tenant {self.tenant!r} is not registered in the ledger at "
+                f"{self.ledger.store.shown_url}: this plan cannot be applied until vce.kvm.tenant "
+                "registers it (name, customer, plan), and it was not checked against quotas"
+            )
+            return
         self.hold_blocked_vms(plan)
         self.admit_state(plan)
         if inventory is not None:

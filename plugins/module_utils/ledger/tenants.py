@@ -391,9 +391,17 @@ class Ledger:
         """The tenant as of now: read, and its trial settled under the lock if it is over (a
         reading transaction must not turn into a writing one: SQLite would refuse it when
         another run wrote in between)."""
+        record = self.registered_tenant(name)
+        if record is None:
+            with self.store.read() as connection:
+                return self.require_tenant(connection, name)
+        return record
+
+    def registered_tenant(self, name: str) -> Tenant | None:
+        """The tenant as of now (see current_tenant), or None when it is not registered."""
         with self.store.read() as connection:
-            record = self.require_tenant(connection, name)
-        if self.trial_is_over(record):
+            record = self.tenant(connection, name)
+        if record is not None and self.trial_is_over(record):
             with self.store.locked(name) as connection:
                 record = self.settle_trial(connection, self.require_tenant(connection, name))
         return record

@@ -15,7 +15,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as en
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
 from tests.support.ledger import register
-from tests.support.testdriver import URI, environment, fresh_driver
+from tests.support.testdriver import URI, environment, fresh_driver, objects_of
 
 
 @pytest.fixture
@@ -36,14 +36,6 @@ def deployed(image):
     return image
 
 
-def acme_objects() -> set[str]:
-    conn = host.connect(URI)
-    names = {d.name() for d in conn.listAllDomains(0)} | {n.name() for n in conn.listAllNetworks(0)}
-    for pool in conn.listAllStoragePools(0):
-        names |= {v.name() for v in pool.listAllVolumes(0)}
-    return {name for name in names if name.startswith("acme_")}
-
-
 def actions(result) -> list[tuple[str, str, str]]:
     return [(c["kind"], c["name"], c["action"]) for c in result.plan]
 
@@ -62,10 +54,10 @@ def test_a_network_alone_is_made_reported_kept_and_removed(image):
     assert not again.changed and again.facts["network"]["cidr"] == "10.20.0.0/24"
     absent = {"uri": URI, "tenant": "acme", "name": "lan", "state": "absent"}
     assert actions(engine.run_network(absent, check_mode=True)) == [("network", "lan", "delete")]
-    assert "acme_lan" in acme_objects()
+    assert "acme_lan" in objects_of()
     gone = engine.run_network(absent)
     assert gone.changed and gone.facts == {"network": {}}
-    assert acme_objects() == set()
+    assert objects_of() == set()
 
 
 def test_a_vm_alone_is_made_on_its_network_and_its_removal_planned(image):
@@ -86,7 +78,7 @@ def test_a_vm_alone_is_made_on_its_network_and_its_removal_planned(image):
     # The test driver cannot undefine a domain with the engine's flags: removal is planned.
     absent = engine.run_vm({"uri": URI, "tenant": "acme", "name": "web2", "state": "absent"}, True)
     assert ("vm", "web2", "delete") in actions(absent)
-    assert "acme_web2" in acme_objects()
+    assert "acme_web2" in objects_of()
 
 
 def test_a_disk_alone_is_made_and_removed(image):
@@ -103,7 +95,7 @@ def test_a_disk_alone_is_made_and_removed(image):
     assert made.facts["disk"]["attached_to"] is None
     assert not engine.run_disk(params).changed
     gone = engine.run_disk({**params, "state": "absent"})
-    assert gone.changed and "acme_scratch.qcow2" not in acme_objects()
+    assert gone.changed and "acme_scratch.qcow2" not in objects_of()
 
 
 def test_attaching_plans_the_attach_on_a_free_target_and_refuses_what_cannot_be(deployed):
@@ -155,19 +147,19 @@ def test_an_environment_removal_is_planned_for_every_object_of_the_tenant(deploy
         ("vm", "delete"), ("disk", "delete"), ("network", "delete"),
     }  # fmt: skip
     assert planned.facts == {}
-    assert {"acme_web1", "acme_lan", "acme_data1.qcow2"} <= acme_objects()
+    assert {"acme_web1", "acme_lan", "acme_data1.qcow2"} <= objects_of()
 
 
 def test_an_environment_without_vms_removed_leaves_nothing_of_the_tenant(image):
     params = environment(image)
     params["vms"] = []
     engine.run_environment(params)
-    assert acme_objects() == {"acme_lan", "acme_data1.qcow2"}
+    assert objects_of() == {"acme_lan", "acme_data1.qcow2"}
     absent = {"uri": URI, "tenant": "acme", "state": "absent"}
     removed = engine.run_environment(absent)
     assert removed.changed
     assert removed.facts["environment"]["networks"] == {}
-    assert acme_objects() == set()
+    assert objects_of() == set()
     assert not engine.run_environment(absent).changed
 
 
@@ -211,9 +203,9 @@ def test_a_vm_create_that_cannot_define_its_domain_removes_the_boot_volume_it_ma
     assert "removed what it had made: volume acme_web2.boot.qcow2" in message
     assert "applied before the failure: 0 of 1 changes; failed: vm web2 create;" in message
     assert not failed.value.changed
-    assert acme_objects() == set()
+    assert objects_of() == set()
     assert engine.run_vm(web2(image)).changed  # the re-run makes it all
-    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+    assert objects_of() == {"acme_web2", "acme_web2.boot.qcow2"}
 
 
 def test_a_vm_create_that_cannot_remove_its_boot_volume_says_it_left_it(image, monkeypatch):
@@ -228,9 +220,9 @@ def test_a_vm_create_that_cannot_remove_its_boot_volume_says_it_left_it(image, m
     assert "which left volume acme_web2.boot.qcow2 in place" in message
     assert failed.value.left == ["volume acme_web2.boot.qcow2"]
     assert failed.value.changed and failed.value.applied == []
-    assert acme_objects() == {"acme_web2.boot.qcow2"}
+    assert objects_of() == {"acme_web2.boot.qcow2"}
     assert engine.run_vm(web2(image)).changed  # the re-run uses the volume left
-    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+    assert objects_of() == {"acme_web2", "acme_web2.boot.qcow2"}
 
 
 def test_a_vm_create_that_cannot_start_its_domain_says_the_domain_is_defined(image, monkeypatch):
@@ -242,6 +234,6 @@ def test_a_vm_create_that_cannot_start_its_domain_says_the_domain_is_defined(ima
         "Failed to start domain acme_web2: not enough memory (domain acme_web2 is defined)"
     )
     assert failed.value.left == ["domain acme_web2"] and failed.value.changed
-    assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
+    assert objects_of() == {"acme_web2", "acme_web2.boot.qcow2"}
     again = engine.run_vm(web2(image))
     assert again.changed and again.facts["vm"]["state"] == "running"

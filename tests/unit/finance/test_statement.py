@@ -298,7 +298,9 @@ def test_a_month_with_nothing_in_it():
         (("time_zone",), "Mars/Olympus"),
         (("period", "end"), "2026-11-30T19:00:00"),
         (("availability", 0, "downtime"), [["2026-11-15T19:00:00+00:00"]]),
+        (("availability", 0, "excluded"), [["2026-11-15T19:00:00", END]]),
         (("lines", 0), "not a line"),
+        (("credit_notes",), [{"amount": 12.0, "issued_at": END}]),
     ],
 )
 def test_bad_documents_are_refused(path, value):
@@ -309,6 +311,18 @@ def test_bad_documents_are_refused(path, value):
     target[path[-1]] = value
     with pytest.raises(SpecError):
         html_statement(doc)
+
+
+@pytest.mark.parametrize(
+    ("note", "field"),
+    [
+        ({"amount": 12.0, "issued_at": END}, "document.credit_notes[0].amount"),
+        ({"amount": "12.00", "issued_at": "yesterday"}, "document.credit_notes[0].issued_at"),
+    ],
+)
+def test_a_bad_credit_note_is_refused_in_csv_naming_the_field(note, field):
+    with pytest.raises(SpecError, match=re.escape(field)):
+        write_invoice_csv([document(credit_notes=[note])], io.StringIO(newline=""))
 
 
 # -- CSV and JSON ---------------------------------------------------------------------------------

@@ -211,7 +211,10 @@ def test_a_tenant_cannot_change_customer_or_reopen_after_closing(any_ledger_url)
 def test_unknown_tenant_is_refused_before_anything(any_ledger_url, testdriver):
     tenant("globex")  # a ledger that exists: a missing SQLite file is refused for itself
     with pytest.raises(VceError, match="'acme' is not in the ledger"):
-        engine.run_environment(environment(testdriver, vm("web1", testdriver)), check_mode=True)
+        engine.run_environment(environment(testdriver, vm("web1", testdriver)))
+    # Check mode shows the plan and says so (tests/unit/engine/test_unregistered_preview.py).
+    preview = engine.run_environment(environment(testdriver, vm("web1", testdriver)), True)
+    assert "'acme' is not registered" in preview.warnings[0]
 
 
 def test_check_mode_fails_early_with_limit_used_requested_and_how_to_ask(
