@@ -82,6 +82,17 @@ def test_tier_edges(web, down_seconds, percent, credit):
     assert total(invoice) == Decimal("29520.00") - Decimal(credit)
 
 
+def test_an_availability_a_microsecond_below_an_edge_is_printed_below_it(web):
+    """docs/billing.md, Rounding: tiers from the exact fraction, the percentage rounded down,
+    seconds rounded down."""
+    start = local(2026, 11, 10)
+    web.down(start, start + dt.timedelta(seconds=2592, microseconds=1))
+    vm = web.invoice(NOV)["availability"][0]
+    assert (vm["availability"], vm["credit_percent"], vm["downtime_seconds"]) == (
+        "99.8999", "5", 2592,
+    )  # fmt: skip
+
+
 def test_announced_maintenance_is_not_downtime(web):
     start = local(2026, 11, 12, 2, 0)
     web.down(start, start + dt.timedelta(hours=2))  # 7,200 s alone would be 5%
