@@ -44,3 +44,24 @@ def environment(image: Path | str, tenant: str = "acme", uri: str = URI) -> dict
             }
         ],
     }
+
+
+def define_copy(conn: Any, source: str, name: str) -> None:
+    """Define domain `name` by hand as a copy of domain `source`, ownership metadata included:
+    what someone with the host's libvirt would do to slip a VM in as one of a tenant's."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(conn.lookupByName(source).XMLDesc(0))
+    root.find("name").text = name
+    for element in (root.find("uuid"), root.find("devices")):
+        if element is not None:
+            root.remove(element)
+    conn.defineXML(ET.tostring(root, encoding="unicode"))
+
+
+def define_unowned(conn: Any, name: str) -> None:
+    """A bare domain `name` with no ownership metadata, defined by hand."""
+    conn.defineXML(
+        f"<domain type='test'><name>{name}</name><memory>131072</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )

@@ -8,14 +8,23 @@ from __future__ import annotations
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     ApplyError,
+    OwnershipError,
     SpecError,
     libvirt,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import vm as vm_planner
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
-from tests.support.ledger import register
-from tests.support.testdriver import URI, environment, fresh_driver
+from tests.support.ledger import plan_catalog, register
+from tests.support.testdriver import (
+    URI,
+    define_copy,
+    define_unowned,
+    environment,
+    fresh_driver,
+)
 
 
 @pytest.fixture
@@ -169,6 +178,41 @@ def test_an_environment_without_vms_removed_leaves_nothing_of_the_tenant(image):
     assert removed.facts["environment"]["networks"] == {}
     assert acme_objects() == set()
     assert not engine.run_environment(absent).changed
+
+
+def test_a_copied_tag_and_an_unowned_vm_are_never_removed_nor_counted_as_the_tenants(
+    deployed, ledger_url, monkeypatch
+):
+    # The test driver undefines a domain only without the flags that drop saved state.
+    monkeypatch.setattr(vm_planner, "UNDEFINE_FLAGS", ())
+    conn = host.connect(URI)
+    define_copy(conn, "acme_web1", "acme_copy")
+    define_unowned(conn, "acme_extra")
+    absent = {"uri": URI, "tenant": "acme", "state": "absent"}
+    planned = engine.run_environment(absent, check_mode=True)
+    assert sorted(actions(planned)) == [
+        ("disk", "data1", "delete"), ("network", "lan", "delete"), ("vm", "web1", "delete"),
+    ]  # fmt: skip
+    removed = engine.run_environment(absent)
+    assert removed.changed and sorted(actions(removed)) == sorted(actions(planned))
+    assert acme_objects() == {"acme_copy", "acme_extra"}
+    assert not engine.run_environment(absent).changed
+    # Neither is the tenant's: the ledger counts no VM, and the tenant can be closed.
+    info = engine.run_info({"uri": URI, "tenant": "acme"})
+    assert info["vms"] == {} and info["ledger"]["usage"]["vms"] == 0
+    closing = {
+        "ledger_url": ledger_url, "name": "acme", "customer": "customer-of-acme", "plan": "lab",
+        "plans": plan_catalog("lab"), "state": "closed",
+    }  # fmt: skip
+    assert run_tenant(closing).facts["tenant"]["state"] == "closed"
+    assert acme_objects() == {"acme_copy", "acme_extra"}
+
+
+def test_a_vm_whose_name_an_unowned_domain_holds_is_refused_naming_it(image):
+    define_unowned(host.connect(URI), "acme_web1")
+    with pytest.raises(OwnershipError, match="'acme_web1' exists but was not created by vce"):
+        engine.run_environment(environment(image))
+    assert acme_objects() == {"acme_web1"}
 
 
 def test_info_reports_the_host_and_the_ledger(deployed):

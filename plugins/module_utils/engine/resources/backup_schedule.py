@@ -36,7 +36,7 @@ from ...core.result import Result
 from ...core.spec import EnvironmentSpec
 from ...core.validation import check_name, check_prefix
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
-from ...host.ownership import check_owner, object_name
+from ...host.ownership import object_name
 from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
 from ...runner.backup import RunnerConfig, drop_schedule_checkpoints
@@ -350,9 +350,9 @@ class BackupSchedulePlanner:
         """The VM must be the tenant's (on this host or declared in the same run), with the
         disks the schedule names."""
         libvirt_name = object_name(self.tenant, spec.vm)
+        inventory.refuse_intruder("vm", libvirt_name)
         domain = inventory.domains.get(libvirt_name)
         if domain is not None:
-            check_owner(domain.owner, self.tenant, "vm", libvirt_name)
             disks = [d.serial or d.target for d in domain.disks if d.device == "disk"]
         elif spec.vm in declared_disks:
             disks = list(declared_disks[spec.vm])
