@@ -10,9 +10,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     ApplyError,
     OwnershipError,
     SpecError,
+    VceError,
     libvirt,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import Gate
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import vm as vm_planner
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
@@ -25,6 +27,7 @@ from tests.support.testdriver import (
     environment,
     fresh_driver,
 )
+from tests.unit.engine.test_module_support import run as run_through_module
 
 
 @pytest.fixture
@@ -289,3 +292,33 @@ def test_a_vm_create_that_cannot_start_its_domain_says_the_domain_is_defined(ima
     assert acme_objects() == {"acme_web2", "acme_web2.boot.qcow2"}
     again = engine.run_vm(web2(image))
     assert again.changed and again.facts["vm"]["state"] == "running"
+
+
+def test_a_module_run_that_fails_mid_way_is_changed_and_names_what_it_applied(deployed):
+    """The test driver cannot undefine a domain with the flags the engine passes, so removing
+    web1 fails for real after the new network was made."""
+    params = environment(deployed)
+    params.update(vms=[], prune=True)
+    params["networks"].append({"name": "lan2", "cidr": "10.21.0.0/24"})
+    outcome, details, _module = run_through_module(engine.run_environment, params=params)
+    assert (outcome, details["changed"]) == ("fail", True)
+    assert [(c["kind"], c["name"], c["action"]) for c in details["applied"]] == [
+        ("network", "lan2", "create")
+    ]
+    assert "Failed to delete domain acme_web1" in details["msg"]
+    assert "applied before the failure: 1 of" in details["msg"]
+    assert "acme_lan2" in acme_objects()
+
+
+def test_a_module_run_whose_usage_cannot_be_recorded_after_applying_is_changed(image, monkeypatch):
+    def ledger_gone(*_args):
+        raise VceError("Failed to write the ledger: database is locked")
+
+    monkeypatch.setattr(Gate, "settle", ledger_gone)
+    params = {"uri": URI, "tenant": "acme", "name": "lan", "cidr": "10.20.0.0/24"}
+    outcome, details, _module = run_through_module(engine.run_network, params=params)
+    assert (outcome, details["changed"]) == ("fail", True)
+    assert details["applied"][0]["action"] == "create"
+    assert details["msg"].startswith("Failed to write the ledger: database is locked (applied")
+    assert "failed: recording the tenant's usage after them" in details["msg"]
+    assert "acme_lan" in acme_objects()
