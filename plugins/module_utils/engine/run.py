@@ -55,6 +55,7 @@ class Run:
 def conclude(run: Run, check_mode: bool) -> Result:
     """Admit the plan, apply it unless checking, then report the plan and the facts."""
     plan, gate = run.plan, run.gate
+    plan.check_acts_once()
     if gate is not None:
         gate.admit(plan, run.inventory)
     after = run.inventory
