@@ -18,6 +18,12 @@ description:
     host), or V(error) (it could not be compared, with the reason).
   - Every object tagged for a tenant that no declaration on this host mentions - including
     every object of a tenant that is not declared at all - becomes an V(orphan) case.
+  - Every object named with a tenant's prefix that is not the tenant's becomes a case named by
+    its libvirt name (a volume's as C(pool/name)) - V(unowned) (a domain or network with no
+    ownership metadata, another tenant's or another kind's, or metadata naming another object;
+    a volume named as vce.kvm never names one), or V(duplicated) (a copy of a real object's
+    ownership metadata; two volumes claiming one disk). vce.kvm never changes, deletes or
+    counts such an object; a person must remove or rename it.
   - The comparison is the plan M(vce.kvm.environment) would make with O(vce.kvm.environment#module:prune)
     and restarts allowed; each difference names the action an apply would take.
   - Use M(vce.kvm.drift_report) to write the cases of every host as JSON and JUnit XML, as
@@ -118,10 +124,12 @@ summary:
   description: How many cases of each status.
   returned: always
   type: dict
-  sample: {resources: 12, in_sync: 10, drifted: 1, missing: 0, orphan: 1, error: 0}
+  sample: {resources: 12, in_sync: 10, drifted: 1, missing: 0, orphan: 1, unowned: 0,
+           duplicated: 0, error: 0}
 cases:
   description:
-    - One per declared object and per orphan, in declaration order then orphans.
+    - One per declared object, per orphan and per object named like a tenant's that is not
+      theirs, in declaration order, then orphans, then those.
     - C(differences) lists what an apply would change - C(action), C(field), C(declared),
       C(actual), C(class) (V(live), V(restart) or V(replace)).
   returned: always

@@ -67,7 +67,8 @@ summary:
   description: How many cases of each status.
   returned: always
   type: dict
-  sample: {resources: 12, in_sync: 10, drifted: 1, missing: 0, orphan: 1, error: 0}
+  sample: {resources: 12, in_sync: 10, drifted: 1, missing: 0, orphan: 1, unowned: 0,
+           duplicated: 0, error: 0}
 written:
   description: The report files that were (or in check mode would be) rewritten.
   returned: always

@@ -4,8 +4,10 @@ refused with exit status 2 and the field named."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
@@ -13,6 +15,7 @@ from ansible_collections.vce.kvm.cli.drift import inventory_declarations
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 
 from tests.support.ansible_runner import ROOT, ansible_env
+from tests.support.ledger import forget_stores, register
 
 
 @pytest.fixture
@@ -78,3 +81,49 @@ def test_vce_drift_exits_2_naming_the_field(inventory):
     assert proc.returncode == 2, proc.stderr
     assert "vce: --hosts: no host of the inventory matches 'nowhere'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+HOST_WITH_INTRUDERS = """<node>
+  <domain type='test'><name>acme_web1</name><memory>131072</memory>
+    <metadata>{tag}</metadata><os><type>hvm</type></os></domain>
+  <domain type='test'><name>acme_copy</name><memory>131072</memory>
+    <metadata>{tag}</metadata><os><type>hvm</type></os></domain>
+  <domain type='test'><name>acme_extra</name><memory>131072</memory>
+    <os><type>hvm</type></os></domain>
+</node>
+""".format(
+    tag="<vce:owner xmlns:vce='https://vce-kvm.dev/xmlns/owner/1' tenant='acme' kind='vm' "
+    "name='web1' spec-hash=''/>"
+)
+
+
+def test_vce_drift_reports_intruders_in_json_and_junit_and_exits_1(tmp_path):
+    """A host read by libvirt's test driver from a file: acme's web1, a copy of its tag on
+    acme_copy, and acme_extra without one."""
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    register(ledger_url, "acme")
+    forget_stores()
+    node = tmp_path / "node.xml"
+    node.write_text(HOST_WITH_INTRUDERS)
+    hosts = {"all": {"hosts": {"kvm1": {
+        "vce_uri": f"test://{node}", "vce_ledger_url": ledger_url, "vce_tenants": {"acme": {}},
+    }}}}  # fmt: skip
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    report, junit = tmp_path / "drift.json", tmp_path / "drift.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.vce.kvm.cli.command", "drift",
+         "-i", str(tmp_path / "hosts.yml"), "--hosts", "all", "--json", str(report),
+         "--junit", str(junit)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**ansible_env(), "PYTHONPATH": str(ROOT / "collections")},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "kvm1 acme vm acme_copy: duplicated" in proc.stdout
+    assert "1 orphan, 1 unowned, 1 duplicated, 0 error" in proc.stdout
+    statuses = {c["name"]: c["status"] for c in json.loads(report.read_text())["cases"]}
+    assert statuses == {"web1": "orphan", "acme_copy": "duplicated", "acme_extra": "unowned"}
+    failures = {
+        case.get("name"): case.find("failure").get("type")
+        for case in ET.parse(junit).getroot().iter("testcase")
+    }
+    assert failures == statuses

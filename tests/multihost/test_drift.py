@@ -142,6 +142,14 @@ def statuses(report: dict) -> dict[tuple[str, str, str], str]:
     return {(c["tenant"], c["kind"], c["name"]): c["status"] for c in report["cases"]}
 
 
+def kvm_a_vars(inventory: Path) -> dict:
+    return yaml.safe_load(inventory.read_text())["all"]["children"]["kvm_hosts"]["hosts"]["kvm-a"]
+
+
+def units_of(inventory: Path) -> Path:
+    return Path(kvm_a_vars(inventory)["vce_backup_unit_dir"])
+
+
 def fields(report: dict, kind: str, name: str) -> set[str]:
     (case,) = [c for c in report["cases"] if (c["kind"], c["name"]) == (kind, name)]
     return {d["field"] or d["action"] for d in case["differences"]}
@@ -222,11 +230,8 @@ def change_by_hand(kvm_a: LabHost, inventory: Path) -> None:
             ["nft", "delete", "rule", "ip", "vce_nat", chain, "handle", str(handle)], check=True
         )
     kvm_a.run(["ip", "addr", "del", f"{PUBLIC_IPS['api']}/32", "dev", "up0"], check=True)
-    hostvars = yaml.safe_load(inventory.read_text())["all"]["children"]["kvm_hosts"]["hosts"][
-        "kvm-a"
-    ]
-    units = Path(hostvars["vce_backup_unit_dir"])
-    (units / f"vce-backup-{TENANT}_vm2_nightly.timer").unlink()
+    hostvars = kvm_a_vars(inventory)
+    (units_of(inventory) / f"vce-backup-{TENANT}_vm2_nightly.timer").unlink()
     # Objects no declaration mentions: a VM of the declared tenant, a network of another.
     shared = {"uri": kvm_a.uri, "ledger_url": hostvars["vce_ledger_url"]}
     boot = {"image": str(build_base_image()), "size_gib": 1}
@@ -263,7 +268,10 @@ def test_every_hand_change_is_seen(kvm_a, inventory, tmp_path):
     assert fields(report, "vm", "vm3") == {"disk data2", "nic 52:54:00:00:00:03"}
     assert fields(report, "vm", "vm4") == {"state"}
     assert fields(report, "public_ip", "web") == fields(report, "public_ip", "api") == {"binding"}
-    assert fields(report, "backup_schedule", "vm2/nightly") == {"schedule"}
+    assert fields(report, "backup_schedule", "vm2/nightly") == {"files"}
+    (schedule,) = [c for c in report["cases"] if c["name"] == "vm2/nightly"]
+    timer = str(units_of(inventory) / f"vce-backup-{TENANT}_vm2_nightly.timer")
+    assert schedule["differences"][0]["actual"]["missing"] == [timer]
     outcomes = junit_outcomes(junit)
     assert len(outcomes) == len(expected)
     assert list(outcomes.values()).count("failure") == sum(

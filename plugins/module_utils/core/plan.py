@@ -15,6 +15,8 @@ from typing import Any
 from .errors import ApplyError, VceError
 
 UNKNOWN = "(known after apply)"
+# Changes that make, remove or remake a whole object: one plan does each at most once per object.
+WHOLE_OBJECT_ACTIONS = ("create", "delete", "replace")
 
 
 class ChangeClass(enum.StrEnum):
@@ -70,6 +72,22 @@ class Plan:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+    def check_acts_once(self) -> None:
+        """Refuse a plan that would create, delete or replace one object twice: two libvirt
+        objects claimed the same name (host.connection keeps such copies out of the tenant's
+        objects; this is the last line before libvirt)."""
+        seen: set[tuple[str, str, str, str | None]] = set()
+        for change in self.changes:
+            if change.action not in WHOLE_OBJECT_ACTIONS:
+                continue
+            key = (change.kind, change.name, change.action, change.field)
+            if key in seen:
+                raise VceError(
+                    f"the plan would {change.action} {change.kind} {change.name} twice: two "
+                    f"objects on the host claim {change.kind} {change.name}; refusing to apply it"
+                )
+            seen.add(key)
 
     def to_list(self) -> list[dict[str, Any]]:
         return [change.to_dict() for change in self.changes]

@@ -5,8 +5,10 @@
 The comparison is the engine's own plan, made as an apply with `prune` would make it (restarts
 and replacements allowed, so nothing is refused for being disruptive) and never applied: what
 the plan would change is what drifted. Each declared object becomes one case, and each object
-tagged for a tenant that no declaration mentions becomes an orphan case. One libvirt listing
-per host serves every tenant on it.
+tagged for a tenant that no declaration mentions becomes an orphan case. An object named with
+a tenant's prefix that is not the tenant's (no or foreign ownership metadata: `unowned`; a copy
+of a real object's tag, or a second volume claiming a disk: `duplicated`) is a case of its own,
+named by its libvirt name. One libvirt listing per host serves every tenant on it.
 
 The inventory contract (shared by playbooks/drift.yml, the tenant_environment role and `vce
 drift`): per KVM host `vce_uri`, `vce_tenants` (tenant -> the environment module's options),
@@ -151,9 +153,23 @@ class DriftCheck:
             inventory = inventories.get(tenant) or self.empty_inventory(host, tenant, inventories)
             cases.extend(self.tenant_cases(tenant, host, ledger, inventory))
         for tenant in sorted(self.selected(inventories)):
-            if tenant not in self.declaration.tenants:
-                cases.extend(self.orphan_tenant_cases(tenant, host, ledger, inventories[tenant]))
+            inventory = inventories[tenant]
+            if tenant not in self.declaration.tenants and self.is_tenant(tenant, ledger, inventory):
+                cases.extend(self.orphan_tenant_cases(tenant, host, ledger, inventory))
         return cases
+
+    @staticmethod
+    def is_tenant(name: str, ledger: Ledger, inventory: TenantInventory) -> bool:
+        """Whether an undeclared prefix is a tenant's: it has objects of theirs here, or the
+        ledger knows it. Any other name with an underscore (an image "debian_12.qcow2") is
+        nobody's business here."""
+        if inventory.domains or inventory.networks or inventory.volumes:
+            return True
+        try:
+            with ledger.store.read() as connection:
+                return ledger.tenant(connection, name) is not None
+        except VceError:
+            return True  # better a case too many than an intruder not shown
 
     def selected(self, tenants: Iterable[str]) -> list[str]:
         return [t for t in tenants if not self.only or t in self.only]
@@ -224,7 +240,23 @@ class DriftCheck:
         except VceError as error:
             failures[("tenant", "*")] = error
             plan = Plan()
-        return self.classify(tenant, objects, plan, failures)
+        return self.classify(tenant, objects, plan, failures) + self.intruder_cases(inventory)
+
+    def intruder_cases(self, inventory: TenantInventory) -> list[DriftCase]:
+        """One case per object named like the tenant's that is not theirs, by its libvirt
+        name (a volume's as pool/name): the plans above never touched or counted it."""
+        return [
+            DriftCase(
+                self.declaration.host,
+                inventory.tenant,
+                intruder.kind,
+                intruder.libvirt_name,
+                intruder.problem,
+                [],
+                f"{intruder.reason}; vce.kvm never touches it: remove or rename it by hand",
+            )
+            for intruder in inventory.intruders
+        ]
 
     def classify(
         self,

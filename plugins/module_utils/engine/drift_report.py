@@ -20,7 +20,12 @@ from ..core.errors import SpecError, VceError
 from ..core.plan import Change
 
 IN_SYNC, DRIFTED, MISSING, ORPHAN, ERROR = "in_sync", "drifted", "missing", "orphan", "error"
-STATUSES = (IN_SYNC, DRIFTED, MISSING, ORPHAN, ERROR)
+# Objects named like a tenant's that are not theirs (host.ownership.UNOWNED, DUPLICATED): the
+# engine never touches them, so only a person can resolve them.
+UNOWNED, DUPLICATED = "unowned", "duplicated"
+STATUSES = (IN_SYNC, DRIFTED, MISSING, ORPHAN, UNOWNED, DUPLICATED, ERROR)
+# Statuses that are a JUnit failure (ERROR is a JUnit error).
+FAILURES = (DRIFTED, MISSING, ORPHAN, UNOWNED, DUPLICATED)
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def junit_report(cases: Sequence[DriftCase], generated_at: str | None = None) ->
     """JUnit XML: one test suite per host, one test case per object; drift is a failure, an
     object that could not be compared an error."""
     counts = summary(cases)
-    failures = counts[DRIFTED] + counts[MISSING] + counts[ORPHAN]
+    failures = sum(counts[status] for status in FAILURES)
     root = ET.Element(
         "testsuites",
         {
@@ -158,7 +163,7 @@ def junit_report(cases: Sequence[DriftCase], generated_at: str | None = None) ->
         attributes = {
             "name": host,
             "tests": str(len(host_cases)),
-            "failures": str(suite_counts[DRIFTED] + suite_counts[MISSING] + suite_counts[ORPHAN]),
+            "failures": str(sum(suite_counts[status] for status in FAILURES)),
             "errors": str(suite_counts[ERROR]),
             "skipped": "0",
         }

@@ -86,7 +86,7 @@ class EnvironmentPlanner:
             ctx = Context(ctx_networks, ctx_disks, self.options.allow_restart, f"vms[{i}].")
             with planning(failures, "vm", vm.name):
                 plan.extend(self.vms.plan_present(attached[vm.name], inventory, ctx))
-        undeclared = self.plan_undeclared(spec, inventory)
+        undeclared = self.plan_undeclared(spec, inventory, failures)
         if self.options.prune:
             plan.extend(undeclared)
         elif undeclared.changes:
@@ -118,8 +118,11 @@ class EnvironmentPlanner:
             result[vm.name] = replace(vm, disks=disks)
         return result
 
-    def plan_undeclared(self, spec: EnvironmentSpec, inventory: TenantInventory) -> Plan:
-        """Deletions of the tenant's objects that the declaration does not mention."""
+    def plan_undeclared(
+        self, spec: EnvironmentSpec, inventory: TenantInventory, failures: Failures | None = None
+    ) -> Plan:
+        """Deletions of the tenant's objects that the declaration does not mention. A disk
+        that more than one volume claims is refused, never deleted twice or at random."""
         declared_vms = {vm.name for vm in spec.vms}
         declared_disks = {disk.name for disk in spec.disks}
         declared_nets = {net.name for net in spec.networks}
@@ -129,15 +132,17 @@ class EnvironmentPlanner:
                 plan.extend(self.vms.plan_absent(name, inventory))
         for name, volume in self.standalone_volumes(inventory).items():
             if name not in declared_disks:
-                plan.add(self.disks.delete_change(name, volume))
+                with planning(failures, "disk", name):
+                    inventory.refuse_duplicated_disk(name)
+                    plan.add(self.disks.delete_change(name, volume))
         for name, state in self.owned(inventory.networks.values()):
             if name not in declared_nets:
                 plan.add(self.networks.delete_change(name, state))
         return plan
 
-    def plan_absent(self, inventory: TenantInventory) -> Plan:
+    def plan_absent(self, inventory: TenantInventory, failures: Failures | None = None) -> Plan:
         """Everything the tenant owns on the host, removed: VMs, disks, networks."""
-        return self.plan_undeclared(EnvironmentSpec(self.tenant), inventory)
+        return self.plan_undeclared(EnvironmentSpec(self.tenant), inventory, failures)
 
     def owned(self, objects: Iterable[T]) -> list[tuple[str, T]]:
         """The tenant's objects by declared name, in name order."""

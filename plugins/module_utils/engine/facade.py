@@ -19,7 +19,7 @@ from ..core.validation import check_name
 from ..core.zones import zone_of
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
-from ..host.ownership import check_owner, object_name, volume_name
+from ..host.ownership import object_name, volume_name
 from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
 from ..ledger.tenants import Ledger
 from .environment import EnvironmentPlanner, Failures, Options, planning
@@ -120,7 +120,7 @@ def plan_environment(
     if spec is None:
         backups.extend(links)
         backups.extend(plan)
-        backups.extend(engine.plan_absent(inventory))
+        backups.extend(engine.plan_absent(inventory, failures))
         return public_ips, backups
     objects = engine.plan_present(spec, inventory, failures)
     objects.extend(links)
@@ -183,10 +183,10 @@ def plan_attach(
     path = disk_path(inventory, tenant, name, fmt, pool)
     current = attached_to(inventory, path)
     libvirt_name = object_name(tenant, vm)
+    inventory.refuse_intruder("vm", libvirt_name)
     domain = inventory.domains.get(libvirt_name)
     if domain is None:
         raise SpecError("attach_to", f"unknown VM {vm!r} of tenant {tenant!r}")
-    check_owner(domain.owner, tenant, "vm", libvirt_name)
     if current is not None and current.name == libvirt_name:
         return plan
     if current is not None:
@@ -215,7 +215,7 @@ def plan_detach(host: Host, tenant: str, name: str, inventory: TenantInventory) 
     domain = attached_to(inventory, volume.path) if volume else None
     if domain is None:
         return plan
-    check_owner(domain.owner, tenant, "vm", domain.name)
+    inventory.refuse_intruder("vm", domain.name)
     device = next(d for d in domain.disks if d.path == volume.path)
     vms = VmPlanner(host, tenant)
     running = domain.state in ("running", "paused")

@@ -10,7 +10,8 @@ Either way the Result is built here, so check mode, diff mode and previews repor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,15 +55,17 @@ class Run:
 def conclude(run: Run, check_mode: bool) -> Result:
     """Admit the plan, apply it unless checking, then report the plan and the facts."""
     plan, gate = run.plan, run.gate
+    plan.check_acts_once()
     if gate is not None:
         gate.admit(plan, run.inventory)
     after = run.inventory
     usage_changes: list[dict[str, Any]] = []
     if not check_mode:
         if gate is None:
-            apply(run)
+            done = apply(run)
             if run.watch is not None and run.observe is not None and plan.changed:
-                usage_changes = run.watch.changes(run.observe())
+                with after_applying(done, "reading the usage after them"):
+                    usage_changes = run.watch.changes(run.observe())
         else:
             after, usage_changes = apply_gated(run, gate)
     return Result(
@@ -85,20 +88,28 @@ def noting_new_ledger(result: Result, store: Store) -> Result:
     return result
 
 
-def apply(run: Run) -> None:
+def apply(run: Run) -> list[dict[str, Any]]:
+    """Run the plan's changes, then the work batched after them; the changes made."""
     done = run.plan.apply()
-    if run.flush is None:
-        return
+    if run.flush is not None:
+        with after_applying(done, "the work batched after them"):
+            run.flush()
+    return done
+
+
+@contextmanager
+def after_applying(done: list[dict[str, Any]], work: str) -> Iterator[None]:
+    """Work that follows the changes (an nft batch, reading and recording the usage): when it
+    fails, every change has run all the same, and the front end must report them as made."""
     try:
-        run.flush()
+        yield
     except Exception as error:
-        # Every change ran; only the work batched after them failed, and the front end must
-        # still report the changes as made.
         raise ApplyError(
             f"{reason(error)} (applied before the failure: all {len(done)} changes"
-            f"{': ' + describe_all(done) if done else ''}; failed: the work batched after them; "
+            f"{': ' + describe_all(done) if done else ''}; failed: {work}; "
             "a re-run continues from here)",
             applied=done,
+            left=error.left if isinstance(error, ApplyError) else (),
             unexpected=not isinstance(error, VceError),
         ) from error
 
@@ -108,13 +119,14 @@ def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict
     plan, metered = run.plan, run.inventory is not None
     watch = UsageWatch(gate.ledger, gate.host.uri, gate.tenant, run.inventory)
     with gate.reservation(plan, metered):
-        apply(run)
-    after = run.inventory
-    # What was read before the run still holds when nothing changed.
-    if plan.changed and metered:
-        after = gate.host.inventory(gate.tenant)
-    gate.settle(after, plan)
-    return after, watch.changes(after) if plan.changed else []
+        done = apply(run)
+    with after_applying(done, "recording the tenant's usage after them"):
+        after = run.inventory
+        # What was read before the run still holds when nothing changed.
+        if plan.changed and metered:
+            after = gate.host.inventory(gate.tenant)
+        gate.settle(after, plan)
+        return after, watch.changes(after) if plan.changed else []
 
 
 def tenant_report(

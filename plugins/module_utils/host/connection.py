@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..core.errors import VceError, libvirt, libvirt_action, libvirt_reason, vanished
-from .ownership import SEPARATOR
+from .ownership import (
+    DUPLICATED,
+    SEPARATOR,
+    UNOWNED,
+    Intruder,
+    disk_claim,
+    is_vm_volume,
+    object_name,
+    ownership_problem,
+)
 from .xml import (
     DomainState,
     NetworkState,
@@ -83,13 +92,94 @@ def domain_type(conn: object, uri: str, is_local: bool) -> str:
 
 @dataclass
 class TenantInventory:
-    """The tenant's objects on one host, read in one pass."""
+    """The tenant's objects on one host, read in one pass.
+
+    `domains`, `networks` and `volumes` hold only what is the tenant's; every other object
+    named with the tenant's prefix is in `intruders`, so that no planner, meter or fact ever
+    takes it for the tenant's.
+    """
 
     tenant: str
     domains: dict[str, DomainState] = field(default_factory=dict)
     networks: dict[str, NetworkState] = field(default_factory=dict)
     volumes: dict[tuple[str, str], VolumeState] = field(default_factory=dict)
     pools: dict[str, str] = field(default_factory=dict)
+    intruders: list[Intruder] = field(default_factory=list)
+    # The domains among the intruders: never touched, but what they use is in use.
+    foreign_domains: dict[str, DomainState] = field(default_factory=dict)
+
+    def intruder(self, kind: str, libvirt_name: str) -> Intruder | None:
+        return next(
+            (i for i in self.intruders if i.kind == kind and i.libvirt_name == libvirt_name), None
+        )
+
+    def refuse_intruder(self, kind: str, libvirt_name: str) -> None:
+        """Refuse a plan for the name `libvirt_name` when an object that is not the tenant's
+        holds it."""
+        found = self.intruder(kind, libvirt_name)
+        if found is not None:
+            raise found.refusal()
+
+    def refuse_duplicated_disk(self, name: str) -> None:
+        """Refuse a plan for disk `name` when more than one volume claims it: which of them
+        the tenant's disk is cannot be told from libvirt."""
+        for found in self.intruders:
+            if (found.kind, found.problem, found.claimed) == ("disk", DUPLICATED, name):
+                raise found.refusal()
+
+    def separate_intruders(self) -> None:
+        """Move what is named like the tenant's but is not theirs from the objects to
+        `intruders`: domains and networks whose ownership metadata is missing, another
+        tenant's, of another kind, or claims another name (a copy of a real object's tag is
+        `duplicated`, the object it copies stays); volumes whose name the engine never makes.
+        Volumes claiming one disk stay counted, and are `duplicated` for every plan."""
+        for kind, objects in (("vm", self.domains), ("network", self.networks)):
+            for libvirt_name, state in sorted(objects.items()):
+                problem = ownership_problem(state.owner, self.tenant, kind, libvirt_name)
+                if problem:
+                    self.intruders.append(self.classify(kind, libvirt_name, state, problem))
+            for intruder in self.intruders:
+                if intruder.kind == kind and intruder.libvirt_name in objects:
+                    state = objects.pop(intruder.libvirt_name)
+                    if isinstance(state, DomainState):
+                        self.foreign_domains[intruder.libvirt_name] = state
+        claims: dict[str, list[tuple[str, str]]] = {}
+        for key in sorted(self.volumes):
+            claim = disk_claim(self.tenant, key[1])
+            if claim:
+                claims.setdefault(claim, []).append(key)
+            elif not is_vm_volume(self.tenant, key[1]):
+                del self.volumes[key]
+                reason = f"volume {key[1]!r} in pool {key[0]!r} is not named as vce.kvm names disks"
+                self.intruders.append(Intruder("disk", f"{key[0]}/{key[1]}", UNOWNED, reason))
+        for claim, keys in claims.items():
+            if len(keys) > 1:
+                shown = ", ".join(f"{pool}/{name}" for pool, name in keys)
+                reason = (
+                    f"disk {claim!r} of tenant {self.tenant!r} is claimed by {len(keys)} "
+                    f"volumes ({shown}): which one is the disk cannot be told"
+                )
+                for pool, name in keys:
+                    self.intruders.append(
+                        Intruder("disk", f"{pool}/{name}", DUPLICATED, reason, claim)
+                    )
+
+    def classify(
+        self, kind: str, libvirt_name: str, state: DomainState | NetworkState, problem: str
+    ) -> Intruder:
+        """An intruder is `duplicated` when its metadata copies the tag of the tenant's real
+        object (the one with the claimed name), `unowned` otherwise."""
+        owner = state.owner
+        claimed = owner.name if owner and (owner.tenant, owner.kind) == (self.tenant, kind) else ""
+        objects: Mapping[str, DomainState | NetworkState] = (
+            self.domains if kind == "vm" else self.networks
+        )
+        original = objects.get(object_name(self.tenant, claimed)) if claimed else None
+        if original is not None and not ownership_problem(
+            original.owner, self.tenant, kind, original.name
+        ):
+            return Intruder(kind, libvirt_name, DUPLICATED, problem, claimed)
+        return Intruder(kind, libvirt_name, UNOWNED, problem, claimed)
 
 
 @contextmanager
@@ -169,6 +259,7 @@ class Host:
                             inventory.volumes[key] = read_volume(pool.name(), vol.XMLDesc(0))
         for inventory in found.values():
             inventory.pools = dict(pools)
+            inventory.separate_intruders()
         return found
 
     def read_domain(self, dom: object) -> DomainState:

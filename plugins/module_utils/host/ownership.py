@@ -8,11 +8,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from ..core.errors import OwnershipError
+from ..core.validation import NAME_PATTERN
 
 NAMESPACE = "https://vce-kvm.dev/xmlns/owner/1"
 PREFIX = "vce"
 OWNER_TAG = f"{{{NAMESPACE}}}owner"
 SEPARATOR = "_"  # declared names cannot contain it, so tenant + name never collide
+# What an object named like a tenant's can be when it is not the tenant's: named with the
+# tenant's prefix but without (valid) ownership, or a second object claiming a declared name.
+UNOWNED, DUPLICATED = "unowned", "duplicated"
 
 ET.register_namespace(PREFIX, NAMESPACE)
 
@@ -71,23 +75,50 @@ def read_owner(root: ET.Element) -> Owner | None:
     )
 
 
-def check_owner(owner: Owner | None, tenant: str, kind: str, libvirt_name: str) -> None:
-    """Refuse to touch an object that is not this tenant's object of this kind."""
+def ownership_problem(owner: Owner | None, tenant: str, kind: str, libvirt_name: str) -> str:
+    """Why the object `libvirt_name` is not this tenant's object of this kind ("" when it is).
+
+    The engine names every domain and network it makes after the name in its metadata, so an
+    object whose metadata claims another name carries a copied tag, whatever else it says.
+    """
     if owner is None:
-        raise OwnershipError(
+        return (
             f"{kind} {libvirt_name!r} exists but was not created by vce.kvm (it has no vce "
-            "ownership metadata); refusing to modify or delete it"
+            "ownership metadata)"
         )
     if owner.tenant != tenant:
-        raise OwnershipError(
-            f"{kind} {libvirt_name!r} belongs to tenant {owner.tenant!r}, not {tenant!r}; "
-            "refusing to modify or delete it"
-        )
+        return f"{kind} {libvirt_name!r} belongs to tenant {owner.tenant!r}, not {tenant!r}"
     if owner.kind != kind:
-        raise OwnershipError(
-            f"{libvirt_name!r} is a {owner.kind} of tenant {tenant!r}, not a {kind}; "
-            "refusing to modify or delete it"
+        return f"{libvirt_name!r} is a {owner.kind} of tenant {tenant!r}, not a {kind}"
+    if object_name(tenant, owner.name) != libvirt_name:
+        return (
+            f"{kind} {libvirt_name!r} carries the ownership metadata of {kind} {owner.name!r} "
+            f"of tenant {tenant!r}, which vce.kvm names {object_name(tenant, owner.name)!r} "
+            "(a copied tag)"
         )
+    return ""
+
+
+def check_owner(owner: Owner | None, tenant: str, kind: str, libvirt_name: str) -> None:
+    """Refuse to touch an object that is not this tenant's object of this kind."""
+    problem = ownership_problem(owner, tenant, kind, libvirt_name)
+    if problem:
+        raise OwnershipError(f"{problem}; refusing to modify or delete it")
+
+
+@dataclass(frozen=True)
+class Intruder:
+    """An object named with a tenant's prefix that the engine does not take as the tenant's:
+    never planned, changed, deleted or counted; drift reports it."""
+
+    kind: str  # vm, network or disk
+    libvirt_name: str  # a volume's is pool/name
+    problem: str  # UNOWNED or DUPLICATED
+    reason: str
+    claimed: str = ""  # the declared name it claims, when it claims one
+
+    def refusal(self) -> OwnershipError:
+        return OwnershipError(f"{self.reason}; refusing to modify or delete it")
 
 
 # A volume carries no <metadata>: its name (tenant prefix, declared name, format) is its owner.
@@ -96,3 +127,19 @@ EXTENSIONS = {"qcow2": "qcow2", "raw": "img"}
 
 def volume_name(tenant: str, name: str, fmt: str) -> str:
     return f"{object_name(tenant, name)}.{EXTENSIONS[fmt]}"
+
+
+def disk_claim(tenant: str, volume: str) -> str:
+    """The declared disk a volume's name claims ("" for a VM's boot disk or seed, or a name the
+    engine never makes)."""
+    stem, _dot, ext = volume[len(tenant_prefix(tenant)) :].rpartition(".")
+    return stem if ext in EXTENSIONS.values() and NAME_PATTERN.fullmatch(stem) else ""
+
+
+def is_vm_volume(tenant: str, volume: str) -> bool:
+    """A VM's boot disk or cloud-init seed, by its name."""
+    rest = volume[len(tenant_prefix(tenant)) :]
+    for suffix in (".boot.qcow2", ".seed.iso"):
+        if rest.endswith(suffix) and NAME_PATTERN.fullmatch(rest[: -len(suffix)]):
+            return True
+    return False

@@ -69,3 +69,15 @@ def test_changes_without_a_call_are_neither_run_nor_counted():
     plan.changes.insert(0, Change("plan", "small", "define"))
     with pytest.raises(ApplyError, match=r"applied before the failure: 1 of 2 changes"):
         plan.apply()
+
+
+def test_a_plan_that_would_delete_one_object_twice_is_refused_naming_it():
+    plan = Plan()
+    for _ in range(2):
+        plan.add(Change("vm", "web1", "delete", run=lambda: None))
+    with pytest.raises(VceError, match="would delete vm web1 twice: two objects on the host"):
+        plan.check_acts_once()
+    several = Plan([Change("vm", "web1", "update", field=f) for f in ("vcpus", "vcpus")])
+    several.add(Change("zone_link", "ab", "delete", field="ends[0]"))
+    several.add(Change("zone_link", "ab", "delete", field="ends[1]"))
+    several.check_acts_once()  # updates, and one removal per end, are not acting twice

@@ -6,6 +6,8 @@ read by the real read script from empty folders in tmp_path."""
 from __future__ import annotations
 
 import copy
+import json
+import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
@@ -23,10 +25,21 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import (
     evidence,
     failure_status,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import (
+    json_report,
+    junit_report,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import volume_xml
 
 from tests.support.ledger import register
-from tests.support.testdriver import URI, environment, fresh_driver
+from tests.support.testdriver import (
+    URI,
+    define_copy,
+    define_unowned,
+    environment,
+    fresh_driver,
+)
 
 DECLARED = ("networks", "disks", "vms")
 
@@ -221,3 +234,58 @@ def test_a_change_to_the_same_value_is_evidence_only_when_nothing_else_is():
     assert failure_status(SpecError("disks[0].size_gib", "cannot shrink")) == "drifted"
     assert failure_status(OwnershipError("taken")) == "drifted"
     assert failure_status(VceError("Failed to read")) == "error"
+
+
+def test_objects_named_like_the_tenants_but_not_theirs_are_unowned_or_duplicated(site):
+    conn = host.connect(URI)
+    define_unowned(conn, "acme_extra")
+    define_copy(conn, "acme_web1", "acme_copy")
+    conn.networkDefineXML(
+        "<network><name>acme_guest</name><ip address='10.77.0.1' prefix='24'/></network>"
+    )
+    pool = conn.storagePoolLookupByName("default-pool")
+    pool.createXML(volume_xml("acme_data1.img", 1, "raw"), 0)
+    pool.createXML(volume_xml("acme_notes.txt", 1, "raw"), 0)
+    del pool  # the test driver resets only once no object of it is referenced
+    cases = cases_of(site, only=["acme"])
+    intruders = {
+        (c.kind, c.name): (c.status, c.message)
+        for c in cases.values()
+        if c.status in ("unowned", "duplicated")
+    }
+    assert {key: status for key, (status, _message) in intruders.items()} == {
+        ("vm", "acme_extra"): "unowned",
+        ("vm", "acme_copy"): "duplicated",
+        ("network", "acme_guest"): "unowned",
+        ("disk", "default-pool/acme_data1.img"): "duplicated",
+        ("disk", "default-pool/acme_data1.qcow2"): "duplicated",
+        ("disk", "default-pool/acme_notes.txt"): "unowned",
+    }
+    assert "no vce ownership metadata" in intruders[("vm", "acme_extra")][1]
+    copy_message = intruders[("vm", "acme_copy")][1]
+    assert "carries the ownership metadata of vm 'web1'" in copy_message
+    assert "vce.kvm names 'acme_web1'" in copy_message
+    assert "acme_data1.img" in intruders[("disk", "default-pool/acme_data1.qcow2")][1]
+    # The disk two volumes claim cannot be planned, nor the VM that uses it: both say why.
+    for name in (("disk", "data1"), ("vm", "web1")):
+        case = cases[("acme", *name)]
+        assert case.status == "drifted" and "claimed by 2 volumes" in case.message
+        assert case.differences == []
+    # Nothing of the intruders is an orphan to delete.
+    assert [c for c in cases.values() if c.status == "orphan"] == []
+    listed = list(cases.values())
+    document = json.loads(json_report(listed))
+    assert (document["summary"]["unowned"], document["summary"]["duplicated"]) == (3, 3)
+    junit = ET.fromstring(junit_report(listed))
+    failures = {
+        case.get("name"): case.find("failure").get("type")
+        for case in junit.iter("testcase")
+        if case.find("failure") is not None
+    }
+    assert failures["acme_copy"] == "duplicated" and failures["acme_extra"] == "unowned"
+    assert failures["acme_guest"] == "unowned"
+
+
+def test_a_prefix_that_is_no_tenants_makes_no_case(site):
+    define_unowned(host.connect(URI), "debian_12")
+    assert not [key for key in cases_of(site) if key[0] == "debian"]

@@ -31,6 +31,8 @@ def cases() -> list[DriftCase]:
         DriftCase("kvm1", "acme", "disk", "data1", "missing", [Difference("create", None, 2, None, "live")]),
         DriftCase("kvm2", "acme", "public_ip", "www", "drifted", [rule]),
         DriftCase("kvm2", "ghost", "vm", "old", "orphan", [], "tagged for the tenant, but no declaration mentions it"),
+        DriftCase("kvm2", "acme", "vm", "acme_extra", "unowned", [], "vm 'acme_extra' exists but was not created by vce.kvm"),
+        DriftCase("kvm2", "acme", "vm", "acme_copy", "duplicated", [], "vm 'acme_copy' carries the ownership metadata of vm 'web1'"),
         DriftCase("kvm3", "", "host", "qemu+ssh://kvm3/system", "error", [], "Failed to connect"),
     ]  # fmt: skip
 
@@ -40,8 +42,11 @@ def test_the_json_report_summarises_and_lists_every_case():
     assert document["drifted"] is True
     assert document["generated_at"] == GENERATED
     assert document["summary"] == {
-        "resources": 6, "in_sync": 1, "drifted": 2, "missing": 1, "orphan": 1, "error": 1,
+        "resources": 8, "in_sync": 1, "drifted": 2, "missing": 1, "orphan": 1, "unowned": 1,
+        "duplicated": 1, "error": 1,
     }  # fmt: skip
+    intruders = [(c["name"], c["status"]) for c in document["cases"] if c["kind"] == "vm"][1:]
+    assert intruders == [("old", "orphan"), ("acme_extra", "unowned"), ("acme_copy", "duplicated")]
     web1 = document["cases"][1]
     assert web1["differences"] == [
         {"action": "update", "field": "vcpus", "declared": 2, "actual": 1, "class": "live"}
@@ -64,7 +69,7 @@ def test_cases_read_back_from_a_report_are_the_same_cases():
         (
             {"host": "kvm1", "tenant": "acme", "kind": "vm", "name": "w", "status": "fine"},
             "cases[0].status",
-            "must be one of in_sync, drifted, missing, orphan, error",
+            "must be one of in_sync, drifted, missing, orphan, unowned, duplicated, error",
         ),
     ],
 )
@@ -86,7 +91,7 @@ def test_descriptions_say_declared_against_actual_or_not_in_force():
 def test_junit_has_a_suite_per_host_drift_as_failures_and_unreadable_hosts_as_errors():
     root = ET.fromstring(junit_report(cases(), GENERATED))
     assert root.tag == "testsuites"
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("6", "4", "1")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("8", "6", "1")
     suites = {suite.get("name"): suite for suite in root.findall("testsuite")}
     assert list(suites) == ["kvm1", "kvm2", "kvm3"]
     kvm1 = suites["kvm1"]
@@ -98,8 +103,14 @@ def test_junit_has_a_suite_per_host_drift_as_failures_and_unreadable_hosts_as_er
     assert web1.find("failure").get("message") == "vm web1 differs: vcpus"
     assert "declared 2, actual 1" in web1.find("failure").text
     assert data1.find("failure").get("message") == "disk data1 is declared but not on the host"
-    old = suites["kvm2"].findall("testcase")[1]
+    _www, old, extra, copy = suites["kvm2"].findall("testcase")
+    assert suites["kvm2"].get("failures") == "4"
     assert old.find("failure").get("type") == "orphan"
+    assert (extra.get("classname"), extra.get("name")) == ("kvm2.acme.vm", "acme_extra")
+    assert extra.find("failure").get("type") == "unowned"
+    assert "not created by vce.kvm" in extra.find("failure").get("message")
+    assert copy.find("failure").get("type") == "duplicated"
+    assert "ownership metadata of vm 'web1'" in copy.find("failure").get("message")
     host = suites["kvm3"].find("testcase")
     assert host.get("classname") == "kvm3.-.host"
     assert host.find("error").get("message") == "Failed to connect"

@@ -8,14 +8,27 @@ from __future__ import annotations
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     ApplyError,
+    OwnershipError,
     SpecError,
+    VceError,
     libvirt,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import Gate
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import vm as vm_planner
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
-from tests.support.ledger import register
-from tests.support.testdriver import URI, environment, fresh_driver, objects_of
+from tests.support.ledger import plan_catalog, register
+from tests.support.testdriver import (
+    URI,
+    define_copy,
+    define_unowned,
+    environment,
+    fresh_driver,
+    objects_of,
+)
+from tests.unit.engine.test_module_support import run as run_through_module
 
 
 @pytest.fixture
@@ -163,6 +176,41 @@ def test_an_environment_without_vms_removed_leaves_nothing_of_the_tenant(image):
     assert not engine.run_environment(absent).changed
 
 
+def test_a_copied_tag_and_an_unowned_vm_are_never_removed_nor_counted_as_the_tenants(
+    deployed, ledger_url, monkeypatch
+):
+    # The test driver undefines a domain only without the flags that drop saved state.
+    monkeypatch.setattr(vm_planner, "UNDEFINE_FLAGS", ())
+    conn = host.connect(URI)
+    define_copy(conn, "acme_web1", "acme_copy")
+    define_unowned(conn, "acme_extra")
+    absent = {"uri": URI, "tenant": "acme", "state": "absent"}
+    planned = engine.run_environment(absent, check_mode=True)
+    assert sorted(actions(planned)) == [
+        ("disk", "data1", "delete"), ("network", "lan", "delete"), ("vm", "web1", "delete"),
+    ]  # fmt: skip
+    removed = engine.run_environment(absent)
+    assert removed.changed and sorted(actions(removed)) == sorted(actions(planned))
+    assert objects_of() == {"acme_copy", "acme_extra"}
+    assert not engine.run_environment(absent).changed
+    # Neither is the tenant's: the ledger counts no VM, and the tenant can be closed.
+    info = engine.run_info({"uri": URI, "tenant": "acme"})
+    assert info["vms"] == {} and info["ledger"]["usage"]["vms"] == 0
+    closing = {
+        "ledger_url": ledger_url, "name": "acme", "customer": "customer-of-acme", "plan": "lab",
+        "plans": plan_catalog("lab"), "state": "closed",
+    }  # fmt: skip
+    assert run_tenant(closing).facts["tenant"]["state"] == "closed"
+    assert objects_of() == {"acme_copy", "acme_extra"}
+
+
+def test_a_vm_whose_name_an_unowned_domain_holds_is_refused_naming_it(image):
+    define_unowned(host.connect(URI), "acme_web1")
+    with pytest.raises(OwnershipError, match="'acme_web1' exists but was not created by vce"):
+        engine.run_environment(environment(image))
+    assert objects_of() == {"acme_web1"}
+
+
 def test_info_reports_the_host_and_the_ledger(deployed):
     info = engine.run_info({"uri": URI, "tenant": "acme"})
     assert set(info["vms"]) == {"web1"} and set(info["networks"]) == {"lan"}
@@ -237,3 +285,33 @@ def test_a_vm_create_that_cannot_start_its_domain_says_the_domain_is_defined(ima
     assert objects_of() == {"acme_web2", "acme_web2.boot.qcow2"}
     again = engine.run_vm(web2(image))
     assert again.changed and again.facts["vm"]["state"] == "running"
+
+
+def test_a_module_run_that_fails_mid_way_is_changed_and_names_what_it_applied(deployed):
+    """The test driver cannot undefine a domain with the flags the engine passes, so removing
+    web1 fails for real after the new network was made."""
+    params = environment(deployed)
+    params.update(vms=[], prune=True)
+    params["networks"].append({"name": "lan2", "cidr": "10.21.0.0/24"})
+    outcome, details, _module = run_through_module(engine.run_environment, params=params)
+    assert (outcome, details["changed"]) == ("fail", True)
+    assert [(c["kind"], c["name"], c["action"]) for c in details["applied"]] == [
+        ("network", "lan2", "create")
+    ]
+    assert "Failed to delete domain acme_web1" in details["msg"]
+    assert "applied before the failure: 1 of" in details["msg"]
+    assert "acme_lan2" in objects_of()
+
+
+def test_a_module_run_whose_usage_cannot_be_recorded_after_applying_is_changed(image, monkeypatch):
+    def ledger_gone(*_args):
+        raise VceError("Failed to write the ledger: database is locked")
+
+    monkeypatch.setattr(Gate, "settle", ledger_gone)
+    params = {"uri": URI, "tenant": "acme", "name": "lan", "cidr": "10.20.0.0/24"}
+    outcome, details, _module = run_through_module(engine.run_network, params=params)
+    assert (outcome, details["changed"]) == ("fail", True)
+    assert details["applied"][0]["action"] == "create"
+    assert details["msg"].startswith("Failed to write the ledger: database is locked (applied")
+    assert "failed: recording the tenant's usage after them" in details["msg"]
+    assert "acme_lan" in objects_of()

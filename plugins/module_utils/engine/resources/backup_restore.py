@@ -27,7 +27,7 @@ from ...core.result import Result
 from ...core.validation import check_choice, check_name, check_pool
 from ...host.connection import Host, TenantInventory
 from ...host.files import FILE_MODE
-from ...host.ownership import check_owner, object_name, volume_name
+from ...host.ownership import object_name, volume_name
 from ...host.xml import DiskDevice
 from ...ledger.tenants import Ledger, key_of
 from ...runner.repo import Manifest, ScheduleRepo, qemu_img
@@ -168,10 +168,10 @@ class RestorePlanner:
     ) -> Plan:
         plan = Plan()
         libvirt_name = object_name(self.tenant, self.vm)
+        inventory.refuse_intruder("vm", libvirt_name)
         domain = inventory.domains.get(libvirt_name)
         if domain is None:
             raise SpecError("vm", f"tenant {self.tenant} has no VM {self.vm!r} on this host")
-        check_owner(domain.owner, self.tenant, "vm", libvirt_name)
         device = next((d for d in domain.disks if (d.serial or d.target) == self.disk), None)
         if device is None:
             raise SpecError("disk", f"VM {self.vm} has no disk {self.disk!r}")

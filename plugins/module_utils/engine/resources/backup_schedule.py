@@ -36,7 +36,7 @@ from ...core.result import Result
 from ...core.spec import EnvironmentSpec
 from ...core.validation import check_name, check_prefix
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
-from ...host.ownership import check_owner, object_name
+from ...host.ownership import object_name
 from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
 from ...runner.backup import RunnerConfig, drop_schedule_checkpoints
@@ -350,9 +350,9 @@ class BackupSchedulePlanner:
         """The VM must be the tenant's (on this host or declared in the same run), with the
         disks the schedule names."""
         libvirt_name = object_name(self.tenant, spec.vm)
+        inventory.refuse_intruder("vm", libvirt_name)
         domain = inventory.domains.get(libvirt_name)
         if domain is not None:
-            check_owner(domain.owner, self.tenant, "vm", libvirt_name)
             disks = [d.serial or d.target for d in domain.disks if d.device == "disk"]
         elif spec.vm in declared_disks:
             disks = list(declared_disks[spec.vm])
@@ -411,18 +411,43 @@ class BackupSchedulePlanner:
         # A schedule new on this host is a "create": its quota is the gate's (check_counted).
         for rendered in wanted:
             before = observed.schedules.get((rendered.spec.vm, rendered.spec.name))
+            install = partial(self.install, rendered, observed.systemd, bool(before))
+            name = f"{rendered.spec.vm}/{rendered.spec.name}"
+            if before and self.summary(before) == self.summary(rendered.config):
+                # The schedule is as declared but its files are not: say which, so that the
+                # operator knows what went (a timer removed by hand) before it is rewritten.
+                files = self.file_drift(rendered, observed)
+                clean = {"missing": [], "altered": [], "timer_enabled": True}
+                plan.add(Change("backup_schedule", name, "update", field="files",
+                                before=files, after=clean, run=install))  # fmt: skip
+                continue
             plan.add(
                 Change(
                     "backup_schedule",
-                    f"{rendered.spec.vm}/{rendered.spec.name}",
+                    name,
                     "update" if before else "create",
                     field="schedule",
                     before=self.summary(before) if before else None,
                     after=self.summary(rendered.config),
-                    run=partial(self.install, rendered, observed.systemd, bool(before)),
+                    run=install,
                 )
             )
         return plan
+
+    @staticmethod
+    def file_drift(rendered: Rendered, observed: Observed) -> dict[str, Any]:
+        """Which of the schedule's files (timer, service, config) are missing or differ from
+        the declaration, and whether the timer is enabled."""
+        paths = sorted(rendered.files)
+        return {
+            "missing": [path for path in paths if path not in observed.files],
+            "altered": [
+                path
+                for path in paths
+                if path in observed.files and observed.files[path] != rendered.files[path]
+            ],
+            "timer_enabled": rendered.timer in observed.enabled,
+        }
 
     @staticmethod
     def summary(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def find_volume(inventory: TenantInventory, tenant: str, name: str) -> VolumeSta
 
 
 def attached_to(inventory: TenantInventory, path: str) -> DomainState | None:
-    for domain in inventory.domains.values():
+    """The domain using the volume at `path`: the tenant's, or one named like theirs."""
+    for domain in [*inventory.domains.values(), *inventory.foreign_domains.values()]:
         if any(disk.path == path for disk in domain.disks):
             return domain
     return None
@@ -74,6 +75,7 @@ class DiskPlanner:
     def plan_present(self, spec: DiskSpec, inventory: TenantInventory, path: str = "") -> Plan:
         plan = Plan()
         self.planned_path(spec, inventory, f"{path}pool")
+        inventory.refuse_duplicated_disk(spec.name)
         volume = find_volume(inventory, self.tenant, spec.name)
         if volume is None:
             name = volume_name(self.tenant, spec.name, spec.format)
@@ -98,6 +100,8 @@ class DiskPlanner:
             )
         if wanted > volume.capacity:
             domain = attached_to(inventory, volume.path)
+            if domain is not None:
+                inventory.refuse_intruder("vm", domain.name)
             plan.add(
                 Change(
                     KIND,
@@ -132,12 +136,14 @@ class DiskPlanner:
 
     def plan_absent(self, name: str, inventory: TenantInventory) -> Plan:
         plan = Plan()
+        inventory.refuse_duplicated_disk(name)
         volume = find_volume(inventory, self.tenant, name)
         if volume is None:
             return plan
         domain = attached_to(inventory, volume.path)
         if domain is not None:
-            user = domain.owner.name if domain.owner else domain.name
+            owned = domain.name in inventory.domains
+            user = domain.owner.name if owned and domain.owner else domain.name
             raise SpecError(
                 "state",
                 f"disk {name!r} is attached to VM {user!r}; detach it first (remove it from "

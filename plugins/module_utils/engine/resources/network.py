@@ -12,7 +12,7 @@ from ...core.errors import SpecError, libvirt, libvirt_action
 from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
 from ...core.spec import NetworkSpec, StaticLease, spec_hash
 from ...host.connection import Host, TenantInventory
-from ...host.ownership import Owner, add_metadata, check_owner, object_name
+from ...host.ownership import Owner, add_metadata, object_name
 from ...host.xml import NetworkState, dhcp_host_element, network_xml, read_network, to_string
 
 KIND = "network"
@@ -66,10 +66,8 @@ class NetworkPlanner:
 
     def owned(self, inventory: TenantInventory, name: str) -> NetworkState | None:
         libvirt_name = object_name(self.tenant, name)
-        state = inventory.networks.get(libvirt_name)
-        if state is not None:
-            check_owner(state.owner, self.tenant, KIND, libvirt_name)
-        return state
+        inventory.refuse_intruder(KIND, libvirt_name)
+        return inventory.networks.get(libvirt_name)
 
     def check_overlap(self, spec: NetworkSpec, inventory: TenantInventory, field: str) -> None:
         for other in inventory.networks.values():
@@ -227,9 +225,10 @@ class NetworkPlanner:
         state = self.owned(inventory, name)
         if state is None:
             return plan
+        # A domain named like the tenant's but not theirs uses the network all the same.
         users = [
-            d.owner.name if d.owner else d.name
-            for d in inventory.domains.values()
+            d.owner.name if d.name in inventory.domains and d.owner else d.name
+            for d in [*inventory.domains.values(), *inventory.foreign_domains.values()]
             if any(nic.network == state.name for nic in d.nics)
         ]
         if users:

@@ -30,7 +30,7 @@ from ...core.validation import (
 )
 from ...core.zones import PublicIpSpec, PublicZone, parse_public_ip, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
-from ...host.ownership import check_owner, object_name
+from ...host.ownership import object_name
 from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
@@ -166,10 +166,10 @@ def nic_address(
     tenant's, the NIC must have a fixed IP on a routed network)."""
     prefix = f"{path}." if path else ""
     libvirt_name = object_name(tenant, spec.vm)
+    inventory.refuse_intruder("vm", libvirt_name)
     domain = inventory.domains.get(libvirt_name)
     if domain is None:
         raise SpecError(f"{prefix}vm", f"unknown VM {spec.vm!r} of tenant {tenant!r} on this host")
-    check_owner(domain.owner, tenant, "vm", libvirt_name)
     for nic in domain.nics:
         state = inventory.networks.get(nic.network)
         declared = state.owner.name if state and state.owner else nic.network

@@ -22,7 +22,6 @@ from ...host.ownership import (
     NAMESPACE,
     PREFIX,
     Owner,
-    check_owner,
     object_name,
     owner_element,
     volume_name,
@@ -263,6 +262,7 @@ class VmPlanner:
     def resolve_disk(
         self, name: str, inventory: TenantInventory, ctx: Context, index: int
     ) -> tuple[str, str, str]:
+        inventory.refuse_duplicated_disk(name)
         volume = find_volume(inventory, self.tenant, name)
         if volume is not None:
             return name, volume.path, volume.format
@@ -282,13 +282,13 @@ class VmPlanner:
         declared = ctx.networks.get(name)
         if declared is not None:
             return libvirt_name, declared.cidr
+        inventory.refuse_intruder("network", libvirt_name)
         state = inventory.networks.get(libvirt_name)
         if state is None or state.cidr is None:
             raise SpecError(
                 f"{ctx.path}nics[{index}].network",
                 f"unknown network {name!r} of tenant {self.tenant!r}",
             )
-        check_owner(state.owner, self.tenant, "network", libvirt_name)
         return libvirt_name, state.cidr
 
     def check_address_conflicts(
@@ -326,10 +326,8 @@ class VmPlanner:
 
     def owned(self, inventory: TenantInventory, name: str) -> DomainState | None:
         libvirt_name = object_name(self.tenant, name)
-        domain = inventory.domains.get(libvirt_name)
-        if domain is not None:
-            check_owner(domain.owner, self.tenant, KIND, libvirt_name)
-        return domain
+        inventory.refuse_intruder(KIND, libvirt_name)
+        return inventory.domains.get(libvirt_name)
 
     def plan_present(self, spec: VmSpec, inventory: TenantInventory, ctx: Context) -> Plan:
         domain = self.owned(inventory, spec.name)

@@ -12,6 +12,11 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import DeclaredHost, DriftCheck
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import (
+    json_report,
+    junit_report,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
     check_host_path,
     parse_backup_host,
@@ -351,3 +356,37 @@ def test_the_runner_config_holding_the_ledger_url_is_root_only(lab):
     )
     assert (mode_of(lab.config), mode_of(lab.config / f"{BASE}.json")) == (0o700, 0o600)
     assert mode_of(lab.units / f"{BASE}.service") == 0o644
+
+
+def test_a_removed_timer_is_named_in_the_plan_and_the_drift_report_then_restored(lab):
+    run_backup_schedule(lab.params())
+    timer = lab.units / f"{BASE}.timer"
+    timer.unlink()
+    (lab.units / "timers.target.wants" / f"{BASE}.timer").unlink()
+    service = lab.units / f"{BASE}.service"
+    service.write_text(service.read_text() + "# edited by hand\n")
+    [change] = run_backup_schedule(lab.params(), check_mode=True).plan
+    assert (change["action"], change["field"]) == ("update", "files")
+    assert change["before"] == {
+        "missing": [str(timer)], "altered": [str(service)], "timer_enabled": False,
+    }  # fmt: skip
+    assert change["after"] == {"missing": [], "altered": [], "timer_enabled": True}
+    declared = {
+        "vms": environment(str(lab.image))["vms"],
+        "disks": environment(str(lab.image))["disks"],
+        "backup_schedules": [
+            {"vm": "web1", "name": "nightly", "calendar": "daily", "retention": {"keep_daily": 7}}
+        ],
+    }
+    shared = {k: v for k, v in lab.where().items() if k not in ("uri", "ledger_url")}
+    shared["default_pool"] = "default-pool"
+    check = DriftCheck(
+        DeclaredHost.from_options("kvm1", URI, lab.ledger_url, {"acme": declared}, shared)
+    )
+    case = next(c for c in check.cases() if c.kind == "backup_schedule")
+    assert (case.name, case.status) == ("web1/nightly", "drifted")
+    assert str(timer) in case.describe() and str(timer) in json_report([case])
+    assert "backup_schedule web1/nightly differs: files" in junit_report([case])
+    assert run_backup_schedule(lab.params()).changed
+    assert timer.exists() and "edited by hand" not in service.read_text()
+    assert not run_backup_schedule(lab.params()).changed

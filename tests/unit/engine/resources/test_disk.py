@@ -4,17 +4,26 @@ converted, and removed only when no VM uses them."""
 from __future__ import annotations
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import ApplyError, SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    ApplyError,
+    OwnershipError,
+    SpecError,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_disk
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.disk import (
     DiskPlanner,
     find_volume,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import GIB, volume_xml
 
 from .conftest import URI
 
 POOL = "default-pool"
+OWNER_TAG = (
+    "<vce:owner xmlns:vce='https://vce-kvm.dev/xmlns/owner/1' tenant='{tenant}' kind='vm' "
+    "name='{name}'/>"
+)
 
 
 def plan_of(test_host, raw, path=""):
@@ -131,6 +140,7 @@ def test_a_disk_of_a_running_vm_is_grown_through_the_vm(test_host):
     path = find_volume(test_host.inventory("acme"), "acme", "data1").path
     test_host.conn.createXML(
         "<domain type='test'><name>acme_web1</name><memory>131072</memory>"
+        f"<metadata>{OWNER_TAG.format(tenant='acme', name='web1')}</metadata>"
         "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
         f"<source file='{path}'/><target dev='vdb'/></disk></devices></domain>",
         0,
@@ -139,3 +149,50 @@ def test_a_disk_of_a_running_vm_is_grown_through_the_vm(test_host):
     assert [(c.action, c.before, c.after) for c in plan.changes] == [("resize", 2.0, 4)]
     with pytest.raises(ApplyError, match=r"Failed to grow disk \S+ of running domain acme_web1"):
         plan.apply()
+
+
+def test_a_disk_used_by_a_vm_that_is_not_the_tenants_is_neither_grown_nor_deleted(test_host):
+    plan_of(test_host, {"name": "data1", "size_gib": 2}).apply()
+    path = find_volume(test_host.inventory("acme"), "acme", "data1").path
+    test_host.conn.createXML(
+        "<domain type='test'><name>acme_intruder</name><memory>131072</memory>"
+        "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<source file='{path}'/><target dev='vdb'/></disk></devices></domain>",
+        0,
+    )
+    with pytest.raises(OwnershipError, match="'acme_intruder' exists but was not created by"):
+        plan_of(test_host, {"name": "data1", "size_gib": 4})
+    with pytest.raises(SpecError, match="attached to VM 'acme_intruder'; detach it first"):
+        DiskPlanner(test_host, "acme").plan_absent("data1", test_host.inventory("acme"))
+    assert find_volume(test_host.inventory("acme"), "acme", "data1").capacity == 2 * GIB
+
+
+def test_two_volumes_claiming_one_disk_are_refused_by_every_plan_naming_both(test_host):
+    plan_of(test_host, {"name": "data1", "size_gib": 2}).apply()
+    # No libvirt object is kept: the test driver resets only once every reference is gone.
+    test_host.lookup_pool(POOL).createXML(volume_xml("acme_data1.img", 1, "raw"), 0)
+    inventory = test_host.inventory("acme")
+    assert sorted((i.problem, i.claimed, i.libvirt_name) for i in inventory.intruders) == [
+        ("duplicated", "data1", "default-pool/acme_data1.img"),
+        ("duplicated", "data1", "default-pool/acme_data1.qcow2"),
+    ]
+    planner = DiskPlanner(test_host, "acme")
+    for plan in (
+        lambda: plan_of(test_host, {"name": "data1", "size_gib": 4}),
+        lambda: planner.plan_absent("data1", test_host.inventory("acme")),
+    ):
+        with pytest.raises(OwnershipError) as refused:
+            plan()
+        assert "acme_data1.img" in str(refused.value)
+        assert "acme_data1.qcow2" in str(refused.value)
+    assert len(test_host.inventory("acme").volumes) == 2
+
+
+def test_a_volume_named_like_the_tenants_that_the_engine_never_makes_is_not_theirs(test_host):
+    test_host.lookup_pool(POOL).createXML(volume_xml("acme_notes.txt", 1, "raw"), 0)
+    inventory = test_host.inventory("acme")
+    assert inventory.volumes == {}
+    (intruder,) = inventory.intruders
+    assert (intruder.kind, intruder.problem, intruder.libvirt_name) == (
+        "disk", "unowned", "default-pool/acme_notes.txt",
+    )  # fmt: skip

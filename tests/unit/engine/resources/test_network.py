@@ -3,6 +3,8 @@ leases changed live, replacement only when allowed, removal refused while a VM u
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     OwnershipError,
@@ -11,6 +13,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
+from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentPlanner
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network import (
     NetworkPlanner,
     sub_range,
@@ -217,3 +220,23 @@ def test_the_network_module_checks_applies_and_removes(acme):
 
 def test_a_dhcp_range_element_names_both_ends():
     assert sub_range("10.0.0.2", "10.0.0.9") == '<range start="10.0.0.2" end="10.0.0.9" />'
+
+
+def test_a_copy_of_a_networks_tag_is_never_planned_and_the_network_removed_once(test_host):
+    plan_of(test_host, LAN).apply()
+    root = ET.fromstring(test_host.conn.networkLookupByName("acme_lan").XMLDesc(0))
+    root.find("name").text = "acme_copy"
+    for element in (root.find("uuid"), root.find("bridge"), root.find("mac")):
+        if element is not None:
+            root.remove(element)
+    ip = root.find("ip")
+    ip.set("address", "10.29.0.1")
+    ip.remove(ip.find("dhcp"))
+    test_host.conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+    assert not plan_of(test_host, LAN).changed
+    removal = EnvironmentPlanner(test_host, "acme").plan_absent(test_host.inventory("acme"))
+    assert summary(removal) == [("network", "lan", "delete", None)]
+    removal.apply()
+    inventory = test_host.inventory("acme")
+    assert inventory.networks == {}
+    assert [(i.libvirt_name, i.problem) for i in inventory.intruders] == [("acme_copy", "unowned")]
