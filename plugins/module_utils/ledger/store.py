@@ -185,7 +185,14 @@ class Store:
     def errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except sa.exc.OperationalError as error:
+        except sa.exc.DatabaseError as error:
+            # An unreachable, locked or read-only database (OperationalError) and a file that
+            # is not a database or is corrupt (SQLite's plain DatabaseError) are the ledger's
+            # state, told by name; constraint and SQL errors (the other subclasses) are bugs.
+            if type(error) is not sa.exc.DatabaseError and not isinstance(
+                error, sa.exc.OperationalError
+            ):
+                raise
             reason = str(error.orig) if error.orig is not None else str(error)
             raise VceError(f"Failed to {action} the ledger at {self.shown_url}: {reason}") from None
 
