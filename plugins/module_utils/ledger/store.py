@@ -134,6 +134,18 @@ class Store:
 
         return engine
 
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether `path` names this SQLite ledger's file or one of its -wal, -shm, -journal
+        files (an output written there would destroy every tenant's records)."""
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        if not database or database == ":memory:":
+            return False
+        ledger = Path(database).expanduser().resolve()
+        target = Path(path).expanduser().resolve()
+        return target.parent == ledger.parent and target.name in {
+            ledger.name + suffix for suffix in ("", "-wal", "-shm", "-journal")
+        }
+
     def creation_note(self) -> str | None:
         """A note that this store made a new ledger file, given once: a process that opens
         the store again (a Pulumi plugin, a test) did not create it again."""
