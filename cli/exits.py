@@ -21,8 +21,7 @@ def undecodable(argv: Sequence[str]) -> bool:
         if any("\ud800" <= char <= "\udfff" for char in argument):
             before = argv[index - 1] if index else ""
             name = before if before.startswith("-") else f"argument {index + 1}"
-            shown = argument.encode("utf-8", "surrogateescape")
-            print(f"vce: {name}: not UTF-8 text: {shown!r}", file=sys.stderr)
+            print(f"vce: {name}: not UTF-8 text: {argument!r}", file=sys.stderr)
             return True
     return False
 
