@@ -33,7 +33,7 @@ from ..plugins.module_utils.engine.drift_report import (
     summary,
     write_if_changed,
 )
-from .exits import reported
+from .exits import reported, undecodable
 
 INVENTORY_VARIABLES = (
     "vce_uri", "vce_tenants", "vce_zone", "vce_zones", "vce_ledger_url", *HOST_VARIABLES,
@@ -150,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`vce drift ...` (cli/command.py sends it here without loading the ledger commands)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if undecodable(arguments):
+        return 2
     parser = argparse.ArgumentParser(prog="vce drift", description=DESCRIPTION)
     add_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(arguments)
     return reported(lambda: run(args))

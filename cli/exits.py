@@ -9,9 +9,21 @@ import this, never each other.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..plugins.module_utils.core.errors import SpecError, VceError
+
+
+def undecodable(argv: Sequence[str]) -> bool:
+    """Say which argument is not UTF-8 text, if one is (Python keeps such bytes as lone
+    surrogates, which no ledger, file or terminal takes); an option's value is named by it."""
+    for index, argument in enumerate(argv):
+        if any("\ud800" <= char <= "\udfff" for char in argument):
+            before = argv[index - 1] if index else ""
+            name = before if before.startswith("-") else f"argument {index + 1}"
+            print(f"vce: {name}: not UTF-8 text: {argument!r}", file=sys.stderr)
+            return True
+    return False
 
 
 def reported(command: Callable[[], int]) -> int:

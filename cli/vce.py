@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from typing import Any, TextIO
 
 from ..plugins.module_utils.core.errors import SpecError, VceError
 from ..plugins.module_utils.core.periods import Month, parse_month, time_zone
+from ..plugins.module_utils.core.validation import check_int, check_line, whole_number
 
 # Relative: the same code whether installed or run from a checkout with
 # PYTHONPATH=<checkout>/collections python -m ansible_collections.vce.kvm.cli.vce
@@ -47,8 +49,9 @@ from ..plugins.module_utils.ledger.metering import Metering, observe_host
 from ..plugins.module_utils.ledger.spool import replay
 from ..plugins.module_utils.ledger.tenants import Ledger, parse_moment
 from . import drift
-from .exits import reported
+from .exits import reported, undecodable
 
+MAX_RECORD_ID = 2**63 - 1
 USAGE_COLUMNS = (
     "host", "kind", "name", "vm", "state", "vcpus", "ram_mib", "disk_mib", "public_ips",
     "zone_links", "started_at", "ended_at", "source", "run_id",
@@ -63,6 +66,15 @@ def moment_arg(value: str) -> dt.datetime:
     if parsed is None:
         raise argparse.ArgumentTypeError("a time is required")
     return parsed
+
+
+def record_id(value: str) -> int:
+    """An incident's number: ASCII digits only ("²" and "٣" are digits to int()), within the
+    ledger's 64-bit keys."""
+    try:
+        return check_int(whole_number(value, "id"), "id", 1, MAX_RECORD_ID)
+    except SpecError as error:
+        raise argparse.ArgumentTypeError(error.reason) from None
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -177,11 +189,11 @@ def incident_commands(commands: Any) -> None:
     common(loss)
     for name in ("confirm", "restore"):
         one = actions.add_parser(name)
-        one.add_argument("id", type=int)
+        one.add_argument("id", type=record_id)
         one.add_argument("--at", type=moment_arg, required=True)
         common(one)
     classify = actions.add_parser("classify", help="whose doing the downtime was")
-    classify.add_argument("id", type=int)
+    classify.add_argument("id", type=record_id)
     classify.add_argument("--cause", choices=CAUSES, required=True)
     classify.add_argument("--note", default="")
     common(classify)
@@ -226,12 +238,21 @@ def month_of(args: argparse.Namespace) -> Month:
     return parse_month(args.month, time_zone(args.time_zone, "time_zone"))
 
 
-def emit(args: argparse.Namespace, write: Callable[[TextIO], Any]) -> None:
-    if getattr(args, "output", None):
-        with open(args.output, "w", encoding="utf-8", newline="") as out:
-            write(out)
-    else:
+def emit(args: argparse.Namespace, ledger: Ledger, write: Callable[[TextIO], Any]) -> None:
+    output = getattr(args, "output", None)
+    if not output:
         write(sys.stdout)
+        return
+    if ledger.store.holds(output):
+        raise SpecError("output", f"{output} is the ledger's own file")
+    # Whole or not at all: an error half-way through the documents leaves no file behind.
+    text = io.StringIO()
+    write(text)
+    try:
+        with open(output, "w", encoding="utf-8", newline="") as out:
+            out.write(text.getvalue())
+    except OSError as error:
+        raise SpecError("output", f"cannot write {output}: {error.strerror}") from None
 
 
 def print_json(value: Any) -> None:
@@ -239,26 +260,30 @@ def print_json(value: Any) -> None:
 
 
 def cmd_invoice(args: argparse.Namespace) -> int:
-    documents = Books(open_ledger(args), month_of(args)).invoices(args.tenant)
+    month = month_of(args)
+    if args.format == "html" and not args.tenant:
+        raise SpecError("tenant", "an HTML statement is per tenant: give --tenant")
+    ledger = open_ledger(args)
+    documents = Books(ledger, month).invoices(args.tenant)
     if args.format == "html":
-        if not args.tenant:
-            raise SpecError("tenant", "an HTML statement is per tenant: give --tenant")
         page = statement.html_statement(next(iter(documents)))
-        emit(args, lambda out: out.write(page))
+        emit(args, ledger, lambda out: out.write(page))
     elif args.format == "csv":
-        emit(args, lambda out: statement.write_invoice_csv(documents, out))
+        emit(args, ledger, lambda out: statement.write_invoice_csv(documents, out))
     else:
-        emit(args, lambda out: statement.write_json_stream(documents, out))
+        emit(args, ledger, lambda out: statement.write_json_stream(documents, out))
     return 0
 
 
 def cmd_sla(args: argparse.Namespace) -> int:
-    documents = Biller(open_ledger(args), month_of(args)).invoices(args.tenant)
+    month = month_of(args)
+    ledger = open_ledger(args)
+    documents = Biller(ledger, month).invoices(args.tenant)
     if args.format == "csv":
-        emit(args, lambda out: statement.write_sla_csv(documents, out))
+        emit(args, ledger, lambda out: statement.write_sla_csv(documents, out))
         return 0
     rows = (sla_statement(d) for d in documents)
-    emit(args, lambda out: statement.write_json_stream(rows, out))
+    emit(args, ledger, lambda out: statement.write_json_stream(rows, out))
     return 0
 
 
@@ -274,35 +299,46 @@ def sla_statement(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cmd_requests(args: argparse.Namespace) -> int:
-    rows = list(RequestLog(open_ledger(args)).report(month_of(args), args.tenant))
+    month = month_of(args)
+    ledger = open_ledger(args)
+    rows = list(RequestLog(ledger).report(month, args.tenant))
     if args.format == "csv":
-        emit(args, lambda out: statement.write_rows_csv(rows, out, REQUEST_COLUMNS))
+        emit(args, ledger, lambda out: statement.write_rows_csv(rows, out, REQUEST_COLUMNS))
     else:
         report = {"month": args.month, "summary": summary(rows), "requests": rows}
-        emit(args, lambda out: out.write(json.dumps(report, indent=2, sort_keys=True) + "\n"))
+        emit(
+            args, ledger, lambda out: out.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        )
     return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    ledger = open_ledger(args)
     month = month_of(args)
+    ledger = open_ledger(args)
     with ledger.store.read() as connection:
         ledger.require_tenant(connection, args.tenant)
     rows = Metering(ledger).intervals(args.tenant, month.start, month.end)
     if args.format == "csv":
-        emit(args, lambda out: statement.write_rows_csv(rows, out, USAGE_COLUMNS))
+        emit(args, ledger, lambda out: statement.write_rows_csv(rows, out, USAGE_COLUMNS))
     else:
-        emit(args, lambda out: statement.write_json_stream(rows, out))
+        emit(args, ledger, lambda out: statement.write_json_stream(rows, out))
     return 0
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    outcome = list(Books(open_ledger(args, create=True), month_of(args)).close())
+    month = month_of(args)
+    outcome = list(Books(open_ledger(args, create=True), month).close())
     print_json({"month": args.month, "invoices": outcome})
     return 0
 
 
+def check_uris(uris: Sequence[str]) -> None:
+    for index, uri in enumerate(uris):
+        check_line(uri, f"uri[{index}]")
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    check_uris(args.uri)
     ledger = open_ledger(args, create=True)
     metering = Metering(ledger)
     known = ledger.tenant_names()
@@ -320,6 +356,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    check_uris(args.uri)
     ledger = open_ledger(args, create=True)
     report = [probe_host(ledger, uri) for uri in args.uri]
     print_json(report)
@@ -409,7 +446,10 @@ COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if undecodable(arguments):
+        return 2
+    args = build_parser().parse_args(arguments)
     command = drift.run if args.group == "drift" else COMMANDS[args.command]
     try:
         return reported(lambda: command(args))

@@ -118,8 +118,13 @@ options:
         default: []
       user_data:
         description:
-          - cloud-init user data (a C(#cloud-config) document or a script). With
-            O(cloud_init.ssh_authorized_keys), it must be a C(#cloud-config) document.
+          - cloud-init user data (a C(#cloud-config) document or a script whose first line
+            starts with C(#!)). With O(cloud_init.ssh_authorized_keys), it must be a
+            C(#cloud-config) document.
+          - A C(#cloud-config) document must parse (safe YAML loader) as one YAML document
+            holding a mapping, else the plan is refused. The declared host name and keys are
+            merged into it; its own C(ssh_authorized_keys) come first, and its C(hostname), if
+            any, must be the declared one.
         type: str
   blocked:
     description:

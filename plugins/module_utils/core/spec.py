@@ -18,6 +18,7 @@ from typing import Any
 
 from . import fields
 from .backup_spec import ScheduleSpec, parse_schedule
+from .cloud_config import cloud_config
 from .errors import SpecError
 from .fields import DISK_FORMATS, NETWORK_MODES, VM_STATES, spec_keys
 from .validation import (
@@ -254,6 +255,8 @@ def parse_cloud_init(raw: Any, path: str, vm_name: str) -> CloudInitSpec:
     user_data = raw.get("user_data")
     if user_data is not None and not isinstance(user_data, str):
         raise SpecError(at(path, "user_data"), "must be a string (cloud-config YAML or a script)")
+    if user_data is not None:  # refused here, at plan time, not by the guest at boot
+        cloud_config(user_data, hostname, keys, at(path, "user_data"))
     return CloudInitSpec(hostname, tuple(keys), user_data)
 
 

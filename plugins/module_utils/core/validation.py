@@ -27,6 +27,10 @@ WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 # Longer numbers are refused before int(): Python refuses to convert more than 4300 digits.
 MAX_DIGITS = 30
 MAX_CUSTOMER = 128  # the ledger's customer columns
+MAX_LINE = 255  # the ledger's longest one-line columns (a host's URI)
+MAX_NOTE = 4096
+MAX_REFERENCE = 128  # a CRM's reference of a request or an incident
+MAX_RUN_ID = 64  # the ledger's run_id columns
 
 
 def at(path: str, name: str) -> str:
@@ -92,6 +96,42 @@ def check_customer(value: Any, path: str) -> str:
     if max(len(identity), len(customer_key(identity))) > MAX_CUSTOMER:
         raise SpecError(path, f"must be at most {MAX_CUSTOMER} characters")
     return identity
+
+
+def check_line(value: Any, path: str, max_length: int = MAX_LINE) -> str:
+    """One line of text that people read back (a CRM reference, a host's URI, a run id): no
+    newline, NUL, escape sequence, invisible or undecodable character reaches the ledger, a
+    CSV row or a terminal."""
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be text, got {type(value).__name__}")
+    if any(unreadable(char) for char in value):
+        raise SpecError(path, f"cannot hold control or invisible characters: {shortened(value)}")
+    if len(value) > max_length:
+        raise SpecError(path, f"must be at most {max_length} characters, got {len(value)}")
+    return value
+
+
+def check_note(value: Any, path: str, max_length: int = MAX_NOTE) -> str:
+    """Free text over several lines: newlines and tabs are kept, other control characters are
+    refused as in check_line."""
+    if not isinstance(value, str):
+        raise SpecError(path, f"must be text, got {type(value).__name__}")
+    if len(value) > max_length:
+        raise SpecError(path, f"must be at most {max_length} characters, got {len(value)}")
+    for line in value.split("\n"):
+        check_line(line.replace("\t", " "), path, max_length)
+    return value
+
+
+def unreadable(char: str) -> bool:
+    """Control, format, surrogate (an undecodable byte), private and unassigned characters,
+    and the line and paragraph separators."""
+    category = unicodedata.category(char)
+    return category.startswith("C") or category in ("Zl", "Zp")
+
+
+def shortened(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
 
 
 def customer_key(identity: str) -> str:

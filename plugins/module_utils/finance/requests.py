@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.errors import SpecError
 from ..core.periods import Month
-from ..core.validation import check_name
+from ..core.validation import MAX_REFERENCE, MAX_RUN_ID, check_line, check_name, check_note
 from ..ledger.tenants import Ledger, iso, key_of
 
 try:
@@ -51,8 +51,10 @@ class RequestLog:
         check_name(tenant, "tenant")
         if kind not in TARGETS:
             raise SpecError("kind", f"must be one of {', '.join(TARGETS)}, got {kind!r}")
-        if not reference or len(reference) > 128:
-            raise SpecError("reference", "the CRM's reference of the request (1-128 characters)")
+        if not reference:
+            raise SpecError("reference", "the CRM's reference of the request is required")
+        check_line(reference, "reference", MAX_REFERENCE)
+        check_note(note, "note")
         key = key_of("request", tenant, reference)
         with self.ledger.store.locked(tenant) as connection:
             self.ledger.require_tenant(connection, tenant)
@@ -78,6 +80,10 @@ class RequestLog:
         """The request was fulfilled at `at`, or when run `run` ended."""
         if (at is None) == (run is None):
             raise SpecError("fulfilled", "give either the fulfilling run or the moment, not both")
+        check_name(tenant, "tenant")
+        check_line(reference, "reference", MAX_REFERENCE)
+        if run is not None:
+            check_line(run, "run", MAX_RUN_ID)
         key = key_of("request", tenant, reference)
         with self.ledger.store.locked(tenant) as connection:
             row = self.row(connection, key)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core.errors import SpecError, VceError, libvirt_action, vanished
 from ..core.periods import Interval, clip, intersect, subtract, total_micros, union
-from ..core.validation import check_name
+from ..core.validation import MAX_REFERENCE, check_line, check_name, check_note
 from ..host.connection import DOMAIN_STATES, connect
 from ..host.ownership import SEPARATOR
 from ..ledger.tenants import Ledger, iso, key_of
@@ -215,6 +215,7 @@ class Incidents:
     def listing(self, tenant: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
         query = sa.select(incidents).order_by(incidents.c.started_at, incidents.c.id)
         if tenant:
+            check_name(tenant, "tenant")
             query = query.where(incidents.c.tenant == tenant)
         if open_only:
             query = query.where(incidents.c.ended_at.is_(None))
@@ -264,6 +265,9 @@ class Incidents:
         check_name(tenant, "tenant")
         if vm:
             check_name(vm, "vm")
+        check_line(host, "host")
+        check_line(reference, "reference", MAX_REFERENCE)
+        check_note(note, "note")
         if kind not in INCIDENT_KINDS:
             raise SpecError("kind", f"must be one of {', '.join(INCIDENT_KINDS)}, got {kind!r}")
         if cause not in CAUSES:
@@ -374,7 +378,7 @@ class Incidents:
     def classify(self, number: int, cause: str, note: str = "") -> dict[str, Any]:
         values: dict[str, Any] = {"cause": cause}
         if note:
-            values["note"] = note
+            values["note"] = check_note(note, "note")
         return self.update(number, **values)
 
     def exclude(
@@ -405,6 +409,8 @@ class Incidents:
                 )
         if tenant:
             check_name(tenant, "tenant")
+        check_line(host, "host")
+        check_note(note, "note")
         if vm:
             check_name(vm, "vm")
             if not tenant:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 
+from ..core.cloud_config import cloud_config, dump
 from ..core.errors import VceError
 from ..core.spec import CloudInitSpec
 
@@ -28,23 +29,19 @@ def meta_data(instance_id: str, spec: CloudInitSpec) -> bytes:
 
 
 def user_data(spec: CloudInitSpec) -> bytes:
-    if spec.user_data is not None and not spec.ssh_authorized_keys:
-        return spec.user_data.encode()
-    if spec.user_data is not None:
-        if not spec.user_data.lstrip().startswith("#cloud-config"):
-            raise VceError(
-                "cloud_init.user_data: with ssh_authorized_keys, user_data must be a "
-                "#cloud-config document (the keys are merged into it)"
-            )
-        return (
-            spec.user_data.rstrip("\n")
-            + "\n"
-            + "ssh_authorized_keys: "
-            + json.dumps(list(spec.ssh_authorized_keys))
-            + "\n"
-        ).encode()
-    document = {"hostname": spec.hostname, "ssh_authorized_keys": list(spec.ssh_authorized_keys)}
-    return b"#cloud-config\n" + json.dumps(document, sort_keys=True).encode() + b"\n"
+    """The seed's user-data: the tenant's script as written, or their #cloud-config with the
+    declared host name and keys merged in (core/cloud_config.py has the precedence)."""
+    if spec.user_data is None:
+        # JSON is YAML; kept as it always was, so the seeds of existing VMs keep their digest.
+        document = {
+            "hostname": spec.hostname,
+            "ssh_authorized_keys": list(spec.ssh_authorized_keys),
+        }
+        return b"#cloud-config\n" + json.dumps(document, sort_keys=True).encode() + b"\n"
+    merged = cloud_config(
+        spec.user_data, spec.hostname, spec.ssh_authorized_keys, "cloud_init.user_data"
+    )
+    return spec.user_data.encode() if merged is None else dump(merged)
 
 
 def seed_digest(instance_id: str, spec: CloudInitSpec) -> str:

@@ -134,6 +134,18 @@ class Store:
 
         return engine
 
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether `path` names this SQLite ledger's file or one of its -wal, -shm, -journal
+        files (an output written there would destroy every tenant's records)."""
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        if not database or database == ":memory:":
+            return False
+        ledger = Path(database).expanduser().resolve()
+        target = Path(path).expanduser().resolve()
+        return target.parent == ledger.parent and target.name in {
+            ledger.name + suffix for suffix in ("", "-wal", "-shm", "-journal")
+        }
+
     def creation_note(self) -> str | None:
         """A note that this store made a new ledger file, given once: a process that opens
         the store again (a Pulumi plugin, a test) did not create it again."""
@@ -185,7 +197,14 @@ class Store:
     def errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except sa.exc.OperationalError as error:
+        except sa.exc.DatabaseError as error:
+            # An unreachable, locked or read-only database (OperationalError) and a file that
+            # is not a database or is corrupt (SQLite's plain DatabaseError) are the ledger's
+            # state, told by name; constraint and SQL errors (the other subclasses) are bugs.
+            if type(error) is not sa.exc.DatabaseError and not isinstance(
+                error, sa.exc.OperationalError
+            ):
+                raise
             reason = str(error.orig) if error.orig is not None else str(error)
             raise VceError(f"Failed to {action} the ledger at {self.shown_url}: {reason}") from None
 

@@ -51,6 +51,8 @@ DEFAULT_TRIAL_HOURS = 72
 RESERVATION_TTL = dt.timedelta(hours=1)
 # When a plan's first prices take effect: for every month, past ones included.
 PRICES_SINCE_EVER = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# The years a time given to the ledger may fall in (parse_moment).
+MOMENT_YEARS = (PRICES_SINCE_EVER.year, 9998)
 
 
 def utcnow() -> dt.datetime:
@@ -87,6 +89,13 @@ def parse_moment(value: Any, field_name: str) -> dt.datetime | None:
     if moment.tzinfo is None:
         raise SpecError(
             field_name, f"needs a UTC offset (e.g. 2026-11-24T09:30:00+05:00): {value!r}"
+        )
+    # Before the ledger's time nothing is billed, and a year-9999 time with an offset does not
+    # convert to UTC (Python's datetime ends there).
+    if not MOMENT_YEARS[0] <= moment.year <= MOMENT_YEARS[1]:
+        raise SpecError(
+            field_name,
+            f"must be a time in the years {MOMENT_YEARS[0]}-{MOMENT_YEARS[1]}: {value!r}",
         )
     return moment
 
@@ -318,6 +327,7 @@ class Ledger:
             return [row.name for row in connection.execute(sa.select(tenants.c.name))]
 
     def require_tenant(self, connection: Any, name: str) -> Tenant:
+        check_name(name, "tenant")
         record = self.tenant(connection, name)
         if record is None:
             raise VceError(

@@ -107,7 +107,11 @@ class RunnerConfig:
     def load(cls, path: str | Path) -> RunnerConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError, VceError) as error:
+        except KeyError as error:
+            raise VceError(
+                f"Failed to read backup schedule config {path}: missing key {error}"
+            ) from None
+        except (OSError, ValueError, TypeError, VceError) as error:
             raise VceError(f"Failed to read backup schedule config {path}: {error}") from None
 
 

@@ -141,6 +141,8 @@ class VceProvider(Provider):
         reads the ledger and libvirt, so only it leaves the event loop."""
         try:
             params = kind.params(self.configured(), news)
+            if kind.validate is not None:
+                kind.validate(params)
             declaration = kind.declare(params) if kind.declare is not None else None
             if {k: v for k, v in olds.items() if not k.startswith("__")} == news:
                 return []

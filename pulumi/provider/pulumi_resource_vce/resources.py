@@ -18,6 +18,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     parse_vm,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_name
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
+    parse_public_zone,
+    parse_zone_link,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
     read_object,
     run_disk,
@@ -31,10 +35,12 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
     declare_vm,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
+    declared_schedule,
     read_backup_schedule,
     run_backup_schedule,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
+    declared_public_ip,
     read_public_ip,
     run_public_ip,
 )
@@ -317,7 +323,10 @@ class Kind:
     # `facts_key` and as `observe` reads them.
     outputs_of: Callable[[Mapping[str, Any]], dict[str, Any]]
     facts_key: str
-    declare: Callable[[dict[str, Any]], Declaration] | None = None  # libvirt-counted usage
+    # Check reads the engine parameters with the parsers the engine's run uses, so a preview
+    # refuses what an apply would: `declare` (libvirt-counted usage) parses them, else `validate`.
+    declare: Callable[[dict[str, Any]], Declaration] | None = None
+    validate: Callable[[dict[str, Any]], Any] | None = None
     counted: str | None = None  # ledger-counted quota kind (one per object)
     # A disk attached by this resource is detached before it is deleted.
     detach_first: bool = False
@@ -437,6 +446,14 @@ def declare_disk_values(params: dict[str, Any]) -> Declaration:
 def declare_network_values(params: dict[str, Any]) -> Declaration:
     key, usage = declare_network(parse_network(fields.declared(fields.NETWORK, params), ""))
     return Declaration({key: usage})
+
+
+def validate_public_ip(params: dict[str, Any]) -> None:
+    declared_public_ip(params, parse_public_zone(params.get("zone"), params.get("zone_config")))
+
+
+def validate_zone_link(params: dict[str, Any]) -> None:
+    parse_zone_link(params, "")
 
 
 # -- reading back -----------------------------------------------------------------------------
@@ -666,6 +683,7 @@ KINDS: dict[str, Kind] = {
             observe_public_ip,
             public_ip_outputs,
             "public_ip",
+            validate=validate_public_ip,
             counted="public_ips",
         ),
         Kind(
@@ -678,6 +696,7 @@ KINDS: dict[str, Kind] = {
             observe_zone_link,
             zone_link_outputs,
             "zone_link",
+            validate=validate_zone_link,
             counted="zone_links",
             zoned=False,
         ),
@@ -691,6 +710,7 @@ KINDS: dict[str, Kind] = {
             observe_backup,
             backup_outputs,
             "backup_schedule",
+            validate=declared_schedule,
             counted="backup_schedules",
             extra_ids=("vm",),
         ),

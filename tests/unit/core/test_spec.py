@@ -169,6 +169,26 @@ def test_valid_environment_gets_defaults():
             "absolute path",
         ),
         (env(vms=[vm(state="paused")]), "vms[0].state", "must be one of"),
+        (
+            env(vms=[vm(cloud_init={"user_data": "#cloud-config\npackages: [nginx\n"})]),
+            "vms[0].cloud_init.user_data",
+            "is not valid YAML",
+        ),
+        (
+            env(vms=[vm(cloud_init={"user_data": "#cloud-config\na: 1\n---\nb: 2\n"})]),
+            "vms[0].cloud_init.user_data",
+            "holds 2 YAML documents",
+        ),
+        (
+            env(vms=[vm(cloud_init={"user_data": "#cloud-config\n- nginx\n"})]),
+            "vms[0].cloud_init.user_data",
+            "must be a YAML mapping",
+        ),
+        (
+            env(vms=[vm(cloud_init={"user_data": "#cloud-config\nhostname: db\n"})]),
+            "vms[0].cloud_init.user_data.hostname",
+            "set cloud_init.hostname instead",
+        ),
         (env(vms=[vm(colour="red")]), "vms[0].colour", "unknown option"),
         (env(vms=[vm(name="web1"), vm(name="web1")]), "vms[1].name", "declared twice"),
         (
@@ -241,6 +261,9 @@ INJECTED = {
     "vms[0].memory_mib": lambda raw, v: raw["vms"][0].update(memory_mib=v),
     "vms[0].nics[0].mac": lambda raw, v: raw["vms"][0]["nics"][0].update(mac=v),
     "vms[0].boot_disk.image": lambda raw, v: raw["vms"][0]["boot_disk"].update(image=v),
+    "vms[0].cloud_init.user_data": lambda raw, v: raw["vms"][0].update(
+        cloud_init={"user_data": f"#cloud-config\n{v}" if isinstance(v, str) else v}
+    ),
 }
 ARBITRARY = st.one_of(
     st.text(alphabet=[*"acl0159-:/ ", "\n", "\0", "\u0663", "\u00b2"], max_size=20),

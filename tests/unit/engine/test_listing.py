@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-import sqlalchemy
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.listing import (
@@ -154,24 +153,15 @@ def under_a_file(tmp_path):
     return f"sqlite:///{tmp_path / 'file' / 'ledger.sqlite3'}"
 
 
-NOT_A_DATABASE = pytest.param(
-    not_a_database,
-    marks=pytest.mark.xfail(
-        strict=True,
-        raises=sqlalchemy.exc.DatabaseError,
-        reason="ledger/store.py lets sqlite3's DatabaseError (a file that is not a database) "
-        "escape as a raw exception, not VceError: the inventory crashes instead of warning "
-        "(docs/inventory.md, strict)",
-    ),
-)
-
-
 # A ledger under a file is a missing ledger, which a read refuses with a VceError.
-@pytest.mark.parametrize("make_url", [NOT_A_DATABASE, under_a_file])
+@pytest.mark.parametrize("make_url", [not_a_database, under_a_file])
 def test_an_unusable_sqlite_ledger_is_a_warning_too(deployed, tmp_path, make_url):
-    listing = list_tenant_vms([KVM1], ledger_url=make_url(tmp_path))
+    url = make_url(tmp_path)
+    listing = list_tenant_vms([KVM1], ledger_url=url)
     assert len(listing.vms) == 2
     assert listing.warnings[0].startswith("Failed to read plans and public IPs from the ledger")
+    with pytest.raises(VceError, match="from the ledger"):
+        list_tenant_vms([KVM1], ledger_url=url, strict=True)
 
 
 def test_host_vars_prefix_every_value_and_leave_ansible_host_unset_without_an_address():

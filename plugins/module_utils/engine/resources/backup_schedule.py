@@ -619,6 +619,18 @@ def read_backup_schedule(params: Mapping[str, Any]) -> dict[str, Any] | None:
     return engine.facts(engine.observe()).get(f"{vm}/{name}") or None
 
 
+def declared_schedule(params: Mapping[str, Any]) -> ScheduleSpec:
+    """The schedule a module's (or a Pulumi resource's) parameters declare; the provider's
+    Check reads them with this too, so a preview refuses what an apply would."""
+    vm = check_name(params.get("vm"), "vm")
+    raw = {
+        k: params.get(k)
+        for k in ("name", "calendar", "retention", "disks", "target", "pool", "timeout_minutes")
+        if params.get(k) is not None
+    }
+    return parse_schedule(raw, "", vm)
+
+
 def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     vm = check_name(params.get("vm"), "vm")
@@ -632,12 +644,7 @@ def run_backup_schedule(params: Mapping[str, Any], check_mode: bool = False) -> 
     if params.get("state") == "absent":
         plan = engine.plan_absent([(vm, name)], observed, bool(params.get("purge_backups")))
     else:
-        raw = {
-            k: params.get(k)
-            for k in ("name", "calendar", "retention", "disks", "target", "pool", "timeout_minutes")
-            if params.get(k) is not None
-        }
-        spec = parse_schedule(raw, "", vm)
+        spec = declared_schedule(params)
         plan = engine.plan_present([spec], host.inventory(tenant), observed)
 
     def facts(_after: object, applied: bool) -> dict[str, Any]:

@@ -525,6 +525,12 @@ def read_public_ip(params: Mapping[str, Any]) -> dict[str, Any] | None:
     return planner.facts(planner.nat.observe()).get(name) or None
 
 
+def declared_public_ip(params: Mapping[str, Any], zone: PublicZone) -> PublicIpSpec:
+    """The public IP a module's (or a Pulumi resource's) parameters declare in `zone`; the
+    provider's Check reads them with this too."""
+    return parse_public_ip(fields.declared(fields.PUBLIC_IP, params), "", zone)
+
+
 def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
@@ -535,7 +541,7 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
     nat = planner.nat.observe()
     if (params.get("state") or "present") == "present":
         inventory = host.inventory(tenant)
-        spec = parse_public_ip(fields.declared(fields.PUBLIC_IP, params), "", planner.zone)
+        spec = declared_public_ip(params, planner.zone)
         private, uplink = nic_address(inventory, tenant, spec, "")
         plan = planner.plan([(spec, private, uplink, "")], [], nat)
     else:
