@@ -302,6 +302,10 @@ def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(la
     }
     result = facade.run_environment(declared, check_mode=True)
     assert [c["name"] for c in result.plan if c["kind"] == "public_ip"] == ["web", "web"]
+    with pytest.raises(SpecError, match="bound on another host of zone zone-a") as caught:
+        run_public_ip(lab.params(name="api", state="absent"), check_mode=True)
+    assert caught.value.field == "name"
+    assert [row[1] for row in lab.rows()] == ["api"]
 
 
 ASSIGNABLE = {"203.0.113.67", "203.0.113.68", "203.0.113.69", "203.0.113.70", "203.0.113.74"}
