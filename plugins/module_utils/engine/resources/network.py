@@ -132,7 +132,8 @@ class NetworkPlanner:
         if replaced:
             if not allow_replace:
                 raise SpecError(
-                    replaced[0],
+                    # The uplink is the zone's: its field is the operator's setting.
+                    "zone_config.uplink" if replaced[0] == "uplink" else replaced[0],
                     f"changing {', '.join(replaced)} of network {spec.name!r} needs the network "
                     "replaced (its VMs lose connectivity meanwhile); set allow_replace: true",
                 )

@@ -319,5 +319,6 @@ def test_a_routed_network_is_routed_to_the_zones_uplink(acme):
     assert made.plan[0]["after"]["uplink"] == "up0"
     assert Host(URI).inventory("acme").networks["acme_dmz"].uplink == "up0"
     moved = {**params, "zone_config": {**ZONE, "uplink": "up1"}}
-    with pytest.raises(SpecError, match="set allow_replace: true"):
+    with pytest.raises(SpecError, match="set allow_replace: true") as caught:
         facade.run_network(moved, check_mode=True)
+    assert caught.value.field == "zone_config.uplink"
