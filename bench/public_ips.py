@@ -124,7 +124,7 @@ def environment_params(
     params: dict[str, Any] = {
         "uri": host.uri,
         "tenant": TENANT,
-        "networks": [{"name": "lan", "cidr": f"{LAN}.0/24", "mode": "routed", "uplink": UPLINK}],
+        "networks": [{"name": "lan", "cidr": f"{LAN}.0/24", "mode": "routed"}],
         "vms": [
             {
                 "name": f"vm{v:02d}",

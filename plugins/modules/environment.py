@@ -37,6 +37,10 @@ options:
         O(vce.kvm.network#module:dhcp_end), O(vce.kvm.network#module:mode), O(vce.kvm.network#module:mtu),
         O(vce.kvm.network#module:static_leases).
       - VM NICs with a fixed IP get their DHCP reservation on the network automatically.
+      - The limits of M(vce.kvm.network) apply - a CIDR in private space (RFC 1918) from /16 to
+        /29, none of the tenant's networks overlapping another, and a network made or replaced
+        never overlapping a network in use on the host (read through O(host_command)). A routed
+        network is routed to the uplink of O(zone_config); an item naming C(uplink) is refused.
     type: list
     elements: dict
     default: []
@@ -96,14 +100,16 @@ options:
     type: str
   zone_config:
     description:
-      - The zone's uplink and public pools (see M(vce.kvm.public_ip)), for O(public_ips). With it,
+      - The zone's uplink and public pools (see M(vce.kvm.public_ip)), for O(public_ips) and for
+        routed networks (routed to its uplink). With it,
         O(prune) and O(state=absent) also release the tenant's public IPs of the zone that are
         not declared.
     type: dict
   host_command:
     description:
-      - How to run commands on the KVM host for O(public_ips), O(zone_links) and
-        O(backup_schedules) - a command prefix such as V([ssh, root@kvm1]). Default - directly.
+      - How to run commands on the KVM host for O(public_ips), O(zone_links),
+        O(backup_schedules) and to read the host's addresses and routes when a network is made -
+        a command prefix such as V([ssh, root@kvm1]). Default - directly.
     type: list
     elements: str
   default_pool:

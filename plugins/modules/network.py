@@ -10,10 +10,19 @@ short_description: A tenant's L2 network with DHCP on a KVM host
 version_added: 0.1.0
 description:
   - Declares one tenant network - CIDR, gateway, DHCP range, static leases, and whether it is
-    isolated or NATed to the host's uplink - as a libvirt network.
-  - DHCP range and lease changes are applied live. Changing O(mode), O(uplink), O(cidr),
-    O(gateway) or O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
-  - A network whose CIDR overlaps another network of the same tenant is refused.
+    isolated, NATed or routed to the zone's uplink - as a libvirt network.
+  - DHCP range and lease changes are applied live. Changing O(mode), O(cidr), O(gateway),
+    O(mtu) or the zone's uplink needs the network replaced and is refused unless
+    O(allow_replace=true).
+  - The CIDR lies in private space (RFC 1918 - 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), with a
+    prefix from /16 to /29; the whole space (0.0.0.0/0), loopback, link-local, multicast, shared
+    (100.64.0.0/10) and public ranges are refused.
+  - When the network is made or replaced, a CIDR that overlaps a network already in use on the
+    host - another libvirt network (another tenant's, libvirt's C(default), any other) or the
+    host's own addresses and routes, its uplink's included - is refused at plan time, without
+    naming what it overlaps. The host's addresses are read with C(ip) through O(host_command).
+  - A tenant does not choose an uplink - a routed network is routed to the zone's uplink from
+    O(zone_config), the operator's configuration.
 author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -32,7 +41,9 @@ options:
     choices: [present, absent]
     default: present
   cidr:
-    description: IPv4 network, for example V(10.10.0.0/24) (a /29 or larger). Required unless O(state=absent).
+    description:
+      - IPv4 network in private space (RFC 1918), for example V(10.10.0.0/24), a prefix from /16 to
+        /29. Required unless O(state=absent).
     type: str
   gateway:
     description: The host's address on the network. Defaults to the first address.
@@ -45,16 +56,14 @@ options:
     type: str
   mode:
     description:
-      - V(nat) lets VMs reach out through the host's uplink (masquerade).
+      - V(nat) lets VMs reach out through the host's default route (masquerade).
       - V(isolated) connects VMs with each other and the host only.
-      - V(routed) routes the network to the host's O(uplink) without NAT; VMs reach the outside
-        only through a public IP bound to them (M(vce.kvm.public_ip)), which is NATed 1:1.
+      - V(routed) routes the network to the zone's uplink (O(zone_config.uplink)) without NAT;
+        VMs reach the outside only through a public IP bound to them (M(vce.kvm.public_ip)),
+        which is NATed 1:1. Needs O(zone_config).
     type: str
     choices: [nat, isolated, routed]
     default: nat
-  uplink:
-    description: With O(mode=routed) - the host interface towards the zone's public network.
-    type: str
   mtu:
     description: MTU of the network's bridge (default from libvirt, usually 1500).
     type: int
@@ -81,6 +90,46 @@ options:
     description: Allow changes that destroy and re-create the network.
     type: bool
     default: false
+  zone_config:
+    description:
+      - The host's zone as the operator configures it, usually C(vce_zones[vce_zone]) from the
+        inventory. A routed network is routed to its uplink.
+    type: dict
+    suboptions:
+      uplink:
+        description: The host interface (or bridge) towards the zone's public network.
+        type: str
+        required: true
+      public_pools:
+        description: The zone's public IP pools (see M(vce.kvm.public_ip)); not used here.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          name:
+            description: The pool's name.
+            type: str
+            required: true
+          cidr:
+            description: The pool's addresses.
+            type: str
+            required: true
+          gateway:
+            description: The upstream gateway (never allocated).
+            type: str
+            required: true
+          exclude:
+            description: Addresses of the pool never to allocate.
+            type: list
+            elements: str
+            default: []
+  host_command:
+    description:
+      - How to run C(ip) on the KVM host to read its addresses and routes - a command prefix such
+        as V([ssh, root@kvm1]). Default - directly, on the machine that runs the module, when the
+        libvirt URI is local; a remote URI without it is checked against libvirt's networks only.
+    type: list
+    elements: str
 seealso:
   - module: vce.kvm.environment
   - module: vce.kvm.vm
@@ -103,6 +152,14 @@ EXAMPLES = r"""
     mode: isolated
     static_leases:
       - {mac: "52:54:00:aa:bb:cc", ip: 10.10.1.5, hostname: appliance}
+
+- name: A routed network for public IPs, routed to the zone's uplink
+  vce.kvm.network:
+    tenant: acme
+    name: dmz
+    cidr: 10.10.2.0/24
+    mode: routed
+    zone_config: "{{ vce_zones[vce_zone] }}"
 """
 
 RETURN = r"""

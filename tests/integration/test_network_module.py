@@ -1,14 +1,21 @@
-"""vce.kvm.network against a real libvirtd: check, apply, read back, idempotence, drift, absent."""
+"""vce.kvm.network against a real libvirtd: check, apply, read back, idempotence, drift, absent;
+what a tenant must not take (another tenant's range, the host's own, the whole space, an
+uplink of its choosing) refused with nothing made."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
 
 import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.host import xml
 
 from tests.support.ansible_runner import run_module
+from tests.support.ledger import register
+from tools.cleanup import remove_prefixed
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +154,68 @@ def test_network_of_nobody_is_not_touched(uri, conn, tenant, subnet):
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             net.undefine()
+
+
+@pytest.fixture
+def rival(conn, tenant, ledger_url) -> Iterator[str]:
+    """A second tenant on the same host; its objects removed afterwards."""
+    name = f"{tenant}r"
+    register(ledger_url, name)
+    try:
+        yield name
+    finally:
+        remove_prefixed(conn, f"{name}_")
+
+
+@pytest.fixture
+def host_address() -> Iterator[str]:
+    """A private /24 on a link without ports (a bridge) of this machine, which is the private
+    libvirtd's host, given as '10.216.N'."""
+    link = f"vced{os.getpid() % 100000}"
+    prefix = f"10.216.{os.getpid() % 250}"
+    subprocess.run(["ip", "link", "add", link, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{prefix}.1/24", "dev", link], check=True)
+        yield prefix
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False)
+
+
+def owned_networks(conn, tenant: str) -> set[str]:
+    return {n.name() for n in conn.listAllNetworks(0) if n.name().startswith(f"{tenant}_")}
+
+
+def test_what_a_tenant_must_not_take_is_refused_and_nothing_is_made(
+    uri, conn, tenant, rival, subnet, host_address
+):
+    assert run_module("network", lease_args(uri, tenant, subnet))["changed"] is True
+    base = {"uri": uri, "tenant": rival, "name": "lan"}
+    refused = {
+        "another tenant's range": {**base, "cidr": f"{subnet}.0/25"},
+        "the host's own address": {**base, "cidr": f"{host_address}.0/24"},
+        "the whole space": {**base, "cidr": "0.0.0.0/0"},
+        "loopback": {**base, "cidr": "127.0.0.0/24"},
+    }
+    for what, args in refused.items():
+        for check in (True, False):
+            result = run_module("network", args, check=check)
+            assert result["failed"] is True, (what, result)
+            assert result["field"] == "cidr", (what, result)
+            assert tenant not in result["msg"] and "Traceback" not in result["msg"], what
+    taken = run_module("network", refused["another tenant's range"])
+    assert "overlaps a network already in use on this host" in taken["msg"]
+    # The module has no uplink option; the environment's networks refuse one by name.
+    chosen = run_module(
+        "network", {**base, "cidr": "10.217.0.0/24", "mode": "routed", "uplink": "lo"}
+    )
+    assert chosen["failed"] is True and "uplink" in chosen["msg"]
+    declared = {
+        "uri": uri,
+        "tenant": rival,
+        "networks": [{"name": "lan", "cidr": "10.217.0.0/24", "mode": "routed", "uplink": "lo"}],
+    }
+    environment = run_module("environment", declared)
+    assert environment["failed"] is True and environment["field"] == "networks[0].uplink"
+    assert "a tenant does not choose the uplink" in environment["msg"]
+    assert owned_networks(conn, rival) == set()
+    assert owned_networks(conn, tenant) == {f"{tenant}_lan"}

@@ -45,7 +45,6 @@ def example_registrations(image: str, subnet: str) -> list[tuple[str, str, dict]
             continue
         if token == "vce:index:Network":
             inputs = {**inputs, "cidr": f"{subnet}.0/24", "mode": "isolated"}
-            inputs.pop("uplink", None)
         if token == "vce:index:Vm":
             inputs = {**inputs, "memoryMib": 256, "bootDisk": {"image": image, "sizeGib": 1}}
             inputs["state"] = "stopped"

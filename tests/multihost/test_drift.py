@@ -39,7 +39,7 @@ def declaration(image: str) -> dict:
     return {
         "customer": "drift-customer",
         "plan": "lab",
-        "networks": [{"name": "lan", "cidr": "10.62.1.0/24", "mode": "routed", "uplink": "up0"}],
+        "networks": [{"name": "lan", "cidr": "10.62.1.0/24", "mode": "routed"}],
         "disks": [{"name": "data1", "size_gib": 1}, {"name": "data2", "size_gib": 1}],
         "vms": [
             {**vm, "name": "vm1", "boot_disk": boot, "disks": ["data1"],

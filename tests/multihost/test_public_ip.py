@@ -49,12 +49,16 @@ def kvm_a(lab: MultiHostLab) -> LabHost:
 
 
 def environment(host: LabHost, tenant: str, image: str, third_octet: int, **states: str) -> dict:
-    """A routed network and one VM per keyword (name=state), addresses .10, .11, ..."""
+    """A routed network (to zone-a's uplink) and one VM per keyword (name=state), addresses
+    .10, .11, ..."""
     return {
         "uri": host.uri,
         "tenant": tenant,
+        "zone": "zone-a",
+        "zone_config": ZONE,
+        "host_command": host.command_prefix,
         "networks": [
-            {"name": "lan", "cidr": f"10.60.{third_octet}.0/24", "mode": "routed", "uplink": "up0"},
+            {"name": "lan", "cidr": f"10.60.{third_octet}.0/24", "mode": "routed"},
             {"name": "quiet", "cidr": f"10.61.{third_octet}.0/24", "mode": "isolated"},
         ],
         "vms": [

@@ -58,7 +58,7 @@ def tenant_environment() -> dict[str, pulumi.Output]:
     opts = pulumi.ResourceOptions(provider=provider)
     backend = vce.Network(
         "backend",
-        vce.NetworkArgs(zone="zone-a", cidr="10.10.0.0/24", mode="routed", uplink="eth0"),
+        vce.NetworkArgs(zone="zone-a", cidr="10.10.0.0/24", mode="routed"),
         opts,
     )
     web = vce.Vm(
@@ -154,7 +154,6 @@ def test_inputs_reach_the_engine_in_camel_case(tenant_run):
         "zone": "zone-a",
         "cidr": "10.10.0.0/24",
         "mode": "routed",
-        "uplink": "eth0",
     }
     assert regs["db-data"].values == {"zone": "zone-a", "sizeGib": 50, "attachTo": "db"}
     assert regs["web-ip"].values == {"zone": "zone-a", "vm": "web", "network": "backend"}

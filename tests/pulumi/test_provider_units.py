@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi_resource_vce import adapter, schema
+from pulumi_resource_vce.config import parse_config
 from pulumi_resource_vce.props import camel_path, check_types
-from pulumi_resource_vce.resources import KINDS, VM_INPUTS
+from pulumi_resource_vce.resources import (
+    KINDS,
+    VM_INPUTS,
+    declare_network_values,
+    network_params,
+)
 
 
 def test_schema_json_is_what_the_tables_give():
@@ -76,3 +84,24 @@ def test_type_failures_name_the_path():
     assert camel_path("boot_disk.size_gib") == "bootDisk.sizeGib"
     assert camel_path("nics[2].ip") == "nics[2].ip"
     assert camel_path("cloud_init.ssh_authorized_keys[0]") == "cloudInit.sshAuthorizedKeys[0]"
+
+
+def test_a_routed_network_takes_its_zones_uplink_never_its_own():
+    config = parse_config(
+        {
+            "tenant": "acme",
+            "zones": {
+                "zone-a": {"uri": "test:///default", "uplink": "up0"},
+                "zone-b": {"uri": "test:///default"},
+            },
+        }
+    )
+    routed = {"name": "dmz", "cidr": "10.40.0.0/24", "mode": "routed"}
+    params = network_params(config, {**routed, "zone": "zone-a"})
+    assert params["zone_config"] == {"uplink": "up0"}
+    assert declare_network_values(params).objects
+    without = network_params(config, {**routed, "zone": "zone-b"})
+    with pytest.raises(SpecError, match="needs the zone's uplink") as caught:
+        declare_network_values(without)
+    assert caught.value.field == "mode"
+    assert "uplink" not in {p.name for p in KINDS["vce:index:Network"].inputs}

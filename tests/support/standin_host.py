@@ -70,6 +70,16 @@ def link_json(name: str, link: dict) -> dict:
     return shown
 
 
+def addr_json(name: str, link: dict) -> dict:
+    """A link's IPv4 addresses as `ip -j addr` shows them (an address without a prefix is a
+    /32, as the public IPs on an uplink are)."""
+    addrs = []
+    for address in link["addrs"]:
+        local, _slash, prefix = address.partition("/")
+        addrs.append({"family": "inet", "local": local, "prefixlen": int(prefix or 32)})
+    return {"ifname": name, "addr_info": addrs}
+
+
 def ip(state: dict, args: list[str], stdin: str) -> object:
     links = state["links"]
     args = [a for a in args if a not in ("-d", "-4")]
@@ -106,8 +116,11 @@ def ip(state: dict, args: list[str], stdin: str) -> object:
     if args[:3] == ["addr", "show", "dev"]:
         if args[3] not in links:
             fail(f'Device "{args[3]}" does not exist.')
-        addrs = [{"family": "inet", "local": a, "prefixlen": 32} for a in links[args[3]]["addrs"]]
-        return [{"ifname": args[3], "addr_info": addrs}]
+        return [addr_json(args[3], links[args[3]])]
+    if args == ["addr", "show"]:
+        return [addr_json(name, link) for name, link in sorted(links.items())]
+    if args == ["route", "show"]:
+        return state.get("routes", [])
     if args[:2] == ["link", "add"] and args[3:5] == ["type", "vxlan"]:
         name, options = args[2], dict(zip(args[5::2], args[6::2], strict=True))
         if name in links:

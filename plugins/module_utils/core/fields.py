@@ -216,6 +216,17 @@ DISK = (
     Field("attach_to", "str"),
 )
 
+PUBLIC_POOL = (
+    Field("name", "str", required=True),
+    Field("cidr", "str", required=True),
+    Field("gateway", "str", required=True),
+    Field("exclude", "list", elements="str", ansible=EMPTY_LIST),
+)
+ZONE_CONFIG = (
+    Field("uplink", "str", required=True),
+    Field("public_pools", "list", elements="dict", required=True, fields=PUBLIC_POOL),
+)
+
 NETWORK = (
     *CONNECTION,
     NAME,
@@ -227,22 +238,16 @@ NETWORK = (
     Field("dhcp_start", "str"),
     Field("dhcp_end", "str"),
     Field("mode", "str", default="nat", choices=NETWORK_MODES),
-    Field("uplink", "str"),
     Field("mtu", "int"),
     Field("static_leases", "list", elements="dict", fields=STATIC_LEASE, ansible=EMPTY_LIST),
     Field("allow_replace", "bool", default=False, fronts=RUN_OPTION),
+    # The operator's zone: a routed network is routed to its uplink (never the tenant's
+    # choice). Pulumi reads it from the provider's zones.
+    Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
+    # How the host's own addresses and routes are read (a CIDR may not overlap them).
+    HOST_COMMAND,
 )
 
-PUBLIC_POOL = (
-    Field("name", "str", required=True),
-    Field("cidr", "str", required=True),
-    Field("gateway", "str", required=True),
-    Field("exclude", "list", elements="str", ansible=EMPTY_LIST),
-)
-ZONE_CONFIG = (
-    Field("uplink", "str", required=True),
-    Field("public_pools", "list", elements="dict", required=True, fields=PUBLIC_POOL),
-)
 PUBLIC_IP = (
     *CONNECTION,
     NAME,

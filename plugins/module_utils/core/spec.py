@@ -32,7 +32,6 @@ from .validation import (
     check_mac,
     check_name,
     check_pool,
-    is_interface,
     optional,
     reject_unknown,
 )
@@ -43,6 +42,7 @@ from .zones import (
     parse_public_ip,
     parse_zone_link,
     zone_of,
+    zone_uplink,
 )
 
 MAX_VCPUS = 64
@@ -68,7 +68,7 @@ class NetworkSpec:
     mode: str = "nat"
     mtu: int | None = None
     static_leases: tuple[StaticLease, ...] = ()
-    # The host interface a routed network forwards to (public IPs are NATed there).
+    # The zone's uplink, which a routed network forwards to (public IPs are NATed there).
     uplink: str | None = None
 
 
@@ -164,18 +164,82 @@ def check_host_address(ip: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network, p
         raise SpecError(path, f"{ip} is the network or broadcast address of {cidr}")
 
 
-def parse_network(raw: Any, path: str) -> NetworkSpec:
+# Where a tenant network may lie: private space (RFC 1918) only, never the whole IPv4 space,
+# loopback, link-local, multicast, shared (RFC 6598) or public addresses, which belong to the
+# hosts, the zones' public pools and the outside world.
+TENANT_SPACE = (
+    ipaddress.IPv4Network("10.0.0.0/8"),
+    ipaddress.IPv4Network("172.16.0.0/12"),
+    ipaddress.IPv4Network("192.168.0.0/16"),
+)
+# /16 is the widest (65,534 addresses for one DHCP server), /29 the narrowest (5 guests).
+WIDEST_PREFIX = 16
+NARROWEST_PREFIX = 29
+
+
+def reserved_kind(cidr: ipaddress.IPv4Network) -> str:
+    """What a network outside the tenant space is, for the refusal."""
+    if cidr.prefixlen == 0:
+        return "the whole IPv4 address space"
+    for kind, test in (
+        ("loopback", cidr.is_loopback),
+        ("link-local", cidr.is_link_local),
+        ("multicast", cidr.is_multicast),
+        ("unspecified (0.0.0.0/8)", cidr.subnet_of(ipaddress.IPv4Network("0.0.0.0/8"))),
+    ):
+        if test:
+            return f"{kind} address space"
+    return "not private address space"
+
+
+def check_network_cidr(raw: Any, field: str) -> ipaddress.IPv4Network:
+    """A tenant network's CIDR: RFC 1918 space, a prefix from /16 to /29."""
+    try:
+        cidr = ipaddress.IPv4Network(str(raw), strict=True)
+    except ValueError as error:
+        raise SpecError(field, f"invalid IPv4 CIDR {raw!r}: {error}") from None
+    if not any(cidr.subnet_of(space) for space in TENANT_SPACE):
+        spaces = ", ".join(str(space) for space in TENANT_SPACE)
+        raise SpecError(
+            field,
+            f"{cidr} is {reserved_kind(cidr)}: a tenant network lies in private space ({spaces})",
+        )
+    if cidr.prefixlen > NARROWEST_PREFIX:
+        raise SpecError(
+            field, f"{cidr} is too small: use a prefix of /{NARROWEST_PREFIX} or larger"
+        )
+    if cidr.prefixlen < WIDEST_PREFIX:
+        raise SpecError(field, f"{cidr} is too large: use a prefix of /{WIDEST_PREFIX} or smaller")
+    return cidr
+
+
+def check_routed(mode: str, raw: Mapping[str, Any], path: str, uplink: str | None) -> str | None:
+    """The uplink of the network: the zone's for a routed one, never one a tenant names."""
+    if "uplink" in raw:
+        raise SpecError(
+            at(path, "uplink"),
+            "a tenant does not choose the uplink: a routed network is routed to its zone's "
+            "uplink, which the operator's zone configuration (zone_config.uplink) gives",
+        )
+    if mode != "routed":
+        return None
+    if uplink is None:
+        raise SpecError(
+            at(path, "mode"),
+            "a routed network needs the zone's uplink, and this run has no zone configuration "
+            "(zone_config)",
+        )
+    return uplink
+
+
+def parse_network(raw: Any, path: str, uplink: str | None = None) -> NetworkSpec:
+    """A tenant network; `uplink` is the zone's, from the run's settings, for a routed one."""
     raw = as_mapping(raw, path)
+    mode = check_choice(optional(raw, "mode", "nat"), at(path, "mode"), NETWORK_MODES)
+    uplink = check_routed(mode, raw, path, uplink)
     reject_unknown(raw, spec_keys(fields.NETWORK), path)
     name = check_name(raw.get("name"), at(path, "name"))
-    try:
-        cidr = ipaddress.IPv4Network(str(raw.get("cidr")), strict=True)
-    except ValueError as error:
-        raise SpecError(
-            at(path, "cidr"), f"invalid IPv4 CIDR {raw.get('cidr')!r}: {error}"
-        ) from None
-    if cidr.prefixlen > 29:
-        raise SpecError(at(path, "cidr"), f"{cidr} is too small: use a prefix of /29 or larger")
+    cidr = check_network_cidr(raw.get("cidr"), at(path, "cidr"))
     hosts = cidr.num_addresses - 2
     first = cidr.network_address + 1
     gateway = check_ipv4(optional(raw, "gateway", first), at(path, "gateway"))
@@ -191,17 +255,6 @@ def parse_network(raw: Any, path: str) -> NetworkSpec:
         raise SpecError(at(path, "dhcp_end"), f"{dhcp_end} comes before dhcp_start {dhcp_start}")
     if dhcp_start <= gateway <= dhcp_end:
         raise SpecError(at(path, "gateway"), f"{gateway} lies inside the DHCP range")
-    mode = check_choice(optional(raw, "mode", "nat"), at(path, "mode"), NETWORK_MODES)
-    uplink = raw.get("uplink")
-    if mode == "routed":
-        if not is_interface(uplink):
-            raise SpecError(
-                at(path, "uplink"),
-                f"a routed network needs the host's uplink interface (1-15 of a-z, 0-9, '.', "
-                f"'_', '-'), got {uplink!r}",
-            )
-    elif uplink is not None:
-        raise SpecError(at(path, "uplink"), f"only a routed network has an uplink, not {mode}")
     mtu = raw.get("mtu")
     if mtu is not None:
         mtu = check_int(mtu, at(path, "mtu"), 576, 9000)
@@ -366,8 +419,9 @@ def parse_environment(
     """Parse a declaration; `complete` means every referenced object is declared in it too
     (the environment module); single-resource modules resolve references on the host."""
     tenant = check_name(raw.get("tenant"), "tenant")
+    uplink = zone_uplink(raw)
     networks = tuple(
-        parse_network(item, f"networks[{i}]")
+        parse_network(item, f"networks[{i}]", uplink)
         for i, item in enumerate(as_list(raw.get("networks"), "networks"))
     )
     disks_raw = as_list(raw.get("disks"), "disks")

@@ -47,8 +47,8 @@ class PublicZone:
         return next((p for p in self.pools if address in p.cidr), None)
 
 
-def parse_public_zone(name: Any, raw: Any) -> PublicZone:
-    zone = check_name(name, "zone")
+def check_zone_config(raw: Any) -> tuple[Mapping[str, Any], str]:
+    """A zone's configuration and its uplink, checked."""
     raw = as_mapping(raw, "zone_config")
     reject_unknown(raw, {"uplink", "public_pools"}, "zone_config")
     uplink = raw.get("uplink")
@@ -56,6 +56,12 @@ def parse_public_zone(name: Any, raw: Any) -> PublicZone:
         raise SpecError(
             "zone_config.uplink", f"the zone's uplink interface is required, got {uplink!r}"
         )
+    return raw, uplink
+
+
+def parse_public_zone(name: Any, raw: Any) -> PublicZone:
+    zone = check_name(name, "zone")
+    raw, uplink = check_zone_config(raw)
     pools = []
     for i, item in enumerate(as_list(raw.get("public_pools"), "zone_config.public_pools")):
         path = f"zone_config.public_pools[{i}]"
@@ -118,6 +124,14 @@ def zone_of(params: Mapping[str, Any]) -> PublicZone | None:
     if params.get("zone_config") is None:
         return None
     return parse_public_zone(params.get("zone"), params.get("zone_config"))
+
+
+def zone_uplink(params: Mapping[str, Any]) -> str | None:
+    """The uplink of the run's zone (`zone_config.uplink`), where a routed network is routed;
+    None without a zone_config. An operator's setting: a tenant never names an uplink."""
+    if params.get("zone_config") is None:
+        return None
+    return check_zone_config(params["zone_config"])[1]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ..core.plan import Change, Plan
 from ..core.spec import EnvironmentSpec, parse_environment
 from ..core.validation import as_list, check_name
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
+from ..host.shell import host_shell
 from ..ledger.tenants import Ledger
 from .drift_report import DRIFTED, ERROR, MISSING, ORPHAN, Difference, DriftCase
 from .environment import EnvironmentPlanner, Failures, Options
@@ -232,7 +233,7 @@ class DriftCheck:
     ) -> list[DriftCase]:
         """The tenant's plan (`spec` None: its removal), never applied, as cases."""
         failures: Failures = {}
-        engine = EnvironmentPlanner(host, tenant, DRIFT_OPTIONS)
+        engine = EnvironmentPlanner(host, tenant, DRIFT_OPTIONS, host_shell(params))
         try:
             _public_ips, plan = plan_environment(
                 params, spec, ledger, engine, inventory, failures, self.backup_read

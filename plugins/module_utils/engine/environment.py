@@ -14,6 +14,7 @@ from ..core.plan import Plan
 from ..core.spec import EnvironmentSpec, StaticLease, VmSpec
 from ..host.connection import Host, TenantInventory
 from ..host.ownership import EXTENSIONS, tenant_prefix
+from ..host.shell import HostShell
 from ..host.xml import DomainState, NetworkState, VolumeState
 from .resources.disk import DiskPlanner
 from .resources.network import NetworkPlanner
@@ -49,11 +50,17 @@ class Options:
 class EnvironmentPlanner:
     """Plans and applies every object of one tenant on one host together."""
 
-    def __init__(self, host: Host, tenant: str, options: Options | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        tenant: str,
+        options: Options | None = None,
+        shell: HostShell | None = None,
+    ) -> None:
         self.host = host
         self.tenant = tenant
         self.options = options or Options()
-        self.networks = NetworkPlanner(host, tenant)
+        self.networks = NetworkPlanner(host, tenant, shell)
         self.disks = DiskPlanner(host, tenant)
         self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout)
 

@@ -16,10 +16,11 @@ from ..core.plan import Change, Plan
 from ..core.result import Result
 from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
 from ..core.validation import check_name
-from ..core.zones import zone_of
+from ..core.zones import zone_of, zone_uplink
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
 from ..host.ownership import object_name, volume_name
+from ..host.shell import host_shell
 from ..host.xml import DiskDevice, disk_device_xml, free_disk_target
 from ..ledger.tenants import Ledger
 from .environment import EnvironmentPlanner, Failures, Options, planning
@@ -78,7 +79,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         declaration = declare_environment(spec, options.prune)
     host = Host(params.get("uri") or DEFAULT_URI)
     gate = open_gate(params, host, tenant, declaration, check_mode)
-    engine = EnvironmentPlanner(host, tenant, options)
+    engine = EnvironmentPlanner(host, tenant, options, host_shell(params))
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
     report = tenant_report(gate, check_mode, public_ips=public_ips)
@@ -133,13 +134,13 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = NetworkPlanner(host, tenant)
+    engine = NetworkPlanner(host, tenant, host_shell(params))
     if params.get("state") == "absent":
         gate = open_gate(params, host, tenant, declare_removal("network", name), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_absent(name, inventory)
     else:
-        spec = parse_network(fields.declared(fields.NETWORK, params), "")
+        spec = parse_network(fields.declared(fields.NETWORK, params), "", zone_uplink(params))
         gate = open_gate(params, host, tenant, declare_one(declare_network(spec)), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.errors import ApplyError
+from ..core.validation import check_prefix
 
 COMMAND_TIMEOUT = 60
 
@@ -56,3 +57,8 @@ class HostShell:
             return json.loads(output) if output.strip() else {}
         except ValueError as error:
             raise ApplyError(f"Failed to {action} {obj}: unreadable output ({error})") from None
+
+
+def host_shell(params: Mapping[str, Any]) -> HostShell:
+    """The host command path a run's parameters give (`host_command`; none: directly)."""
+    return HostShell(check_prefix(params.get("host_command")))

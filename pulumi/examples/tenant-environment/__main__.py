@@ -22,8 +22,9 @@ def main() -> None:
     ssh_keys = config.get_object("sshAuthorizedKeys") or []
     user_data = config.get_secret("userData") or pulumi.Output.secret(DEFAULT_USER_DATA)
 
-    # Routed, because a public IP is bound 1:1 to a NIC's fixed address on a routed network.
-    backend = vce.Network("backend", cidr="10.20.0.0/24", mode="routed", uplink="eth0")
+    # Routed, because a public IP is bound 1:1 to a NIC's fixed address on a routed network;
+    # it is routed to the zone's uplink (vce:zones), which a tenant does not choose.
+    backend = vce.Network("backend", cidr="10.20.0.0/24", mode="routed")
 
     def vm(name: str, ip: str, memory_mib: int, disk_gib: int) -> vce.Vm:
         return vce.Vm(

@@ -21,6 +21,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import che
 from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
     parse_public_zone,
     parse_zone_link,
+    zone_uplink,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
     read_object,
@@ -188,7 +189,6 @@ NETWORK_INPUTS = (
     Prop("dhcpStart", "string", "First address of the DHCP range."),
     Prop("dhcpEnd", "string", "Last address of the DHCP range."),
     Prop("mode", "string", "nat, isolated or routed.", default="nat"),
-    Prop("uplink", "string", "The host interface a routed network forwards to."),
     Prop("mtu", "integer", "The MTU."),
     Prop(
         "staticLeases", "array", "Fixed DHCP leases.", type_name="NetworkStaticLease", items=LEASE
@@ -385,7 +385,16 @@ def disk_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any
 
 
 def network_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    return {**base(config, values), **engine_inputs(NETWORK_INPUTS, values)}
+    """A routed network is routed to its zone's uplink, from the provider's configuration."""
+    zone = config.zone(values.get("zone"))
+    params = {
+        **base(config, values),
+        **engine_inputs(NETWORK_INPUTS, values),
+        "host_command": zone.host_command,
+    }
+    if zone.settings.get("uplink"):
+        params["zone_config"] = {"uplink": zone.settings["uplink"]}
+    return params
 
 
 def public_ip_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
@@ -444,7 +453,8 @@ def declare_disk_values(params: dict[str, Any]) -> Declaration:
 
 
 def declare_network_values(params: dict[str, Any]) -> Declaration:
-    key, usage = declare_network(parse_network(fields.declared(fields.NETWORK, params), ""))
+    spec = parse_network(fields.declared(fields.NETWORK, params), "", zone_uplink(params))
+    key, usage = declare_network(spec)
     return Declaration({key: usage})
 
 

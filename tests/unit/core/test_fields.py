@@ -36,6 +36,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
     parse_link_end,
     parse_public_ip,
     parse_public_zone,
+    zone_uplink,
 )
 from pulumi_resource_vce.props import Prop, camel
 from pulumi_resource_vce.resources import KINDS as PULUMI_KINDS
@@ -221,6 +222,7 @@ PARSERS: dict[str, tuple[tuple[fields.Field, ...], Parser]] = {
         fields.STATIC_LEASE,
         lambda raw: parse_lease(raw, "", ipaddress.IPv4Network("10.0.0.0/24")),
     ),
+    "network.zone_config": (fields.ZONE_CONFIG, lambda raw: zone_uplink({"zone_config": raw})),
     "public_ip": (fields.PUBLIC_IP, lambda raw: parse_public_ip(raw, "", ZONE)),
     "public_ip.zone_config": (fields.ZONE_CONFIG, lambda raw: parse_public_zone("zone-a", raw)),
     "public_ip.zone_config.public_pools[]": (
@@ -233,7 +235,7 @@ PARSERS: dict[str, tuple[tuple[fields.Field, ...], Parser]] = {
     "backup_schedule.retention": (fields.RETENTION, lambda raw: parse_retention(raw, "")),
 }
 NESTED = {"vm.boot_disk", "vm.nics[]", "vm.cloud_init", "network.static_leases[]"}
-NESTED |= {"public_ip.zone_config", "public_ip.zone_config.public_pools[]"}
+NESTED |= {"network.zone_config", "public_ip.zone_config", "public_ip.zone_config.public_pools[]"}
 NESTED |= {"zone_link.ends[]", "backup_schedule.retention"}
 
 

@@ -11,8 +11,10 @@ from typing import Any
 from ...core.errors import SpecError, libvirt, libvirt_action
 from ...core.plan import UNKNOWN, Change, ChangeClass, Plan
 from ...core.spec import NetworkSpec, StaticLease, spec_hash
+from ...host.addresses import UsedSpace, used_space
 from ...host.connection import Host, TenantInventory
 from ...host.ownership import Owner, add_metadata, object_name
+from ...host.shell import HostShell
 from ...host.xml import NetworkState, dhcp_host_element, network_xml, read_network, to_string
 
 KIND = "network"
@@ -60,9 +62,16 @@ def managed_leases(state: NetworkState) -> set[str]:
 class NetworkPlanner:
     """Observe, plan and apply one tenant's networks on one host."""
 
-    def __init__(self, host: Host, tenant: str) -> None:
+    def __init__(self, host: Host, tenant: str, shell: HostShell | None = None) -> None:
         self.host = host
         self.tenant = tenant
+        self.shell = shell or HostShell()
+        self._used: UsedSpace | None = None  # read once per run, when a network is made
+
+    def used(self) -> UsedSpace:
+        if self._used is None:
+            self._used = used_space(self.host, self.shell)
+        return self._used
 
     def owned(self, inventory: TenantInventory, name: str) -> NetworkState | None:
         libvirt_name = object_name(self.tenant, name)
@@ -80,6 +89,17 @@ class NetworkPlanner:
                     "of the same tenant",
                 )
 
+    def check_free(self, spec: NetworkSpec, field: str) -> None:
+        """Refuse a CIDR that overlaps what is in use on the host: another libvirt network
+        (another tenant's, libvirt's own `default`, any other) or the host's own addresses
+        and routes. The message names neither the other network nor its tenant."""
+        if self.used().overlaps(spec.cidr, object_name(self.tenant, spec.name)):
+            raise SpecError(
+                field,
+                f"{spec.cidr} overlaps a network already in use on this host (a libvirt network "
+                "or the host's own addresses and routes); choose another range",
+            )
+
     def plan_present(
         self,
         spec: NetworkSpec,
@@ -93,6 +113,7 @@ class NetworkPlanner:
         state = self.owned(inventory, spec.name)
         libvirt_name = object_name(self.tenant, spec.name)
         if state is None:
+            self.check_free(spec, field)
             leases = [*spec.static_leases, *vm_leases]
             xml = network_xml(libvirt_name, spec, network_owner(self.tenant, spec), leases)
             plan.add(
@@ -109,10 +130,12 @@ class NetworkPlanner:
         if replaced:
             if not allow_replace:
                 raise SpecError(
-                    replaced[0],
+                    # The uplink is the zone's: its field is the operator's setting.
+                    "zone_config.uplink" if replaced[0] == "uplink" else replaced[0],
                     f"changing {', '.join(replaced)} of network {spec.name!r} needs the network "
                     "replaced (its VMs lose connectivity meanwhile); set allow_replace: true",
                 )
+            self.check_free(spec, field)
             keep = [h for m, h in state.hosts.items() if m not in managed_leases(state)]
             xml = network_xml(
                 libvirt_name, spec, network_owner(self.tenant, spec), [*spec.static_leases, *keep]

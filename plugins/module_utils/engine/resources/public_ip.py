@@ -26,12 +26,11 @@ from ...core.result import Result
 from ...core.spec import EnvironmentSpec
 from ...core.validation import (
     check_name,
-    check_prefix,
 )
 from ...core.zones import PublicIpSpec, PublicZone, parse_public_ip, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import object_name
-from ...host.shell import HostShell
+from ...host.shell import HostShell, host_shell
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
 from ..run import Run, conclude
@@ -251,12 +250,15 @@ class PublicIpPlanner:
             self.ledger.store.also_lock(connection, zone_lock(self.zone.name))
             yield connection
 
-    def allocations(self) -> dict[str, Any]:
-        """The tenant's allocations in this zone, by name."""
+    def allocations(self, here: bool = False) -> dict[str, Any]:
+        """The tenant's allocations in this zone, by name; `here`: only those bound through
+        this host (another host of the zone holds the NAT rules of the others)."""
         with self.ledger.store.read() as connection:
             query = sa.select(public_ips).where(
                 public_ips.c.tenant == self.tenant, public_ips.c.zone == self.zone.name
             )
+            if here:
+                query = query.where(public_ips.c.host == self.host.uri)
             return {row.name: row for row in connection.execute(query)}
 
     def unused(self, taken: Container[str]) -> list[tuple[str, str]]:
@@ -382,6 +384,12 @@ class PublicIpPlanner:
         )
 
     def plan_release(self, plan: Plan, name: str, row: Any, nat: NatState) -> None:
+        if row is not None and row.host != self.host.uri:
+            raise SpecError(
+                "name",
+                f"public IP {name} is bound on another host of zone {self.zone.name} "
+                f"({row.host}): release it there",
+            )
         bound = nat.bindings.get((self.tenant, name))
         if bound is not None:
             plan.add(
@@ -512,8 +520,7 @@ def public_ip_planner(
 def planner_in(
     zone: PublicZone, params: Mapping[str, Any], ledger: Ledger, host: Host, tenant: str
 ) -> PublicIpPlanner:
-    shell = HostShell(check_prefix(params.get("host_command")))
-    return PublicIpPlanner(ledger, host, tenant, zone, shell)
+    return PublicIpPlanner(ledger, host, tenant, zone, host_shell(params))
 
 
 def read_public_ip(params: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -573,7 +580,7 @@ def plan_environment_public_ips(
         private, uplink = found or nic_address(inventory, tenant, item, path)
         declared.append((item, private, uplink, path))
     names = {item.name for item, *_rest in declared}
-    undeclared = sorted(set(planner.allocations()) - names)
+    undeclared = sorted(set(planner.allocations(here=True)) - names)
     planner.observed = planner.nat.observe()
     plan = planner.plan(declared, undeclared if remove_undeclared else [], planner.observed)
     if undeclared and not remove_undeclared:

@@ -27,7 +27,6 @@ class NetworkArgs:
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
         mode: pulumi.Input[str] | None = None,
-        uplink: pulumi.Input[str] | None = None,
         mtu: pulumi.Input[int] | None = None,
         static_leases: pulumi.Input[Sequence[pulumi.Input[NetworkStaticLeaseArgs]]] | None = None,
         allow_replace: pulumi.Input[bool] | None = None,
@@ -44,7 +43,6 @@ class NetworkArgs:
         :param dhcp_start: First address of the DHCP range.
         :param dhcp_end: Last address of the DHCP range.
         :param mode: nat, isolated or routed. Defaults to `"nat"` (set by the provider).
-        :param uplink: The host interface a routed network forwards to.
         :param mtu: The MTU.
         :param static_leases: Fixed DHCP leases.
         :param allow_replace: Let changes that redefine the network (cidr, mode) do so. Defaults to
@@ -65,8 +63,6 @@ class NetworkArgs:
             pulumi.set(self, "dhcp_end", dhcp_end)
         if mode is not None:
             pulumi.set(self, "mode", mode)
-        if uplink is not None:
-            pulumi.set(self, "uplink", uplink)
         if mtu is not None:
             pulumi.set(self, "mtu", mtu)
         if static_leases is not None:
@@ -165,16 +161,6 @@ class NetworkArgs:
 
     @property
     @pulumi.getter
-    def uplink(self) -> pulumi.Input[str] | None:
-        """The host interface a routed network forwards to."""
-        return pulumi.get(self, "uplink")
-
-    @uplink.setter
-    def uplink(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "uplink", value)
-
-    @property
-    @pulumi.getter
     def mtu(self) -> pulumi.Input[int] | None:
         """The MTU."""
         return pulumi.get(self, "mtu")
@@ -239,7 +225,6 @@ class Network(pulumi.CustomResource):
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
         mode: pulumi.Input[str] | None = None,
-        uplink: pulumi.Input[str] | None = None,
         mtu: pulumi.Input[int] | None = None,
         static_leases: pulumi.Input[Sequence[pulumi.Input[NetworkStaticLeaseArgs]]] | None = None,
         allow_replace: pulumi.Input[bool] | None = None,
@@ -258,7 +243,6 @@ class Network(pulumi.CustomResource):
         :param dhcp_start: First address of the DHCP range.
         :param dhcp_end: Last address of the DHCP range.
         :param mode: nat, isolated or routed. Defaults to `"nat"` (set by the provider).
-        :param uplink: The host interface a routed network forwards to.
         :param mtu: The MTU.
         :param static_leases: Fixed DHCP leases.
         :param allow_replace: Let changes that redefine the network (cidr, mode) do so. Defaults to
@@ -281,7 +265,6 @@ class Network(pulumi.CustomResource):
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
         mode: pulumi.Input[str] | None = None,
-        uplink: pulumi.Input[str] | None = None,
         mtu: pulumi.Input[int] | None = None,
         static_leases: pulumi.Input[Sequence[pulumi.Input[NetworkStaticLeaseArgs]]] | None = None,
         allow_replace: pulumi.Input[bool] | None = None,
@@ -298,7 +281,6 @@ class Network(pulumi.CustomResource):
         props.__dict__["dhcp_start"] = dhcp_start
         props.__dict__["dhcp_end"] = dhcp_end
         props.__dict__["mode"] = mode
-        props.__dict__["uplink"] = uplink
         props.__dict__["mtu"] = mtu
         props.__dict__["static_leases"] = static_leases
         props.__dict__["allow_replace"] = allow_replace
@@ -346,7 +328,6 @@ class Network(pulumi.CustomResource):
         props.__dict__["dhcp_start"] = None
         props.__dict__["dhcp_end"] = None
         props.__dict__["mode"] = None
-        props.__dict__["uplink"] = None
         props.__dict__["mtu"] = None
         props.__dict__["static_leases"] = None
         props.__dict__["allow_replace"] = None
@@ -428,12 +409,6 @@ class Network(pulumi.CustomResource):
     def mode(self) -> pulumi.Output[str | None]:
         """nat, isolated or routed. Defaults to `"nat"` (set by the provider)."""
         return pulumi.get(self, "mode")
-
-    @property
-    @pulumi.getter
-    def uplink(self) -> pulumi.Output[str | None]:
-        """The host interface a routed network forwards to."""
-        return pulumi.get(self, "uplink")
 
     @property
     @pulumi.getter

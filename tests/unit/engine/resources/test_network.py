@@ -14,12 +14,22 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentPlanner
+from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import kind_spec
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network import (
     NetworkPlanner,
     sub_range,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
+
+from tests.support.standin_host import StandInHost
 
 from .conftest import URI
+
+ZONE = {
+    "uplink": "up0",
+    "public_pools": [{"name": "pub", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1"}],
+}
 
 LAN = {"name": "lan", "cidr": "10.20.0.0/24"}
 MAC = "52:54:00:aa:00:01"
@@ -169,11 +179,67 @@ def test_overlaps_and_foreign_networks_are_refused(test_host):
     plan_of(test_host, LAN).apply()
     with pytest.raises(SpecError, match=r"10.20.0.0/25 overlaps network 'lan' \(10.20.0.0/24\)"):
         plan_of(test_host, {"name": "dmz", "cidr": "10.20.0.0/25"})
-    # Another tenant may use the same addresses.
-    assert plan_of(test_host, {"name": "lan", "cidr": "10.20.0.0/24"}, tenant="other").changed
     test_host.conn.networkDefineXML("<network><name>acme_stray</name></network>")
     with pytest.raises(OwnershipError, match=r"not created by vce\.kvm"):
         plan_of(test_host, {"name": "stray", "cidr": "10.30.0.0/24"})
+
+
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "10.20.0.0/24",  # acme's lan, exactly
+        "10.20.0.128/25",  # inside it
+        "10.20.0.0/16",  # around it
+        "192.168.122.0/24",  # libvirt's own `default` network
+        "192.168.0.0/24",  # the host's interface eth1 (192.168.0.5/24)
+    ],
+)
+def test_a_cidr_in_use_on_the_host_is_refused_without_naming_its_holder(test_host, cidr):
+    plan_of(test_host, LAN).apply()
+    with pytest.raises(SpecError, match="overlaps a network already in use on this host") as caught:
+        plan_of(test_host, {"name": "lan", "cidr": cidr}, tenant="other", field="networks[0].cidr")
+    assert caught.value.field == "networks[0].cidr"
+    assert "acme" not in str(caught.value) and "'lan'" not in str(caught.value)
+    assert "default" not in str(caught.value) and "eth1" not in str(caught.value)
+    assert "other_lan" not in test_host.inventory("other").networks
+
+
+def test_a_network_keeps_its_own_range_through_a_replace(test_host):
+    plan_of(test_host, LAN).apply()
+    plan = plan_of(test_host, {**LAN, "mtu": 1400}, allow_replace=True)
+    assert [c.action for c in plan.changes] == ["replace"]
+    engine = NetworkPlanner(test_host, "acme")
+    test_host.conn.networkDefineXML(
+        "<network><name>zeta_lan</name><ip address='10.21.0.1' prefix='24'/></network>"
+    )
+    moved = parse_network({**LAN, "cidr": "10.21.0.0/24"}, "")
+    with pytest.raises(SpecError, match="overlaps a network already in use"):
+        engine.plan_present(moved, test_host.inventory("acme"), allow_replace=True)
+
+
+def test_the_hosts_addresses_and_routes_through_the_host_command_are_refused(test_host, tmp_path):
+    standin = StandInHost(tmp_path / "kvm", {"eth0": 1500, "up0": 1500})
+
+    def addresses(state):
+        state["links"]["eth0"]["addrs"] = ["10.99.0.7/24"]
+        state["links"]["up0"]["addrs"] = ["172.16.9.1/32"]
+        state["routes"] = [{"dst": "172.20.0.0/16", "gateway": "10.99.0.1", "dev": "eth0"}]
+
+    standin.change(addresses)
+    engine = NetworkPlanner(test_host, "acme", HostShell(standin.prefix))
+    inventory = test_host.inventory("acme")
+    for cidr in ("10.99.0.0/24", "172.16.9.0/24", "172.20.3.0/24"):
+        with pytest.raises(SpecError, match="overlaps a network already in use"):
+            engine.plan_present(parse_network({"name": "lan", "cidr": cidr}, ""), inventory)
+    assert engine.plan_present(parse_network(LAN, ""), inventory).changed
+
+
+def test_an_existing_network_is_not_refused_for_what_came_after_it(test_host):
+    plan_of(test_host, LAN).apply()
+    test_host.conn.networkDefineXML(
+        "<network><name>zeta_lan</name><ip address='10.20.0.1' prefix='24'/></network>"
+    )
+    assert not plan_of(test_host, LAN).changed
 
 
 def test_removal_is_planned_with_what_goes_and_refused_while_a_vm_uses_it(test_host):
@@ -240,3 +306,42 @@ def test_a_copy_of_a_networks_tag_is_never_planned_and_the_network_removed_once(
     inventory = test_host.inventory("acme")
     assert inventory.networks == {}
     assert [(i.libvirt_name, i.problem) for i in inventory.intruders] == [("acme_copy", "unowned")]
+
+
+def test_the_network_module_refuses_what_a_tenant_must_not_reach_and_changes_nothing(acme):
+    made = facade.run_network({"uri": URI, "tenant": "acme", "ledger_url": acme, **LAN})
+    assert made.changed
+    params = {"uri": URI, "tenant": "other", "ledger_url": acme, "name": "lan"}
+    refusals = [
+        ({"cidr": "10.20.0.0/24"}, "cidr", "overlaps a network already in use"),
+        ({"cidr": "192.168.122.0/24"}, "cidr", "overlaps a network already in use"),
+        ({"cidr": "0.0.0.0/0"}, "cidr", "the whole IPv4 address space"),
+        ({"cidr": "10.30.0.0/24", "mode": "routed"}, "mode", "needs the zone's uplink"),
+    ]
+    for extra, field, reason in refusals:
+        for check_mode in (True, False):
+            with pytest.raises(SpecError, match=reason) as caught:
+                facade.run_network({**params, **extra}, check_mode=check_mode)
+            assert caught.value.field == field and "acme" not in str(caught.value)
+    assert "other_lan" not in [n.name() for n in Host(URI).conn.listAllNetworks(0)]
+    # The module has no uplink option: Ansible refuses one as an unsupported parameter.
+    assert "uplink" not in kind_spec("network")
+
+
+def test_a_routed_network_is_routed_to_the_zones_uplink(acme):
+    params = {
+        "uri": URI,
+        "tenant": "acme",
+        "ledger_url": acme,
+        "name": "dmz",
+        "cidr": "10.40.0.0/24",
+        "mode": "routed",
+        "zone_config": ZONE,
+    }
+    made = facade.run_network(params)
+    assert made.plan[0]["after"]["uplink"] == "up0"
+    assert Host(URI).inventory("acme").networks["acme_dmz"].uplink == "up0"
+    moved = {**params, "zone_config": {**ZONE, "uplink": "up1"}}
+    with pytest.raises(SpecError, match="set allow_replace: true") as caught:
+        facade.run_network(moved, check_mode=True)
+    assert caught.value.field == "zone_config.uplink"

@@ -37,10 +37,8 @@ ZONE = {
 FIRST, SECOND = "203.0.113.67", "203.0.113.68"
 
 
-def environment(tenant, image, mode="routed", ip="10.20.0.10", uplink="up0"):
+def environment(tenant, image, mode="routed", ip="10.20.0.10"):
     network = {"name": "lan", "cidr": "10.20.0.0/24", "mode": mode}
-    if mode == "routed":
-        network["uplink"] = uplink
     nic = {"network": "lan"}
     if ip:
         nic["ip"] = ip
@@ -61,10 +59,20 @@ class Lab:
         self.ledger_url = ledger_url
         self.image = tmp_path / "base.qcow2"
         self.image.write_bytes(b"")
-        self.host = StandInHost(tmp_path / "kvm", {"up0": 1500})
+        self.host = StandInHost(tmp_path / "kvm", {"up0": 1500, "up1": 1500})
 
-    def vm(self, tenant="acme", **options):
-        facade.run_environment(environment(tenant, str(self.image), **options))
+    def vm(self, tenant="acme", uplink="up0", **options):
+        declared = environment(tenant, str(self.image), **options)
+        facade.run_environment({**declared, **self.zone(uplink)})
+
+    def zone(self, uplink="up0", host=None):
+        """The run settings of zone-a (a routed network is routed to its uplink)."""
+        return {
+            "ledger_url": self.ledger_url,
+            "zone": "zone-a",
+            "zone_config": {**ZONE, "uplink": uplink},
+            "host_command": (host or self.host).prefix,
+        }
 
     def params(self, name="web", tenant="acme", **extra):
         return {
@@ -256,7 +264,8 @@ def test_an_environment_checks_the_vms_it_declares(lab):
     }
     with pytest.raises(SpecError, match="public IP 'web' is declared twice"):
         facade.run_environment(declared, check_mode=True)
-    without_zone = {**declared, "zone_config": None}
+    isolated = environment("acme", str(lab.image), mode="isolated")
+    without_zone = {**declared, **isolated, "zone_config": None}
     with pytest.raises(SpecError, match="public IPs need the host's zone") as caught:
         facade.run_environment(without_zone, check_mode=True)
     assert caught.value.field == "zone_config"
@@ -275,16 +284,12 @@ def test_an_environment_checks_the_vms_it_declares(lab):
         facade.run_environment(elsewhere, check_mode=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prune on one host releases the tenant's public IPs bound on other hosts of the "
-    "zone: PublicIpPlanner.allocations() selects by tenant and zone, not by host, so the "
-    "address is freed in the ledger while the other host keeps its NAT rules for it",
-)
 def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(lab, tmp_path):
     uri_b = host_file(tmp_path / "kvm-b.xml", "acme", [])
-    facade.run_environment({**environment("acme", str(lab.image)), "uri": uri_b})
     host_b = StandInHost(tmp_path / "kvm-b", {"up0": 1500})
+    facade.run_environment(
+        {**environment("acme", str(lab.image)), **lab.zone(host=host_b), "uri": uri_b}
+    )
     run_public_ip(lab.params(name="api", uri=uri_b, host_command=host_b.prefix))
     declared = {
         **environment("acme", str(lab.image)),
@@ -297,6 +302,10 @@ def test_prune_on_one_host_keeps_public_ips_bound_on_another_host_of_the_zone(la
     }
     result = facade.run_environment(declared, check_mode=True)
     assert [c["name"] for c in result.plan if c["kind"] == "public_ip"] == ["web", "web"]
+    with pytest.raises(SpecError, match="bound on another host of zone zone-a") as caught:
+        run_public_ip(lab.params(name="api", state="absent"), check_mode=True)
+    assert caught.value.field == "name"
+    assert [row[1] for row in lab.rows()] == ["api"]
 
 
 ASSIGNABLE = {"203.0.113.67", "203.0.113.68", "203.0.113.69", "203.0.113.70", "203.0.113.74"}

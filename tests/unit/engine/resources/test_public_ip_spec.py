@@ -79,7 +79,7 @@ def test_bad_zones(raw, field):
     assert error.value.field == field
 
 
-def test_a_routed_network_names_its_uplink_and_only_it_has_one():
+def test_a_routed_network_is_routed_to_the_zones_uplink_and_only_it_has_one():
     from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
     from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
     from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
@@ -87,13 +87,11 @@ def test_a_routed_network_names_its_uplink_and_only_it_has_one():
         read_network,
     )
 
-    spec = parse_network(
-        {"name": "lan", "cidr": "10.9.0.0/24", "mode": "routed", "uplink": "up0"}, ""
-    )
+    routed = {"name": "lan", "cidr": "10.9.0.0/24", "mode": "routed"}
+    spec = parse_network(routed, "", ZONE["uplink"])
     xml = network_xml("acme_lan", spec, Owner("acme", "network", "lan"), [])
     state = read_network(xml, True, True)
     assert (state.mode, state.uplink) == ("routed", "up0")
-    with pytest.raises(SpecError, match="uplink: a routed network needs"):
-        parse_network({"name": "lan", "cidr": "10.9.0.0/24", "mode": "routed"}, "")
-    with pytest.raises(SpecError, match="uplink: only a routed network has an uplink"):
-        parse_network({"name": "lan", "cidr": "10.9.0.0/24", "uplink": "up0"}, "")
+    with pytest.raises(SpecError, match="mode: a routed network needs the zone's uplink"):
+        parse_network(routed, "")
+    assert parse_network({**routed, "mode": "nat"}, "", ZONE["uplink"]).uplink is None
