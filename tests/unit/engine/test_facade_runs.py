@@ -308,10 +308,12 @@ def test_a_module_run_whose_usage_cannot_be_recorded_after_applying_is_changed(i
         raise VceError("Failed to write the ledger: database is locked")
 
     monkeypatch.setattr(Gate, "settle", ledger_gone)
-    params = {"uri": URI, "tenant": "acme", "name": "lan", "cidr": "10.20.0.0/24"}
+    # A name and range of its own: the test driver keeps an earlier test's networks while any
+    # connection to it stays open, and this test needs a network that does not exist yet.
+    params = {"uri": URI, "tenant": "acme", "name": "unsettled", "cidr": "10.77.0.0/24"}
     outcome, details, _module = run_through_module(engine.run_network, params=params)
     assert (outcome, details["changed"]) == ("fail", True)
     assert details["applied"][0]["action"] == "create"
     assert details["msg"].startswith("Failed to write the ledger: database is locked (applied")
     assert "failed: recording the tenant's usage after them" in details["msg"]
-    assert "acme_lan" in objects_of()
+    assert "acme_unsettled" in objects_of()

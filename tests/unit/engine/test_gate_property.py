@@ -23,7 +23,8 @@ from tests.support.ledger import ROOMY, forget_stores
 
 URI = "test:///default"
 # The test driver keeps objects while any Python object still refers to its connection, so
-# each example gets a tenant of its own rather than relying on the driver being reset.
+# each example gets a tenant of its own (and ranges of its own: a network may not overlap one
+# in use on the host) rather than relying on the driver being reset.
 _tenants = (f"prop{n}" for n in itertools.count())
 LIMITS = {**ROOMY, "vms": 3, "vcpus": 5, "ram_gib": 1, "disk_gib": 8, "networks": 2}
 
@@ -48,7 +49,8 @@ def params(tenant: str, image: str, declared_vms: list[dict], networks: list[str
         "tenant": tenant,
         "default_pool": "default-pool",
         "networks": [
-            {"name": net, "cidr": f"10.{40 + int(net[-1])}.0.0/24"} for net in sorted(networks)
+            {"name": net, "cidr": f"10.{40 + int(tenant[4:]) % 200}.{net[-1]}.0/24"}
+            for net in sorted(networks)
         ],
         "vms": [
             {
