@@ -10,6 +10,7 @@ Either way the Result is built here, so check mode, diff mode and previews repor
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -108,13 +109,26 @@ def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict
     plan, metered = run.plan, run.inventory is not None
     watch = UsageWatch(gate.ledger, gate.host.uri, gate.tenant, run.inventory)
     with gate.reservation(plan, metered):
-        apply(run)
+        try:
+            apply(run)
+        except Exception:
+            # What the failed run did is billed from now; if the ledger fails too, the
+            # intents stay pending for the next run, and the apply's error is the one told.
+            with contextlib.suppress(VceError):
+                gate.confirm(None)
+            raise
     after = run.inventory
     # What was read before the run still holds when nothing changed.
     if plan.changed and metered:
         after = gate.host.inventory(gate.tenant)
+    confirmed = gate.confirm(after)
     gate.settle(after, plan)
-    return after, watch.changes(after) if plan.changed else []
+    if not plan.changed:
+        return after, []
+    # The confirmed states are in the ledger already; the callback's record of them finds
+    # them by key. The watch adds what the ledger meters itself (public IPs, zone links).
+    watched = [c for c in watch.changes(after) if (c["kind"], c["name"]) not in confirmed.objects]
+    return after, [change.as_dict() for change in confirmed.changes] + watched
 
 
 def tenant_report(

@@ -296,10 +296,13 @@ class Metering:
                     written += self.insert(connection, change, source)
         return written
 
-    def insert(self, connection: Any, change: UsageChange, source: str) -> bool:
+    def insert(
+        self, connection: Any, change: UsageChange, source: str, run_id: str | None = None
+    ) -> bool:
         """Place the state in its resource's timeline, ordered by (moment, key): it ends the
         state before it and lasts until the one after it. Every state is kept, so states
-        arriving in any order build the same timeline."""
+        arriving in any order build the same timeline. `run_id`: the run that made the change,
+        when another one records it (a killed run's intent); default this ledger's run."""
         table = usage_intervals
         if connection.execute(sa.select(table.c.key).where(table.c.key == change.key)).first():
             return False
@@ -335,7 +338,7 @@ class Metering:
             table.insert().values(
                 key=change.key, tenant=change.tenant, host=change.host, kind=change.kind,
                 name=change.name, started_at=change.at, ended_at=following, source=source,
-                run_id=self.ledger.run_id, actor=self.ledger.actor,
+                run_id=run_id or self.ledger.run_id, actor=self.ledger.actor,
                 **meter_columns(change.meter),
             )
         )  # fmt: skip

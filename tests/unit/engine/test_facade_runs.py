@@ -14,19 +14,12 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
-from tests.support.ledger import register
-from tests.support.testdriver import URI, environment, fresh_driver
+from tests.support.testdriver import URI, environment, image_on_fresh_driver
 
 
 @pytest.fixture
 def image(monkeypatch, tmp_path, ledger_url):
-    drivers = fresh_driver(monkeypatch)
-    next(drivers, None)
-    register(ledger_url, "acme")
-    path = tmp_path / "base.qcow2"
-    path.write_bytes(b"")
-    yield str(path)
-    next(drivers, None)
+    yield from image_on_fresh_driver(monkeypatch, tmp_path, ledger_url)
 
 
 @pytest.fixture
