@@ -24,7 +24,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metering import ABSENT, Meter, Metering, ResourceKey, UsageChange, action_of, meter_of
+from .metering import (
+    ABSENT,
+    Meter,
+    Metering,
+    ResourceKey,
+    UsageChange,
+    action_of,
+    boot_volume,
+    meter_of,
+)
 from .tenants import Ledger, key_of
 
 try:
@@ -109,13 +118,16 @@ def recorded_states(connection: Any, tenant: str, host: str) -> dict[ResourceKey
 
 
 def in_scope(
+    tenant: str,
     objects: Iterable[ResourceKey],
     observed: Mapping[ResourceKey, Meter],
     recorded: Mapping[ResourceKey, Meter],
 ) -> set[ResourceKey]:
-    """The objects and, for a VM, every volume attached to it (its meter names the VM)."""
+    """The objects and, for a VM, every volume attached to it (its meter names the VM) and
+    its boot volume on its own (what a VM create killed before its domain was defined left)."""
     scope = set(objects)
     vms = {name for kind, name in scope if kind == "vm"}
+    scope.update(("volume", boot_volume(tenant, vm)) for vm in vms)
     for states in (observed, recorded):
         scope.update(key for key, meter in states.items() if meter.vm in vms and key[0] != "vm")
     return scope
@@ -133,7 +145,7 @@ def confirm(
     whose state in libvirt (`observed`) differs from the latest recorded one."""
     tenant, host, objects = scope
     recorded = recorded_states(connection, tenant, host)
-    done = Confirmation(objects=in_scope(objects, observed, recorded))
+    done = Confirmation(objects=in_scope(tenant, objects, observed, recorded))
     for key in sorted(done.objects):
         before, after = recorded.get(key, ABSENT), observed.get(key, ABSENT)
         if before != after:

@@ -150,6 +150,11 @@ def one_of(value: Any, allowed: Iterable[str], path: str) -> str:
 # -- what a host holds now -----------------------------------------------------------------
 
 
+def boot_volume(tenant: str, vm: str) -> str:
+    """The name of a VM's boot volume: part of the VM's meter while the VM exists."""
+    return f"{tenant_prefix(tenant)}{vm}.boot.qcow2"
+
+
 def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
     """The tenant's VMs and volumes on the host as libvirt shows them. A VM carries its boot
     disk; a volume carries the VM it is attached to, so a VM's credit covers its disks."""
@@ -163,7 +168,7 @@ def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
         vm = domain.owner.name
         for disk in domain.disks:
             attached[disk.path] = vm
-        boot = volumes.pop(f"{prefix}{vm}.boot.qcow2", None)
+        boot = volumes.pop(boot_volume(inventory.tenant, vm), None)
         state = domain.state if domain.state in HOLDING_COMPUTE else "stopped"
         meters[("vm", vm)] = Meter(
             state,

@@ -188,3 +188,14 @@ def test_intents_of_a_plan_are_its_metered_objects_once():
         Intent("disk", "data1", "resize"),
         Intent("vm", "web1", "create"),
     ]
+
+
+def test_a_vm_create_killed_before_its_domain_leaves_its_boot_volume_recorded(any_ledger_url):
+    plan(any_ledger_url, "run-a", "acme", CREATE_WEB1)
+    left = Meter("present", "", disk_mib=1024)
+    recovered(any_ledger_url, {("volume", "acme_web1.boot.qcow2"): left})
+    assert usage_rows(any_ledger_url) == [
+        ("volume", "acme_web1.boot.qcow2", "present", PLANNED, "run-a", "run")
+    ]
+    # libvirt does not show the VM: its intent is dropped, what its create left is recorded.
+    assert intent_rows(any_ledger_url) == [("vm", "web1", "run-a", "dropped", "run-b")]
