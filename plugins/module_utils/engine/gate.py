@@ -22,7 +22,7 @@ from ..core.plan import Plan
 from ..core.spec import DiskSpec, EnvironmentSpec, NetworkSpec, VmSpec
 from ..host.connection import Host, TenantInventory
 from ..ledger import intents
-from ..ledger.metering import Metering, UsageChange, host_meters
+from ..ledger.metering import Meter, Metering, ResourceKey, UsageChange, host_meters
 from ..ledger.tenants import Ledger, Tenant, key_of
 
 ObjectKey = tuple[str, str]  # (kind, declared name)
@@ -283,7 +283,7 @@ class Gate:
             yield
         except BaseException:
             if claimed:
-                with self.ledger.store.read() as connection:
+                with self.ledger.store.write() as connection:
                     self.ledger.release(connection, self.key)
             raise
 
@@ -321,9 +321,11 @@ class Gate:
                 f"recording them had made (dated {', '.join(runs)})"
             )
 
-    def confirm(self, after: TenantInventory | None) -> intents.Confirmation:
+    def confirm(
+        self, after: TenantInventory | None, before: Mapping[ResourceKey, Meter]
+    ) -> intents.Confirmation:
         """After the changes (or a failure): record what libvirt shows of the objects the run
-        intended to change, and resolve its intents."""
+        intended to change (`before`: what it saw of them before), and resolve its intents."""
         if not self.intent_keys:
             return intents.Confirmation()
         inventory = after if after is not None else self.host.inventory(self.tenant)
@@ -333,7 +335,7 @@ class Gate:
         with self.ledger.store.locked(self.tenant) as connection:
             done = intents.confirm(
                 connection, Metering(self.ledger), (self.tenant, self.host.uri, objects),
-                observed, at, self.ledger.run_id,
+                observed, at, self.ledger.run_id, before,
             )  # fmt: skip
             intents.resolve(connection, self.intent_keys, observed, done, (self.ledger.run_id, at))
         self.intent_keys = []
@@ -345,13 +347,13 @@ class Gate:
         still break a quota; say so). `after` None: nothing metered changed, only the claim
         of ledger-counted objects (now rows of their own) is dropped."""
         if after is None:
-            with self.ledger.store.read() as connection:
+            with self.ledger.store.write() as connection:
                 self.ledger.release(connection, self.key)
             return
         observed = observed_objects(after)
         used = quota.add(*observed.values())
         running = running_vms(after)
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             self.ledger.record_host_usage(connection, self.tenant, self.host.uri, used, running)
             self.ledger.release(connection, self.key)
             if running:

@@ -112,16 +112,17 @@ def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict
         try:
             apply(run)
         except Exception:
-            # What the failed run did is billed from now; if the ledger fails too, the
-            # intents stay pending for the next run, and the apply's error is the one told.
-            with contextlib.suppress(VceError):
-                gate.confirm(None)
+            # What the failed run did is billed from now. Should the ledger or the host fail
+            # too, the intents stay pending for the next run, and the apply's error is the
+            # one told, whatever the second failure was.
+            with contextlib.suppress(Exception):
+                gate.confirm(None, watch.before)
             raise
     after = run.inventory
     # What was read before the run still holds when nothing changed.
     if plan.changed and metered:
         after = gate.host.inventory(gate.tenant)
-    confirmed = gate.confirm(after)
+    confirmed = gate.confirm(after, watch.before)
     gate.settle(after, plan)
     if not plan.changed:
         return after, []

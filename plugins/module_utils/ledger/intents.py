@@ -106,15 +106,15 @@ def pending_on(tenant: str | None, host: str) -> list[Any]:
     return conditions
 
 
-def recorded_states(connection: Any, tenant: str, host: str) -> dict[ResourceKey, Meter]:
-    """The latest recorded state of each of the tenant's resources on the host."""
+def recorded_states(connection: Any, tenant: str, host: str) -> dict[ResourceKey, Any]:
+    """The latest recorded row of each of the tenant's resources on the host."""
     table = usage_intervals
     rows = connection.execute(
         sa.select(table).where(
             table.c.tenant == tenant, table.c.host == host, table.c.ended_at.is_(None)
         )
     )
-    return {(row.kind, row.name): meter_of(row) for row in rows}
+    return {(row.kind, row.name): row for row in rows}
 
 
 def in_scope(
@@ -140,18 +140,26 @@ def confirm(
     observed: Mapping[ResourceKey, Meter],
     at: dt.datetime,
     run_id: str,
+    seen_before: Mapping[ResourceKey, Meter] | None = None,
 ) -> Confirmation:
     """Record, at `at` and under `run_id`, each object of `scope` (tenant, host, objects)
-    whose state in libvirt (`observed`) differs from the latest recorded one."""
+    whose state in libvirt (`observed`) the ledger does not hold as a run's latest record.
+    For the run itself (`seen_before`: what it saw before its changes), a state it made is
+    recorded even where a reconciliation recorded it already: the probe expects up what the
+    runs left running."""
     tenant, host, objects = scope
-    recorded = recorded_states(connection, tenant, host)
+    rows = recorded_states(connection, tenant, host)
+    recorded = {key: meter_of(row) for key, row in rows.items()}
     done = Confirmation(objects=in_scope(tenant, objects, observed, recorded))
     for key in sorted(done.objects):
-        before, after = recorded.get(key, ABSENT), observed.get(key, ABSENT)
-        if before != after:
-            change = UsageChange(tenant, host, *key, action_of(before, after), at, after)
-            if metering.insert(connection, change, "run", run_id):
-                done.changes.append(change)
+        after, latest = observed.get(key, ABSENT), recorded.get(key, ABSENT)
+        seen = latest if seen_before is None else seen_before.get(key, ABSENT)
+        by_run = key not in rows or rows[key].source == "run"
+        if latest == after and (by_run or seen == after):
+            continue  # the ledger holds it already
+        change = UsageChange(tenant, host, *key, action_of(seen, after), at, after)
+        if metering.insert(connection, change, "run", run_id):
+            done.changes.append(change)
     return done
 
 

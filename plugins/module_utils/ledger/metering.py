@@ -258,7 +258,7 @@ class Metering:
     ) -> None:
         """Record a run as running; recording the same run again changes nothing."""
         one_of(source, RUN_SOURCES, "source")
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             if connection.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first():
                 return
             connection.execute(
@@ -272,7 +272,7 @@ class Metering:
         self, run_id: str, result: str, ended_at: dt.datetime, detail: Mapping[str, Any]
     ) -> None:
         one_of(result, RUN_RESULTS[1:], "result")
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             row = connection.execute(sa.select(runs).where(runs.c.id == run_id)).first()
             if row is None:
                 raise SpecError("run", f"unknown run {run_id!r}: start it first")

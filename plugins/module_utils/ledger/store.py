@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +86,6 @@ class Store:
             )
         self.url = url
         self.shown_url = safe_url(url)
-        self.open_transactions = threading.local()
         # The SQLite file this store made, for the entry points to tell the operator.
         self.created: Path | None = None
         try:
@@ -121,11 +119,10 @@ class Store:
 
         # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
         # front; the ledger begins its transactions itself (SQLAlchemy's documented recipe).
-        # Every transaction takes the write lock up front: one begun deferred that reads and
-        # then writes gets "database is locked" at once when another writer committed in
-        # between (SQLite does not wait there, to avoid a deadlock), whatever the busy timeout.
-        # A transaction opened inside another of the same thread only reads (the outer one
-        # holds the lock): it begins deferred, else it would wait for its own thread.
+        # A writer takes the write lock up front (write(), locked()): one begun deferred that
+        # reads and then writes gets "database is locked" at once when another writer
+        # committed in between (SQLite does not wait there, to avoid a deadlock), whatever the
+        # busy timeout. Readers begin deferred and never wait for writers (WAL).
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
@@ -136,8 +133,8 @@ class Store:
 
         @event.listens_for(engine, "begin")
         def on_begin(connection: Any) -> None:
-            nested = connection.get_execution_options().get("vce_nested")
-            connection.exec_driver_sql("BEGIN" if nested else "BEGIN IMMEDIATE")
+            locked = connection.get_execution_options().get("vce_lock")
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if locked else "BEGIN")
 
         return engine
 
@@ -160,21 +157,18 @@ class Store:
             ) from None
 
     @contextmanager
-    def transaction(self, action: str) -> Iterator[Any]:
-        """A transaction of this thread; on SQLite the outermost one holds the write lock."""
-        depth = getattr(self.open_transactions, "depth", 0)
-        engine = self.engine.execution_options(vce_nested=depth > 0)
-        self.open_transactions.depth = depth + 1
-        try:
-            with self.errors(action), engine.begin() as connection:
-                yield connection
-        finally:
-            self.open_transactions.depth = depth
+    def read(self) -> Iterator[Any]:
+        """A transaction for reading only: on SQLite, a transaction begun this way that then
+        writes cannot wait for another writer; writers use write() or locked()."""
+        with self.errors("read"), self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
-    def read(self) -> Iterator[Any]:
-        """A transaction for reading (and writes that need no tenant's lock)."""
-        with self.transaction("read") as connection:
+    def write(self) -> Iterator[Any]:
+        """A transaction that writes and needs no tenant's lock: on SQLite it holds the file's
+        write lock from its start, waiting for another writer up to LOCK_TIMEOUT_SECONDS."""
+        engine = self.engine.execution_options(vce_lock=True)
+        with self.errors("write to"), engine.begin() as connection:
             yield connection
 
     @contextmanager
@@ -184,7 +178,8 @@ class Store:
         SQLite has one write lock per file; PostgreSQL gets a transaction-scoped advisory lock
         per name, so runs of different tenants do not wait for each other.
         """
-        with self.transaction("lock") as connection:
+        engine = self.engine.execution_options(vce_lock=True)
+        with self.errors("lock"), engine.begin() as connection:
             if self.dialect == "postgresql":
                 # SET takes no bind parameters; the value is our own constant.
                 connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")

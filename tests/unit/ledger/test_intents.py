@@ -199,3 +199,31 @@ def test_a_vm_create_killed_before_its_domain_leaves_its_boot_volume_recorded(an
     ]
     # libvirt does not show the VM: its intent is dropped, what its create left is recorded.
     assert intent_rows(any_ledger_url) == [("vm", "web1", "run-a", "dropped", "run-b")]
+
+
+def confirmed_by_run_a(url: str, keys: list[str], seen_before: dict) -> intents.Confirmation:
+    ledger = ledger_of(url, "run-a", APPLIED)
+    observed = {("vm", "web1"): WEB1}
+    with ledger.store.locked("acme") as connection:
+        return intents.confirm(
+            connection, Metering(ledger), ("acme", HOST, [("vm", "web1")]), observed, APPLIED,
+            "run-a", seen_before,
+        )  # fmt: skip
+
+
+def test_a_state_the_run_made_is_its_record_even_where_a_reconciliation_has_it(any_ledger_url):
+    # A reconciliation dated after the run recorded the state the run is making: the run's
+    # record is still written, for the probe expects up what runs left running.
+    reconciled = UsageChange("acme", HOST, "vm", "web1", "created", LATER, WEB1)
+    Metering(ledger_of(any_ledger_url, "reconcile-1", LATER)).record([reconciled], "reconcile")
+    keys = plan(any_ledger_url, "run-a", "acme", CREATE_WEB1)
+    stopped = Meter("stopped", "web1", vcpus=2, ram_mib=1024, disk_mib=10240)
+    done = confirmed_by_run_a(any_ledger_url, keys, {("vm", "web1"): stopped})
+    assert [(c.action, c.at) for c in done.changes] == [("started", APPLIED)]
+
+
+def test_a_live_runs_intents_recovered_by_another_run_are_not_recorded_again(any_ledger_url):
+    keys = plan(any_ledger_url, "run-a", "acme", CREATE_WEB1)
+    recovered(any_ledger_url, {("vm", "web1"): WEB1})  # run-b, while run-a still applies
+    assert confirmed_by_run_a(any_ledger_url, keys, {}).changes == []
+    assert usage_rows(any_ledger_url) == [("vm", "web1", "running", PLANNED, "run-a", "run")]

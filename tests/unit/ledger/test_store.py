@@ -195,9 +195,10 @@ def event_row(key: str) -> dict:
     }  # fmt: skip
 
 
-def test_a_sqlite_transaction_that_reads_then_writes_waits_for_another_writer(tmp_path):
-    # Begun deferred, it would read, then find that another writer committed meanwhile and
-    # fail at once with "database is locked", whatever the busy timeout (issue 16).
+def test_a_sqlite_writer_that_reads_first_waits_for_another_writer(tmp_path):
+    # Begun deferred (as read() begins), it would read, then find that another writer
+    # committed meanwhile and fail at once with "database is locked", whatever the busy
+    # timeout (issue 16): a writer takes the lock up front.
     store = Store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", create=True)
     holding, done = threading.Event(), threading.Event()
 
@@ -211,7 +212,7 @@ def test_a_sqlite_transaction_that_reads_then_writes_waits_for_another_writer(tm
     writer = threading.Thread(target=other_writer)
     writer.start()
     assert holding.wait(10)
-    with store.read() as connection:
+    with store.write() as connection:
         connection.execute(sa.select(sa.func.count()).select_from(events)).scalar()
         assert done.wait(10)  # the other writer committed after this transaction began
         connection.execute(events.insert().values(**event_row("mine")))
