@@ -45,6 +45,7 @@ from ..plugins.module_utils.finance.requests import COLUMNS as REQUEST_COLUMNS
 from ..plugins.module_utils.finance.requests import TARGETS, RequestLog, summary
 from ..plugins.module_utils.finance.sla import CAUSES, EXCLUDED_CAUSES, Incidents, probe_host
 from ..plugins.module_utils.host.connection import Host
+from ..plugins.module_utils.ledger.intents import recover_host
 from ..plugins.module_utils.ledger.metering import Metering, observe_host
 from ..plugins.module_utils.ledger.spool import replay
 from ..plugins.module_utils.ledger.tenants import Ledger, parse_moment
@@ -346,7 +347,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for uri in args.uri:
         try:
             host = Host(uri)
-            changes = metering.reconcile(uri, observe_host(ledger, host, known))
+            observed = observe_host(ledger, host, known)
+            # Killed runs' intents first, dated within their runs; then drift, dated now.
+            changes = recover_host(metering, uri, observed) + metering.reconcile(uri, observed)
             report.append({"host": uri, "changes": [c.as_dict() for c in changes]})
         except VceError as error:  # one unreachable host does not stop the others
             report.append({"host": uri, "error": str(error)})

@@ -169,9 +169,11 @@ def test_an_unwritable_ledger_spools_and_the_spool_replays(tmp_path, any_ledger_
     assert {(line["change"]["name"], line["change"]["tenant"]) for line in lines[1:3]} == {
         ("data1", tenant), ("data2", tenant),
     }  # fmt: skip
-    assert table(any_ledger_url, usage_intervals) == []
+    # The modules wrote their usage ahead into the ledger they reach: the spooled copies find
+    # it there by key, and the replay brings the run's record.
+    assert len(table(any_ledger_url, usage_intervals)) == 2
 
-    assert replay(spooled, lambda _url: Ledger.open(any_ledger_url)) == (2, 0)
+    assert replay(spooled, lambda _url: Ledger.open(any_ledger_url)) == (0, 0)
     assert not spooled.exists()
     usage = table(any_ledger_url, usage_intervals)
     assert sorted((r.kind, r.name, r.disk_mib, r.run_id) for r in usage) == [

@@ -16,14 +16,15 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 from pulumi_resource_vce.config import ProviderConfig
 from pulumi_resource_vce.records import RunRecords
 
-from tests.support.ledger import register
+from tests.support.ledger import register, unrecorded
 
 URI = "test:///default"
 
 
 @pytest.fixture
 def created(monkeypatch, tmp_path, ledger_url):
-    """A disk made by the engine on the test driver, with the usage change its run reports."""
+    """A disk made by the engine on the test driver, with the usage change its run reports,
+    not yet recorded (the engine writes its own ahead; this test is of the provider's)."""
     monkeypatch.setattr(host, "_connections", {})
     monkeypatch.setenv("VCE_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setenv("VCE_RUN_ID", "pulumi-records-test")
@@ -31,7 +32,8 @@ def created(monkeypatch, tmp_path, ledger_url):
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
     result = run_disk(params)
     assert result.changed and result.usage_changes
-    return ProviderConfig(tenant="acme", ledger_url=ledger_url, zones={}), result.usage_changes
+    config = ProviderConfig(tenant="acme", ledger_url=ledger_url, zones={})
+    return config, unrecorded(ledger_url, result.usage_changes)
 
 
 def usage_rows(url: str) -> list[tuple[str, str, str]]:

@@ -48,3 +48,16 @@ def forget_stores() -> None:
     """Close every store this process opened (tests use a database per test)."""
     for store in list(ledger_store._stores.values()):
         store.dispose()
+
+
+def unrecorded(url: str, usage_changes: list[dict]) -> list[dict]:
+    """A run's reported usage changes, taken back out of the ledger: the engine records its
+    changes itself (write-ahead intents), and a test of the callback or the recorder needs a
+    change that only they write (as a public IP's, which the ledger meters itself)."""
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import usage_intervals
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+
+    keys = [change["key"] for change in usage_changes]
+    with Ledger.open(url).store.read() as connection:
+        connection.execute(usage_intervals.delete().where(usage_intervals.c.key.in_(keys)))
+    return usage_changes

@@ -24,6 +24,19 @@ def fresh_driver(monkeypatch) -> Iterator[None]:
             conn.close()
 
 
+def image_on_fresh_driver(monkeypatch, tmp_path: Path, ledger_url: str) -> Iterator[str]:
+    """A fresh driver, tenant acme registered in the ledger, and an empty base image's path."""
+    from tests.support.ledger import register
+
+    drivers = fresh_driver(monkeypatch)
+    next(drivers, None)
+    register(ledger_url, "acme")
+    path = tmp_path / "base.qcow2"
+    path.write_bytes(b"")
+    yield str(path)
+    next(drivers, None)
+
+
 def environment(image: Path | str, tenant: str = "acme", uri: str = URI) -> dict[str, Any]:
     """One network, one data disk and one VM with a fixed address."""
     return {

@@ -21,7 +21,8 @@ from ..core.errors import VceError
 from ..core.plan import Plan
 from ..core.spec import DiskSpec, EnvironmentSpec, NetworkSpec, VmSpec
 from ..host.connection import Host, TenantInventory
-from ..ledger.metering import host_meters
+from ..ledger import intents
+from ..ledger.metering import Meter, Metering, ResourceKey, UsageChange, host_meters
 from ..ledger.tenants import Ledger, Tenant, key_of
 
 ObjectKey = tuple[str, str]  # (kind, declared name)
@@ -183,6 +184,12 @@ class Gate:
                 ledger.known_usage(connection, tenant, except_host=host.uri),
                 ledger.reserved(connection, tenant, except_key=self.key),
             )
+            # A killed run's intents, for this run to confirm before it changes anything.
+            self.pending = intents.has_pending(connection, tenant, host.uri)
+        self.intents: list[intents.Intent] = []
+        self.intent_keys: list[str] = []
+        # Usage changes of killed runs this run recorded from their intents.
+        self.recovered: list[UsageChange] = []
 
     # -- before apply --------------------------------------------------------------------
 
@@ -272,7 +279,7 @@ class Gate:
         then record the host's usage and drop the reservation; a failure drops it as well.
         `metered` False: the plan changes no libvirt-metered object, the host is not read."""
         claimed = False
-        if plan.changed:
+        if plan.changed or self.pending:
             added = counted_delta(plan)
             if added:
                 # Runs adding other ledger-counted objects claim apart from each other.
@@ -288,21 +295,72 @@ class Gate:
                     self.ledger.known_usage(connection, self.tenant, except_host=self.host.uri),
                     self.ledger.reserved(connection, self.tenant, except_key=self.key),
                 )
-                delta = {}
-                if metered:
-                    delta = self.check(observed_objects(self.host.inventory(self.tenant)), others)
-                check_counted(self.ledger, connection, self.record, added, others)
-                claim = {**delta, **added}
-                if claim:
-                    self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, claim)
-                    claimed = True
+                inventory = self.host.inventory(self.tenant) if metered or self.pending else None
+                if self.pending:
+                    self.recover(connection, inventory, plan)
+                if plan.changed:
+                    claimed = self.claim(connection, plan, others, added, inventory)
         try:
             yield
         except BaseException:
             if claimed:
-                with self.ledger.store.read() as connection:
+                with self.ledger.store.write() as connection:
                     self.ledger.release(connection, self.key)
             raise
+
+    def claim(
+        self,
+        connection: Any,
+        plan: Plan,
+        others: quota.Usage,
+        added: quota.Usage,
+        inventory: TenantInventory | None,
+    ) -> bool:
+        """Check again and reserve the delta, and write the plan's intents in the same
+        transaction, before libvirt is touched; whether a claim was written."""
+        delta = self.check(observed_objects(inventory), others) if inventory is not None else {}
+        check_counted(self.ledger, connection, self.record, added, others)
+        self.intents = intents.intents_of(plan.changes)
+        self.intent_keys = intents.write(
+            connection, self.ledger, self.tenant, self.host.uri, self.intents
+        )
+        claim = {**delta, **added}
+        if claim:
+            self.ledger.reserve(connection, self.key, self.tenant, self.host.uri, claim)
+        return bool(claim)
+
+    def recover(self, connection: Any, inventory: TenantInventory | None, plan: Plan) -> None:
+        """Confirm the intents killed runs left, from what libvirt shows now."""
+        observed = host_meters(inventory or TenantInventory(self.tenant))
+        self.recovered = intents.recover(
+            connection, Metering(self.ledger), self.tenant, self.host.uri, observed
+        )
+        if self.recovered:
+            runs = sorted({change.at.isoformat() for change in self.recovered})
+            plan.warnings.append(
+                f"recorded {len(self.recovered)} usage change(s) that a run interrupted before "
+                f"recording them had made (dated {', '.join(runs)})"
+            )
+
+    def confirm(
+        self, after: TenantInventory | None, before: Mapping[ResourceKey, Meter]
+    ) -> intents.Confirmation:
+        """After the changes (or a failure): record what libvirt shows of the objects the run
+        intended to change (`before`: what it saw of them before), and resolve its intents."""
+        if not self.intent_keys:
+            return intents.Confirmation()
+        inventory = after if after is not None else self.host.inventory(self.tenant)
+        observed = host_meters(inventory)
+        objects = [(intent.kind, intent.name) for intent in self.intents]
+        at = self.ledger.now()
+        with self.ledger.store.locked(self.tenant) as connection:
+            done = intents.confirm(
+                connection, Metering(self.ledger), (self.tenant, self.host.uri, objects),
+                observed, at, self.ledger.run_id, before,
+            )  # fmt: skip
+            intents.resolve(connection, self.intent_keys, observed, done, (self.ledger.run_id, at))
+        self.intent_keys = []
+        return done
 
     def settle(self, after: TenantInventory | None, plan: Plan) -> None:
         """After the changes: record what the host now uses, drop the claim, start the trial
@@ -310,13 +368,13 @@ class Gate:
         still break a quota; say so). `after` None: nothing metered changed, only the claim
         of ledger-counted objects (now rows of their own) is dropped."""
         if after is None:
-            with self.ledger.store.read() as connection:
+            with self.ledger.store.write() as connection:
                 self.ledger.release(connection, self.key)
             return
         observed = observed_objects(after)
         used = quota.add(*observed.values())
         running = running_vms(after)
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             self.ledger.record_host_usage(connection, self.tenant, self.host.uri, used, running)
             self.ledger.release(connection, self.key)
             if running:

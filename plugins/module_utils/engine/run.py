@@ -11,7 +11,7 @@ Either way the Result is built here, so check mode, diff mode and previews repor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,14 +119,30 @@ def apply_gated(run: Run, gate: Gate) -> tuple[TenantInventory | None, list[dict
     plan, metered = run.plan, run.inventory is not None
     watch = UsageWatch(gate.ledger, gate.host.uri, gate.tenant, run.inventory)
     with gate.reservation(plan, metered):
-        done = apply(run)
+        try:
+            done = apply(run)
+        except Exception:
+            # What the failed run did is billed from now. Should the ledger or the host fail
+            # too, the intents stay pending for the next run, and the apply's error is the
+            # one told, whatever the second failure was.
+            with suppress(Exception):
+                gate.confirm(None, watch.before)
+            raise
     with after_applying(done, "recording the tenant's usage after them"):
         after = run.inventory
         # What was read before the run still holds when nothing changed.
         if plan.changed and metered:
             after = gate.host.inventory(gate.tenant)
+        confirmed = gate.confirm(after, watch.before)
         gate.settle(after, plan)
-        return after, watch.changes(after) if plan.changed else []
+        if not plan.changed:
+            return after, []
+        # The confirmed states are in the ledger already; the callback's record of them finds
+        # them by key. The watch adds what the ledger meters itself (public IPs, zone links).
+        watched = [
+            c for c in watch.changes(after) if (c["kind"], c["name"]) not in confirmed.objects
+        ]
+        return after, [change.as_dict() for change in confirmed.changes] + watched
 
 
 def tenant_report(

@@ -551,7 +551,7 @@ class Probe:
             (probe_status.c.host == self.host) & (probe_status.c.tenant == observation.tenant)
             & (probe_status.c.vm == observation.vm)
         )  # fmt: skip
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             if not connection.execute(probe_status.update().where(where).values(**values)).rowcount:
                 connection.execute(
                     probe_status.insert().values(

@@ -150,6 +150,11 @@ def one_of(value: Any, allowed: Iterable[str], path: str) -> str:
 # -- what a host holds now -----------------------------------------------------------------
 
 
+def boot_volume(tenant: str, vm: str) -> str:
+    """The name of a VM's boot volume: part of the VM's meter while the VM exists."""
+    return f"{tenant_prefix(tenant)}{vm}.boot.qcow2"
+
+
 def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
     """The tenant's VMs and volumes on the host as libvirt shows them. A VM carries its boot
     disk; a volume carries the VM it is attached to, so a VM's credit covers its disks."""
@@ -163,7 +168,7 @@ def host_meters(inventory: TenantInventory) -> dict[ResourceKey, Meter]:
         vm = domain.owner.name
         for disk in domain.disks:
             attached[disk.path] = vm
-        boot = volumes.pop(f"{prefix}{vm}.boot.qcow2", None)
+        boot = volumes.pop(boot_volume(inventory.tenant, vm), None)
         state = domain.state if domain.state in HOLDING_COMPUTE else "stopped"
         meters[("vm", vm)] = Meter(
             state,
@@ -253,7 +258,7 @@ class Metering:
     ) -> None:
         """Record a run as running; recording the same run again changes nothing."""
         one_of(source, RUN_SOURCES, "source")
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             if connection.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first():
                 return
             connection.execute(
@@ -267,7 +272,7 @@ class Metering:
         self, run_id: str, result: str, ended_at: dt.datetime, detail: Mapping[str, Any]
     ) -> None:
         one_of(result, RUN_RESULTS[1:], "result")
-        with self.ledger.store.read() as connection:
+        with self.ledger.store.write() as connection:
             row = connection.execute(sa.select(runs).where(runs.c.id == run_id)).first()
             if row is None:
                 raise SpecError("run", f"unknown run {run_id!r}: start it first")
@@ -296,10 +301,13 @@ class Metering:
                     written += self.insert(connection, change, source)
         return written
 
-    def insert(self, connection: Any, change: UsageChange, source: str) -> bool:
+    def insert(
+        self, connection: Any, change: UsageChange, source: str, run_id: str | None = None
+    ) -> bool:
         """Place the state in its resource's timeline, ordered by (moment, key): it ends the
         state before it and lasts until the one after it. Every state is kept, so states
-        arriving in any order build the same timeline."""
+        arriving in any order build the same timeline. `run_id`: the run that made the change,
+        when another one records it (a killed run's intent); default this ledger's run."""
         table = usage_intervals
         if connection.execute(sa.select(table.c.key).where(table.c.key == change.key)).first():
             return False
@@ -335,7 +343,7 @@ class Metering:
             table.insert().values(
                 key=change.key, tenant=change.tenant, host=change.host, kind=change.kind,
                 name=change.name, started_at=change.at, ended_at=following, source=source,
-                run_id=self.ledger.run_id, actor=self.ledger.actor,
+                run_id=run_id or self.ledger.run_id, actor=self.ledger.actor,
                 **meter_columns(change.meter),
             )
         )  # fmt: skip

@@ -255,6 +255,26 @@ if sa is not None:
         sa.Index("ix_usage_resource", "host", "tenant", "kind", "name", "started_at"),
     )
 
+    # Write-ahead usage (migration 0008): each change a run is about to make to a metered
+    # object, written with its reservation before libvirt is touched; resolved (confirmed into
+    # usage_intervals, or dropped) after the change, or by the next run of the tenant on the host.
+    usage_intents = sa.Table(
+        "usage_intents",
+        metadata,
+        sa.Column("key", sa.String(64), primary_key=True),  # run, host, tenant, object, change
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),  # vm | disk
+        sa.Column("name", sa.String(160), nullable=False),
+        sa.Column("action", sa.String(64), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("planned_at", UtcDateTime, nullable=False),
+        sa.Column("resolved_at", UtcDateTime),  # NULL: pending
+        sa.Column("resolution", sa.String(16)),  # confirmed | dropped
+        sa.Column("resolved_by", sa.String(64)),  # the run that resolved it
+        sa.Index("ix_usage_intents_pending", "tenant", "host", "resolved_at"),
+    )
+
     # The last thing the probe saw of each VM it watches.
     probe_status = sa.Table(
         "probe_status",

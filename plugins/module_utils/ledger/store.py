@@ -50,7 +50,7 @@ def default_url() -> str:
 
 # The newest revision of migrations/ (a test keeps them equal): every module run opens
 # the ledger, and importing the revisions loads Alembic, which costs more than the run's reads.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0008"
 
 
 def open_store(url: str | None = None, create: bool = False) -> Store:
@@ -119,6 +119,10 @@ class Store:
 
         # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up
         # front; the ledger begins its transactions itself (SQLAlchemy's documented recipe).
+        # A writer takes the write lock up front (write(), locked()): one begun deferred that
+        # reads and then writes gets "database is locked" at once when another writer
+        # committed in between (SQLite does not wait there, to avoid a deadlock), whatever the
+        # busy timeout. Readers begin deferred and never wait for writers (WAL).
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
@@ -166,8 +170,17 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Any]:
-        """A transaction for reading (and writes that need no lock)."""
+        """A transaction for reading only: on SQLite, a transaction begun this way that then
+        writes cannot wait for another writer; writers use write() or locked()."""
         with self.errors("read"), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        """A transaction that writes and needs no tenant's lock: on SQLite it holds the file's
+        write lock from its start, waiting for another writer up to LOCK_TIMEOUT_SECONDS."""
+        engine = self.engine.execution_options(vce_lock=True)
+        with self.errors("write to"), engine.begin() as connection:
             yield connection
 
     @contextmanager

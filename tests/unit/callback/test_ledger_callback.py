@@ -19,7 +19,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import usage
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRecord
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from tests.support.ledger import register
+from tests.support.ledger import register, unrecorded
 
 URI = "test:///default"
 STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
@@ -27,11 +27,11 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 
 @pytest.fixture
 def reported(monkeypatch, ledger_url):
-    """What vce.kvm.disk reports for acme's new disk on the test driver."""
+    """What vce.kvm.disk reports for acme's new disk on the test driver, not yet recorded."""
     monkeypatch.setattr(host, "_connections", {})
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
-    return run_disk(params).usage_changes
+    return unrecorded(ledger_url, run_disk(params).usage_changes)
 
 
 class Warnings:

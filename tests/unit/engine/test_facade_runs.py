@@ -19,13 +19,13 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import vm
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
-from tests.support.ledger import plan_catalog, register
+from tests.support.ledger import plan_catalog
 from tests.support.testdriver import (
     URI,
     define_copy,
     define_unowned,
     environment,
-    fresh_driver,
+    image_on_fresh_driver,
     objects_of,
 )
 from tests.unit.engine.test_module_support import run as run_through_module
@@ -33,13 +33,7 @@ from tests.unit.engine.test_module_support import run as run_through_module
 
 @pytest.fixture
 def image(monkeypatch, tmp_path, ledger_url):
-    drivers = fresh_driver(monkeypatch)
-    next(drivers, None)
-    register(ledger_url, "acme")
-    path = tmp_path / "base.qcow2"
-    path.write_bytes(b"")
-    yield str(path)
-    next(drivers, None)
+    yield from image_on_fresh_driver(monkeypatch, tmp_path, ledger_url)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs,
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRecord
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from tests.support.ledger import register
+from tests.support.ledger import register, unrecorded
 
 URI = "test:///default"
 STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
@@ -24,12 +24,12 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 
 @pytest.fixture
 def changes(monkeypatch, ledger_url):
-    """The usage change of a disk the engine made on the test driver."""
+    """The usage change of a disk the engine made on the test driver, not yet recorded."""
     monkeypatch.setattr(host, "_connections", {})
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
     result = run_disk(params)
-    return [UsageChange.from_dict(item) for item in result.usage_changes]
+    return [UsageChange.from_dict(item) for item in unrecorded(ledger_url, result.usage_changes)]
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import sqlite3
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -183,3 +185,38 @@ def test_the_creating_store_says_so_once(tmp_path):
         again.dispose()
     finally:
         store.dispose()
+
+
+def event_row(key: str) -> dict:
+    moment = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
+    return {
+        "key": key, "tenant": "acme", "kind": "note", "detail": "{}", "at": moment,
+        "requested_at": moment, "run_id": "r", "actor": "a",
+    }  # fmt: skip
+
+
+def test_a_sqlite_writer_that_reads_first_waits_for_another_writer(tmp_path):
+    # Begun deferred (as read() begins), it would read, then find that another writer
+    # committed meanwhile and fail at once with "database is locked", whatever the busy
+    # timeout (issue 16): a writer takes the lock up front.
+    store = Store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", create=True)
+    holding, done = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with store.locked("acme") as connection:
+            connection.execute(events.insert().values(**event_row("other")))
+            holding.set()
+            time.sleep(0.3)
+        done.set()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert holding.wait(10)
+    with store.write() as connection:
+        connection.execute(sa.select(sa.func.count()).select_from(events)).scalar()
+        assert done.wait(10)  # the other writer committed after this transaction began
+        connection.execute(events.insert().values(**event_row("mine")))
+    writer.join(10)
+    with store.read() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 2
+    store.dispose()
