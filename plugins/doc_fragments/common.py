@@ -58,6 +58,23 @@ notes:
     E(VCE_RUN_ID) (default - a new id per module call).
 """
 
+    # The modules that make a disk from a base image (vce.kvm.vm, vce.kvm.disk).
+    IMAGES = r"""
+options:
+  zone:
+    description:
+      - The host's zone, whose catalogue (see M(vce.kvm.image)) the base images are named from.
+        Without it, an image name must be in the catalogue of one zone only.
+    type: str
+  image_dirs:
+    description:
+      - The host's image directories, where an operator's absolute image path must lie (after
+        symbolic links are resolved). An empty list accepts no path.
+    type: list
+    elements: path
+    default: [/var/lib/vce-kvm/images]
+"""
+
     # Where backup schedules, their configs and their backups live on the KVM host.
     BACKUP_HOST = r"""
 options:

@@ -16,6 +16,7 @@ from ..host.connection import Host, TenantInventory
 from ..host.ownership import EXTENSIONS, tenant_prefix
 from ..host.xml import DomainState, NetworkState, VolumeState
 from .resources.disk import DiskPlanner
+from .resources.image import ImageSources
 from .resources.network import NetworkPlanner
 from .resources.vm import Context, VmPlanner
 
@@ -49,13 +50,19 @@ class Options:
 class EnvironmentPlanner:
     """Plans and applies every object of one tenant on one host together."""
 
-    def __init__(self, host: Host, tenant: str, options: Options | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        tenant: str,
+        options: Options | None = None,
+        images: ImageSources | None = None,
+    ) -> None:
         self.host = host
         self.tenant = tenant
         self.options = options or Options()
         self.networks = NetworkPlanner(host, tenant)
-        self.disks = DiskPlanner(host, tenant)
-        self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout)
+        self.disks = DiskPlanner(host, tenant, images)
+        self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout, images)
 
     def observe(self) -> TenantInventory:
         return self.host.inventory(self.tenant)

@@ -14,6 +14,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
+from tests.support.images import make_image
 from tests.support.ledger import register
 from tests.support.testdriver import URI, environment, fresh_driver
 
@@ -24,7 +25,7 @@ def image(monkeypatch, tmp_path, ledger_url):
     next(drivers, None)
     register(ledger_url, "acme")
     path = tmp_path / "base.qcow2"
-    path.write_bytes(b"")
+    make_image(path)
     yield str(path)
     next(drivers, None)
 

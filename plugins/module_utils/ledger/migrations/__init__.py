@@ -15,6 +15,7 @@ from .versions import (
     v0004_backups,
     v0005_billing,
     v0006_hosts,
+    v0007_images,
 )
 
 REVISION_MODULES = (
@@ -24,5 +25,6 @@ REVISION_MODULES = (
     v0004_backups,
     v0005_billing,
     v0006_hosts,
+    v0007_images,
 )
 HEAD = REVISION_MODULES[-1].revision
