@@ -27,7 +27,16 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common.ledger
-  - vce.kvm.common.ledger_attributes
+attributes:
+  check_mode:
+    description: Can run in check mode and return the planned changes without making them.
+    support: full
+  diff_mode:
+    description: Returns the before and after values of every planned change in diff mode.
+    support: full
+  idempotent:
+    description: A second run with the same arguments reports C(changed=false).
+    support: full
 options:
   name:
     description: The image's name in its zone's catalogue (1-32 lowercase letters, digits and C(-)).

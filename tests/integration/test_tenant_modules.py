@@ -9,6 +9,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS
 
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module
+from tests.support.images import register_image
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +67,10 @@ def test_register_check_then_apply_then_idempotent(own_ledger, tenant):
 
 
 def test_quota_breach_in_check_mode_names_limit_used_requested(
-    uri, own_ledger, tenant, blank_image
+    uri, own_ledger, tenant, blank_image, blank_image_path
 ):
     assert run_module("tenant", tenant_args(own_ledger, tenant))["changed"]
+    register_image(own_ledger, blank_image_path, name=blank_image)
     assert run_module("vm", vm_args(uri, own_ledger, tenant, blank_image, state="stopped"))[
         "changed"
     ]

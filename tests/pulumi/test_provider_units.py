@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi_resource_vce import adapter, schema
+from pulumi_resource_vce.config import parse_config
 from pulumi_resource_vce.props import camel_path, check_types
-from pulumi_resource_vce.resources import KINDS, VM_INPUTS
+from pulumi_resource_vce.resources import (
+    KINDS,
+    VM_INPUTS,
+    declare_disk_values,
+    declare_vm_values,
+    vm_params,
+)
 
 
 def test_schema_json_is_what_the_tables_give():
@@ -76,3 +85,23 @@ def test_type_failures_name_the_path():
     assert camel_path("boot_disk.size_gib") == "bootDisk.sizeGib"
     assert camel_path("nics[2].ip") == "nics[2].ip"
     assert camel_path("cloud_init.ssh_authorized_keys[0]") == "cloudInit.sshAuthorizedKeys[0]"
+
+
+def test_a_tenant_names_its_base_images_and_never_gives_a_host_path():
+    vm = {"name": "web", "tenant": "acme", "memory_mib": 128}
+    for image in ("/etc/shadow", "/var/lib/vce-kvm/images/debian-12.qcow2"):
+        with pytest.raises(SpecError) as caught:
+            declare_vm_values({**vm, "boot_disk": {"image": image, "size_gib": 1}})
+        assert caught.value.field == "boot_disk.image"
+        assert "must name an image of the zone's catalogue" in caught.value.reason
+    with pytest.raises(SpecError) as caught:
+        declare_disk_values({"name": "d", "size_gib": 1, "backing_image": "/etc/shadow"})
+    assert caught.value.field == "backing_image"
+    declare_vm_values({**vm, "boot_disk": {"image": "debian-12", "size_gib": 1}})
+    declare_disk_values({"name": "d", "size_gib": 1, "backing_image": "golden"})
+
+
+def test_the_providers_runs_take_no_image_directory():
+    config = parse_config({"tenant": "acme", "zones": {"zone-a": {"uri": "test:///default"}}})
+    params = vm_params(config, {"name": "web", "zone": "zone-a"})
+    assert (params["zone"], params["image_dirs"]) == ("zone-a", [])

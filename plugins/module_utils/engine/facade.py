@@ -53,7 +53,7 @@ from .resources.public_ip import PublicIpPlanner, plan_environment_public_ips, p
 from .resources.tenant import ledger_facts, run_block
 from .resources.vm import Context, VmPlanner
 from .resources.zone_link import plan_environment_links
-from .run import Run, conclude, conclude_one, tenant_report
+from .run import Run, conclude, conclude_one, noting_new_ledger, tenant_report
 
 
 def options_from(params: dict[str, Any]) -> Options:
@@ -270,7 +270,8 @@ def run_image(params: dict[str, Any], check_mode: bool = False) -> Result:
     zone = check_name(params.get("zone"), "zone")
     name = check_name(params.get("name"), "name")
     values = read_declared(params) if state == "present" else None
-    ledger = Ledger.open(params.get("ledger_url") or None)
+    # Registering an image is one of the ways a ledger comes to be (store.py).
+    ledger = Ledger.open(params.get("ledger_url") or None, create=True)
     lock = f"(image {zone}/{name})"
     transaction = ledger.store.read() if check_mode else ledger.store.locked(lock)
     with transaction as connection:
@@ -281,7 +282,7 @@ def run_image(params: dict[str, Any], check_mode: bool = False) -> Result:
         def facts(_after: object, _applied: bool) -> dict[str, Any]:
             return {"image": image_facts(row if check_mode else engine.observe())}
 
-        return conclude(Run(plan, facts), check_mode)
+        return noting_new_ledger(conclude(Run(plan, facts), check_mode), ledger.store)
 
 
 def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
