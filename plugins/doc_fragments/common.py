@@ -64,7 +64,7 @@ options:
   zone:
     description:
       - The host's zone, whose catalogue (see M(vce.kvm.image)) the base images are named from.
-        Without it, an image name must be in the catalogue of one zone only.
+        Without it, every zone whose catalogue has an image name must have the same file under it.
     type: str
   image_dirs:
     description:

@@ -94,8 +94,8 @@ options:
   zone:
     description:
       - The host's availability zone (the inventory's C(vce_zone)), for O(public_ips), and the
-        catalogue the base images are named from (without it, an image name must be in the
-        catalogue of one zone only).
+        catalogue the base images are named from (without it, every zone whose catalogue has an
+        image name must have the same file under it).
     type: str
   zone_config:
     description:

@@ -379,9 +379,12 @@ class ImageSources:
                 f"{name!r} is neither a disk of tenant {tenant!r} nor an image of the catalogue "
                 f"of {where}",
             )
-        if len(rows) > 1:
+        # Without a zone, a name is clear when every zone that has it has the same file.
+        if len({(row.path, row.format, row.sha256) for row in rows}) > 1:
             zones = ", ".join(row.zone for row in rows)
-            raise SpecError(field, f"image {name!r} is in the catalogues of {zones}: give zone")
+            raise SpecError(
+                field, f"image {name!r} differs between the catalogues of {zones}: give zone"
+            )
         row = rows[0]
         if self.local and not os.path.exists(row.path):
             raise SpecError(field, f"image {row.zone}/{name} is not on this host ({row.path})")

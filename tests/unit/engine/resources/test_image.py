@@ -257,19 +257,29 @@ def test_a_vm_boots_from_a_catalogue_image_and_names_its_field_when_refused(
     assert "outside the host's image directories" in reason
 
 
-def test_without_a_zone_a_name_must_be_in_one_zones_catalogue(ledger_url, images, test_host):
+def test_without_a_zone_a_name_is_clear_only_when_its_zones_agree(ledger_url, images, test_host):
     register_image(ledger_url, images / "base.qcow2", zone="zone-b")
     register_image(ledger_url, images / "base.qcow2", zone="zone-a")
     files = HostFiles(HostShell())
-    anywhere = ImageSources(Ledger.open(ledger_url), None, (), files, True)
     inventory = test_host.inventory("acme")
-    reason = raises_on("f", lambda: anywhere.resolve("base", None, inventory, "f"))
-    assert reason == "image 'base' is in the catalogues of zone-a, zone-b: give zone"
+
+    def anywhere():
+        return ImageSources(Ledger.open(ledger_url), None, (), files, True)
+
+    assert anywhere().resolve("base", None, inventory, "f").path == str(images / "base.qcow2")
+    facade.run_image(
+        registration(ledger_url, images, zone="zone-c", path=str(make_image(images / "c.qcow2")))
+    )
+    reason = raises_on("f", lambda: anywhere().resolve("base", None, inventory, "f"))
+    assert (
+        reason == "image 'base' differs between the catalogues of zone-a, zone-b, zone-c: give zone"
+    )
     in_zone = ImageSources(Ledger.open(ledger_url), "zone-b", (), files, True)
     assert in_zone.resolve("base", None, inventory, "f").path == str(images / "base.qcow2")
     assert sorted(facade.catalogue_facts(Ledger.open(ledger_url))) == [
         "zone-a/base",
         "zone-b/base",
+        "zone-c/base",
     ]
     reason = raises_on(
         "f.image_format", lambda: in_zone.resolve("base", "raw", inventory, "f.image")
