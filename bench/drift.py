@@ -66,6 +66,7 @@ from env10 import code_version, host_busy, log, machine_facts, machine_line, rem
 from quota_check import make_image  # noqa: E402
 
 from tests.support.backups import runner_script  # noqa: E402
+from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
@@ -78,6 +79,7 @@ DISKS = 9
 VMS = 9
 PER_TENANT = 1 + DISKS + VMS + 1
 POOL = "default"
+IMAGE_NAME = "base"  # the empty base image, in the catalogue of zone "bench"
 CLI_TARGET_S = 2.0
 PLAYBOOK_TARGET_S = 6.0
 PYTHON = sys.executable
@@ -105,7 +107,7 @@ print(n)
 """
 
 
-def tenant_declaration(index: int, image: Path) -> dict[str, Any]:
+def tenant_declaration(index: int, image: str) -> dict[str, Any]:
     net = f"10.234.{index}"
     return {
         "customer": f"bench-customer-{index}",
@@ -118,7 +120,7 @@ def tenant_declaration(index: int, image: Path) -> dict[str, Any]:
                 "vcpus": 1,
                 "memory_mib": 128,
                 "state": "stopped",
-                "boot_disk": {"image": str(image), "size_gib": 1},
+                "boot_disk": {"image": image, "size_gib": 1},
                 "disks": [f"data{v}"],
                 "nics": [
                     {
@@ -141,7 +143,7 @@ def tenant_declaration(index: int, image: Path) -> dict[str, Any]:
     }
 
 
-def host_variables(uri: str, url: str, base: Path, image: Path, tenants: int) -> dict[str, Any]:
+def host_variables(uri: str, url: str, base: Path, tenants: int) -> dict[str, Any]:
     runner = base / "bin" / "vce-backup"
     runner.parent.mkdir(exist_ok=True)
     runner.write_text(runner_script(ROOT))
@@ -156,7 +158,7 @@ def host_variables(uri: str, url: str, base: Path, image: Path, tenants: int) ->
         "vce_backup_runner": str(runner),
         "vce_backup_unit_dir": str(base / "units"),
         "vce_backup_config_dir": str(base / "config"),
-        "vce_tenants": {f"drift{i:02d}": tenant_declaration(i, image) for i in range(tenants)},
+        "vce_tenants": {f"drift{i:02d}": tenant_declaration(i, IMAGE_NAME) for i in range(tenants)},
     }
 
 
@@ -279,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         ensure_pool(conn, POOL, daemon.base_dir / "pool")
         image = make_image(base / "base.qcow2")
+        register_image(url, image, name=IMAGE_NAME, zone="bench")  # the zone's catalogue
         os.environ["VCE_DOMAIN_TYPE"] = domain_type()
         os.environ["VCE_CONSOLE_LOG_DIR"] = str(daemon.log_dir / "qemu")
         results["machine"] = machine_facts(conn)
         log(f"private libvirtd at {daemon.uri}; {machine_line(results['machine'])}")
-        hostvars = host_variables(daemon.uri, url, base, image, tenants)
+        hostvars = host_variables(daemon.uri, url, base, tenants)
         inventory = base / "hosts.yml"
         hosts = {"all": {"children": {"kvm_hosts": {"hosts": {"bench-kvm": hostvars}}}}}
         inventory.write_text(yaml.safe_dump(hosts))

@@ -83,6 +83,8 @@ MEMORY_MIB = 128
 SIZE_GIB = 1
 TENANT = "bench"  # vce.kvm names its objects bench_<name>
 PLAN = "bench"
+IMAGE_NAME = "tinyguest"  # the base image, by its name in the catalogue of IMAGE_ZONE
+IMAGE_ZONE = "bench"
 QUICK_COUNT = 2
 FLOOR_PREFIX = "floor"
 PEER_PREFIX = "peer"
@@ -491,14 +493,22 @@ def plan_for(count: int) -> dict[str, Any]:
 
 
 def register_tenant(ctx: Context, playbook: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Register the tenant with vce.kvm.tenant, as an operator does before its first run."""
+    """Register the tenant with vce.kvm.tenant and the base image in the zone's catalogue with
+    vce.kvm.image, as an operator does before its first run."""
     args = {"name": TENANT, "customer": "vce.kvm benchmark", "plan": PLAN}
-    task = {
-        "name": f"Tenant {TENANT} registered",
-        "vce.kvm.tenant": {**args, "plans": plan_for(ctx.count)},
+    image = {
+        "name": IMAGE_NAME,
+        "zone": IMAGE_ZONE,
+        "path": str(ctx.image),
+        "image_dirs": [str(ctx.image.parent)],
     }
+    registered = {**args, "plans": plan_for(ctx.count)}
+    tasks = [
+        {"name": f"Tenant {TENANT} registered", "vce.kvm.tenant": registered},
+        {"name": f"Image {IMAGE_NAME} in the catalogue", "vce.kvm.image": image},
+    ]
     play = {"name": "vce.kvm bench tenant", "hosts": "localhost", "gather_facts": False}
-    book = write_yaml(ctx.work / "vce-tenant.yml", [{**play, "tasks": [task]}])
+    book = write_yaml(ctx.work / "vce-tenant.yml", [{**play, "tasks": tasks}])
     return asdict(require_ok(run_playbook(playbook, book, env, ROOT, quiet=False), "tenant"))
 
 
@@ -513,7 +523,7 @@ def vce_playbook(ctx: Context, path: Path, state: str) -> Path:
             {
                 "name": vm["name"],
                 "memory_mib": MEMORY_MIB,
-                "boot_disk": {"image": str(ctx.image), "size_gib": SIZE_GIB},
+                "boot_disk": {"image": IMAGE_NAME, "size_gib": SIZE_GIB},
                 "nics": [{"network": "lan", "ip": vm["ip"]}],
             }
             for vm in vm_table("", ctx.count, 0)

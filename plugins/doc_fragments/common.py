@@ -44,8 +44,8 @@ options:
       - V(postgresql+psycopg://user@host/db) for operators with many hosts or controllers; keep the
         password out of the URL (use C(~/.pgpass) or E(PGPASSWORD)).
       - A missing SQLite file is created (mode 0600, new directories 0700) only by the modules
-        that register, M(vce.kvm.tenant) and M(vce.kvm.host), with a warning; the others refuse
-        it, naming the path, so a mistyped URL is not an empty ledger.
+        that register, M(vce.kvm.tenant), M(vce.kvm.host) and M(vce.kvm.image), with a warning;
+        the others refuse it, naming the path, so a mistyped URL is not an empty ledger.
       - The schema is created and migrated automatically on first use.
     type: str
 requirements:
@@ -56,6 +56,23 @@ notes:
     apply, where the run's additional usage is reserved under the ledger's lock.
   - The run's actor and id in the ledger come from E(VCE_ACTOR) (default - the user name) and
     E(VCE_RUN_ID) (default - a new id per module call).
+"""
+
+    # The modules that make a disk from a base image (vce.kvm.vm, vce.kvm.disk).
+    IMAGES = r"""
+options:
+  zone:
+    description:
+      - The host's zone, whose catalogue (see M(vce.kvm.image)) the base images are named from.
+        Without it, every zone whose catalogue has an image name must have the same file under it.
+    type: str
+  image_dirs:
+    description:
+      - The host's image directories, where an operator's absolute image path must lie (after
+        symbolic links are resolved). An empty list accepts no path.
+    type: list
+    elements: path
+    default: [/var/lib/vce-kvm/images]
 """
 
     # Where backup schedules, their configs and their backups live on the KVM host.

@@ -17,6 +17,7 @@ author:
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
+  - vce.kvm.common.images
   - vce.kvm.common.attributes
 options:
   name:
@@ -45,7 +46,14 @@ options:
     choices: [qcow2, raw]
     default: qcow2
   backing_image:
-    description: Absolute path of a base image the qcow2 disk starts from (copy on write).
+    description:
+      - A base image the qcow2 disk starts from (copy on write) - the name of an image of the
+        catalogue of the host's zone (see M(vce.kvm.image)) or of another of the tenant's disks
+        (looked up first).
+      - An operator may give an absolute path instead, accepted only when its real path is in one
+        of O(image_dirs) and every file of its backing chain is in an image directory, a catalogue
+        image or one of the tenant's disks; it is read as qcow2. A tenant (the Pulumi provider)
+        never gives a path. A refused image names this field and changes nothing.
     type: str
   attach_to:
     description: The VM of the same tenant to attach the disk to, with O(state=attached).

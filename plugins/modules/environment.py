@@ -96,7 +96,10 @@ options:
     elements: dict
     default: []
   zone:
-    description: The host's availability zone (the inventory's C(vce_zone)), for O(public_ips).
+    description:
+      - The host's availability zone (the inventory's C(vce_zone)), for O(public_ips), and the
+        catalogue the base images are named from (without it, every zone whose catalogue has an
+        image name must have the same file under it).
     type: str
   zone_config:
     description:
@@ -112,6 +115,17 @@ options:
         a command prefix such as V([ssh, root@kvm1]). Default - directly.
     type: list
     elements: str
+  image_dirs:
+    description:
+      - The host's image directories, where an operator's absolute image path (a VM's
+        C(boot_disk.image), a disk's C(backing_image)) must lie, after symbolic links are resolved;
+        every file of its backing chain must be in an image directory, a catalogue image or one of
+        the tenant's disks. Names are looked up among the tenant's disks (that exist when the run
+        plans), then in the catalogue of O(zone) (see M(vce.kvm.image)). An empty list accepts no
+        path.
+    type: list
+    elements: path
+    default: [/var/lib/vce-kvm/images]
   default_pool:
     description: Storage pool used where a disk names none.
     type: str
@@ -156,12 +170,12 @@ EXAMPLES = r"""
         vcpus: 1
         max_vcpus: 4
         memory_mib: 1024
-        boot_disk: {image: /var/lib/libvirt/images/debian-12.qcow2, size_gib: 10}
+        boot_disk: {image: debian-12, size_gib: 10}
         disks: [data1]
         nics: [{network: lan, ip: 10.10.0.10}]
       - name: web2
         memory_mib: 1024
-        boot_disk: {image: /var/lib/libvirt/images/debian-12.qcow2, size_gib: 10}
+        boot_disk: {image: debian-12, size_gib: 10}
         nics: [{network: lan, ip: 10.10.0.11}]
 
 - name: Set the connection once for every vce.kvm module
@@ -208,6 +222,7 @@ environment:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vce.kvm.plugins.module_utils.core import fields
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_environment
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     BACKUP_HOST_OPTIONS,
@@ -229,6 +244,7 @@ def main() -> None:
             zone={"type": "str"},
             zone_config={"type": "dict"},
             host_command={"type": "list", "elements": "str"},
+            image_dirs=fields.ansible_option(fields.IMAGE_DIRS),
             default_pool={"type": "str", "default": "default"},
             prune={"type": "bool", "default": False},
             allow_restart={"type": "bool", "default": False},

@@ -56,6 +56,15 @@ ledger:
       blocked VMs (see M(vce.kvm.tenant)). Empty when the tenant is not registered.
   returned: always
   type: dict
+images:
+  description:
+    - The catalogue of base images (see M(vce.kvm.image)) of every zone, by C(<zone>/<name>) - the
+      names a VM's boot disk and a disk's backing image may take.
+  returned: always
+  type: dict
+  sample:
+    almaty-1/debian-12: {zone: almaty-1, name: debian-12, path: /var/lib/vce-kvm/images/debian-12.qcow2,
+      format: qcow2, virtual_size: 2147483648, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}
 vms:
   description: The tenant's VMs by declared name, with their addresses.
   returned: always

@@ -24,6 +24,7 @@ author:
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
+  - vce.kvm.common.images
   - vce.kvm.common.attributes
 options:
   name:
@@ -60,14 +61,24 @@ options:
     type: dict
     suboptions:
       image:
-        description: Absolute path of the base image on the KVM host.
+        description:
+          - The base image - the name of an image of the catalogue of the host's zone (see
+            M(vce.kvm.image)) or of one of the tenant's disks (see M(vce.kvm.disk)); a disk of
+            the tenant is looked up first.
+          - An operator may give an absolute path instead, accepted only when its real path is in
+            one of O(image_dirs) and every file of its backing chain is in an image directory, a
+            catalogue image or one of the tenant's disks. A tenant (the Pulumi provider) never
+            gives a path.
+          - A refused image names this field and changes nothing.
         type: str
         required: true
       image_format:
-        description: Format of the base image.
+        description:
+          - The format of an operator's path (default V(qcow2)); qemu-img reads the file as
+            this format. A catalogue image or a disk has its recorded format, and giving this
+            with one is refused.
         type: str
         choices: [qcow2, raw]
-        default: qcow2
       size_gib:
         description: Size of the boot disk in GiB. It can grow later, never shrink.
         type: int
@@ -170,7 +181,7 @@ EXAMPLES = r"""
     memory_mib: 2048
     max_memory_mib: 4096
     boot_disk:
-      image: /var/lib/libvirt/images/debian-12-genericcloud-amd64.qcow2
+      image: debian-12
       size_gib: 20
     disks: [data1]
     nics:
@@ -188,7 +199,7 @@ EXAMPLES = r"""
     memory_mib: 8192
     max_memory_mib: 8192
     boot_disk:
-      image: /var/lib/libvirt/images/debian-12-genericcloud-amd64.qcow2
+      image: debian-12
       size_gib: 20
     allow_restart: true
 

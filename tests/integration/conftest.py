@@ -19,6 +19,7 @@ import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.backups import runner_script
+from tests.support.images import make_image, register_image
 from tests.support.ledger import forget_stores, register
 from tools.cleanup import remove_prefixed
 from tools.labhost import ensure_pool
@@ -26,6 +27,7 @@ from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import build_base_image
 
 POOL_NAME = "default"
+IMAGE_ZONE = "zone-a"  # the zone whose catalogue holds the session's base images (as Pulumi's)
 _tenant_numbers = itertools.count(1)
 
 
@@ -64,16 +66,40 @@ def pool(libvirtd: PrivateLibvirtd, conn: libvirt.virConnect) -> str:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> Path:
-    return build_base_image()
+def image_dir(libvirtd: PrivateLibvirtd) -> Path:
+    """The session's image directory (the operator's /var/lib/vce-kvm/images)."""
+    path = libvirtd.base_dir / "images"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
-def blank_image(libvirtd: PrivateLibvirtd) -> str:
+def base_image_path(image_dir: Path) -> Path:
+    """The tiny guest, copied from its build cache into the image directory."""
+    path = image_dir / "tinyguest.qcow2"
+    shutil.copyfile(build_base_image(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_image(base_image_path: Path, ledger_url: str) -> str:
+    """The tiny guest's name in the catalogue of the session's ledger."""
+    register_image(ledger_url, base_image_path, name="tinyguest", zone=IMAGE_ZONE)
+    return "tinyguest"
+
+
+@pytest.fixture(scope="session")
+def blank_image_path(image_dir: Path) -> Path:
     """A small empty qcow2 base: VMs on it start (firmware only), which is all most tests need."""
-    path = libvirtd.base_dir / "blank-base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
-    return str(path)
+    return make_image(image_dir / "blank-base.qcow2")
+
+
+@pytest.fixture(scope="session")
+def blank_image(blank_image_path: Path, ledger_url: str) -> str:
+    """The blank base's name in the catalogue of the session's ledger (tests on a ledger of
+    their own register it there with tests.support.images.register_image)."""
+    register_image(ledger_url, blank_image_path, name="blank", zone=IMAGE_ZONE)
+    return "blank"
 
 
 @pytest.fixture

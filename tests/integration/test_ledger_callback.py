@@ -16,6 +16,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 
 from tests.integration.helpers import domain, volume
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env, task_results
+from tests.support.images import register_image
 from tests.support.ledger import register
 
 pytestmark = pytest.mark.integration
@@ -69,9 +70,10 @@ def environment_task(uri, ledger_url, tenant, subnet, image):
 
 
 def test_runs_and_usage_are_recorded_once(
-    tmp_path, any_ledger_url, uri, conn, tenant, subnet, blank_image
+    tmp_path, any_ledger_url, uri, conn, tenant, subnet, blank_image, blank_image_path
 ):
     register(any_ledger_url, tenant)
+    register_image(any_ledger_url, blank_image_path, name=blank_image)
     playbook = write_playbook(
         tmp_path / "site.yml",
         [

@@ -121,7 +121,7 @@ def test_a_vm_from_check_to_delete(plugin, conn, tenant, ledger_url, blank_image
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 1  # declared again
 
     # A new base image replaces the VM (its name is its identity: delete first).
-    rebased = {**grown, "bootDisk": {**grown["bootDisk"], "image": blank_image + ".other"}}
+    rebased = {**grown, "bootDisk": {**grown["bootDisk"], "image": "other-image"}}
     diff = plugin.diff(vm, resource_id, updated, rebased)
     assert list(diff.replaces) == ["bootDisk.image"] and diff.deleteBeforeReplace
     assert diff.detailedDiff["bootDisk.image"].kind == provider_pb2.PropertyDiff.UPDATE_REPLACE

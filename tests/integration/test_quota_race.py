@@ -14,6 +14,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant im
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.conftest import fresh_database_url
+from tests.support.images import register_image
 from tests.support.ledger import forget_stores, register
 
 pytestmark = pytest.mark.integration
@@ -35,10 +36,11 @@ def add_vm(barrier, results, ledger_url: str, params: dict) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_exactly_one_of_eight_concurrent_runs_gets_the_last_vm(
-    backend, request, tmp_path, conn, uri, tenant, blank_image
+    backend, request, tmp_path, conn, uri, tenant, blank_image, blank_image_path
 ):
     url = fresh_database_url(backend, tmp_path, request)
     register(url, tenant, vms=0)
+    register_image(url, blank_image_path, name=blank_image)
     context = multiprocessing.get_context("spawn")
     for round_number in range(1, ROUNDS + 1):
         run_quota({"ledger_url": url, "tenant": tenant, "quotas": {"vms": round_number}})

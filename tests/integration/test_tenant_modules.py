@@ -9,6 +9,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.quota import KINDS
 
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module
+from tests.support.images import register_image
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +67,10 @@ def test_register_check_then_apply_then_idempotent(own_ledger, tenant):
 
 
 def test_quota_breach_in_check_mode_names_limit_used_requested(
-    uri, own_ledger, tenant, blank_image
+    uri, own_ledger, tenant, blank_image, blank_image_path
 ):
     assert run_module("tenant", tenant_args(own_ledger, tenant))["changed"]
+    register_image(own_ledger, blank_image_path, name=blank_image)
     assert run_module("vm", vm_args(uri, own_ledger, tenant, blank_image, state="stopped"))[
         "changed"
     ]
@@ -109,8 +111,11 @@ def test_bad_input_fails_clearly_and_changes_nothing(uri, own_ledger, tenant, bl
     assert nothing["changed"] and nothing["tenant"] == {}  # still not registered
 
 
-def test_operator_block_pauses_and_locks_a_vm(uri, own_ledger, conn, tenant, blank_image):
+def test_operator_block_pauses_and_locks_a_vm(
+    uri, own_ledger, conn, tenant, blank_image, blank_image_path
+):
     assert run_module("tenant", tenant_args(own_ledger, tenant, quotas={"vms": 2}))["changed"]
+    register_image(own_ledger, blank_image_path, name=blank_image)
     assert run_module("vm", vm_args(uri, own_ledger, tenant, blank_image))["changed"]
     block = {
         "uri": uri,
@@ -132,9 +137,10 @@ def test_operator_block_pauses_and_locks_a_vm(uri, own_ledger, conn, tenant, bla
 
 
 def test_suspending_a_tenant_pauses_its_vms_until_resumed(
-    uri, own_ledger, conn, tenant, blank_image
+    uri, own_ledger, conn, tenant, blank_image, blank_image_path
 ):
     assert run_module("tenant", tenant_args(own_ledger, tenant))["changed"]
+    register_image(own_ledger, blank_image_path, name=blank_image)
     assert run_module("vm", vm_args(uri, own_ledger, tenant, blank_image))["changed"]
     suspended = run_module("tenant", tenant_args(own_ledger, tenant, state="suspended", uri=uri))
     assert suspended["changed"] and suspended["tenant"]["state"] == "suspended"

@@ -40,7 +40,7 @@ def vm_args(uri, tenant, image, subnet, **extra):
     return args
 
 
-def test_vm_lifecycle(uri, conn, tenant, lan, blank_image):
+def test_vm_lifecycle(uri, conn, tenant, lan, blank_image, blank_image_path):
     args = vm_args(uri, tenant, blank_image, lan)
     name = f"{tenant}_web1"
     before = tenant_objects(conn, tenant)
@@ -65,7 +65,7 @@ def test_vm_lifecycle(uri, conn, tenant, lan, blank_image):
     assert state.nics[0].network == f"{tenant}_lan"
     assert str(network_hosts(conn, f"{tenant}_lan")[mac].ip) == f"{lan}.10"
     boot = volume(conn, "default", f"{tenant}_web1.boot.qcow2")
-    assert boot["backing"] == blank_image and boot["capacity"] == GIB
+    assert boot["backing"] == str(blank_image_path) and boot["capacity"] == GIB
     assert created["vm"]["nics"][0]["ip"] == f"{lan}.10"
 
     again = run_module("vm", args)
@@ -194,7 +194,12 @@ def test_bad_vm_input_changes_nothing(uri, conn, tenant, lan, blank_image):
         (
             {"boot_disk": {"image": "/nonexistent.qcow2", "size_gib": 1}},
             "boot_disk.image",
-            "no such image",
+            "No such file or directory",
+        ),
+        (
+            {"boot_disk": {"image": "ghost", "size_gib": 1}},
+            "boot_disk.image",
+            "nor an image of the catalogue",
         ),
         ({"disks": ["ghost"]}, "disks[0]", "unknown disk 'ghost'"),
     ]

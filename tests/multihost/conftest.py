@@ -13,6 +13,7 @@ import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
+from tests.support.images import catalogued_guest
 from tests.support.ledger import forget_stores
 from tools.multihost import MultiHostLab
 
@@ -33,6 +34,7 @@ def lab() -> Iterator[MultiHostLab]:
 def ledger_url(lab: MultiHostLab) -> Iterator[str]:
     url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
     Ledger.open(url, create=True)  # the operator's ledger exists before any test reads it
+    catalogued_guest(url, "zone-a", "zone-b")  # the zones' base image, as the operator's
     previous = os.environ.get("VCE_LEDGER_URL")
     os.environ["VCE_LEDGER_URL"] = url
     yield url

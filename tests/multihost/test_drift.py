@@ -20,10 +20,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as en
 
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
 from tests.support.backups import runner_script
+from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
 from tools.multihost import LabHost, MultiHostLab
-from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost]
 TENANT, STRAY = "drifty", "stray"
@@ -83,7 +83,7 @@ def inventory(lab, kvm_a, ledger_url, tmp_path_factory) -> Iterator[Path]:
         "vce_backup_runner": str(runner),
         "vce_backup_unit_dir": str(base / "units"),
         "vce_backup_config_dir": str(base / "config"),
-        "vce_tenants": {TENANT: declaration(str(build_base_image()))},
+        "vce_tenants": {TENANT: declaration(TINY_GUEST)},
     }
     path = base / "hosts.yml"
     hosts = {"kvm-a": {"ansible_connection": "local", **host_vars}}
@@ -234,7 +234,7 @@ def change_by_hand(kvm_a: LabHost, inventory: Path) -> None:
     (units_of(inventory) / f"vce-backup-{TENANT}_vm2_nightly.timer").unlink()
     # Objects no declaration mentions: a VM of the declared tenant, a network of another.
     shared = {"uri": kvm_a.uri, "ledger_url": hostvars["vce_ledger_url"]}
-    boot = {"image": str(build_base_image()), "size_gib": 1}
+    boot = {"image": TINY_GUEST, "size_gib": 1}
     engine.run_vm(
         {
             **shared,

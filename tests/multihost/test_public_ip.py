@@ -17,10 +17,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as en
 
 from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
+from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
 from tools.multihost import LabHost, MultiHostLab
-from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 ZONE = {
@@ -90,7 +90,7 @@ def acme(lab, kvm_a, ledger_url) -> Iterator[str]:
             params = environment(
                 kvm_a,
                 "acme",
-                str(build_base_image()),
+                TINY_GUEST,
                 1,
                 web1="running",
                 web2="stopped",
@@ -107,9 +107,7 @@ def acme(lab, kvm_a, ledger_url) -> Iterator[str]:
 def rival(lab, kvm_a, ledger_url, acme) -> str:
     """Another tenant on kvm-a with a stopped VM on its own routed network."""
     register(ledger_url, "rival")
-    engine.run_environment(
-        environment(kvm_a, "rival", str(build_base_image()), 2, db1="stopped", db2="stopped")
-    )
+    engine.run_environment(environment(kvm_a, "rival", TINY_GUEST, 2, db1="stopped", db2="stopped"))
     return "rival"
 
 
@@ -276,7 +274,7 @@ ZONE_B = {
 def test_environment_declares_vms_and_their_public_ips_in_one_run(lab, ledger_url, acme):
     kvm_b = lab.hosts["kvm-b"]
     params = {
-        **environment(kvm_b, acme, str(build_base_image()), 3, app1="stopped", app2="stopped"),
+        **environment(kvm_b, acme, TINY_GUEST, 3, app1="stopped", app2="stopped"),
         "public_ips": [
             {"name": "app1", "vm": "app1"},
             {"name": "app2", "vm": "app2", "address": "203.0.113.120"},

@@ -15,10 +15,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as en
 
 from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
+from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
 from tools.multihost import LabHost, MultiHostLab
-from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 
@@ -44,7 +44,7 @@ def side(host: LabHost, vm: str, gateway: int, dhcp: tuple[int, int], ip: int, *
             {
                 "name": vm,
                 "memory_mib": 96,
-                "boot_disk": {"image": str(build_base_image()), "size_gib": 1},
+                "boot_disk": {"image": TINY_GUEST, "size_gib": 1},
                 "nics": [{"network": "lan", "ip": f"10.80.0.{ip}"}],
             }
         ],

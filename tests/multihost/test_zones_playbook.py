@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
+from tools.labhost import DEFAULT_IMAGE, install_image
 from tools.multihost import MultiHostLab
-from tools.tinyguest import build_base_image
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 
@@ -35,7 +35,6 @@ def play(lab: MultiHostLab, ledger: str) -> subprocess.CompletedProcess[str]:
     extra = [
         "-e", f"vce_multihost_dir={lab.base_dir}",
         "-e", f"vce_multihost_prefix={lab.prefix}",
-        "-e", f"vce_base_image={build_base_image()}",
     ]  # fmt: skip
     env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "default", "VCE_LEDGER_URL": ledger})
     return subprocess.run(
@@ -45,6 +44,7 @@ def play(lab: MultiHostLab, ledger: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_zones_playbook_applies_proves_and_is_idempotent(zone_lab, tmp_path):
+    install_image(DEFAULT_IMAGE)  # where the inventory's vce_images has it, as lab.sh zones does
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     first = play(zone_lab, ledger)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]

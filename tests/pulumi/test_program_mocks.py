@@ -17,7 +17,7 @@ from pulumi_resource_vce.schema import SCHEMA_FILE
 from tests.pulumi.sdk_mocks import run_program
 
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
-IMAGE = "/var/lib/vce/images/debian-12.qcow2"
+IMAGE = "debian-12"  # a catalogue image of the zone
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample admin@example"
 USER_DATA = "#cloud-config\npackages: [nginx]\n"
 LEDGER = "postgresql://vce:hunter2@ledger.example/vce"
@@ -79,7 +79,7 @@ def tenant_environment() -> dict[str, pulumi.Output]:
         vce.VmArgs(
             zone="zone-a",
             memory_mib=4096,
-            boot_disk={"image": IMAGE, "size_gib": 40, "image_format": "qcow2"},
+            boot_disk={"image": IMAGE, "size_gib": 40},
             nics=[{"network": backend.name, "ip": "10.10.0.20"}],
             cloud_init={"hostname": "db", "user_data": USER_DATA},
         ),
@@ -146,7 +146,7 @@ def test_inputs_reach_the_engine_in_camel_case(tenant_run):
     assert regs["db"].values == {
         "zone": "zone-a",
         "memoryMib": 4096,
-        "bootDisk": {"image": IMAGE, "sizeGib": 40, "imageFormat": "qcow2"},
+        "bootDisk": {"image": IMAGE, "sizeGib": 40},
         "nics": [{"network": "backend", "ip": "10.10.0.20"}],
         "cloudInit": {"hostname": "db", "userData": USER_DATA},
     }
@@ -215,7 +215,6 @@ def test_replace_on_changes_follows_the_schema(tenant_run):
         "zone",
         "host",
         "bootDisk.image",
-        "bootDisk.imageFormat",
         "bootDisk.pool",
     }
     for registration in regs.values():
@@ -283,7 +282,7 @@ def test_get_reads_by_id():
             "zone": "zone-a",
             "memoryMib": 2048,
             "vcpus": 2,
-            "bootDisk": {"image": IMAGE, "sizeGib": 20, "imageFormat": "qcow2"},
+            "bootDisk": {"image": IMAGE, "sizeGib": 20},
             "cloudInit": {"hostname": "web", "userData": USER_DATA},
             "libvirtName": "acme-web",
             "powerState": "running",

@@ -14,8 +14,11 @@ from pulumi_resource_vce.props import camel_path, check_types
 from pulumi_resource_vce.resources import (
     KINDS,
     VM_INPUTS,
+    declare_disk_values,
     declare_network_values,
+    declare_vm_values,
     network_params,
+    vm_params,
 )
 
 
@@ -105,3 +108,23 @@ def test_a_routed_network_takes_its_zones_uplink_never_its_own():
         declare_network_values(without)
     assert caught.value.field == "mode"
     assert "uplink" not in {p.name for p in KINDS["vce:index:Network"].inputs}
+
+
+def test_a_tenant_names_its_base_images_and_never_gives_a_host_path():
+    vm = {"name": "web", "tenant": "acme", "memory_mib": 128}
+    for image in ("/etc/shadow", "/var/lib/vce-kvm/images/debian-12.qcow2"):
+        with pytest.raises(SpecError) as caught:
+            declare_vm_values({**vm, "boot_disk": {"image": image, "size_gib": 1}})
+        assert caught.value.field == "boot_disk.image"
+        assert "must name an image of the zone's catalogue" in caught.value.reason
+    with pytest.raises(SpecError) as caught:
+        declare_disk_values({"name": "d", "size_gib": 1, "backing_image": "/etc/shadow"})
+    assert caught.value.field == "backing_image"
+    declare_vm_values({**vm, "boot_disk": {"image": "debian-12", "size_gib": 1}})
+    declare_disk_values({"name": "d", "size_gib": 1, "backing_image": "golden"})
+
+
+def test_the_providers_runs_take_no_image_directory():
+    config = parse_config({"tenant": "acme", "zones": {"zone-a": {"uri": "test:///default"}}})
+    params = vm_params(config, {"name": "web", "zone": "zone-a"})
+    assert (params["zone"], params["image_dirs"]) == ("zone-a", [])

@@ -26,13 +26,14 @@ def fresh_driver(monkeypatch) -> Iterator[None]:
 
 def image_on_fresh_driver(monkeypatch, tmp_path: Path, ledger_url: str) -> Iterator[str]:
     """A fresh driver, tenant acme registered in the ledger, and an empty base image's path."""
+    from tests.support.images import make_image
     from tests.support.ledger import register
 
     drivers = fresh_driver(monkeypatch)
     next(drivers, None)
     register(ledger_url, "acme")
     path = tmp_path / "base.qcow2"
-    path.write_bytes(b"")
+    make_image(path)
     yield str(path)
     next(drivers, None)
 

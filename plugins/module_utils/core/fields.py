@@ -128,7 +128,9 @@ NIC = (
 )
 BOOT_DISK = (
     Field("image", "str", required=True),
-    Field("image_format", "str", default="qcow2", choices=DISK_FORMATS),
+    # The format of an operator's path (qcow2 when absent); a catalogue image or a disk has its
+    # own. Pulumi's tenants name images only.
+    Field("image_format", "str", choices=DISK_FORMATS, fronts=NOT_PULUMI),
     Field("size_gib", "int", required=True),
     Field("pool", "str"),  # the run's default pool when absent
 )
@@ -159,6 +161,14 @@ HOST_COMMAND = Field("host_command", "list", elements="str", fronts=ANSIBLE_ONLY
 ZONE = Field("zone", "str", fronts=PULUMI_ONLY)
 HOST = Field("host", "str", fronts=PULUMI_ONLY)
 SHUTDOWN_TIMEOUT = Field("shutdown_timeout", "int", default=60, fronts=RUN_OPTION)
+# Where a VM's or disk's base image comes from: the catalogue of the host's zone (a module's
+# `zone`; Pulumi's placement) and, for an operator's paths, the host's image directories.
+IMAGE_ZONE = Field("zone", "str", fronts=RUN_OPTION)
+# The kvm_host role's image directory; Pulumi (tenant-facing) has none, so takes no paths.
+IMAGE_DIR = "/var/lib/vce-kvm/images"
+IMAGE_DIRS = Field(
+    "image_dirs", "list", elements="path", fronts=ANSIBLE_ONLY, ansible={"default": [IMAGE_DIR]}
+)
 
 
 NAME = Field("name", "str", required=True, pulumi=NAMED_BY_RESOURCE)
@@ -175,7 +185,7 @@ def ansible_state(*choices: str, default: str = "present") -> Field:
 VM = (
     *CONNECTION,
     NAME,
-    ZONE,
+    IMAGE_ZONE,
     HOST,
     Field(
         "state",
@@ -196,6 +206,7 @@ VM = (
     Field("default_pool", "str", default="default", fronts=ANSIBLE_ONLY),
     Field("allow_restart", "bool", default=False, fronts=RUN_OPTION),
     SHUTDOWN_TIMEOUT,
+    IMAGE_DIRS,
     # The operator's block of one VM: not the tenant's declaration.
     Field("blocked", "bool", fronts=ANSIBLE_ONLY),
     Field("requested_at", "str", fronts=ANSIBLE_ONLY),
@@ -205,7 +216,7 @@ VM = (
 DISK = (
     *CONNECTION,
     NAME,
-    ZONE,
+    IMAGE_ZONE,
     HOST,
     # Pulumi attaches when attachTo is set and detaches when it is not.
     ansible_state("present", "attached", "detached", "absent"),
@@ -214,6 +225,7 @@ DISK = (
     Field("format", "str", default="qcow2", choices=DISK_FORMATS),
     Field("backing_image", "str"),
     Field("attach_to", "str"),
+    IMAGE_DIRS,
 )
 
 PUBLIC_POOL = (
@@ -306,6 +318,20 @@ BACKUP_SCHEDULE = (
     Field("purge_backups", "bool", default=False, fronts=RUN_OPTION),
     HOST_COMMAND,
     *BACKUP_HOST,
+)
+
+# The operator's catalogue of base images (the vce.kvm.image module; no Pulumi resource: tenants
+# only name the images).
+IMAGE = (
+    LEDGER_URL,
+    HOST_COMMAND,
+    Field("name", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field("path", "path", fronts=ANSIBLE_ONLY),  # required by required_if for state=present
+    Field("format", "str", default="qcow2", choices=DISK_FORMATS, fronts=ANSIBLE_ONLY),
+    Field("sha256", "str", fronts=ANSIBLE_ONLY),
+    IMAGE_DIRS,
+    ansible_state("present", "absent"),
 )
 
 KINDS: dict[str, tuple[Field, ...]] = {

@@ -25,8 +25,8 @@ from .validation import (
     as_list,
     as_mapping,
     at,
-    check_absolute_path,
     check_choice,
+    check_image_ref,
     check_int,
     check_ipv4,
     check_mac,
@@ -78,15 +78,17 @@ class DiskSpec:
     size_gib: int
     pool: str
     format: str = "qcow2"
+    # A catalogue image or one of the tenant's disks (a name), or an operator's host path.
     backing_image: str | None = None
 
 
 @dataclass(frozen=True)
 class BootDiskSpec:
-    image: str
+    image: str  # as backing_image
     size_gib: int
     pool: str
-    image_format: str = "qcow2"
+    # How to read an operator's path; a catalogue image or a disk has its recorded format.
+    image_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
     fmt = check_choice(optional(raw, "format", "qcow2"), at(path, "format"), DISK_FORMATS)
     backing = raw.get("backing_image")
     if backing is not None:
-        backing = check_absolute_path(backing, at(path, "backing_image"))
+        backing = check_image_ref(backing, at(path, "backing_image"))
         if fmt != "qcow2":
             raise SpecError(at(path, "backing_image"), "a backing image needs format qcow2")
     return DiskSpec(name, size, pool, fmt, backing)
@@ -283,12 +285,12 @@ def parse_disk(raw: Any, path: str, default_pool: str) -> DiskSpec:
 def parse_boot_disk(raw: Any, path: str, default_pool: str) -> BootDiskSpec:
     raw = as_mapping(raw, path)
     reject_unknown(raw, spec_keys(fields.BOOT_DISK), path)
-    image = check_absolute_path(raw.get("image"), at(path, "image"))
+    image = check_image_ref(raw.get("image"), at(path, "image"))
     size = check_int(raw.get("size_gib"), at(path, "size_gib"), 1, MAX_DISK_GIB, "GiB")
     pool = check_pool(optional(raw, "pool", default_pool), at(path, "pool"))
-    fmt = check_choice(
-        optional(raw, "image_format", "qcow2"), at(path, "image_format"), DISK_FORMATS
-    )
+    fmt = raw.get("image_format")
+    if fmt is not None:
+        fmt = check_choice(fmt, at(path, "image_format"), DISK_FORMATS)
     return BootDiskSpec(image, size, pool, fmt)
 
 

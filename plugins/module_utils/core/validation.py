@@ -180,6 +180,27 @@ def check_absolute_path(value: Any, path: str) -> str:
     return value
 
 
+def check_image_ref(value: Any, path: str) -> str:
+    """A base image as a declaration names it: an image of the zone's catalogue or one of the
+    tenant's disks (a name), or an operator's absolute path, which the engine accepts only
+    inside the host's image directories."""
+    if isinstance(value, str) and value.startswith("/"):
+        return check_absolute_path(value, path)
+    return check_image_name(value, path)
+
+
+def check_image_name(value: Any, path: str) -> str:
+    """A base image as a tenant names it: never a host path."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        raise SpecError(
+            path,
+            f"must name an image of the zone's catalogue or one of the tenant's disks "
+            f"({NAME_RULE}), got {shown!r}",
+        )
+    return value
+
+
 def check_pool(value: Any, path: str) -> str:
     if not isinstance(value, str) or not POOL_PATTERN.fullmatch(value):
         raise SpecError(path, f"invalid storage pool name {value!r}")

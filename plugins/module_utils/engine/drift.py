@@ -34,6 +34,7 @@ from .drift_report import DRIFTED, ERROR, MISSING, ORPHAN, Difference, DriftCase
 from .environment import EnvironmentPlanner, Failures, Options
 from .facade import plan_environment
 from .resources.backup_schedule import parse_backup_host, read_host_schedules
+from .resources.image import image_sources
 
 KINDS = ("network", "disk", "vm", "public_ip", "zone_link", "backup_schedule")
 # Options of the environment module a tenant's declaration may hold; the rest (customer, plan,
@@ -233,7 +234,10 @@ class DriftCheck:
     ) -> list[DriftCase]:
         """The tenant's plan (`spec` None: its removal), never applied, as cases."""
         failures: Failures = {}
-        engine = EnvironmentPlanner(host, tenant, DRIFT_OPTIONS, host_shell(params))
+        images = image_sources(params, ledger, host.is_local)
+        engine = EnvironmentPlanner(
+            host, tenant, DRIFT_OPTIONS, shell=host_shell(params), images=images
+        )
         try:
             _public_ips, plan = plan_environment(
                 params, spec, ledger, engine, inventory, failures, self.backup_read

@@ -17,6 +17,7 @@ from ..host.ownership import EXTENSIONS, tenant_prefix
 from ..host.shell import HostShell
 from ..host.xml import DomainState, NetworkState, VolumeState
 from .resources.disk import DiskPlanner
+from .resources.image import ImageSources
 from .resources.network import NetworkPlanner
 from .resources.vm import Context, VmPlanner
 
@@ -56,13 +57,14 @@ class EnvironmentPlanner:
         tenant: str,
         options: Options | None = None,
         shell: HostShell | None = None,
+        images: ImageSources | None = None,
     ) -> None:
         self.host = host
         self.tenant = tenant
         self.options = options or Options()
         self.networks = NetworkPlanner(host, tenant, shell)
-        self.disks = DiskPlanner(host, tenant)
-        self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout)
+        self.disks = DiskPlanner(host, tenant, images)
+        self.vms = VmPlanner(host, tenant, self.options.shutdown_timeout, images)
 
     def observe(self) -> TenantInventory:
         return self.host.inventory(self.tenant)

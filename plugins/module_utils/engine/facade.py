@@ -15,7 +15,7 @@ from ..core.errors import SpecError
 from ..core.plan import Change, Plan
 from ..core.result import Result
 from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
-from ..core.validation import check_name
+from ..core.validation import check_choice, check_name
 from ..core.zones import zone_of, zone_uplink
 from ..host.connection import DEFAULT_URI, Host, TenantInventory
 from ..host.facts import tenant_facts
@@ -40,12 +40,21 @@ from .resources.backup_schedule import (
     plan_environment_backups,
 )
 from .resources.disk import DiskPlanner, attached_to, find_volume
+from .resources.image import STATES as IMAGE_STATES
+from .resources.image import (
+    ImageRecordPlanner,
+    ImageRecords,
+    catalogue_facts,
+    image_facts,
+    image_sources,
+    read_declared,
+)
 from .resources.network import NetworkPlanner
 from .resources.public_ip import PublicIpPlanner, plan_environment_public_ips, planner_in
 from .resources.tenant import ledger_facts, run_block
 from .resources.vm import Context, VmPlanner
 from .resources.zone_link import plan_environment_links
-from .run import Run, conclude, conclude_one, tenant_report
+from .run import Run, conclude, conclude_one, noting_new_ledger, tenant_report
 
 
 def options_from(params: dict[str, Any]) -> Options:
@@ -79,7 +88,8 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         declaration = declare_environment(spec, options.prune)
     host = Host(params.get("uri") or DEFAULT_URI)
     gate = open_gate(params, host, tenant, declaration, check_mode)
-    engine = EnvironmentPlanner(host, tenant, options, host_shell(params))
+    images = image_sources(params, gate.ledger, host.is_local)
+    engine = EnvironmentPlanner(host, tenant, options, shell=host_shell(params), images=images)
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
     report = tenant_report(gate, check_mode, public_ips=public_ips)
@@ -150,16 +160,16 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = DiskPlanner(host, tenant)
     state = params.get("state") or "present"
     name = check_name(params.get("name"), "name")
     if state == "absent":
         gate = open_gate(params, host, tenant, declare_removal("disk", name), check_mode)
         inventory = host.inventory(tenant)
-        plan = engine.plan_absent(name, inventory)
+        plan = DiskPlanner(host, tenant).plan_absent(name, inventory)
         return conclude_one(plan, check_mode, gate, inventory, "disks", name)
     spec = parse_disk(fields.declared(fields.DISK, params), "", params.get("pool") or "default")
     gate = open_gate(params, host, tenant, declare_one(declare_disk(spec)), check_mode)
+    engine = DiskPlanner(host, tenant, image_sources(params, gate.ledger, host.is_local))
     inventory = host.inventory(tenant)
     plan = engine.plan_present(spec, inventory)
     if state == "attached":
@@ -240,20 +250,44 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         return run_block(params, check_mode)
     name = check_name(params.get("name"), "name")
     host = Host(params.get("uri") or DEFAULT_URI)
-    engine = VmPlanner(host, tenant, float(params.get("shutdown_timeout") or 60))
+    timeout = float(params.get("shutdown_timeout") or 60)
     state = params.get("state") or "running"
     if state == "absent":
         gate = open_gate(params, host, tenant, declare_removal("vm", name), check_mode)
         inventory = host.inventory(tenant)
-        plan = engine.plan_absent(name, inventory)
+        plan = VmPlanner(host, tenant, timeout).plan_absent(name, inventory)
     else:
         raw = {**fields.declared(fields.VM, params), "state": state}
         spec = parse_vm(raw, "", tenant, params.get("default_pool") or "default")
         gate = open_gate(params, host, tenant, declare_one(declare_vm(spec)), check_mode)
+        images = image_sources(params, gate.ledger, host.is_local)
+        engine = VmPlanner(host, tenant, timeout, images)
         inventory = host.inventory(tenant)
         ctx = Context(allow_restart=bool(params.get("allow_restart")))
         plan = engine.plan_present(spec, inventory, ctx)
     return conclude_one(plan, check_mode, gate, inventory, "vms", name)
+
+
+def run_image(params: dict[str, Any], check_mode: bool = False) -> Result:
+    """Register (or remove) one base image of a zone's catalogue. The file is read on the host
+    (qemu-img and its checksum) before the ledger is locked: a large image takes a while."""
+    state = check_choice(params.get("state") or "present", "state", IMAGE_STATES)
+    zone = check_name(params.get("zone"), "zone")
+    name = check_name(params.get("name"), "name")
+    values = read_declared(params) if state == "present" else None
+    # Registering an image is one of the ways a ledger comes to be (store.py).
+    ledger = Ledger.open(params.get("ledger_url") or None, create=True)
+    lock = f"(image {zone}/{name})"
+    transaction = ledger.store.read() if check_mode else ledger.store.locked(lock)
+    with transaction as connection:
+        engine = ImageRecordPlanner(ImageRecords(ledger), connection, zone, name)
+        row = engine.observe()
+        plan = engine.plan_absent(row) if values is None else engine.plan_present(values, row)
+
+        def facts(_after: object, _applied: bool) -> dict[str, Any]:
+            return {"image": image_facts(row if check_mode else engine.observe())}
+
+        return noting_new_ledger(conclude(Run(plan, facts), check_mode), ledger.store)
 
 
 def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
@@ -271,5 +305,7 @@ def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
 def run_info(params: dict[str, Any]) -> dict[str, Any]:
     tenant = check_name(params.get("tenant"), "tenant")
     facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
-    facts["ledger"] = ledger_facts(Ledger.open(params.get("ledger_url") or None), tenant)
+    ledger = Ledger.open(params.get("ledger_url") or None)
+    facts["ledger"] = ledger_facts(ledger, tenant)
+    facts["images"] = catalogue_facts(ledger)
     return facts

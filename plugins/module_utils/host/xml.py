@@ -158,11 +158,13 @@ class VolumeState:
     capacity: int
     format: str
     backing: str | None
+    backing_format: str | None = None
 
 
 def read_volume(pool: str, xml: str) -> VolumeState:
     root = ET.fromstring(xml)
     fmt = root.find("target/format")
+    backing_fmt = root.find("backingStore/format")
     return VolumeState(
         pool=pool,
         name=root.findtext("name", ""),
@@ -170,6 +172,7 @@ def read_volume(pool: str, xml: str) -> VolumeState:
         capacity=int(root.findtext("capacity", "0")),
         format=fmt.get("type", "raw") if fmt is not None else "raw",
         backing=root.findtext("backingStore/path"),
+        backing_format=backing_fmt.get("type") if backing_fmt is not None else None,
     )
 
 

@@ -404,3 +404,21 @@ if sa is not None:
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
     )
+
+    # The catalogue of base images: per zone, one path that is the same on every host of the
+    # zone, and the content's checksum, which never changes under a name.
+    images = sa.Table(
+        "images",
+        metadata,
+        sa.Column("zone", sa.String(64), primary_key=True),
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("path", sa.String(4096), nullable=False),
+        sa.Column("format", sa.String(16), nullable=False),
+        sa.Column("virtual_size", sa.BigInteger, nullable=False),  # bytes
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("registered_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.Column("key", sa.String(64), nullable=False),  # idempotency key of the recorded values
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+    )

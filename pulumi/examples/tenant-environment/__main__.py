@@ -12,7 +12,7 @@ import pulumi
 import pulumi_vce as vce
 
 # Used when the stack does not set them, so a first preview works with the zones alone.
-DEFAULT_IMAGE = "/var/lib/vce/images/debian-12-genericcloud-amd64.qcow2"
+DEFAULT_IMAGE = "debian-12"
 DEFAULT_USER_DATA = "#cloud-config\npackage_update: true\npackages: [qemu-guest-agent]\n"
 
 

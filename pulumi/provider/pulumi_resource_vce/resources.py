@@ -17,7 +17,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
     parse_network,
     parse_vm,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_name
+from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
+    check_image_name,
+    check_name,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
     parse_public_zone,
     parse_zone_link,
@@ -122,9 +125,13 @@ VM_INPUTS = (
         required=True,
         fields=(
             Prop(
-                "image", "string", "The base image's path on the host.", required=True, replace=True
+                "image",
+                "string",
+                "The base image: an image of the zone's catalogue or one of the tenant's disks "
+                "(a name; never a host path).",
+                required=True,
+                replace=True,
             ),
-            Prop("imageFormat", "string", "qcow2 or raw.", default="qcow2", replace=True),
             Prop("sizeGib", "integer", "Size in GiB (grows live, never shrinks).", required=True),
             Prop("pool", "string", "The storage pool (defaults to `default`).", replace=True),
         ),
@@ -171,7 +178,13 @@ DISK_INPUTS = (
     Prop("sizeGib", "integer", "Size in GiB (grows live, never shrinks).", required=True),
     Prop("pool", "string", "The storage pool.", default="default", replace=True),
     Prop("format", "string", "qcow2 or raw.", default="qcow2", replace=True),
-    Prop("backingImage", "string", "A base image the disk starts as a copy of.", replace=True),
+    Prop(
+        "backingImage",
+        "string",
+        "A base image the disk starts as a copy of: an image of the zone's catalogue or another "
+        "of the tenant's disks (a name; never a host path).",
+        replace=True,
+    ),
     Prop("attachTo", "string", "The VM to attach the disk to; detached when removed."),
 )
 DISK_OUTPUTS = (
@@ -374,12 +387,26 @@ def base(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
     return {"uri": where.uri, "tenant": config.tenant, "ledger_url": config.ledger_url}
 
 
+def tenant_images(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A tenant's base images come from the zone's catalogue or its own disks: no image
+    directory, so the engine takes no host path."""
+    return {"zone": config.where(values.get("zone"), values.get("host")).zone, "image_dirs": []}
+
+
 def vm_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    return {**base(config, values), **engine_inputs(VM_INPUTS, values)}
+    return {
+        **base(config, values),
+        **engine_inputs(VM_INPUTS, values),
+        **tenant_images(config, values),
+    }
 
 
 def disk_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    params = {**base(config, values), **engine_inputs(DISK_INPUTS, values)}
+    params = {
+        **base(config, values),
+        **engine_inputs(DISK_INPUTS, values),
+        **tenant_images(config, values),
+    }
     params["state"] = "attached" if values.get("attachTo") else "present"
     return params
 
@@ -442,13 +469,17 @@ def engine_inputs(props: tuple[Prop, ...], values: Mapping[str, Any]) -> dict[st
 
 def declare_vm_values(params: dict[str, Any]) -> Declaration:
     spec = parse_vm(fields.declared(fields.VM, params), "", params["tenant"], "default")
+    check_image_name(spec.boot_disk.image, "boot_disk.image")
     key, usage = declare_vm(spec)
     return Declaration({key: usage})
 
 
 def declare_disk_values(params: dict[str, Any]) -> Declaration:
     raw = fields.declared(fields.DISK, params)
-    key, usage = declare_disk(parse_disk(raw, "", params.get("pool") or "default"))
+    spec = parse_disk(raw, "", params.get("pool") or "default")
+    if spec.backing_image is not None:
+        check_image_name(spec.backing_image, "backing_image")
+    key, usage = declare_disk(spec)
     return Declaration({key: usage})
 
 
@@ -481,6 +512,13 @@ def read_params(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, 
     return {**base(config, values), "name": values["name"]}
 
 
+def declared_image(declared: Any, key: str, backing: str | None) -> str | None:
+    """The base image as the tenant named it: libvirt shows only the file it resolved to, and
+    the engine never lets that change under a declared name."""
+    named = declared.get(key) if isinstance(declared, Mapping) else None
+    return named if named and backing else backing
+
+
 def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
     name = values["name"]
     vm = read_object(read_params(config, values), "vms")
@@ -491,7 +529,10 @@ def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | Non
     extra = [
         d["serial"] for d in vm["disks"] if d["device"] == "disk" and d["path"] not in boot_paths
     ]
-    boot_disk = {"image": boot.get("backing_image"), "sizeGib": round(boot.get("size_gib") or 0)}
+    boot_disk = {
+        "image": declared_image(values.get("bootDisk"), "image", boot.get("backing_image")),
+        "sizeGib": round(boot.get("size_gib") or 0),
+    }
     if boot.get("pool") and boot.get("pool") != "default":
         boot_disk["pool"] = boot["pool"]
     inputs = {
@@ -532,7 +573,7 @@ def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | N
         "sizeGib": round(disk["size_gib"]),
         "pool": disk["pool"],
         "format": disk["format"],
-        "backingImage": disk["backing_image"],
+        "backingImage": declared_image(values, "backingImage", disk["backing_image"]),
         "attachTo": disk["attached_to"],
     }
     return Observed(inputs, disk_outputs(disk))

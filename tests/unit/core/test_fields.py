@@ -275,9 +275,8 @@ def test_every_nested_description_has_a_parser():
 MINIMAL: dict[str, tuple[Parser, dict[str, Any]]] = {
     "vm": (
         PARSERS["vm"][1],
-        {"name": "web1", "memory_mib": 128, "boot_disk": {"image": "/i.qcow2", "size_gib": 1}},
+        {"name": "web1", "memory_mib": 128, "boot_disk": {"image": "debian-12", "size_gib": 1}},
     ),
-    "vm.boot_disk": (PARSERS["vm.boot_disk"][1], {"image": "/i.qcow2", "size_gib": 1}),
     "disk": (PARSERS["disk"][1], {"name": "data1", "size_gib": 1}),
     "network": (PARSERS["network"][1], {"name": "lan", "cidr": "10.10.0.0/24"}),
 }

@@ -166,7 +166,27 @@ def test_valid_environment_gets_defaults():
         (
             env(vms=[vm(boot_disk={"image": "relative.qcow2", "size_gib": 1})]),
             "vms[0].boot_disk.image",
-            "absolute path",
+            "must name an image of the zone's catalogue or one of the tenant's disks",
+        ),
+        (
+            env(vms=[vm(boot_disk={"image": "/etc/../etc/shadow", "size_gib": 1})]),
+            "vms[0].boot_disk.image",
+            "'..'",
+        ),
+        (
+            env(disks=[{"name": "d", "size_gib": 1, "backing_image": "Debian 12"}]),
+            "disks[0].backing_image",
+            "must name an image of the zone's catalogue",
+        ),
+        (
+            env(disks=[{"name": "d", "size_gib": 1, "backing_image": "debian-12\n"}]),
+            "disks[0].backing_image",
+            "must name an image of the zone's catalogue",
+        ),
+        (
+            env(vms=[vm(boot_disk={"image": "base", "size_gib": 1, "image_format": "vmdk"})]),
+            "vms[0].boot_disk.image_format",
+            "must be one of",
         ),
         (env(vms=[vm(state="paused")]), "vms[0].state", "must be one of"),
         (

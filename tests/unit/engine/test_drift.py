@@ -32,6 +32,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.drift_report import
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 from ansible_collections.vce.kvm.plugins.module_utils.host.xml import volume_xml
 
+from tests.support.images import make_image
 from tests.support.ledger import register
 from tests.support.testdriver import (
     URI,
@@ -50,7 +51,7 @@ def site(monkeypatch, tmp_path, ledger_url):
     drivers = fresh_driver(monkeypatch)
     next(drivers, None)
     image = tmp_path / "base.qcow2"
-    image.write_bytes(b"")
+    make_image(image)
     register(ledger_url, "acme")
     register(ledger_url, "globex")
     acme = environment(image, "acme")

@@ -17,6 +17,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 
+from tests.support.images import make_image
 from tests.support.ledger import register
 
 URI = "test:///default"
@@ -30,7 +31,7 @@ def fresh(monkeypatch, tmp_path, ledger_url):
     register(ledger_url, "acme")
     register(ledger_url, "other")
     image = tmp_path / "base.qcow2"
-    image.write_bytes(b"")
+    make_image(image)
     return str(image)
 
 

@@ -10,7 +10,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from ansible_collections.vce.kvm.plugins.module_utils.core import quota
+from ansible_collections.vce.kvm.plugins.module_utils.core import fields, quota
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import observed_objects
@@ -19,6 +19,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host import connection as 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.images import make_image
 from tests.support.ledger import ROOMY, forget_stores
 
 URI = "test:///default"
@@ -76,12 +77,12 @@ def usage_now(tenant: str) -> quota.Usage:
 )
 @given(steps=declarations)
 def test_no_sequence_of_declarations_goes_over_a_quota(monkeypatch, steps):
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=fields.IMAGE_DIR) as tmp:  # an image directory
         monkeypatch.setenv("VCE_LEDGER_URL", f"sqlite:///{tmp}/ledger.sqlite3")
         connections: dict = {}
         monkeypatch.setattr(host, "_connections", connections)
         image = Path(tmp) / "base.qcow2"
-        image.write_bytes(b"")
+        make_image(image)
         tenant = next(_tenants)
         try:
             plans = {"tight": {"quotas": LIMITS, "trial_hours": 0}}

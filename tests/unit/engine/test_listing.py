@@ -21,6 +21,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.listing import (
 from ansible_collections.vce.kvm.plugins.module_utils.ledger import schema
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
 
+from tests.support.images import make_image
 from tests.support.ledger import register
 from tests.support.testdriver import URI, environment, fresh_driver
 
@@ -40,7 +41,7 @@ def hosts(monkeypatch, tmp_path, ledger_url):
 @pytest.fixture
 def deployed(hosts, tmp_path, ledger_url):
     image = tmp_path / "base.qcow2"
-    image.write_bytes(b"")
+    make_image(image)
     register(ledger_url, "acme", plan="lab")
     register(ledger_url, "globex", plan="pro")
     facade.run_environment(environment(image, "acme"))

@@ -15,6 +15,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
+from tests.support.images import make_image
 from tests.support.ledger import register
 from tests.support.testdriver import URI, environment, fresh_driver, objects_of
 
@@ -26,7 +27,7 @@ def image(monkeypatch, tmp_path, any_ledger_url):
     next(drivers, None)
     register(any_ledger_url, "other")
     path = tmp_path / "base.qcow2"
-    path.write_bytes(b"")
+    make_image(path)
     yield str(path)
     next(drivers, None)
 

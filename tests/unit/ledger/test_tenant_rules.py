@@ -22,6 +22,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import trial
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.conftest import fresh_database_url
+from tests.support.images import make_image
 from tests.support.ledger import ROOMY, forget_stores
 
 URI = "test:///default"
@@ -41,7 +42,7 @@ def testdriver(monkeypatch, tmp_path):
     connections = {}
     monkeypatch.setattr(host, "_connections", connections)
     image = tmp_path / "base.qcow2"
-    image.write_bytes(b"")
+    make_image(image)
     yield str(image)
     for conn in connections.values():
         conn.close()

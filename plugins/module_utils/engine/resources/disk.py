@@ -12,8 +12,9 @@ from ...core.errors import SpecError, libvirt, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.spec import DiskSpec
 from ...host.connection import Host, TenantInventory
-from ...host.ownership import EXTENSIONS, volume_name
+from ...host.ownership import volume_name
 from ...host.xml import GIB, DomainState, VolumeState, volume_xml
+from .image import ImageSources, Source, find_volume
 
 KIND = "disk"
 
@@ -37,15 +38,6 @@ def volume_summary(volume: VolumeState) -> dict[str, object]:
     }
 
 
-def find_volume(inventory: TenantInventory, tenant: str, name: str) -> VolumeState | None:
-    for fmt in EXTENSIONS:
-        wanted = volume_name(tenant, name, fmt)
-        for (_pool, vol_name), volume in inventory.volumes.items():
-            if vol_name == wanted:
-                return volume
-    return None
-
-
 def attached_to(inventory: TenantInventory, path: str) -> DomainState | None:
     """The domain using the volume at `path`: the tenant's, or one named like theirs."""
     for domain in [*inventory.domains.values(), *inventory.foreign_domains.values()]:
@@ -64,9 +56,15 @@ def pool_directory(inventory: TenantInventory, pool: str, field: str) -> str:
 class DiskPlanner:
     """Observe, plan and apply one tenant's standalone disks on one host."""
 
-    def __init__(self, host: Host, tenant: str) -> None:
+    def __init__(self, host: Host, tenant: str, images: ImageSources | None = None) -> None:
         self.host = host
         self.tenant = tenant
+        self.images = images or ImageSources.nothing()
+
+    def backing(self, spec: DiskSpec, inventory: TenantInventory, path: str) -> Source | None:
+        if spec.backing_image is None:
+            return None
+        return self.images.resolve(spec.backing_image, None, inventory, f"{path}backing_image")
 
     def planned_path(self, spec: DiskSpec, inventory: TenantInventory, field: str) -> str:
         pool_path = pool_directory(inventory, spec.pool, field)
@@ -77,9 +75,16 @@ class DiskPlanner:
         self.planned_path(spec, inventory, f"{path}pool")
         inventory.refuse_duplicated_disk(spec.name)
         volume = find_volume(inventory, self.tenant, spec.name)
+        backing = self.backing(spec, inventory, path)
         if volume is None:
             name = volume_name(self.tenant, spec.name, spec.format)
-            xml = volume_xml(name, spec.size_gib, spec.format, spec.backing_image)
+            xml = volume_xml(
+                name,
+                spec.size_gib,
+                spec.format,
+                backing.path if backing else None,
+                backing.format if backing else "qcow2",
+            )
             plan.add(
                 Change(
                     KIND,
@@ -90,7 +95,7 @@ class DiskPlanner:
                 )
             )
             return plan
-        self.check_immutable(spec, volume, path)
+        self.check_immutable(spec, volume, backing, path)
         wanted = spec.size_gib * GIB
         if wanted < volume.capacity:
             raise SpecError(
@@ -116,7 +121,9 @@ class DiskPlanner:
         return plan
 
     @staticmethod
-    def check_immutable(spec: DiskSpec, volume: VolumeState, path: str) -> None:
+    def check_immutable(
+        spec: DiskSpec, volume: VolumeState, backing: Source | None, path: str
+    ) -> None:
         if volume.pool != spec.pool:
             raise SpecError(
                 f"{path}pool",
@@ -127,7 +134,7 @@ class DiskPlanner:
                 f"{path}format",
                 f"disk {spec.name!r} is {volume.format}; converting it is not supported",
             )
-        if spec.backing_image is not None and volume.backing != spec.backing_image:
+        if backing is not None and volume.backing != backing.path:
             raise SpecError(
                 f"{path}backing_image",
                 f"disk {spec.name!r} is backed by {volume.backing!r}; changing the backing "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from ...host.xml import (
     volume_xml,
 )
 from .disk import DiskPlanner, find_volume, pool_directory
+from .image import ImageSources, Source
 from .network import NetworkPlanner
 
 KIND = "vm"
@@ -208,6 +208,7 @@ class Resolved:
 
     spec: VmSpec
     libvirt_name: str
+    image: Source  # the base image of the boot disk
     boot_path: str
     seed_path: str
     extra_disks: list[tuple[str, str, str]]  # declared name, path, format
@@ -219,11 +220,17 @@ class Resolved:
 class VmPlanner:
     """Observe, plan and apply one tenant's VMs on one host."""
 
-    def __init__(self, host: Host, tenant: str, shutdown_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: Host,
+        tenant: str,
+        shutdown_timeout: float = 60.0,
+        images: ImageSources | None = None,
+    ) -> None:
         self.host = host
         self.tenant = tenant
         self.networks = NetworkPlanner(host, tenant)
-        self.disks = DiskPlanner(host, tenant)
+        self.disks = DiskPlanner(host, tenant, images)
         self.shutdown_timeout = shutdown_timeout
 
     # references ------------------------------------------------------------------------------
@@ -231,10 +238,12 @@ class VmPlanner:
     def resolve(self, spec: VmSpec, inventory: TenantInventory, ctx: Context) -> Resolved:
         libvirt_name = object_name(self.tenant, spec.name)
         boot_pool = pool_directory(inventory, spec.boot_disk.pool, f"{ctx.path}boot_disk.pool")
-        if self.host.is_local and not os.path.exists(spec.boot_disk.image):
-            raise SpecError(
-                f"{ctx.path}boot_disk.image", f"no such image on the host: {spec.boot_disk.image}"
-            )
+        image = self.disks.images.resolve(
+            spec.boot_disk.image,
+            spec.boot_disk.image_format,
+            inventory,
+            f"{ctx.path}boot_disk.image",
+        )
         seed_pool = boot_pool.rstrip("/")
         extra = [self.resolve_disk(name, inventory, ctx, i) for i, name in enumerate(spec.disks)]
         networks: list[str] = []
@@ -251,6 +260,7 @@ class VmPlanner:
         return Resolved(
             spec,
             libvirt_name,
+            image,
             f"{boot_pool.rstrip('/')}/{boot_volume_name(self.tenant, spec.name)}",
             f"{seed_pool}/{seed_volume_name(self.tenant, spec.name)}",
             extra,
@@ -480,7 +490,7 @@ class VmPlanner:
                 f"the boot disk {r.boot_path} of VM {spec.name!r} is missing from the host; "
                 "restore it from a backup or delete and re-create the VM",
             )
-        if volume.backing is not None and volume.backing != spec.boot_disk.image:
+        if volume.backing is not None and volume.backing != r.image.path:
             raise SpecError(
                 f"{ctx.path}boot_disk.image",
                 f"VM {spec.name!r} was created from {volume.backing}; changing the base image "
@@ -703,8 +713,8 @@ class VmPlanner:
                 name,
                 spec.boot_disk.size_gib,
                 "qcow2",
-                spec.boot_disk.image,
-                spec.boot_disk.image_format,
+                r.image.path,
+                r.image.format,
             )
             self.disks.create(spec.boot_disk.pool, name, xml)
             made.append(name)

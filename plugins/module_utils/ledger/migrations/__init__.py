@@ -15,6 +15,7 @@ from .versions import (
     v0004_backups,
     v0005_billing,
     v0006_hosts,
+    v0007_images,
     v0008_usage_intents,
 )
 
@@ -25,6 +26,7 @@ REVISION_MODULES = (
     v0004_backups,
     v0005_billing,
     v0006_hosts,
+    v0007_images,
     v0008_usage_intents,
 )
 HEAD = REVISION_MODULES[-1].revision

@@ -151,27 +151,26 @@ class VmBootDiskArgs:
         *,
         image: pulumi.Input[str],
         size_gib: pulumi.Input[int],
-        image_format: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
     ) -> None:
         """
-        :param image: The base image's path on the host. Changing it replaces the resource.
+        :param image: The base image: an image of the zone's catalogue or one of the tenant's disks
+            (a name; never a host path). Changing it replaces the resource.
         :param size_gib: Size in GiB (grows live, never shrinks).
-        :param image_format: qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it
-            replaces the resource.
         :param pool: The storage pool (defaults to `default`). Changing it replaces the resource.
         """
         pulumi.set(self, "image", image)
         pulumi.set(self, "size_gib", size_gib)
-        if image_format is not None:
-            pulumi.set(self, "image_format", image_format)
         if pool is not None:
             pulumi.set(self, "pool", pool)
 
     @property
     @pulumi.getter
     def image(self) -> pulumi.Input[str]:
-        """The base image's path on the host. Changing it replaces the resource."""
+        """
+        The base image: an image of the zone's catalogue or one of the tenant's disks (a name; never
+        a host path). Changing it replaces the resource.
+        """
         return pulumi.get(self, "image")
 
     @image.setter
@@ -187,19 +186,6 @@ class VmBootDiskArgs:
     @size_gib.setter
     def size_gib(self, value: pulumi.Input[int]) -> None:
         pulumi.set(self, "size_gib", value)
-
-    @property
-    @pulumi.getter(name="imageFormat")
-    def image_format(self) -> pulumi.Input[str] | None:
-        """
-        qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it replaces the
-        resource.
-        """
-        return pulumi.get(self, "image_format")
-
-    @image_format.setter
-    def image_format(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "image_format", value)
 
     @property
     @pulumi.getter

@@ -38,8 +38,9 @@ class DiskArgs:
             replaces the resource.
         :param format: qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it
             replaces the resource.
-        :param backing_image: A base image the disk starts as a copy of. Changing it replaces the
-            resource.
+        :param backing_image: A base image the disk starts as a copy of: an image of the zone's
+            catalogue or another of the tenant's disks (a name; never a host path). Changing it
+            replaces the resource.
         :param attach_to: The VM to attach the disk to; detached when removed.
         """
         pulumi.set(self, "size_gib", size_gib)
@@ -136,7 +137,10 @@ class DiskArgs:
     @property
     @pulumi.getter(name="backingImage")
     def backing_image(self) -> pulumi.Input[str] | None:
-        """A base image the disk starts as a copy of. Changing it replaces the resource."""
+        """
+        A base image the disk starts as a copy of: an image of the zone's catalogue or another of
+        the tenant's disks (a name; never a host path). Changing it replaces the resource.
+        """
         return pulumi.get(self, "backing_image")
 
     @backing_image.setter
@@ -199,8 +203,9 @@ class Disk(pulumi.CustomResource):
             replaces the resource.
         :param format: qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it
             replaces the resource.
-        :param backing_image: A base image the disk starts as a copy of. Changing it replaces the
-            resource.
+        :param backing_image: A base image the disk starts as a copy of: an image of the zone's
+            catalogue or another of the tenant's disks (a name; never a host path). Changing it
+            replaces the resource.
         :param attach_to: The VM to attach the disk to; detached when removed.
         """
 
@@ -351,7 +356,10 @@ class Disk(pulumi.CustomResource):
     @property
     @pulumi.getter(name="backingImage")
     def backing_image(self) -> pulumi.Output[str | None]:
-        """A base image the disk starts as a copy of. Changing it replaces the resource."""
+        """
+        A base image the disk starts as a copy of: an image of the zone's catalogue or another of
+        the tenant's disks (a name; never a host path). Changing it replaces the resource.
+        """
         return pulumi.get(self, "backing_image")
 
     @property

@@ -107,20 +107,20 @@ class VmBootDisk:
         *,
         image: str,
         size_gib: int,
-        image_format: str | None = None,
         pool: str | None = None,
     ) -> None:
         pulumi.set(self, "image", image)
         pulumi.set(self, "size_gib", size_gib)
-        if image_format is not None:
-            pulumi.set(self, "image_format", image_format)
         if pool is not None:
             pulumi.set(self, "pool", pool)
 
     @property
     @pulumi.getter
     def image(self) -> str:
-        """The base image's path on the host. Changing it replaces the resource."""
+        """
+        The base image: an image of the zone's catalogue or one of the tenant's disks (a name; never
+        a host path). Changing it replaces the resource.
+        """
         return pulumi.get(self, "image")
 
     @property
@@ -128,15 +128,6 @@ class VmBootDisk:
     def size_gib(self) -> int:
         """Size in GiB (grows live, never shrinks)."""
         return pulumi.get(self, "size_gib")
-
-    @property
-    @pulumi.getter(name="imageFormat")
-    def image_format(self) -> str | None:
-        """
-        qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it replaces the
-        resource.
-        """
-        return pulumi.get(self, "image_format")
 
     @property
     @pulumi.getter

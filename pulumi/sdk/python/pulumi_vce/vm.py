@@ -350,14 +350,7 @@ class Vm(pulumi.CustomResource):
             opts,
             pulumi.ResourceOptions(
                 additional_secret_outputs=["cloudInit"],
-                replace_on_changes=[
-                    "bootDisk.image",
-                    "bootDisk.imageFormat",
-                    "bootDisk.pool",
-                    "name",
-                    "zone",
-                    "host",
-                ],
+                replace_on_changes=["bootDisk.image", "bootDisk.pool", "name", "zone", "host"],
             ),
         )
         super().__init__("vce:index:Vm", resource_name, props, opts)

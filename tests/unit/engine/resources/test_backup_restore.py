@@ -28,6 +28,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
 )
 
 from tests.support.files import mode_of
+from tests.support.images import make_image
 from tests.support.kvm_hosts import host_file
 
 OLD, NEW = "20261123T023000Z", "20261124T023000Z"
@@ -63,7 +64,7 @@ class Lab:
         self.disk = self.pool / "acme_web1.boot.qcow2"
         if vm:
             image = tmp_path / "base.qcow2"
-            image.write_bytes(b"")
+            make_image(image)
             declared = {**VM, "boot_disk": {"image": str(image), "size_gib": 1}}
             facade.run_environment(
                 {

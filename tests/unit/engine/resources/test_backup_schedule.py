@@ -32,6 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.files import mode_of
+from tests.support.images import make_image
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
 
@@ -58,7 +59,7 @@ class Lab:
         self.tmp_path = tmp_path
         self.ledger_url = ledger_url
         self.image = tmp_path / "base.qcow2"
-        self.image.write_bytes(b"")
+        make_image(self.image)
         self.runner = tmp_path / "vce-backup"
         self.runner.write_text("#!/bin/sh\nexit 0\n")
         self.runner.chmod(0o755)

@@ -76,7 +76,11 @@ def test_a_disk_is_grown_live_and_never_shrunk(test_host):
             "unknown storage pool 'nope' (pools on this host: default-pool)",
         ),
         ({"format": "raw"}, "format", "converting it is not supported"),
-        ({"backing_image": "/default-pool/base.qcow2"}, "backing_image", "is refused"),
+        (
+            {"backing_image": "/default-pool/base.qcow2"},
+            "backing_image",
+            "a host path is not accepted here",
+        ),
     ],
 )
 def test_what_cannot_change_is_refused_with_the_field(test_host, change, field, reason):

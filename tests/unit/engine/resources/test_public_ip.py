@@ -20,6 +20,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, public_ips
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
+from tests.support.images import make_image
 from tests.support.kvm_hosts import host_file
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
@@ -58,7 +59,7 @@ class Lab:
     def __init__(self, tmp_path, ledger_url):
         self.ledger_url = ledger_url
         self.image = tmp_path / "base.qcow2"
-        self.image.write_bytes(b"")
+        make_image(self.image)
         self.host = StandInHost(tmp_path / "kvm", {"up0": 1500, "up1": 1500})
 
     def vm(self, tenant="acme", uplink="up0", **options):

@@ -14,7 +14,7 @@ except ImportError:  # only the ledger runs migrations, and it reports the missi
     sa = op = None
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
