@@ -214,9 +214,8 @@ class Store:
             # An unreachable, locked or read-only database (OperationalError) and a file that
             # is not a database or is corrupt (SQLite's plain DatabaseError) are the ledger's
             # state, told by name; constraint and SQL errors (the other subclasses) are bugs.
-            if type(error) is not sa.exc.DatabaseError and not isinstance(
-                error, sa.exc.OperationalError
-            ):
+            bugs = (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.DataError)
+            if isinstance(error, (*bugs, sa.exc.InternalError, sa.exc.NotSupportedError)):
                 raise
             reason = str(error.orig) if error.orig is not None else str(error)
             raise VceError(f"Failed to {action} the ledger at {self.shown_url}: {reason}") from None

@@ -73,7 +73,7 @@ def test_changes_without_a_call_are_neither_run_nor_counted():
 
 def test_a_plan_that_would_delete_one_object_twice_is_refused_naming_it():
     plan = Plan()
-    for _ in range(2):
+    for _twice in range(2):
         plan.add(Change("vm", "web1", "delete", run=lambda: None))
     with pytest.raises(VceError, match="would delete vm web1 twice: two objects on the host"):
         plan.check_acts_once()
