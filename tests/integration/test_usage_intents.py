@@ -35,7 +35,9 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
 
 from tests.conftest import fresh_database_url
+from tests.integration.conftest import IMAGE_ZONE
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
+from tests.support.images import register_image
 from tests.support.ledger import register
 from tools.cleanup import remove_prefixed
 
@@ -215,10 +217,12 @@ def check_usage_matches_libvirt(url: str, uri: str, tenant: str, trials: list[Tr
 
 
 def test_kill_9_at_any_moment_loses_no_usage_record_and_dates_none_wrongly(
-    tmp_path, request, uri, tenant, blank_image
+    tmp_path, request, uri, tenant, blank_image_path
 ):
     url = fresh_database_url("sqlite", tmp_path, request)
     register(url, tenant)
+    register_image(url, blank_image_path, name="blank", zone=IMAGE_ZONE)
+    blank_image = "blank"
     spool = tmp_path / "spool"
     began = time.monotonic()
 
@@ -266,7 +270,7 @@ def test_kill_9_at_any_moment_loses_no_usage_record_and_dates_none_wrongly(
 
 
 def test_eight_parallel_runs_on_sqlite_wait_for_the_lock_and_spool_nothing(
-    tmp_path, request, uri, conn, pool, blank_image
+    tmp_path, request, uri, conn, pool
 ):
     url = fresh_database_url("sqlite", tmp_path, request)
     tenants = [f"p{os.getpid() % 10000}x{i}" for i in range(PARALLEL)]
