@@ -362,6 +362,9 @@ class JobStatsKeeper:
         return stats
 
 
+WAIT_LABEL = "live backup: wait for the job"
+
+
 class Probe:
     """Wraps the runner's steps in this process and adds up their wall time by label."""
 
@@ -370,7 +373,7 @@ class Probe:
         ("abort_stale_job", "stale job check"),
         ("drop_checkpoints", "checkpoints: list + delete"),
         ("selected_disks", "read the domain XML, select disks"),
-        ("live_backup", "live backup: backupBegin + job"),
+        ("begin_backup", "live backup: backupBegin"),
         ("finish", "finish: check, info, manifest, rename, fsync"),
         ("record", "ledger: record the run"),
         ("apply_retention", "retention"),
@@ -418,7 +421,7 @@ class Probe:
             try:
                 return wait_for_job(run, JobStatsKeeper(domain, probe.job))
             finally:
-                probe.calls.append(("live backup > wait for the job", time.perf_counter() - start))
+                probe.calls.append((WAIT_LABEL, time.perf_counter() - start))
 
         patch(backup_runner, "qemu_img", timed_qemu_img)
         patch(backup_runner, "connect", timed("connect", backup_runner.connect))
@@ -506,7 +509,7 @@ def measure_backup(config: RunnerConfig, caches: Caches) -> dict[str, Any]:
     steal = steal_s() - steal0
     dirty = dirty_kib()
     parts = probe.totals()
-    top = [label for _name, label in Probe.METHODS] + ["connect", "qemu-img rebase"]
+    top = [label for _name, label in Probe.METHODS] + [WAIT_LABEL, "connect", "qemu-img rebase"]
     parts["other (lock, ids, mkdir, rest)"] = wall - sum(parts.get(label, 0.0) for label in top)
     out: dict[str, Any] = {
         **result.as_dict(),

@@ -39,8 +39,12 @@ import env10  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_environment  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.engine.environment import EnvironmentPlanner  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.image import image_sources  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host  # noqa: E402
 from ansible_collections.vce.kvm.plugins.module_utils.host import facts  # noqa: E402
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger  # noqa: E402
+
+from tests.support.images import register_image  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -52,18 +56,29 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         into[key] = into.get(key, 0.0) + time.perf_counter() - start
 
 
+def ledger_url(ctx: env10.Context) -> str:
+    """A private ledger (never the user's) with the base image in the zone's catalogue."""
+    url = f"sqlite:///{ctx.work / 'profile-ledger.sqlite3'}"
+    if not (ctx.work / "profile-ledger.sqlite3").exists():
+        Ledger.open(url, create=True)
+        register_image(url, ctx.image, name=env10.IMAGE_NAME, zone=env10.IMAGE_ZONE)
+    return url
+
+
 def params(ctx: env10.Context) -> dict[str, Any]:
     vms = [
         {
             "name": vm["name"],
             "memory_mib": env10.MEMORY_MIB,
-            "boot_disk": {"image": str(ctx.image), "size_gib": env10.SIZE_GIB},
+            "boot_disk": {"image": env10.IMAGE_NAME, "size_gib": env10.SIZE_GIB},
             "nics": [{"network": "lan", "ip": vm["ip"]}],
         }
         for vm in env10.vm_table("", ctx.count, 0)
     ]
     return {
         "uri": ctx.daemon.uri,
+        "ledger_url": ledger_url(ctx),
+        "zone": env10.IMAGE_ZONE,
         "tenant": env10.TENANT,
         "state": "present",
         "default_pool": env10.POOL,
@@ -81,7 +96,8 @@ def run_steps(p: dict[str, Any]) -> dict[str, Any]:
         spec = parse_environment(p, p["default_pool"])
     with timed(t, "connect"):
         h = host.Host(p["uri"])
-    env = EnvironmentPlanner(h, spec.tenant, engine.options_from(p))
+    images = image_sources(p, Ledger.open(p["ledger_url"]), h.is_local)
+    env = EnvironmentPlanner(h, spec.tenant, engine.options_from(p), images=images)
     with timed(t, "observe"):
         inventory = env.observe()
     with timed(t, "plan"):

@@ -88,6 +88,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShel
 from env10 import CpuMeter, code_version, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
 from quota_check import make_image, summary_ms  # noqa: E402
 
+from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, domain_type  # noqa: E402
@@ -100,6 +101,7 @@ RULES = 3 * COUNT
 BENCH_TABLE = "vce_bench"
 HOST = "kvm-a"
 ZONE = "zone-a"
+IMAGE_NAME = "base"  # the empty base image, in the catalogue of ZONE
 UPLINK = "up0"
 ZONE_CONFIG = {
     "uplink": UPLINK,
@@ -129,7 +131,7 @@ def environment_params(
             {
                 "name": f"vm{v:02d}",
                 "memory_mib": 96,
-                "boot_disk": {"image": str(image), "size_gib": 1},
+                "boot_disk": {"image": IMAGE_NAME, "size_gib": 1},
                 "nics": [{"network": "lan", "ip": f"{LAN}.{11 + v}"}],
                 "state": "stopped",
             }
@@ -655,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VCE_LEDGER_URL"] = url
         register(url, TENANT, public_ips=100)
         image = make_image(base / "base.qcow2")
+        register_image(url, image, name=IMAGE_NAME, zone=ZONE)  # the zone's catalogue
 
         log(f"creating the routed network and {COUNT} stopped VMs (untimed) ...")
         t0 = time.perf_counter()

@@ -167,7 +167,7 @@ def stack() -> list[Resource]:
                 inputs: dict[str, Any] = {
                     "vcpus": 1,
                     "memoryMib": 512,
-                    "bootDisk": {"image": "/var/lib/base.qcow2", "sizeGib": 10},
+                    "bootDisk": {"image": "base", "sizeGib": 10},
                     "nics": [{"network": "lan"}],
                 }
             elif kind == "Disk":

@@ -97,12 +97,15 @@ from env10 import (  # noqa: E402
     write_doc_block,
 )
 
+from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "quota_check.json"
+IMAGE_NAME = "base"  # the empty base image, in the catalogue of IMAGE_ZONE
+IMAGE_ZONE = "bench"
 TENANT = "bench"
 POOL = "default"
 DOC_BEGIN = "<!-- quota_check:latest:begin (written by bench/quota_check.py) -->"
@@ -143,6 +146,7 @@ def declaration_params(uri: str, image: Path, size: Size, extra_vms: int = 0) ->
     return {
         "uri": uri,
         "tenant": TENANT,
+        "zone": IMAGE_ZONE,
         "state": "present",
         "default_pool": POOL,
         "networks": [
@@ -156,7 +160,7 @@ def declaration_params(uri: str, image: Path, size: Size, extra_vms: int = 0) ->
                 "vcpus": 1,
                 "memory_mib": MEMORY_MIB,
                 "state": "stopped",
-                "boot_disk": {"image": str(image), "size_gib": SIZE_GIB},
+                "boot_disk": {"image": IMAGE_NAME, "size_gib": SIZE_GIB},
                 "nics": [
                     {
                         "network": f"net{v % networks:02d}",
@@ -495,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         results["ledger"] = "SQLite file in the temp dir under /tmp"
         log(f"private libvirtd at {daemon.uri}; {machine_line(results['machine'])}")
         register(url, TENANT)
+        register_image(url, image, name=IMAGE_NAME, zone=IMAGE_ZONE)  # the zone's catalogue
 
         log(f"creating {size.networks} networks, {size.disks} disks, {size.vms} stopped VMs ...")
         results["create"] = create_tenant(daemon.uri, image, size)
