@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -284,12 +285,16 @@ PROBES = {"tcp": _tcp, "dns": _dns, "ping": _ping, "dhcp": _dhcp}
 
 def _probe_here(probes: list[Probe]) -> list[bool]:
     """Run probes in this process's namespace, at most MAX_PARALLEL at a time."""
-    dhcp = [p for p in probes if p.kind == "dhcp"]  # one port 68 socket at a time
-    others = [p for p in probes if p.kind != "dhcp"]
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(others)))) as pool:
-        answers = dict(zip(others, pool.map(lambda p: PROBES[p.kind](p), others), strict=True))
-    answers.update({p: _dhcp(p) for p in dhcp})
-    return [answers[p] for p in probes]
+    port_68 = threading.Lock()  # DHCP probes bind the client port: one at a time
+
+    def run(probe: Probe) -> bool:
+        if probe.kind != "dhcp":
+            return PROBES[probe.kind](probe)
+        with port_68:
+            return _dhcp(probe)
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(probes)))) as pool:
+        return list(pool.map(run, probes))
 
 
 def probe_all(attacker: Attacker, probes: Sequence[Probe]) -> list[bool]:
