@@ -496,14 +496,7 @@ class PrivateLibvirtd:
         argv += [f"--uts=/proc/{virtlogd}/ns/uts"] if self.hostname else []
         argv += ["libvirtd", "-d", "-f", "/etc/libvirt/libvirtd.conf"]
         argv += ["-p", str(self.libvirtd_pid_file)]
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, check=False, timeout=self.timeout
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"restarting private libvirtd failed ({proc.returncode}): "
-                f"{proc.stderr.strip()}{self._log_tail()}"
-            )
+        self._run_launcher(argv, "restarting")
         self._wait_until_ready()
 
     # ---- internals
@@ -571,12 +564,16 @@ class PrivateLibvirtd:
         argv += ["sh", "-c"]
         argv.append(self._namespace_script())
         # With -d both daemons fork away; sh (libvirtd's parent) returns once it is set up.
+        self._run_launcher(argv, "starting")
+
+    def _run_launcher(self, argv: list[str], what: str) -> None:
+        """Run the command that forks the daemons away; fail with its stderr and the log."""
         proc = subprocess.run(
             argv, capture_output=True, text=True, check=False, timeout=self.timeout
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"starting private libvirtd failed ({proc.returncode}): "
+                f"{what} private libvirtd failed ({proc.returncode}): "
                 f"{proc.stderr.strip()}{self._log_tail()}"
             )
 
