@@ -13,6 +13,7 @@ import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
+from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import DeclaredHost, DriftCheck
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.firewall import (
     GuardModel,
     TenantBridge,
@@ -290,3 +291,38 @@ def test_the_test_driver_without_a_host_command_is_refused(acme, test_host):
     with pytest.raises(SpecError) as caught:
         facade.run_firewall({"uri": URI, "ledger_url": acme, "uplink": "up0"})
     assert caught.value.field == "host_command"
+
+
+@needs_netns
+def test_drift_reports_a_missing_and_an_altered_guard_and_a_run_restores_it(acme, netns, test_host):
+    facade.run_network(network(netns, acme, "lan", "10.20.0.0/24", "nat"))
+    named_bridges(test_host)
+    shared = {"host_command": netns, "zone": "zone-a", "zone_config": ZONE}
+    declared = DeclaredHost.from_options("kvm1", URI, acme, {}, shared)
+
+    def guard_case():
+        (case,) = [c for c in DriftCheck(declared).cases() if c.kind == "firewall"]
+        return case
+
+    table_in(netns).remove()
+    assert (guard_case().tenant, guard_case().name, guard_case().status) == (
+        "",
+        "vce_guard",
+        "missing",
+    )
+    facade.run_firewall(firewall(netns, acme, zone_config=ZONE))
+    assert guard_case().status == "in_sync"
+    subprocess.run(
+        [*netns, "nft", "flush", "chain", "inet", "vce_guard", "tenant_from"],
+        check=True,
+        timeout=10,
+    )
+    altered = guard_case()
+    assert altered.status == "drifted"
+    assert [d.declared for d in altered.differences] == [
+        ["iifname @isolated_bridges counter drop", 'oifname != "up0" counter drop']
+    ]
+    assert facade.run_firewall(firewall(netns, acme, zone_config=ZONE)).changed
+    assert guard_case().status == "in_sync"
+    only_a_tenant = DriftCheck(declared, only=["acme"]).cases()
+    assert [c for c in only_a_tenant if c.kind == "firewall"] == []
