@@ -170,7 +170,7 @@ def test_a_rule_removed_by_hand_is_reported_and_restored(site):
     assert "ct state established,related accept" in checked["diff"]["after"]
     assert guard_listing(site) == flushed  # check mode changed nothing
 
-    shared = {"zone": "zone-it", "zone_config": site.zone_config}
+    shared = {"zone": "zone-it", "zone_config": site.zone_config, "host_command": site.prefix}
     declared = DeclaredHost.from_options("it-host", site.daemon.uri, site.ledger_url, {}, shared)
     (case,) = [c for c in DriftCheck(declared).cases() if c.kind == "firewall"]
     assert case.status == "drifted"
