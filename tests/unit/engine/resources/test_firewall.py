@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import DeclaredHost, DriftCheck
@@ -20,9 +20,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.firewall 
     render_guard,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 
+from tests.support.ledger import plan_catalog
 from tests.support.netns import needs_netns, scratch_netns
 
 from .conftest import URI
@@ -338,3 +340,21 @@ def test_a_run_that_knows_no_zone_keeps_the_uplink_the_guard_names(acme, netns, 
     assert 'oifname != "up0" counter drop' in listing
     assert 'oifname "up0" iifname @bridges ip saddr @cidrs counter drop' in listing
     assert facade.run_firewall(firewall(netns, acme)).facts["firewall"]["uplink"] == "up0"
+
+
+@needs_netns
+def test_a_suspended_tenants_run_still_restores_the_hosts_guard(acme, netns, test_host):
+    declared = {
+        "uri": URI, "tenant": "acme", "ledger_url": acme, "host_command": netns,
+        "networks": [{"name": "lan", "cidr": "10.50.0.0/24", "mode": "isolated"}],
+    }  # fmt: skip
+    facade.run_environment(declared)
+    suspend = {"ledger_url": acme, "name": "acme", "customer": "customer-of-acme", "plan": "lab"}
+    run_tenant({**suspend, "plans": plan_catalog("lab"), "state": "suspended", "uri": URI})
+    table_in(netns).remove()
+    restored = facade.run_environment(declared)  # the guard is the host's, not the tenant's
+    assert [c["kind"] for c in restored.plan] == ["firewall"]
+    assert table_in(netns).observed() is not None
+    grown = {**declared, "networks": [*declared["networks"], {"name": "b", "cidr": "10.51.0.0/24"}]}
+    with pytest.raises(VceError, match="suspended"):
+        facade.run_environment(grown)
