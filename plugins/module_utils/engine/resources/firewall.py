@@ -191,19 +191,33 @@ def run_uplink(params: Mapping[str, Any], ledger: Ledger | None, uri: str) -> st
     return recorded_uplink(ledger, uri)
 
 
+def logical_lines(listing: str) -> list[str]:
+    """A listing's lines without indentation, a set's elements on one line (nft wraps them):
+    what a plan, drift and a diff show of a table."""
+    found: list[str] = []
+    for line in (line.strip() for line in listing.splitlines()):
+        if not line:
+            continue
+        if found and found[-1].startswith("elements = {") and not found[-1].endswith("}"):
+            found[-1] = f"{found[-1]} {line}"
+        else:
+            found.append(line)
+    return found
+
+
 def lines(listing: str | None) -> list[str] | None:
-    return [line.strip() for line in listing.splitlines() if line.strip()] if listing else None
+    return logical_lines(listing) if listing else None
 
 
 def differing_lines(observed: str, expected: str) -> tuple[list[str], list[str]]:
     """The lines only the host holds and those only the declaration has, from a unified diff
-    of the two listings: what a plan, drift and a diff show of an altered table."""
+    of the two listings."""
     removed, added = [], []
-    diff = difflib.unified_diff(observed.splitlines(), expected.splitlines(), lineterm="", n=0)
+    diff = difflib.unified_diff(logical_lines(observed), logical_lines(expected), lineterm="", n=0)
     for line in diff:
         if line.startswith(("---", "+++", "@@")):
             continue
-        (removed if line.startswith("-") else added).append(line[1:].strip())
+        (removed if line.startswith("-") else added).append(line[1:])
     return removed, added
 
 
