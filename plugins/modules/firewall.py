@@ -22,9 +22,11 @@ description:
     address. A VM reaches another VM's public IP on the same host (hairpin NAT).
   - Its chains run before libvirt's own (priority C(filter - 10)) and only ever drop, so nothing
     libvirt refuses is let through. The table is not libvirt's - a libvirtd restart keeps it.
-  - A host without an uplink (no O(uplink), no O(zone_config) and no ledger record naming one)
-    gets the same rules except the two that name the uplink - leaving a NAT network is then not
-    restricted to one interface, and there is no egress filter.
+  - The uplink is O(uplink), else O(zone_config.uplink), else the one the ledger's host record
+    with this O(uri) names, else the one the table on the host names now (a run that knows no
+    zone never loosens the guard).
+  - A host without an uplink gets the same rules except the two that name the uplink - leaving a
+    NAT network is then not restricted to one interface, and there is no egress filter.
   - M(vce.kvm.environment) and M(vce.kvm.network) keep the table too after their network
     changes; the C(vce.kvm.kvm_host) role calls this module.
 author:
@@ -41,7 +43,7 @@ options:
     description:
       - The ledger whose host record with this O(uri) names the uplink, read only when neither
         O(uplink) nor O(zone_config) is given. Default - E(VCE_LEDGER_URL), else the user's
-        SQLite ledger. No ledger or no record - no uplink, with a warning for a missing ledger.
+        SQLite ledger. No ledger (a warning) or no record - the uplink the table names now, if any.
     type: str
   host_command:
     description:
@@ -55,7 +57,7 @@ options:
   uplink:
     description:
       - The host's interface towards the zone's public network. Default - O(zone_config.uplink),
-        else the ledger's host record.
+        else the ledger's host record, else the uplink the table on the host names now.
     type: str
   zone_config:
     description:

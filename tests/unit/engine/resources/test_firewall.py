@@ -326,3 +326,15 @@ def test_drift_reports_a_missing_and_an_altered_guard_and_a_run_restores_it(acme
     assert guard_case().status == "in_sync"
     only_a_tenant = DriftCheck(declared, only=["acme"]).cases()
     assert [c for c in only_a_tenant if c.kind == "firewall"] == []
+
+
+@needs_netns
+def test_a_run_that_knows_no_zone_keeps_the_uplink_the_guard_names(acme, netns, test_host):
+    facade.run_firewall(firewall(netns, acme, zone_config=ZONE))
+    isolated = {**network(netns, acme, "iso", "10.40.0.0/24", "isolated"), "zone_config": None}
+    made = facade.run_network(isolated)
+    assert [c["kind"] for c in made.plan] == ["network", "firewall"]
+    listing = table_in(netns).observed()
+    assert 'oifname != "up0" counter drop' in listing
+    assert 'oifname "up0" iifname @bridges ip saddr @cidrs counter drop' in listing
+    assert facade.run_firewall(firewall(netns, acme)).facts["firewall"]["uplink"] == "up0"
