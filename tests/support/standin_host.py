@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class StandInHost:
             },
             "tables": [],
             "rules": [],
+            # Tables of family inet, replaced whole (host.firewall.NftTable): their listings.
+            "inet": {},
             "next_handle": 1,
             "systemctl": [],
         }
@@ -165,7 +168,40 @@ RULE = re.compile(r"^add rule ip (\S+) (\S+) (.*?)(?: comment (\".*\"))?$")
 DELETE = re.compile(r"^delete rule ip (\S+) (\S+) handle (\d+)$")
 
 
+def inet_listing(name: str, batch: str) -> str:
+    """What the kernel lists for the table a batch defines: loaded by the real nft in a
+    scratch network namespace, so the pretend host holds exactly what a real one would."""
+    script = f"set -e\nnft -f - <<'END'\n{batch}END\nnft -s list table inet {name}\n"
+    proc = subprocess.run(
+        ["unshare", "--net", "sh"], input=script, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        fail(proc.stderr.strip())
+    return proc.stdout
+
+
+def inet(state: dict, args: list[str], stdin: str) -> str | None:
+    """`nft list tables inet`, `nft -s list table inet NAME`, and the batches that replace or
+    remove one such table whole (declare, delete, define)."""
+    tables = state.setdefault("inet", {})
+    if args == ["list", "tables", "inet"]:
+        return "".join(f"table inet {name}\n" for name in sorted(tables))
+    if args[:4] == ["-s", "list", "table", "inet"] and len(args) == 5:
+        if args[4] not in tables:
+            fail("Error: No such file or directory")
+        return tables[args[4]]
+    name = stdin.split()[2]
+    defined = stdin.find(f"table inet {name} {{")
+    if defined < 0:
+        tables.pop(name, None)
+    else:
+        tables[name] = inet_listing(name, stdin[defined:])
+    return None
+
+
 def nft(state: dict, args: list[str], stdin: str) -> object:
+    if "inet" in args or stdin.startswith("table inet "):
+        return inet(state, args, stdin)
     if args == ["-j", "list", "ruleset", "ip"]:
         items: list[dict] = [{"metainfo": {"json_schema_version": 1}}]
         items += [{"table": {"family": "ip", "name": t, "handle": 1}} for t in state["tables"]]
@@ -225,7 +261,9 @@ def main() -> None:
     else:
         shown = (ip if tool == "ip" else nft)(state, argv[1:], stdin)
     path.write_text(json.dumps(state))
-    if shown is not None:
+    if isinstance(shown, str):
+        sys.stdout.write(shown)
+    elif shown is not None:
         sys.stdout.write(json.dumps(shown))
 
 

@@ -47,6 +47,8 @@ def observed_objects(inventory: TenantInventory) -> dict[ObjectKey, quota.Usage]
     return objects
 
 
+# Change kinds of the host's own, not a tenant's objects (firewall tables every run keeps).
+HOST_KINDS = ("firewall",)
 # The kinds the ledger counts itself, and the change that adds one object of each.
 COUNTED_CHANGES = {
     ("public_ip", "allocate"): "public_ips",
@@ -217,10 +219,12 @@ class Gate:
                 check_counted(self.ledger, connection, self.record, added, self.others)
 
     def admit_state(self, plan: Plan) -> None:
-        """Closed and suspended tenants change nothing."""
-        if self.record.state == "closed" and plan.changed:
+        """Closed and suspended tenants change nothing of theirs; the host's own tables (its
+        guard), which a tenant's run keeps too, are not the tenant's."""
+        changed = any(change.kind not in HOST_KINDS for change in plan.changes)
+        if self.record.state == "closed" and changed:
             raise VceError(f"tenant {self.tenant} is closed: its runs may change nothing")
-        if self.record.state == "suspended" and plan.changed:
+        if self.record.state == "suspended" and changed:
             raise self.suspended_error()
 
     def hold_blocked_vms(self, plan: Plan) -> None:
