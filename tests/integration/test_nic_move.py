@@ -131,6 +131,34 @@ def test_a_second_nic_with_the_same_mac_is_refused(uri, conn, tenant, two_networ
     assert MAC not in network_hosts(conn, f"{tenant}_dmz")
 
 
+def test_a_vm_left_with_two_nics_of_one_mac_is_repaired(
+    uri, conn, tenant, two_networks, blank_image
+):
+    """What the attach-then-detach of earlier versions left behind: the NIC attached a second
+    time on the new network, the old one still there. A run detaches the old one by its own
+    XML (libvirt cannot tell the two apart by their MAC) and moves the lease."""
+    lan, dmz = two_networks
+    name = f"{tenant}_web1"
+    nic = {"network": "lan", "mac": MAC, "ip": f"{lan}.10"}
+    assert run_module("vm", vm_args(uri, tenant, blank_image, [nic], "stopped"))["changed"]
+    second = f"<interface type='network'><mac address='{MAC}'/><source network='{tenant}_dmz'/></interface>"
+    conn.lookupByName(name).attachDeviceFlags(second, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    moved = vm_args(
+        uri, tenant, blank_image, [{**nic, "network": "dmz", "ip": f"{dmz}.10"}], "stopped"
+    )
+
+    result = run_module("vm", moved)
+    assert not result["failed"], result["msg"]
+    assert [(c["action"], c["field"]) for c in result["plan"] if c["field"].startswith("nic")] == [
+        ("detach", f"nic {MAC}")
+    ]
+    saved = interfaces(conn, name, libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert [i[:2] for i in saved] == [(MAC, f"{tenant}_dmz")]
+    assert MAC not in network_hosts(conn, f"{tenant}_lan")
+    assert str(network_hosts(conn, f"{tenant}_dmz")[MAC].ip) == f"{dmz}.10"
+    assert run_module("vm", moved)["changed"] is False
+
+
 @pytest.mark.guest
 def test_a_moved_guest_gets_its_address_on_the_new_network(
     uri, conn, tenant, subnet, libvirtd, base_image

@@ -36,6 +36,7 @@ from ...host.xml import (
     disk_device_xml,
     domain_xml,
     free_disk_target,
+    interfaces_on,
     nic_device_xml,
     raw_volume_xml,
     to_string,
@@ -643,9 +644,17 @@ class VmPlanner:
     def plan_nics(
         self, plan: Plan, r: Resolved, domain: DomainState, running: bool, moves: list[NicMove]
     ) -> None:
+        """Detaches first (a VM left with two NICs of one MAC then has one to move), then
+        moves, then attaches."""
         present = {(n.mac, n.network) for n in domain.nics}
         wanted = {(nic.mac, net) for nic, net in zip(r.spec.nics, r.networks, strict=False)}
         wanted |= {(m.mac, m.old) for m in moves}  # moved, not detached
+        for nic in domain.nics:
+            if (nic.mac, nic.network) in wanted:
+                continue
+            run = partial(self.detach_nic, r.libvirt_name, nic, running)
+            field = f"nic {nic.mac}"
+            plan.add(Change(KIND, r.spec.name, "detach", field=field, before=nic.network, run=run))
         for move in moves:
             plan.add(self.move_change(r, running, move))
         moved = {m.mac for m in moves}
@@ -655,13 +664,6 @@ class VmPlanner:
             xml = nic_device_xml(NicDevice(nic.mac, net))
             plan.add(
                 self.device_change(r, running, "attach", f"nic {nic.mac}", None, nic.network, xml)
-            )
-        for nic in domain.nics:
-            if (nic.mac, nic.network) in wanted:
-                continue
-            xml = nic_device_xml(NicDevice(nic.mac, nic.network))
-            plan.add(
-                self.device_change(r, running, "detach", f"nic {nic.mac}", nic.network, None, xml)
             )
 
     def move_change(self, r: Resolved, running: bool, move: NicMove) -> Change:
@@ -676,7 +678,7 @@ class VmPlanner:
     def device_change(
         self, r: Resolved, running: bool, action: str, field: str, before: Any, after: Any, xml: str
     ) -> Change:
-        """A disk or NIC attached to or detached from the VM, live when it runs."""
+        """A disk attached or detached, or a NIC attached, live when the VM runs."""
         call = self.attach if action == "attach" else self.detach
         run = partial(call, r.libvirt_name, xml, running)
         return Change(KIND, r.spec.name, action, field=field, before=before, after=after, run=run)
@@ -931,6 +933,19 @@ class VmPlanner:
 
     def detach(self, libvirt_name: str, xml: str, live: bool) -> None:
         self.call_affecting(libvirt_name, "detach a device from", "detachDeviceFlags", xml, live)
+
+    def detach_nic(self, libvirt_name: str, nic: NicDevice, live: bool) -> None:
+        """The interface with this MAC on this network detached from the definition and, when
+        the VM runs, from the VM: each named by its own XML there, so that a VM left with two
+        NICs of one MAC (by an earlier attach) loses the right one."""
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("detach a device from", f"domain {libvirt_name}"):
+            scopes = [(libvirt.VIR_DOMAIN_XML_INACTIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)]
+            if live and dom.isActive():
+                scopes.append((0, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+            for xml_flags, affect in scopes:
+                for xml in interfaces_on(dom.XMLDesc(xml_flags), nic.mac, nic.network):
+                    dom.detachDeviceFlags(xml, affect)
 
     def move_nic(self, libvirt_name: str, move: NicMove, live: bool) -> None:
         """The interface's source network changed in place, in the definition and, when it
