@@ -159,6 +159,33 @@ def test_a_vm_left_with_two_nics_of_one_mac_is_repaired(
     assert run_module("vm", moved)["changed"] is False
 
 
+def test_an_environment_moves_a_nic_to_a_network_it_makes(uri, conn, tenant, subnet, blank_image):
+    """The NIC's MAC derived from its position (no `mac`): the same NIC, moved; the new
+    network is made with the lease in its definition, the old one keeps none."""
+    lan, dmz = subnet, subnet.replace("10.213.", "10.214.")
+    vm = {"name": "web1", "memory_mib": 96, "state": "stopped",
+          "boot_disk": {"image": blank_image, "size_gib": 1},
+          "nics": [{"network": "lan", "ip": f"{lan}.10"}]}  # fmt: skip
+    env = {"uri": uri, "tenant": tenant, "vms": [vm],
+           "networks": [{"name": "lan", "cidr": f"{lan}.0/24", "mode": "isolated"}]}  # fmt: skip
+    assert run_module("environment", env)["changed"]
+    [(mac, _network, slot, _tap)] = interfaces(conn, f"{tenant}_web1", 0)
+    env["networks"].append({"name": "dmz", "cidr": f"{dmz}.0/24", "mode": "isolated"})
+    vm["nics"] = [{"network": "dmz", "ip": f"{dmz}.10"}]
+
+    moved = run_module("environment", env)
+    assert not moved["failed"], moved["msg"]
+    assert [(c["kind"], c["action"]) for c in moved["plan"]] == [
+        ("network", "create"),
+        ("vm", "move"),
+        ("vm", "update"),
+    ]
+    assert interfaces(conn, f"{tenant}_web1", 0) == [(mac, f"{tenant}_dmz", slot, None)]
+    assert mac not in network_hosts(conn, f"{tenant}_lan")
+    assert str(network_hosts(conn, f"{tenant}_dmz")[mac].ip) == f"{dmz}.10"
+    assert run_module("environment", env)["changed"] is False
+
+
 @pytest.mark.guest
 def test_a_moved_guest_gets_its_address_on_the_new_network(
     uri, conn, tenant, subnet, libvirtd, base_image

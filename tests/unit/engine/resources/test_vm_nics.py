@@ -116,3 +116,16 @@ def test_a_second_nic_with_the_same_mac_is_refused(acme, test_host, image):
     assert caught.value.field == "nics[1].mac"
     assert nics(test_host) == [(MAC, "acme_lan")]
     assert leases(test_host, "dmz") == {}
+
+
+def test_a_nic_moves_to_a_network_made_in_the_same_run(acme, test_host, image):
+    first = declaration(image, ON_LAN, ledger_url=acme)
+    first["networks"] = first["networks"][:1]
+    facade.run_environment(first)
+    plan = facade.run_environment(declaration(image, ON_DMZ, ledger_url=acme), check_mode=True).plan
+    assert [(c["kind"], c["action"]) for c in plan] == [
+        ("network", "create"),
+        ("vm", "move"),
+        ("vm", "update"),
+    ]
+    assert plan[1]["after"] == {"network": "dmz", "ip": "10.31.0.10"}
