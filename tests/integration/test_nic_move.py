@@ -232,3 +232,40 @@ def test_a_moved_guest_gets_its_address_on_the_new_network(
     assert MAC not in network_hosts(conn, f"{tenant}_lan")
     assert str(network_hosts(conn, f"{tenant}_dmz")[MAC].ip) == f"{dmz}.10"
     assert run_module("environment", env)["changed"] is False
+
+
+@pytest.mark.guest
+def test_a_running_guest_left_with_two_nics_of_one_mac_loses_the_old_one(
+    uri, conn, tenant, two_networks, libvirtd, base_image
+):
+    """The running VM's copy of the old NIC is hot-unplugged by its own live XML (alias and
+    address): the guest acknowledges, and one NIC is left in the VM and in its definition."""
+    lan, dmz = two_networks
+    name = f"{tenant}_web1"
+    nic = {"network": "lan", "mac": MAC, "ip": f"{lan}.10"}
+    args = vm_args(uri, tenant, base_image, [nic], memory_mib=160)
+    assert run_module("vm", args)["changed"]
+    console = Path(libvirtd.log_dir) / "qemu" / f"{name}.console.log"
+
+    def address() -> str | None:
+        return console_ip(console.read_text(errors="replace")) if console.exists() else None
+
+    assert wait_for(address, BOOT_TIMEOUT) == f"{lan}.10", console.read_text(errors="replace")
+    second = (
+        f"<interface type='network'><mac address='{MAC}'/>"
+        f"<source network='{tenant}_dmz'/><model type='virtio'/></interface>"
+    )
+    both = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    conn.lookupByName(name).attachDeviceFlags(second, both)
+    assert len(interfaces(conn, name, 0)) == 2
+
+    moved = {**args, "nics": [{**nic, "network": "dmz", "ip": f"{dmz}.10"}]}
+    result = run_module("vm", moved)
+    assert not result["failed"], result["msg"]
+    assert [i[:2] for i in interfaces(conn, name, libvirt.VIR_DOMAIN_XML_INACTIVE)] == [
+        (MAC, f"{tenant}_dmz")
+    ]
+    live = wait_for(lambda: len(interfaces(conn, name, 0)) == 1, 30)
+    assert live, interfaces(conn, name, 0)
+    assert [i[:2] for i in interfaces(conn, name, 0)] == [(MAC, f"{tenant}_dmz")]
+    assert run_module("vm", moved)["changed"] is False
