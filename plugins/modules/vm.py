@@ -100,7 +100,11 @@ options:
     default: []
     suboptions:
       network:
-        description: Name of a network of the same tenant.
+        description:
+          - Name of a network of the same tenant. Changing it moves the NIC (same MAC) to that
+            network with its fixed IP's reservation, in one change; on a running VM the guest
+            takes its new address at its next restart (see docs/usage.md). Refused while a
+            public IP the run does not declare is bound to the NIC.
         type: str
         required: true
       mac:

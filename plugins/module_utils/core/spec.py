@@ -362,11 +362,25 @@ def parse_vm(raw: Any, path: str, tenant: str, default_pool: str) -> VmSpec:
         parse_nic(item, at(path, f"nics[{i}]"), tenant, name, i)
         for i, item in enumerate(as_list(raw.get("nics"), at(path, "nics")))
     )
+    check_nic_macs(nics, path)
     cloud_init = raw.get("cloud_init")
     if cloud_init is not None:
         cloud_init = parse_cloud_init(cloud_init, at(path, "cloud_init"), name)
     state = check_choice(optional(raw, "state", "running"), at(path, "state"), VM_STATES)
     return VmSpec(name, vcpus, max_vcpus, memory, max_memory, boot, disks, nics, cloud_init, state)
+
+
+def check_nic_macs(nics: Sequence[NicSpec], path: str) -> None:
+    """One NIC per MAC: libvirt finds a VM's NIC by its MAC (to move or detach it)."""
+    first: dict[str, int] = {}
+    for i, nic in enumerate(nics):
+        if nic.mac in first:
+            raise SpecError(
+                at(path, f"nics[{i}].mac"),
+                f"MAC {nic.mac} is already the MAC of nics[{first[nic.mac]}] of this VM; "
+                "each NIC needs its own MAC",
+            )
+        first[nic.mac] = i
 
 
 def check_unique(names: Sequence[str], path: str, what: str) -> None:

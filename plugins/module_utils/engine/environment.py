@@ -19,7 +19,7 @@ from ..host.xml import DomainState, NetworkState, VolumeState
 from .resources.disk import DiskPlanner
 from .resources.image import ImageSources
 from .resources.network import NetworkPlanner
-from .resources.vm import Context, VmPlanner
+from .resources.vm import BoundPublicIp, Context, VmPlanner
 
 T = TypeVar("T", DomainState, NetworkState)
 
@@ -70,8 +70,14 @@ class EnvironmentPlanner:
         return self.host.inventory(self.tenant)
 
     def plan_present(
-        self, spec: EnvironmentSpec, inventory: TenantInventory, failures: Failures | None = None
+        self,
+        spec: EnvironmentSpec,
+        inventory: TenantInventory,
+        failures: Failures | None = None,
+        public_ips: tuple[BoundPublicIp, ...] = (),
     ) -> Plan:
+        """`public_ips`: those bound through this host that the declaration does not hold (a
+        VM's NIC is not moved away from one)."""
         plan = Plan()
         vm_leases = self.vm_leases(spec)
         for i, net in enumerate(spec.networks):
@@ -92,7 +98,9 @@ class EnvironmentPlanner:
         ctx_disks = {disk.name: disk for disk in spec.disks}
         attached = self.attachments(spec)
         for i, vm in enumerate(spec.vms):
-            ctx = Context(ctx_networks, ctx_disks, self.options.allow_restart, f"vms[{i}].")
+            ctx = Context(
+                ctx_networks, ctx_disks, self.options.allow_restart, f"vms[{i}].", public_ips
+            )
             with planning(failures, "vm", vm.name):
                 plan.extend(self.vms.plan_present(attached[vm.name], inventory, ctx))
         undeclared = self.plan_undeclared(spec, inventory, failures)

@@ -51,7 +51,12 @@ from .resources.image import (
     read_declared,
 )
 from .resources.network import NetworkPlanner
-from .resources.public_ip import PublicIpPlanner, plan_environment_public_ips, planner_in
+from .resources.public_ip import (
+    PublicIpPlanner,
+    bound_through,
+    plan_environment_public_ips,
+    planner_in,
+)
 from .resources.tenant import ledger_facts, run_block
 from .resources.vm import Context, VmPlanner
 from .resources.zone_link import plan_environment_links
@@ -135,7 +140,10 @@ def plan_environment(
         backups.extend(plan)
         backups.extend(engine.plan_absent(inventory, failures))
         return public_ips, backups
-    objects = engine.plan_present(spec, inventory, failures)
+    zone_name = spec.public_zone.name if spec.public_zone else ""
+    declared = {(zone_name, item.name) for item in spec.public_ips}
+    bound = bound_through(ledger, tenant, host.uri, declared)
+    objects = engine.plan_present(spec, inventory, failures, bound)
     objects.extend(links)
     objects.extend(plan)
     objects.extend(backups)
@@ -305,7 +313,8 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
         images = image_sources(params, gate.ledger, host.is_local)
         engine = VmPlanner(host, tenant, timeout, images)
         inventory = host.inventory(tenant)
-        ctx = Context(allow_restart=bool(params.get("allow_restart")))
+        bound = bound_through(gate.ledger, tenant, host.uri)
+        ctx = Context(allow_restart=bool(params.get("allow_restart")), public_ips=bound)
         plan = engine.plan_present(spec, inventory, ctx)
     return conclude_one(plan, check_mode, gate, inventory, "vms", name)
 

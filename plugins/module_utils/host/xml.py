@@ -240,6 +240,22 @@ def nic_device_xml(nic: NicDevice) -> str:
     return to_string(nic_device_element(nic))
 
 
+def interfaces_on(domain_xml: str, mac: str, network: str) -> list[str]:
+    """The XML of each of the domain's interfaces with this MAC on this network, as the domain
+    holds it (PCI address and alias included: what tells two NICs of one MAC apart)."""
+    found = []
+    for element in ET.fromstring(domain_xml).findall("devices/interface"):
+        address, source = element.find("mac"), element.find("source")
+        if (
+            address is not None
+            and (address.get("address") or "").lower() == mac
+            and source is not None
+            and source.get("network") == network
+        ):
+            found.append(to_string(element))
+    return found
+
+
 def domain_xml(definition: DomainDefinition) -> str:
     root = ET.Element("domain", {"type": definition.domain_type})
     sub(root, "name", definition.name)

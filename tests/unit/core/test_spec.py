@@ -141,6 +141,20 @@ def test_valid_environment_gets_defaults():
         (
             env(
                 vms=[
+                    vm(
+                        nics=[
+                            {"network": "lan", "mac": "52:54:00:00:00:01"},
+                            {"network": "dmz", "mac": "52:54:00:00:00:01"},
+                        ]
+                    )
+                ]
+            ),
+            "vms[0].nics[1].mac",
+            "already the MAC of nics[0] of this VM",
+        ),
+        (
+            env(
+                vms=[
                     vm(name="a", nics=[{"network": "lan", "ip": "10.10.0.9"}]),
                     vm(name="b", nics=[{"network": "lan", "ip": "10.10.0.9"}]),
                 ]

@@ -1,4 +1,5 @@
-"""XML is built with ElementTree: metacharacters in values stay data, never markup."""
+"""XML is built with ElementTree: metacharacters in values stay data, never markup; a domain's
+interfaces are found by MAC and network with their address."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
     DomainDefinition,
     NicDevice,
     domain_xml,
+    interfaces_on,
     network_xml,
     read_domain,
     read_network,
@@ -64,3 +66,15 @@ def test_network_xml_round_trip():
     assert state.mtu == 1400
     assert state.hosts == {lease.mac: lease}
     assert state.owner.tenant == "acme"
+
+
+def test_interfaces_on_a_network_are_found_by_mac_and_network_with_their_address():
+    xml = """<domain><devices>
+      <interface type='network'><mac address='52:54:00:00:00:01'/><source network='acme_lan'/>
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></interface>
+      <interface type='network'><mac address='52:54:00:00:00:01'/><source network='acme_dmz'/>
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></interface>
+    </devices></domain>"""
+    [found] = interfaces_on(xml, "52:54:00:00:00:01", "acme_lan")
+    assert 'slot="0x03"' in found and "acme_dmz" not in found
+    assert interfaces_on(xml, "52:54:00:00:00:02", "acme_lan") == []

@@ -34,6 +34,7 @@ from ...host.shell import HostShell, host_shell
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
 from ..run import Run, conclude
+from .vm import BoundPublicIp
 
 TABLE = "vce_nat"
 TAG = "vce"
@@ -503,6 +504,23 @@ class PublicIpPlanner:
                 "bound": bound is not None and bound.public == row.address,
             }
         return result
+
+
+def bound_through(
+    ledger: Ledger, tenant: str, host_uri: str, declared: Container[tuple[str, str]] = ()
+) -> tuple[BoundPublicIp, ...]:
+    """The tenant's public IPs the ledger records as bound through this host, but those the
+    run declares ((zone, name): their planner binds them to where their NIC will be)."""
+    with ledger.store.read() as connection:
+        query = sa.select(public_ips).where(
+            public_ips.c.tenant == tenant, public_ips.c.host == host_uri
+        )
+        rows = connection.execute(query.order_by(public_ips.c.name)).all()
+    return tuple(
+        BoundPublicIp(row.name, row.address, row.vm, row.private_ip)
+        for row in rows
+        if (row.zone, row.name) not in declared
+    )
 
 
 def zone_lock(zone: str) -> str:

@@ -31,10 +31,12 @@ from ...host.xml import (
     DiskDevice,
     DomainDefinition,
     DomainState,
+    NetworkState,
     NicDevice,
     disk_device_xml,
     domain_xml,
     free_disk_target,
+    interfaces_on,
     nic_device_xml,
     raw_volume_xml,
     to_string,
@@ -42,7 +44,7 @@ from ...host.xml import (
 )
 from .disk import DiskPlanner, find_volume, pool_directory
 from .image import ImageSources, Source
-from .network import NetworkPlanner
+from .network import NetworkPlanner, managed_leases
 
 KIND = "vm"
 SEED_TARGET = "hdc"
@@ -192,6 +194,16 @@ def power(
     return Change(KIND, name, action, change_class, "state", before, after, run)
 
 
+@dataclass(frozen=True)
+class BoundPublicIp:
+    """A public IP the ledger records as bound on this host to one of the tenant's VMs."""
+
+    name: str
+    address: str
+    vm: str
+    private_ip: str
+
+
 @dataclass
 class Context:
     """What a VM's plan may rely on besides the host: the rest of the same declaration."""
@@ -200,6 +212,37 @@ class Context:
     disks: dict[str, DiskSpec] = field(default_factory=dict)
     allow_restart: bool = False
     path: str = ""
+    # Bound public IPs this run does not declare (a run that declares one binds it itself).
+    public_ips: tuple[BoundPublicIp, ...] = ()
+
+
+@dataclass(frozen=True)
+class NicMove:
+    """A NIC (same MAC) going to another of the tenant's networks, its fixed-IP lease with it."""
+
+    mac: str
+    old: str  # libvirt network names
+    new: str
+    old_lease: StaticLease | None  # the VM's lease on the old network: removed after the move
+    lease: StaticLease | None  # the declared fixed IP's lease on the new network
+    add_lease: bool  # the new network lacks it: added before the move
+    before: dict[str, Any]  # declared network and address, for the plan
+    after: dict[str, Any]
+
+    def carried(self) -> set[tuple[str, str]]:
+        """(network, MAC) of the leases this move plans: the old network's, and the new one's
+        with a fixed IP (without one, a left-over lease there is removed as any stale one)."""
+        return {(self.old, self.mac), *([(self.new, self.mac)] if self.lease else [])}
+
+
+def vm_lease(state: NetworkState | None, tenant: str, mac: str) -> StaticLease | None:
+    """The lease of `mac` on the tenant's network that a VM's NIC put there (not one of the
+    network's own static leases), or None."""
+    if state is None or state.owner is None or state.owner.tenant != tenant:
+        return None
+    if mac in managed_leases(state):
+        return None
+    return state.hosts.get(mac)
 
 
 @dataclass
@@ -343,7 +386,9 @@ class VmPlanner:
         domain = self.owned(inventory, spec.name)
         resolved = self.resolve(spec, inventory, ctx)
         plan = Plan()
-        self.plan_leases(plan, resolved, inventory, domain)
+        moves = self.nic_moves(resolved, domain, inventory, ctx) if domain else []
+        moving = {pair for move in moves for pair in move.carried()}
+        self.plan_leases(plan, resolved, inventory, domain, moving)
         if domain is None:
             plan.changes.insert(
                 0,
@@ -356,17 +401,25 @@ class VmPlanner:
                 ),
             )
             return plan
-        self.plan_update(plan, resolved, domain, inventory, ctx)
+        self.plan_update(plan, resolved, domain, inventory, ctx, moves)
         return plan
 
     def plan_leases(
-        self, plan: Plan, resolved: Resolved, inventory: TenantInventory, domain: DomainState | None
+        self,
+        plan: Plan,
+        resolved: Resolved,
+        inventory: TenantInventory,
+        domain: DomainState | None,
+        moving: set[tuple[str, str]],
     ) -> None:
+        """Leases of the VM's NICs added, changed or removed; `moving` (network, MAC): those a
+        NIC move carries, planned with it."""
         wanted = {(net, lease.mac): (declared, lease) for declared, net, lease in resolved.leases}
         for (net_name, mac), (declared, lease) in sorted(wanted.items()):
             state = inventory.networks.get(net_name)
-            if state is None:
-                continue  # created in this plan, with the lease in its definition
+            # A network created in this plan has the lease in its definition.
+            if state is None or (net_name, mac) in moving:
+                continue
             current = state.hosts.get(mac)
             if current != lease:
                 plan.add(
@@ -379,13 +432,8 @@ class VmPlanner:
         }
         for net_name, state in sorted(inventory.networks.items()):
             for mac in sorted(macs & set(state.hosts)):
-                if (
-                    (net_name, mac) not in wanted
-                    and state.owner
-                    and state.owner.tenant == self.tenant
-                ):
-                    if mac in state.owner.get("leases").split(","):
-                        continue  # the network's own static lease
+                stale = (net_name, mac) not in wanted and (net_name, mac) not in moving
+                if stale and vm_lease(state, self.tenant, mac) is not None:
                     plan.add(
                         self.networks.lease_change(
                             state.owner.name,
@@ -398,7 +446,13 @@ class VmPlanner:
                     )
 
     def plan_update(
-        self, plan: Plan, r: Resolved, domain: DomainState, inventory: TenantInventory, ctx: Context
+        self,
+        plan: Plan,
+        r: Resolved,
+        domain: DomainState,
+        inventory: TenantInventory,
+        ctx: Context,
+        moves: list[NicMove],
     ) -> None:
         spec = r.spec
         running = domain.state in ("running", "paused")
@@ -406,7 +460,9 @@ class VmPlanner:
         self.plan_cpu_memory(plan, spec, domain, running, restart_needed)
         self.plan_boot_disk(plan, r, inventory, domain, ctx)
         self.plan_extra_disks(plan, r, domain, running)
-        self.plan_nics(plan, r, domain, running)
+        self.plan_nics(plan, r, domain, running, moves)
+        if running and moves:
+            restart_needed.append("nics")
         self.plan_seed(plan, r, domain, running, restart_needed)
         name = spec.name
         if (
@@ -536,28 +592,93 @@ class VmPlanner:
             field, xml = f"disk {device.serial or path}", disk_device_xml(device)
             plan.add(self.device_change(r, running, "detach", field, device.target, None, xml))
 
-    def plan_nics(self, plan: Plan, r: Resolved, domain: DomainState, running: bool) -> None:
+    def nic_moves(
+        self, r: Resolved, domain: DomainState, inventory: TenantInventory, ctx: Context
+    ) -> list[NicMove]:
+        """The declared NICs whose MAC the VM has on another network: each is moved, not
+        attached a second time (libvirt finds a NIC by its MAC: two would make it ambiguous)."""
+        present: dict[str, str] = {}
+        for nic in domain.nics:
+            present.setdefault(nic.mac, nic.network)
+        declared = {lease.mac: lease for _declared, _net, lease in r.leases}
+        moves = []
+        for index, (nic, net) in enumerate(zip(r.spec.nics, r.networks, strict=False)):
+            old = present.get(nic.mac)
+            if old is None or NicDevice(nic.mac, net) in domain.nics:
+                continue
+            old_state = inventory.networks.get(old)
+            self.refuse_bound_public_ip(r.spec.name, old_state, ctx, index)
+            old_lease = vm_lease(old_state, self.tenant, nic.mac)
+            new_state = inventory.networks.get(net)
+            lease = declared.get(nic.mac)
+            # A network made in this plan holds the lease in its definition already.
+            add = (
+                lease is not None
+                and new_state is not None
+                and new_state.hosts.get(nic.mac) != lease
+            )
+            old_name = old_state.owner.name if old_state and old_state.owner else old
+            before = {"network": old_name, "ip": str(old_lease.ip) if old_lease else None}
+            after = {"network": nic.network, "ip": str(nic.ip) if nic.ip else None}
+            moves.append(NicMove(nic.mac, old, net, old_lease, lease, add, before, after))
+        return moves
+
+    def refuse_bound_public_ip(
+        self, vm: str, old_state: NetworkState | None, ctx: Context, index: int
+    ) -> None:
+        """A public IP bound to the NIC's address would keep pointing at the network the NIC
+        leaves: refused, unless the run declares that public IP (its planner re-binds it)."""
+        if old_state is None or old_state.cidr is None:
+            return
+        for bound in ctx.public_ips:
+            if bound.vm == vm and ipaddress.IPv4Address(bound.private_ip) in old_state.cidr:
+                old = old_state.owner.name if old_state.owner else old_state.name
+                raise SpecError(
+                    f"{ctx.path}nics[{index}].network",
+                    f"public IP {bound.name} ({bound.address}) is bound to this NIC's address "
+                    f"{bound.private_ip} on network {old!r}; moving the NIC would leave it "
+                    "pointing at a network the NIC left: declare the public IP in the same "
+                    "environment run (it is bound to the new address) or release it first",
+                )
+
+    def plan_nics(
+        self, plan: Plan, r: Resolved, domain: DomainState, running: bool, moves: list[NicMove]
+    ) -> None:
+        """Detaches first (a VM left with two NICs of one MAC then has one to move), then
+        moves, then attaches."""
         present = {(n.mac, n.network) for n in domain.nics}
         wanted = {(nic.mac, net) for nic, net in zip(r.spec.nics, r.networks, strict=False)}
+        wanted |= {(m.mac, m.old) for m in moves}  # moved, not detached
+        for nic in domain.nics:
+            if (nic.mac, nic.network) in wanted:
+                continue
+            run = partial(self.detach_nic, r.libvirt_name, nic, running)
+            field = f"nic {nic.mac}"
+            plan.add(Change(KIND, r.spec.name, "detach", field=field, before=nic.network, run=run))
+        for move in moves:
+            plan.add(self.move_change(r, running, move))
+        moved = {m.mac for m in moves}
         for nic, net in zip(r.spec.nics, r.networks, strict=False):
-            if (nic.mac, net) in present:
+            if (nic.mac, net) in present or nic.mac in moved:
                 continue
             xml = nic_device_xml(NicDevice(nic.mac, net))
             plan.add(
                 self.device_change(r, running, "attach", f"nic {nic.mac}", None, nic.network, xml)
             )
-        for nic in domain.nics:
-            if (nic.mac, nic.network) in wanted:
-                continue
-            xml = nic_device_xml(NicDevice(nic.mac, nic.network))
-            plan.add(
-                self.device_change(r, running, "detach", f"nic {nic.mac}", nic.network, None, xml)
-            )
+
+    def move_change(self, r: Resolved, running: bool, move: NicMove) -> Change:
+        run = partial(self.move_nic, r.libvirt_name, move, running)
+        # Running, the guest keeps the address it had until its DHCP client asks again: at
+        # the restart, or at its lease's renewal.
+        cls = ChangeClass.RESTART if running else ChangeClass.LIVE
+        return Change(
+            KIND, r.spec.name, "move", cls, f"nic {move.mac}", move.before, move.after, run
+        )
 
     def device_change(
         self, r: Resolved, running: bool, action: str, field: str, before: Any, after: Any, xml: str
     ) -> Change:
-        """A disk or NIC attached to or detached from the VM, live when it runs."""
+        """A disk attached or detached, or a NIC attached, live when the VM runs."""
         call = self.attach if action == "attach" else self.detach
         run = partial(call, r.libvirt_name, xml, running)
         return Change(KIND, r.spec.name, action, field=field, before=before, after=after, run=run)
@@ -812,6 +933,32 @@ class VmPlanner:
 
     def detach(self, libvirt_name: str, xml: str, live: bool) -> None:
         self.call_affecting(libvirt_name, "detach a device from", "detachDeviceFlags", xml, live)
+
+    def detach_nic(self, libvirt_name: str, nic: NicDevice, live: bool) -> None:
+        """The interface with this MAC on this network detached from the definition and, when
+        the VM runs, from the VM: each named by its own XML there, so that a VM left with two
+        NICs of one MAC (by an earlier attach) loses the right one."""
+        dom = self.lookup(libvirt_name)
+        with libvirt_action("detach a device from", f"domain {libvirt_name}"):
+            scopes = [(libvirt.VIR_DOMAIN_XML_INACTIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)]
+            if live and dom.isActive():
+                scopes.append((0, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+            for xml_flags, affect in scopes:
+                for xml in interfaces_on(dom.XMLDesc(xml_flags), nic.mac, nic.network):
+                    dom.detachDeviceFlags(xml, affect)
+
+    def move_nic(self, libvirt_name: str, move: NicMove, live: bool) -> None:
+        """The interface's source network changed in place, in the definition and, when it
+        runs, in the VM (libvirt moves its tap to the new bridge: no hot-unplug for the guest
+        to acknowledge). The new lease is there before the NIC arrives; the old one goes after
+        it left, so an interrupted move leaves a lease where the NIC may be, never none."""
+        if move.add_lease:
+            self.networks.set_lease(move.new, move.mac, move.lease)
+        xml = nic_device_xml(NicDevice(move.mac, move.new))
+        verb = f"move NIC {move.mac} to network {move.new} in"
+        self.call_affecting(libvirt_name, verb, "updateDeviceFlags", xml, live)
+        if move.old_lease is not None:
+            self.networks.set_lease(move.old, move.mac, None)
 
     def call_affecting(
         self, libvirt_name: str, verb: str, method: str, value: Any, live: bool

@@ -324,3 +324,41 @@ def test_exactly_the_assignable_addresses_of_the_pools_can_be_requested():
         else:
             accepted.add(address)
     assert accepted == ASSIGNABLE
+
+
+def moved_to_dmz(lab, network="dmz", ip="10.21.0.10", **extra):
+    """web1's NIC declared on `network`, with routed networks lan and dmz, in zone-a."""
+    declared = environment("acme", str(lab.image))
+    declared["networks"].append({"name": "dmz", "cidr": "10.21.0.0/24", "mode": "routed"})
+    declared["vms"][0]["nics"] = [{"network": network, "ip": ip}]
+    return {**declared, **lab.zone(), **extra}
+
+
+def test_a_nic_is_not_moved_away_from_a_public_ip_bound_to_it(lab):
+    facade.run_environment(moved_to_dmz(lab, "lan", "10.20.0.10"))
+    run_public_ip(lab.params())
+    rows = lab.rows()
+    with pytest.raises(SpecError, match=r"public IP web \(203.0.113.67\) is bound") as caught:
+        facade.run_environment(moved_to_dmz(lab), check_mode=True)
+    assert caught.value.field == "vms[0].nics[0].network"
+    vm = {**moved_to_dmz(lab)["vms"][0], "uri": URI, "tenant": "acme"}
+    with pytest.raises(SpecError, match="pointing at a network the NIC left") as caught:
+        facade.run_vm({**vm, "default_pool": "default-pool", "ledger_url": lab.ledger_url})
+    assert caught.value.field == "nics[0].network"
+    assert lab.rows() == rows
+
+
+def test_an_environment_declaring_the_public_ip_moves_the_nic_and_rebinds_it(lab):
+    facade.run_environment(moved_to_dmz(lab, "lan", "10.20.0.10"))
+    run_public_ip(lab.params())
+    declared = moved_to_dmz(lab, public_ips=[{"name": "web", "vm": "web1"}])
+    plan = facade.run_environment(declared, check_mode=True).plan
+    assert [(c["kind"], c["action"], c["after"]) for c in plan if c["action"] != "update"] == [
+        ("vm", "move", {"network": "dmz", "ip": "10.21.0.10"}),
+        ("public_ip", "rebind", "web1 (10.21.0.10)"),
+        ("public_ip", "bind", f"{FIRST} -> 10.21.0.10"),
+    ]
+    still_on_lan = moved_to_dmz(lab, public_ips=[{"name": "web", "vm": "web1", "network": "lan"}])
+    with pytest.raises(SpecError, match="VM web1 has no NIC on network lan") as caught:
+        facade.run_environment(still_on_lan, check_mode=True)
+    assert caught.value.field == "public_ips[0].network"
