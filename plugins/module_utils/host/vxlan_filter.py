@@ -8,8 +8,8 @@ device's `local` says, and decapsulates whatever arrives with a VNI it knows: a 
 or a neighbour on the uplink could put frames into another tenant's bridge. This table drops
 every VXLAN packet in the input hook (before the socket sees it) unless it comes in on the
 link's underlay device, from the peer's underlay address, to this end's underlay address, and
-carries the link's VNI. Rendered whole from the host's zone-link ends (pure; `NftTable` in
-host/firewall.py replaces it in one batch).
+carries the link's VNI. Rendered whole from the host's zone-link ends (pure: the body that
+`NftTable` in host/firewall.py replaces in one batch).
 """
 
 from __future__ import annotations
@@ -44,12 +44,11 @@ class VxlanPeer:
 
 
 def render_vxlan_table(peers: Iterable[VxlanPeer]) -> str:
-    """The whole table for `peers` (one accept rule each, by VNI, then a drop)."""
+    """The table's body for `peers` (one accept rule each, by VNI, then a drop)."""
     rules = "".join(
         f"\t\t{peer.rule()}\n" for peer in sorted(peers, key=lambda p: (p.vni, p.label))
     )
     return (
-        f"table {FAMILY} {TABLE} {{\n"
         "\tchain input {\n"
         "\t\ttype filter hook input priority filter - 10; policy accept;\n"
         f"\t\tudp dport {VXLAN_PORT} jump vxlan_in\n"
@@ -58,5 +57,4 @@ def render_vxlan_table(peers: Iterable[VxlanPeer]) -> str:
         f"{rules}"
         "\t\tcounter drop\n"
         "\t}\n"
-        "}\n"
     )

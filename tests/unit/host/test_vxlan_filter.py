@@ -19,7 +19,7 @@ def listed(body: str) -> str:
     """The table as the kernel lists it, loaded in a namespace of its own (needs root)."""
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-c", "nft -f - && nft -s list table inet vce_vxlan"],
-        input=body,
+        input=f"table inet vce_vxlan {{\n{body}}}\n",
         capture_output=True,
         text=True,
         timeout=30,
@@ -30,6 +30,7 @@ def listed(body: str) -> str:
 
 
 def test_one_rule_per_end_by_vni_then_a_drop():
+    """The body NftTable puts between the table's braces."""
     body = render_vxlan_table(
         [
             VxlanPeer("ul0", A, C, 10001, "rival/lan-ac"),
@@ -37,7 +38,6 @@ def test_one_rule_per_end_by_vni_then_a_drop():
         ]
     )
     assert body.splitlines() == [
-        "table inet vce_vxlan {",
         "\tchain input {",
         "\t\ttype filter hook input priority filter - 10; policy accept;",
         "\t\tudp dport 4789 jump vxlan_in",
@@ -49,7 +49,6 @@ def test_one_rule_per_end_by_vni_then_a_drop():
         'comment "rival/lan-ac"',
         "\t\tcounter drop",
         "\t}",
-        "}",
     ]
 
 
