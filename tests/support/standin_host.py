@@ -31,6 +31,8 @@ class StandInHost:
             },
             "tables": [],
             "rules": [],
+            # Tables of family inet, replaced whole (host.firewall.NftTable): their listings.
+            "inet": {},
             "next_handle": 1,
             "systemctl": [],
         }
@@ -169,44 +171,40 @@ RULE = re.compile(r"^add rule ip (\S+) (\S+) (.*?)(?: comment (\".*\"))?$")
 DELETE = re.compile(r"^delete rule ip (\S+) (\S+) handle (\d+)$")
 
 
-def whole_tables(state: dict, args: list[str], stdin: str) -> tuple[bool, str | None]:
-    """The tables NftTable (host/firewall.py) keeps whole, by "family name": listed the way the
-    kernel lists them, made by a real nft in a network namespace of its own (as NftTable's
-    expected() does). Returns whether the command was one of theirs, and its output."""
-    tables = state.setdefault("whole_tables", {})
-    if args[:2] == ["list", "tables"] and len(args) == 3:
-        return True, "".join(f"table {key}\n" for key in sorted(tables) if key.startswith(args[2]))
-    if args[:3] == ["-s", "list", "table"]:
-        key = " ".join(args[3:5])
-        if key not in tables:
-            fail(f"Error: No such file or directory\nlist table {key}")
-        return True, tables[key]
-    first, second, *rest = (stdin.splitlines() or [""]) + ["", ""]
-    if args != ["-f", "-"] or not first.startswith("table inet "):
-        return False, None
-    key = first.split(" ", 1)[1]
-    if second != f"delete table {key}":
-        fail(f"Error: syntax error\n{second}")
-    body = "\n".join(rest).strip()
-    if not body:
-        tables.pop(key, None)
-        return True, None
-    loaded = subprocess.run(
-        ["unshare", "--net", "sh", "-c", f"nft -f - && nft -s list table {key}"],
-        input=body + "\n", capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if loaded.returncode != 0:
-        fail(loaded.stderr.strip())
-    tables[key] = loaded.stdout
-    return True, None
+def inet_listing(name: str, batch: str) -> str:
+    """What the kernel lists for the table a batch defines: loaded by the real nft in a
+    scratch network namespace, so the pretend host holds exactly what a real one would."""
+    script = f"set -e\nnft -f - <<'END'\n{batch}END\nnft -s list table inet {name}\n"
+    proc = subprocess.run(
+        ["unshare", "--net", "sh"], input=script, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        fail(proc.stderr.strip())
+    return proc.stdout
+
+
+def inet(state: dict, args: list[str], stdin: str) -> str | None:
+    """`nft list tables inet`, `nft -s list table inet NAME`, and the batches that replace or
+    remove one such table whole (declare, delete, define)."""
+    tables = state.setdefault("inet", {})
+    if args == ["list", "tables", "inet"]:
+        return "".join(f"table inet {name}\n" for name in sorted(tables))
+    if args[:4] == ["-s", "list", "table", "inet"] and len(args) == 5:
+        if args[4] not in tables:
+            fail("Error: No such file or directory")
+        return tables[args[4]]
+    name = stdin.split()[2]
+    defined = stdin.find(f"table inet {name} {{")
+    if defined < 0:
+        tables.pop(name, None)
+    else:
+        tables[name] = inet_listing(name, stdin[defined:])
+    return None
 
 
 def nft(state: dict, args: list[str], stdin: str) -> object:
-    handled, shown = whole_tables(state, args, stdin)
-    if handled:
-        if shown is not None:
-            sys.stdout.write(shown)
-        return None
+    if "inet" in args or stdin.startswith("table inet "):
+        return inet(state, args, stdin)
     if args == ["-j", "list", "ruleset", "ip"]:
         items: list[dict] = [{"metainfo": {"json_schema_version": 1}}]
         items += [{"table": {"family": "ip", "name": t, "handle": 1}} for t in state["tables"]]
@@ -266,7 +264,9 @@ def main() -> None:
     else:
         shown = (ip if tool == "ip" else nft)(state, argv[1:], stdin)
     path.write_text(json.dumps(state))
-    if shown is not None:
+    if isinstance(shown, str):
+        sys.stdout.write(shown)
+    elif shown is not None:
         sys.stdout.write(json.dumps(shown))
 
 

@@ -8,8 +8,10 @@ device's `local` says, and decapsulates whatever arrives with a VNI it knows: a 
 or a neighbour on the uplink could put frames into another tenant's bridge. This table drops
 every VXLAN packet in the input hook (before the socket sees it) unless it comes in on the
 link's underlay device, from the peer's underlay address, to this end's underlay address, and
-carries the link's VNI. Rendered whole from the host's zone-link ends (pure: the body that
-`NftTable` in host/firewall.py replaces in one batch).
+carries the link's VNI; and no guest's VXLAN is forwarded out of an underlay device, where
+NAT would give it this host's underlay address, the one its peer lets in. Rendered whole from
+the host's zone-link ends (pure: the body that `NftTable` in host/firewall.py replaces in one
+batch).
 """
 
 from __future__ import annotations
@@ -44,17 +46,27 @@ class VxlanPeer:
 
 
 def render_vxlan_table(peers: Iterable[VxlanPeer]) -> str:
-    """The table's body for `peers` (one accept rule each, by VNI, then a drop)."""
-    rules = "".join(
-        f"\t\t{peer.rule()}\n" for peer in sorted(peers, key=lambda p: (p.vni, p.label))
+    """The table's body for `peers`: in the input hook one accept rule each (by VNI), then a
+    drop; in the forward hook, a drop of VXLAN forwarded out of an underlay device. The host's
+    own VXLAN is sent, never forwarded: a forwarded one is a guest's, which a NAT network would
+    otherwise masquerade to this host's underlay address, the very address its peer trusts."""
+    peers = sorted(peers, key=lambda p: (p.vni, p.label))
+    accepted = "".join(f"\t\t{peer.rule()}\n" for peer in peers)
+    underlays = sorted({peer.underlay_dev for peer in peers})
+    outgoing = "".join(
+        f'\t\toifname "{dev}" udp dport {VXLAN_PORT} counter drop\n' for dev in underlays
     )
     return (
         "\tchain input {\n"
         "\t\ttype filter hook input priority filter - 10; policy accept;\n"
         f"\t\tudp dport {VXLAN_PORT} jump vxlan_in\n"
         "\t}\n"
+        "\tchain forward {\n"
+        "\t\ttype filter hook forward priority filter - 10; policy accept;\n"
+        f"{outgoing}"
+        "\t}\n"
         "\tchain vxlan_in {\n"
-        f"{rules}"
+        f"{accepted}"
         "\t\tcounter drop\n"
         "\t}\n"
     )

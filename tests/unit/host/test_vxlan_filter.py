@@ -42,6 +42,10 @@ def test_one_rule_per_end_by_vni_then_a_drop():
         "\t\ttype filter hook input priority filter - 10; policy accept;",
         "\t\tudp dport 4789 jump vxlan_in",
         "\t}",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter - 10; policy accept;",
+        '\t\toifname "ul0" udp dport 4789 counter drop',
+        "\t}",
         "\tchain vxlan_in {",
         '\t\tiifname "ul0" ip saddr 172.31.250.11 ip daddr 172.31.250.10 @th,96,24 10000 accept '
         'comment "acme/lan-ab"',

@@ -43,6 +43,7 @@ from ...host.xml import NetworkState
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
 from ..run import Run, conclude
+from .firewall import KIND, differing_lines, lines
 
 try:
     import sqlalchemy as sa
@@ -391,11 +392,6 @@ def peers_on(uri: str, label: str, vni: int, ends: Sequence[Mapping[str, Any]]) 
     ]
 
 
-def listing_lines(listing: str | None) -> list[str] | None:
-    """A table listing as before/after of a change: one rule a line, so a diff shows rules."""
-    return None if listing is None else listing.splitlines()
-
-
 class VxlanFilters:
     """The VXLAN filter (`inet vce_vxlan`) of every host a run's zone links have an end on.
 
@@ -446,7 +442,8 @@ class VxlanFilters:
         return peers
 
     def plan(self) -> Plan:
-        """One change per host whose table is not what the run leaves it with."""
+        """One change per host whose table is not what the run leaves it with; it shows the
+        rules as `nft list` prints them (of a changed table, those that differ)."""
         plan = Plan()
         for uri, shell in self.shells.items():
             table = NftTable(shell, FAMILY, TABLE)
@@ -455,17 +452,15 @@ class VxlanFilters:
             after = UNKNOWN if peers is None else table.expected(render_vxlan_table(peers))
             if after == observed:
                 continue
-            plan.add(
-                Change(
-                    "firewall",
-                    TABLE,
-                    "create" if observed is None else "update",
-                    field=uri,
-                    before=listing_lines(observed),
-                    after=after if peers is None else listing_lines(after),
-                    run=partial(self.keep, table, uri),
-                )
-            )
+            if peers is None:
+                before, shown = lines(observed), UNKNOWN
+            elif observed is None:
+                before, shown = None, lines(after)
+            else:
+                before, shown = differing_lines(observed, after)
+            action = "create" if observed is None else "update"
+            run = partial(self.keep, table, uri)
+            plan.add(Change(KIND, TABLE, action, field=uri, before=before, after=shown, run=run))
         return plan
 
     def keep(self, table: NftTable, uri: str) -> None:
