@@ -351,9 +351,10 @@ def network_bridge(host: LabHost, tenant: str, network: str) -> str:
         conn.close()
 
 
-def filter_drops(host: LabHost) -> int:
-    """Packets the host's VXLAN filter dropped so far."""
-    listing = host.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+def filter_drops(host: LabHost, chain: str = "vxlan_in") -> int:
+    """Packets a chain of the host's VXLAN filter dropped so far: VXLAN coming in (vxlan_in),
+    a guest's VXLAN on its way out to the underlay (forward)."""
+    listing = host.run(["nft", "list", "chain", "inet", "vce_vxlan", chain], check=True)
     counted = re.search(r"counter packets (\d+) bytes \d+ drop", listing.stdout)
     assert counted, listing.stdout
     return int(counted.group(1))
@@ -398,6 +399,9 @@ def test_vxlan_from_a_guest_or_the_uplink_is_dropped_and_the_links_keep_working(
     time.sleep(SETTLE)
     assert planted(lab, FORGED_MAC) == []
     assert all(filter_drops(host) > drops[host.name] for host in (a, b))
+    # Guests' VXLAN towards the other host's underlay never left: NAT would have given it this
+    # host's underlay address, which the other end lets in.
+    assert all(filter_drops(host, "forward") > 0 for host in (a, b))
 
     # The right peer (kvm-a's first underlay address, acme's) with rival's VNI: dropped too.
     peer = Attacker(a.netns, a.underlay_ip)
@@ -432,8 +436,8 @@ def test_a_zone_link_run_restores_a_filter_changed_by_hand(lab, acme):
         assert [(c["kind"], c["action"], c["field"]) for c in checked["plan"]] == [
             ("firewall", "update", b.uri)
         ], checked
-        (added,) = checked["diff"]["after"]["firewall/vce_vxlan"][b.uri]
-        assert added.endswith('accept comment "acme/lan-ab"'), added
+        accept, drop = checked["diff"]["after"]["firewall/vce_vxlan"][b.uri]  # flushed both
+        assert accept.endswith('accept comment "acme/lan-ab"') and drop == "counter drop"
         assert run_module("zone_link", link(lab))["changed"]
         assert not run_module("zone_link", link(lab))["changed"]
         listing = b.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
