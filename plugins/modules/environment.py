@@ -79,6 +79,8 @@ options:
         is this host. The network may be declared in the same call.
       - With O(prune) or O(state=absent), the tenant's other links with an end on this host are
         removed, both ends.
+      - The hosts of both ends keep their VXLAN filter (nft table C(inet vce_vxlan)) for every
+        tenant's links there, planned as changes C(firewall vce_vxlan) (see M(vce.kvm.zone_link)).
     type: list
     elements: dict
     default: []

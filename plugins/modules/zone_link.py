@@ -11,9 +11,16 @@ version_added: 0.1.0
 description:
   - Makes a tenant network that exists in two zones one L2 segment - terms 5.1, a network link
     between two availability zones. One declaration configures both ends; V(absent) removes both.
-  - Each end is a VXLAN device C(vx<VNI>) on the host's underlay interface, pointing at the other
-    end's underlay address (UDP 4789), attached to the network's libvirt bridge. The VNI is
-    allocated in the ledger, unique across all links.
+  - Each end is a VXLAN device C(vx<VNI>) bound to the host's underlay device and address,
+    sending to the other end's underlay address only (UDP 4789, no learning of other remotes),
+    attached to the network's libvirt bridge. The VNI is allocated in the ledger, unique across
+    all links.
+  - B(VXLAN filter) - both ends' hosts keep the nft table C(inet vce_vxlan), rendered from the
+    ledger's links of every tenant on the host - VXLAN is let in only on the end's underlay
+    device, from the peer's underlay address, with the link's VNI; every other packet to UDP 4789
+    is dropped before decapsulation. Planned as a change C(firewall vce_vxlan) per host (check
+    mode shows it, diff mode shows the rules), after the VNI allocation and before the devices.
+    The underlay itself is trusted (not encrypted) - see the zones documentation.
   - B(MTU) - VXLAN adds 50 bytes. The network's MTU (1500 unless its O(vce.kvm.network#module:mtu)
     says otherwise) must be at most the underlay's MTU minus 50 on both hosts - raise the
     underlay's MTU (e.g. 1550) or lower the network's (e.g. 1450). Otherwise the link is refused

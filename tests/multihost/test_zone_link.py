@@ -4,9 +4,12 @@ device and the VNI is free; refusals change nothing."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from tests.multihost.helpers import console_logs_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
+from tools.attacker import Attacker, arp_frame, plugged, send_vxlan
 from tools.cleanup import remove_prefixed
 from tools.multihost import LabHost, MultiHostLab
 
@@ -120,7 +124,9 @@ def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme):
     assert not guest_pings(a, "10.80.0.10", "10.80.0.20")  # two separate segments so far
     checked = run_module("zone_link", link(lab), check=True)
     assert checked["changed"] and not checked["failed"], checked
-    assert [c["action"] for c in checked["plan"]] == ["allocate", "connect", "connect"]
+    assert [c["action"] for c in checked["plan"]] == [
+        "allocate", "create", "create", "connect", "connect"
+    ]  # fmt: skip
     assert vxlan_devices(a) == [] and vxlan_devices(b) == []
 
     created = run_module("zone_link", link(lab))
@@ -138,7 +144,9 @@ def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme):
     assert guest_pings(a, "10.80.0.10", "10.80.0.20")
 
     removed = run_module("zone_link", link(lab, state="absent"))
-    assert [c["action"] for c in removed["plan"]] == ["disconnect", "disconnect", "release"]
+    assert [c["action"] for c in removed["plan"]] == [
+        "update", "update", "disconnect", "disconnect", "release"
+    ]  # fmt: skip
     assert vxlan_devices(a) == [] and vxlan_devices(b) == []
     assert not guest_pings(a, "10.80.0.10", "10.80.0.20")
     assert removed["zone_link"] == {}
@@ -224,10 +232,16 @@ def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
     try:
         applied = run_module("environment", params)
         assert applied["changed"] and not applied["failed"], applied
-        actions = [(c["kind"], c["action"]) for c in applied["plan"]]
-        # The host's guard takes the new bridge right after the network is made.
-        made = [("network", "create"), ("firewall", "update"), ("zone_link", "allocate")]
-        assert actions == made + [("zone_link", "connect")] * 2
+        # The host's guard table (vce_guard) is kept by the same run: not this test's.
+        actions = [(c["kind"], c["action"]) for c in applied["plan"] if c["name"] != "vce_guard"]
+        assert actions == [
+            ("network", "create"),
+            ("zone_link", "allocate"),
+            ("firewall", "update"),
+            ("firewall", "update"),
+            ("zone_link", "connect"),
+            ("zone_link", "connect"),
+        ]
         for host in (a, b):
             (device,) = vxlan_devices(host)
             assert ("master virbr" in device and "state UNKNOWN" in device) or "UP" in device
@@ -237,3 +251,201 @@ def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
         engine.run_environment({**on_b, "state": "absent"})
     assert removed["changed"] and not removed["failed"], removed
     assert vxlan_devices(a) == [] and vxlan_devices(b) == []
+
+
+# ---- the VXLAN filter (inet vce_vxlan): VXLAN only from a link's peer, with its VNI
+
+# Tenant rival's link runs over second underlay addresses of the same hosts: so host A's
+# first address is the right peer for acme's VNI and the wrong one for rival's.
+RIVAL_UNDERLAY = {"kvm-a": "172.31.250.110", "kvm-b": "172.31.250.111"}
+RIVAL_ZONES = {
+    "kvm-a": ("zone-a", "203.0.113.64/27"),
+    "kvm-b": ("zone-b", "203.0.113.96/27"),
+}
+FORGED_MAC = "02:66:76:78:00:01"  # what an attacker's inner frames claim to come from
+PEER_MAC = "02:66:76:78:00:02"  # the right peer's frame: must pass, or the test proves nothing
+SETTLE = 0.5  # seconds for the last frame to be bridged (or not) and answered
+
+
+def rival_side(host: LabHost, index: int) -> dict:
+    """Tenant rival on one host: a linked isolated `lan`, and a routed, a NAT and an isolated
+    network for the attackers."""
+    zone, pool = RIVAL_ZONES[host.name]
+    gateway = 1 + index
+    return {
+        "uri": host.uri,
+        "tenant": "rival",
+        "zone": zone,
+        "zone_config": {
+            "uplink": "up0",
+            "public_pools": [{"name": "pub", "cidr": pool, "gateway": "203.0.113.1"}],
+        },
+        "host_command": host.command_prefix,
+        "networks": [
+            {"name": "lan", "cidr": "10.84.0.0/24", "mode": "isolated",
+             "gateway": f"10.84.0.{gateway}", "dhcp_start": f"10.84.0.{100 + 50 * index}",
+             "dhcp_end": f"10.84.0.{149 + 50 * index}"},
+            {"name": "pub", "cidr": f"10.85.{index}.0/24", "mode": "routed"},
+            {"name": "out", "cidr": f"10.86.{index}.0/24", "mode": "nat"},
+            {"name": "cell", "cidr": f"10.87.{index}.0/24", "mode": "isolated"},
+        ],
+    }  # fmt: skip
+
+
+def rival_link(lab: MultiHostLab) -> dict:
+    ends = link(lab)["ends"]
+    for end, host in zip(ends, ("kvm-a", "kvm-b"), strict=True):
+        end["underlay_ip"] = RIVAL_UNDERLAY[host]
+    return {"tenant": "rival", "name": "lan-ab", "network": "lan", "ends": ends}
+
+
+@pytest.fixture
+def two_links(lab, acme, ledger_url) -> Iterator[dict[str, tuple[int, str]]]:
+    """acme's and rival's links between kvm-a and kvm-b: {tenant: (VNI, linked subnet)}."""
+    register(ledger_url, "rival")
+    hosts = [lab.hosts["kvm-a"], lab.hosts["kvm-b"]]
+    try:
+        for index, host in enumerate(hosts):
+            address = f"{RIVAL_UNDERLAY[host.name]}/24"
+            host.run(["ip", "addr", "add", address, "dev", "ul0"], check=True)
+            engine.run_environment(rival_side(host, index))
+        links = {}
+        for tenant, params in (("acme", link(lab)), ("rival", rival_link(lab))):
+            made = run_module("zone_link", params)
+            assert made["changed"] and not made["failed"], made
+            links[tenant] = (made["zone_link"]["vni"], made["zone_link"]["cidr"])
+        yield links
+    finally:
+        run_module("zone_link", link(lab, state="absent"))
+        run_module("zone_link", {**rival_link(lab), "state": "absent"})
+        for host in hosts:
+            remove_prefixed(host.connect(), "rival_")
+            host.run(["ip", "addr", "del", f"{RIVAL_UNDERLAY[host.name]}/24", "dev", "ul0"])
+
+
+def host_addresses(host: LabHost) -> list[str]:
+    """Every IPv4 address of the host but loopback: underlay, uplink, every gateway."""
+    shown = json.loads(host.run(["ip", "-j", "-4", "addr", "show"], check=True).stdout)
+    return sorted(
+        a["local"] for link_ in shown for a in link_["addr_info"] if link_["ifname"] != "lo"
+    )
+
+
+def forged_arp(mac: str, cidr: str) -> bytes:
+    """A broadcast ARP request from `mac` claiming .77 of the linked subnet: bridged, it
+    teaches the bridge the MAC and plants a neighbour entry at the gateway it asks for."""
+    base = cidr.rsplit(".", 1)[0]
+    return arp_frame(mac, f"{base}.77", f"{base}.1")
+
+
+def planted(lab: MultiHostLab, mac: str) -> list[str]:
+    """Where a MAC was learnt: bridge forwarding entries and neighbour entries, on any host."""
+    found = []
+    for host in lab.hosts.values():
+        for argv in (["bridge", "fdb", "show"], ["ip", "neigh", "show"]):
+            lines = host.run(argv, check=True).stdout.splitlines()
+            found += [f"{host.name}: {line}" for line in lines if mac in line.lower()]
+    return found
+
+
+def network_bridge(host: LabHost, tenant: str, network: str) -> str:
+    conn = host.connect()
+    try:
+        return conn.networkLookupByName(f"{tenant}_{network}").bridgeName()
+    finally:
+        conn.close()
+
+
+def filter_drops(host: LabHost, chain: str = "vxlan_in") -> int:
+    """Packets a chain of the host's VXLAN filter dropped so far: VXLAN coming in (vxlan_in),
+    a guest's VXLAN on its way out to the underlay (forward)."""
+    listing = host.run(["nft", "list", "chain", "inet", "vce_vxlan", chain], check=True)
+    counted = re.search(r"counter packets (\d+) bytes \d+ drop", listing.stdout)
+    assert counted, listing.stdout
+    return int(counted.group(1))
+
+
+def flood(attacker: Attacker, targets: list[str], links: dict[str, tuple[int, str]]) -> int:
+    """VXLAN frames with every link's VNI to every target; returns how many were sent."""
+    for target in targets:
+        for vni, cidr in links.values():
+            send_vxlan(attacker, target, vni, forged_arp(FORGED_MAC, cidr), count=2)
+    return 2 * len(targets) * len(links)
+
+
+def test_vxlan_from_a_guest_or_the_uplink_is_dropped_and_the_links_keep_working(lab, two_links):
+    a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
+    for host in (a, b):
+        rules = host.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        assert rules.stdout.count(" accept comment ") == 2, rules.stdout  # acme's and rival's
+    targets = sorted(set(host_addresses(a) + host_addresses(b)))
+    assert {a.underlay_ip, b.underlay_ip, a.public_ip, b.public_ip} <= set(targets)
+    drops = {host.name: filter_drops(host) for host in (a, b)}
+
+    # From a guest's seat in rival's routed, NAT and isolated networks, on both hosts.
+    for index, host in enumerate((a, b)):
+        for network in ("pub", "out", "cell"):
+            subnet = {"pub": 85, "out": 86, "cell": 87}[network]
+            bridge = network_bridge(host, "rival", network)
+            gateway = f"10.{subnet}.{index}.1"
+            name = f"{lab.prefix}-x{index}{network}"
+            with plugged(host.netns, bridge, f"10.{subnet}.{index}.200/24", gateway, name) as x:
+                flood(x, targets, two_links)
+    # From the uplink: a neighbour on the internet with a route to every host address (an
+    # address both hosts have, as acme's `thin` gateway, through the first).
+    routes = {t: h.public_ip for h in (b, a) for t in host_addresses(h) if t != h.public_ip}
+    try:
+        for target, via in routes.items():
+            lab.inet_run(["ip", "route", "add", f"{target}/32", "via", via], check=True)
+        flood(Attacker(lab.internet_netns, "203.0.113.1"), targets, two_links)
+    finally:
+        for target, via in routes.items():
+            lab.inet_run(["ip", "route", "del", f"{target}/32", "via", via])
+    time.sleep(SETTLE)
+    assert planted(lab, FORGED_MAC) == []
+    assert all(filter_drops(host) > drops[host.name] for host in (a, b))
+    # Guests' VXLAN towards the other host's underlay never left: NAT would have given it this
+    # host's underlay address, which the other end lets in.
+    assert all(filter_drops(host, "forward") > 0 for host in (a, b))
+
+    # The right peer (kvm-a's first underlay address, acme's) with rival's VNI: dropped too.
+    peer = Attacker(a.netns, a.underlay_ip)
+    rival_vni, rival_cidr = two_links["rival"]
+    before = filter_drops(b)
+    send_vxlan(peer, b.underlay_ip, rival_vni, forged_arp(FORGED_MAC, rival_cidr), count=3)
+    time.sleep(SETTLE)
+    assert planted(lab, FORGED_MAC) == []
+    assert filter_drops(b) == before + 3
+
+    # ... and with acme's VNI it passes: the filter reads the VNI where VXLAN carries it.
+    acme_vni, acme_cidr = two_links["acme"]
+    send_vxlan(peer, b.underlay_ip, acme_vni, forged_arp(PEER_MAC, acme_cidr))
+    time.sleep(SETTLE)
+    learnt = planted(lab, PEER_MAC)
+    assert any(line.startswith("kvm-b: ") and f"dev vx{acme_vni}" in line for line in learnt), (
+        learnt
+    )
+    assert filter_drops(b) == before + 3
+
+    # The tenants' own link carries their guests' traffic as before.
+    assert guest_pings(a, "10.80.0.10", "10.80.0.20")
+    assert guest_pings(b, "10.80.0.20", "10.80.0.10")
+
+
+def test_a_zone_link_run_restores_a_filter_changed_by_hand(lab, acme):
+    a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
+    try:
+        assert run_module("zone_link", link(lab))["changed"]
+        b.run(["nft", "flush", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        checked = run_module("zone_link", link(lab), check=True, diff=True)
+        assert [(c["kind"], c["action"], c["field"]) for c in checked["plan"]] == [
+            ("firewall", "update", b.uri)
+        ], checked
+        accept, drop = checked["diff"]["after"]["firewall/vce_vxlan"][b.uri]  # flushed both
+        assert accept.endswith('accept comment "acme/lan-ab"') and drop == "counter drop"
+        assert run_module("zone_link", link(lab))["changed"]
+        assert not run_module("zone_link", link(lab))["changed"]
+        listing = b.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        assert f"ip saddr {a.underlay_ip} ip daddr {b.underlay_ip}" in listing.stdout
+    finally:
+        run_module("zone_link", link(lab, state="absent"))

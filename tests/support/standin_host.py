@@ -125,7 +125,9 @@ def ip(state: dict, args: list[str], stdin: str) -> object:
     if args == ["route", "show"]:
         return state.get("routes", [])
     if args[:2] == ["link", "add"] and args[3:5] == ["type", "vxlan"]:
-        name, options = args[2], dict(zip(args[5::2], args[6::2], strict=True))
+        flags = {"nolearning"}
+        name, words = args[2], [a for a in args[5:] if a not in flags]
+        options = dict(zip(words[::2], words[1::2], strict=True))
         if name in links:
             fail("RTNETLINK answers: File exists")
         if options.get("dev") not in links:
@@ -140,6 +142,7 @@ def ip(state: dict, args: list[str], stdin: str) -> object:
                 "remote": options["remote"],
                 "port": int(options["dstport"]),
                 "link": options["dev"],
+                "learning": "nolearning" not in args,
             },
         }
         return None
