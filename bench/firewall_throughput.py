@@ -95,7 +95,8 @@ try:  # the firewall (issue 17) and its test tooling; a checkout without them sk
     from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import (
         NftTable,
     )
-    from tools.attacker import Attacker, plugged
+
+    from tools.attacker import Attacker, ping, plugged
 except ImportError as missing:
     MISSING: str | None = str(missing)
 else:
@@ -339,21 +340,11 @@ def iperf(path: Route, seconds: int, omit: int) -> dict[str, Any]:
     }
 
 
-def ping(netns: str, address: str) -> bool:
-    proc = subprocess.run(
-        netns_argv(netns, ["ping", "-c", "1", "-W", "2", address]),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=10,
-    )
-    return proc.returncode == 0
-
-
 def probe(paths: list[Route], state: str) -> None:
     """Every path answers (a few tries: the first packet of a path may wait for ARP)."""
     for path in paths:
-        if not any(ping(path.client_netns, path.server_ip) for _try in range(3)):
+        client = Attacker(path.client_netns, "")
+        if not any(ping(client, path.server_ip, timeout=2.0) for _try in range(3)):
             raise RuntimeError(f"{path.name}: {path.server_ip} does not answer, state {state}")
 
 
