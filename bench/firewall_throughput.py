@@ -84,6 +84,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell  # noqa: E402
 from env10 import code_version, host_busy, log, machine_facts, machine_line, wait_quiet  # noqa: E402
+from firewall_install import MISSING as GUARD_MISSING  # noqa: E402
 from firewall_install import rule_lines  # noqa: E402
 from quota_check import make_image  # noqa: E402
 
@@ -93,15 +94,14 @@ from tools.libvirtd import domain_type  # noqa: E402
 from tools.multihost import LabHost, MultiHostLab  # noqa: E402
 
 try:  # the firewall (issue 17) and its test tooling; a checkout without them skips --quick
-    from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import (
-        NftTable,
-    )
+    from ansible_collections.vce.kvm.plugins.module_utils.host import vxlan_filter  # noqa: F401
+    from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
 
     from tools.attacker import Attacker, ping, plugged
 except ImportError as missing:
     MISSING: str | None = str(missing)
 else:
-    MISSING = None
+    MISSING = GUARD_MISSING  # the guard's renderer: the engine installs vce_guard
 
 RESULTS = ROOT / "bench" / "results" / "firewall_throughput.json"
 TENANT = "bench"
