@@ -3,17 +3,25 @@
 """Zone links: one tenant network spanning two availability zones, as one L2 segment over
 VXLAN on the hosts' underlay.
 
-Each end is a VXLAN device `vx<VNI>` on the host's underlay interface, pointing at the other
-end's underlay address, and a port of the tenant network's libvirt bridge. The VNI is
+Each end is a VXLAN device `vx<VNI>` on the host's underlay interface, from its own underlay
+address to the other end's, and a port of the tenant network's libvirt bridge. The VNI is
 allocated in the ledger (unique). VXLAN adds 50 bytes, so the network's MTU must fit in the
 underlay's MTU minus 50: the link is refused otherwise, saying which to change.
+
+The kernel's VXLAN socket takes packets on every address of the host, so each host that holds
+an end also keeps the nft table `inet vce_vxlan` (host/vxlan_filter.py): VXLAN is let in only
+from a recorded link's peer, on its underlay device, with its VNI. The table is rendered from
+the ledger's links of every tenant with an end on the host, and a run that adds, connects or
+removes a link keeps it on both ends, after the VNI is allocated and before any device is made
+or removed: a device never listens without the filter, and a removed link's packets are
+dropped, never let through.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,8 +35,10 @@ from ...core.validation import (
 )
 from ...core.zones import LinkEnd, ZoneLinkSpec, parse_link_end, parse_zone_link
 from ...host.connection import Host
+from ...host.firewall import NftTable
 from ...host.ownership import check_owner, object_name
 from ...host.shell import HostShell
+from ...host.vxlan_filter import FAMILY, TABLE, VXLAN_PORT, VxlanPeer, render_vxlan_table
 from ...host.xml import NetworkState
 from ...ledger.tenants import Ledger
 from ..gate import Declaration, Gate
@@ -42,7 +52,8 @@ except ImportError:  # reported by the ledger's Store()
     sa = None
 
 VXLAN_OVERHEAD = 50
-VXLAN_PORT = 4789
+# A link's changes that only write the ledger, before the filters that are rendered from it.
+LEDGER_ACTIONS = ("allocate", "record")
 FIRST_VNI = 10_000
 LAST_VNI = 16_777_215
 DEFAULT_MTU = 1500
@@ -66,6 +77,16 @@ class End:
     def host(self) -> Host:
         return Host(self.uri)
 
+    def record(self) -> dict[str, Any]:
+        """The end as the ledger records it (the link's `ends` column)."""
+        return {
+            "zone": self.zone,
+            "uri": self.uri,
+            "underlay_ip": self.underlay_ip,
+            "underlay_dev": self.underlay_dev,
+            "host_command": list(self.shell.prefix),
+        }
+
 
 @dataclass
 class EndState:
@@ -87,6 +108,10 @@ class ZoneLinkPlanner:
     def row(self) -> Any:
         with self.ledger.store.read() as connection:
             return self.ledger.zone_link(connection, self.tenant, self.name)
+
+    def vni(self) -> int | None:
+        row = self.row()
+        return row.vni if row else None
 
     def observe_end(
         self, end: End, vni: int | None, path: str, declared: NetworkSpec | None = None
@@ -194,6 +219,18 @@ class ZoneLinkPlanner:
                     run=partial(self.allocate, cidr),
                 )
             )
+        elif json.loads(row.ends) != self.records():
+            plan.add(
+                Change(
+                    "zone_link",
+                    self.name,
+                    "record",
+                    field="ends",
+                    before=json.loads(row.ends),
+                    after=self.records(),
+                    run=self.record_ends,
+                )
+            )
         device = device_name(vni) if vni else f"vx{UNKNOWN}"
         for i, (end, state) in enumerate(zip(self.ends, states, strict=True)):
             peer = self.ends[1 - i]
@@ -214,6 +251,8 @@ class ZoneLinkPlanner:
         return plan
 
     def healthy(self, state: EndState, end: End, peer: End) -> bool:
+        """The device as connect() makes it: bound to the underlay address and device, sending
+        to the peer only, learning no other remote, a port of the network's bridge, up."""
         device = state.device
         if device is None:
             return False
@@ -221,6 +260,9 @@ class ZoneLinkPlanner:
         return (
             data.get("remote") == peer.underlay_ip
             and data.get("local") == end.underlay_ip
+            and data.get("link") == end.underlay_dev
+            and data.get("port") == VXLAN_PORT
+            and data.get("learning") is False
             and device.get("master") == state.network.bridge
             and "UP" in device.get("flags", [])
         )
@@ -260,16 +302,6 @@ class ZoneLinkPlanner:
             self.ledger.store.also_lock(connection, "(vni)")
             used = {r.vni for r in connection.execute(sa.select(zone_links.c.vni))}
             vni = next(v for v in range(FIRST_VNI, LAST_VNI + 1) if v not in used)
-            ends = [
-                {
-                    "zone": e.zone,
-                    "uri": e.uri,
-                    "underlay_ip": e.underlay_ip,
-                    "underlay_dev": e.underlay_dev,
-                    "host_command": list(e.shell.prefix),
-                }
-                for e in self.ends
-            ]
             connection.execute(
                 zone_links.insert().values(
                     tenant=self.tenant,
@@ -277,12 +309,24 @@ class ZoneLinkPlanner:
                     vni=vni,
                     network=self.network,
                     cidr=cidr,
-                    ends=json.dumps(ends, sort_keys=True),
+                    ends=json.dumps(self.records(), sort_keys=True),
                     created_at=self.ledger.now(),
                 )
             )
             self.ledger.event(
                 connection, self.tenant, "zone_link_created", {"name": self.name, "vni": vni}
+            )
+
+    def records(self) -> list[dict[str, Any]]:
+        return [end.record() for end in self.ends]
+
+    def record_ends(self) -> None:
+        """The declared ends in the ledger: the filters are rendered from them."""
+        with self.ledger.store.locked(self.tenant) as connection:
+            connection.execute(
+                zone_links.update()
+                .where(zone_links.c.tenant == self.tenant, zone_links.c.name == self.name)
+                .values(ends=json.dumps(self.records(), sort_keys=True))
             )
 
     def connect(self, end: End, peer: End, state: EndState) -> None:
@@ -291,9 +335,12 @@ class ZoneLinkPlanner:
         obj = f"VXLAN device {name} in zone {end.zone}"
         if state.device is not None:
             end.shell.run(["ip", "link", "del", name], "replace", obj)
+        # `nolearning`: the peer is the only remote; a packet never teaches the device another
+        # underlay address to send a guest's frames to.
         end.shell.run(
             ["ip", "link", "add", name, "type", "vxlan", "id", str(vni), "local", end.underlay_ip,
-             "remote", peer.underlay_ip, "dstport", str(VXLAN_PORT), "dev", end.underlay_dev],
+             "remote", peer.underlay_ip, "dstport", str(VXLAN_PORT), "dev", end.underlay_dev,
+             "nolearning"],
             "create", obj,
         )  # fmt: skip
         mtu = state.network.mtu or DEFAULT_MTU
@@ -326,6 +373,115 @@ class ZoneLinkPlanner:
         }
 
 
+LinkKey = tuple[str, str]  # (tenant, link name)
+
+
+def peers_on(uri: str, label: str, vni: int, ends: Sequence[Mapping[str, Any]]) -> list[VxlanPeer]:
+    """What a link's end on the host at `uri` lets in: its peer's VXLAN with the link's VNI."""
+    return [
+        VxlanPeer(
+            end["underlay_dev"],
+            ipaddress.IPv4Address(end["underlay_ip"]),
+            ipaddress.IPv4Address(ends[1 - i]["underlay_ip"]),
+            vni,
+            label,
+        )
+        for i, end in enumerate(ends)
+        if end["uri"] == uri
+    ]
+
+
+def listing_lines(listing: str | None) -> list[str] | None:
+    """A table listing as before/after of a change: one rule a line, so a diff shows rules."""
+    return None if listing is None else listing.splitlines()
+
+
+class VxlanFilters:
+    """The VXLAN filter (`inet vce_vxlan`) of every host a run's zone links have an end on.
+
+    Planned from the ledger's links of every tenant on the host with the run's own links as
+    they will be; applied from the ledger as it is then (after the run's VNI allocations), less
+    the links the run removes.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.shells: dict[str, HostShell] = {}
+        self.arriving: dict[LinkKey, tuple[int | None, list[dict[str, Any]]]] = {}
+        self.leaving: set[LinkKey] = set()
+
+    def present(self, planner: ZoneLinkPlanner, vni: int | None) -> None:
+        """A link the run keeps or makes; `vni` None while it is not allocated yet."""
+        self.touch(planner)
+        self.arriving[(planner.tenant, planner.name)] = (vni, [e.record() for e in planner.ends])
+
+    def absent(self, planner: ZoneLinkPlanner) -> None:
+        self.touch(planner)
+        self.leaving.add((planner.tenant, planner.name))
+
+    def touch(self, planner: ZoneLinkPlanner) -> None:
+        for end in planner.ends:
+            self.shells.setdefault(end.uri, end.shell)
+
+    def recorded(self, uri: str, leaving: Set[LinkKey]) -> list[VxlanPeer]:
+        """The peers the ledger's links give the host at `uri`, but those in `leaving`."""
+        with self.ledger.store.read() as connection:
+            rows = list(connection.execute(sa.select(zone_links)))
+        return [
+            peer
+            for row in rows
+            if (row.tenant, row.name) not in leaving
+            for peer in peers_on(uri, f"{row.tenant}/{row.name}", row.vni, json.loads(row.ends))
+        ]
+
+    def projected(self, uri: str) -> list[VxlanPeer] | None:
+        """The peers the host has after the run; None while one of them has no VNI yet."""
+        peers = self.recorded(uri, self.leaving | set(self.arriving))
+        for (tenant, name), (vni, ends) in self.arriving.items():
+            if not any(end["uri"] == uri for end in ends):
+                continue
+            if vni is None:
+                return None
+            peers.extend(peers_on(uri, f"{tenant}/{name}", vni, ends))
+        return peers
+
+    def plan(self) -> Plan:
+        """One change per host whose table is not what the run leaves it with."""
+        plan = Plan()
+        for uri, shell in self.shells.items():
+            table = NftTable(shell, FAMILY, TABLE)
+            observed = table.observed()
+            peers = self.projected(uri)
+            after = UNKNOWN if peers is None else table.expected(render_vxlan_table(peers))
+            if after == observed:
+                continue
+            plan.add(
+                Change(
+                    "firewall",
+                    TABLE,
+                    "create" if observed is None else "update",
+                    field=uri,
+                    before=listing_lines(observed),
+                    after=after if peers is None else listing_lines(after),
+                    run=partial(self.keep, table, uri),
+                )
+            )
+        return plan
+
+    def keep(self, table: NftTable, uri: str) -> None:
+        table.replace(render_vxlan_table(self.recorded(uri, frozenset(self.leaving))))
+
+
+def with_filters(links: Plan, filters: Plan) -> Plan:
+    """The links' changes with the filters' after every ledger write that the filters render
+    from (a VNI allocated, ends recorded) and before any device is made or removed."""
+    plan = Plan(warnings=links.warnings, pending_restart=links.pending_restart)
+    recording = [c for c in links.changes if c.action in LEDGER_ACTIONS]
+    plan.changes = recording + filters.changes
+    plan.changes += [c for c in links.changes if c.action not in LEDGER_ACTIONS]
+    return plan
+
+
 def device_name(vni: int) -> str:
     return f"vx{vni}"
 
@@ -336,7 +492,14 @@ def run_zone_link(params: Mapping[str, Any], check_mode: bool = False) -> Result
     engine = zone_link_planner(ledger, tenant, parse_zone_link(params, ""))
     host = engine.ends[0].host()
     gate = Gate(ledger, host, tenant, Declaration())
-    plan = engine.plan_absent() if params.get("state") == "absent" else engine.plan_present()
+    filters = VxlanFilters(ledger)
+    if params.get("state") == "absent":
+        plan = engine.plan_absent()
+        filters.absent(engine)
+    else:
+        plan = engine.plan_present()
+        filters.present(engine, engine.vni())
+    plan = with_filters(plan, filters.plan())
     return conclude(
         Run(plan, lambda _after, _applied: {"zone_link": engine.facts()}, gate), check_mode
     )
@@ -356,6 +519,7 @@ def plan_environment_links(
     declared in the same run). With prune or state absent (`spec` None), the tenant's other
     links with an end on this host are removed, both ends."""
     plan = Plan()
+    filters = VxlanFilters(ledger)
     links = spec.zone_links if spec else ()
     networks = {n.name: n for n in spec.networks} if spec else {}
     for i, link in enumerate(links):
@@ -364,6 +528,7 @@ def plan_environment_links(
             raise SpecError(f"{path}.ends[0].uri", f"the first end must be this host ({uri})")
         planner = zone_link_planner(ledger, tenant, link)
         plan.extend(planner.plan_present(networks.get(link.network), f"{path}."))
+        filters.present(planner, planner.vni())
     recorded = links_touching(ledger, tenant, uri)
     undeclared = sorted(set(recorded) - {link.name for link in links})
     for name in undeclared if remove_undeclared else []:
@@ -377,13 +542,15 @@ def plan_environment_links(
                 parse_link_end(ends[1], f"recorded link {name} ends[1]"),
             ),
         )
-        plan.extend(zone_link_planner(ledger, tenant, link).plan_absent())
+        planner = zone_link_planner(ledger, tenant, link)
+        plan.extend(planner.plan_absent())
+        filters.absent(planner)
     if undeclared and not remove_undeclared:
         plan.warnings.append(
             f"tenant {tenant} has zone links no declaration mentions: {', '.join(undeclared)} "
             "(set prune: true to remove them)"
         )
-    return plan
+    return with_filters(plan, filters.plan())
 
 
 def zone_link_planner(ledger: Ledger, tenant: str, spec: ZoneLinkSpec) -> ZoneLinkPlanner:

@@ -3,6 +3,9 @@ test-driver host of its own; its `ip` commands reach a stand-in host (tests/supp
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
@@ -22,6 +25,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link
     run_zone_link,
     zone_link_planner,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import events, zone_links
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
@@ -32,6 +37,15 @@ from tests.support.standin_host import StandInHost
 LAN = {"name": "lan", "cidr": "10.30.0.0/24"}
 ZONE_A = {**LAN, "gateway": "10.30.0.1", "dhcp_start": "10.30.0.10", "dhcp_end": "10.30.0.99"}
 ZONE_B = {**LAN, "gateway": "10.30.0.2", "dhcp_start": "10.30.0.100", "dhcp_end": "10.30.0.199"}
+# The filter's rule at each end, as nft lists it (the VNI 10000 in hex).
+ACCEPT_FROM_B = (
+    'iifname "ul0" ip saddr 192.0.2.2 ip daddr 192.0.2.1 @th,96,24 0x2710 accept '
+    'comment "acme/stretch"'
+)
+ACCEPT_FROM_A = (
+    'iifname "ul0" ip saddr 192.0.2.1 ip daddr 192.0.2.2 @th,96,24 0x2710 accept '
+    'comment "acme/stretch"'
+)
 
 
 class Zones:
@@ -65,6 +79,15 @@ class Zones:
             **extra,
         }
 
+    def filter_rules(self, host):
+        """The rules of the host's VXLAN filter, as `nft list` shows them; None without it."""
+        shell = HostShell(host.prefix)
+        listing = NftTable(shell, "inet", "vce_vxlan").observed()
+        if listing is None:
+            return None
+        chain = listing.split("chain vxlan_in {", 1)[1].split("}", 1)[0]
+        return [line.strip() for line in chain.splitlines() if line.strip()]
+
     def rows(self):
         with Ledger.open(self.ledger_url).store.read() as connection:
             return [r._asdict() for r in connection.execute(sa.select(zone_links))]
@@ -84,14 +107,24 @@ def actions(result):
     return [(c["action"], c.get("field")) for c in result.plan]
 
 
-def test_check_mode_plans_the_vni_and_both_ends_and_records_nothing(zones):
+def test_check_mode_plans_the_vni_both_filters_and_both_ends_and_records_nothing(zones):
     result = run_zone_link(zones.params(), check_mode=True)
-    assert actions(result) == [("allocate", "vni"), ("connect", "ends[0]"), ("connect", "ends[1]")]
+    assert actions(result) == [
+        ("allocate", "vni"),
+        ("create", zones.uri_a),
+        ("create", zones.uri_b),
+        ("connect", "ends[0]"),
+        ("connect", "ends[1]"),
+    ]
     assert result.plan[0]["after"] == UNKNOWN
-    assert result.plan[1]["after"] == f"vx{UNKNOWN} 192.0.2.1 -> 192.0.2.2 on virbr1"
-    assert result.plan[2]["after"] == f"vx{UNKNOWN} 192.0.2.2 -> 192.0.2.1 on virbr5"
+    assert [(c["kind"], c["name"], c["before"], c["after"]) for c in result.plan[1:3]] == [
+        ("firewall", "vce_vxlan", None, UNKNOWN)
+    ] * 2
+    assert result.plan[3]["after"] == f"vx{UNKNOWN} 192.0.2.1 -> 192.0.2.2 on virbr1"
+    assert result.plan[4]["after"] == f"vx{UNKNOWN} 192.0.2.2 -> 192.0.2.1 on virbr5"
     assert result.facts == {"zone_link": {}}
     assert zones.rows() == []
+    assert zones.filter_rules(zones.a) is None and zones.filter_rules(zones.b) is None
 
 
 def test_a_link_is_recorded_connected_and_then_unchanged(zones):
@@ -111,6 +144,8 @@ def test_a_link_is_recorded_connected_and_then_unchanged(zones):
     [row] = zones.rows()
     assert (row["tenant"], row["name"], row["vni"]) == ("acme", "stretch", 10000)
     assert zones.event_kinds() == ["zone_link_created"]
+    assert zones.filter_rules(zones.a) == [ACCEPT_FROM_B, "counter drop"]
+    assert zones.filter_rules(zones.b) == [ACCEPT_FROM_A, "counter drop"]
     again = run_zone_link(zones.params())
     assert (again.changed, again.plan) == (False, [])
 
@@ -142,13 +177,18 @@ def test_a_device_pointing_elsewhere_is_replaced(zones):
 def test_removal_disconnects_both_ends_and_releases_the_vni(zones):
     run_zone_link(zones.params())
     result = run_zone_link(zones.params(state="absent"))
-    assert [(c["action"], c["field"], c["before"]) for c in result.plan] == [
-        ("disconnect", "ends[0]", "vx10000"),
-        ("disconnect", "ends[1]", "vx10000"),
-        ("release", "vni", 10000),
+    assert [(c["action"], c["field"]) for c in result.plan] == [
+        ("update", zones.uri_a),
+        ("update", zones.uri_b),
+        ("disconnect", "ends[0]"),
+        ("disconnect", "ends[1]"),
+        ("release", "vni"),
     ]
+    assert [c["before"] for c in result.plan[2:]] == ["vx10000", "vx10000", 10000]
     assert result.facts == {"zone_link": {}}
     assert zones.rows() == []
+    # Without links the filter stays and drops every VXLAN packet.
+    assert zones.filter_rules(zones.a) == zones.filter_rules(zones.b) == ["counter drop"]
     assert zones.event_kinds() == ["zone_link_created", "zone_link_removed"]
     assert not run_zone_link(zones.params(state="absent")).changed
     # Connected again, the link is given a VNI again.
@@ -264,6 +304,8 @@ def test_an_environment_links_from_its_own_host_and_prunes_only_when_asked(zones
     plan = plan_environment_links(environment(declared), ledger, "acme", zones.uri_a, False)
     assert [(c.action, c.field) for c in plan.changes] == [
         ("allocate", "vni"),
+        ("create", zones.uri_a),
+        ("create", zones.uri_b),
         ("connect", "ends[0]"),
         ("connect", "ends[1]"),
     ]
@@ -279,7 +321,9 @@ def test_an_environment_links_from_its_own_host_and_prunes_only_when_asked(zones
         "remove them)"
     ]
     pruned = plan_environment_links(environment(undeclared), ledger, "acme", zones.uri_a, True)
-    assert [c.action for c in pruned.changes] == ["disconnect", "disconnect", "release"]
+    assert [c.action for c in pruned.changes] == [
+        "update", "update", "disconnect", "disconnect", "release"
+    ]  # fmt: skip
     # Another host of the tenant is not touched by this host's environment.
     assert not plan_environment_links(
         environment(undeclared), ledger, "acme", "test:///elsewhere", True
@@ -296,3 +340,90 @@ def test_a_network_declared_in_the_same_run_is_planned_before_it_exists(tmp_path
         ("connect", "ends[0]"),
         ("connect", "ends[1]"),
     ]
+
+
+def drop_rule(rule):
+    """An edit of a stand-in host: `rule` deleted from its VXLAN filter by hand."""
+
+    def edit(state):
+        tables = state["whole_tables"]
+        tables["inet vce_vxlan"] = tables["inet vce_vxlan"].replace(f"\t\t{rule}\n", "")
+
+    return edit
+
+
+def test_a_filter_rule_removed_by_hand_is_shown_as_a_rule_diff_and_restored(zones):
+    run_zone_link(zones.params())
+    zones.b.change(drop_rule(ACCEPT_FROM_A))
+    checked = run_zone_link(zones.params(), check_mode=True)
+    assert actions(checked) == [("update", zones.uri_b)]
+    before = checked.diff["before"]["firewall/vce_vxlan"][zones.uri_b]
+    after = checked.diff["after"]["firewall/vce_vxlan"][zones.uri_b]
+    assert [line for line in after if line not in before] == [f"\t\t{ACCEPT_FROM_A}"]
+    assert zones.filter_rules(zones.b) == ["counter drop"]  # check mode changed nothing
+    run_zone_link(zones.params())
+    assert zones.filter_rules(zones.b) == [ACCEPT_FROM_A, "counter drop"]
+    assert not run_zone_link(zones.params()).changed
+
+
+def test_the_filter_holds_the_links_of_every_tenant_on_the_host(zones):
+    run_zone_link(zones.params())
+    rival = [
+        {"zone": "zone-a", "uri": zones.uri_a, "underlay_ip": "192.0.2.1", "underlay_dev": "ul0",
+         "host_command": zones.a.prefix},
+        {"zone": "zone-c", "uri": "test:///elsewhere", "underlay_ip": "192.0.2.3",
+         "underlay_dev": "ul0", "host_command": []},
+    ]  # fmt: skip
+    with Ledger.open(zones.ledger_url).store.locked("other") as connection:
+        connection.execute(
+            zone_links.insert().values(
+                tenant="other", name="far", vni=10001, network="lan", cidr="10.40.0.0/24",
+                ends=json.dumps(rival), created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    rival_rule = (
+        'iifname "ul0" ip saddr 192.0.2.3 ip daddr 192.0.2.1 @th,96,24 0x2711 accept '
+        'comment "other/far"'
+    )
+    # acme's run keeps the host's whole filter: the other tenant's link is let in too.
+    assert actions(run_zone_link(zones.params())) == [("update", zones.uri_a)]
+    assert zones.filter_rules(zones.a) == [ACCEPT_FROM_B, rival_rule, "counter drop"]
+    run_zone_link(zones.params(state="absent"))
+    assert zones.filter_rules(zones.a) == [rival_rule, "counter drop"]
+    assert zones.filter_rules(zones.b) == ["counter drop"]
+
+
+def test_moved_ends_are_recorded_before_the_filters_are_rendered(zones):
+    run_zone_link(zones.params())
+    params = zones.params()
+    params["ends"][1]["underlay_ip"] = "192.0.2.9"
+    moved = run_zone_link(params)
+    assert actions(moved) == [
+        ("record", "ends"),
+        ("update", zones.uri_a),
+        ("update", zones.uri_b),
+        ("connect", "ends[0]"),
+        ("connect", "ends[1]"),
+    ]
+    assert [e["underlay_ip"] for e in json.loads(zones.rows()[0]["ends"])] == [
+        "192.0.2.1",
+        "192.0.2.9",
+    ]
+    assert zones.filter_rules(zones.a)[0].startswith(
+        'iifname "ul0" ip saddr 192.0.2.9 ip daddr 192.0.2.1 '
+    )
+    assert zones.filter_rules(zones.b)[0].startswith(
+        'iifname "ul0" ip saddr 192.0.2.1 ip daddr 192.0.2.9 '
+    )
+    assert not run_zone_link(params).changed
+
+
+def test_a_device_that_learns_remotes_is_made_again_without_learning(zones):
+    run_zone_link(zones.params())
+
+    def learning(state):
+        state["links"]["vx10000"]["vxlan"]["learning"] = True
+
+    zones.a.change(learning)
+    assert actions(run_zone_link(zones.params())) == [("connect", "ends[0]")]
+    assert not run_zone_link(zones.params()).changed
