@@ -31,6 +31,8 @@ class StandInHost:
             },
             "tables": [],
             "rules": [],
+            # Tables of family inet, replaced whole (host.firewall.NftTable): their listings.
+            "inet": {},
             "next_handle": 1,
             "systemctl": [],
         }
@@ -266,7 +268,9 @@ def main() -> None:
     else:
         shown = (ip if tool == "ip" else nft)(state, argv[1:], stdin)
     path.write_text(json.dumps(state))
-    if shown is not None:
+    if isinstance(shown, str):
+        sys.stdout.write(shown)
+    elif shown is not None:
         sys.stdout.write(json.dumps(shown))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import fields
-from ..core.errors import SpecError
+from ..core.errors import SpecError, VceError
 from ..core.plan import Change, Plan
 from ..core.result import Result
 from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
@@ -40,6 +40,7 @@ from .resources.backup_schedule import (
     plan_environment_backups,
 )
 from .resources.disk import DiskPlanner, attached_to, find_volume
+from .resources.firewall import GuardPlanner, check_state, guard_facts, run_uplink, with_guard
 from .resources.image import STATES as IMAGE_STATES
 from .resources.image import (
     ImageRecordPlanner,
@@ -92,6 +93,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
     engine = EnvironmentPlanner(host, tenant, options, shell=host_shell(params), images=images)
     inventory = engine.observe()
     public_ips, plan = plan_environment(params, spec, gate.ledger, engine, inventory)
+    plan = keeping_guard(params, host, gate.ledger, plan)
     report = tenant_report(gate, check_mode, public_ips=public_ips)
     flush = public_ips.flush if public_ips is not None else None  # one nft batch for the run
     return conclude(Run(plan, report, gate, inventory, flush), check_mode)
@@ -154,7 +156,47 @@ def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
         gate = open_gate(params, host, tenant, declare_one(declare_network(spec)), check_mode)
         inventory = host.inventory(tenant)
         plan = engine.plan_present(spec, inventory, (), bool(params.get("allow_replace")))
+    plan = keeping_guard(params, host, gate.ledger, plan)
     return conclude_one(plan, check_mode, gate, inventory, "networks", name)
+
+
+def keeping_guard(params: dict[str, Any], host: Host, ledger: Ledger, plan: Plan) -> Plan:
+    """A tenant run's plan with the host's guard table kept after its network changes (the
+    uplink is the zone's, else the one the ledger records for this host)."""
+    guard = GuardPlanner(host, host_shell(params), run_uplink(params, ledger, host.uri))
+    return with_guard(plan, guard.plan_after(plan))
+
+
+def run_firewall(params: dict[str, Any], check_mode: bool = False) -> Result:
+    """The host's guard table (`inet vce_guard`) made to match the tenant networks on it, or
+    removed (state absent). Without `uplink` or `zone_config` the uplink is the one the
+    ledger's host record with this URI names; no record or no ledger: none."""
+    state = check_state(params)
+    host = Host(params.get("uri") or DEFAULT_URI)
+    ledger, warnings = None, []
+    if state == "present" and params.get("uplink") is None and params.get("zone_config") is None:
+        try:
+            ledger = Ledger.open(params.get("ledger_url") or None)
+        except VceError as error:
+            warnings.append(f"no host record read, so the guard has no uplink: {error}")
+    uplink = run_uplink(params, ledger, host.uri) if state == "present" else None
+    engine = GuardPlanner(host, host_shell(params), uplink)
+    if not engine.kept:
+        raise SpecError(
+            "host_command",
+            f"the firewall of {host.uri} is changed with nft on that host: give the command "
+            "that reaches it (e.g. [ssh, root@kvm1]); the test driver has no host",
+        )
+    plan = engine.plan_present() if state == "present" else engine.plan_absent()
+    plan.warnings.extend(warnings)
+
+    def facts(_after: object, applied: bool) -> dict[str, Any]:
+        return {"firewall": guard_facts(engine, applied)}
+
+    result = conclude(Run(plan, facts), check_mode)
+    before, after = engine.listings
+    result.diff = {"before": before or "", "after": after or ""} if plan.changed else {}
+    return result
 
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:

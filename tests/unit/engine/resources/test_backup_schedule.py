@@ -276,7 +276,11 @@ def test_an_environment_schedules_the_vms_it_declares_and_prunes_when_asked(lab)
         ],
     }
     made = facade.run_environment(declared)
-    assert [(c["kind"], c["action"]) for c in made.plan] == [("backup_schedule", "create")]
+    # The first run through the host command also installs the host's guard table.
+    assert [(c["kind"], c["action"]) for c in made.plan] == [
+        ("backup_schedule", "create"),
+        ("firewall", "create"),
+    ]
     assert not facade.run_environment(declared).changed
     twice = {**declared, "backup_schedules": declared["backup_schedules"] * 2}
     with pytest.raises(SpecError, match="declares the same schedule of a VM twice"):
@@ -303,7 +307,11 @@ def test_a_vm_declared_in_the_same_run_can_be_scheduled(tmp_path, acme):
         ],
     }  # fmt: skip
     result = facade.run_environment(declared, check_mode=True)
-    assert [(c["kind"], c["action"]) for c in result.plan][-1] == ("backup_schedule", "create")
+    # The host's guard table follows every change of the tenant's (it is not installed yet).
+    assert [(c["kind"], c["action"]) for c in result.plan][-2:] == [
+        ("backup_schedule", "create"),
+        ("firewall", "create"),
+    ]
     declared["backup_schedules"][0]["disks"] = ["data2"]
     with pytest.raises(SpecError) as caught:
         facade.run_environment(declared, check_mode=True)
