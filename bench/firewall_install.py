@@ -7,7 +7,8 @@ One invocation. The table ``inet vce_guard`` is rendered by the engine's own ren
 bridges ``virbr1`` .. ``virbr50``, 10.80.N.0/24 with gateway .1) and the uplink ``up0``. It is
 installed into a scratch network namespace (``ip netns exec <ns>``, the way the multi-host
 lab reaches its hosts; deleted at the end, also on failure), so nothing of the machine's own
-firewall is touched. Per round, interleaved, after WARMUPS untimed rounds:
+firewall is touched. After waiting (at most 30 s) for a quiet machine, per round, interleaved,
+after WARMUPS untimed rounds:
 
 1. ``replace, new``: ``NftTable.replace(body)`` with the table absent (deleted, untimed): a
    host's first installation.
@@ -42,6 +43,7 @@ import datetime as dt
 import ipaddress
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -240,15 +242,20 @@ def measure(args: argparse.Namespace, results: dict[str, Any]) -> None:
         bench = Bench(scratch, body)
         results["table"] = bench.check()
         log(f"table for {NETWORKS} networks: {results['table']}")
+        if args.quiet:
+            results["quiet_wait_s"], results["busy_at_start"] = wait_quiet()
         busy: list[float] = []
         for index in range(args.warmups + args.rounds):
-            keep = index >= args.warmups
-            busy.append(wait_quiet()[1] if args.quiet else host_busy(0.1))
-            bench.round(keep)
+            busy.append(host_busy(0.1))
+            bench.round(keep=index >= args.warmups)
         results["busy_before_rounds"] = [round(b, 3) for b in busy]
         results["batch_head"] = bench.batch.splitlines()[:12]
         results["samples_s"] = bench.samples
         results["summary"] = {k: summary_ms(v) for k, v in bench.samples.items()}
+
+
+def stop(signum: int, _frame: Any) -> None:
+    raise SystemExit(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if MISSING is not None:
         print(f"skipped: the firewall is not in this checkout ({MISSING})")
         return 0 if args.quick else 2
+    signal.signal(signal.SIGTERM, stop)  # the scratch namespace goes also then
     begin = time.perf_counter()
     results: dict[str, Any] = {
         "benchmark": "firewall_install",

@@ -33,7 +33,8 @@ drift in the machine's speed weighs on both states alike. Figures: the median th
 path and state, their ratio WITH/WITHOUT, and the median of the pairs' ratios, which is what
 the target (at least 0.95) is checked on: on a shared machine the load moves between two runs
 back to back far less than across the whole run. Each path is probed (ping) in both states
-before the first round: the firewall must let all three through.
+before the first round: the firewall must let all three through. The rounds start after
+waiting (at most 30 s) for a quiet machine; each round records the machine's load.
 
 Every iperf3 run is bounded (``--connect-timeout``, the process timeout SECONDS + 20 s; the
 servers get ``--idle-timeout``). The servers, the plugged namespaces, the tenant's objects,
@@ -359,19 +360,18 @@ def pair_order(index: int) -> tuple[str, ...]:
 
 
 def measure(
-    firewall: Firewall, paths: list[Route], rounds: int, seconds: int, omit: int, quiet: bool
+    firewall: Firewall, paths: list[Route], rounds: int, seconds: int, omit: int
 ) -> list[dict[str, Any]]:
     """Per round and path one pair of runs, back to back, one WITH and one WITHOUT."""
     samples: list[dict[str, Any]] = []
     for index in range(rounds):
-        waited, busy = wait_quiet() if quiet else (0.0, host_busy(0.2))
-        load = os.getloadavg()[0]
+        busy, load = host_busy(0.2), os.getloadavg()[0]
         for number, path in enumerate(paths):
             for state in pair_order(index * len(paths) + number):
                 firewall.put(state)
                 sample = {"round": index, "state": state, "path": path.name, "load1": load}
                 sample.update(iperf(path, seconds, omit))
-                sample.update({"busy_before": round(busy, 3), "waited_s": round(waited, 1)})
+                sample["busy_before_round"] = round(busy, 3)
                 samples.append(sample)
                 gbit = sample["gbit_s"]
                 log(f"round {index + 1}/{rounds} {path.name:9} {state:7} {gbit:.2f} Gbit/s")
@@ -533,9 +533,9 @@ def run(args: argparse.Namespace, results: dict[str, Any], base: Path) -> None:
                 probe(paths, state)
             seconds, omit = (1, 0) if args.quick else (args.seconds, 1)
             log(f"{args.rounds} round(s), {len(paths)} paths x {len(STATES)} states, {seconds} s")
-            results["samples"] = measure(
-                firewall, paths, args.rounds, seconds, omit, not args.quick
-            )
+            if not args.quick:
+                results["quiet_wait_s"], results["busy_at_start"] = wait_quiet()
+            results["samples"] = measure(firewall, paths, args.rounds, seconds, omit)
             results["summary"] = summarise(results["samples"], paths)
             stop_servers(servers)
     finally:
