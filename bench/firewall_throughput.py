@@ -567,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
-    if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 30:
-        parser.error("--rounds 1-20, --seconds 1-30")
+    if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 30:
+        parser.error("--rounds 1-50, --seconds 1-30")
     if MISSING is not None:
         print(f"skipped: the firewall or its test tooling is not in this checkout ({MISSING})")
         return 0 if args.quick else 2
