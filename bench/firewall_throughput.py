@@ -52,7 +52,7 @@ MISS, 2 when a set-up step, a probe or a measurement failed, else 0.
 nothing written; exit 2 on a failure, else 0 (one round of 1 s says nothing about 5%). It
 exits 0 with a note when the firewall or the attacker tooling is not in this checkout.
 
-    .venv/bin/python bench/firewall_throughput.py [--rounds 10] [--seconds 2] [--quick]
+    .venv/bin/python bench/firewall_throughput.py [--rounds 30] [--seconds 1] [--quick]
 """
 
 from __future__ import annotations
@@ -585,8 +585,8 @@ def run(args: argparse.Namespace, results: dict[str, Any], base: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seconds", type=int, default=2, help="each iperf3 run, after 1 s omitted")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seconds", type=int, default=1, help="each iperf3 run, after 1 s omitted")
     parser.add_argument(
         "--quick", action="store_true", help="CI smoke run: 1 round, nothing written"
     )
