@@ -27,8 +27,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -80,7 +81,7 @@ def _kill_netns_processes(netns: str) -> None:
                 os.kill(int(word), signal.SIGKILL)
 
 
-def _wait_until(predicate: Any, timeout: float) -> bool:
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -188,28 +189,65 @@ def dns_query(name: str, query_id: int) -> bytes:
     return header + labels + b"\x00" + struct.pack("!HH", 1, 1)
 
 
+def _answered(sock: socket.socket, timeout: float, matches: Callable[[bytes, str], bool]) -> bool:
+    """Whether a datagram that `matches` (payload, sender address) arrives within timeout."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            reply, sender = sock.recvfrom(4096)
+            if matches(reply, sender[0]):
+                return True
+    except OSError:  # the timeout, or an ICMP error (port unreachable) on the socket
+        return False
+    return False
+
+
 def _dns(probe: Probe) -> bool:
     """Any reply with our ID (an answer, NXDOMAIN, REFUSED): the server answered."""
     query_id = random.randrange(1 << 16)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(probe.timeout)
         try:
             sock.sendto(dns_query(DNS_NAME, query_id), (probe.ip, probe.port or 53))
-            deadline = time.monotonic() + probe.timeout
-            while time.monotonic() < deadline:
-                reply, _sender = sock.recvfrom(4096)
-                if len(reply) >= 12 and struct.unpack("!H", reply[:2])[0] == query_id:
-                    return True
         except OSError:
             return False
-    return False
+        return _answered(
+            sock,
+            probe.timeout,
+            lambda reply, _sender: len(reply) >= 12 and reply[:2] == struct.pack("!H", query_id),
+        )
+
+
+def _icmp_checksum(data: bytes) -> int:
+    padded = data + b"\x00" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def icmp_echo(ident: int, sequence: int, payload: bytes = b"vce-probe") -> bytes:
+    """An ICMP echo request (type 8) with its checksum."""
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, sequence)
+    checksum = _icmp_checksum(header + payload)
+    return struct.pack("!BBHHH", 8, 0, checksum, ident, sequence) + payload
 
 
 def _ping(probe: Probe) -> bool:
-    wait = str(max(1, round(probe.timeout)))
-    argv = ["ping", "-n", "-q", "-c", "1", "-W", wait, probe.ip]
-    proc = subprocess.run(argv, capture_output=True, check=False, timeout=probe.timeout + 5)
-    return proc.returncode == 0
+    """One echo request on a raw socket (no process per ping: hundreds run at once)."""
+    ident = random.randrange(1 << 16)
+
+    def is_reply(packet: bytes, sender: str) -> bool:
+        icmp = packet[(packet[0] & 0x0F) * 4 :]
+        return (
+            sender == probe.ip and icmp[:1] == b"\x00" and icmp[4:8] == struct.pack("!HH", ident, 1)
+        )
+
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        try:
+            sock.sendto(icmp_echo(ident, 1), (probe.ip, 0))
+        except OSError:
+            return False
+        return _answered(sock, probe.timeout, is_reply)
 
 
 def dhcp_discover(mac: str, xid: int) -> bytes:
@@ -229,17 +267,17 @@ def _dhcp(probe: Probe) -> bool:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, DEVICE.encode())
         sock.bind(("", 68))
-        sock.settimeout(probe.timeout)
         try:
             sock.sendto(dhcp_discover(mac, xid), (probe.ip or "255.255.255.255", 67))
-            deadline = time.monotonic() + probe.timeout
-            while time.monotonic() < deadline:
-                reply, _sender = sock.recvfrom(4096)
-                if len(reply) > 240 and reply[0] == 2 and struct.unpack("!I", reply[4:8])[0] == xid:
-                    return True
         except OSError:
             return False
-    return False
+        return _answered(
+            sock,
+            probe.timeout,
+            lambda reply, _sender: (
+                len(reply) > 240 and reply[0] == 2 and reply[4:8] == struct.pack("!I", xid)
+            ),
+        )
 
 
 PROBES = {"tcp": _tcp, "dns": _dns, "ping": _ping, "dhcp": _dhcp}
@@ -247,12 +285,16 @@ PROBES = {"tcp": _tcp, "dns": _dns, "ping": _ping, "dhcp": _dhcp}
 
 def _probe_here(probes: list[Probe]) -> list[bool]:
     """Run probes in this process's namespace, at most MAX_PARALLEL at a time."""
-    dhcp = [p for p in probes if p.kind == "dhcp"]  # one port 68 socket at a time
-    others = [p for p in probes if p.kind != "dhcp"]
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(others)))) as pool:
-        answers = dict(zip(others, pool.map(lambda p: PROBES[p.kind](p), others), strict=True))
-    answers.update({p: _dhcp(p) for p in dhcp})
-    return [answers[p] for p in probes]
+    port_68 = threading.Lock()  # DHCP probes bind the client port: one at a time
+
+    def run(probe: Probe) -> bool:
+        if probe.kind != "dhcp":
+            return PROBES[probe.kind](probe)
+        with port_68:
+            return _dhcp(probe)
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(probes)))) as pool:
+        return list(pool.map(run, probes))
 
 
 def probe_all(attacker: Attacker, probes: Sequence[Probe]) -> list[bool]:

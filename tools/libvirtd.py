@@ -477,6 +477,28 @@ class PrivateLibvirtd:
         if remove:
             self._remove_dirs()
 
+    def restart_libvirtd(self) -> None:
+        """Restart libvirtd alone, as ``systemctl restart libvirtd`` does on a real host.
+
+        virtlogd, dnsmasq and QEMU keep running; the new libvirtd joins the instance's mount
+        (and UTS) namespace, where virtlogd still lives, and on start-up rewrites its firewall
+        rules for the active networks. Returns once the URI answers again.
+        """
+        old, virtlogd = _read_pid(self.libvirtd_pid_file), _read_pid(self.virtlogd_pid_file)
+        if old is None or virtlogd is None:
+            raise RuntimeError(f"private libvirtd in {self.base_dir} is not running")
+        _signal_all([old], signal.SIGTERM)
+        if not _wait_until(lambda: not _pid_alive(old), STOP_TIMEOUT):
+            _signal_all([old], signal.SIGKILL)
+            _wait_until(lambda: not _pid_alive(old), STOP_TIMEOUT)
+        argv = ["ip", "netns", "exec", self.netns] if self.netns else []
+        argv += ["nsenter", f"--mount=/proc/{virtlogd}/ns/mnt"]
+        argv += [f"--uts=/proc/{virtlogd}/ns/uts"] if self.hostname else []
+        argv += ["libvirtd", "-d", "-f", "/etc/libvirt/libvirtd.conf"]
+        argv += ["-p", str(self.libvirtd_pid_file)]
+        self._run_launcher(argv, "restarting")
+        self._wait_until_ready()
+
     # ---- internals
 
     def _prepare_dirs(self) -> None:
@@ -542,12 +564,16 @@ class PrivateLibvirtd:
         argv += ["sh", "-c"]
         argv.append(self._namespace_script())
         # With -d both daemons fork away; sh (libvirtd's parent) returns once it is set up.
+        self._run_launcher(argv, "starting")
+
+    def _run_launcher(self, argv: list[str], what: str) -> None:
+        """Run the command that forks the daemons away; fail with its stderr and the log."""
         proc = subprocess.run(
             argv, capture_output=True, text=True, check=False, timeout=self.timeout
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"starting private libvirtd failed ({proc.returncode}): "
+                f"{what} private libvirtd failed ({proc.returncode}): "
                 f"{proc.stderr.strip()}{self._log_tail()}"
             )
 

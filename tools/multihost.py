@@ -333,6 +333,11 @@ class MultiHostLab:
             daemon.stop()  # gracefully first; it also keeps the QEMU capabilities it probed
         cleanup_leftovers(self.prefix, self.base_dir)
 
+    def restart_libvirtd(self, name: str) -> None:
+        """Restart host `name`'s libvirtd alone (its guests and dnsmasq keep running), as an
+        upgrade or ``systemctl restart libvirtd`` does; libvirt rewrites its own firewall rules."""
+        self._daemons[name].restart_libvirtd()
+
     # ---- internals
 
     def _write_state(self) -> None:

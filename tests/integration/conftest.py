@@ -16,6 +16,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.backups import runner_script
@@ -47,7 +49,15 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
             remove_prefixed(connection, "")
             connection.close()
         daemon.stop()
+        remove_guard()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def remove_guard() -> None:
+    """Delete the guard table the engine's runs install in this machine's own namespace (the
+    private libvirtd's bridges are here): no other libvirtd's bridge that takes a freed name
+    is ever filtered by it. The next run of a test installs it again."""
+    NftTable(HostShell(), "inet", "vce_guard").remove()
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +143,7 @@ def tenant(conn: libvirt.virConnect, pool: str, ledger_url: str) -> Iterator[str
         yield name
     finally:
         remove_prefixed(conn, f"{name}_")
+        remove_guard()
 
 
 _subnets = itertools.count(1)

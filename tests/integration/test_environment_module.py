@@ -43,13 +43,17 @@ def test_environment_lifecycle(uri, conn, tenant, subnet, blank_image):
     env = declaration(uri, tenant, blank_image, subnet)
 
     checked = run_module("environment", env, check=True, diff=True)
+    # The host's guard table follows the new network's bridge, before the VMs start.
     assert [(c["kind"], c["name"], c["action"]) for c in checked["plan"]] == [
         ("network", "lan", "create"),
+        ("firewall", "vce_guard", "create"),
         ("disk", "data1", "create"),
         ("vm", "web1", "create"),
         ("vm", "web2", "create"),
     ]
-    assert set(checked["diff"]["after"]) == {"network/lan", "disk/data1", "vm/web1", "vm/web2"}
+    assert set(checked["diff"]["after"]) == {
+        "network/lan", "firewall/vce_guard", "disk/data1", "vm/web1", "vm/web2",
+    }  # fmt: skip
     assert tenant_objects(conn, tenant) == set()
 
     applied = run_module("environment", env)

@@ -1,18 +1,20 @@
 """The tiny guest boots through the same path users take (an overlay boot disk on a base
 image, a NIC with a reserved IP, started by vce.kvm.environment), gets its reserved address,
-answers ping from the host, serves HTTP, and opens connections outwards on request."""
+answers ping from the host, serves HTTP, and opens connections outwards on request: to a
+neighbour on its network, never to the host, whose guard answers a tenant only DHCP and DNS."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import subprocess
-import threading
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import libvirt
@@ -22,6 +24,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.xml import read_netwo
 from tests.integration.conftest import wait_for
 from tests.integration.helpers import domain
 from tests.support.ansible_runner import run_module
+from tools.attacker import plugged
 from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import console_ip
 
@@ -107,43 +110,79 @@ class TokenServer:
     clients: list[str] = field(default_factory=list)
 
 
-@contextmanager
-def token_server(address: str) -> Iterator[TokenServer]:
-    """An HTTP server on address (a free port) answering /token with a fresh token and
-    recording each client's address: who connected, as seen from outside the guest."""
-    token = secrets.token_hex(8)
-    seen: list[str] = []
+# An HTTP server answering /token with the token (argv[1]) on address argv[2], port argv[3],
+# printing each client's address: a process of its own, so it can run in another namespace.
+TOKEN_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.client_address[0])
-            body = token.encode() if self.path == "/token" else b"no such path\n"
-            self.send_response(200 if self.path == "/token" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        print(self.client_address[0], flush=True)
+        found = self.path == "/token"
+        body = sys.argv[1].encode() if found else b"no such path"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # keep pytest's output clean
+    def log_message(self, format, *args):
+        pass
 
-    server = ThreadingHTTPServer((address, 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
+HTTPServer((sys.argv[2], int(sys.argv[3])), Handler).serve_forever()
+"""
+SERVER_PORT = 8080
+
+
+def port_open(address: str, port: int) -> bool:
     try:
-        yield TokenServer(address, server.server_address[1], token, seen)
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def token_server(address: str, netns: str | None = None) -> Iterator[TokenServer]:
+    """An HTTP server on address (in `netns`, else this machine's namespace) answering /token
+    with a fresh token and recording each client's address: who connected, as seen from
+    outside the guest."""
+    found = TokenServer(address, SERVER_PORT, secrets.token_hex(8))
+    argv = ["ip", "netns", "exec", netns] if netns else []
+    argv += [sys.executable, "-c", TOKEN_SERVER, found.token, address, str(SERVER_PORT)]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: port_open(address, SERVER_PORT), 10), "no HTTP server"
+        yield found
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        server.kill()
+        output, _errors = server.communicate(timeout=10)
+        found.clients.extend(line for line in output.splitlines() if line)
 
 
-def bridge_address(conn: libvirt.virConnect, network: str) -> str:
-    """The host's address on a libvirt network's bridge (its gateway)."""
+@contextmanager
+def neighbour_server(bridge: str, subnet: str) -> Iterator[TokenServer]:
+    """The token server on a neighbour of the guest's network (a namespace plugged into its
+    bridge, as another machine on the segment): the guest's outward connections reach it
+    without passing the host, which answers a tenant only DHCP and DNS."""
+    name = f"vce-nb-{os.getpid()}"
+    with (
+        plugged(None, bridge, f"{subnet}.50/24", None, name) as neighbour,
+        token_server(neighbour.address, neighbour.netns) as server,
+    ):
+        yield server
+
+
+def bridge_of(conn: libvirt.virConnect, network: str) -> tuple[str, str]:
+    """The bridge of a libvirt network and the host's address on it (its gateway)."""
     xml = conn.networkLookupByName(network).XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-    return str(read_network(xml, True, True).gateway)
+    state = read_network(xml, True, True)
+    return state.bridge, str(state.gateway)
 
 
-def test_guest_serves_http_and_fetches_from_host(uri, conn, tenant, subnet, base_image, libvirtd):
+def test_guest_serves_http_and_fetches_from_a_neighbour_never_the_host(
+    uri, conn, tenant, subnet, base_image, libvirtd
+):
     address = f"{subnet}.42"
     env = guest_environment(uri, tenant, subnet, address, base_image)
     console = boot(env, libvirtd, tenant, address)
@@ -152,20 +191,31 @@ def test_guest_serves_http_and_fetches_from_host(uri, conn, tenant, subnet, base
     index = wait_for(lambda: http_get(f"http://{address}/"), HTTP_TIMEOUT)
     assert index == (200, f"guest {address}\n"), console.read_text(errors="replace")[-2000:]
 
-    gateway = bridge_address(conn, f"{tenant}_lan")
+    bridge, gateway = bridge_of(conn, f"{tenant}_lan")
     assert gateway == f"{subnet}.1"
-    with token_server(gateway) as server:
-        target = f"http://{gateway}:{server.port}/token"
+    with neighbour_server(bridge, subnet) as server:
+        target = f"http://{server.address}:{server.port}/token"
         fetched = http_get(f"http://{address}/cgi-bin/fetch?{target}")
         assert fetched == (200, server.token)
-        assert server.clients == [address]  # the guest's own address, no NAT in between
 
         # A failed fetch is an error status with wget's message, not an empty 200.
-        status, body = http_get(f"http://{address}/cgi-bin/fetch?http://{gateway}:1/") or (0, "")
+        refused = f"http://{address}/cgi-bin/fetch?http://{server.address}:1/"
+        status, body = http_get(refused) or (0, "")
         assert status == 502 and "Connection refused" in body, body
 
-    pinged = http_get(f"http://{address}/cgi-bin/ping?{gateway}")
-    assert pinged is not None and pinged[0] == 200 and " 0% packet loss" in pinged[1], pinged
+        pinged = http_get(f"http://{address}/cgi-bin/ping?{server.address}")
+        assert pinged is not None and pinged[0] == 200 and " 0% packet loss" in pinged[1], pinged
+    assert server.clients == [address]  # the guest's own address, no NAT in between
+
+    # The host's guard answers a tenant network only DHCP and DNS: its own gateway does not
+    # answer ping, and a port the host listens on there is not reached (dropped, not refused).
+    with token_server(gateway) as host_server:
+        target = f"http://{gateway}:{host_server.port}/token"
+        status, body = http_get(f"http://{address}/cgi-bin/fetch?{target}") or (0, "")
+        assert status == 502 and host_server.token not in body, body
+    assert host_server.clients == []
+    unanswered = http_get(f"http://{address}/cgi-bin/ping?{gateway}")
+    assert unanswered is not None and " 0% packet loss" not in unanswered[1], unanswered
     # The queries are checked before they reach a command line.
     assert http_get(f"http://{address}/cgi-bin/fetch?http://x;reboot") == (
         400,

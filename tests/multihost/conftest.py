@@ -11,6 +11,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_firewall
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.images import catalogued_guest
@@ -24,10 +25,19 @@ def lab() -> Iterator[MultiHostLab]:
     base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
     started = MultiHostLab(base)
     try:
-        yield started.start()
+        guard(started.start())
+        yield started
     finally:
         started.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def guard(lab: MultiHostLab) -> None:
+    """Each lab host's guard table, as the kvm_host role installs it on a production host
+    (vce.kvm.firewall with the zone's uplink); the engine's runs keep it from then on. The
+    tables go with the hosts' network namespaces."""
+    for host in lab.hosts.values():
+        run_firewall({"uri": host.uri, "host_command": host.command_prefix, "uplink": host.uplink})
 
 
 @pytest.fixture(scope="module")

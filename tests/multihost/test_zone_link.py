@@ -27,6 +27,7 @@ def side(host: LabHost, vm: str, gateway: int, dhcp: tuple[int, int], ip: int, *
     """One zone's half of tenant acme: network lan 10.80.0.0/24 and one running guest."""
     return {
         "uri": host.uri,
+        "host_command": host.command_prefix,
         "tenant": "acme",
         "networks": [
             {
@@ -173,9 +174,11 @@ def test_links_of_a_tenant_never_overlap_and_never_join_another_tenant(ledger_ur
                 "gateway": f"10.90.0.{gateway}", "dhcp_start": f"10.90.0.{start}",
                 "dhcp_end": f"10.90.0.{start + 40}",
             }  # fmt: skip
+            lab_host = three.hosts[host_name]
             engine.run_environment(
-                {"uri": three.hosts[host_name].uri, "tenant": tenant, "networks": [network]}
-            )
+                {"uri": lab_host.uri, "host_command": lab_host.command_prefix, "tenant": tenant,
+                 "networks": [network]}
+            )  # fmt: skip
 
         def ends(*names: str) -> list[dict]:
             return [
@@ -209,9 +212,11 @@ def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
             "dhcp_start": f"10.95.0.{start}", "dhcp_end": f"10.95.0.{start + 40}",
         }  # fmt: skip
 
-    engine.run_environment({"uri": b.uri, "tenant": "gamma", "networks": [network(2, 150)]})
+    on_b = {"uri": b.uri, "tenant": "gamma", "host_command": b.command_prefix}
+    engine.run_environment({**on_b, "networks": [network(2, 150)]})
     params = {
         "uri": a.uri,
+        "host_command": a.command_prefix,
         "tenant": "gamma",
         "networks": [network(1, 100)],
         "zone_links": [{"name": "lan-ab", "network": "lan", "ends": link(lab)["ends"]}],
@@ -220,16 +225,15 @@ def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
         applied = run_module("environment", params)
         assert applied["changed"] and not applied["failed"], applied
         actions = [(c["kind"], c["action"]) for c in applied["plan"]]
-        assert (
-            actions
-            == [("network", "create"), ("zone_link", "allocate")] + [("zone_link", "connect")] * 2
-        )
+        # The host's guard takes the new bridge right after the network is made.
+        made = [("network", "create"), ("firewall", "update"), ("zone_link", "allocate")]
+        assert actions == made + [("zone_link", "connect")] * 2
         for host in (a, b):
             (device,) = vxlan_devices(host)
             assert ("master virbr" in device and "state UNKNOWN" in device) or "UP" in device
         assert not run_module("environment", params)["changed"]
     finally:
         removed = run_module("environment", {**params, "state": "absent"})
-        engine.run_environment({"uri": b.uri, "tenant": "gamma", "state": "absent"})
+        engine.run_environment({**on_b, "state": "absent"})
     assert removed["changed"] and not removed["failed"], removed
     assert vxlan_devices(a) == [] and vxlan_devices(b) == []

@@ -116,12 +116,14 @@ def test_public_ip_nat_rules_and_address(
         assert public in on_uplink, addresses
 
 
-def test_uplink_egress_filter_loaded(host: Any, inventory: dict[str, Any]) -> None:
-    rules = host.check_output("nft list table ip vce_egress")
+def test_host_guard_loaded(host: Any, inventory: dict[str, Any]) -> None:
+    rules = host.check_output("nft -s list table inet vce_guard")
     uplink = inventory["vce_zones"][inventory["vce_zone"]]["uplink"]
-    assert "hook postrouting priority 200" in rules  # after the public IPs' source NAT
-    assert f'oifname "{uplink}" iifname "virbr*" ip saddr' in rules
-    assert "10.0.0.0/8" in rules and "drop" in rules
+    # The egress filter runs after the public IPs' source NAT.
+    assert "hook postrouting priority srcnat + 10" in rules
+    assert f'oifname "{uplink}" iifname @bridges ip saddr @cidrs counter drop' in rules
+    assert f'oifname != "{uplink}" counter drop' in rules  # tenants leave only through it
+    assert host.run("nft list table ip vce_egress").rc != 0  # the old table is gone
 
 
 def test_backup_units_valid(host: Any, inventory: dict[str, Any], tenant: dict[str, Any]) -> None:

@@ -334,6 +334,17 @@ IMAGE = (
     ansible_state("present", "absent"),
 )
 
+# The host's guard table for tenant traffic (the vce.kvm.firewall module; the host's, not a
+# tenant's: no Pulumi resource).
+FIREWALL = (
+    URI,
+    LEDGER_URL,
+    HOST_COMMAND,
+    Field("uplink", "str", fronts=ANSIBLE_ONLY),
+    Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
+    ansible_state("present", "absent"),
+)
+
 KINDS: dict[str, tuple[Field, ...]] = {
     "vm": VM,
     "disk": DISK,

@@ -33,6 +33,7 @@ from ..ledger.tenants import Ledger
 from .drift_report import DRIFTED, ERROR, MISSING, ORPHAN, Difference, DriftCase
 from .environment import EnvironmentPlanner, Failures, Options
 from .facade import plan_environment
+from .resources import firewall
 from .resources.backup_schedule import parse_backup_host, read_host_schedules
 from .resources.image import image_sources
 
@@ -158,7 +159,29 @@ class DriftCheck:
             inventory = inventories[tenant]
             if tenant not in self.declaration.tenants and self.is_tenant(tenant, ledger, inventory):
                 cases.extend(self.orphan_tenant_cases(tenant, host, ledger, inventory))
+        if not self.only:
+            cases.extend(self.guard_cases(host, ledger))
         return cases
+
+    def guard_cases(self, host: Host, ledger: Ledger) -> list[DriftCase]:
+        """The host's guard table (one case, no tenant): missing, altered (drifted: a rule
+        removed or changed by hand) or in sync; none where the host's nft is out of reach."""
+        shared = self.declaration.shared
+        case = DriftCase(self.declaration.host, "", firewall.KIND, firewall.TABLE)
+        try:
+            uplink = firewall.run_uplink(shared, ledger, host.uri)
+            guard = firewall.GuardPlanner(host, host_shell(shared), uplink)
+            if not guard.kept:
+                return []
+            plan = guard.plan_present()
+        except VceError as error:
+            case.status, case.message = ERROR, str(error)
+            return [case]
+        if plan.changed:
+            created = plan.changes[0].action == "create"
+            case.status = MISSING if created else DRIFTED
+            case.differences = evidence(plan.changes)
+        return [case]
 
     @staticmethod
     def is_tenant(name: str, ledger: Ledger, inventory: TenantInventory) -> bool:

@@ -170,7 +170,7 @@ def keeping_guard(params: dict[str, Any], host: Host, ledger: Ledger, plan: Plan
 def run_firewall(params: dict[str, Any], check_mode: bool = False) -> Result:
     """The host's guard table (`inet vce_guard`) made to match the tenant networks on it, or
     removed (state absent). Without `uplink` or `zone_config` the uplink is the one the
-    ledger's host record with this URI names; no record or no ledger: none."""
+    ledger's host record with this URI names, else the one the table names now."""
     state = check_state(params)
     host = Host(params.get("uri") or DEFAULT_URI)
     ledger, warnings = None, []
@@ -178,7 +178,7 @@ def run_firewall(params: dict[str, Any], check_mode: bool = False) -> Result:
         try:
             ledger = Ledger.open(params.get("ledger_url") or None)
         except VceError as error:
-            warnings.append(f"no host record read, so the guard has no uplink: {error}")
+            warnings.append(f"no host record read for the guard's uplink: {error}")
     uplink = run_uplink(params, ledger, host.uri) if state == "present" else None
     engine = GuardPlanner(host, host_shell(params), uplink)
     if not engine.kept:

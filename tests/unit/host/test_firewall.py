@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import ApplyError
+from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 
-from plugins.module_utils.core.errors import ApplyError
-from plugins.module_utils.host.firewall import NftTable
-from plugins.module_utils.host.shell import HostShell
+from tests.support.netns import needs_netns, scratch_netns
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"),
-    reason="needs root, nft and unshare (a scratch network namespace)",
-)
+pytestmark = needs_netns
 
 BODY = """
 set bridges { type ifname; elements = { "vbr-b", "vbr-a" }; }
@@ -30,13 +24,8 @@ chain input {
 
 @pytest.fixture
 def netns() -> Iterator[HostShell]:
-    """A named network namespace, removed even when the test fails."""
-    name = f"vce-fw-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        yield HostShell(("ip", "netns", "exec", name))
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=10)
+    with scratch_netns() as prefix:
+        yield HostShell(prefix)
 
 
 def test_absent_table_reads_none(netns: HostShell) -> None:

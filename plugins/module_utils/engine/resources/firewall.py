@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +48,8 @@ KIND = "firewall"
 FAMILY = "inet"
 TABLE = "vce_guard"
 STATES = ("present", "absent")
+# The rule that names the uplink, as nft lists it.
+UPLINK_RULE = re.compile(r'oifname != "([^"]+)" counter drop')
 # Network changes that add, remove or rename a tenant bridge: the table follows them.
 BRIDGE_ACTIONS = ("create", "delete", "replace")
 
@@ -191,24 +194,48 @@ def run_uplink(params: Mapping[str, Any], ledger: Ledger | None, uri: str) -> st
     return recorded_uplink(ledger, uri)
 
 
+def logical_lines(listing: str) -> list[str]:
+    """A listing's lines without indentation, a set's elements on one line (nft wraps them):
+    what a plan, drift and a diff show of a table."""
+    found: list[str] = []
+    for line in (line.strip() for line in listing.splitlines()):
+        if not line:
+            continue
+        if found and found[-1].startswith("elements = {") and not found[-1].endswith("}"):
+            found[-1] = f"{found[-1]} {line}"
+        else:
+            found.append(line)
+    return found
+
+
 def lines(listing: str | None) -> list[str] | None:
-    return [line.strip() for line in listing.splitlines() if line.strip()] if listing else None
+    return logical_lines(listing) if listing else None
 
 
 def differing_lines(observed: str, expected: str) -> tuple[list[str], list[str]]:
     """The lines only the host holds and those only the declaration has, from a unified diff
-    of the two listings: what a plan, drift and a diff show of an altered table."""
+    of the two listings."""
     removed, added = [], []
-    diff = difflib.unified_diff(observed.splitlines(), expected.splitlines(), lineterm="", n=0)
+    diff = difflib.unified_diff(logical_lines(observed), logical_lines(expected), lineterm="", n=0)
     for line in diff:
         if line.startswith(("---", "+++", "@@")):
             continue
-        (removed if line.startswith("-") else added).append(line[1:].strip())
+        (removed if line.startswith("-") else added).append(line[1:])
     return removed, added
 
 
+def named_uplink(listing: str | None) -> str | None:
+    """The uplink a listed guard table names, if any."""
+    found = UPLINK_RULE.search(listing or "")
+    return found.group(1) if found else None
+
+
 class GuardPlanner:
-    """Observe, plan and apply the guard table of one host: decided before anything is done."""
+    """Observe, plan and apply the guard table of one host: decided before anything is done.
+
+    Without an uplink given, the one the table on the host names now is kept: a run that knows
+    no zone (a network run without `zone_config` on a host the ledger has no record of) never
+    loosens the guard another run installed with the zone's uplink."""
 
     def __init__(self, host: Host, shell: HostShell, uplink: str | None) -> None:
         self.host = host
@@ -224,12 +251,17 @@ class GuardPlanner:
         nets = tuple(n for n in tenant_networks(self.host) if n.bridge not in leaving)
         return GuardModel(nets, self.uplink)
 
+    def observe(self) -> str | None:
+        observed = self.table.observed()
+        self.uplink = self.uplink or named_uplink(observed)
+        return observed
+
     def plan_present(self) -> Plan:
         """The table as it should be for the networks on the host now."""
         plan = Plan()
+        observed = self.observe()
         self.modelled = self.model()
         body = render_guard(self.modelled)
-        observed = self.table.observed()
         expected = self.table.expected(body)
         self.listings = (observed, expected)
         if observed == expected:
@@ -268,7 +300,7 @@ class GuardPlanner:
         leaving = frozenset(
             c.before["bridge"] for c in moved if c.action == "delete" and isinstance(c.before, dict)
         )
-        observed = self.table.observed()
+        observed = self.observe()
         plan = Plan()
         plan.add(
             Change(
