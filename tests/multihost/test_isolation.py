@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
@@ -52,6 +52,7 @@ PUBLIC_IPS = {  # (host, tenant): the address of the tenant's VM web there
 # dnsmasq pings an address for ~3 s before it offers it, one DISCOVER after the other; an
 # iso network's dnsmasq gets the DISCOVERs of both ends of the link.
 DHCP_TIMEOUT = 12.0
+RETRY_TIMEOUT = 3.0
 
 
 def second_octet(tenant: str, network: str) -> int:
@@ -325,32 +326,40 @@ def internet_cases(world: World, neighbour: Node) -> list[Case]:
     return cases
 
 
-def run_cases(cases: Sequence[Case]) -> tuple[list[str], dict[str, float]]:
-    """Every case, each node's probes at once in its namespace and all nodes concurrently;
-    the mismatches described, and the counts."""
+def answers_to(cases: Sequence[Case]) -> dict[Case, bool]:
+    """Every case's probe, each node's probes at once in its namespace, all nodes at once."""
     by_node: dict[Node, list[Case]] = {}
     for case in cases:
         by_node.setdefault(case.node, []).append(case)
+    answers: dict[Case, bool] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(by_node))) as pool:
+        batches = pool.map(lambda n: probe_all(n.attacker, [c.probe for c in by_node[n]]), by_node)
+        for node, batch in zip(by_node, batches, strict=True):
+            answers.update(zip(by_node[node], batch, strict=True))
+    return answers
+
+
+def run_cases(cases: Sequence[Case]) -> tuple[list[str], dict[str, float]]:
+    """Every case; the mismatches described, and the counts. An answer is final, but a probe
+    that should be answered and was not gets one more, slower try: the machine is shared, and
+    a stall of a second must not look like a firewall."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(by_node)) as pool:
-        answers = dict(
-            zip(
-                by_node,
-                pool.map(lambda n: probe_all(n.attacker, [c.probe for c in by_node[n]]), by_node),
-                strict=True,
-            )
-        )
-    seconds = time.monotonic() - started
-    mismatches = [
-        case.describe(answered)
-        for node, node_cases in by_node.items()
-        for case, answered in zip(node_cases, answers[node], strict=True)
-        if answered != case.expected
+    answers = answers_to(cases)
+    unanswered = [c for c in cases if c.expected and not answers[c]]
+    slower = [
+        replace(c, probe=replace(c.probe, timeout=max(c.probe.timeout, RETRY_TIMEOUT)))
+        for c in unanswered
     ]
+    retried = answers_to(slower)
+    for case, again in zip(unanswered, slower, strict=True):
+        answers[case] = retried[again]
+    seconds = time.monotonic() - started
+    mismatches = [case.describe(answers[case]) for case in cases if answers[case] != case.expected]
     counts = {
         "probes": len(cases),
         "expected_open": sum(c.expected for c in cases),
         "expected_blocked": sum(not c.expected for c in cases),
+        "retried": len(unanswered),
         "mismatches": len(mismatches),
         "seconds": round(seconds, 1),
     }
@@ -413,9 +422,10 @@ def test_the_rules_survive_a_libvirtd_restart(world):
     """libvirtd rewrites its own chains when it starts; ours are not its to touch."""
     lab, kvm_a = world.lab, world.lab.hosts["kvm-a"]
     before = guard_listing(kvm_a)
+    kvm_a.run(["iptables", "-F", "LIBVIRT_FWI"], check=True)  # so we see libvirt rewrite it
     lab.restart_libvirtd("kvm-a")
     chains = kvm_a.run(["iptables", "-S", "LIBVIRT_FWI"], check=True).stdout
-    assert bridge_of(kvm_a, "acme", "lan") in chains  # libvirt put its own rules back
+    assert bridge_of(kvm_a, "acme", "lan") in chains  # libvirt wrote its own rules anew
     assert guard_listing(kvm_a) == before
     on_a = [node for node in world.nodes if node.host == "kvm-a"]
     assert_all_hold(
