@@ -25,10 +25,12 @@ BENCH = Path(__file__).resolve().parent
 SCRIPTS = (
     "pulumi_provider",
     "floor",
+    "firewall_install",
     "profile_env",
     "quota_check",
     "drift",
     "public_ips",
+    "firewall_throughput",
     "billing",
     "backup",
     "env10",

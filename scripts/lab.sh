@@ -25,6 +25,7 @@ DEBIAN_PACKAGES=(
   shellcheck  # for ansible-test sanity's shellcheck test (it skips the test without it)
   debootstrap  # tools.pristine_root builds the pristine Debian 12 root of its check
   postgresql  # the ledger's tests run against a private PostgreSQL server too
+  iperf3  # bench/firewall_throughput.py measures tenant traffic with and without the firewall
 )
 VENV=.venv
 
