@@ -68,7 +68,7 @@ from quota_check import make_image  # noqa: E402
 from tests.support.backups import runner_script  # noqa: E402
 from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
-from tools.cleanup import remove_prefixed  # noqa: E402
+from tools.cleanup import remove_guard, remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import PrivateLibvirtd, domain_type  # noqa: E402
 
@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn.close()
         forget_stores()
         daemon.stop()
+        remove_guard()
         shutil.rmtree(base, ignore_errors=True)
     results["host_busy_after"] = host_busy(0.5)
     results["errors"] = errors

@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 # The checkout's engine, not the copy installed in the venv (it may be an older layout).
 sys.path.insert(0, str(ROOT / "collections"))
 
-from tools.cleanup import remove_prefixed  # noqa: E402
+from tools.cleanup import remove_guard, remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 from tools.tinyguest import build_base_image  # noqa: E402
@@ -969,6 +969,7 @@ def private_host(count: int, quick: bool = False) -> Iterator[Context]:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
         daemon.stop()
+        remove_guard()
         shutil.rmtree(base, ignore_errors=True)
 
 

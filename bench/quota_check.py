@@ -99,7 +99,7 @@ from env10 import (  # noqa: E402
 
 from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
-from tools.cleanup import remove_prefixed  # noqa: E402
+from tools.cleanup import remove_guard, remove_prefixed  # noqa: E402
 from tools.labhost import ensure_pool  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, PrivateLibvirtd, domain_type  # noqa: E402
 
@@ -523,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
         forget_stores()
+        remove_guard()
         daemon.stop()
         shutil.rmtree(base, ignore_errors=True)
         results["cleanup_s"] = time.perf_counter() - cleanup_start

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 
 import libvirt
+from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 
 
 def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
@@ -45,3 +47,10 @@ def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
                         vol.delete(0)
                     removed.append(f"volume {vol.name()}")
     return removed
+
+
+def remove_guard() -> None:
+    """Delete the guard table (inet vce_guard) the engine's runs install in this machine's own
+    namespace, where a private libvirtd's bridges are: no other libvirtd's bridge that takes a
+    freed name is ever filtered by it. A test's or benchmark's next run installs it again."""
+    NftTable(HostShell(), "inet", "vce_guard").remove()

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
-from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.backups import runner_script
 from tests.support.images import make_image, register_image
 from tests.support.ledger import forget_stores, register
-from tools.cleanup import remove_prefixed
+from tools.cleanup import remove_guard, remove_prefixed
 from tools.labhost import ensure_pool
 from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import build_base_image
@@ -51,13 +49,6 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
         daemon.stop()
         remove_guard()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def remove_guard() -> None:
-    """Delete the guard table the engine's runs install in this machine's own namespace (the
-    private libvirtd's bridges are here): no other libvirtd's bridge that takes a freed name
-    is ever filtered by it. The next run of a test installs it again."""
-    NftTable(HostShell(), "inet", "vce_guard").remove()
 
 
 @pytest.fixture(scope="session")

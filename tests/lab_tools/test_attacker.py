@@ -139,8 +139,9 @@ def test_everything_goes_on_exit_also_on_failure(scratch):
     assert name not in netns_names()
     assert sleeper is not None and sleeper.wait(timeout=5) == -9  # killed with its namespace
     ports = subprocess.run(
-        ["ip", "netns", "exec", scratch, "ip", "-o", "link"], capture_output=True, text=True
-    )
+        ["ip", "netns", "exec", scratch, "ip", "-o", "link"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
     assert port_name(name) not in ports.stdout
 
 
