@@ -148,10 +148,14 @@ def render_guard(model: GuardModel) -> str:
 
 def tenant_from(uplink: str | None) -> str:
     """What leaves a tenant network: never from an isolated one; NAT and routed ones only
-    through the uplink. Without an uplink only the isolated rule and `tenant_to` hold."""
+    through the uplink. Without an uplink a routed network leaves nowhere (libvirt ties it to
+    no interface, so only the uplink the guard names keeps it off the underlay), and a NAT
+    network where libvirt's NAT rules let it."""
     rules = ["    iifname @isolated_bridges counter drop\n"]
     if uplink:
         rules.append(f"    oifname != {quoted(uplink)} counter drop\n")
+    else:
+        rules.append("    iifname @routed_bridges counter drop\n")
     return "  chain tenant_from {\n" + "".join(rules) + "  }\n"
 
 

@@ -88,7 +88,7 @@ def test_with_an_uplink_tenants_leave_only_through_it_and_never_with_a_private_a
     assert "ct status dnat iifname @bridges oifname @bridges masquerade" in body
 
 
-def test_without_an_uplink_only_the_rules_naming_it_go():
+def test_without_an_uplink_the_rules_naming_it_go_and_routed_networks_forward_nowhere():
     with_uplink = render_guard(MODEL)
     without = render_guard(GuardModel(MODEL.networks, None))
     assert "oifname !=" not in without and "chain postrouting" not in without
@@ -100,6 +100,9 @@ def test_without_an_uplink_only_the_rules_naming_it_go():
         "type filter hook postrouting priority srcnat + 10; policy accept;",
         'oifname "up0" iifname @bridges ip saddr @cidrs counter drop',
     }
+    # libvirt ties a routed network to no interface: without the uplink it stays closed.
+    added = set(without.splitlines()) - set(with_uplink.splitlines())
+    assert {line.strip() for line in added} == {"iifname @routed_bridges counter drop"}
 
 
 def test_a_host_without_tenant_networks_has_empty_sets():
