@@ -11,9 +11,8 @@ version_added: 0.1.0
 description:
   - Declares one tenant network - CIDR, gateway, DHCP range, static leases, and whether it is
     isolated, NATed or routed to the zone's uplink - as a libvirt network.
-  - DHCP range and lease changes are applied live. Changing O(mode), O(cidr), O(gateway),
-    O(mtu) or the zone's uplink needs the network replaced and is refused unless
-    O(allow_replace=true).
+  - DHCP range and lease changes are applied live. Changing O(mode), O(cidr), O(gateway) or
+    O(mtu) needs the network replaced and is refused unless O(allow_replace=true).
   - The CIDR lies in private space (RFC 1918 - 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), with a
     prefix from /16 to /29; the whole space (0.0.0.0/0), loopback, link-local, multicast, shared
     (100.64.0.0/10) and public ranges are refused.
@@ -22,7 +21,11 @@ description:
     host's own addresses and routes, its uplink's included - is refused at plan time, without
     naming what it overlaps. The host's addresses are read with C(ip) through O(host_command).
   - A tenant does not choose an uplink - a routed network is routed to the zone's uplink from
-    O(zone_config), the operator's configuration.
+    O(zone_config), the operator's configuration. libvirt ties it to no interface; the host's
+    guard (M(vce.kvm.firewall), kept by this run) lets it leave only through that uplink, so a
+    VM reaches a public IP bound on another network of the host (hairpin). A routed network
+    made by an earlier version with C(dev) in its C(forward) element is untied live, after the
+    guard is in place. On a remote O(uri) without O(host_command) a routed network is refused.
 author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,3 +204,48 @@ def test_state_absent_removes_the_table_and_check_mode_keeps_it(site):
         capture_output=True, check=False, timeout=10,
     )  # fmt: skip
     assert gone.returncode != 0
+
+
+def port_master(site: Site, port: str) -> str:
+    shown = site.run(["ip", "-o", "link", "show", "dev", port])
+    return shown.split(" master ", 1)[1].split()[0] if " master " in shown else ""
+
+
+def test_a_routed_network_of_an_earlier_version_is_untied_live_and_its_ports_stay(site):
+    """A routed network defined as before (`<forward mode='route' dev='up0'/>`), with a port
+    on its bridge standing for a running VM's tap: the run unties it without restarting it
+    (the bridge and its port stay), and libvirt's rules no longer name the uplink."""
+    run_module("environment", site.environment())
+    name = f"{TENANT}_routed"
+    bridge, _gateway = bridges(site)["routed"]
+    cidr = f"10.{site.third}.2.0/24"
+    conn = libvirt.open(site.daemon.uri)
+    try:
+        net = conn.networkLookupByName(name)
+        root = ET.fromstring(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
+        net.destroy()
+        root.find("forward").set("dev", site.uplink)  # what versions before the guard defined
+        conn.networkDefineXML(ET.tostring(root, encoding="unicode")).create()
+    finally:
+        conn.close()
+    site.run(["ip", "link", "add", "vce-tap0", "type", "veth", "peer", "name", "vce-tap0p"])
+    site.run(["ip", "link", "set", "vce-tap0", "master", bridge, "up"])
+    index = site.run(["cat", f"/sys/class/net/{bridge}/ifindex"])
+    assert f"-d {cidr} -i {site.uplink} -o {bridge}" in site.run(["iptables", "-S", "LIBVIRT_FWI"])
+    assert f"-s {cidr} -i {bridge} -o {site.uplink}" in site.run(["iptables", "-S", "LIBVIRT_FWO"])
+
+    untied = run_module("environment", site.environment())
+    changes = [(c["kind"], c["action"], c["field"], c["class"]) for c in untied["plan"]]
+    assert changes == [("network", "update", "forward dev", "live")], untied
+    rules = site.run(["iptables", "-S", "LIBVIRT_FWO"]) + site.run(
+        ["iptables", "-S", "LIBVIRT_FWI"]
+    )
+    assert f"-s {cidr} -i {bridge} -j ACCEPT" in rules
+    assert f"-d {cidr} -o {bridge} -j ACCEPT" in rules
+    assert (
+        f"{bridge} -o {site.uplink}" not in rules and f"-i {site.uplink} -o {bridge}" not in rules
+    )
+    # Never restarted: the same bridge, its port still on it.
+    assert site.run(["cat", f"/sys/class/net/{bridge}/ifindex"]) == index
+    assert port_master(site, "vce-tap0") == bridge
+    assert run_module("environment", site.environment())["changed"] is False

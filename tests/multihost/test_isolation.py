@@ -385,12 +385,6 @@ def test_hairpin_a_vm_reaches_another_vms_public_ip_on_its_network(world):
     assert_all_hold([case for node in world.nodes for case in hairpin_cases(node, False)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libvirt's LIBVIRT_FWI admits into a routed bridge only from its <forward dev> (the "
-    "uplink) and LIBVIRT_FWO lets a routed bridge out only to it, so a DNAT-ed packet from "
-    "another bridge is rejected after vce_guard accepted it; the lead decides the fix",
-)
 def test_hairpin_a_vm_reaches_the_public_ip_of_a_vm_on_another_network(world):
     assert_all_hold([case for node in world.nodes for case in hairpin_cases(node, True)])
 

@@ -51,9 +51,11 @@ def network_xml(
         nat = sub(forward, "nat")
         sub(nat, "port", start="1024", end="65535")
     elif spec.mode == "routed":
-        # libvirt itself then allows forwarding between the bridge and the uplink, in chains
-        # it rewrites whenever it likes; the public IPs' NAT lives in the project's own table.
-        sub(root, "forward", mode="route", dev=spec.uplink)
+        # No `dev`: libvirt then ties the bridge to no interface (it keeps its anti-spoofing
+        # rules on the network's range) and the host's guard (`inet vce_guard`) lets a routed
+        # network leave only through the zone's uplink. With `dev`, libvirt's own chains reject
+        # a VM's packet DNAT-ed to a public IP on another bridge (hairpin across networks).
+        sub(root, "forward", mode="route")
     sub(root, "bridge", stp="on", delay="0")
     if spec.mtu:
         sub(root, "mtu", size=str(spec.mtu))
@@ -81,7 +83,8 @@ class NetworkState:
     mtu: int | None = None
     bridge: str = ""
     hosts: dict[str, StaticLease] = field(default_factory=dict)
-    uplink: str | None = None
+    # The interface a routed network made by an earlier version is tied to (`forward dev`).
+    forward_dev: str | None = None
 
 
 def read_network(xml: str, active: bool, autostart: bool) -> NetworkState:
@@ -92,7 +95,7 @@ def read_network(xml: str, active: bool, autostart: bool) -> NetworkState:
         state.mode = forward.get("mode", "nat")
         if state.mode == "route":
             state.mode = "routed"
-            state.uplink = forward.get("dev")
+            state.forward_dev = forward.get("dev")
     bridge = root.find("bridge")
     state.bridge = bridge.get("name", "") if bridge is not None else ""
     mtu = root.find("mtu")

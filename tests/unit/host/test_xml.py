@@ -78,3 +78,22 @@ def test_interfaces_on_a_network_are_found_by_mac_and_network_with_their_address
     [found] = interfaces_on(xml, "52:54:00:00:00:01", "acme_lan")
     assert 'slot="0x03"' in found and "acme_dmz" not in found
     assert interfaces_on(xml, "52:54:00:00:00:02", "acme_lan") == []
+
+
+def test_a_routed_network_names_no_forward_interface_and_an_older_ones_is_read():
+    spec = NetworkSpec(
+        "dmz",
+        ipaddress.IPv4Network("10.4.0.0/24"),
+        ipaddress.IPv4Address("10.4.0.1"),
+        ipaddress.IPv4Address("10.4.0.100"),
+        ipaddress.IPv4Address("10.4.0.200"),
+        "routed",
+        uplink="up0",
+    )
+    root = ET.fromstring(network_xml("acme_dmz", spec, Owner("acme", "network", "dmz", "h"), []))
+    assert root.find("forward").attrib == {"mode": "route"}
+    state = read_network(ET.tostring(root, encoding="unicode"), True, True)
+    assert (state.mode, state.forward_dev) == ("routed", None)
+    root.find("forward").set("dev", "up0")
+    older = read_network(ET.tostring(root, encoding="unicode"), True, True)
+    assert (older.mode, older.forward_dev) == ("routed", "up0")

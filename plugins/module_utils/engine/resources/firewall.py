@@ -36,6 +36,7 @@ from ...host.connection import Host
 from ...host.firewall import NftTable
 from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
+from .network import FORWARD_DEV
 
 try:
     import sqlalchemy as sa
@@ -147,10 +148,14 @@ def render_guard(model: GuardModel) -> str:
 
 def tenant_from(uplink: str | None) -> str:
     """What leaves a tenant network: never from an isolated one; NAT and routed ones only
-    through the uplink. Without an uplink only the isolated rule and `tenant_to` hold."""
+    through the uplink. Without an uplink a routed network leaves nowhere (libvirt ties it to
+    no interface, so only the uplink the guard names keeps it off the underlay), and a NAT
+    network where libvirt's NAT rules let it."""
     rules = ["    iifname @isolated_bridges counter drop\n"]
     if uplink:
         rules.append(f"    oifname != {quoted(uplink)} counter drop\n")
+    else:
+        rules.append("    iifname @routed_bridges counter drop\n")
     return "  chain tenant_from {\n" + "".join(rules) + "  }\n"
 
 
@@ -291,6 +296,7 @@ class GuardPlanner:
         libvirt names when it defines it, so then the table is rendered when the change runs;
         else it is compared now, and changed only when it differs."""
         if not self.kept:
+            self.refuse_unguarded(network_changes)
             return Plan()
         moved = [
             c for c in network_changes.changes if c.kind == "network" and c.action in BRIDGE_ACTIONS
@@ -315,6 +321,19 @@ class GuardPlanner:
         )
         return plan
 
+    def refuse_unguarded(self, network_changes: Plan) -> None:
+        """A routed network is tied to no interface: only the guard keeps it to the uplink, so
+        none is made or untied on a host whose guard this run cannot keep (the test driver,
+        which forwards nothing, excepted)."""
+        routed = routing_changes(network_changes)
+        if routed and not self.host.uri.startswith("test:"):
+            raise SpecError(
+                "host_command",
+                f"routed network(s) {', '.join(routed)} leave only through the uplink by the "
+                f"host's guard (nft table {FAMILY} {TABLE}), which is kept with nft on "
+                f"{self.host.uri}: give the command that reaches it (e.g. [ssh, root@kvm1])",
+            )
+
     def converge(self, leaving: frozenset[str]) -> None:
         """Render from the networks as they are now (after the run's network changes)."""
         body = render_guard(self.model(leaving))
@@ -322,9 +341,27 @@ class GuardPlanner:
             self.table.replace(body)
 
 
+def routing_changes(plan: Plan) -> list[str]:
+    """The routed networks a plan makes, remakes or unties from an uplink."""
+    return [
+        change.name
+        for change in plan.changes
+        if change.kind == "network"
+        and (
+            change.field == FORWARD_DEV
+            or (
+                change.action in ("create", "replace")
+                and isinstance(change.after, dict)
+                and change.after.get("mode") == "routed"
+            )
+        )
+    ]
+
+
 def with_guard(plan: Plan, guard: Plan) -> Plan:
     """`plan` with the guard's change right after the last network made or remade (before the
-    VMs that use it start), else at the end."""
+    VMs that use it start); else before the first routed network untied from its uplink (the
+    guard holds it to the uplink from then on), else at the end."""
     if not guard.changed:
         return plan
     made = [
@@ -332,7 +369,8 @@ def with_guard(plan: Plan, guard: Plan) -> Plan:
         for i, change in enumerate(plan.changes)
         if change.kind == "network" and change.action in ("create", "replace")
     ]
-    at = made[-1] + 1 if made else len(plan.changes)
+    untied = [i for i, change in enumerate(plan.changes) if change.field == FORWARD_DEV]
+    at = made[-1] + 1 if made else (untied or [len(plan.changes)])[0]
     plan.changes[at:at] = guard.changes
     return plan
 

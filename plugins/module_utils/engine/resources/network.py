@@ -18,7 +18,10 @@ from ...host.shell import HostShell
 from ...host.xml import NetworkState, dhcp_host_element, network_xml, read_network, to_string
 
 KIND = "network"
-REPLACE_FIELDS = ("mode", "uplink", "cidr", "gateway", "mtu")
+REPLACE_FIELDS = ("mode", "cidr", "gateway", "mtu")
+# The field of the change that unties a routed network made by an earlier version from its
+# uplink (`<forward mode='route' dev='…'/>`): the guard restricts routed networks now.
+FORWARD_DEV = "forward dev"
 
 
 def network_summary(spec: NetworkSpec) -> dict[str, object]:
@@ -28,7 +31,6 @@ def network_summary(spec: NetworkSpec) -> dict[str, object]:
         "gateway": str(spec.gateway),
         "dhcp_range": f"{spec.dhcp_start}-{spec.dhcp_end}",
         "mode": spec.mode,
-        "uplink": spec.uplink,
         "mtu": spec.mtu,
         "static_leases": {lease.mac: str(lease.ip) for lease in spec.static_leases},
     }
@@ -40,7 +42,6 @@ def state_summary(state: NetworkState) -> dict[str, object]:
         "gateway": str(state.gateway),
         "dhcp_range": f"{state.dhcp_start}-{state.dhcp_end}",
         "mode": state.mode,
-        "uplink": state.uplink,
         "mtu": state.mtu,
         "active": state.active,
         "bridge": state.bridge,
@@ -130,8 +131,7 @@ class NetworkPlanner:
         if replaced:
             if not allow_replace:
                 raise SpecError(
-                    # The uplink is the zone's: its field is the operator's setting.
-                    "zone_config.uplink" if replaced[0] == "uplink" else replaced[0],
+                    replaced[0],
                     f"changing {', '.join(replaced)} of network {spec.name!r} needs the network "
                     "replaced (its VMs lose connectivity meanwhile); set allow_replace: true",
                 )
@@ -165,6 +165,8 @@ class NetworkPlanner:
                     run=lambda: self.refresh_definition(libvirt_name, spec),
                 )
             )
+        if state.forward_dev is not None:
+            plan.add(self.untie_change(spec.name, libvirt_name, state.forward_dev))
         if not state.active:
             plan.add(
                 Change(
@@ -190,6 +192,19 @@ class NetworkPlanner:
                 )
             )
         return plan
+
+    def untie_change(self, declared_name: str, libvirt_name: str, dev: str) -> Change:
+        """A routed network of an earlier version untied from its uplink, live: libvirt
+        reloads its own rules for the network and its VMs stay connected."""
+        return Change(
+            KIND,
+            declared_name,
+            "update",
+            field=FORWARD_DEV,
+            before=dev,
+            after=None,
+            run=lambda: self.untie(libvirt_name, dev),
+        )
 
     @staticmethod
     def differs(field: str, spec: NetworkSpec, state: NetworkState) -> bool:
@@ -338,6 +353,21 @@ class NetworkPlanner:
                 libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
                 -1,
                 sub_range(*new),
+                flags,
+            )
+
+    def untie(self, libvirt_name: str, dev: str) -> None:
+        """Delete the forward interface of a routed network, live and saved: libvirt replaces
+        its rules for the network without restarting it (no tap is disconnected)."""
+        net = self.lookup(libvirt_name)
+        flags = self.update_flags(net)
+        element = ET.Element("interface", {"dev": dev})
+        with libvirt_action(f"untie from {dev}", f"network {libvirt_name}"):
+            net.update(
+                libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                libvirt.VIR_NETWORK_SECTION_FORWARD_INTERFACE,
+                -1,
+                to_string(element),
                 flags,
             )
 

@@ -3,9 +3,9 @@
 """Public IPs: an address of the zone's pool, allocated in the ledger and bound 1:1 to a VM's
 NIC on its host with nftables (DNAT in, SNAT out) in the project's own table.
 
-The VM's network is routed to the zone's uplink (libvirt's own `route` forward mode, so libvirt
-keeps allowing that traffic whenever it rewrites its chains); the address is put on the uplink
-so the host answers for it. Every rule carries a comment naming tenant, binding and both
+The VM's network is routed (libvirt's `route` forward mode, tied to no interface; the host's
+guard lets it leave only through the zone's uplink); the address is put on the uplink so the
+host answers for it. Every rule carries a comment naming tenant, binding and both
 addresses, so the bindings are read back from the host itself.
 """
 
@@ -159,11 +159,9 @@ class NatTable:
         }
 
 
-def nic_address(
-    inventory: TenantInventory, tenant: str, spec: PublicIpSpec, path: str
-) -> tuple[str, str]:
-    """The VM NIC's reserved private address and its network's uplink (the VM must be the
-    tenant's, the NIC must have a fixed IP on a routed network)."""
+def nic_address(inventory: TenantInventory, tenant: str, spec: PublicIpSpec, path: str) -> str:
+    """The VM NIC's reserved private address (the VM must be the tenant's, the NIC must have
+    a fixed IP on a routed network of this host)."""
     prefix = f"{path}." if path else ""
     libvirt_name = object_name(tenant, spec.vm)
     inventory.refuse_intruder("vm", libvirt_name)
@@ -183,22 +181,20 @@ def nic_address(
                 f"{prefix}vm",
                 f"VM {spec.vm}'s NIC on {declared} has no fixed IP; declare nics[].ip",
             )
-        if state.mode != "routed" or not state.uplink:
+        if state.mode != "routed":
             raise SpecError(
                 f"{prefix}network",
                 f"VM {spec.vm}'s NIC is on network {declared} ({state.mode}); a public IP needs a "
-                "routed network (mode: routed, uplink: the zone's uplink)",
+                "routed network (mode: routed)",
             )
-        return str(lease.ip), state.uplink
+        return str(lease.ip)
     wanted = f" on network {spec.network}" if spec.network else ""
     raise SpecError(f"{prefix}network", f"VM {spec.vm} has no NIC{wanted} of tenant {tenant}")
 
 
-def declared_nic_address(
-    environment: EnvironmentSpec, spec: PublicIpSpec, path: str
-) -> tuple[str, str] | None:
-    """The NIC's address and uplink from the environment's own declaration, when it declares
-    the VM (which may not exist yet when the plan is made); None otherwise."""
+def declared_nic_address(environment: EnvironmentSpec, spec: PublicIpSpec, path: str) -> str | None:
+    """The NIC's address from the environment's own declaration, when it declares the VM
+    (which may not exist yet when the plan is made); None otherwise."""
     vm = next((v for v in environment.vms if v.name == spec.vm), None)
     if vm is None:
         return None
@@ -216,9 +212,9 @@ def declared_nic_address(
             raise SpecError(
                 f"{path}.network",
                 f"VM {spec.vm}'s NIC is on network {nic.network} ({mode}); a public IP needs a "
-                "routed network (mode: routed, uplink: the zone's uplink)",
+                "routed network (mode: routed)",
             )
-        return str(nic.ip), network.uplink or ""
+        return str(nic.ip)
     wanted = f" on network {spec.network}" if spec.network else ""
     raise SpecError(f"{path}.network", f"VM {spec.vm} has no NIC{wanted}")
 
@@ -280,11 +276,11 @@ class PublicIpPlanner:
 
     def plan(
         self,
-        declared: Sequence[tuple[PublicIpSpec, str, str, str]],
+        declared: Sequence[tuple[PublicIpSpec, str, str]],
         removed: Sequence[str],
         nat: NatState,
     ) -> Plan:
-        """Changes for the declared public IPs - (spec, private address, uplink, field path) -
+        """Changes for the declared public IPs - (spec, private address, field path) -
         and the removals of the named ones."""
         plan = Plan()
         current = self.allocations()
@@ -297,14 +293,8 @@ class PublicIpPlanner:
         needed = [s for s in new if s.address is None]
         if len(needed) > len(automatic):
             raise self.exhausted()
-        for spec, private, uplink, path in declared:
+        for spec, private, path in declared:
             prefix = f"{path}." if path else ""
-            if uplink != self.zone.uplink:
-                raise SpecError(
-                    f"{prefix}network",
-                    f"VM {spec.vm}'s network is routed to {uplink or 'nothing'}, not to zone "
-                    f"{self.zone.name}'s uplink {self.zone.uplink}",
-                )
             row = current.get(spec.name)
             address = self.choose(spec, row, taken, prefix)
             if row is None:
@@ -567,8 +557,8 @@ def run_public_ip(params: Mapping[str, Any], check_mode: bool = False) -> Result
     if (params.get("state") or "present") == "present":
         inventory = host.inventory(tenant)
         spec = declared_public_ip(params, planner.zone)
-        private, uplink = nic_address(inventory, tenant, spec, "")
-        plan = planner.plan([(spec, private, uplink, "")], [], nat)
+        private = nic_address(inventory, tenant, spec, "")
+        plan = planner.plan([(spec, private, "")], [], nat)
     else:
         plan = planner.plan([], [name], nat)
 
@@ -595,8 +585,8 @@ def plan_environment_public_ips(
     for i, item in enumerate(spec.public_ips if spec else ()):
         path = f"public_ips[{i}]"
         found = declared_nic_address(spec, item, path)
-        private, uplink = found or nic_address(inventory, tenant, item, path)
-        declared.append((item, private, uplink, path))
+        private = found or nic_address(inventory, tenant, item, path)
+        declared.append((item, private, path))
     names = {item.name for item, *_rest in declared}
     undeclared = sorted(set(planner.allocations(here=True)) - names)
     planner.observed = planner.nat.observe()

@@ -12,14 +12,17 @@ from collections.abc import Iterator
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.core.plan import UNKNOWN
+from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import DeclaredHost, DriftCheck
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.firewall import (
     GuardModel,
+    GuardPlanner,
     TenantBridge,
     render_guard,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.network import NetworkPlanner
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
 from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
@@ -85,7 +88,7 @@ def test_with_an_uplink_tenants_leave_only_through_it_and_never_with_a_private_a
     assert "ct status dnat iifname @bridges oifname @bridges masquerade" in body
 
 
-def test_without_an_uplink_only_the_rules_naming_it_go():
+def test_without_an_uplink_the_rules_naming_it_go_and_routed_networks_forward_nowhere():
     with_uplink = render_guard(MODEL)
     without = render_guard(GuardModel(MODEL.networks, None))
     assert "oifname !=" not in without and "chain postrouting" not in without
@@ -97,6 +100,9 @@ def test_without_an_uplink_only_the_rules_naming_it_go():
         "type filter hook postrouting priority srcnat + 10; policy accept;",
         'oifname "up0" iifname @bridges ip saddr @cidrs counter drop',
     }
+    # libvirt ties a routed network to no interface: without the uplink it stays closed.
+    added = set(without.splitlines()) - set(with_uplink.splitlines())
+    assert {line.strip() for line in added} == {"iifname @routed_bridges counter drop"}
 
 
 def test_a_host_without_tenant_networks_has_empty_sets():
@@ -292,6 +298,49 @@ def test_bad_input_names_the_field(acme, test_host, extra, field):
 def test_the_test_driver_without_a_host_command_is_refused(acme, test_host):
     with pytest.raises(SpecError) as caught:
         facade.run_firewall({"uri": URI, "ledger_url": acme, "uplink": "up0"})
+    assert caught.value.field == "host_command"
+
+
+@needs_netns
+def test_a_routed_network_of_an_earlier_version_is_guarded_before_it_is_untied(
+    acme, netns, test_host
+):
+    """A host upgraded without the role's firewall task: the run installs the guard first,
+    then unties the network, so it is never free to leave through any interface."""
+    facade.run_network(network(netns, acme, "dmz", "10.40.0.0/24", "routed"))
+    named_bridges(test_host)
+    made = test_host.conn.networkLookupByName("acme_dmz")
+    root = ET.fromstring(made.XMLDesc(0))
+    made.destroy()
+    root.find("forward").set("dev", "up0")  # what versions before the guard defined
+    test_host.conn.networkDefineXML(ET.tostring(root, encoding="unicode")).create()
+    table_in(netns).remove()
+    untied = facade.run_network(network(netns, acme, "dmz", "10.40.0.0/24", "routed"))
+    assert [(c["kind"], c["action"], c["field"]) for c in untied.plan] == [
+        ("firewall", "create", "rules"),
+        ("network", "update", "forward dev"),
+    ]
+    assert '"virbr1"' in table_in(netns).observed()
+
+
+@pytest.mark.parametrize(("mode", "refused"), [("routed", True), ("nat", False)])
+def test_a_routed_network_is_refused_where_the_guard_cannot_be_kept(
+    test_host, monkeypatch, mode, refused
+):
+    """A remote host without a host command: its guard is out of reach, and a routed network,
+    tied to no interface, would leave through any of the host's."""
+    monkeypatch.setattr(test_host, "uri", "qemu+ssh://kvm1/system")
+    monkeypatch.setattr(test_host, "is_local", False)
+    guard = GuardPlanner(test_host, HostShell(), "up0")
+    made = NetworkPlanner(test_host, "acme").plan_present(
+        parse_network({"name": "dmz", "cidr": "10.40.0.0/24", "mode": mode}, "", "up0"),
+        test_host.inventory("acme"),
+    )
+    if not refused:
+        assert not guard.plan_after(made).changed
+        return
+    with pytest.raises(SpecError, match=r"routed network\(s\) dmz leave only through") as caught:
+        guard.plan_after(made)
     assert caught.value.field == "host_command"
 
 

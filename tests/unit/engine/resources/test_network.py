@@ -54,7 +54,6 @@ def test_a_new_network_is_planned_with_its_addresses_then_made_once(test_host):
         "gateway": "10.20.0.1",
         "dhcp_range": "10.20.0.127-10.20.0.254",
         "mode": "nat",
-        "uplink": None,
         "mtu": None,
         "static_leases": {MAC: "10.20.0.5"},
     }
@@ -328,20 +327,49 @@ def test_the_network_module_refuses_what_a_tenant_must_not_reach_and_changes_not
     assert "uplink" not in kind_spec("network")
 
 
-def test_a_routed_network_is_routed_to_the_zones_uplink(acme):
-    params = {
+def routed(acme: str, uplink: str = "up0") -> dict:
+    return {
         "uri": URI,
         "tenant": "acme",
         "ledger_url": acme,
         "name": "dmz",
         "cidr": "10.40.0.0/24",
         "mode": "routed",
-        "zone_config": ZONE,
+        "zone_config": {**ZONE, "uplink": uplink},
     }
-    made = facade.run_network(params)
-    assert made.plan[0]["after"]["uplink"] == "up0"
-    assert Host(URI).inventory("acme").networks["acme_dmz"].uplink == "up0"
-    moved = {**params, "zone_config": {**ZONE, "uplink": "up1"}}
-    with pytest.raises(SpecError, match="set allow_replace: true") as caught:
-        facade.run_network(moved, check_mode=True)
-    assert caught.value.field == "zone_config.uplink"
+
+
+def forward_of(name: str) -> ET.Element:
+    return ET.fromstring(Host(URI).conn.networkLookupByName(name).XMLDesc(0)).find("forward")
+
+
+def test_a_routed_network_is_tied_to_no_interface_and_a_new_zone_uplink_changes_nothing(acme):
+    facade.run_network(routed(acme))
+    assert forward_of("acme_dmz").attrib == {"mode": "route"}
+    # The zone's uplink is the guard's and the public IPs', not the network's: another one only
+    # refreshes the declaration's digest, live (it replaced the network before).
+    moved = facade.run_network(routed(acme, "up1"))
+    assert [(c["action"], c["field"], c["class"]) for c in moved.plan] == [
+        ("update", "metadata", "live")
+    ]
+
+
+def test_a_routed_network_of_an_earlier_version_is_untied_from_its_uplink_live(acme):
+    facade.run_network(routed(acme))
+    conn = Host(URI).conn
+    made = conn.networkLookupByName("acme_dmz")
+    root = ET.fromstring(made.XMLDesc(0))
+    made.destroy()
+    made.undefine()
+    root.find("forward").set("dev", "up0")  # what versions before the guard defined
+    net = conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+    net.create()
+    net.setAutostart(1)
+    assert forward_of("acme_dmz").get("dev") == "up0" and net.isActive()
+    untied = facade.run_network(routed(acme))
+    assert [
+        (c["action"], c["field"], c["class"], c["before"], c["after"]) for c in untied.plan
+    ] == [("update", "forward dev", "live", "up0", None)]
+    assert forward_of("acme_dmz").attrib == {"mode": "route"}
+    assert net.isActive()  # never stopped: its VMs' taps stay on the bridge
+    assert facade.run_network(routed(acme)).changed is False

@@ -79,7 +79,7 @@ def test_bad_zones(raw, field):
     assert error.value.field == field
 
 
-def test_a_routed_network_is_routed_to_the_zones_uplink_and_only_it_has_one():
+def test_a_routed_network_needs_the_zones_uplink_and_is_tied_to_no_interface():
     from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_network
     from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
     from ansible_collections.vce.kvm.plugins.module_utils.host.xml import (
@@ -91,7 +91,8 @@ def test_a_routed_network_is_routed_to_the_zones_uplink_and_only_it_has_one():
     spec = parse_network(routed, "", ZONE["uplink"])
     xml = network_xml("acme_lan", spec, Owner("acme", "network", "lan"), [])
     state = read_network(xml, True, True)
-    assert (state.mode, state.uplink) == ("routed", "up0")
+    # The guard keeps it to the zone's uplink; libvirt ties it to none.
+    assert (spec.uplink, state.mode, state.forward_dev) == ("up0", "routed", None)
     with pytest.raises(SpecError, match="mode: a routed network needs the zone's uplink"):
         parse_network(routed, "")
     assert parse_network({**routed, "mode": "nat"}, "", ZONE["uplink"]).uplink is None
