@@ -148,14 +148,21 @@ def zone_config(lab: MultiHostLab, zone: str) -> dict[str, Any]:
     }
 
 
-def side_a(host: LabHost, lab: MultiHostLab, image: Path) -> dict[str, Any]:
-    """kvm-a: the routed network and the stopped VM whose public IP the bench reaches."""
+def on_host(host: LabHost, lab: MultiHostLab) -> dict[str, Any]:
+    """What every engine run on `host` names: where it is, whose, and its zone."""
     return {
         "uri": host.uri,
         "tenant": TENANT,
         "zone": host.zone,
         "zone_config": zone_config(lab, host.zone),
         "host_command": host.command_prefix,
+    }
+
+
+def side_a(host: LabHost, lab: MultiHostLab, image: Path) -> dict[str, Any]:
+    """kvm-a: the routed network and the stopped VM whose public IP the bench reaches."""
+    return {
+        **on_host(host, lab),
         "image_dirs": [str(image.parent)],
         "networks": [
             {
@@ -183,11 +190,7 @@ def side_a(host: LabHost, lab: MultiHostLab, image: Path) -> dict[str, Any]:
 def side_b(host: LabHost, lab: MultiHostLab) -> dict[str, Any]:
     """kvm-b: the other half of the tenant's segment, joined by the zone link."""
     return {
-        "uri": host.uri,
-        "tenant": TENANT,
-        "zone": host.zone,
-        "zone_config": zone_config(lab, host.zone),
-        "host_command": host.command_prefix,
+        **on_host(host, lab),
         "networks": [
             {
                 "name": "lan",
