@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:
 # The Pulumi SDK and provider from the checkout, ahead of an installed copy (the repository's
 # own pulumi/ directory has no __init__.py, so `import pulumi` still finds the real SDK).
 # The provider imports the engine as ansible_collections.vce.kvm: the checkout's too.
-for _path in (ROOT / "pulumi" / "sdk" / "python", ROOT / "pulumi" / "provider"):
+# The control plane's package (server/vce_server) likewise.
+for _path in (ROOT / "pulumi" / "sdk" / "python", ROOT / "pulumi" / "provider", ROOT / "server"):
     if str(_path) not in sys.path:
         sys.path.insert(1, str(_path))
 if str(ROOT / "collections") not in sys.path:

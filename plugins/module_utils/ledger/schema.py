@@ -403,6 +403,10 @@ if sa is not None:
         sa.Column("key", sa.String(64), nullable=False),  # idempotency key of the recorded values
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
+        # Migration 0009, for the control plane: the command prefix that runs commands on the
+        # host (JSON list, NULL: local), and the zone-link and backup settings (JSON object).
+        sa.Column("host_command", sa.Text),
+        sa.Column("settings", sa.Text),
     )
 
     # The catalogue of base images: per zone, one path that is the same on every host of the
@@ -421,4 +425,95 @@ if sa is not None:
         sa.Column("key", sa.String(64), nullable=False),  # idempotency key of the recorded values
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
+    )
+
+    # The control plane (migration 0009). A user logs in to the personal cabinet; an operator
+    # has no tenant. Passwords are argon2 hashes.
+    users = sa.Table(
+        "users",
+        metadata,
+        sa.Column("login", sa.String(128), primary_key=True),
+        sa.Column("tenant", sa.String(64), index=True),
+        sa.Column("role", sa.String(16), nullable=False),  # customer | operator
+        sa.Column("password_hash", sa.Text, nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.Column("disabled_at", UtcDateTime),
+    )
+
+    # API tokens: the visible prefix is the key, the secret is kept only as its SHA-256 (a
+    # token's secret is random, so a slow hash would add nothing but latency to every call).
+    api_tokens = sa.Table(
+        "api_tokens",
+        metadata,
+        sa.Column("prefix", sa.String(32), primary_key=True),
+        sa.Column("secret_hash", sa.String(64), nullable=False),
+        sa.Column("tenant", sa.String(64), index=True),  # NULL: an operator's token
+        sa.Column("role", sa.String(16), nullable=False),  # customer | operator
+        sa.Column("scopes", sa.String(32), nullable=False),  # "read" | "read write"
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("created_by", sa.String(128), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime),
+        sa.Column("revoked_at", UtcDateTime),
+        sa.Column("last_used_at", UtcDateTime),
+    )
+
+    # Every change made through the API, queued in `seq` order; one instance claims each.
+    actions = sa.Table(
+        "actions",
+        metadata,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("target", sa.String(200), nullable=False),
+        # queued | running | succeeded | failed | interrupted
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("request", sa.Text, nullable=False),  # JSON: what the worker runs
+        sa.Column("plan", sa.Text),  # JSON
+        sa.Column("progress", sa.Text),  # JSON
+        sa.Column("result", sa.Text),  # JSON
+        sa.Column("error", sa.Text),  # JSON, the API's error shape
+        sa.Column("idempotency_key", sa.String(200)),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("token", sa.String(32), nullable=False),  # the token's prefix
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("claimed_by", sa.String(64)),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("started_at", UtcDateTime),
+        sa.Column("heartbeat_at", UtcDateTime),
+        sa.Column("finished_at", UtcDateTime),
+        sa.UniqueConstraint("tenant", "idempotency_key", name="uq_actions_idempotency"),
+        sa.Index("ix_actions_status", "status", "seq"),
+        sa.Index("ix_actions_tenant", "tenant", "seq"),
+    )
+
+    # Every API call that changes something, whatever its outcome.
+    audit = sa.Table(
+        "audit",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", UtcDateTime, nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("token", sa.String(32), nullable=False),  # prefix, or "session:<login>"
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("tenant", sa.String(64), index=True),
+        sa.Column("method", sa.String(8), nullable=False),
+        sa.Column("path", sa.String(512), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("status", sa.Integer, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),  # accepted | refused | failed
+        sa.Column("action", sa.String(36)),
+    )
+
+    # Which host of a zone holds a tenant's objects there: chosen once, kept.
+    placements = sa.Table(
+        "placements",
+        metadata,
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("zone", sa.String(64), primary_key=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("placed_at", UtcDateTime, nullable=False),
     )

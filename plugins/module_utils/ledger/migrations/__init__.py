@@ -17,6 +17,7 @@ from .versions import (
     v0006_hosts,
     v0007_images,
     v0008_usage_intents,
+    v0009_control_plane,
 )
 
 REVISION_MODULES = (
@@ -28,5 +29,6 @@ REVISION_MODULES = (
     v0006_hosts,
     v0007_images,
     v0008_usage_intents,
+    v0009_control_plane,
 )
 HEAD = REVISION_MODULES[-1].revision
