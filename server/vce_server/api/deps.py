@@ -1,0 +1,118 @@
+# Copyright: vce.kvm developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every router needs: the server's context, who is calling and may they, and the 202
+answer of a change.
+
+Authorization happens here and nowhere else: a router declares which of `reader`, `writer`,
+`operator_reader` or `operator_writer` it needs, and receives the caller's Principal, whose
+tenant scopes every lookup the service layer makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..errors import ApiError, forbidden, too_many, unauthorized
+from ..principal import WRITE, Principal
+from ..settings import Settings
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+# auto_error off: a missing token gets the API's own error shape, not FastAPI's.
+bearer = HTTPBearer(auto_error=False, description="An API token: `vce_<prefix>_<secret>`.")
+
+
+@dataclass
+class Context:
+    """The service objects of one server process, built once at start-up (app.py)."""
+
+    settings: Settings
+    ledger: Any  # ledger.tenants.Ledger
+    identity: Any  # identity.Identity
+    actions: Any  # actions.ActionQueue
+    resources: Any  # service.resources.Resources
+    terms: Any  # service.terms.Terms
+    operator: Any  # service.operator.Operator
+    limiter: Any  # limits.RateLimiter
+
+
+def context(request: Request) -> Context:
+    return request.app.state.context
+
+
+def caller(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+) -> Principal:
+    """The token's principal, counted against its rate limit; 401 for anything else."""
+    ctx = context(request)
+    if credentials is None:
+        raise unauthorized("this call needs a token: Authorization: Bearer <token>")
+    principal = ctx.identity.authenticate(credentials.credentials)
+    if principal is None:
+        raise unauthorized("the token is not valid: unknown, expired or revoked")
+    request.state.principal = principal
+    wait = ctx.limiter.take(principal.token)
+    if wait:
+        raise too_many(wait)
+    return principal
+
+
+def reader(who: Principal = Depends(caller)) -> Principal:  # noqa: B008
+    return who
+
+
+def writer(who: Principal = Depends(caller)) -> Principal:  # noqa: B008
+    if not who.may(WRITE):
+        raise forbidden("this token may only read: a change needs a token with the write scope")
+    return who
+
+
+def operator_reader(who: Principal = Depends(caller)) -> Principal:  # noqa: B008
+    if not who.is_operator:
+        raise forbidden("only the provider's operators may do this")
+    return who
+
+
+def operator_writer(who: Principal = Depends(operator_reader)) -> Principal:  # noqa: B008
+    return writer(who)
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ApiError(
+            422,
+            "invalid",
+            f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            [(f"header.{IDEMPOTENCY_HEADER}", "1-200 printable characters")],
+        )
+    return key
+
+
+def accepted(
+    ctx: Context,
+    who: Principal,
+    request: Request,
+    kind: str,
+    target: str,
+    payload: dict[str, Any],
+    tenant: str | None = None,
+) -> JSONResponse:
+    """The 202 answer of a change: the action queued for it (or, for a retried request with the
+    same Idempotency-Key, the action the first request made)."""
+    view, _created = ctx.actions.submit(
+        who, kind, target, payload, idempotency_key=idempotency_key(request), tenant=tenant
+    )
+    request.state.action = view["id"]
+    return JSONResponse(
+        {"action": view}, status_code=202, headers={"Location": f"/v1/actions/{view['id']}"}
+    )
