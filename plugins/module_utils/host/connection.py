@@ -55,18 +55,24 @@ def connect(uri: str = DEFAULT_URI) -> object:
     # libvirt prints every error to stderr by default; the engine reports them itself.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = _connections.get(uri)
-    if conn is not None:
-        try:
-            if conn.isAlive():
-                return conn
-        except libvirt.libvirtError:
-            pass
+    if conn is not None and answers(conn):
+        return conn
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
         raise VceError(f"Failed to connect to libvirt at {uri}: {libvirt_reason(error)}") from None
     _connections[uri] = conn
     return conn
+
+
+def answers(conn: object) -> bool:
+    """Whether a kept connection still reaches its daemon. isAlive() stays true after the
+    daemon restarted until a call fails (no event loop runs keepalives here), so a long-lived
+    process (the control plane) asks the daemon: one cheap round trip per opened Host."""
+    try:
+        return bool(conn.isAlive()) and conn.getLibVersion() > 0
+    except libvirt.libvirtError:
+        return False
 
 
 def local_domain_type() -> str:
