@@ -8,13 +8,15 @@ in the store). Callers pass `now` so the rules can be tested at any moment.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import getpass
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -189,6 +191,23 @@ def price_list_of(row: Any) -> PriceList:
     return parse_prices(json.loads(row.prices), f"price list of plan {row.plan}")
 
 
+# The run this thread acts for, when one process serves many runs at once (the control plane's
+# workers): every Ledger opened inside `acting_as` records that run id and actor. Ansible and
+# the CLI leave it unset (VCE_RUN_ID, else a new id per Ledger).
+_acting: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "vce_acting", default=None
+)
+
+
+@contextmanager
+def acting_as(run_id: str, actor: str) -> Iterator[None]:
+    token = _acting.set((run_id, actor))
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
 class Ledger:
     """The ledger for one run: who acts, under which run id, at which moment."""
 
@@ -200,8 +219,14 @@ class Ledger:
         now: dt.datetime | None = None,
     ) -> None:
         self.store = store
-        self.actor = actor or default_actor()
-        self.run_id = run_id or os.environ.get("VCE_RUN_ID") or uuid.uuid4().hex
+        acting = _acting.get()
+        self.actor = actor or (acting[1] if acting else default_actor())
+        self.run_id = (
+            run_id
+            or (acting[0] if acting else None)
+            or os.environ.get("VCE_RUN_ID")
+            or uuid.uuid4().hex
+        )
         self.fixed_now = now
 
     @classmethod

@@ -499,3 +499,25 @@ def test_registering_into_a_missing_sqlite_ledger_creates_it_and_says_so(ledger_
     first = run_tenant({"name": "acme", "customer": "BIN-1", "plan": "small", "plans": PLANS})
     assert first.warnings == [f"created a new, empty ledger at {path}"]
     assert tenant().warnings == []
+
+
+def test_a_thread_acting_for_a_run_records_its_id_and_actor(tmp_path):
+    import threading
+
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import acting_as
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    seen = {}
+
+    def worker(name: str) -> None:
+        with acting_as(f"run-{name}", f"api:{name}"):
+            ledger = Ledger.open(url, create=True)
+            seen[name] = (ledger.run_id, ledger.actor)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"a": ("run-a", "api:a"), "b": ("run-b", "api:b")}
+    assert Ledger.open(url).run_id not in ("run-a", "run-b")  # outside, as before
