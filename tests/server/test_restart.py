@@ -1,0 +1,131 @@
+"""`kill -9` of the server while it creates a VM, then a restart: the action is finished (the
+restarted server resumed it) or marked interrupted, never lost or left running; the same PUT
+again converges; libvirt holds exactly what was declared (no orphan domain or volume) and the
+ledger's open usage rows are what libvirt holds."""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+
+import httpx
+import libvirt
+import pytest
+import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import host_meters, meter_of
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
+    usage_intents,
+    usage_intervals,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+
+from tests.server.conftest import Fleet, next_subnet
+from tests.support.server import Server, create_token, succeeded, vm_body, wait_action
+
+pytestmark = pytest.mark.server
+# The restarted server finds an abandoned action once its heartbeat is older than the stale
+# limit (30 s) at its next sweep (every 30 s): at most about a minute, plus the re-run.
+RECOVERY_SECONDS = 150
+RUNNING_SECONDS = 60
+
+
+def wait_running(client: httpx.Client, action_id: str) -> str:
+    """Poll the action until a worker has it (or it has ended); its status then."""
+    deadline = time.monotonic() + RUNNING_SECONDS
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/actions/{action_id}").json()["action"]["status"]
+        if status != "queued":
+            return status
+        time.sleep(0.005)
+    raise AssertionError(f"action {action_id} still queued after {RUNNING_SECONDS} s")
+
+
+def test_kill_9_during_a_vm_create_then_restart_finishes_or_marks_it_and_a_retry_converges(
+    fleet: Fleet, conn: libvirt.virConnect, new_tenant
+):
+    tenant = new_tenant(fleet)
+    token = create_token(fleet.ledger_url, tenant)
+    network = {"cidr": f"{next_subnet()}.0/24", "mode": "isolated"}
+    declaration = {**vm_body(fleet.image, network="lan", disk="data"), "state": "running"}
+    log = fleet.logs / "restart.log"
+    first = Server(fleet.ledger_url, log).start()
+    try:
+        with first.client(token) as client:
+            succeeded(client, "/v1/networks/lan", network)
+            succeeded(client, "/v1/disks/data", {"size_gib": 1})
+            reply = client.put("/v1/vms/web", json=declaration)
+            assert reply.status_code == 202, reply.text
+            action_id = reply.json()["action"]["id"]
+            seen = wait_running(client, action_id)
+    finally:
+        first.kill()
+    print(f"killed the server with the action {seen}")
+
+    second = Server(fleet.ledger_url, log).start()
+    try:
+        with second.client(token) as client:
+            ended = wait_action(client, action_id, RECOVERY_SECONDS)
+            assert ended["status"] in ("succeeded", "interrupted"), ended
+            print(f"after the restart the action is {ended['status']}")
+            retried = succeeded(client, "/v1/vms/web", declaration)
+            assert retried["id"] != action_id
+            again = succeeded(client, "/v1/vms/web", declaration)
+            assert not changed(again), again
+    finally:
+        second.stop()
+    check_libvirt_holds_exactly(conn, tenant, {"lan"}, {"web"})
+    check_usage_matches_libvirt(fleet.ledger_url, fleet.uri, tenant)
+
+
+def changed(action: dict) -> bool:
+    """Whether an action's result reports a change (the engine's `changed`)."""
+    result = action.get("result") or {}
+    return bool(result.get("changed", bool(result.get("plan"))))
+
+
+def check_libvirt_holds_exactly(
+    conn: libvirt.virConnect, tenant: str, networks: set[str], vms: set[str]
+) -> None:
+    prefix = f"{tenant}_"
+    domains = {d.name(): d for d in conn.listAllDomains(0) if d.name().startswith(prefix)}
+    assert set(domains) == {prefix + name for name in vms}
+    assert {n.name() for n in conn.listAllNetworks(0) if n.name().startswith(prefix)} == {
+        prefix + name for name in networks
+    }
+    used = {path for domain in domains.values() for path in disk_sources(domain)}
+    volumes = set()
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        pool.refresh(0)
+        volumes |= {v.path() for v in pool.listAllVolumes(0) if v.name().startswith(prefix)}
+    assert volumes == used, f"orphans {volumes - used}, missing {used - volumes}"
+
+
+def disk_sources(domain: libvirt.virDomain) -> set[str]:
+    root = ET.fromstring(domain.XMLDesc(0))
+    return {
+        source.get("file")
+        for source in root.findall("./devices/disk[@device='disk']/source")
+        if source.get("file")
+    }
+
+
+def check_usage_matches_libvirt(ledger_url: str, uri: str, tenant: str) -> None:
+    """As tests/integration/test_usage_intents.py checks it: the open usage rows are libvirt's
+    objects with their meters, and no intent is left unresolved."""
+    with Ledger.open(ledger_url).store.read() as connection:
+        rows = connection.execute(
+            sa.select(usage_intervals).where(usage_intervals.c.tenant == tenant)
+        ).fetchall()
+        pending = connection.execute(
+            sa.select(sa.func.count()).where(
+                usage_intents.c.tenant == tenant, usage_intents.c.resolved_at.is_(None)
+            )
+        ).scalar()
+    latest = {
+        (row.kind, row.name): meter_of(row)
+        for row in rows
+        if row.ended_at is None and row.state != "absent"
+    }
+    assert latest == host_meters(Host(uri).inventory(tenant))
+    assert pending == 0
