@@ -144,7 +144,8 @@ class ActionQueue:
         self.ledger = ledger
         self.store = ledger.store
         self.settings = settings
-        self.instance = settings.instance
+        # The column holds 64 characters; the tail keeps the pid and the random part.
+        self.instance = settings.instance[-actions.c.claimed_by.type.length :]
         self.scrub = scrub
         self.handlers: dict[str, Handler] = {}
         # A live instance heartbeats well inside the time after which others count it dead.
@@ -427,7 +428,12 @@ class ActionQueue:
         with claim.lock:
             claim.pending = text
             if time.monotonic() - claim.written >= PROGRESS_SECONDS:
-                self.write_progress(claim)
+                try:
+                    self.write_progress(claim)
+                except VceError as error:
+                    # Progress is a courtesy: a ledger failing for a moment does not fail the
+                    # change; the report stays pending for the next write.
+                    log.warning("progress of action %s not written: %s", claim.id, error)
 
     def write_progress(self, claim: Claim) -> None:
         """Write the pending progress; the caller holds claim.lock."""
