@@ -481,14 +481,11 @@ class Resources:
         if host is None:
             return []
         params = {**self.params(tenant, host), "name": name}
-        if kind.plural == "disks":
-            # An attached disk is detached before it goes.
-            detach = {**params, "state": "detached"}
-            return [lambda: run_disk(detach), lambda: run_disk({**params, "state": "absent"})]
         if kind.plural == "public_ips":
             absent = public_ip_params(params, host, {"state": "absent"})
             return [lambda: run_public_ip(absent)]
-        runner = {"networks": run_network, "vms": run_vm}[kind.plural]
+        # An attached disk is refused by the engine: the VM's declaration holds it.
+        runner = {"networks": run_network, "disks": run_disk, "vms": run_vm}[kind.plural]
         return [lambda: runner({**params, "state": "absent"})]
 
     def holder(self, tenant: str, kind: Kind, name: str, zone: str | None) -> HostPlace | None:
@@ -690,7 +687,8 @@ def put_run(kind: Kind, params: dict[str, Any], host: HostPlace) -> Result:
     if kind.plural == "networks":
         return run_network({**params, **host.network_zone(), "state": "present"})
     if kind.plural == "disks":
-        state = "attached" if params.get("attach_to") else "detached"
+        # Without attach_to the disk stays as it is: a VM's `disks` attach it too.
+        state = "attached" if params.get("attach_to") else "present"
         return run_disk({**params, "zone": host.zone, "image_dirs": [], "state": state})
     if kind.plural == "vms":
         return run_vm(vm_params(params, host))
