@@ -58,10 +58,10 @@ class Worker:
         self.seq = 0
 
     def run(self, kind: str, target: str, payload: dict) -> dict:
-        action = uuid.uuid4().hex
+        action = str(uuid.uuid4())
         self.seq += 1
         progress: list[dict] = []
-        with acting_as(f"api-{action}", "token:it"):
+        with acting_as(f"api-{action}-1", "api:vce_it"):
             result = self.resources.handlers()[kind](payload, progress.append)
         assert progress and progress[0]["step"] == "run"
         self.record(action, kind, target, payload)
@@ -207,7 +207,7 @@ def test_put_read_plan_power_and_delete(resources, ledger_url, uri, conn, tenant
     # 6 puts, a block, a refused stop, an unblock, 3 VM actions, 3 deletes.
     assert len(mine) == 15
     results = sorted((r.source, r.actor, r.result) for r in mine)
-    assert results == [("api", "token:it", "failed")] + [("api", "token:it", "ok")] * 14
+    assert results == [("api", "api:vce_it", "failed")] + [("api", "api:vce_it", "ok")] * 14
     assert {row.kind for row in usage} >= {"vm", "disk"}
     assert all(row.run_id.startswith("api-") for row in usage)
 

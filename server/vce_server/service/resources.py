@@ -95,7 +95,8 @@ log = logging.getLogger("vce.serve.resources")
 SPOOL_ENV = "VCE_SPOOL_DIR"
 DEFAULT_SPOOL = "~/.local/state/vce-kvm/spool"
 RUN_SOURCE = "api"
-# The worker names each action's run `api-<action id>` (ledger.tenants.acting_as).
+# The worker names each attempt of an action a run `api-<action id>-<attempt>`
+# (ledger.tenants.acting_as).
 RUN_PREFIX = "api-"
 # What the server decides, never the customer: the host (placement) and host paths.
 SERVER_FIELDS = frozenset({"host", "target"})
@@ -619,8 +620,7 @@ class Resources:
         uses. The worker names the run and its actor (acting_as); the last run's result is
         the action's, with the plans of all."""
         acting = Ledger.open(self.ledger_url)
-        action = acting.run_id.removeprefix(RUN_PREFIX)
-        detail = {"tenant": tenant, "action": action}
+        detail = {"tenant": tenant, **action_of(acting.run_id)}
         record = RunRecord(acting.run_id, acting.actor, RUN_SOURCE, utcnow(), detail)
         url = self.ledger_url or default_url()
         spool_dir = os.path.expanduser(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL)
@@ -695,6 +695,14 @@ def put_run(kind: Kind, params: dict[str, Any], host: HostPlace) -> Result:
     if kind.plural == "public_ips":
         return run_public_ip(public_ip_params(params, host, {"state": "present"}))
     return run_backup_schedule({**params, **host.backup_host(), "state": "present"})
+
+
+def action_of(run_id: str) -> dict[str, Any]:
+    """The action (and attempt) a run's id names."""
+    action, _dash, attempt = run_id.removeprefix(RUN_PREFIX).rpartition("-")
+    if action and attempt.isdigit():
+        return {"action": action, "attempt": int(attempt)}
+    return {"action": run_id.removeprefix(RUN_PREFIX)}
 
 
 def with_boot_disk(facts: Mapping[str, Any], kind: Kind, name: str) -> dict[str, Any]:
