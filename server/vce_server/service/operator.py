@@ -213,7 +213,7 @@ class Operator:
         ledger, at = self.incident_moment(who, number, body)
         return Incidents(ledger).restore(number, at)
 
-    def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, Any]:
+    def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
         refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
         check_int(number, "id", 1, MAX_RECORD_ID)
@@ -224,7 +224,11 @@ class Operator:
             ).first()
         if found is None:
             raise not_found(f"incident {number}")
-        return ledger, parse_moment((body or {}).get("at"), "at") or ledger.now()
+        now = ledger.now()
+        moment = parse_moment((body or {}).get("at"), "at") or now
+        if moment > now:
+            raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
+        return ledger, moment
 
     # -- the fleet -------------------------------------------------------------------------
 

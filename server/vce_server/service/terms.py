@@ -67,7 +67,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
     utcnow,
 )
 
-from ..errors import conflict, not_found
+from ..errors import conflict, forbidden, not_found
 from ..principal import Principal
 
 # The kinds of 5.1 as a customer names them, and the ledger's clock each runs on: a reboot and
@@ -124,9 +124,9 @@ def refuse_unknown(body: Any, known: Iterable[str], path: str = "") -> Mapping[s
 
 
 def parse_request(body: Any) -> Filed:
-    kind = check_choice(
-        body.get("kind") if isinstance(body, Mapping) else None, "kind", tuple(REQUEST_KINDS)
-    )
+    if not isinstance(body, Mapping):
+        raise SpecError("body", "must be a JSON object: {kind, note, ...}")
+    kind = check_choice(body.get("kind"), "kind", tuple(REQUEST_KINDS))
     extra = REQUEST_FIELDS.get(kind, ())
     refuse_unknown(body, ("kind", "note", *extra))
     note = check_note(body.get("note", ""), "note")
@@ -238,7 +238,7 @@ class Terms:
     @staticmethod
     def tenant_of(who: Principal) -> str:
         if who.tenant is None:
-            raise SpecError("tenant", "an operator has no tenant: use the /v1/operator paths")
+            raise forbidden("an operator has no tenant: use the /v1/operator paths")
         return who.tenant
 
     # -- quotas ----------------------------------------------------------------------------

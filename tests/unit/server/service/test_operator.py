@@ -149,3 +149,14 @@ def test_hosts_show_their_uri_and_load_and_images_their_path(any_ledger_url):
     assert [(i["zone"], i["name"], i["path"]) for i in operator.images(OPERATOR)] == [
         ("a", "debian", "/srv/images/debian.qcow2")
     ]
+
+
+def test_an_incident_is_not_confirmed_or_restored_in_the_future(any_ledger_url):
+    register(any_ledger_url, "acme")
+    found = Terms(any_ledger_url, clock=at(T0)).report_incident(customer("acme"), {"vm": "web"})
+    operator = Operator(any_ledger_url, clock=at(T0 + dt.timedelta(minutes=5)))
+    for step in (operator.confirm_incident, operator.restore_incident):
+        with pytest.raises(SpecError) as error:
+            step(OPERATOR, found["id"], {"at": (T0 + dt.timedelta(hours=1)).isoformat()})
+        assert error.value.field == "at"
+    assert operator.incidents(OPERATOR, "acme")[0]["confirmed_at"] is None
