@@ -244,25 +244,17 @@ class Terms:
     # -- quotas ----------------------------------------------------------------------------
 
     def quotas(self, who: Principal) -> dict[str, dict[str, Any]]:
-        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim."""
+        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim.
+        One read transaction in the common case (this is the API's most frequent call)."""
         tenant = self.tenant_of(who)
         ledger = self.ledger(who)
-        record = ledger.current_tenant(tenant)
         with ledger.store.read() as connection:
-            limits = ledger.limits(connection, record)
-            used = quota.add(
-                ledger.known_usage(connection, tenant), ledger.counted_usage(connection, tenant)
-            )
-            reserved = ledger.reserved(connection, tenant)
-        return {
-            kind: {
-                "limit": limits.get(kind, 0),
-                "used": quota.plain(kind, used.get(kind, 0)),
-                "reserved": quota.plain(kind, reserved.get(kind, 0)),
-                "unit": quota.KINDS[kind].unit,
-            }
-            for kind in quota.KINDS
-        }
+            record = ledger.tenant(connection, tenant)
+            if record is not None and not ledger.trial_is_over(record):
+                return quota_view(ledger, connection, record)
+        record = ledger.current_tenant(tenant)  # settles an ended trial; refuses the unknown
+        with ledger.store.read() as connection:
+            return quota_view(ledger, connection, record)
 
     # -- requests (5.1) --------------------------------------------------------------------
 
@@ -483,6 +475,23 @@ class Terms:
             query = query.where(audit.c.tenant == check_name(tenant, "tenant"))
         with self.ledger(who).store.read() as connection:
             return [audit_view(row) for row in connection.execute(query)]
+
+
+def quota_view(ledger: Ledger, connection: Any, record: Tenant) -> dict[str, dict[str, Any]]:
+    limits = ledger.limits(connection, record)
+    used = quota.add(
+        ledger.known_usage(connection, record.name), ledger.counted_usage(connection, record.name)
+    )
+    reserved = ledger.reserved(connection, record.name)
+    return {
+        kind: {
+            "limit": limits.get(kind, 0),
+            "used": quota.plain(kind, used.get(kind, 0)),
+            "reserved": quota.plain(kind, reserved.get(kind, 0)),
+            "unit": quota.KINDS[kind].unit,
+        }
+        for kind in quota.KINDS
+    }
 
 
 def audit_view(row: Any) -> dict[str, Any]:
