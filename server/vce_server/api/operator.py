@@ -68,6 +68,29 @@ def list_plans(
     return {"plans": ctx.operator.plans(who)}
 
 
+@router.put("/blocks/{tenant}/{vm}")
+def block_vm(
+    tenant: str,
+    vm: str,
+    body: Any = Body(None, description="reason: why, recorded in the ledger."),  # noqa: B008
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Block a VM: paused, and its tenant cannot start or change it until it is unblocked."""
+    return ctx.operator.block(who, tenant, vm, True, body)
+
+
+@router.delete("/blocks/{tenant}/{vm}")
+def unblock_vm(
+    tenant: str,
+    vm: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Unblock a VM: resumed unless its tenant is suspended."""
+    return ctx.operator.block(who, tenant, vm, False)
+
+
 @router.get("/requests")
 def list_requests(
     tenant: str | None = None,
