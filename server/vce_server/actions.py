@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
 
 from .errors import ApiError, from_engine, invalid
 from .principal import Principal
@@ -133,6 +133,7 @@ class Claim:
     request: dict[str, Any]
     attempt: int
     request_id: str
+    token: str  # the prefix of the token that asked for it: the run's actor
     pending: str | None = None  # progress reported but not written yet
     written: float = 0.0  # monotonic time of the last progress write
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -372,6 +373,7 @@ class ActionQueue:
             json.loads(row.request),
             row.attempts + 1,
             row.request_id,
+            row.token,
         )
         with self.lock:
             self.running[(claim.id, claim.attempt)] = claim
@@ -398,7 +400,9 @@ class ActionQueue:
         try:
             if handler is None:
                 raise RuntimeError(f"no handler for action kind {claim.kind!r} in this instance")
-            result = handler(claim.request, lambda progress: self.report(claim, progress))
+            # Each attempt is a run of its own in the ledger (runs, usage, intents).
+            with acting_as(f"api-{claim.id}-{claim.attempt}", f"api:{claim.token}"):
+                result = handler(claim.request, lambda progress: self.report(claim, progress))
             if not isinstance(result, dict):
                 raise TypeError(f"handler of {claim.kind!r} returned {type(result).__name__}")
             plan = result.get("plan")

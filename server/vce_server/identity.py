@@ -384,7 +384,7 @@ class Identity:
         """The tenant's tokens (None: every token), oldest first; revoked ones too."""
         query = sa.select(*VIEW_COLUMNS).order_by(api_tokens.c.created_at, api_tokens.c.prefix)
         if tenant is not None:
-            query = query.where(api_tokens.c.tenant == tenant)
+            query = query.where(api_tokens.c.tenant == check_name(tenant, "tenant"))
         with self.ledger.store.read() as connection:
             return [token_view(row) for row in connection.execute(query)]
 

@@ -22,6 +22,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecErr
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_int, check_name
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import (
     ledger_facts,
+    run_block,
     run_tenant,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
@@ -56,6 +57,7 @@ from .terms import (
 TENANT_FIELDS = ("customer", "plan", "quotas", "state", "reason")
 FULFIL_FIELDS = ("tenant", "at", "quotas")
 INCIDENT_STEP_FIELDS = ("at",)
+BLOCK_FIELDS = ("reason",)
 
 
 class Operator:
@@ -97,6 +99,11 @@ class Operator:
 
     def placed_uri(self, who: Principal, tenant: str) -> str | None:
         """The libvirt URI of the host holding the tenant's objects (its first placement)."""
+        uris = self.placed_uris(who, tenant)
+        return uris[0] if uris else None
+
+    def placed_uris(self, who: Principal, tenant: str) -> list[str]:
+        """The libvirt URIs of the hosts holding the tenant's objects, one per zone."""
         query = (
             sa.select(hosts.c.uri)
             .join(placements, placements.c.host == hosts.c.name)
@@ -104,7 +111,30 @@ class Operator:
             .order_by(placements.c.zone)
         )
         with self.ledger(who).store.read() as connection:
-            return connection.execute(query).scalar()
+            return list(connection.execute(query).scalars())
+
+    def block(
+        self, who: Principal, tenant: str, vm: str, blocked: bool, body: Any = None
+    ) -> dict[str, Any]:
+        """Block one VM (paused, and its tenant's runs cannot start or change it) or unblock
+        it, as vce.kvm.vm does with `blocked`, on the host of the tenant's zones that has it."""
+        check_name(tenant, "tenant")
+        check_name(vm, "vm")
+        reason = refuse_unknown(body or {}, BLOCK_FIELDS).get("reason") or ""
+        for uri in self.placed_uris(who, tenant):
+            params = {
+                "ledger_url": self.ledger_url, "uri": uri, "tenant": tenant, "name": vm,
+                "blocked": blocked, "reason": reason,
+            }  # fmt: skip
+            try:
+                with acting_as(f"api-operator-{uuid.uuid4().hex[:16]}", who.actor):
+                    result = run_block(params)
+            except SpecError as error:
+                if error.field == "name":  # not on this host: the next zone's
+                    continue
+                raise
+            return {"changed": result.changed, "plan": result.plan, **result.facts}
+        raise not_found(f"VM {vm} of tenant {tenant}")
 
     def plans(self, who: Principal) -> list[dict[str, Any]]:
         ledger = self.ledger(who)
@@ -213,7 +243,7 @@ class Operator:
         ledger, at = self.incident_moment(who, number, body)
         return Incidents(ledger).restore(number, at)
 
-    def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, Any]:
+    def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
         refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
         check_int(number, "id", 1, MAX_RECORD_ID)
@@ -224,7 +254,11 @@ class Operator:
             ).first()
         if found is None:
             raise not_found(f"incident {number}")
-        return ledger, parse_moment((body or {}).get("at"), "at") or ledger.now()
+        now = ledger.now()
+        moment = parse_moment((body or {}).get("at"), "at") or now
+        if moment > now:
+            raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
+        return ledger, moment
 
     # -- the fleet -------------------------------------------------------------------------
 

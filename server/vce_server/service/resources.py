@@ -95,7 +95,8 @@ log = logging.getLogger("vce.serve.resources")
 SPOOL_ENV = "VCE_SPOOL_DIR"
 DEFAULT_SPOOL = "~/.local/state/vce-kvm/spool"
 RUN_SOURCE = "api"
-# The worker names each action's run `api-<action id>` (ledger.tenants.acting_as).
+# The worker names each attempt of an action a run `api-<action id>-<attempt>`
+# (ledger.tenants.acting_as).
 RUN_PREFIX = "api-"
 # What the server decides, never the customer: the host (placement) and host paths.
 SERVER_FIELDS = frozenset({"host", "target"})
@@ -481,14 +482,11 @@ class Resources:
         if host is None:
             return []
         params = {**self.params(tenant, host), "name": name}
-        if kind.plural == "disks":
-            # An attached disk is detached before it goes.
-            detach = {**params, "state": "detached"}
-            return [lambda: run_disk(detach), lambda: run_disk({**params, "state": "absent"})]
         if kind.plural == "public_ips":
             absent = public_ip_params(params, host, {"state": "absent"})
             return [lambda: run_public_ip(absent)]
-        runner = {"networks": run_network, "vms": run_vm}[kind.plural]
+        # An attached disk is refused by the engine: the VM's declaration holds it.
+        runner = {"networks": run_network, "disks": run_disk, "vms": run_vm}[kind.plural]
         return [lambda: runner({**params, "state": "absent"})]
 
     def holder(self, tenant: str, kind: Kind, name: str, zone: str | None) -> HostPlace | None:
@@ -622,8 +620,7 @@ class Resources:
         uses. The worker names the run and its actor (acting_as); the last run's result is
         the action's, with the plans of all."""
         acting = Ledger.open(self.ledger_url)
-        action = acting.run_id.removeprefix(RUN_PREFIX)
-        detail = {"tenant": tenant, "action": action}
+        detail = {"tenant": tenant, **action_of(acting.run_id)}
         record = RunRecord(acting.run_id, acting.actor, RUN_SOURCE, utcnow(), detail)
         url = self.ledger_url or default_url()
         spool_dir = os.path.expanduser(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL)
@@ -690,13 +687,22 @@ def put_run(kind: Kind, params: dict[str, Any], host: HostPlace) -> Result:
     if kind.plural == "networks":
         return run_network({**params, **host.network_zone(), "state": "present"})
     if kind.plural == "disks":
-        state = "attached" if params.get("attach_to") else "detached"
+        # Without attach_to the disk stays as it is: a VM's `disks` attach it too.
+        state = "attached" if params.get("attach_to") else "present"
         return run_disk({**params, "zone": host.zone, "image_dirs": [], "state": state})
     if kind.plural == "vms":
         return run_vm(vm_params(params, host))
     if kind.plural == "public_ips":
         return run_public_ip(public_ip_params(params, host, {"state": "present"}))
     return run_backup_schedule({**params, **host.backup_host(), "state": "present"})
+
+
+def action_of(run_id: str) -> dict[str, Any]:
+    """The action (and attempt) a run's id names."""
+    action, _dash, attempt = run_id.removeprefix(RUN_PREFIX).rpartition("-")
+    if action and attempt.isdigit():
+        return {"action": action, "attempt": int(attempt)}
+    return {"action": run_id.removeprefix(RUN_PREFIX)}
 
 
 def with_boot_disk(facts: Mapping[str, Any], kind: Kind, name: str) -> dict[str, Any]:

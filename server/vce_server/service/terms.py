@@ -67,7 +67,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
     utcnow,
 )
 
-from ..errors import conflict, not_found
+from ..errors import conflict, forbidden, not_found
 from ..principal import Principal
 
 # The kinds of 5.1 as a customer names them, and the ledger's clock each runs on: a reboot and
@@ -124,9 +124,9 @@ def refuse_unknown(body: Any, known: Iterable[str], path: str = "") -> Mapping[s
 
 
 def parse_request(body: Any) -> Filed:
-    kind = check_choice(
-        body.get("kind") if isinstance(body, Mapping) else None, "kind", tuple(REQUEST_KINDS)
-    )
+    if not isinstance(body, Mapping):
+        raise SpecError("body", "must be a JSON object: {kind, note, ...}")
+    kind = check_choice(body.get("kind"), "kind", tuple(REQUEST_KINDS))
     extra = REQUEST_FIELDS.get(kind, ())
     refuse_unknown(body, ("kind", "note", *extra))
     note = check_note(body.get("note", ""), "note")
@@ -238,31 +238,23 @@ class Terms:
     @staticmethod
     def tenant_of(who: Principal) -> str:
         if who.tenant is None:
-            raise SpecError("tenant", "an operator has no tenant: use the /v1/operator paths")
+            raise forbidden("an operator has no tenant: use the /v1/operator paths")
         return who.tenant
 
     # -- quotas ----------------------------------------------------------------------------
 
     def quotas(self, who: Principal) -> dict[str, dict[str, Any]]:
-        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim."""
+        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim.
+        One read transaction in the common case (this is the API's most frequent call)."""
         tenant = self.tenant_of(who)
         ledger = self.ledger(who)
-        record = ledger.current_tenant(tenant)
         with ledger.store.read() as connection:
-            limits = ledger.limits(connection, record)
-            used = quota.add(
-                ledger.known_usage(connection, tenant), ledger.counted_usage(connection, tenant)
-            )
-            reserved = ledger.reserved(connection, tenant)
-        return {
-            kind: {
-                "limit": limits.get(kind, 0),
-                "used": quota.plain(kind, used.get(kind, 0)),
-                "reserved": quota.plain(kind, reserved.get(kind, 0)),
-                "unit": quota.KINDS[kind].unit,
-            }
-            for kind in quota.KINDS
-        }
+            record = ledger.tenant(connection, tenant)
+            if record is not None and not ledger.trial_is_over(record):
+                return quota_view(ledger, connection, record)
+        record = ledger.current_tenant(tenant)  # settles an ended trial; refuses the unknown
+        with ledger.store.read() as connection:
+            return quota_view(ledger, connection, record)
 
     # -- requests (5.1) --------------------------------------------------------------------
 
@@ -483,6 +475,23 @@ class Terms:
             query = query.where(audit.c.tenant == check_name(tenant, "tenant"))
         with self.ledger(who).store.read() as connection:
             return [audit_view(row) for row in connection.execute(query)]
+
+
+def quota_view(ledger: Ledger, connection: Any, record: Tenant) -> dict[str, dict[str, Any]]:
+    limits = ledger.limits(connection, record)
+    used = quota.add(
+        ledger.known_usage(connection, record.name), ledger.counted_usage(connection, record.name)
+    )
+    reserved = ledger.reserved(connection, record.name)
+    return {
+        kind: {
+            "limit": limits.get(kind, 0),
+            "used": quota.plain(kind, used.get(kind, 0)),
+            "reserved": quota.plain(kind, reserved.get(kind, 0)),
+            "unit": quota.KINDS[kind].unit,
+        }
+        for kind in quota.KINDS
+    }
 
 
 def audit_view(row: Any) -> dict[str, Any]:

@@ -6,18 +6,23 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, libvirt
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.image import (
     ImageRecords,
     ImageValues,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
+from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import object_name
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
 from vce_server.service.operator import Operator
 from vce_server.service.terms import Terms
 
 from tests.support.ledger import register
+from tests.support.testdriver import URI as TEST_URI
+from tests.support.testdriver import environment, image_on_fresh_driver
 from tests.unit.server.service.test_terms import (
     OPERATOR,
     T0,
@@ -149,3 +154,46 @@ def test_hosts_show_their_uri_and_load_and_images_their_path(any_ledger_url):
     assert [(i["zone"], i["name"], i["path"]) for i in operator.images(OPERATOR)] == [
         ("a", "debian", "/srv/images/debian.qcow2")
     ]
+
+
+def test_an_incident_is_not_confirmed_or_restored_in_the_future(any_ledger_url):
+    register(any_ledger_url, "acme")
+    found = Terms(any_ledger_url, clock=at(T0)).report_incident(customer("acme"), {"vm": "web"})
+    operator = Operator(any_ledger_url, clock=at(T0 + dt.timedelta(minutes=5)))
+    for step in (operator.confirm_incident, operator.restore_incident):
+        with pytest.raises(SpecError) as error:
+            step(OPERATOR, found["id"], {"at": (T0 + dt.timedelta(hours=1)).isoformat()})
+        assert error.value.field == "at"
+    assert operator.incidents(OPERATOR, "acme")[0]["confirmed_at"] is None
+
+
+@pytest.fixture
+def deployed(monkeypatch, tmp_path, ledger_url):
+    """acme's environment on libvirt's test driver (VM web1), placed on host kvm1 of zone a."""
+    for image in image_on_fresh_driver(monkeypatch, tmp_path, ledger_url):
+        engine.run_environment(environment(image))
+        add_host(ledger_url, uri=TEST_URI)
+        place(ledger_url, "acme")
+        yield ledger_url
+
+
+def test_a_vm_is_blocked_and_unblocked_on_the_host_that_has_it(deployed):
+    operator = Operator(deployed)
+    blocked = operator.block(OPERATOR, "acme", "web1", True, {"reason": "abuse report 4711"})
+    assert (blocked["changed"], blocked["vm"]) == (True, {"name": "web1", "blocked": True})
+    assert operator.tenant(OPERATOR, "acme")["blocked_vms"] == ["web1"]
+    domain = host.connect(TEST_URI).lookupByName(object_name("acme", "web1"))
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert operator.block(OPERATOR, "acme", "web1", True)["changed"] is False
+    unblocked = operator.block(OPERATOR, "acme", "web1", False)
+    assert unblocked["vm"] == {"name": "web1", "blocked": False}
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert operator.tenant(OPERATOR, "acme")["blocked_vms"] == []
+    with pytest.raises(ApiError) as error:
+        operator.block(OPERATOR, "acme", "web9", True)
+    assert error.value.status == 404
+    with pytest.raises(ApiError):
+        operator.block(OPERATOR, "beta", "web1", True)  # no placement: nothing of beta's
+    with pytest.raises(SpecError) as bad:
+        operator.block(OPERATOR, "acme", "web1", True, {"reason": "x", "uri": TEST_URI})
+    assert bad.value.field == "uri"

@@ -4,6 +4,7 @@ network put, read back, put again, planned and removed, with its run recorded as
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -242,14 +243,14 @@ def test_a_network_put_read_put_again_and_deleted(test_driver, ledger_url):
     payload = test_driver.validate("acme", "networks", "lan", {"cidr": "10.20.0.0/24"})
     handlers = test_driver.handlers()
     progress: list[dict] = []
-    with acting_as("api-a1", "token:ci"):
+    with acting_as("api-a1-1", "api:vce_ci"):
         first = handlers["put"](payload, noted(progress))
     assert [c["action"] for c in first["plan"]][:1] == ["create"]
     assert first["object"]["cidr"] == "10.20.0.0/24"
     assert first["object"]["zone"] == "zone-a"
     assert progress == [{"step": "run", "zone": "zone-a"}]
     assert test_driver.read("acme", "networks", "lan")["libvirt_name"] == "acme_lan"
-    with acting_as("api-a2", "token:ci"):
+    with acting_as("api-a2-1", "api:vce_ci"):
         again = handlers["put"](payload, noted(progress))
     assert again["plan"] == []
     assert [n["name"] for n in test_driver.list("acme", "networks")] == ["lan"]
@@ -257,7 +258,7 @@ def test_a_network_put_read_put_again_and_deleted(test_driver, ledger_url):
         test_driver.read("other", "networks", "lan")
     assert error.value.status == 404
     assert test_driver.list("other", "networks") == []
-    with acting_as("api-a3", "token:ci"):
+    with acting_as("api-a3-1", "api:vce_ci"):
         gone = handlers["delete"](
             {"tenant": "acme", "kind": "networks", "name": "lan", "zone": None}, noted(progress)
         )
@@ -267,11 +268,12 @@ def test_a_network_put_read_put_again_and_deleted(test_driver, ledger_url):
     with Ledger.open(ledger_url).store.read() as connection:
         rows = connection.execute(sa.select(runs).order_by(runs.c.id)).all()
     assert [(r.id, r.source, r.actor, r.result) for r in rows] == [
-        ("api-a1", "api", "token:ci", "ok"),
-        ("api-a2", "api", "token:ci", "ok"),
-        ("api-a3", "api", "token:ci", "ok"),
+        ("api-a1-1", "api", "api:vce_ci", "ok"),
+        ("api-a2-1", "api", "api:vce_ci", "ok"),
+        ("api-a3-1", "api", "api:vce_ci", "ok"),
     ]
-    assert '"action": "a1"' in rows[0].detail and '"tenant": "acme"' in rows[0].detail
+    detail = json.loads(rows[0].detail)
+    assert (detail["tenant"], detail["action"], detail["attempt"]) == ("acme", "a1", 1)
 
 
 def test_plan_is_the_environments_check_mode_plan(test_driver, ledger_url):
@@ -299,9 +301,9 @@ def test_plan_is_the_environments_check_mode_plan(test_driver, ledger_url):
 
 def test_a_failed_run_is_recorded_failed_and_scrubbed(test_driver, ledger_url):
     payload = test_driver.validate("acme", "networks", "lan", {"cidr": "192.168.122.0/24"})
-    with acting_as("api-b1", "token:ci"), pytest.raises(Exception) as error:
+    with acting_as("api-b1-1", "api:vce_ci"), pytest.raises(Exception) as error:
         test_driver.handlers()["put"](payload, noted([]))
     assert "overlaps" in str(error.value)
     with Ledger.open(ledger_url).store.read() as connection:
-        row = connection.execute(sa.select(runs).where(runs.c.id == "api-b1")).one()
+        row = connection.execute(sa.select(runs).where(runs.c.id == "api-b1-1")).one()
     assert (row.source, row.result) == ("api", "failed")
