@@ -306,7 +306,11 @@ class Resources:
         params = {"tenant": tenant, "ledger_url": self.ledger_url,
                   **link_params({"name": name, "network": recorded["network"]}, ends)}  # fmt: skip
         found = read_zone_link(params)
-        return scrubbed(found, self.fleet.scrubber()) if found else None
+        if not found:
+            return None
+        # The ends' hosts and underlay are the operator's: a customer sees the zones.
+        shown = {k: v for k, v in found.items() if k != "ends"}
+        return {**scrubbed(shown, self.fleet.scrubber()), "zones": recorded["zones"]}
 
     def shown(
         self, found: Mapping[str, Any] | None, name: str, zone: str, scrub: Scrub | None = None

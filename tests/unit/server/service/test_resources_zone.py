@@ -16,6 +16,7 @@ from vce_server.service.resources import Resources
 
 from tests.support.host_records import add_host
 from tests.support.images import make_image, register_image
+from tests.support.kvm_hosts import host_file
 from tests.support.ledger import register
 from tests.support.standin_host import StandInHost
 
@@ -111,3 +112,35 @@ def test_a_refusal_of_the_run_has_the_engines_field_path(zone):
     answer = zone.refusal(error.value)
     assert (answer.status, answer.fields[0][0]) == (422, "nics[0].network")
     assert "unknown network 'lan'" in answer.message
+
+
+def test_a_zone_link_between_the_tenants_hosts_of_two_zones(tmp_path, monkeypatch, ledger_url):
+    monkeypatch.setattr(host_connection, "_connections", {})
+    register(ledger_url, "acme")
+    register(ledger_url, "other")
+    lan = {"name": "lan", "cidr": "10.30.0.0/24"}
+    halves = {"zone-a": {**lan, "gateway": "10.30.0.1", "dhcp_start": "10.30.0.10",
+                         "dhcp_end": "10.30.0.99"},
+              "zone-b": {**lan, "gateway": "10.30.0.2", "dhcp_start": "10.30.0.100",
+                         "dhcp_end": "10.30.0.199"}}  # fmt: skip
+    for i, (zone_name, half) in enumerate(halves.items()):
+        uri = host_file(tmp_path / f"kvm-{i}.xml", "acme", [half], f"virbr{5 * i + 1}")
+        shell = StandInHost(tmp_path / f"shell-{i}", {"ul0": 1600})
+        underlay = {"underlay_ip": f"192.0.2.{i + 1}", "underlay_dev": "ul0"}
+        add_host(ledger_url, f"kvm{i}", zone_name, uri, shell.prefix, settings=underlay)
+    resources = Resources(ledger_url)
+    for zone_name in halves:
+        resources.fleet.place("acme", zone_name)
+    body = {"network": "lan", "zones": ["zone-a", "zone-b"]}
+    made = put(resources, "zone_links", "stretch", body)
+    assert made["object"]["network"] == "lan"
+    assert made["object"]["zones"] == ["zone-a", "zone-b"]
+    assert "ends" not in made["object"]
+    assert str(tmp_path) not in str(made)
+    assert put(resources, "zone_links", "stretch", body)["plan"] == []
+    assert [link["name"] for link in resources.list("acme", "zone_links")] == ["stretch"]
+    with pytest.raises(ApiError) as error:
+        resources.read("other", "zone_links", "stretch")
+    assert error.value.status == 404
+    assert delete(resources, "zone_links", "stretch")["plan"]
+    assert resources.list("acme", "zone_links") == []
