@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -186,7 +186,7 @@ class Operator:
             raise SpecError("quotas", "only a quota increase request is fulfilled with quotas")
         if row.fulfilled_at is not None and at is None:
             return self.request_view(ledger, row.tenant, request_id)
-        wanted = body.get("quotas") or detail.get("quotas")
+        wanted = body.get("quotas") or still_wanted(ledger, row.tenant, detail.get("quotas"))
         if wanted and row.fulfilled_at is None:
             apply_quotas(
                 self.ledger_url, who.actor, row.tenant, request_id, wanted,
@@ -289,6 +289,17 @@ class Operator:
                 }
                 for row in connection.execute(query)
             ]  # fmt: skip
+
+
+def still_wanted(ledger: Ledger, tenant: str, asked: Mapping[str, int] | None) -> dict[str, int]:
+    """The limits a customer asked for that are still above the tenant's: an operator may have
+    raised some meanwhile, and granting the request never lowers one."""
+    if not asked:
+        return {}
+    record = ledger.current_tenant(tenant)
+    with ledger.store.read() as connection:
+        limits = ledger.limits(connection, record)
+    return {kind: limit for kind, limit in asked.items() if limit > limits.get(kind, 0)}
 
 
 def host_view(row: Any) -> dict[str, Any]:

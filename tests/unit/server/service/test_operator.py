@@ -125,6 +125,19 @@ def test_a_queued_quota_increase_may_be_granted_with_other_limits(any_ledger_url
     assert limit_of(any_ledger_url, "acme", "vcpus") == 24
 
 
+def test_granting_a_queued_increase_never_lowers_a_limit_raised_meanwhile(any_ledger_url):
+    register_small(any_ledger_url, "acme", vcpus=4, ram_gib=4)
+    filed = Terms(any_ledger_url).file_request(
+        customer("acme"), {"kind": "quota_increase", "quotas": {"vcpus": 20, "ram_gib": 40}}
+    )
+    operator = Operator(any_ledger_url)
+    operator.put_tenant(OPERATOR, "acme", {"quotas": {"vcpus": 30, "ram_gib": 4}})
+    done = operator.fulfil(OPERATOR, filed["id"], {})
+    assert done["status"] == "met"
+    assert limit_of(any_ledger_url, "acme", "vcpus") == 30
+    assert limit_of(any_ledger_url, "acme", "ram_gib") == 40
+
+
 def test_confirming_an_unknown_incident_is_not_found(any_ledger_url):
     register(any_ledger_url, "acme")
     operator = Operator(any_ledger_url)
