@@ -25,14 +25,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
 
 from .errors import ApiError, from_engine, invalid
 from .principal import Principal
@@ -132,6 +133,7 @@ class Claim:
     request: dict[str, Any]
     attempt: int
     request_id: str
+    token: str  # the prefix of the token that asked for it: the run's actor
     pending: str | None = None  # progress reported but not written yet
     written: float = 0.0  # monotonic time of the last progress write
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -154,6 +156,10 @@ class ActionQueue:
         # Keyed by (id, attempt): a run that outlived its claim is another entry than the new run.
         self.running: dict[tuple[str, int], Claim] = {}
         self.lock = threading.Lock()
+        # This instance's threads take turns for the ledger here before they ask it: SQLite's
+        # busy handler sleeps up to 100 ms between tries for its write lock, a thread waiting
+        # here runs as soon as the one before it commits.
+        self.serial = threading.Lock()
         # Workers sleep on `work`; `submitted` counts local submissions so that a worker that
         # found nothing does not sleep through one made meanwhile.
         self.work = threading.Condition(self.lock)
@@ -166,6 +172,17 @@ class ActionQueue:
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
+
+    @contextmanager
+    def locked(self) -> Iterator[Any]:
+        """A transaction under the "(actions)" lock of every instance on the ledger."""
+        with self.serial, self.store.locked(LOCK_NAME) as connection:
+            yield connection
+
+    @contextmanager
+    def writing(self) -> Iterator[Any]:
+        with self.serial, self.store.write() as connection:
+            yield connection
 
     # -- submitting and reading -----------------------------------------------------------
 
@@ -189,7 +206,7 @@ class ActionQueue:
         if len(target) > actions.c.target.type.length:
             raise invalid("name", f"at most {actions.c.target.type.length} characters")
         digest = request_hash(kind, target, payload)
-        with self.store.locked(LOCK_NAME) as connection:
+        with self.locked() as connection:
             if idempotency_key is not None:
                 first = connection.execute(
                     sa.select(actions).where(
@@ -327,7 +344,7 @@ class ActionQueue:
             if connection.execute(queued).first() is None:
                 return None
         busy = sa.select(actions.c.tenant).where(actions.c.status == RUNNING)
-        with self.store.locked(LOCK_NAME) as connection:
+        with self.locked() as connection:
             row = connection.execute(
                 sa.select(actions)
                 .where(actions.c.status == QUEUED, actions.c.tenant.not_in(busy))
@@ -356,6 +373,7 @@ class ActionQueue:
             json.loads(row.request),
             row.attempts + 1,
             row.request_id,
+            row.token,
         )
         with self.lock:
             self.running[(claim.id, claim.attempt)] = claim
@@ -382,7 +400,9 @@ class ActionQueue:
         try:
             if handler is None:
                 raise RuntimeError(f"no handler for action kind {claim.kind!r} in this instance")
-            result = handler(claim.request, lambda progress: self.report(claim, progress))
+            # Each attempt is a run of its own in the ledger (runs, usage, intents).
+            with acting_as(f"api-{claim.id}-{claim.attempt}", f"api:{claim.token}"):
+                result = handler(claim.request, lambda progress: self.report(claim, progress))
             if not isinstance(result, dict):
                 raise TypeError(f"handler of {claim.kind!r} returned {type(result).__name__}")
             plan = result.get("plan")
@@ -418,7 +438,7 @@ class ActionQueue:
         if claim.pending is not None:
             values["progress"] = claim.pending
             claim.pending = None
-        with self.store.write() as connection:
+        with self.writing() as connection:
             connection.execute(self.fenced(claim).values(**values))
 
     # -- progress, heartbeats, recovery ----------------------------------------------------
@@ -439,7 +459,7 @@ class ActionQueue:
         """Write the pending progress; the caller holds claim.lock."""
         if claim.pending is None:
             return
-        with self.store.write() as connection:
+        with self.writing() as connection:
             connection.execute(self.fenced(claim).values(progress=claim.pending))
         claim.pending = None
         claim.written = time.monotonic()
@@ -476,7 +496,7 @@ class ActionQueue:
         ids = [claim.id for claim in self.local_claims()]
         if not ids:
             return
-        with self.store.write() as connection:
+        with self.writing() as connection:
             connection.execute(
                 sa.update(actions)
                 .where(
@@ -493,7 +513,7 @@ class ActionQueue:
         now = self.ledger.now()
         cutoff = now - dt.timedelta(seconds=self.settings.stale_after)
         abandoned = sa.and_(actions.c.status == RUNNING, actions.c.heartbeat_at < cutoff)
-        with self.store.locked(LOCK_NAME) as connection:
+        with self.locked() as connection:
             rows = connection.execute(
                 sa.select(actions.c.id, actions.c.attempts, actions.c.request_id).where(abandoned)
             ).all()

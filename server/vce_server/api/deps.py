@@ -110,7 +110,13 @@ def accepted(
     """The 202 answer of a change: the action queued for it (or, for a retried request with the
     same Idempotency-Key, the action the first request made)."""
     view, _created = ctx.actions.submit(
-        who, kind, target, payload, idempotency_key=idempotency_key(request), tenant=tenant
+        who,
+        kind,
+        target,
+        payload,
+        idempotency_key=idempotency_key(request),
+        tenant=tenant,
+        request_id=request.state.request_id,
     )
     request.state.action = view["id"]
     return JSONResponse(
