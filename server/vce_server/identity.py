@@ -291,6 +291,14 @@ class Identity:
             raise SpecError("login", f"no user {login!r}")
         return user_view(row)
 
+    def list_users(self, tenant: str | None = None) -> list[UserView]:
+        """The tenant's users (None: every user), by login; disabled ones too."""
+        query = sa.select(users).order_by(users.c.login)
+        if tenant is not None:
+            query = query.where(users.c.tenant == check_name(tenant, "tenant"))
+        with self.ledger.store.read() as connection:
+            return [user_view(row) for row in connection.execute(query)]
+
     def update_user(self, login: str, **values: Any) -> UserView:
         with self.ledger.store.write() as connection:
             done = connection.execute(

@@ -24,7 +24,7 @@ from tests.integration.conftest import (
 )
 from tests.support.images import register_image
 from tests.support.ledger import forget_stores, register
-from tests.support.server import Server, create_token, register_host, running_server
+from tests.support.server import Server, register_host, running_server
 from tools.cleanup import remove_guard, remove_prefixed
 from tools.libvirtd import PrivateLibvirtd
 
@@ -125,13 +125,3 @@ def new_tenant(
         for name in made:
             remove_prefixed(conn, f"{name}_")
         remove_guard()
-
-
-@pytest.fixture
-def token_for() -> Callable[..., str]:
-    """A customer's token of a tenant (or with tenant None, an operator's)."""
-
-    def make(fleet: Fleet, tenant: str | None, scopes: str = "read write") -> str:
-        return create_token(fleet.ledger_url, tenant, scopes)
-
-    return make

@@ -15,25 +15,30 @@ import datetime as dt
 import itertools
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import utcnow
 
 from tests.server.conftest import Fleet, next_subnet
 from tests.support.ledger import register
 from tests.support.server import (
     Server,
+    admin_token,
     changes,
     create_token,
     error_of,
+    revoke_token,
     send,
     set_token_times,
     state_of,
     succeeded,
     token_prefix,
+    token_secret,
     vm_body,
     wait_action,
 )
@@ -45,6 +50,9 @@ CHANGES = ("put", "post", "patch", "delete")
 PARAMETER = re.compile(r"\{([^}]+)\}")
 KINDS = ("networks", "disks", "vms", "public_ips", "zone_links", "backup_schedules")
 _numbers = itertools.count(1)
+# Another instance (here: the admin command) revokes; the server's token cache keeps a token
+# at most 5 s.
+REVOCATION_SECONDS = 10
 
 
 @dataclass
@@ -173,7 +181,7 @@ def world(server: Server, fleet: Fleet, conn: libvirt.virConnect) -> Iterator[Wo
 
 def build_world(server: Server, fleet: Fleet, tenant_a: str, tenant_b: str) -> World:
     url = fleet.ledger_url
-    token_a = create_token(url, tenant_a)
+    token_a = admin_token(url, tenant_a)
     subnet = next_subnet()
     names = {"networks": "alan", "disks": "adata", "vms": "avm"}
     with server.client(token_a) as client:
@@ -198,11 +206,25 @@ def build_world(server: Server, fleet: Fleet, tenant_a: str, tenant_b: str) -> W
         world.incident_id = created_id(
             send(client, "post", "/v1/incidents", json={"vm": "avm", "note": "A's outage"})
         )
-    world.revoked = create_token(url, tenant_b)
-    set_token_times(url, world.revoked, revoked_at=dt.datetime.now(dt.UTC))
-    world.expired = create_token(url, tenant_b)
-    set_token_times(url, world.expired, expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(1))
+    world.revoked = revoked_in_use(server, url, tenant_b)
+    # Made valid for a day, then the day has passed.
+    world.expired = create_token(url, tenant_b, expires_at=utcnow() + dt.timedelta(days=1))
+    set_token_times(url, world.expired, expires_at=utcnow() - dt.timedelta(seconds=1))
     return world
+
+
+def revoked_in_use(server: Server, url: str, tenant: str) -> str:
+    """A token that worked (so the server has it cached), revoked with `vce admin token
+    revoke` in another process: refused within the cache's few seconds."""
+    token = create_token(url, tenant)
+    with server.client(token) as client:
+        assert client.get("/v1/vms").status_code == 200
+        revoke_token(url, token)
+        deadline = time.monotonic() + REVOCATION_SECONDS
+        while client.get("/v1/vms").status_code != 401:
+            assert time.monotonic() < deadline, "a revoked token still works"
+            time.sleep(0.2)
+    return token
 
 
 def created_id(reply: httpx.Response) -> str | None:
@@ -389,7 +411,7 @@ def test_bad_tokens_answer_401_on_every_operation(
                 error = error_of(reply)
                 assert error["code"] == "unauthorized", (label, error)
                 if token:
-                    assert token.rsplit("_", 1)[-1] not in reply.text
+                    assert token_secret(token) not in reply.text
     print(f"401 checks: {checked}")
     assert changes(before, state_of(fleet.ledger_url, conn)) == {}
 

@@ -17,6 +17,7 @@ import httpx
 import libvirt
 import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.server.conftest import Fleet
@@ -25,7 +26,6 @@ from tests.support.server import (
     action_error_code,
     create_token,
     error_of,
-    reflected,
     succeeded,
     vm_body,
     wait_action,
@@ -77,7 +77,6 @@ def test_ten_concurrent_puts_with_one_key_make_one_action(
 
 
 def actions_with_key(ledger_url: str, tenant: str, key: str) -> int:
-    actions = reflected(ledger_url)["actions"]
     query = sa.select(sa.func.count()).where(
         actions.c.tenant == tenant, actions.c.idempotency_key == key
     )

@@ -9,12 +9,13 @@ from pathlib import Path
 import libvirt
 import pytest
 import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.conftest import fresh_database_url
 from tests.server.conftest import Fleet, set_up_fleet
 from tests.support.ledger import forget_stores
-from tests.support.server import create_token, reflected, running_server, wait_action
+from tests.support.server import create_token, running_server, wait_action
 
 pytestmark = pytest.mark.server
 ACTIONS = 20
@@ -72,6 +73,5 @@ def tmp_log(fleet: Fleet, name: str) -> Path:
 
 
 def action_rows(ledger_url: str, ids: list[str]) -> list:
-    actions = reflected(ledger_url)["actions"]
     with Ledger.open(ledger_url).store.read() as connection:
         return connection.execute(sa.select(actions).where(actions.c.id.in_(ids))).fetchall()

@@ -22,7 +22,8 @@ import httpx
 import libvirt
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60
@@ -155,34 +156,47 @@ def create_token(
     ledger_url: str,
     tenant: str | None,
     scopes: str = "read write",
-    name: str = "tests",
-    expires_in: dt.timedelta | None = None,
+    expires_at: dt.datetime | None = None,
 ) -> str:
-    """A new token's text from `vce admin token create --json`: a customer's of `tenant`, or
-    with tenant None an operator's."""
-    args = ["token", "create", "--name", name, "--json"]
-    args += ["--tenant", tenant] if tenant else ["--operator"]
-    if "write" not in scopes.split():
-        args += ["--read-only"]
-    done = admin(ledger_url, *args)
+    """A new token's text, made as `vce admin` makes it (vce_server.identity, in this process:
+    a subprocess per token would cost a second each): a customer's of `tenant`, or with
+    tenant None an operator's."""
+    from vce_server.identity import Identity
+
+    role = "customer" if tenant else "operator"
+    text, _view = Identity(Ledger.open(ledger_url)).create_token(
+        role, tenant, scopes.split(), None, "tests", expires_at
+    )
+    return text
+
+
+def admin_token(ledger_url: str, tenant: str, scope: str = "write") -> str:
+    """A customer's token from `vce admin token create --json`, as an operator makes one."""
+    role = ["--role", "customer", "--tenant", tenant]
+    done = admin(ledger_url, "token", "create", *role, "--scope", scope, "--json")
     assert done.returncode == 0, done.stderr
-    token = json.loads(done.stdout)["token"]
-    if expires_in is not None:
-        set_token_times(ledger_url, token, expires_at=utcnow() + expires_in)
-    return token
+    return json.loads(done.stdout)["token"]
+
+
+def revoke_token(ledger_url: str, token: str) -> None:
+    done = admin(ledger_url, "token", "revoke", token_prefix(token))
+    assert done.returncode == 0, done.stderr
 
 
 def token_prefix(token: str) -> str:
-    return token.rsplit("_", 1)[0]
+    """`vce_<8 hex>` of `vce_<8 hex>_<secret>` (the secret's base64 may hold '_' too)."""
+    return "_".join(token.split("_", 2)[:2])
+
+
+def token_secret(token: str) -> str:
+    return token.split("_", 2)[2]
 
 
 def set_token_times(ledger_url: str, token: str, **times: dt.datetime) -> None:
     """Move a token's expiry (or revocation) in the ledger, as time passing would."""
-    tables = reflected(ledger_url)
-    tokens = tables["api_tokens"]
     with Ledger.open(ledger_url).store.write() as connection:
         connection.execute(
-            sa.update(tokens).where(tokens.c.prefix == token_prefix(token)).values(**times)
+            sa.update(api_tokens).where(api_tokens.c.prefix == token_prefix(token)).values(**times)
         )
 
 

@@ -32,6 +32,7 @@ HOST_PATH = "<host path>"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[A-Za-z_.][\w.@+=,~-]*(?:/[\w.@+=,~-]+)*/?")
 # The API's own paths, which messages name on purpose (POST /v1/requests).
 API_PATH = "/v1/"
+BARE_NAME = re.compile(r"[\w.-]+")
 BACKUP_KEYS = ("backup_root", "unit_dir", "config_dir", "runner")
 
 
@@ -117,6 +118,7 @@ class Fleet:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self.compiled: tuple[tuple[Any, ...], Scrubber] | None = None
 
     def hosts(self) -> list[HostPlace]:
         with self.ledger.store.read() as connection:
@@ -214,22 +216,43 @@ class Fleet:
     def scrub(self, text: str) -> str:
         """`text` without the fleet's host URIs, host names and host commands (each becomes
         `zone <name>`) and without absolute paths (`<host path>`)."""
-        return scrub_text(text, self.hosts())
+        return self.scrubber()(text)
+
+    def scrubber(self) -> Scrubber:
+        """The scrubbing of the fleet as the ledger has it now: one read of the hosts for all
+        the texts of a reply (compiled once for each fleet seen)."""
+        fleet = self.hosts()
+        key = tuple((h.name, h.zone, h.uri, tuple(h.host_command or ())) for h in fleet)
+        known = self.compiled
+        if known is None or known[0] != key:
+            known = (key, Scrubber(fleet))
+            self.compiled = known
+        return known[1]
 
 
-def scrub_text(text: str, fleet: Sequence[HostPlace]) -> str:
-    replacements = sorted(
-        ((secret, f"zone {host.zone}") for host in fleet for secret in host.secrets()),
-        key=lambda pair: len(pair[0]),
-        reverse=True,
-    )
-    for secret, zone in replacements:
-        if secret.isalnum() or re.fullmatch(r"[\w.-]+", secret):
+class Scrubber:
+    """Every secret of the fleet replaced by its host's zone in one pass, then the paths."""
+
+    def __init__(self, fleet: Sequence[HostPlace]) -> None:
+        zones = {host.zone for host in fleet}
+        self.zone_of: dict[str, str] = {}
+        for host in fleet:
+            for secret in host.secrets():
+                if secret not in zones:
+                    self.zone_of.setdefault(secret, f"zone {host.zone}")
+        alternatives = [
             # A bare name is replaced as a whole word only ("kvm1", not inside "kvm10").
-            text = re.sub(rf"(?<![\w.-]){re.escape(secret)}(?![\w-])", zone, text)
-        else:
-            text = text.replace(secret, zone)
-    return ABSOLUTE_PATH.sub(keep_api_paths, text)
+            rf"(?<![\w.-]){re.escape(secret)}(?![\w-])"
+            if BARE_NAME.fullmatch(secret)
+            else re.escape(secret)
+            for secret in sorted(self.zone_of, key=len, reverse=True)
+        ]
+        self.pattern = re.compile("|".join(alternatives)) if alternatives else None
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is not None:
+            text = self.pattern.sub(lambda match: self.zone_of[match.group(0)], text)
+        return ABSOLUTE_PATH.sub(keep_api_paths, text)
 
 
 def keep_api_paths(match: re.Match[str]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,7 +44,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
 )
 
 from ..errors import not_found
-from ..principal import Principal
+from ..identity import Identity, TokenNotFound
+from ..principal import CUSTOMER, Principal
 from .terms import (
     DEFAULT_LISTED,
     apply_quotas,
@@ -58,6 +59,7 @@ TENANT_FIELDS = ("customer", "plan", "quotas", "state", "reason")
 FULFIL_FIELDS = ("tenant", "at", "quotas")
 INCIDENT_STEP_FIELDS = ("at",)
 BLOCK_FIELDS = ("reason",)
+TOKEN_FIELDS = ("tenant", "scopes", "name", "expires_at")
 
 
 class Operator:
@@ -186,7 +188,7 @@ class Operator:
             raise SpecError("quotas", "only a quota increase request is fulfilled with quotas")
         if row.fulfilled_at is not None and at is None:
             return self.request_view(ledger, row.tenant, request_id)
-        wanted = body.get("quotas") or detail.get("quotas")
+        wanted = body.get("quotas") or still_wanted(ledger, row.tenant, detail.get("quotas"))
         if wanted and row.fulfilled_at is None:
             apply_quotas(
                 self.ledger_url, who.actor, row.tenant, request_id, wanted,
@@ -260,6 +262,32 @@ class Operator:
             raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
         return ledger, moment
 
+    # -- tokens ----------------------------------------------------------------------------
+    # Through the server's one Identity: its cache is what makes a revocation immediate here.
+
+    @staticmethod
+    def create_token(identity: Identity, who: Principal, body: Any) -> dict[str, Any]:
+        """A token for a tenant's programs: its text is in this answer and nowhere else."""
+        refuse_unknown(body, TOKEN_FIELDS)
+        expires_at = parse_moment(body.get("expires_at"), "expires_at")
+        text, view = identity.create_token(
+            CUSTOMER, body.get("tenant"), body.get("scopes", "read"), body.get("name"),
+            created_by=who.actor, expires_at=expires_at,
+        )  # fmt: skip
+        return {"token": text, **view.as_dict()}
+
+    @staticmethod
+    def tokens(identity: Identity, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every token (or a tenant's), revoked ones too; never a secret."""
+        return [view.as_dict() for view in identity.list_tokens(tenant)]
+
+    @staticmethod
+    def revoke_token(identity: Identity, prefix: str) -> dict[str, Any]:
+        try:
+            return identity.revoke_token(prefix).as_dict()
+        except TokenNotFound:
+            raise not_found(f"token {prefix}") from None
+
     # -- the fleet -------------------------------------------------------------------------
 
     def hosts(self, who: Principal) -> list[dict[str, Any]]:
@@ -289,6 +317,17 @@ class Operator:
                 }
                 for row in connection.execute(query)
             ]  # fmt: skip
+
+
+def still_wanted(ledger: Ledger, tenant: str, asked: Mapping[str, int] | None) -> dict[str, int]:
+    """The limits a customer asked for that are still above the tenant's: an operator may have
+    raised some meanwhile, and granting the request never lowers one."""
+    if not asked:
+        return {}
+    record = ledger.current_tenant(tenant)
+    with ledger.store.read() as connection:
+        limits = ledger.limits(connection, record)
+    return {kind: limit for kind, limit in asked.items() if limit > limits.get(kind, 0)}
 
 
 def host_view(row: Any) -> dict[str, Any]:

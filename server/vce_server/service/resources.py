@@ -104,6 +104,7 @@ VM_ACTIONS = ("start", "stop", "reboot")
 ENVIRONMENT_KEYS = ("zone", "networks", "disks", "vms", "public_ips", "zone_links",
                     "backup_schedules")  # fmt: skip
 RESTORE_KEYS = frozenset({"mode", "new_disk", "disk", "confirm", "start", "pool"})
+Scrub = Callable[[str], str]
 Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any]]
 
 
@@ -305,11 +306,19 @@ class Resources:
         params = {"tenant": tenant, "ledger_url": self.ledger_url,
                   **link_params({"name": name, "network": recorded["network"]}, ends)}  # fmt: skip
         found = read_zone_link(params)
-        return scrubbed(found, self.scrub) if found else None
+        if not found:
+            return None
+        # The ends' hosts and underlay are the operator's: a customer sees the zones.
+        shown = {k: v for k, v in found.items() if k != "ends"}
+        return {**scrubbed(shown, self.fleet.scrubber()), "zones": recorded["zones"]}
 
-    def shown(self, found: Mapping[str, Any] | None, name: str, zone: str) -> dict[str, Any] | None:
+    def shown(
+        self, found: Mapping[str, Any] | None, name: str, zone: str, scrub: Scrub | None = None
+    ) -> dict[str, Any] | None:
         """An object as a customer sees it: named, in its zone, without host details."""
-        return None if not found else {"name": name, **scrubbed(found, self.scrub), "zone": zone}
+        if not found:
+            return None
+        return {"name": name, **scrubbed(found, scrub or self.fleet.scrubber()), "zone": zone}
 
     def list(self, tenant: str, plural: str) -> list[dict[str, Any]]:
         """The tenant's objects of a kind in every zone it was placed in."""
@@ -324,9 +333,12 @@ class Resources:
             found = []
             for host in self.fleet.placed(tenant):
                 facts = run_info(self.params(tenant, host))
+                scrub = self.fleet.scrubber()
                 objects = facts[LIBVIRT_SECTIONS[kind.plural]]
                 for name in sorted(objects):
-                    found.append(self.shown(with_boot_disk(facts, kind, name), name, host.zone))
+                    found.append(
+                        self.shown(with_boot_disk(facts, kind, name), name, host.zone, scrub)
+                    )
             return found
         objects = (self.observe(tenant, kind, name) for name in self.recorded(tenant, kind))
         return [found for found in objects if found is not None]
@@ -371,7 +383,7 @@ class Resources:
             result = run_environment(params, check_mode=True)
         except VceError as error:
             raise self.refusal(error) from None
-        return scrubbed(result.plan, self.scrub)
+        return scrubbed(result.plan, self.fleet.scrubber())
 
     def environment_params(self, tenant: str, declaration: Any) -> dict[str, Any]:
         raw = as_mapping(declaration, "body")
@@ -608,9 +620,10 @@ class Resources:
     def outcome(self, result: Result | None, found: dict[str, Any] | None) -> dict[str, Any]:
         plan = result.plan if result is not None else []
         warnings = result.warnings if result is not None else []
+        scrub = self.fleet.scrubber()
         return {
-            "plan": scrubbed(plan, self.scrub),
-            "warnings": scrubbed(warnings, self.scrub),
+            "plan": scrubbed(plan, scrub),
+            "warnings": scrubbed(warnings, scrub),
             "object": found,
         }
 

@@ -75,6 +75,15 @@ def test_a_new_password_replaces_the_old_and_a_disabled_user_cannot_log_in(ident
     assert identity.verify_password("ann", "another long password") is None
 
 
+def test_users_are_listed_per_tenant_without_their_hashes(identity):
+    identity.create_user("bob", PASSWORD, "customer", "globex")
+    identity.create_user("ann", PASSWORD, "customer", "acme")
+    identity.create_user("root", PASSWORD, "operator", None)
+    assert [user.login for user in identity.list_users()] == ["ann", "bob", "root"]
+    [ann] = identity.list_users("acme")
+    assert ann.as_dict().keys() == {"login", "role", "tenant", "created_at", "disabled_at"}
+
+
 def test_the_password_is_stored_only_as_an_argon2id_hash(identity, url):
     identity.create_user("ann", PASSWORD, "customer", "acme")
     [row] = rows(url, users)

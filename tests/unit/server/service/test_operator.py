@@ -17,6 +17,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host import connection as 
 from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import object_name
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
+from vce_server.identity import Identity
 from vce_server.service.operator import Operator
 from vce_server.service.terms import Terms
 
@@ -125,6 +126,19 @@ def test_a_queued_quota_increase_may_be_granted_with_other_limits(any_ledger_url
     assert limit_of(any_ledger_url, "acme", "vcpus") == 24
 
 
+def test_granting_a_queued_increase_never_lowers_a_limit_raised_meanwhile(any_ledger_url):
+    register_small(any_ledger_url, "acme", vcpus=4, ram_gib=4)
+    filed = Terms(any_ledger_url).file_request(
+        customer("acme"), {"kind": "quota_increase", "quotas": {"vcpus": 20, "ram_gib": 40}}
+    )
+    operator = Operator(any_ledger_url)
+    operator.put_tenant(OPERATOR, "acme", {"quotas": {"vcpus": 30, "ram_gib": 4}})
+    done = operator.fulfil(OPERATOR, filed["id"], {})
+    assert done["status"] == "met"
+    assert limit_of(any_ledger_url, "acme", "vcpus") == 30
+    assert limit_of(any_ledger_url, "acme", "ram_gib") == 40
+
+
 def test_confirming_an_unknown_incident_is_not_found(any_ledger_url):
     register(any_ledger_url, "acme")
     operator = Operator(any_ledger_url)
@@ -197,3 +211,44 @@ def test_a_vm_is_blocked_and_unblocked_on_the_host_that_has_it(deployed):
     with pytest.raises(SpecError) as bad:
         operator.block(OPERATOR, "acme", "web1", True, {"reason": "x", "uri": TEST_URI})
     assert bad.value.field == "uri"
+
+
+def test_a_token_made_for_a_tenant_works_until_it_is_revoked(any_ledger_url):
+    register(any_ledger_url, "acme")
+    identity = Identity(Ledger.open(any_ledger_url))
+    made = Operator.create_token(
+        identity, OPERATOR, {"tenant": "acme", "scopes": "read write", "name": "ci"}
+    )
+    assert made["prefix"] in made["token"]
+    assert (made["tenant"], made["role"], made["scopes"]) == ("acme", "customer", ["read", "write"])
+    assert made["created_by"] == "ops"
+    principal = identity.authenticate(made["token"])
+    assert (principal.tenant, principal.role) == ("acme", "customer")
+    listed = Operator.tokens(identity, "acme")
+    assert [item["prefix"] for item in listed] == [made["prefix"]]
+    assert "token" not in listed[0] and "secret_hash" not in listed[0]
+    revoked = Operator.revoke_token(identity, made["prefix"])
+    assert revoked["revoked_at"] is not None
+    assert identity.authenticate(made["token"]) is None
+    with pytest.raises(ApiError) as error:
+        Operator.revoke_token(identity, "vce_0badc0de")
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"tenant": "nobody"}, "tenant"),
+        ({}, "tenant"),
+        ({"tenant": "acme", "scopes": "admin"}, "scopes"),
+        ({"tenant": "acme", "expires_at": "2001-01-01T00:00:00+00:00"}, "expires_at"),
+        ({"tenant": "acme", "role": "operator"}, "role"),
+    ],
+)
+def test_bad_token_requests_are_refused_naming_the_field(ledger_url, body, field):
+    register(ledger_url, "acme")
+    identity = Identity(Ledger.open(ledger_url))
+    with pytest.raises(SpecError) as error:
+        Operator.create_token(identity, OPERATOR, body)
+    assert error.value.field == field
+    assert Operator.tokens(identity) == []

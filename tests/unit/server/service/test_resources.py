@@ -307,3 +307,40 @@ def test_a_failed_run_is_recorded_failed_and_scrubbed(test_driver, ledger_url):
     with Ledger.open(ledger_url).store.read() as connection:
         row = connection.execute(sa.select(runs).where(runs.c.id == "api-b1-1")).one()
     assert (row.source, row.result) == ("api", "failed")
+
+
+def recorded_backup(ledger_url: str, tenant: str, key: str) -> None:
+    ledger = Ledger.open(ledger_url)
+    now = ledger.now()
+    with ledger.store.locked(tenant) as connection:
+        ledger.record_backup(
+            connection, key, tenant=tenant, host="test:///nonexistent/kvm1.xml", vm="web",
+            schedule="nightly", backup_id="20261201T000000Z", kind="full", status="ok",
+            started_at=now, finished_at=now, duration_ms=5, size_bytes=1024,
+        )  # fmt: skip
+
+
+def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url):
+    recorded_backup(ledger_url, "acme", "a" * 40)
+    [backup] = offline.backups("acme", "web")
+    assert (backup["id"], backup["schedule"], backup["pruned"]) == ("a" * 40, "nightly", False)
+    assert offline.backups("acme", "db") == []
+    assert offline.backups("other") == []
+    payload = offline.validate_restore("acme", "a" * 40, {"new_disk": "web-restored"})
+    assert payload == {"tenant": "acme", "backup": "a" * 40, "new_disk": "web-restored",
+                       "mode": "new_disk"}  # fmt: skip
+    with pytest.raises(ApiError) as error:
+        offline.validate_restore("other", "a" * 40, {"new_disk": "x"})
+    assert error.value.status == 404
+    for body, path in (
+        ({"new_disk": "../x"}, "new_disk"),
+        ({}, "new_disk"),
+        ({"mode": "everywhere"}, "mode"),
+        ({"new_disk": "x", "target": "/etc"}, "target"),
+        ({"new_disk": "x", "pool": "/dev"}, "pool"),
+        ({"mode": "in_place", "confirm": "yes"}, "confirm"),
+        ([], "body"),
+    ):
+        with pytest.raises(ApiError) as error:
+            offline.validate_restore("acme", "a" * 40, body)
+        assert (error.value.status, error.value.fields[0][0]) == (422, path), body
