@@ -23,14 +23,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = (
-    "api_quotas",
     "api_submit",
+    "api_read",
+    "api_quotas",
     "pulumi_provider",
     "floor",
     "firewall_install",
     "profile_env",
     "quota_check",
-    "api_read",
     "drift",
     "public_ips",
     "firewall_throughput",
