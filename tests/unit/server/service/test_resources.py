@@ -117,6 +117,18 @@ CASES = {
     "a state of its own": ("vms", {**VM, "state": "absent"}, "state"),
     "restart as a word": ("vms", {**VM, "allow_restart": "yes"}, "allow_restart"),
     "a prefix of 33 bits": ("networks", {"cidr": "10.0.0.0/33"}, "cidr"),
+    "a CIDR with a newline": ("networks", {"cidr": "10.0.0.0/24\n"}, "cidr"),
+    "a MAC with an escape": (
+        "vms", {**VM, "nics": [{"network": "lan", "mac": "52:54:00:00:00:0\x1b"}]}, "nics[0].mac"
+    ),
+    "a pool as a path": ("disks", {"size_gib": 1, "pool": "../../etc"}, "pool"),
+    "a disk of a zettabyte": ("disks", {"size_gib": 10**12}, "size_gib"),
+    "a host name with a newline": (
+        "vms", {**VM, "cloud_init": {"hostname": "web\nroot"}}, "cloud_init.hostname"
+    ),
+    "a network named as a path": (
+        "vms", {**VM, "nics": [{"network": "../../etc/passwd"}]}, "nics[0].network"
+    ),
     "a lease without a MAC": (
         "networks", {"cidr": "10.0.0.0/24", "static_leases": [{"ip": "10.0.0.5"}]},
         "static_leases[0].mac",
