@@ -35,6 +35,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
     check_choice,
     check_image_name,
     check_int,
+    check_line,
     check_name,
     check_pool,
 )
@@ -602,6 +603,20 @@ class Resources:
         else:
             found = self.observe_on(tenant, KINDS["vms"], row.vm, host)
         return self.outcome(result, found)
+
+    def validate_block(self, tenant: str, name: str, blocked: Any, reason: Any) -> dict[str, Any]:
+        """The payload of an operator's block or unblock of a tenant's VM; 404 when the tenant
+        has no such VM."""
+        try:
+            check_name(tenant, "tenant")
+            check_name(name, "vm")
+            if not isinstance(blocked, bool):
+                raise SpecError("blocked", f"must be true or false, got {blocked!r}")
+            check_line(reason if reason is not None else "", "reason")
+        except SpecError as error:
+            raise self.refusal(error) from None
+        self.read(tenant, "vms", name)
+        return {"tenant": tenant, "name": name, "blocked": blocked, "reason": reason or ""}
 
     def block(self, payload: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict:
         """The operator's block (or unblock) of one of a tenant's VMs."""

@@ -356,3 +356,18 @@ def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url)
         with pytest.raises(ApiError) as error:
             offline.validate_restore("acme", "a" * 40, body)
         assert (error.value.status, error.value.fields[0][0]) == (422, path), body
+
+
+def test_an_operators_block_is_checked_before_it_is_queued(test_driver):
+    for args, path in (
+        (("acme\n", "web", True, ""), "tenant"),
+        (("acme", "../web", True, ""), "vm"),
+        (("acme", "web", "yes", ""), "blocked"),
+        (("acme", "web", True, "abuse\x1b[2J"), "reason"),
+    ):
+        with pytest.raises(ApiError) as error:
+            test_driver.validate_block(*args)
+        assert (error.value.status, error.value.fields[0][0]) == (422, path)
+    with pytest.raises(ApiError) as error:
+        test_driver.validate_block("acme", "web", True, "abuse")
+    assert error.value.status == 404
