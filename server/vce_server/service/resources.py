@@ -290,7 +290,7 @@ class Resources:
         elif kind.plural == "public_ips":
             if not host.has_public_ips():
                 return None
-            found = read_public_ip(public_ip_params(params, host, {"vm": "-"}))
+            found = read_public_ip(public_ip_params(params, host, {}))
         else:
             found = read_backup_schedule({**params, **host.backup_host(), "vm": vm})
         return self.shown(found, name, host.zone)
@@ -411,6 +411,8 @@ class Resources:
                   "zone": host.zone, "image_dirs": []}  # fmt: skip
         if host.has_public_ips():
             params["zone_config"] = host.zone_config("zone")
+        elif lists["public_ips"]:
+            raise SpecError("public_ips", f"zone {host.zone} has no public IPs")
         return params
 
     def environment_link(

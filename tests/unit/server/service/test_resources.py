@@ -214,6 +214,9 @@ PLAN_CASES = {
         "zone_links[0].zones[0]",
     ),
     "vms not a list": ({"zone": "zone-a", "vms": "web"}, "vms"),
+    "public IPs where there are none": (
+        {"zone": "zone-c", "public_ips": [{"name": "ip", "vm": "web"}]}, "public_ips"
+    ),
 }  # fmt: skip
 
 
