@@ -481,6 +481,8 @@ class Resources:
             if recorded is None:
                 return []
             ends = [self.fleet.where(tenant, z) for z in recorded["zones"]]
+            if None in ends:
+                return []  # the tenant has nothing in one of the zones: read says 404 too
             body = {"name": name, "network": recorded["network"]}
             params = {"tenant": tenant, "ledger_url": self.ledger_url,
                       **link_params(body, ends), "state": "absent"}  # fmt: skip
