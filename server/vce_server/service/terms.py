@@ -190,9 +190,15 @@ def check_limit(limit: Any) -> int:
 
 
 def month_of(value: str | None, now: dt.datetime) -> Month:
-    """The month named YYYY-MM in the provider's time zone; None: the current one."""
+    """The month named YYYY-MM in the provider's time zone (one that has begun); None: the
+    current one."""
     zone = time_zone(None, "time_zone")
-    return Month.of(now, zone) if value is None else parse_month(value, zone)
+    if value is None:
+        return Month.of(now, zone)
+    month = parse_month(value, zone)
+    if month.start > now:
+        raise SpecError("month", f"{month.label} has not begun yet")
+    return month
 
 
 def zones_by_uri(connection: Any) -> dict[str, str]:

@@ -371,9 +371,10 @@ def test_usage_and_invoices_in_json_and_html_show_zones_not_hosts(any_ledger_url
     assert "zone a" in page and URI not in page
     listed = terms.invoices(customer("acme"))
     assert [item["month"] for item in listed] == ["2026-12"]  # the open month; nothing closed
-    with pytest.raises(SpecError) as error:
-        terms.invoice(customer("acme"), "2026-13")
-    assert error.value.field == "month"
+    for month in ("2026-13", "2027-01", "next"):
+        with pytest.raises(SpecError) as error:
+            terms.invoice(customer("acme"), month)
+        assert error.value.field == "month"
 
 
 # -- one tenant, its own rows -----------------------------------------------------------------
