@@ -181,8 +181,7 @@ class Operator:
         """Stop a request's clock: now, or at the moment given. A queued quota increase is
         applied first (the limits asked for, or the `quotas` given instead) through
         vce.kvm.quota's path; its clock stops when it is applied."""
-        refuse_unknown(body or {}, FULFIL_FIELDS)
-        body = body or {}
+        body = refuse_unknown(body or {}, FULFIL_FIELDS)
         ledger = self.ledger(who)
         row, detail = self.find_request(ledger, request_id, body.get("tenant"))
         at = parse_moment(body.get("at"), "at")
@@ -249,7 +248,7 @@ class Operator:
 
     def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
-        refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
+        body = refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
         check_int(number, "id", 1, MAX_RECORD_ID)
         ledger = self.ledger(who)
         with ledger.store.read() as connection:
@@ -259,7 +258,7 @@ class Operator:
         if found is None:
             raise not_found(f"incident {number}")
         now = ledger.now()
-        moment = parse_moment((body or {}).get("at"), "at") or now
+        moment = parse_moment(body.get("at"), "at") or now
         if moment > now:
             raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
         return ledger, moment

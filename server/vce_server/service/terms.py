@@ -112,14 +112,14 @@ class Filed:
         return found
 
 
-def refuse_unknown(body: Any, known: Iterable[str], path: str = "") -> Mapping[str, Any]:
+def refuse_unknown(body: Any, known: Iterable[str]) -> Mapping[str, Any]:
     """The body as a mapping, with every key known (the engine's parsers refuse likewise)."""
     if not isinstance(body, Mapping):
-        raise SpecError(path or "body", "must be a JSON object")
+        raise SpecError("body", "must be a JSON object")
     allowed = tuple(known)
     for key in body:
         if key not in allowed:
-            raise SpecError(f"{path}{key}", f"unknown field; known: {', '.join(allowed) or 'none'}")
+            raise SpecError(str(key), f"unknown field; known: {', '.join(allowed)}")
     return body
 
 
