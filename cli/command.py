@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The `vce` console script: which command module answers.
 
-`vce drift` runs in CI on every change, so it loads only what a drift check needs; every
-other command is the ledger's (cli/vce.py, which also answers `drift`).
+`vce drift` runs in CI on every change, so it loads only what a drift check needs; `vce serve`
+and `vce admin` are the control plane's (vce_server.cli), loaded only for them; every other
+command is the ledger's (cli/vce.py, which also answers `drift`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import drift
 
         return drift.main(args[1:])
+    if args[:1] in (["serve"], ["admin"]):
+        try:
+            from vce_server import cli
+        except ImportError as error:  # the Galaxy collection alone has no server (pip has)
+            print(
+                f"vce: {args[0]} needs the control plane: pip install vce-kvm ({error})",
+                file=sys.stderr,
+            )
+            return 2
+        return cli.main(args)
     from . import vce
 
     return vce.main(args)
