@@ -112,6 +112,8 @@ def test_eight_creates_one_below_the_vm_quota_make_exactly_one_vm(
                 outcomes.append(error_of(reply)["code"])
         reply = client.get("/v1/quotas").json()
         quotas = reply.get("quotas", reply)
+    refused_at_once = sum(r.status_code == 409 for r in replies)
+    print(f"\nquota race: {refused_at_once} refused at submission, the rest as actions")
     assert sorted(outcomes) == ["quota_exceeded"] * (RACERS - 1) + ["succeeded"], outcomes
     domains = [d.name() for d in conn.listAllDomains(0) if d.name().startswith(f"{tenant}_")]
     assert len(domains) == 2, domains

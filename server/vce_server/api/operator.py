@@ -181,6 +181,46 @@ def revoke_token(
     return {"token": ctx.operator.revoke_token(ctx.identity, prefix)}
 
 
+@router.get("/users")
+def list_users(
+    tenant: str | None = None,
+    who: Principal = Depends(operator_reader),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """The personal cabinet's users (or a tenant's), disabled ones too; never a password."""
+    return {"users": ctx.operator.users(ctx.identity, tenant)}
+
+
+@router.post("/users", status_code=201)
+def create_user(
+    body: Any = Body(description="login, password, tenant: a customer's user."),  # noqa: B008
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    return {"user": ctx.operator.create_user(ctx.identity, body)}
+
+
+@router.put("/users/{login}/password")
+def set_password(
+    login: str,
+    body: Any = Body(description="password: the new one."),  # noqa: B008
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Set a user's password (a reset the customer asked for)."""
+    return {"user": ctx.operator.set_password(ctx.identity, login, body)}
+
+
+@router.delete("/users/{login}")
+def disable_user(
+    login: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Disable a user: it can no longer log in; its records stay."""
+    return {"user": ctx.operator.disable_user(ctx.identity, login)}
+
+
 @router.get("/hosts")
 def list_hosts(
     who: Principal = Depends(operator_reader),  # noqa: B008

@@ -44,7 +44,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
 )
 
 from ..errors import not_found
-from ..identity import Identity, TokenNotFound
+from ..identity import Identity, TokenNotFound, check_login
 from ..principal import CUSTOMER, Principal
 from .terms import (
     DEFAULT_LISTED,
@@ -60,6 +60,8 @@ FULFIL_FIELDS = ("tenant", "at", "quotas")
 INCIDENT_STEP_FIELDS = ("at",)
 BLOCK_FIELDS = ("reason",)
 TOKEN_FIELDS = ("tenant", "scopes", "name", "expires_at")
+USER_FIELDS = ("login", "password", "tenant")
+PASSWORD_FIELDS = ("password",)
 
 
 class Operator:
@@ -179,8 +181,7 @@ class Operator:
         """Stop a request's clock: now, or at the moment given. A queued quota increase is
         applied first (the limits asked for, or the `quotas` given instead) through
         vce.kvm.quota's path; its clock stops when it is applied."""
-        refuse_unknown(body or {}, FULFIL_FIELDS)
-        body = body or {}
+        body = refuse_unknown(body or {}, FULFIL_FIELDS)
         ledger = self.ledger(who)
         row, detail = self.find_request(ledger, request_id, body.get("tenant"))
         at = parse_moment(body.get("at"), "at")
@@ -247,7 +248,7 @@ class Operator:
 
     def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
-        refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
+        body = refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
         check_int(number, "id", 1, MAX_RECORD_ID)
         ledger = self.ledger(who)
         with ledger.store.read() as connection:
@@ -257,7 +258,7 @@ class Operator:
         if found is None:
             raise not_found(f"incident {number}")
         now = ledger.now()
-        moment = parse_moment((body or {}).get("at"), "at") or now
+        moment = parse_moment(body.get("at"), "at") or now
         if moment > now:
             raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
         return ledger, moment
@@ -288,6 +289,33 @@ class Operator:
         except TokenNotFound:
             raise not_found(f"token {prefix}") from None
 
+    # -- users of the personal cabinet -----------------------------------------------------
+    # Customers' users only: operator accounts are made with `vce admin` on the server.
+
+    @staticmethod
+    def users(identity: Identity, tenant: str | None = None) -> list[dict[str, Any]]:
+        return [view.as_dict() for view in identity.list_users(tenant)]
+
+    @staticmethod
+    def create_user(identity: Identity, body: Any) -> dict[str, Any]:
+        refuse_unknown(body, USER_FIELDS)
+        view = identity.create_user(
+            body.get("login"), body.get("password"), CUSTOMER, body.get("tenant")
+        )
+        return view.as_dict()
+
+    @staticmethod
+    def set_password(identity: Identity, login: str, body: Any) -> dict[str, Any]:
+        """A new password (a customer's request to reset it, 5.1, fulfilled)."""
+        refuse_unknown(body, PASSWORD_FIELDS)
+        existing_user(identity, login)
+        return identity.set_password(login, body.get("password")).as_dict()
+
+    @staticmethod
+    def disable_user(identity: Identity, login: str) -> dict[str, Any]:
+        existing_user(identity, login)
+        return identity.disable_user(login).as_dict()
+
     # -- the fleet -------------------------------------------------------------------------
 
     def hosts(self, who: Principal) -> list[dict[str, Any]]:
@@ -317,6 +345,15 @@ class Operator:
                 }
                 for row in connection.execute(query)
             ]  # fmt: skip
+
+
+def existing_user(identity: Identity, login: str) -> None:
+    """404 for a login no user has (a malformed one is 422)."""
+    check_login(login)
+    try:
+        identity.user(login)
+    except SpecError:
+        raise not_found(f"user {login}") from None
 
 
 def still_wanted(ledger: Ledger, tenant: str, asked: Mapping[str, int] | None) -> dict[str, int]:

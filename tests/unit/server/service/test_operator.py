@@ -252,3 +252,29 @@ def test_bad_token_requests_are_refused_naming_the_field(ledger_url, body, field
         Operator.create_token(identity, OPERATOR, body)
     assert error.value.field == field
     assert Operator.tokens(identity) == []
+
+
+def test_a_customers_user_is_made_reset_and_disabled(any_ledger_url):
+    register(any_ledger_url, "acme")
+    identity = Identity(Ledger.open(any_ledger_url))
+    made = Operator.create_user(
+        identity, {"login": "aigerim", "password": "correct horse battery", "tenant": "acme"}
+    )
+    assert (made["login"], made["role"], made["tenant"]) == ("aigerim", "customer", "acme")
+    assert identity.verify_password("aigerim", "correct horse battery").tenant == "acme"
+    Operator.set_password(identity, "aigerim", {"password": "another long phrase"})
+    assert identity.verify_password("aigerim", "correct horse battery") is None
+    assert identity.verify_password("aigerim", "another long phrase") is not None
+    assert Operator.disable_user(identity, "aigerim")["disabled_at"] is not None
+    assert identity.verify_password("aigerim", "another long phrase") is None
+    assert [user["login"] for user in Operator.users(identity, "acme")] == ["aigerim"]
+    assert "password_hash" not in Operator.users(identity)[0]
+    with pytest.raises(ApiError) as error:
+        Operator.set_password(identity, "nobody", {"password": "another long phrase"})
+    assert error.value.status == 404
+    with pytest.raises(SpecError) as bad:
+        Operator.create_user(
+            identity, {"login": "x1", "password": "long enough pass", "tenant": "acme",
+                       "role": "operator"},
+        )  # fmt: skip
+    assert bad.value.field == "role"

@@ -117,6 +117,18 @@ CASES = {
     "a state of its own": ("vms", {**VM, "state": "absent"}, "state"),
     "restart as a word": ("vms", {**VM, "allow_restart": "yes"}, "allow_restart"),
     "a prefix of 33 bits": ("networks", {"cidr": "10.0.0.0/33"}, "cidr"),
+    "a CIDR with a newline": ("networks", {"cidr": "10.0.0.0/24\n"}, "cidr"),
+    "a MAC with an escape": (
+        "vms", {**VM, "nics": [{"network": "lan", "mac": "52:54:00:00:00:0\x1b"}]}, "nics[0].mac"
+    ),
+    "a pool as a path": ("disks", {"size_gib": 1, "pool": "../../etc"}, "pool"),
+    "a disk of a zettabyte": ("disks", {"size_gib": 10**12}, "size_gib"),
+    "a host name with a newline": (
+        "vms", {**VM, "cloud_init": {"hostname": "web\nroot"}}, "cloud_init.hostname"
+    ),
+    "a network named as a path": (
+        "vms", {**VM, "nics": [{"network": "../../etc/passwd"}]}, "nics[0].network"
+    ),
     "a lease without a MAC": (
         "networks", {"cidr": "10.0.0.0/24", "static_leases": [{"ip": "10.0.0.5"}]},
         "static_leases[0].mac",
@@ -202,6 +214,9 @@ PLAN_CASES = {
         "zone_links[0].zones[0]",
     ),
     "vms not a list": ({"zone": "zone-a", "vms": "web"}, "vms"),
+    "public IPs where there are none": (
+        {"zone": "zone-c", "public_ips": [{"name": "ip", "vm": "web"}]}, "public_ips"
+    ),
 }  # fmt: skip
 
 
@@ -344,3 +359,18 @@ def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url)
         with pytest.raises(ApiError) as error:
             offline.validate_restore("acme", "a" * 40, body)
         assert (error.value.status, error.value.fields[0][0]) == (422, path), body
+
+
+def test_an_operators_block_is_checked_before_it_is_queued(test_driver):
+    for args, path in (
+        (("acme\n", "web", True, ""), "tenant"),
+        (("acme", "../web", True, ""), "vm"),
+        (("acme", "web", "yes", ""), "blocked"),
+        (("acme", "web", True, "abuse\x1b[2J"), "reason"),
+    ):
+        with pytest.raises(ApiError) as error:
+            test_driver.validate_block(*args)
+        assert (error.value.status, error.value.fields[0][0]) == (422, path)
+    with pytest.raises(ApiError) as error:
+        test_driver.validate_block("acme", "web", True, "abuse")
+    assert error.value.status == 404
