@@ -13,8 +13,8 @@ test driver's state lives in each process. The tenant's 100 VMs (1 vCPU, 128 MiB
 overlay boot disk, one NIC on an isolated network) are defined by ONE
 ``engine.run_environment`` call, ``state: stopped``, never started, after the tenant was
 placed on the host as the server's first PUT places it (the service layer's
-``Fleet.place``, in this process). Then ``vce serve`` on a
-free loopback port (one process; its rate limit raised out of the way).
+``Fleet.place``, in this process). Then ``vce serve`` on a free loopback port as an
+operator starts it (one process, default options).
 
 Measured, N times each (default 30) after 3 warm-ups, alternating so that background load
 hits both alike, median and p95 (nearest rank):

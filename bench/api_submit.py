@@ -5,9 +5,10 @@ Issue 18: "An action's submission (request to worker start): p50 under 50 ms."
 
 Set-up (bench/api_common.py): a SQLite ledger in a temp dir under /tmp with the tenant
 ``bench``, a host record of zone ``bench`` on ``test:///default`` (the action's own work is
-not what is measured; only the server touches libvirt), a write token; ``vce serve`` on a
-free loopback port, one process, its default 4 workers, its per-token rate limit raised out
-of the way. One ``PUT /v1/networks/lan`` creates an isolated network first.
+not what is measured; only the server touches libvirt), 8 write tokens taken in turn (so
+that none meets the per-token rate limit); ``vce serve`` on a free loopback port as an
+operator starts it (one process, its default 4 workers). One ``PUT /v1/networks/lan``
+creates an isolated network first.
 
 Measured, N times (default 200) one after another: the same ``PUT /v1/networks/lan``, a
 declaration that changes nothing (the cheapest action there is: the engine reads, plans
