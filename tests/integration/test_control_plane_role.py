@@ -4,13 +4,19 @@ key, a second run changes nothing. No systemd is started: nothing is, with a roo
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import grp
 import os
+import shlex
+import signal
+import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ansible_env, task_results
@@ -57,6 +63,65 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unit_settings(unit: str) -> dict[str, str]:
+    """The unit's Key=value lines ([Service] keys are unique in it), quotes of a whole
+    Environment= value removed as systemd does."""
+    settings = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[key] = value.strip('"') if key == "Environment" else value
+    return settings
+
+
+def serve_as_the_unit_says(root: Path, unit: str) -> tuple[int, str]:
+    """Start ExecStart= with the unit's environment (the file read as systemd and sh read it)
+    in its working directory; the status of an unauthenticated GET /v1/actions, and the log."""
+    settings = unit_settings(unit)
+    variables = subprocess.run(
+        ["sh", "-c", f'set -a; . "{root}{settings["EnvironmentFile"]}"; env -0'],
+        capture_output=True, check=True, env={}, timeout=30,
+    ).stdout.decode()  # fmt: skip
+    env = dict(item.split("=", 1) for item in variables.split("\0") if "=" in item)
+    name, value = settings["Environment"].split("=", 1)
+    home = f"{root}{settings['WorkingDirectory']}"
+    # What systemd adds for a service with User=.
+    env.update({name: value, "HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin"})
+    command = shlex.split(settings["ExecStart"])
+    port = int(command[command.index("--port") + 1])
+    log = root / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command, cwd=home, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and server.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    return client.get("/v1/actions").status_code, log.read_text()
+                time.sleep(0.2)
+            return 0, log.read_text()
+    finally:
+        stop(server)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group; SIGKILL when it outlives 20 s."""
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        os.killpg(server.pid, sent)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=20)
+            return
+
+
 def test_the_role_installs_the_service_into_a_root(tmp_path):
     root = tmp_path / "root"
     ledger = "sqlite:////var/lib/vce-serve/ledger.sqlite3"
@@ -68,7 +133,8 @@ def test_the_role_installs_the_service_into_a_root(tmp_path):
     unit = (root / UNIT).read_text()
     assert (
         "ExecStart=" in unit
-        and "-m ansible_collections.vce.kvm.cli.command serve --host 127.0.0.1 --port 8080\n"
+        and "-m ansible_collections.vce.kvm.cli.command serve --host 127.0.0.1 --port 8080 "
+        "--workers 4 --forwarded-allow-ips 127.0.0.1\n"
         in unit
     )
     assert "ReadWritePaths=/var/lib/vce-serve\n" in unit
@@ -109,3 +175,25 @@ def test_a_postgresql_ledger_leaves_the_whole_system_read_only(tmp_path):
         check=True,
     )
     assert read_back.stdout == POSTGRES_URL
+
+
+def test_the_unit_starts_a_server_that_asks_for_a_token(tmp_path):
+    """What systemd would run, run: ExecStart with the unit's environment and the ledger URL
+    from the environment file, on a SQLite ledger the server creates."""
+    pytest.importorskip("vce_server.app", exc_type=ImportError)
+    root = tmp_path / "root"
+    ledger_dir = tmp_path / "ledger"
+    ledger_dir.mkdir()
+    port = free_port()
+    run_role(
+        tmp_path,
+        root,
+        control_plane_ledger_url=f"sqlite:///{ledger_dir}/ledger.sqlite3",
+        control_plane_port=port,
+        control_plane_home=str(tmp_path / "home"),
+    )
+    unit = (root / UNIT).read_text()
+    assert f"ReadWritePaths={ledger_dir}\n" in unit
+    status, log = serve_as_the_unit_says(root, unit)
+    assert status == 401, log
+    assert (ledger_dir / "ledger.sqlite3").exists()
