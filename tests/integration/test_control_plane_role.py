@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import grp
+import json
 import os
 import shlex
 import signal
@@ -28,9 +29,14 @@ POSTGRES_URL = f"postgresql+psycopg://vce:{SECRET}@127.0.0.1/ledger"
 UNIT = "etc/systemd/system/vce-serve.service"
 ENV_FILE = "etc/vce-kvm/serve.env"
 KEY = "var/lib/vce-serve/.ssh/id_ed25519"
+HOST_KEYS = [
+    "kvm-01 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA",
+    "kvm-02 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB",
+]
+KNOWN = {"control_plane_ssh_known_hosts": HOST_KEYS}
 
 
-def run_role(tmp_path: Path, root: Path, check: bool = False, **variables: str) -> list[dict]:
+def run_role(tmp_path: Path, root: Path, check: bool = False, **variables: object) -> list[dict]:
     """One ansible-playbook run of the role on localhost; its task results."""
     user = getpass.getuser()
     settings = {
@@ -44,7 +50,7 @@ def run_role(tmp_path: Path, root: Path, check: bool = False, **variables: str) 
     playbook.write_text(
         "- hosts: localhost\n  connection: local\n  gather_facts: false\n  roles:\n"
         "    - role: vce.kvm.control_plane\n      vars:\n"
-        + "".join(f"        {name}: {value!r}\n" for name, value in settings.items())
+        + "".join(f"        {name}: {json.dumps(value)}\n" for name, value in settings.items())
     )
     command = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook)]
     proc = subprocess.run(
@@ -129,7 +135,7 @@ def test_the_role_installs_the_service_into_a_root(tmp_path):
     run_role(tmp_path, root, check=True, control_plane_ledger_url=ledger)
     assert not root.exists() or not any(root.rglob("*")), list(root.rglob("*"))
 
-    results = run_role(tmp_path, root, control_plane_ledger_url=ledger)
+    results = run_role(tmp_path, root, control_plane_ledger_url=ledger, **KNOWN)
     unit = (root / UNIT).read_text()
     assert (
         "ExecStart=" in unit
@@ -147,6 +153,8 @@ def test_the_role_installs_the_service_into_a_root(tmp_path):
     assert f'VCE_LEDGER_URL="{ledger}"' in (root / ENV_FILE).read_text()
 
     assert mode(root / KEY) == 0o600 and mode(root / KEY.rsplit("/", 1)[0]) == 0o700
+    known_hosts = root / "var/lib/vce-serve/.ssh/known_hosts"
+    assert known_hosts.read_text() == "".join(f"{line}\n" for line in HOST_KEYS)
     public = (root / f"{KEY}.pub").read_text().strip()
     assert public.startswith("ssh-ed25519 ")
     facts = [r["ansible_facts"] for r in results if "control_plane_ssh_public_key" in str(r)]
@@ -155,7 +163,7 @@ def test_the_role_installs_the_service_into_a_root(tmp_path):
     systemd = [r for r in results if r["_task"].endswith(("Start vce-serve", "Reload systemd"))]
     assert systemd and all(r["_status"] == "skipped" for r in systemd)
 
-    again = run_role(tmp_path, root, control_plane_ledger_url=ledger)
+    again = run_role(tmp_path, root, control_plane_ledger_url=ledger, **KNOWN)
     assert [r["_task"] for r in again if r.get("changed")] == []
     assert (root / f"{KEY}.pub").read_text().strip() == public
 
