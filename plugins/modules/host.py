@@ -6,12 +6,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: host
-short_description: A KVM host's record in the ledger - its zone, URI, public pools and capacity
+short_description: A KVM host's record in the ledger - its zone, how to reach it, settings, capacity
 version_added: 0.1.0
 description:
   - Records one KVM host of the fleet in the ledger - the zone it serves, the libvirt URI by which
-    runs reach it, its uplink, the zone's public IP pools on it, and the capacity and versions
+    runs reach it and the command prefix that runs commands on it, its uplink, the zone's public
+    IP pools on it, its zone-link underlay and backup paths, and the capacity and versions
     libvirt reports (CPUs, memory, libvirt and QEMU versions), read from the host at each run.
+  - The control plane (C(vce serve)) reaches the host with nothing but this record - its URI,
+    O(host_command) and settings - so customers never hold them.
   - A run whose declaration and the host's capacity match the record changes nothing.
   - O(state=absent) removes the record. It is refused while the host still has objects of
     tenants (domains or networks with vce ownership metadata) at the recorded URI; the error
@@ -68,6 +71,38 @@ options:
         type: list
         elements: str
         default: []
+  host_command:
+    description:
+      - The command prefix that runs commands (C(ip), C(nft), C(systemctl), C(qemu-img)) on the
+        host, for example V([ssh, root@kvm-01.example.net]). Omitted or empty - commands run
+        where the run runs.
+    type: list
+    elements: str
+  underlay_ip:
+    description:
+      - The host's IPv4 address on the underlay that zone links (VXLAN) run over. Given together
+        with O(underlay_dev).
+    type: str
+  underlay_dev:
+    description:
+      - The host's underlay interface (1-15 of C(a-z), C(0-9), C(.), C(_), C(-)). Given together
+        with O(underlay_ip).
+    type: str
+  backup_root:
+    description:
+      - The directory backups are written under, as M(vce.kvm.backup_schedule) takes it
+        (an absolute path of letters, digits and C(. _ - /)). Omitted - not recorded, the
+        module's default applies.
+    type: path
+  unit_dir:
+    description: Where backup schedules' systemd units go on the host (as O(backup_root)).
+    type: path
+  config_dir:
+    description: Where backup schedules keep their runner configurations (as O(backup_root)).
+    type: path
+  runner:
+    description: The C(vce-backup) command on the host (as O(backup_root)).
+    type: path
   state:
     description:
       - V(present) - the record exists with these values and the host's current capacity.
@@ -96,6 +131,16 @@ EXAMPLES = r"""
         gateway: 203.0.113.1
         exclude: [203.0.113.2]
 
+- name: Record a host the control plane reaches over SSH, with its underlay and backup paths
+  vce.kvm.host:
+    name: kvm-02.example.net
+    zone: almaty-1
+    uri: qemu+ssh://root@kvm-02.example.net/system
+    host_command: [ssh, root@kvm-02.example.net]
+    underlay_ip: 10.0.0.12
+    underlay_dev: eth2
+    backup_root: /srv/backups
+
 - name: Remove the record of a host that was emptied
   vce.kvm.host:
     name: kvm-07.example.net
@@ -121,6 +166,8 @@ host:
     uri: qemu:///system
     uplink: eth1
     public_pools: [{name: main, cidr: 203.0.113.0/24, gateway: 203.0.113.1, exclude: [203.0.113.2]}]
+    host_command: [ssh, root@kvm-01.example.net]
+    settings: {underlay_ip: 10.0.0.11, underlay_dev: eth2, backup_root: /srv/backups}
     cpus: 32
     memory_mib: 131072
     libvirt_version: 9.0.0
@@ -137,7 +184,10 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support impo
     host_spec,
     run_module,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import (
+    PATH_SETTINGS,
+    run_host,
+)
 
 PUBLIC_POOL_OPTIONS = {
     "name": {"type": "str", "required": True},
@@ -160,6 +210,10 @@ def main() -> None:
                 "default": [],
                 "options": PUBLIC_POOL_OPTIONS,
             },
+            host_command={"type": "list", "elements": "str"},
+            underlay_ip={"type": "str"},
+            underlay_dev={"type": "str"},
+            **{setting: {"type": "path"} for setting in PATH_SETTINGS},
             state={"type": "str", "default": "present", "choices": ["present", "absent"]},
         ),
         required_if=[("state", "present", ("zone",))],

@@ -8,12 +8,14 @@ the other cases call its engine entry point in-process (an ansible call costs ab
 from __future__ import annotations
 
 import itertools
+import json
 import os
 
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_network
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources import host as host_record
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.store import open_store
@@ -115,3 +117,45 @@ def test_bad_host_input_changes_nothing(uri, ledger_url, host_name):
         run_host({**args, "name": "KVM_01"})
     assert bad_name.value.field == "name"
     assert record(ledger_url, host_name) is None
+
+
+def test_how_the_control_plane_reaches_the_host(uri, ledger_url, host_name):
+    """host_command and the settings through Ansible: check and diff, record, no change on the
+    second run, and a bad value refused naming its option."""
+    args = {
+        "name": host_name,
+        "zone": "zone-a",
+        "uri": uri,
+        "host_command": ["ssh", "-o", "BatchMode=yes", f"root@{host_name}"],
+        "underlay_ip": "172.31.250.10",
+        "underlay_dev": "ul0",
+        "backup_root": "/srv/vce/backups",
+        "unit_dir": "/etc/systemd/system",
+        "config_dir": "/etc/vce-kvm/backup",
+        "runner": "/usr/local/bin/vce-backup",
+    }
+    settings = {key: args[key] for key in host_record.SETTINGS}
+
+    checked = run_module("host", args, check=True, diff=True)
+    after = checked["diff"]["after"][f"host/{host_name}"]["create"]
+    assert (after["host_command"], after["settings"]) == (args["host_command"], settings)
+    assert record(ledger_url, host_name) is None
+
+    created = run_module("host", args)
+    assert created["changed"] is True, created
+    row = record(ledger_url, host_name)
+    assert json.loads(row.host_command) == args["host_command"]
+    assert json.loads(row.settings) == settings
+    assert created["host"]["settings"] == settings
+
+    again = run_module("host", args, check=True, diff=True)
+    assert again["changed"] is False and again["plan"] == [], again
+    assert run_module("host", args)["changed"] is False
+    assert record(ledger_url, host_name) == row
+
+    refused = run_module("host", {**args, "underlay_ip": "172.31.250.300", "runner": "/usr/bin"})
+    assert refused["failed"] is True and refused["field"] == "underlay_ip", refused
+    assert "Traceback" not in refused["msg"]
+    refused = run_module("host", {**args, "backup_root": "/srv/vce backups"})
+    assert refused["failed"] is True and refused["field"] == "backup_root", refused
+    assert record(ledger_url, host_name) == row

@@ -153,7 +153,7 @@ def test_put_read_plan_power_and_delete(resources, ledger_url, uri, conn, tenant
     assert {(c["kind"], c["name"]) for c in shown} >= {("network", "lan2"), ("vm", "web")}
     assert f"network:{tenant}_lan2" not in tenant_objects(conn, tenant)
 
-    block = {"tenant": tenant, "name": "web", "blocked": True, "reason": "abuse report"}
+    block = resources.validate_block(tenant, "web", True, "abuse report")
     held = worker.run("block", "vms/web", block)
     assert [c["action"] for c in held["plan"]] == ["block"]
     assert held["object"]["state"] == "paused"
@@ -164,7 +164,7 @@ def test_put_read_plan_power_and_delete(resources, ledger_url, uri, conn, tenant
     assert (answer.status, answer.code) == (409, "refused")
     assert "blocked by the operator" in answer.message
     assert domain(conn, f"{tenant}_web").state != "shutoff"
-    worker.run("block", "vms/web", {**block, "blocked": False})
+    worker.run("block", "vms/web", resources.validate_block(tenant, "web", False, None))
     assert domain(conn, f"{tenant}_web").state == "running"
 
     stopped = worker.run(

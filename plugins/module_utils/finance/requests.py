@@ -133,13 +133,23 @@ class RequestLog:
             )
             if tenant is not None:
                 query = query.where(requests.c.tenant == tenant)
-            found.extend(facts(row, now) for row in connection.execute(query))
+            logged = list(connection.execute(query))
+            found.extend(facts(row, now) for row in logged)
+            # A logged quota increase applied under its reference (as the control plane does)
+            # is one request: its quota_requests row is the logged one's fulfilment.
+            fulfilments = {
+                key_of("quota-request", row.tenant, row.reference)
+                for row in logged
+                if row.kind == "quota_increase"
+            }
             query = sa.select(quota_requests).where(
                 quota_requests.c.requested_at >= start, quota_requests.c.requested_at < end
             )
             if tenant is not None:
                 query = query.where(quota_requests.c.tenant == tenant)
             for row in connection.execute(query):
+                if row.key in fulfilments:
+                    continue
                 found.append(clock(
                     row.tenant, "quota_increase", row.key[:16], row.requested_at, row.applied_at,
                     row.run_id, now,

@@ -146,6 +146,81 @@ def restore_incident(
     return {"incident": ctx.operator.restore_incident(who, incident_id, body)}
 
 
+@router.post("/tokens", status_code=201)
+def create_token(
+    body: Any = Body(  # noqa: B008
+        openapi_examples={
+            "ci": {"value": {"tenant": "acme", "scopes": "read write", "name": "ci"}},
+        },
+        description="tenant, scopes (read, or read write), name, expires_at (ISO 8601).",
+    ),
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """A token for a tenant: `token` is its text, shown in this answer only."""
+    return {"token": ctx.operator.create_token(ctx.identity, who, body)}
+
+
+@router.get("/tokens")
+def list_tokens(
+    tenant: str | None = None,
+    who: Principal = Depends(operator_reader),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Every token (or a tenant's): prefix, name, scopes, expiry, revocation, last use."""
+    return {"tokens": ctx.operator.tokens(ctx.identity, tenant)}
+
+
+@router.delete("/tokens/{prefix}")
+def revoke_token(
+    prefix: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Revoke a token: refused at once by this instance, within seconds by the others."""
+    return {"token": ctx.operator.revoke_token(ctx.identity, prefix)}
+
+
+@router.get("/users")
+def list_users(
+    tenant: str | None = None,
+    who: Principal = Depends(operator_reader),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """The personal cabinet's users (or a tenant's), disabled ones too; never a password."""
+    return {"users": ctx.operator.users(ctx.identity, tenant)}
+
+
+@router.post("/users", status_code=201)
+def create_user(
+    body: Any = Body(description="login, password, tenant: a customer's user."),  # noqa: B008
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    return {"user": ctx.operator.create_user(ctx.identity, body)}
+
+
+@router.put("/users/{login}/password")
+def set_password(
+    login: str,
+    body: Any = Body(description="password: the new one."),  # noqa: B008
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Set a user's password (a reset the customer asked for)."""
+    return {"user": ctx.operator.set_password(ctx.identity, login, body)}
+
+
+@router.delete("/users/{login}")
+def disable_user(
+    login: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Disable a user: it can no longer log in; its records stay."""
+    return {"user": ctx.operator.disable_user(ctx.identity, login)}
+
+
 @router.get("/hosts")
 def list_hosts(
     who: Principal = Depends(operator_reader),  # noqa: B008

@@ -44,7 +44,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
 )
 
 from ..errors import not_found
-from ..principal import Principal
+from ..identity import Identity, TokenNotFound, check_login
+from ..principal import CUSTOMER, Principal
 from .terms import (
     DEFAULT_LISTED,
     apply_quotas,
@@ -58,6 +59,9 @@ TENANT_FIELDS = ("customer", "plan", "quotas", "state", "reason")
 FULFIL_FIELDS = ("tenant", "at", "quotas")
 INCIDENT_STEP_FIELDS = ("at",)
 BLOCK_FIELDS = ("reason",)
+TOKEN_FIELDS = ("tenant", "scopes", "name", "expires_at")
+USER_FIELDS = ("login", "password", "tenant")
+PASSWORD_FIELDS = ("password",)
 
 
 class Operator:
@@ -177,8 +181,7 @@ class Operator:
         """Stop a request's clock: now, or at the moment given. A queued quota increase is
         applied first (the limits asked for, or the `quotas` given instead) through
         vce.kvm.quota's path; its clock stops when it is applied."""
-        refuse_unknown(body or {}, FULFIL_FIELDS)
-        body = body or {}
+        body = refuse_unknown(body or {}, FULFIL_FIELDS)
         ledger = self.ledger(who)
         row, detail = self.find_request(ledger, request_id, body.get("tenant"))
         at = parse_moment(body.get("at"), "at")
@@ -245,7 +248,7 @@ class Operator:
 
     def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
-        refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
+        body = refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
         check_int(number, "id", 1, MAX_RECORD_ID)
         ledger = self.ledger(who)
         with ledger.store.read() as connection:
@@ -255,10 +258,63 @@ class Operator:
         if found is None:
             raise not_found(f"incident {number}")
         now = ledger.now()
-        moment = parse_moment((body or {}).get("at"), "at") or now
+        moment = parse_moment(body.get("at"), "at") or now
         if moment > now:
             raise SpecError("at", f"{iso(moment)} is in the future (now {iso(now)})")
         return ledger, moment
+
+    # -- tokens ----------------------------------------------------------------------------
+    # Through the server's one Identity: its cache is what makes a revocation immediate here.
+
+    @staticmethod
+    def create_token(identity: Identity, who: Principal, body: Any) -> dict[str, Any]:
+        """A token for a tenant's programs: its text is in this answer and nowhere else."""
+        refuse_unknown(body, TOKEN_FIELDS)
+        expires_at = parse_moment(body.get("expires_at"), "expires_at")
+        text, view = identity.create_token(
+            CUSTOMER, body.get("tenant"), body.get("scopes", "read"), body.get("name"),
+            created_by=who.actor, expires_at=expires_at,
+        )  # fmt: skip
+        return {"token": text, **view.as_dict()}
+
+    @staticmethod
+    def tokens(identity: Identity, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every token (or a tenant's), revoked ones too; never a secret."""
+        return [view.as_dict() for view in identity.list_tokens(tenant)]
+
+    @staticmethod
+    def revoke_token(identity: Identity, prefix: str) -> dict[str, Any]:
+        try:
+            return identity.revoke_token(prefix).as_dict()
+        except TokenNotFound:
+            raise not_found(f"token {prefix}") from None
+
+    # -- users of the personal cabinet -----------------------------------------------------
+    # Customers' users only: operator accounts are made with `vce admin` on the server.
+
+    @staticmethod
+    def users(identity: Identity, tenant: str | None = None) -> list[dict[str, Any]]:
+        return [view.as_dict() for view in identity.list_users(tenant)]
+
+    @staticmethod
+    def create_user(identity: Identity, body: Any) -> dict[str, Any]:
+        refuse_unknown(body, USER_FIELDS)
+        view = identity.create_user(
+            body.get("login"), body.get("password"), CUSTOMER, body.get("tenant")
+        )
+        return view.as_dict()
+
+    @staticmethod
+    def set_password(identity: Identity, login: str, body: Any) -> dict[str, Any]:
+        """A new password (a customer's request to reset it, 5.1, fulfilled)."""
+        refuse_unknown(body, PASSWORD_FIELDS)
+        existing_user(identity, login)
+        return identity.set_password(login, body.get("password")).as_dict()
+
+    @staticmethod
+    def disable_user(identity: Identity, login: str) -> dict[str, Any]:
+        existing_user(identity, login)
+        return identity.disable_user(login).as_dict()
 
     # -- the fleet -------------------------------------------------------------------------
 
@@ -289,6 +345,15 @@ class Operator:
                 }
                 for row in connection.execute(query)
             ]  # fmt: skip
+
+
+def existing_user(identity: Identity, login: str) -> None:
+    """404 for a login no user has (a malformed one is 422)."""
+    check_login(login)
+    try:
+        identity.user(login)
+    except SpecError:
+        raise not_found(f"user {login}") from None
 
 
 def still_wanted(ledger: Ledger, tenant: str, asked: Mapping[str, int] | None) -> dict[str, int]:

@@ -35,6 +35,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
     check_choice,
     check_image_name,
     check_int,
+    check_line,
     check_name,
     check_pool,
 )
@@ -289,7 +290,7 @@ class Resources:
         elif kind.plural == "public_ips":
             if not host.has_public_ips():
                 return None
-            found = read_public_ip(public_ip_params(params, host, {"vm": "-"}))
+            found = read_public_ip(public_ip_params(params, host, {}))
         else:
             found = read_backup_schedule({**params, **host.backup_host(), "vm": vm})
         return self.shown(found, name, host.zone)
@@ -306,7 +307,11 @@ class Resources:
         params = {"tenant": tenant, "ledger_url": self.ledger_url,
                   **link_params({"name": name, "network": recorded["network"]}, ends)}  # fmt: skip
         found = read_zone_link(params)
-        return scrubbed(found, self.fleet.scrubber()) if found else None
+        if not found:
+            return None
+        # The ends' hosts and underlay are the operator's: a customer sees the zones.
+        shown = {k: v for k, v in found.items() if k != "ends"}
+        return {**scrubbed(shown, self.fleet.scrubber()), "zones": recorded["zones"]}
 
     def shown(
         self, found: Mapping[str, Any] | None, name: str, zone: str, scrub: Scrub | None = None
@@ -406,6 +411,8 @@ class Resources:
                   "zone": host.zone, "image_dirs": []}  # fmt: skip
         if host.has_public_ips():
             params["zone_config"] = host.zone_config("zone")
+        elif lists["public_ips"]:
+            raise SpecError("public_ips", f"zone {host.zone} has no public IPs")
         return params
 
     def environment_link(
@@ -474,6 +481,8 @@ class Resources:
             if recorded is None:
                 return []
             ends = [self.fleet.where(tenant, z) for z in recorded["zones"]]
+            if None in ends:
+                return []  # the tenant has nothing in one of the zones: read says 404 too
             body = {"name": name, "network": recorded["network"]}
             params = {"tenant": tenant, "ledger_url": self.ledger_url,
                       **link_params(body, ends), "state": "absent"}  # fmt: skip
@@ -598,6 +607,20 @@ class Resources:
         else:
             found = self.observe_on(tenant, KINDS["vms"], row.vm, host)
         return self.outcome(result, found)
+
+    def validate_block(self, tenant: str, name: str, blocked: Any, reason: Any) -> dict[str, Any]:
+        """The payload of an operator's block or unblock of a tenant's VM; 404 when the tenant
+        has no such VM."""
+        try:
+            check_name(tenant, "tenant")
+            check_name(name, "vm")
+            if not isinstance(blocked, bool):
+                raise SpecError("blocked", f"must be true or false, got {blocked!r}")
+            check_line(reason if reason is not None else "", "reason")
+        except SpecError as error:
+            raise self.refusal(error) from None
+        self.read(tenant, "vms", name)
+        return {"tenant": tenant, "name": name, "blocked": blocked, "reason": reason or ""}
 
     def block(self, payload: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> dict:
         """The operator's block (or unblock) of one of a tenant's VMs."""

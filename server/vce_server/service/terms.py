@@ -112,14 +112,14 @@ class Filed:
         return found
 
 
-def refuse_unknown(body: Any, known: Iterable[str], path: str = "") -> Mapping[str, Any]:
+def refuse_unknown(body: Any, known: Iterable[str]) -> Mapping[str, Any]:
     """The body as a mapping, with every key known (the engine's parsers refuse likewise)."""
     if not isinstance(body, Mapping):
-        raise SpecError(path or "body", "must be a JSON object")
+        raise SpecError("body", "must be a JSON object")
     allowed = tuple(known)
     for key in body:
         if key not in allowed:
-            raise SpecError(f"{path}{key}", f"unknown field; known: {', '.join(allowed) or 'none'}")
+            raise SpecError(str(key), f"unknown field; known: {', '.join(allowed)}")
     return body
 
 
@@ -190,9 +190,15 @@ def check_limit(limit: Any) -> int:
 
 
 def month_of(value: str | None, now: dt.datetime) -> Month:
-    """The month named YYYY-MM in the provider's time zone; None: the current one."""
+    """The month named YYYY-MM in the provider's time zone (one that has begun); None: the
+    current one."""
     zone = time_zone(None, "time_zone")
-    return Month.of(now, zone) if value is None else parse_month(value, zone)
+    if value is None:
+        return Month.of(now, zone)
+    month = parse_month(value, zone)
+    if month.start > now:
+        raise SpecError("month", f"{month.label} has not begun yet")
+    return month
 
 
 def zones_by_uri(connection: Any) -> dict[str, str]:

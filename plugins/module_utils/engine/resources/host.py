@@ -1,7 +1,8 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A KVM host's record in the ledger: its zone, how runs reach it, the zone's public pools on
-it, and the capacity libvirt reports.
+"""A KVM host's record in the ledger: its zone, how runs reach it (libvirt URI and host command),
+the zone's public pools on it, its zone-link underlay and backup paths, and the capacity libvirt
+reports. The control plane reaches the host with nothing but this record.
 
 The record is planned like any other object (check and diff mode show the changes) and written
 in one ledger transaction under the host's lock. A record whose values are unchanged is not
@@ -19,11 +20,12 @@ from typing import Any
 from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.validation import as_list, check_name, is_interface
+from ...core.validation import as_list, check_ipv4, check_name, check_prefix, is_interface
 from ...core.zones import Pool, parse_public_zone
 from ...host.connection import DEFAULT_URI, Host
 from ...ledger.tenants import Ledger, iso, key_of
 from ..run import Run, conclude, noting_new_ledger
+from .backup_schedule import check_host_path
 
 try:
     import sqlalchemy as sa
@@ -41,9 +43,15 @@ HOST_NAME_PATTERN = re.compile(rf"(?=.{{1,253}}\Z){LABEL}(?:\.{LABEL})*")
 MAX_URI = 255
 # Fields of the record that a registration declares or reads from libvirt, in diff order.
 VALUES = (
-    "zone", "uri", "uplink", "public_pools", "cpus", "memory_mib", "libvirt_version",
-    "qemu_version",
+    "zone", "uri", "uplink", "public_pools", "host_command", "settings", "cpus", "memory_mib",
+    "libvirt_version", "qemu_version",
 )  # fmt: skip
+# The host's settings (the record's `settings` object), each optional: the underlay a zone link
+# runs over, and where backup schedules keep their units, configurations and backups. Checked as
+# the zone_link and backup_schedule modules check them.
+UNDERLAY_SETTINGS = ("underlay_ip", "underlay_dev")
+PATH_SETTINGS = ("backup_root", "unit_dir", "config_dir", "runner")
+SETTINGS = (*UNDERLAY_SETTINGS, *PATH_SETTINGS)
 
 ZONE_CONFIG = "zone_config."
 # How many objects a refusal names; the count says how many there are in all.
@@ -58,6 +66,8 @@ class HostValues:
     uri: str
     uplink: str | None
     public_pools: tuple[dict[str, Any], ...]
+    host_command: tuple[str, ...] | None  # None: commands run where the run runs
+    settings: dict[str, str]
     cpus: int
     memory_mib: int
     libvirt_version: str
@@ -66,6 +76,8 @@ class HostValues:
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["public_pools"] = [dict(pool) for pool in self.public_pools]
+        values["host_command"] = None if self.host_command is None else list(self.host_command)
+        values["settings"] = dict(self.settings)
         return values
 
     def key(self, name: str) -> str:
@@ -79,6 +91,8 @@ class HostRecordSpec:
     uri: str
     uplink: str | None
     public_pools: tuple[dict[str, Any], ...]
+    host_command: tuple[str, ...] | None
+    settings: dict[str, str]
 
 
 def check_host_name(value: Any, field: str) -> str:
@@ -127,7 +141,31 @@ def parse_host(params: Mapping[str, Any]) -> HostRecordSpec:
         raise SpecError(
             "uplink", f"invalid interface name {uplink!r}: 1-15 of a-z, 0-9, '.', '_', '-'"
         )
-    return HostRecordSpec(name, zone, uri, uplink, pools)
+    host_command = check_prefix(params.get("host_command")) or None
+    return HostRecordSpec(name, zone, uri, uplink, pools, host_command, parse_settings(params))
+
+
+def parse_settings(params: Mapping[str, Any]) -> dict[str, str]:
+    """The settings given (None: not recorded); a zone link needs both underlay values."""
+    given = {name: params[name] for name in SETTINGS if params.get(name) is not None}
+    settings = {}
+    if "underlay_ip" in given:
+        settings["underlay_ip"] = str(check_ipv4(given["underlay_ip"], "underlay_ip"))
+    if "underlay_dev" in given:
+        if not is_interface(given["underlay_dev"]):
+            raise SpecError(
+                "underlay_dev", f"an interface name is required, got {given['underlay_dev']!r}"
+            )
+        settings["underlay_dev"] = given["underlay_dev"]
+    missing = [name for name in UNDERLAY_SETTINGS if name not in settings]
+    if len(missing) == 1:
+        raise SpecError(
+            missing[0], "a zone link's underlay needs both underlay_ip and underlay_dev"
+        )
+    for name in PATH_SETTINGS:
+        if name in given:
+            settings[name] = check_host_path(given[name], name)
+    return settings
 
 
 def version_text(number: int) -> str:
@@ -146,6 +184,8 @@ def read_values(declared: HostRecordSpec, host: Host) -> HostValues:
         uri=declared.uri,
         uplink=declared.uplink,
         public_pools=declared.public_pools,
+        host_command=declared.host_command,
+        settings=declared.settings,
         cpus=int(info[2]),
         memory_mib=int(info[1]),
         libvirt_version=libvirt_version,
@@ -167,6 +207,9 @@ class HostRecords:
         row = {
             **values.as_dict(),
             "public_pools": json.dumps(values.as_dict()["public_pools"], sort_keys=True),
+            # NULL, not "[]" or "{}", when there is nothing: what rows before migration 0009 hold.
+            "host_command": json_or_null(values.as_dict()["host_command"]),
+            "settings": json_or_null(values.settings),
             "updated_at": now,
             "key": values.key(name),
             "run_id": self.ledger.run_id,
@@ -180,12 +223,18 @@ class HostRecords:
         connection.execute(hosts.delete().where(hosts.c.name == name))
 
 
+def json_or_null(value: Any) -> str | None:
+    return json.dumps(value, sort_keys=True) if value else None
+
+
 def recorded_values(row: Any) -> HostValues:
     return HostValues(
         zone=row.zone,
         uri=row.uri,
         uplink=row.uplink,
         public_pools=tuple(json.loads(row.public_pools)),
+        host_command=tuple(json.loads(row.host_command)) if row.host_command else None,
+        settings=json.loads(row.settings) if row.settings else {},
         cpus=row.cpus,
         memory_mib=row.memory_mib,
         libvirt_version=row.libvirt_version,

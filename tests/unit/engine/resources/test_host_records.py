@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -155,3 +156,71 @@ def test_a_host_name_is_a_lowercase_dns_name_or_refused_naming_the_field(value):
         return
     assert name.isascii() and name.isprintable() and name == name.lower()
     assert all(label and not label.startswith("-") for label in name.split("."))
+
+
+REACH = {
+    "host_command": ["ssh", "root@kvm-01.lab"],
+    "underlay_ip": "10.0.0.11",
+    "underlay_dev": "eth2",
+    "backup_root": "/srv/backups/",
+    "runner": "/opt/vce/bin/vce-backup",
+}
+
+
+def test_how_to_reach_the_host_is_recorded_planned_and_kept(any_ledger_url):
+    checked = host_record.run_host({**PARAMS, **REACH}, check_mode=True)
+    created = checked.diff["after"]["host/kvm-01.lab"]["create"]
+    assert created["host_command"] == ["ssh", "root@kvm-01.lab"]
+    # Paths as the backup module takes them: the trailing slash goes.
+    assert created["settings"] == {
+        "underlay_ip": "10.0.0.11",
+        "underlay_dev": "eth2",
+        "backup_root": "/srv/backups",
+        "runner": "/opt/vce/bin/vce-backup",
+    }
+    assert rows(any_ledger_url) == []
+
+    host_record.run_host({**PARAMS, **REACH})
+    [row] = rows(any_ledger_url)
+    assert json.loads(row.host_command) == ["ssh", "root@kvm-01.lab"]
+    assert json.loads(row.settings) == created["settings"]
+    assert host_record.run_host({**PARAMS, **REACH}).changed is False
+
+    moved = host_record.run_host({**PARAMS, **REACH, "host_command": ["ssh", "root@10.1.1.1"]})
+    assert [(c["before"], c["after"]) for c in moved.plan] == [
+        ({"host_command": ["ssh", "root@kvm-01.lab"]}, {"host_command": ["ssh", "root@10.1.1.1"]})
+    ]
+
+
+def test_a_host_reached_locally_has_null_command_and_settings(any_ledger_url):
+    """NULL as rows from before migration 0009 hold: the control plane runs commands locally."""
+    host_record.run_host({**PARAMS, "host_command": []})
+    [row] = rows(any_ledger_url)
+    assert (row.host_command, row.settings) == (None, None)
+    assert host_record.run_host(PARAMS).changed is False
+    dropped = host_record.run_host({**PARAMS, **REACH})
+    assert dropped.changed
+    cleared = host_record.run_host(PARAMS)
+    assert cleared.plan[0]["after"] == {"host_command": None, "settings": {}}
+    assert rows(any_ledger_url)[0].settings is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        ({"underlay_ip": "10.0.0.300"}, "underlay_ip", "invalid IPv4 address"),
+        ({"underlay_dev": "eth 2"}, "underlay_dev", "interface name"),
+        ({"underlay_dev": None}, "underlay_dev", "needs both underlay_ip and underlay_dev"),
+        ({"underlay_ip": None}, "underlay_ip", "needs both"),
+        ({"backup_root": "srv/backups"}, "backup_root", "absolute path"),
+        ({"unit_dir": "/etc/systemd/../x"}, "unit_dir", "absolute path"),
+        ({"config_dir": "/etc/vce kvm"}, "config_dir", "absolute path"),
+        ({"runner": "/usr/bin/vce%i"}, "runner", "absolute path"),
+        ({"host_command": ["ssh", ""]}, "host_command", "command prefix"),
+        ({"host_command": {"ssh": 1}}, "host_command", "command prefix"),
+    ],
+)
+def test_bad_reach_settings_are_refused_naming_the_field(bad, field, reason):
+    with pytest.raises(SpecError, match=reason) as caught:
+        host_record.parse_host({**PARAMS, **REACH, **bad})
+    assert caught.value.field == field

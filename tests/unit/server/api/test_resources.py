@@ -127,6 +127,32 @@ def test_refusals_have_the_field_path(served):
     assert acme.post("/v1/vms/web/actions/stop").status_code == 404
 
 
+def test_backups_images_and_actions_of_nothing(served):
+    app, _ctx = served
+    acme = client_as(app, principal("acme", "read", "write"))
+    assert acme.get("/v1/images").json() == {"images": []}
+    assert acme.get("/v1/backups", params={"vm": "web"}).json() == {"backups": []}
+    assert acme.get("/v1/backups", params={"vm": "../web"}).status_code == 422
+    assert (
+        acme.post("/v1/backups/" + "a" * 40 + "/restore", json={"new_disk": "x"}).status_code == 404
+    )
+    assert acme.post("/v1/vms/web/actions/reboot").status_code == 404
+    assert acme.delete("/v1/disks/nothing").status_code == 404
+
+
+def test_the_openapi_document_lists_every_path(served):
+    app, _ctx = served
+    paths = app.openapi()["paths"]
+    assert set(paths["/v1/vms/{name}"]) == {"get", "put", "delete"}
+    assert "/v1/backup_schedules" in paths and "/v1/plan" in paths
+
+
+def test_an_operator_token_has_no_resources(served):
+    app, _ctx = served
+    operator = Principal("vce_0000oper", "op", "operator", None, frozenset({"read", "write"}))
+    assert client_as(app, operator).get("/v1/vms").status_code == 403
+
+
 def test_a_read_token_may_not_change(served):
     app, _ctx = served
     reader = client_as(app, principal("acme", "read"))

@@ -17,6 +17,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host import connection as 
 from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import object_name
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
+from vce_server.identity import Identity
 from vce_server.service.operator import Operator
 from vce_server.service.terms import Terms
 
@@ -210,3 +211,70 @@ def test_a_vm_is_blocked_and_unblocked_on_the_host_that_has_it(deployed):
     with pytest.raises(SpecError) as bad:
         operator.block(OPERATOR, "acme", "web1", True, {"reason": "x", "uri": TEST_URI})
     assert bad.value.field == "uri"
+
+
+def test_a_token_made_for_a_tenant_works_until_it_is_revoked(any_ledger_url):
+    register(any_ledger_url, "acme")
+    identity = Identity(Ledger.open(any_ledger_url))
+    made = Operator.create_token(
+        identity, OPERATOR, {"tenant": "acme", "scopes": "read write", "name": "ci"}
+    )
+    assert made["prefix"] in made["token"]
+    assert (made["tenant"], made["role"], made["scopes"]) == ("acme", "customer", ["read", "write"])
+    assert made["created_by"] == "ops"
+    principal = identity.authenticate(made["token"])
+    assert (principal.tenant, principal.role) == ("acme", "customer")
+    listed = Operator.tokens(identity, "acme")
+    assert [item["prefix"] for item in listed] == [made["prefix"]]
+    assert "token" not in listed[0] and "secret_hash" not in listed[0]
+    revoked = Operator.revoke_token(identity, made["prefix"])
+    assert revoked["revoked_at"] is not None
+    assert identity.authenticate(made["token"]) is None
+    with pytest.raises(ApiError) as error:
+        Operator.revoke_token(identity, "vce_0badc0de")
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"tenant": "nobody"}, "tenant"),
+        ({}, "tenant"),
+        ({"tenant": "acme", "scopes": "admin"}, "scopes"),
+        ({"tenant": "acme", "expires_at": "2001-01-01T00:00:00+00:00"}, "expires_at"),
+        ({"tenant": "acme", "role": "operator"}, "role"),
+    ],
+)
+def test_bad_token_requests_are_refused_naming_the_field(ledger_url, body, field):
+    register(ledger_url, "acme")
+    identity = Identity(Ledger.open(ledger_url))
+    with pytest.raises(SpecError) as error:
+        Operator.create_token(identity, OPERATOR, body)
+    assert error.value.field == field
+    assert Operator.tokens(identity) == []
+
+
+def test_a_customers_user_is_made_reset_and_disabled(any_ledger_url):
+    register(any_ledger_url, "acme")
+    identity = Identity(Ledger.open(any_ledger_url))
+    made = Operator.create_user(
+        identity, {"login": "aigerim", "password": "correct horse battery", "tenant": "acme"}
+    )
+    assert (made["login"], made["role"], made["tenant"]) == ("aigerim", "customer", "acme")
+    assert identity.verify_password("aigerim", "correct horse battery").tenant == "acme"
+    Operator.set_password(identity, "aigerim", {"password": "another long phrase"})
+    assert identity.verify_password("aigerim", "correct horse battery") is None
+    assert identity.verify_password("aigerim", "another long phrase") is not None
+    assert Operator.disable_user(identity, "aigerim")["disabled_at"] is not None
+    assert identity.verify_password("aigerim", "another long phrase") is None
+    assert [user["login"] for user in Operator.users(identity, "acme")] == ["aigerim"]
+    assert "password_hash" not in Operator.users(identity)[0]
+    with pytest.raises(ApiError) as error:
+        Operator.set_password(identity, "nobody", {"password": "another long phrase"})
+    assert error.value.status == 404
+    with pytest.raises(SpecError) as bad:
+        Operator.create_user(
+            identity, {"login": "x1", "password": "long enough pass", "tenant": "acme",
+                       "role": "operator"},
+        )  # fmt: skip
+    assert bad.value.field == "role"

@@ -117,6 +117,18 @@ CASES = {
     "a state of its own": ("vms", {**VM, "state": "absent"}, "state"),
     "restart as a word": ("vms", {**VM, "allow_restart": "yes"}, "allow_restart"),
     "a prefix of 33 bits": ("networks", {"cidr": "10.0.0.0/33"}, "cidr"),
+    "a CIDR with a newline": ("networks", {"cidr": "10.0.0.0/24\n"}, "cidr"),
+    "a MAC with an escape": (
+        "vms", {**VM, "nics": [{"network": "lan", "mac": "52:54:00:00:00:0\x1b"}]}, "nics[0].mac"
+    ),
+    "a pool as a path": ("disks", {"size_gib": 1, "pool": "../../etc"}, "pool"),
+    "a disk of a zettabyte": ("disks", {"size_gib": 10**12}, "size_gib"),
+    "a host name with a newline": (
+        "vms", {**VM, "cloud_init": {"hostname": "web\nroot"}}, "cloud_init.hostname"
+    ),
+    "a network named as a path": (
+        "vms", {**VM, "nics": [{"network": "../../etc/passwd"}]}, "nics[0].network"
+    ),
     "a lease without a MAC": (
         "networks", {"cidr": "10.0.0.0/24", "static_leases": [{"ip": "10.0.0.5"}]},
         "static_leases[0].mac",
@@ -202,6 +214,9 @@ PLAN_CASES = {
         "zone_links[0].zones[0]",
     ),
     "vms not a list": ({"zone": "zone-a", "vms": "web"}, "vms"),
+    "public IPs where there are none": (
+        {"zone": "zone-c", "public_ips": [{"name": "ip", "vm": "web"}]}, "public_ips"
+    ),
 }  # fmt: skip
 
 
@@ -307,3 +322,55 @@ def test_a_failed_run_is_recorded_failed_and_scrubbed(test_driver, ledger_url):
     with Ledger.open(ledger_url).store.read() as connection:
         row = connection.execute(sa.select(runs).where(runs.c.id == "api-b1-1")).one()
     assert (row.source, row.result) == ("api", "failed")
+
+
+def recorded_backup(ledger_url: str, tenant: str, key: str) -> None:
+    ledger = Ledger.open(ledger_url)
+    now = ledger.now()
+    with ledger.store.locked(tenant) as connection:
+        ledger.record_backup(
+            connection, key, tenant=tenant, host="test:///nonexistent/kvm1.xml", vm="web",
+            schedule="nightly", backup_id="20261201T000000Z", kind="full", status="ok",
+            started_at=now, finished_at=now, duration_ms=5, size_bytes=1024,
+        )  # fmt: skip
+
+
+def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url):
+    recorded_backup(ledger_url, "acme", "a" * 40)
+    [backup] = offline.backups("acme", "web")
+    assert (backup["id"], backup["schedule"], backup["pruned"]) == ("a" * 40, "nightly", False)
+    assert offline.backups("acme", "db") == []
+    assert offline.backups("other") == []
+    payload = offline.validate_restore("acme", "a" * 40, {"new_disk": "web-restored"})
+    assert payload == {"tenant": "acme", "backup": "a" * 40, "new_disk": "web-restored",
+                       "mode": "new_disk"}  # fmt: skip
+    with pytest.raises(ApiError) as error:
+        offline.validate_restore("other", "a" * 40, {"new_disk": "x"})
+    assert error.value.status == 404
+    for body, path in (
+        ({"new_disk": "../x"}, "new_disk"),
+        ({}, "new_disk"),
+        ({"mode": "everywhere"}, "mode"),
+        ({"new_disk": "x", "target": "/etc"}, "target"),
+        ({"new_disk": "x", "pool": "/dev"}, "pool"),
+        ({"mode": "in_place", "confirm": "yes"}, "confirm"),
+        ([], "body"),
+    ):
+        with pytest.raises(ApiError) as error:
+            offline.validate_restore("acme", "a" * 40, body)
+        assert (error.value.status, error.value.fields[0][0]) == (422, path), body
+
+
+def test_an_operators_block_is_checked_before_it_is_queued(test_driver):
+    for args, path in (
+        (("acme\n", "web", True, ""), "tenant"),
+        (("acme", "../web", True, ""), "vm"),
+        (("acme", "web", "yes", ""), "blocked"),
+        (("acme", "web", True, "abuse\x1b[2J"), "reason"),
+    ):
+        with pytest.raises(ApiError) as error:
+            test_driver.validate_block(*args)
+        assert (error.value.status, error.value.fields[0][0]) == (422, path)
+    with pytest.raises(ApiError) as error:
+        test_driver.validate_block("acme", "web", True, "abuse")
+    assert error.value.status == 404

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.periods import Month
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import (
     HostRecords,
     HostValues,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import run_tenant
+from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import (
     Meter,
     Metering,
@@ -137,6 +140,10 @@ def test_a_quota_increase_within_the_ceiling_and_the_capacity_is_granted_at_once
         row = connection.execute(sa.select(quota_requests)).one()
     assert (row.tenant, row.requested_by, row.result) == ("acme", "acme-user", "applied")
     assert json.loads(row.quotas) == {"vcpus": 8, "ram_gib": 16}
+    # One request in the clocks' report (vce ledger requests), not the logged one and its record.
+    month = Month.of(row.requested_at, ZoneInfo("UTC"))
+    reported = list(RequestLog(Ledger.open(any_ledger_url)).report(month, "acme"))
+    assert [item["kind"] for item in reported] == ["quota_increase"]
 
 
 def test_a_quota_increase_above_the_plans_ceiling_is_queued_for_an_operator(any_ledger_url):
@@ -371,9 +378,10 @@ def test_usage_and_invoices_in_json_and_html_show_zones_not_hosts(any_ledger_url
     assert "zone a" in page and URI not in page
     listed = terms.invoices(customer("acme"))
     assert [item["month"] for item in listed] == ["2026-12"]  # the open month; nothing closed
-    with pytest.raises(SpecError) as error:
-        terms.invoice(customer("acme"), "2026-13")
-    assert error.value.field == "month"
+    for month in ("2026-13", "2027-01", "next"):
+        with pytest.raises(SpecError) as error:
+            terms.invoice(customer("acme"), month)
+        assert error.value.field == "month"
 
 
 # -- one tenant, its own rows -----------------------------------------------------------------
