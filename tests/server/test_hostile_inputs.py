@@ -183,7 +183,7 @@ def field_named(fields: list[dict], expected: str) -> bool:
 def test_hostile_input_answers_422_naming_the_field_and_changes_nothing(
     server: Server, fleet: Fleet, conn, hostile: str, method, path, body, field
 ):
-    before = state_of(fleet.ledger_url, conn)
+    before = state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)
     with server.client(hostile) as client:
         reply = send(client, method, path, json=body)
     assert reply.status_code == 422, reply.text
@@ -191,7 +191,7 @@ def test_hostile_input_answers_422_naming_the_field_and_changes_nothing(
     assert field_named(error["fields"], field), error
     # Nothing of the host: its URI, its directories.
     assert fleet.uri not in reply.text and str(fleet.logs.parents[1]) not in reply.text
-    assert changes(before, state_of(fleet.ledger_url, conn)) == {}
+    assert changes(before, state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)) == {}
 
 
 def test_a_body_that_is_not_an_object_answers_422(server: Server, hostile: str):
