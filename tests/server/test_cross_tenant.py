@@ -44,6 +44,7 @@ from tests.support.server import (
     wait_action,
 )
 from tools.cleanup import remove_guard, remove_prefixed
+from tools.libvirtd import PrivateLibvirtd
 
 pytestmark = pytest.mark.server
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -175,14 +176,19 @@ def substitute_names(path: str, world: World) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(server: Server, fleet: Fleet, conn: libvirt.virConnect) -> Iterator[World]:
+def world(
+    server: Server, fleet: Fleet, conn: libvirt.virConnect, libvirtd: PrivateLibvirtd
+) -> Iterator[World]:
     number = next(_numbers)
     tenant_a = f"s{os.getpid() % 10000}a{number}"
     tenant_b = f"s{os.getpid() % 10000}b{number}"
     for tenant in (tenant_a, tenant_b):
         register(fleet.ledger_url, tenant, backup_frequencies=["daily", "weekly"])
     try:
-        yield build_world(server, fleet, tenant_a, tenant_b)
+        built = build_world(server, fleet, tenant_a, tenant_b)
+        # The host's own details: no customer ever reads them (service/fleet.py scrubs).
+        built.secrets += [fleet.uri, str(libvirtd.base_dir)]
+        yield built
     finally:
         for tenant in (tenant_a, tenant_b):
             remove_prefixed(conn, f"{tenant}_")
@@ -273,7 +279,7 @@ def is_operator_path(template: str) -> bool:
 
 
 def leaks(reply: httpx.Response, world: World, path: str) -> list[str]:
-    """A's strings in a reply to B that B did not send itself in the path."""
+    """A's strings (and the host's) in a reply to B that B did not send itself in the path."""
     return [s for s in world.secrets if s in reply.text and s not in path]
 
 
