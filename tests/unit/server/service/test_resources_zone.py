@@ -9,12 +9,11 @@ import os
 import sys
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host_connection
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import acting_as
 from vce_server.errors import ApiError
 from vce_server.service.resources import Resources
 
-from tests.support.host_records import add_host
+from tests.support.host_records import add_host, closing_connections, private_host
 from tests.support.images import make_image, register_image
 from tests.support.kvm_hosts import host_file
 from tests.support.ledger import register
@@ -29,9 +28,13 @@ VM = {
 
 
 @pytest.fixture
-def zone(tmp_path, monkeypatch, ledger_url) -> Resources:
+def connections(monkeypatch):
+    yield from closing_connections(monkeypatch)
+
+
+@pytest.fixture
+def zone(tmp_path, monkeypatch, connections, ledger_url) -> Resources:
     """Zone-a's one host: the test driver, reached through a stand-in host's command."""
-    monkeypatch.setattr(host_connection, "_connections", {})
     # The host's python3 (backup schedule files): this interpreter, without site start-up.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -46,7 +49,8 @@ def zone(tmp_path, monkeypatch, ledger_url) -> Resources:
     host = StandInHost(tmp_path / "kvm", {"up0": 1500})
     register(ledger_url, "acme")
     register(ledger_url, "other")
-    add_host(ledger_url, "kvm1", "zone-a", "test:///default", host.prefix, "up0", POOLS, settings)
+    uri = private_host(tmp_path / "kvm1.xml")
+    add_host(ledger_url, "kvm1", "zone-a", uri, host.prefix, "up0", POOLS, settings)
     register_image(ledger_url, make_image(tmp_path / "base.qcow2"), name="base", zone="zone-a")
     return Resources(ledger_url)
 
@@ -114,8 +118,7 @@ def test_a_refusal_of_the_run_has_the_engines_field_path(zone):
     assert "unknown network 'lan'" in answer.message
 
 
-def test_a_zone_link_between_the_tenants_hosts_of_two_zones(tmp_path, monkeypatch, ledger_url):
-    monkeypatch.setattr(host_connection, "_connections", {})
+def test_a_zone_link_between_the_tenants_hosts_of_two_zones(tmp_path, connections, ledger_url):
     register(ledger_url, "acme")
     register(ledger_url, "other")
     lan = {"name": "lan", "cidr": "10.30.0.0/24"}
