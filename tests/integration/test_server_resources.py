@@ -128,10 +128,11 @@ def test_put_read_plan_power_and_delete(resources, ledger_url, uri, conn, tenant
         assert error.value.status == 404
         assert resources.list("other-api", kind) == []
 
+    # lan2's range: one no other test file uses (tests of other sessions run beside this one).
     environment = {
         "zone": ZONE,
         "networks": [{"name": "lan", **declared["networks"]},
-                     {"name": "lan2", "cidr": f"10.214.{subnet.split('.')[-1]}.0/24",
+                     {"name": "lan2", "cidr": f"10.219.{subnet.split('.')[-1]}.0/24",
                       "mode": "isolated"}],
         "disks": [{"name": "data", **declared["disks"]}],
         "vms": [{"name": "web", **without_timeout(declared["vms"]), "vcpus": 2,

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -24,7 +25,7 @@ from tests.integration.conftest import (
 )
 from tests.support.images import register_image
 from tests.support.ledger import forget_stores, register
-from tests.support.server import Server, register_host, running_server
+from tests.support.server import Server, backup_settings, register_host, running_server
 from tools.cleanup import remove_guard, remove_prefixed
 from tools.libvirtd import PrivateLibvirtd
 
@@ -33,6 +34,7 @@ __all__ = ["blank_image_path", "conn", "image_dir", "libvirtd", "pool"]
 HOST = "kvm-s1"
 ZONE = IMAGE_ZONE
 IMAGE = "blank"
+HOST_DIR = "host"
 _tenant_numbers = itertools.count(1)
 # 10.214.N.0/24: no network of the integration tier (10.213.N) overlaps them.
 _subnets = itertools.count(1)
@@ -48,9 +50,14 @@ class Fleet:
     image: str
     logs: Path
 
+    @property
+    def host_dir(self) -> Path:
+        """Where the host keeps backup schedules' units and configs, and backups."""
+        return self.logs / HOST_DIR
+
 
 def set_up_fleet(ledger_url: str, uri: str, image_path: Path, logs: Path) -> Fleet:
-    register_host(ledger_url, HOST, ZONE, uri)
+    register_host(ledger_url, HOST, ZONE, uri, backup_settings(logs / HOST_DIR))
     register_image(ledger_url, image_path, name=IMAGE, zone=ZONE)
     return Fleet(ledger_url, uri, ZONE, IMAGE, logs)
 
@@ -113,7 +120,7 @@ def new_tenant(
     libvirt objects after the test whatever happened."""
     made: list[str] = []
 
-    def make(fleet: Fleet, **quotas: int) -> str:
+    def make(fleet: Fleet, **quotas: Any) -> str:
         name = f"s{os.getpid() % 10000}x{next(_tenant_numbers)}"
         register(fleet.ledger_url, name, **quotas)
         made.append(name)

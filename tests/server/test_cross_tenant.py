@@ -44,6 +44,7 @@ from tests.support.server import (
     wait_action,
 )
 from tools.cleanup import remove_guard, remove_prefixed
+from tools.libvirtd import PrivateLibvirtd
 
 pytestmark = pytest.mark.server
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -56,6 +57,7 @@ NOT_OBJECTS = frozenset({"month"})
 # A POST that changes nothing: the plan of a declaration (check mode).
 READ_POSTS = frozenset({"/v1/plan"})
 AUDIT = "/v1/audit"
+SCHEDULE = {"vm": "avm", "calendar": "*-*-* 02:30", "retention": {"keep_daily": 7}}
 # Another instance (here: the admin command) revokes; the server's token cache keeps a token
 # at most 5 s.
 REVOCATION_SECONDS = 10
@@ -174,14 +176,19 @@ def substitute_names(path: str, world: World) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(server: Server, fleet: Fleet, conn: libvirt.virConnect) -> Iterator[World]:
+def world(
+    server: Server, fleet: Fleet, conn: libvirt.virConnect, libvirtd: PrivateLibvirtd
+) -> Iterator[World]:
     number = next(_numbers)
     tenant_a = f"s{os.getpid() % 10000}a{number}"
     tenant_b = f"s{os.getpid() % 10000}b{number}"
     for tenant in (tenant_a, tenant_b):
-        register(fleet.ledger_url, tenant)
+        register(fleet.ledger_url, tenant, backup_frequencies=["daily", "weekly"])
     try:
-        yield build_world(server, fleet, tenant_a, tenant_b)
+        built = build_world(server, fleet, tenant_a, tenant_b)
+        # The host's own details: no customer ever reads them (service/fleet.py scrubs).
+        built.secrets += [fleet.uri, str(libvirtd.base_dir)]
+        yield built
     finally:
         for tenant in (tenant_a, tenant_b):
             remove_prefixed(conn, f"{tenant}_")
@@ -192,13 +199,14 @@ def build_world(server: Server, fleet: Fleet, tenant_a: str, tenant_b: str) -> W
     url = fleet.ledger_url
     token_a = admin_token(url, tenant_a)
     subnet = next_subnet()
-    names = {"networks": "alan", "disks": "adata", "vms": "avm"}
+    names = {"networks": "alan", "disks": "adata", "vms": "avm", "backup_schedules": "anightly"}
     with server.client(token_a) as client:
         succeeded(client, "/v1/networks/alan", {"cidr": f"{subnet}.0/24", "mode": "isolated"})
         succeeded(client, "/v1/disks/adata", {"size_gib": 1})
         action = succeeded(
             client, "/v1/vms/avm", vm_body(fleet.image, network="alan", disk="adata")
         )
+        succeeded(client, "/v1/backup_schedules/anightly", SCHEDULE)
         world = World(
             tenant_a=tenant_a,
             tenant_b=tenant_b,
@@ -271,7 +279,7 @@ def is_operator_path(template: str) -> bool:
 
 
 def leaks(reply: httpx.Response, world: World, path: str) -> list[str]:
-    """A's strings in a reply to B that B did not send itself in the path."""
+    """A's strings (and the host's) in a reply to B that B did not send itself in the path."""
     return [s for s in world.secrets if s in reply.text and s not in path]
 
 
@@ -305,7 +313,7 @@ def classify(op: Operation) -> str | None:
 def test_tenant_b_reaches_nothing_of_tenant_a_and_changes_nothing(
     server: Server, fleet: Fleet, conn, world: World, document: dict
 ):
-    before = state_of(fleet.ledger_url, conn, own_tenant=world.tenant_b)
+    before = state_of(fleet.ledger_url, conn, own_tenant=world.tenant_b, host_dir=fleet.host_dir)
     wrong: list[str] = []
     actions: list[str] = []
     seen: collections.Counter = collections.Counter()
@@ -325,9 +333,10 @@ def test_tenant_b_reaches_nothing_of_tenant_a_and_changes_nothing(
     print(f"cross-tenant calls with B's token (kind, status): {sorted(seen.items())}")
     print(f"A's request {world.request_id}, A's incident {world.incident_id}")
     assert seen[("named", 404)] >= 15, seen
-    assert wrong == []
-    after = state_of(fleet.ledger_url, conn, own_tenant=world.tenant_b)
-    assert changes(before, after) == {}
+    moved = changes(
+        before, state_of(fleet.ledger_url, conn, own_tenant=world.tenant_b, host_dir=fleet.host_dir)
+    )
+    assert {"wrong answers": wrong, "changed": moved} == {"wrong answers": [], "changed": {}}
 
 
 def call(
@@ -424,7 +433,7 @@ def bad_tokens(world: World) -> dict[str, str | None]:
 def test_bad_tokens_answer_401_on_every_operation(
     server: Server, fleet: Fleet, conn, world: World, document: dict
 ):
-    before = state_of(fleet.ledger_url, conn)
+    before = state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)
     checked = 0
     for label, token in bad_tokens(world).items():
         with server.client(token) as client:
@@ -439,13 +448,13 @@ def test_bad_tokens_answer_401_on_every_operation(
                 if token and token.count("_") >= 2:
                     assert token_secret(token) not in reply.text
     print(f"401 checks: {checked}")
-    assert changes(before, state_of(fleet.ledger_url, conn)) == {}
+    assert changes(before, state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)) == {}
 
 
 def test_a_read_token_is_refused_every_change(
     server: Server, fleet: Fleet, conn, world: World, document: dict
 ):
-    before = state_of(fleet.ledger_url, conn)
+    before = state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)
     refused = 0
     with server.client(world.read_a) as client:
         for op in operations(document):
@@ -459,7 +468,7 @@ def test_a_read_token_is_refused_every_change(
         # ...and it may read.
         assert send(client, "get", "/v1/vms").status_code == 200
     assert refused >= 10
-    assert changes(before, state_of(fleet.ledger_url, conn)) == {}
+    assert changes(before, state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)) == {}
 
 
 def test_what_b_sees_of_its_own_changes_shows_nothing_of_a(server: Server, world: World):

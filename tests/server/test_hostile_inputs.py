@@ -43,8 +43,8 @@ def boot(**changed: Any) -> dict[str, Any]:
 
 NETWORK = {"cidr": "10.214.250.0/24", "mode": "isolated"}
 
-# (method, path, body, the field path error.fields must name). A name in the path is named
-# "name" by the API.
+# (method, path, body or None, the field path error.fields must name). A name in the path is
+# named "name" by the API, a query parameter by its name.
 CASES: dict[str, tuple[str, str, Any, str]] = {
     "VM name '..'": ("put", "/v1/vms/%2e%2e", vm(), "name"),
     "VM name with a newline": ("put", "/v1/vms/" + quote("web\n"), vm(), "name"),
@@ -137,6 +137,59 @@ CASES: dict[str, tuple[str, str, Any, str]] = {
         {**NETWORK, "host_command": ["sh"]},
         "host_command",
     ),
+    "request kind unknown": ("post", "/v1/requests", {"kind": "ip", "note": "x"}, "kind"),
+    "request note of 100000 characters": (
+        "post",
+        "/v1/requests",
+        {"kind": "password", "note": "x" * 100000},
+        "note",
+    ),
+    "request note with an escape": (
+        "post",
+        "/v1/requests",
+        {"kind": "password", "note": "\x1b[2J"},
+        "note",
+    ),
+    "request key tenant": (
+        "post",
+        "/v1/requests",
+        {"kind": "password", "note": "x", "tenant": "other"},
+        "tenant",
+    ),
+    "incident VM as a path": ("post", "/v1/incidents", {"vm": "../../x", "note": "x"}, "vm"),
+    "incident in year 0001": (
+        "post",
+        "/v1/incidents",
+        {"started_at": "0001-01-01T00:00:00+14:00", "note": "x"},
+        "started_at",
+    ),
+    "incident without an offset": (
+        "post",
+        "/v1/incidents",
+        {"started_at": "2026-11-01T00:00:00", "note": "x"},
+        "started_at",
+    ),
+    "incident note of 100000 characters": (
+        "post",
+        "/v1/incidents",
+        {"note": "x" * 100000},
+        "note",
+    ),
+    "incident key host": ("post", "/v1/incidents", {"note": "x", "host": "kvm-s1"}, "host"),
+    "month 13": ("get", "/v1/usage?month=2026-13", None, "month"),
+    "month with a newline": ("get", "/v1/usage?month=" + quote("2026-11\n"), None, "month"),
+    "month in Arabic-Indic digits": (
+        "get",
+        "/v1/sla?month=" + quote("\u0662\u0660\u0662\u0666-\u0661\u0661"),
+        None,
+        "month",
+    ),
+    "month of an overflowing year": (
+        "get",
+        f"/v1/invoices/{HUGE}-01",
+        None,
+        "month",
+    ),
     "plan with a VM named '../x'": (
         "post",
         "/v1/plan",
@@ -183,15 +236,15 @@ def field_named(fields: list[dict], expected: str) -> bool:
 def test_hostile_input_answers_422_naming_the_field_and_changes_nothing(
     server: Server, fleet: Fleet, conn, hostile: str, method, path, body, field
 ):
-    before = state_of(fleet.ledger_url, conn)
+    before = state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)
     with server.client(hostile) as client:
-        reply = send(client, method, path, json=body)
+        reply = send(client, method, path, **({} if body is None else {"json": body}))
     assert reply.status_code == 422, reply.text
     error = error_of(reply)
     assert field_named(error["fields"], field), error
     # Nothing of the host: its URI, its directories.
     assert fleet.uri not in reply.text and str(fleet.logs.parents[1]) not in reply.text
-    assert changes(before, state_of(fleet.ledger_url, conn)) == {}
+    assert changes(before, state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)) == {}
 
 
 def test_a_body_that_is_not_an_object_answers_422(server: Server, hostile: str):

@@ -4,6 +4,7 @@ submitted alternately to both are each claimed and run exactly once, and all suc
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 import libvirt
@@ -55,6 +56,7 @@ def test_two_instances_run_each_of_20_actions_exactly_once(
     assert len(rows) == ACTIONS
     assert all(row.attempts == 1 for row in rows), [(r.id, r.attempts) for r in rows]
     assert all(row.status == "succeeded" and row.claimed_by for row in rows)
+    check_one_running_per_tenant(rows)
     claims = collections.Counter(row.claimed_by for row in rows)
     print(f"actions claimed per instance: {dict(claims)}")
     assert len(claims) <= 2
@@ -66,6 +68,17 @@ def test_two_instances_run_each_of_20_actions_exactly_once(
             if v.name().startswith(f"{tenant}_")
         }
         assert len(volumes) == ACTIONS // TENANTS, volumes
+
+
+def check_one_running_per_tenant(rows: list) -> None:
+    """Across both instances, a tenant's actions ran one after another, in submission order."""
+    by_tenant: dict[str, list] = collections.defaultdict(list)
+    for row in rows:
+        by_tenant[row.tenant].append(row)
+    for tenant, runs in by_tenant.items():
+        runs.sort(key=lambda row: row.seq)
+        for earlier, later in itertools.pairwise(runs):
+            assert earlier.finished_at <= later.started_at, (tenant, earlier.id, later.id)
 
 
 def tmp_log(fleet: Fleet, name: str) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+
+from tests.support.backups import runner_script
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60
@@ -134,9 +137,27 @@ def running_server(ledger_url: str, log: Path, args: Sequence[str] = ()) -> Iter
 # -- the operator's set-up ----------------------------------------------------------------------
 
 
-def register_host(ledger_url: str, name: str, zone: str, uri: str) -> None:
-    """The host's record, as the kvm_host role registers it."""
-    run_host({"ledger_url": ledger_url, "name": name, "zone": zone, "uri": uri})
+def register_host(
+    ledger_url: str, name: str, zone: str, uri: str, settings: Mapping[str, str] | None = None
+) -> None:
+    """The host's record, as the kvm_host role registers it (with `settings`: where its backup
+    schedules and backups live)."""
+    run_host({"ledger_url": ledger_url, "name": name, "zone": zone, "uri": uri, **(settings or {})})
+
+
+def backup_settings(directory: Path) -> dict[str, str]:
+    """A host's backup root, unit and config directories under `directory`, and a runner
+    that runs this checkout's code (as the installed `vce-backup` would)."""
+    runner = directory / "bin" / "vce-backup"
+    runner.parent.mkdir(parents=True, exist_ok=True)
+    runner.write_text(runner_script(ROOT))
+    runner.chmod(0o755)
+    return {
+        "backup_root": str(directory / "backups"),
+        "unit_dir": str(directory / "units"),
+        "config_dir": str(directory / "config"),
+        "runner": str(runner),
+    }
 
 
 def admin(ledger_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -332,15 +353,32 @@ def volume_xml(volume: libvirt.virStorageVol) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def state_of(ledger_url: str, conn: libvirt.virConnect, own_tenant: str | None = None) -> dict:
-    """The ledger's rows and libvirt's objects, to compare before and after calls."""
-    return {"ledger": ledger_digest(ledger_url, own_tenant), "libvirt": libvirt_digest(conn)}
+def state_of(
+    ledger_url: str,
+    conn: libvirt.virConnect,
+    own_tenant: str | None = None,
+    host_dir: Path | None = None,
+) -> dict:
+    """The ledger's rows and libvirt's objects (and with `host_dir` the host's backup schedule
+    units, configs and backups), to compare before and after calls."""
+    state = {"ledger": ledger_digest(ledger_url, own_tenant), "libvirt": libvirt_digest(conn)}
+    state["files"] = files_digest(host_dir) if host_dir else {}
+    return state
+
+
+def files_digest(directory: Path) -> dict[str, str]:
+    """Every file under `directory` with a hash of its bytes."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 def changes(before: dict, after: dict) -> dict[str, Any]:
     """What differs between two states, by table or libvirt object (for assertion messages)."""
     moved: dict[str, Any] = {}
-    for part in ("ledger", "libvirt"):
+    for part in ("ledger", "libvirt", "files"):
         for key in sorted(set(before[part]) | set(after[part])):
             if before[part].get(key) != after[part].get(key):
                 moved[f"{part}:{key}"] = (before[part].get(key), after[part].get(key))

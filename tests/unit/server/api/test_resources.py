@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host_connection
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +19,7 @@ from vce_server.principal import Principal
 from vce_server.service.resources import Resources
 from vce_server.settings import Settings
 
-from tests.support.host_records import add_host
+from tests.support.host_records import add_host, closing_connections, private_host
 from tests.support.ledger import register
 
 KINDS = ("networks", "disks", "vms", "public_ips", "zone_links", "backup_schedules")
@@ -31,11 +30,15 @@ def principal(tenant: str, *scopes: str) -> Principal:
 
 
 @pytest.fixture
-def served(monkeypatch, ledger_url) -> Iterator[tuple[FastAPI, Context]]:
-    monkeypatch.setattr(host_connection, "_connections", {})
+def connections(monkeypatch):
+    yield from closing_connections(monkeypatch)
+
+
+@pytest.fixture
+def served(connections, ledger_url, tmp_path) -> Iterator[tuple[FastAPI, Context]]:
     register(ledger_url, "acme")
     register(ledger_url, "other")
-    add_host(ledger_url, "kvm1", "zone-a", "test:///default")
+    add_host(ledger_url, "kvm1", "zone-a", private_host(tmp_path / "kvm1.xml"))
     ledger = Ledger.open(ledger_url)
     resources = Resources(ledger_url)
     queue = ActionQueue(ledger, Settings(ledger_url=ledger_url, workers=1), resources.scrub)

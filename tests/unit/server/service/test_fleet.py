@@ -9,12 +9,11 @@ import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host_connection
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import placements
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.service.fleet import Fleet, scrubbed
 
-from tests.support.host_records import add_host
+from tests.support.host_records import add_host, closing_connections
 from tests.support.ledger import register
 
 SSH = ["ssh", "-o", "BatchMode=yes", "root@kvm2.dc1.example"]
@@ -165,8 +164,12 @@ def test_scrubbed_reaches_every_string_of_a_plan(two_zones):
 
 
 @pytest.fixture
-def test_driver(monkeypatch, ledger_url):
-    monkeypatch.setattr(host_connection, "_connections", {})
+def connections(monkeypatch):
+    yield from closing_connections(monkeypatch)
+
+
+@pytest.fixture
+def test_driver(connections, ledger_url):
     register(ledger_url, "acme")
     return ledger_url
 

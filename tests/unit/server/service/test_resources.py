@@ -10,13 +10,12 @@ import time
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host_connection
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import images, runs
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
 from vce_server.errors import ApiError
 from vce_server.service.resources import Resources
 
-from tests.support.host_records import add_host
+from tests.support.host_records import add_host, closing_connections, private_host
 from tests.support.images import make_image, register_image
 from tests.support.ledger import register
 
@@ -242,11 +241,15 @@ def test_the_catalogue_has_no_paths(offline, ledger_url, tmp_path):
 
 
 @pytest.fixture
-def test_driver(monkeypatch, ledger_url) -> Resources:
-    monkeypatch.setattr(host_connection, "_connections", {})
+def connections(monkeypatch):
+    yield from closing_connections(monkeypatch)
+
+
+@pytest.fixture
+def test_driver(connections, ledger_url, tmp_path) -> Resources:
     register(ledger_url, "acme")
     register(ledger_url, "other")
-    add_host(ledger_url, "kvm1", "zone-a", "test:///default")
+    add_host(ledger_url, "kvm1", "zone-a", private_host(tmp_path / "kvm1.xml"))
     return Resources(ledger_url)
 
 
@@ -299,7 +302,7 @@ def test_plan_is_the_environments_check_mode_plan(test_driver, ledger_url):
     shown = test_driver.plan("acme", declaration)
     engine = facade.run_environment(
         {
-            "uri": "test:///default",
+            "uri": test_driver.fleet.hosts()[0].uri,
             "tenant": "acme",
             "ledger_url": ledger_url,
             "zone": "zone-a",
