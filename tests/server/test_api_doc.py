@@ -25,6 +25,9 @@ SECONDS = 90
 DOC_IMAGE = "debian-12"
 DOC_SUBNET = "10.10.0."
 DOC_TENANT = "acme"
+# A range of this test's own (the server tier's counter starts at 10.214.1 in every process,
+# and bridges are the host's: two test processes at once would collide), varied by process.
+SUBNET = f"10.243.{os.getpid() % 250}"
 MARK = "### docs/api.md line "
 
 
@@ -50,6 +53,15 @@ def script(fleet: Fleet, tenant: str, subnet: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def failed_actions(server: Server, token: str) -> list[dict]:
+    """What went wrong in the actions the examples started (an example only sees a status)."""
+    with server.client(token) as client:
+        listed = client.get("/v1/actions", params={"status": "failed"}).json()
+    return [
+        {key: action[key] for key in ("target", "error")} for action in listed.get("actions", [])
+    ]
+
+
 def test_the_doc_has_examples_and_each_curl_fails_on_an_http_error() -> None:
     found = examples()
     assert len(found) >= 10, found
@@ -66,19 +78,19 @@ def test_every_curl_example_runs_against_a_real_server(
     fleet: Fleet,
     server: Server,
     new_tenant: Callable[..., str],
-    subnet: str,
     tmp_path: Path,
 ) -> None:
     tenant = new_tenant(fleet, vms=10)
+    token = create_token(fleet.ledger_url, tenant)
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "VCE_API": server.url,
-        "VCE_TOKEN": create_token(fleet.ledger_url, tenant),
+        "VCE_TOKEN": token,
         "VCE_OPERATOR_TOKEN": create_token(fleet.ledger_url, None),
     }
     done = subprocess.run(
-        ["bash", "-c", script(fleet, tenant, subnet)],
+        ["bash", "-c", script(fleet, tenant, SUBNET)],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -89,6 +101,7 @@ def test_every_curl_example_runs_against_a_real_server(
     marks = [line for line in done.stderr.splitlines() if line.startswith("###")]
     assert done.returncode == 0, (
         f"the example at {marks[-1] if marks else 'the start'} failed:\n"
-        f"{done.stderr[-3000:]}\nstdout:\n{done.stdout[-2000:]}"
+        f"{done.stderr[-3000:]}\nstdout:\n{done.stdout[-2000:]}\n"
+        f"the tenant's failed actions: {failed_actions(server, token)}"
     )
     assert marks[-1] == "### every example ran"
