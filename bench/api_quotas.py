@@ -21,14 +21,17 @@ connections alive (default 16) and sending one request after another on each for
 (default 10) after 1 s of warm-up: requests/s, latency median/p99, every status other than
 200 (any is an error). The floor and the server are measured in turn, twice each (floor,
 vce, floor, vce), so that background load hits both alike; the verdict takes the better of
-the server's two runs. Also for context: one client (latency without queueing).
+the server's two runs. Also for context: one client (latency without queueing), and where a
+request's own work goes, each part called in this process on the same ledger (500 times): the
+token check, the rate limiter, the quotas' ledger reads (and how many SQL statements they
+are), the JSON reply.
 
 Prints a table; writes bench/results/api_quotas.json and a section of docs/benchmarks.md
 (between markers; not with --no-doc). Exit 0 when the target is met, 1 when it is missed,
 2 when the set-up or a measurement failed (a status other than 200 included).
 
-``--quick`` (for CI): 4 clients for 1 s, one run each; nothing written; exit 0 unless
-something broke.
+``--quick`` (for CI): 4 clients for 1 s, one run each, 20 calls of each part; nothing
+written; exit 0 unless something broke.
 
     .venv/bin/python bench/api_quotas.py [--clients 16] [--seconds 10] [--no-doc] [--quick]
 """
@@ -40,7 +43,8 @@ import contextlib
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import api_common as common
@@ -51,6 +55,7 @@ TARGET_PER_SECOND = 500.0
 PATH = "/v1/quotas"
 FLOOR_TOKEN = "vce_00000000_floorfloorfloorfloorfloorfloorfloorfloorfloo"
 QUICK_CLIENTS, QUICK_SECONDS = 4, 1.0
+CALLS, QUICK_CALLS = 500, 20  # in-process calls of each part of a request
 # Enough of the tenant's tokens, taken in turn, that none meets the per-token rate limit
 # below twice the target (their bursts cover the first seconds on top).
 TOKENS = math.ceil(2 * TARGET_PER_SECOND / common.RATE_PER_TOKEN)
@@ -132,6 +137,48 @@ def measure(
     return figures
 
 
+def timed(action: Callable[[], object], calls: int) -> dict[str, Any]:
+    for _warmup in range(20):
+        action()
+    seconds = []
+    for _call in range(calls):
+        start = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - start)
+    return common.summary_ms(seconds)
+
+
+def parts(lab: common.Lab, calls: int) -> dict[str, Any]:
+    """Where a request's own work goes, each part called in this process on the same ledger
+    (median of `calls` after 20 warm-ups): the token check (cached, as in the server after a
+    token's first use), the rate limiter, the quotas' ledger reads, the JSON reply; and the
+    SQL statements one quotas read makes."""
+    import sqlalchemy as sa
+    from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+    from fastapi.responses import JSONResponse
+    from vce_server.identity import Identity
+    from vce_server.limits import RateLimiter
+    from vce_server.service.terms import Terms
+
+    identity = Identity(Ledger.open(lab.ledger_url))
+    who = identity.authenticate(lab.token)
+    terms = Terms(lab.ledger_url)
+    limiter = RateLimiter(common.RATE_PER_TOKEN, calls * 10)
+    answer = terms.quotas(who)
+    actions = {
+        "token check (`Identity.authenticate`, cached)": lambda: identity.authenticate(lab.token),
+        "rate limiter (`RateLimiter.take`)": lambda: limiter.take(lab.token),
+        "ledger reads (`Terms.quotas`)": lambda: terms.quotas(who),
+        "JSON reply (`JSONResponse`)": lambda: JSONResponse(answer).body,
+    }
+    figures = {label: timed(action, calls) for label, action in actions.items()}
+    statements: list[str] = []
+    engine = Ledger.open(lab.ledger_url).store.engine
+    sa.event.listen(engine, "before_cursor_execute", lambda *event: statements.append(event[2]))
+    terms.quotas(who)
+    return {"figures": figures, "statements": len(statements)}
+
+
 def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     with (
         common.lab(private_libvirtd=False, tokens=TOKENS) as lab,
@@ -144,6 +191,7 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             runs["floor"].append(measure("floor", floor, [FLOOR_TOKEN], args.clients, args.seconds))
             runs["vce"].append(measure("vce", vce, lab.tokens, args.clients, args.seconds))
         results["runs"] = runs
+        results["parts"] = parts(lab, QUICK_CALLS if args.quick else CALLS)
         if not args.quick:
             results["one_client"] = {
                 "floor": measure("floor", floor, [FLOOR_TOKEN], 1, args.seconds),
@@ -169,6 +217,21 @@ def report_lines(results: dict[str, Any]) -> list[str]:
             f"| {name} | {figures['clients']} | {number} | {figures['per_second']:.0f} | "
             f"{latency['median_ms']:.2f} ms | {latency['p99_ms']:.2f} ms | {statuses} |"
         )
+    return lines
+
+
+def parts_lines(results: dict[str, Any]) -> list[str]:
+    found = results["parts"]
+    lines = [
+        "",
+        f"A request's own work, in-process (median; the quotas read is {found['statements']} "
+        "SQL statements):",
+        "",
+        "| part | median | p95 |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, f in found["figures"].items():
+        lines.append(f"| {label} | {f['median_ms']:.3f} ms | {f['p95_ms']:.3f} ms |")
     return lines
 
 
@@ -200,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         name="api_quotas",
         run=lambda results: run(args, results),
         target_met=lambda results: best(results["runs"]["vce"])["per_second"] >= TARGET_PER_SECOND,
-        table=report_lines,
+        table=lambda results: report_lines(results) + parts_lines(results),
         verdict=verdict,
         setup=setup,
     )
