@@ -40,7 +40,7 @@ STATES = ("running", "paused", "stopped", "present", "absent")
 # Compute (vCPU, RAM) is billed while a VM holds it on the host: running, or paused.
 HOLDING_COMPUTE = ("running", "paused")
 DISK_EXTENSIONS = frozenset(EXTENSIONS.values())
-RUN_SOURCES = ("ansible", "pulumi", "reconcile", "probe", "cli")
+RUN_SOURCES = ("ansible", "pulumi", "reconcile", "probe", "cli", "api")
 RUN_RESULTS = ("running", "ok", "failed", "interrupted")
 
 
