@@ -12,13 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.server.conftest import Fleet
 from tests.support.server import (
     Server,
+    audit_rows,
     create_token,
     error_of,
     send,
@@ -102,12 +100,6 @@ def test_a_token_past_its_rate_answers_429_with_retry_after(
     # The limit is the token's: another customer is not slowed down.
     with server.client(other) as client:
         assert client.get("/v1/zones").status_code == 200
-
-
-def audit_rows(ledger_url: str, request_ids: list[str]) -> dict[str, sa.Row]:
-    with Ledger.open(ledger_url).store.read() as connection:
-        rows = connection.execute(sa.select(audit).where(audit.c.request_id.in_(request_ids)))
-        return {row.request_id: row for row in rows}
 
 
 def test_every_change_is_audited_whatever_its_outcome(server: Server, fleet: Fleet, new_tenant):

@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from tests.support.ledger import register
 from tests.support.server import (
     Server,
     admin_token,
+    audit_rows,
     changes,
     create_token,
     error_of,
@@ -317,12 +319,16 @@ def test_tenant_b_reaches_nothing_of_tenant_a_and_changes_nothing(
     wrong: list[str] = []
     actions: list[str] = []
     seen: collections.Counter = collections.Counter()
+    audited: dict[str, int] = {}  # request id -> status, of every call that may change
     with server.client(world.token_b) as client:
         for op in operations(document):
             kind = classify(op)
             for path in concrete_paths(op, world, document):
-                reply = call(client, op, path, world.bodies_b)
+                request_id = f"matrix-{uuid.uuid4().hex}"
+                reply = call(client, op, path, world.bodies_b, request_id)
                 seen[(kind, reply.status_code)] += 1
+                if op.method in CHANGES:
+                    audited[request_id] = reply.status_code
                 problem = judge(kind, op, path, reply, world)
                 if problem:
                     wrong.append(f"{op.method.upper()} {path}: {problem}")
@@ -333,6 +339,7 @@ def test_tenant_b_reaches_nothing_of_tenant_a_and_changes_nothing(
     print(f"cross-tenant calls with B's token (kind, status): {sorted(seen.items())}")
     print(f"A's request {world.request_id}, A's incident {world.incident_id}")
     assert seen[("named", 404)] >= 15, seen
+    check_audited(fleet.ledger_url, world, audited)
     moved = changes(
         before, state_of(fleet.ledger_url, conn, own_tenant=world.tenant_b, host_dir=fleet.host_dir)
     )
@@ -340,12 +347,26 @@ def test_tenant_b_reaches_nothing_of_tenant_a_and_changes_nothing(
 
 
 def call(
-    client: httpx.Client, op: Operation, path: str, bodies: dict[str, dict] | None = None
+    client: httpx.Client,
+    op: Operation,
+    path: str,
+    bodies: dict[str, dict] | None = None,
+    request_id: str | None = None,
 ) -> httpx.Response:
     # A change without a body: whatever the declaration needs, nothing of B's is created.
     body = (bodies or {}).get(op.template, {})
-    kwargs = {"json": body} if op.method in ("put", "post", "patch") else {}
+    kwargs: dict = {"json": body} if op.method in ("put", "post", "patch") else {}
+    if request_id:
+        kwargs["headers"] = {"X-Request-Id": request_id}
     return send(client, op.method, path, **kwargs)
+
+
+def check_audited(ledger_url: str, world: World, audited: dict[str, int]) -> None:
+    """Each of B's calls that may change something left its audit row, refused or not."""
+    rows = audit_rows(ledger_url, list(audited))
+    found = {rid: (row.status, row.tenant, row.token) for rid, row in rows.items()}
+    prefix = token_prefix(world.token_b)
+    assert found == {rid: (status, world.tenant_b, prefix) for rid, status in audited.items()}
 
 
 def judge(kind: str, op: Operation, path: str, reply: httpx.Response, world: World) -> str:

@@ -23,7 +23,7 @@ import httpx
 import libvirt
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.host import run_host
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens, audit
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.backups import runner_script
@@ -293,6 +293,21 @@ def error_of(reply: httpx.Response) -> dict:
     assert isinstance(error["fields"], list) and error["request_id"], error
     assert "Traceback" not in error["message"], error
     return error
+
+
+def audit_rows(ledger_url: str, request_ids: Sequence[str], seconds: float = 10) -> dict:
+    """The audit rows of these requests by request id, waited for until all are there or
+    `seconds` have passed (a row is written once its reply has gone)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with Ledger.open(ledger_url).store.read() as connection:
+            rows = connection.execute(
+                sa.select(audit).where(audit.c.request_id.in_(list(request_ids)))
+            ).fetchall()
+        found = {row.request_id: row for row in rows}
+        if len(found) == len(set(request_ids)) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 # -- what could have changed --------------------------------------------------------------------

@@ -62,7 +62,7 @@ def at(moment: dt.datetime):
 def add_host(url: str, name: str = "kvm1", zone: str = "a", uri: str = URI, cpus: int = 64,
              memory_mib: int = 131072) -> None:  # fmt: skip
     ledger = Ledger.open(url)
-    values = HostValues(zone, uri, None, (), cpus, memory_mib, "10.0.0", "7.2.0")
+    values = HostValues(zone, uri, None, (), None, {}, cpus, memory_mib, "10.0.0", "7.2.0")
     with ledger.store.write() as connection:
         HostRecords(ledger).put(connection, name, values)
 
