@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,8 @@ def test_every_curl_example_runs_against_a_real_server(
     new_tenant: Callable[..., str],
     tmp_path: Path,
 ) -> None:
+    missing = [tool for tool in ("bash", "curl", "jq") if shutil.which(tool) is None]
+    assert not missing, f"the doc's examples need {', '.join(missing)} (Debian packages)"
     tenant = new_tenant(fleet, vms=10)
     token = create_token(fleet.ledger_url, tenant)
     env = {
