@@ -26,6 +26,7 @@ DEBIAN_PACKAGES=(
   debootstrap  # tools.pristine_root builds the pristine Debian 12 root of its check
   postgresql  # the ledger's tests run against a private PostgreSQL server too
   iperf3  # bench/firewall_throughput.py measures tenant traffic with and without the firewall
+  curl jq  # tests/server/test_api_doc.py runs docs/api.md's examples as a customer would
 )
 VENV=.venv
 
