@@ -598,8 +598,12 @@ class Resources:
         if host is None:
             raise not_found(f"backup {payload['backup']}")
         restore = without(payload, "tenant", "backup")
+        # The engine records each restore under its `request` and does not repeat one: a second
+        # attempt of this action finds the first one's done, a new action restores again.
+        action = action_of(Ledger.open(self.ledger_url).run_id)["action"]
         params = {**self.params(tenant, host), **host.backup_host(), **restore, "vm": row.vm,
-                  "schedule": row.schedule, "backup": row.backup_id}  # fmt: skip
+                  "schedule": row.schedule, "backup": row.backup_id,
+                  "request": f"api-{action}"}  # fmt: skip
         report({"step": "run", "vm": row.vm})
         result = self.recorded_run(tenant, [lambda: run_backup_restore(params)])
         if payload["mode"] == "new_disk":

@@ -5,11 +5,21 @@ command."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import acting_as
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host_connection
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
+from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
+    MANIFEST,
+    DiskFile,
+    Manifest,
+    ScheduleRepo,
+    write_json_atomically,
+)
 from vce_server.errors import ApiError
 from vce_server.service.resources import Resources
 
@@ -147,3 +157,52 @@ def test_a_zone_link_between_the_tenants_hosts_of_two_zones(tmp_path, connection
     assert error.value.status == 404
     assert delete(resources, "zone_links", "stretch")["plan"]
     assert resources.list("acme", "zone_links") == []
+
+
+def test_a_backup_restored_as_a_new_disk_once_per_action(tmp_path, connections, ledger_url):
+    pool, root = tmp_path / "pool", tmp_path / "backups"
+    pool.mkdir()
+    register(ledger_url, "acme")
+    register(ledger_url, "other")
+    uri = host_file(tmp_path / "kvm.xml", "acme", [], pool_path=str(pool))
+    add_host(ledger_url, "kvm1", "zone-a", uri, settings={"backup_root": str(root)})
+    register_image(ledger_url, make_image(tmp_path / "base.qcow2"), name="base", zone="zone-a")
+    resources = Resources(ledger_url)
+    put(resources, "vms", "web", {**VM, "nics": []})
+    taken = "20261124T023000Z"
+    repo = ScheduleRepo(root, "acme", "web", "nightly")
+    repo.path(taken).mkdir(parents=True)
+    make_image(repo.path(taken) / "vda.qcow2")
+    moment = dt.datetime(2026, 11, 24, 2, 30, tzinfo=dt.UTC)
+    files = [DiskFile("boot", "vda", "vda.qcow2", 1024 * 1024)]
+    manifest = Manifest(taken, "acme", "web", "nightly", "copy", moment, files)
+    write_json_atomically(repo.path(taken) / MANIFEST, manifest.as_dict())
+    ledger = Ledger.open(ledger_url)
+    with ledger.store.locked("acme") as connection:
+        ledger.record_backup(
+            connection, "k" * 40, tenant="acme", host=uri, vm="web", schedule="nightly",
+            backup_id=taken, kind="copy", status="ok", started_at=moment, finished_at=moment,
+            duration_ms=1, size_bytes=1024,
+        )  # fmt: skip
+    payload = resources.validate_restore("acme", "k" * 40, {"new_disk": "restored"})
+    with acting_as("api-r1-1", "api:vce_test"):
+        first = resources.handlers()["restore"](payload, lambda _progress: None)
+    assert [(c["name"], c["action"]) for c in first["plan"]] == [("restored", "restore")]
+    assert first["plan"][0]["after"]["backup"] == taken
+    assert (pool / "acme_restored.qcow2").exists()
+    # What a real pool's refresh finds; the test driver does not look at the directory.
+    libvirt_pool = host_connection.connect(uri).storagePoolLookupByName("default-pool")
+    libvirt_pool.createXML(
+        "<volume><name>acme_restored.qcow2</name><capacity>1048576</capacity>"
+        "<target><format type='qcow2'/></target></volume>",
+        0,
+    )
+    with acting_as("api-r1-2", "api:vce_test"):
+        again = resources.handlers()["restore"](payload, lambda _progress: None)
+    assert again["plan"] == []
+    # Another action is another restore: refused, the name is taken now.
+    with acting_as("api-r2-1", "api:vce_test"), pytest.raises(VceError, match="already has"):
+        resources.handlers()["restore"](payload, lambda _progress: None)
+    with pytest.raises(ApiError) as error:
+        resources.validate_restore("other", "k" * 40, {"new_disk": "mine"})
+    assert error.value.status == 404
