@@ -199,7 +199,7 @@ def record_call(scope: dict, state: dict, status: int) -> None:
         "request_id": state["request_id"],
         "token": principal.token if principal else "",
         "actor": principal.actor if principal else "",
-        "tenant": principal.tenant if principal else None,
+        "tenant": state.get("audit_tenant") or (principal.tenant if principal else None),
         "method": scope["method"],
         "path": scope["path"][:512],
         "source": str(client[0])[:64],

@@ -25,6 +25,7 @@ from tests.support.server import (
     state_of,
     succeeded,
     vm_body,
+    wait_action,
 )
 from tools.cleanup import remove_prefixed
 
@@ -253,3 +254,24 @@ def test_a_body_that_is_not_an_object_answers_422(server: Server, hostile: str):
             reply = send(client, "put", "/v1/vms/ok", json=body)
             assert reply.status_code == 422, (body, reply.text)
             error_of(reply)
+
+
+def test_a_data_disk_of_another_vm_is_refused_and_changes_nothing(
+    server: Server, fleet: Fleet, conn, hostile: str
+):
+    """One disk in two VMs would be written by two guests at once: the second VM's
+    declaration is refused naming its disks (at once, or as its action's error)."""
+    with server.client(hostile) as client:
+        succeeded(client, "/v1/disks/shared", {"size_gib": 1})
+        succeeded(client, "/v1/vms/owner", vm(disks=["shared"]))
+        before = state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)
+        reply = send(client, "put", "/v1/vms/intruder", json=vm(disks=["shared"]))
+        if reply.status_code == 202:
+            action = wait_action(client, reply.json()["action"]["id"])
+            assert action["status"] == "failed", action
+            error = action["error"]
+        else:
+            assert reply.status_code in (409, 422), reply.text
+            error = error_of(reply)
+    assert field_named(error["fields"], "disks[0]") or "shared" in error["message"], error
+    assert changes(before, state_of(fleet.ledger_url, conn, host_dir=fleet.host_dir)) == {}

@@ -37,8 +37,8 @@ pytestmark = pytest.mark.server
 # limit (30 s) at its next sweep (every 30 s): at most about a minute, plus the re-run.
 RECOVERY_SECONDS = 150
 RUNNING_SECONDS = 60
-# A create of this VM lasts about this long once a worker has it.
-KILL_WITHIN = 1.5
+# A create of this VM lasts about half a second once a worker has it.
+KILL_WITHIN = 0.4
 
 
 def wait_running(client: httpx.Client, action_id: str) -> str:
@@ -83,11 +83,11 @@ def test_kill_9_during_a_vm_create_then_restart_finishes_or_marks_it_and_a_retry
     tenant = new_tenant(fleet)
     token = create_token(fleet.ledger_url, tenant)
     network = {"cidr": f"{next_subnet()}.0/24", "mode": "isolated"}
-    declaration = {**vm_body(fleet.image, network="lan", disk="data"), "state": "running"}
+    # Each trial's VM its own: a data disk belongs to one VM.
+    declaration = {**vm_body(fleet.image, network="lan"), "state": "running"}
     log = fleet.logs / "restart.log"
     with running_server(fleet.ledger_url, log) as first, first.client(token) as client:
         succeeded(client, "/v1/networks/lan", network)
-        succeeded(client, "/v1/disks/data", {"size_gib": 1})
     # Into the create (its volumes, the define, the start) at a moment that varies; when the
     # create was done before the kill, again sooner, under another name.
     delays = [random.Random().uniform(0, KILL_WITHIN), 0.1, 0.0]
@@ -103,7 +103,7 @@ def test_kill_9_during_a_vm_create_then_restart_finishes_or_marks_it_and_a_retry
 
     with running_server(fleet.ledger_url, log) as second, second.client(token) as client:
         ended = wait_action(client, action_id, RECOVERY_SECONDS)
-        assert ended["status"] in ("succeeded", "interrupted"), ended
+        assert ended["status"] in ("succeeded", "interrupted"), (ended["error"], ended["progress"])
         assert ended["attempts"] <= 2
         print(f"after the restart the action is {ended['status']} (attempts {ended['attempts']})")
         for vm in sorted(vms):

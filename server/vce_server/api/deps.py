@@ -119,6 +119,8 @@ def accepted(
         request_id=request.state.request_id,
     )
     request.state.action = view["id"]
+    # An operator's change of a tenant's object is in that tenant's audit trail too.
+    request.state.audit_tenant = tenant
     return JSONResponse(
         {"action": view}, status_code=202, headers={"Location": f"/v1/actions/{view['id']}"}
     )

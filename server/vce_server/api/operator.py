@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
 
 from ..principal import Principal
-from .deps import Context, context, operator_reader, operator_writer
+from .deps import Context, accepted, context, operator_reader, operator_writer
 
 router = APIRouter(prefix="/v1/operator", tags=["operator"])
 TENANT_BODY = Body(
@@ -68,27 +69,32 @@ def list_plans(
     return {"plans": ctx.operator.plans(who)}
 
 
-@router.put("/blocks/{tenant}/{vm}")
+@router.put("/blocks/{tenant}/{vm}", status_code=202)
 def block_vm(
     tenant: str,
     vm: str,
+    request: Request,
     body: Any = Body(None, description="reason: why, recorded in the ledger."),  # noqa: B008
     who: Principal = Depends(operator_writer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
-) -> dict[str, Any]:
-    """Block a VM: paused, and its tenant cannot start or change it until it is unblocked."""
-    return ctx.operator.block(who, tenant, vm, True, body)
+) -> JSONResponse:
+    """Block a VM: paused, and its tenant cannot start or change it until it is unblocked.
+    Answers with the action that does it, as every change on a host."""
+    payload = ctx.resources.validate_block(tenant, vm, True, ctx.operator.block_reason(body))
+    return accepted(ctx, who, request, "block", f"vms/{vm}", payload, tenant=tenant)
 
 
-@router.delete("/blocks/{tenant}/{vm}")
+@router.delete("/blocks/{tenant}/{vm}", status_code=202)
 def unblock_vm(
     tenant: str,
     vm: str,
+    request: Request,
     who: Principal = Depends(operator_writer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Unblock a VM: resumed unless its tenant is suspended."""
-    return ctx.operator.block(who, tenant, vm, False)
+    payload = ctx.resources.validate_block(tenant, vm, False, "")
+    return accepted(ctx, who, request, "block", f"vms/{vm}", payload, tenant=tenant)
 
 
 @router.get("/requests")

@@ -22,7 +22,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecErr
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import check_int, check_name
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import (
     ledger_facts,
-    run_block,
     run_tenant,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
@@ -117,28 +116,10 @@ class Operator:
         with self.ledger(who).store.read() as connection:
             return list(connection.execute(query).scalars())
 
-    def block(
-        self, who: Principal, tenant: str, vm: str, blocked: bool, body: Any = None
-    ) -> dict[str, Any]:
-        """Block one VM (paused, and its tenant's runs cannot start or change it) or unblock
-        it, as vce.kvm.vm does with `blocked`, on the host of the tenant's zones that has it."""
-        check_name(tenant, "tenant")
-        check_name(vm, "vm")
-        reason = refuse_unknown(body or {}, BLOCK_FIELDS).get("reason") or ""
-        for uri in self.placed_uris(who, tenant):
-            params = {
-                "ledger_url": self.ledger_url, "uri": uri, "tenant": tenant, "name": vm,
-                "blocked": blocked, "reason": reason,
-            }  # fmt: skip
-            try:
-                with acting_as(f"api-operator-{uuid.uuid4().hex[:16]}", who.actor):
-                    result = run_block(params)
-            except SpecError as error:
-                if error.field == "name":  # not on this host: the next zone's
-                    continue
-                raise
-            return {"changed": result.changed, "plan": result.plan, **result.facts}
-        raise not_found(f"VM {vm} of tenant {tenant}")
+    @staticmethod
+    def block_reason(body: Any) -> str:
+        """The reason of an operator's block, from a body that holds nothing else."""
+        return refuse_unknown(body or {}, BLOCK_FIELDS).get("reason") or ""
 
     def plans(self, who: Principal) -> list[dict[str, Any]]:
         ledger = self.ledger(who)

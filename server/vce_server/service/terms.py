@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -87,6 +89,9 @@ REQUEST_FIELDS = {"quota_increase": ("quotas",), "reboot": ("vm",), "unblock": (
 REQUEST_FILED = "request_filed"
 INCIDENT_FIELDS = ("vm", "started_at", "note")
 # Kinds whose limit is backed by a host's processors and memory.
+# How long a tenant's quota view is kept, and how many tenants' views at the most.
+QUOTA_VIEW_SECONDS = 1.0
+MAX_QUOTA_VIEWS = 10_000
 CAPACITY_KINDS = {"vcpus": "cpus", "ram_gib": "memory_mib"}
 # States in which a quota increase may be granted without an operator.
 SELF_SERVICE_STATES = ("active", "trial")
@@ -237,6 +242,11 @@ class Terms:
     def __init__(self, ledger_url: str | None, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.ledger_url = ledger_url
         self.clock = clock
+        # Each tenant's quota view, kept QUOTA_VIEW_SECONDS: the most frequent call reads eleven
+        # rows of the ledger, and a view a second old misleads no one, since every change
+        # re-checks the quotas under the ledger's lock (the engine's gate).
+        self.quota_views: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+        self.quota_views_lock = threading.Lock()
 
     def ledger(self, who: Principal) -> Ledger:
         return Ledger.open(self.ledger_url, actor=who.actor, now=self.clock())
@@ -250,9 +260,22 @@ class Terms:
     # -- quotas ----------------------------------------------------------------------------
 
     def quotas(self, who: Principal) -> dict[str, dict[str, Any]]:
-        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim.
-        One read transaction in the common case (this is the API's most frequent call)."""
+        """Each quota kind: its limit, what the tenant uses, and what runs in flight claim, as
+        the ledger had them at most QUOTA_VIEW_SECONDS ago."""
         tenant = self.tenant_of(who)
+        now = time.monotonic()
+        kept = self.quota_views.get(tenant)
+        if kept is not None and now - kept[0] < QUOTA_VIEW_SECONDS:
+            return kept[1]
+        view = self.read_quotas(who, tenant)
+        with self.quota_views_lock:
+            if len(self.quota_views) >= MAX_QUOTA_VIEWS:
+                self.quota_views.clear()
+            self.quota_views[tenant] = (now, view)
+        return view
+
+    def read_quotas(self, who: Principal, tenant: str) -> dict[str, dict[str, Any]]:
+        """The quota view from the ledger: one read transaction in the common case."""
         ledger = self.ledger(who)
         with ledger.store.read() as connection:
             record = ledger.tenant(connection, tenant)
@@ -288,6 +311,7 @@ class Terms:
                 apply_quotas(
                     self.ledger_url, who.actor, tenant, request_id, filed.quotas, logged_at
                 )
+                self.quota_views.pop(tenant, None)  # the new limits, at the next read
         view = self.request(who, request_id)
         view["queued_because"] = queued_because
         return view

@@ -6,15 +6,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, libvirt
-from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.image import (
     ImageRecords,
     ImageValues,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
-from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import object_name
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
 from vce_server.identity import Identity
@@ -23,7 +20,6 @@ from vce_server.service.terms import Terms
 
 from tests.support.ledger import register
 from tests.support.testdriver import URI as TEST_URI
-from tests.support.testdriver import environment, image_on_fresh_driver
 from tests.unit.server.service.test_terms import (
     OPERATOR,
     T0,
@@ -181,35 +177,11 @@ def test_an_incident_is_not_confirmed_or_restored_in_the_future(any_ledger_url):
     assert operator.incidents(OPERATOR, "acme")[0]["confirmed_at"] is None
 
 
-@pytest.fixture
-def deployed(monkeypatch, tmp_path, ledger_url):
-    """acme's environment on libvirt's test driver (VM web1), placed on host kvm1 of zone a."""
-    for image in image_on_fresh_driver(monkeypatch, tmp_path, ledger_url):
-        engine.run_environment(environment(image))
-        add_host(ledger_url, uri=TEST_URI)
-        place(ledger_url, "acme")
-        yield ledger_url
-
-
-def test_a_vm_is_blocked_and_unblocked_on_the_host_that_has_it(deployed):
-    operator = Operator(deployed)
-    blocked = operator.block(OPERATOR, "acme", "web1", True, {"reason": "abuse report 4711"})
-    assert (blocked["changed"], blocked["vm"]) == (True, {"name": "web1", "blocked": True})
-    assert operator.tenant(OPERATOR, "acme")["blocked_vms"] == ["web1"]
-    domain = host.connect(TEST_URI).lookupByName(object_name("acme", "web1"))
-    assert domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED
-    assert operator.block(OPERATOR, "acme", "web1", True)["changed"] is False
-    unblocked = operator.block(OPERATOR, "acme", "web1", False)
-    assert unblocked["vm"] == {"name": "web1", "blocked": False}
-    assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert operator.tenant(OPERATOR, "acme")["blocked_vms"] == []
-    with pytest.raises(ApiError) as error:
-        operator.block(OPERATOR, "acme", "web9", True)
-    assert error.value.status == 404
-    with pytest.raises(ApiError):
-        operator.block(OPERATOR, "beta", "web1", True)  # no placement: nothing of beta's
+def test_a_blocks_body_holds_its_reason_and_nothing_else():
+    assert Operator.block_reason({"reason": "abuse report 4711"}) == "abuse report 4711"
+    assert Operator.block_reason(None) == ""
     with pytest.raises(SpecError) as bad:
-        operator.block(OPERATOR, "acme", "web1", True, {"reason": "x", "uri": TEST_URI})
+        Operator.block_reason({"reason": "x", "uri": TEST_URI})
     assert bad.value.field == "uri"
 
 

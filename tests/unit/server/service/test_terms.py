@@ -118,6 +118,26 @@ def test_quotas_show_every_kind_with_limit_used_and_reserved_in_the_engines_unit
     assert shown["ram_gib"] == {"limit": 32, "used": "3", "reserved": "0.5", "unit": "GiB"}
 
 
+def test_a_tenants_quota_view_is_kept_a_second_and_dropped_when_this_server_grants_more(
+    ledger_url, monkeypatch
+):
+    from vce_server.service import terms as terms_module
+
+    moment = [1000.0]
+    monkeypatch.setattr(terms_module.time, "monotonic", lambda: moment[0])
+    register_small(ledger_url, "acme", vcpus=4)
+    add_host(ledger_url)
+    terms = Terms(ledger_url)
+    assert terms.quotas(customer("acme"))["vcpus"]["limit"] == 4
+    register_small(ledger_url, "acme", vcpus=6)  # an operator's change, elsewhere
+    moment[0] += 0.5
+    assert terms.quotas(customer("acme"))["vcpus"]["limit"] == 4
+    moment[0] += 0.6
+    assert terms.quotas(customer("acme"))["vcpus"]["limit"] == 6
+    terms.file_request(customer("acme"), {"kind": "quota_increase", "quotas": {"vcpus": 8}})
+    assert terms.quotas(customer("acme"))["vcpus"]["limit"] == 8
+
+
 # -- requests (5.1) ---------------------------------------------------------------------------
 
 
