@@ -42,7 +42,7 @@ from ...host.xml import (
     to_string,
     volume_xml,
 )
-from .disk import DiskPlanner, find_volume, pool_directory
+from .disk import DiskPlanner, attached_to, find_volume, pool_directory
 from .image import ImageSources, Source
 from .network import NetworkPlanner, managed_leases
 
@@ -288,7 +288,10 @@ class VmPlanner:
             f"{ctx.path}boot_disk.image",
         )
         seed_pool = boot_pool.rstrip("/")
-        extra = [self.resolve_disk(name, inventory, ctx, i) for i, name in enumerate(spec.disks)]
+        extra = [
+            self.resolve_disk(name, inventory, ctx, i, libvirt_name)
+            for i, name in enumerate(spec.disks)
+        ]
         networks: list[str] = []
         leases: list[tuple[str, str, StaticLease]] = []
         for i, nic in enumerate(spec.nics):
@@ -313,11 +316,20 @@ class VmPlanner:
         )
 
     def resolve_disk(
-        self, name: str, inventory: TenantInventory, ctx: Context, index: int
+        self, name: str, inventory: TenantInventory, ctx: Context, index: int, vm: str
     ) -> tuple[str, str, str]:
+        """A data disk of VM `vm` (its libvirt name): one another VM uses is refused, since two
+        guests writing one disk corrupt it (and QEMU refuses to start the second)."""
         inventory.refuse_duplicated_disk(name)
         volume = find_volume(inventory, self.tenant, name)
         if volume is not None:
+            user = attached_to(inventory, volume.path)
+            if user is not None and user.name != vm:
+                holder = user.owner.name if user.owner else user.name
+                raise SpecError(
+                    f"{ctx.path}disks[{index}]",
+                    f"disk {name!r} is attached to VM {holder!r}; detach it from that VM first",
+                )
             return name, volume.path, volume.format
         declared = ctx.disks.get(name)
         if declared is None:
