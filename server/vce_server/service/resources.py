@@ -51,6 +51,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
     run_network,
     run_vm,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import HOST_KINDS
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_restore import (
     MODES as RESTORE_MODES,
 )
@@ -384,7 +385,7 @@ class Resources:
             result = run_environment(params, check_mode=True)
         except VceError as error:
             raise self.refusal(error) from None
-        return scrubbed(result.plan, self.fleet.scrubber())
+        return customer_plan(result.plan, self.fleet.scrubber())
 
     def environment_params(self, tenant: str, declaration: Any) -> dict[str, Any]:
         raw = as_mapping(declaration, "body")
@@ -645,7 +646,7 @@ class Resources:
         warnings = result.warnings if result is not None else []
         scrub = self.fleet.scrubber()
         return {
-            "plan": scrubbed(plan, scrub),
+            "plan": customer_plan(plan, scrub),
             "warnings": scrubbed(warnings, scrub),
             "object": found,
         }
@@ -762,3 +763,9 @@ def backup_view(row: Any) -> dict[str, Any]:
         "size_bytes": row.size_bytes,
         "pruned": row.pruned_at is not None,
     }
+
+
+def customer_plan(plan: list[dict[str, Any]], scrub: Any) -> list[dict[str, Any]]:
+    """A plan as its tenant sees it: without the host's own tables, which a tenant's run keeps
+    too (the guard lists every tenant network of the host), and scrubbed."""
+    return scrubbed([change for change in plan if change.get("kind") not in HOST_KINDS], scrub)
