@@ -48,6 +48,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 MAX_EXPIRY_DAYS = 3650
 MAX_PORT = 65535
 MAX_WORKERS = 64
+MAX_RATE = 100_000
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +79,13 @@ def serve_parser(groups: Any) -> None:
         "--workers",
         default="4",
         help="threads running actions in this process (instances scale as processes)",
+    )
+    serve.add_argument("--rate", default="20", help="requests per second each token may make")
+    serve.add_argument("--burst", default="100", help="requests a token may make at once")
+    serve.add_argument(
+        "--stale-after",
+        default="30",
+        help="seconds without a heartbeat after which a running action's instance is dead",
     )
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
@@ -169,6 +177,9 @@ def bounded(value: str, field: str, maximum: int) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     port = bounded(args.port, "port", MAX_PORT)
     workers = bounded(args.workers, "workers", MAX_WORKERS)
+    rate = bounded(args.rate, "rate", MAX_RATE)
+    burst = bounded(args.burst, "burst", MAX_RATE)
+    stale_after = check_int(whole_number(args.stale_after, "stale_after"), "stale_after", 5, 3600)
     # Opened here first so that a wrong URL is an error naming it, not a failed start-up.
     ledger = Ledger.open(args.ledger_url, create=True)
     note = ledger.store.creation_note()
@@ -178,7 +189,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    settings = Settings(ledger_url=ledger.store.url, workers=workers)
+    settings = Settings(
+        ledger_url=ledger.store.url,
+        workers=workers,
+        rate_per_second=float(rate),
+        rate_burst=burst,
+        stale_after=float(stale_after),
+    )
     # Tokens travel in the Authorization header, which neither uvicorn's access log nor the
     # app logs: the access log shows the client, the request line and the status.
     uvicorn.run(
