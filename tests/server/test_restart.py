@@ -34,8 +34,10 @@ from tests.support.server import (
 
 pytestmark = pytest.mark.server
 # The restarted server finds an abandoned action once its heartbeat is older than the stale
-# limit (30 s) at its next sweep (every 30 s): at most about a minute, plus the re-run.
-RECOVERY_SECONDS = 150
+# limit (STALE seconds; 30 by default) at its next sweep (as often): about 2 x STALE, plus the
+# re-run.
+STALE = "5"
+RECOVERY_SECONDS = 60
 RUNNING_SECONDS = 60
 # A create of this VM lasts about half a second once a worker has it.
 KILL_WITHIN = 0.4
@@ -101,7 +103,8 @@ def test_kill_9_during_a_vm_create_then_restart_finishes_or_marks_it_and_a_retry
             break
     assert status == "running", "every create ended before the kill"
 
-    with running_server(fleet.ledger_url, log) as second, second.client(token) as client:
+    restarted = running_server(fleet.ledger_url, log, ["--stale-after", STALE])
+    with restarted as second, second.client(token) as client:
         ended = wait_action(client, action_id, RECOVERY_SECONDS)
         assert ended["status"] in ("succeeded", "interrupted"), (ended["error"], ended["progress"])
         assert ended["attempts"] <= 2
