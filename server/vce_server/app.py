@@ -28,7 +28,7 @@ from .api import actions as actions_api
 from .api import operator as operator_api
 from .api import resources as resources_api
 from .api import terms as terms_api
-from .api.deps import Context
+from .api.deps import ERROR_RESPONSES, Context
 from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
     for router in (actions_api, resources_api, terms_api, operator_api):
-        app.include_router(router.router)
+        app.include_router(router.router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from ..errors import ApiError, forbidden, too_many, unauthorized
 from ..principal import WRITE, Principal
@@ -26,6 +27,55 @@ MAX_IDEMPOTENCY_KEY = 200
 
 # auto_error off: a missing token gets the API's own error shape, not FastAPI's.
 bearer = HTTPBearer(auto_error=False, description="An API token: `vce_<prefix>_<secret>`.")
+
+
+class ErrorField(BaseModel):
+    path: str
+    reason: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: list[ErrorField]
+    request_id: str
+
+
+class ErrorReply(BaseModel):
+    """The one shape of every failure (errors.ApiError.body)."""
+
+    error: ErrorDetail
+
+
+RETRY_AFTER = {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+WWW_AUTHENTICATE = {"description": "Bearer", "schema": {"type": "string"}}
+# Every operation lists these (app.py includes each router with them): OpenAPI clients learn
+# the error shape, and 422 is the API's shape, not FastAPI's default validation error.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorReply,
+        "description": "No token, or an unknown, expired or revoked one.",
+        "headers": {"WWW-Authenticate": WWW_AUTHENTICATE},
+    },
+    403: {
+        "model": ErrorReply,
+        "description": "A read token on a change, or a customer's token on an operator path.",
+    },
+    404: {"model": ErrorReply, "description": "No such object, or another tenant's."},
+    409: {
+        "model": ErrorReply,
+        "description": "Refused: a quota, a name taken, a blocked VM, a suspended tenant.",
+    },
+    422: {
+        "model": ErrorReply,
+        "description": "A bad body, path, query or header: `fields` names each, with the reason.",
+    },
+    429: {
+        "model": ErrorReply,
+        "description": "Too many requests for this token.",
+        "headers": {"Retry-After": RETRY_AFTER},
+    },
+}
 
 
 @dataclass

@@ -63,3 +63,20 @@ def test_rendering_is_stable_and_sorted(spec: dict) -> None:
     assert text.endswith("}\n")
     assert json.loads(text) == spec
     assert openapi.render(json.loads(text)) == text
+
+
+def test_every_v1_operation_lists_the_error_shape(spec: dict) -> None:
+    reply = spec["components"]["schemas"]["ErrorReply"]
+    assert reply["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    detail = spec["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["required"]) == {"code", "message", "fields", "request_id"}
+    missing = [
+        f"{method.upper()} {path} {status}"
+        for path, method, operation in operations(spec)
+        if path.startswith("/v1/")
+        for status in ("401", "403", "404", "409", "422", "429")
+        if operation["responses"].get(status, {}).get("content", {}).get("application/json")
+        != {"schema": {"$ref": "#/components/schemas/ErrorReply"}}
+    ]
+    assert not missing
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
