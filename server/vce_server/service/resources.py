@@ -102,6 +102,9 @@ RUN_SOURCE = "api"
 RUN_PREFIX = "api-"
 # What the server decides, never the customer: the host (placement) and host paths.
 SERVER_FIELDS = frozenset({"host", "target"})
+# What the engine's facts say of the host rather than of the object: libvirt's name of it
+# (with the tenant prefix) and the network's bridge on the host.
+HOST_DETAILS = frozenset({"libvirt_name", "bridge"})
 VM_ACTIONS = ("start", "stop", "reboot")
 ENVIRONMENT_KEYS = ("zone", "networks", "disks", "vms", "public_ips", "zone_links",
                     "backup_schedules")  # fmt: skip
@@ -320,7 +323,8 @@ class Resources:
         """An object as a customer sees it: named, in its zone, without host details."""
         if not found:
             return None
-        return {"name": name, **scrubbed(found, scrub or self.fleet.scrubber()), "zone": zone}
+        kept = {key: value for key, value in found.items() if key not in HOST_DETAILS}
+        return {"name": name, **scrubbed(kept, scrub or self.fleet.scrubber()), "zone": zone}
 
     def list(self, tenant: str, plural: str) -> list[dict[str, Any]]:
         """The tenant's objects of a kind in every zone it was placed in."""
