@@ -87,7 +87,7 @@ def test_a_token_past_its_rate_answers_429_with_retry_after(
     with server.client(token) as client:
 
         def calls(_i: int) -> list[httpx.Response]:
-            return [client.get("/v1/zones") for _ in range(RATE_CALLS // RATE_THREADS)]
+            return [client.get("/v1/zones") for _call in range(RATE_CALLS // RATE_THREADS)]
 
         with ThreadPoolExecutor(RATE_THREADS) as pool:
             replies = [r for batch in pool.map(calls, range(RATE_THREADS)) for r in batch]

@@ -73,7 +73,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def test_fifty_clients_for_a_minute_see_no_error(server: Server, fleet: Fleet, new_tenant):
-    tenants = [new_tenant(fleet) for _ in range(TENANTS)]
+    tenants = [new_tenant(fleet) for _tenant in range(TENANTS)]
     # A token per client: each stays under its own rate limit, as separate customers would.
     tokens = [create_token(fleet.ledger_url, tenants[i % TENANTS]) for i in range(CLIENTS)]
     tally = Tally()

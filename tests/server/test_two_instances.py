@@ -34,7 +34,7 @@ def test_two_instances_run_each_of_20_actions_exactly_once(
     shared_fleet: Fleet, conn: libvirt.virConnect, new_tenant
 ):
     fleet = shared_fleet
-    tenants = [new_tenant(fleet) for _ in range(TENANTS)]
+    tenants = [new_tenant(fleet) for _tenant in range(TENANTS)]
     tokens = {tenant: create_token(fleet.ledger_url, tenant) for tenant in tenants}
     submitted: list[tuple[int, str, str]] = []  # (instance, tenant, action id)
     with (

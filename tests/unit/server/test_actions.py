@@ -110,9 +110,9 @@ def test_an_action_is_queued_run_and_read_back(queues):
 def test_reads_are_scoped_to_the_tenant(queues):
     queue = queues()
     queue.register("put", echo)
-    first, _ = queue.submit(customer("a"), "put", "vms/one", {"n": 1})
-    second, _ = queue.submit(customer("a"), "put", "vms/two", {"n": 2})
-    theirs, _ = queue.submit(customer("b"), "put", "vms/one", {"n": 1})
+    first, _created = queue.submit(customer("a"), "put", "vms/one", {"n": 1})
+    second, _created = queue.submit(customer("a"), "put", "vms/two", {"n": 2})
+    theirs, _created = queue.submit(customer("b"), "put", "vms/one", {"n": 1})
     assert queue.get(first["id"], "b") is None  # another tenant's: as if missing
     assert queue.get(str(uuid.uuid4()), "a") is None
     assert queue.get(theirs["id"], None)["target"] == "vms/one"  # an operator sees every tenant's
@@ -124,7 +124,7 @@ def test_reads_are_scoped_to_the_tenant(queues):
         queue.list("a", status="finished")
     assert (refused.value.status, refused.value.fields[0][0]) == (422, "status")
     # An operator's change names the tenant it acts for.
-    for_b, _ = queue.submit(OPERATOR, "put", "vms/three", {"n": 3}, tenant="b")
+    for_b, _created = queue.submit(OPERATOR, "put", "vms/three", {"n": 3}, tenant="b")
     assert queue.get(for_b["id"], "b") is not None
     with pytest.raises(ApiError) as nameless:
         queue.submit(OPERATOR, "put", "vms/three", {"n": 3})
@@ -276,7 +276,7 @@ def test_progress_held_back_by_the_throttle_is_written_while_the_action_runs(que
         return {}
 
     queue.register("put", handler)
-    action, _ = queue.submit(customer("a"), "put", "vms/web", {})
+    action, _created = queue.submit(customer("a"), "put", "vms/web", {})
     queue.start()
     try:
         running = until(
@@ -299,7 +299,7 @@ def test_wait_returns_as_soon_as_the_action_ends(queues):
         return {}
 
     queue.register("put", handler)
-    action, _ = queue.submit(customer("a"), "put", "vms/web", {})
+    action, _created = queue.submit(customer("a"), "put", "vms/web", {})
     queue.start()
     began = time.monotonic()
     assert queue.wait(action["id"], "a", 0.3)["status"] == "running"  # the time is up
@@ -324,7 +324,7 @@ def test_a_submission_wakes_a_worker_at_once(queues):
     latencies = []
     for n in range(10):
         began = time.monotonic()
-        action, _ = queue.submit(customer("a"), "put", "vms/web", {"n": str(n)})
+        action, _created = queue.submit(customer("a"), "put", "vms/web", {"n": str(n)})
         until(lambda n=n: str(n) in started, 5)
         latencies.append(started[str(n)] - began)
         assert queue.wait(action["id"], "a", 5)["status"] == "succeeded"
@@ -335,7 +335,7 @@ def test_stop_leaves_an_unfinished_action_running(queues):
     queue = queues(workers=1)
     release = threading.Event()
     queue.register("put", lambda payload, report: {"released": release.wait(10)})
-    action, _ = queue.submit(customer("a"), "put", "vms/web", {})
+    action, _created = queue.submit(customer("a"), "put", "vms/web", {})
     queue.start()
     until(lambda: queue.get(action["id"], "a")["status"] == "running")
     queue.stop(0.2)
@@ -392,7 +392,7 @@ def test_an_action_of_a_killed_instance_runs_again_after_a_restart(queues, insta
     queue = queues(stale_after=1.0, instance="restarted")
     action = sleeper(queue)
     child = instances.start("first")
-    until(lambda: (tmp_path / "started-1").exists())
+    until((tmp_path / "started-1").exists)
     instances.kill(child)  # mid-run, as kill -9 of the server
     assert queue.get(action["id"], "a")["status"] == "running"
     queue.start()  # recovers it once its heartbeat is older than stale_after
@@ -404,11 +404,11 @@ def test_an_action_abandoned_twice_is_interrupted(queues, instances, tmp_path):
     queue = queues(stale_after=1.0, instance="third")
     action = sleeper(queue)
     first = instances.start("first")
-    until(lambda: (tmp_path / "started-1").exists())
+    until((tmp_path / "started-1").exists)
     instances.kill(first)
     (tmp_path / "started-1").unlink()
     second = instances.start("second", stale_after=1.0)  # recovers and runs it again
-    until(lambda: (tmp_path / "started-1").exists())
+    until((tmp_path / "started-1").exists)
     instances.kill(second)
     queue.start()
     done = queue.wait(action["id"], "a", 8)

@@ -116,7 +116,7 @@ def test_concurrent_placements_of_one_tenant_give_one_host(any_ledger_url):
         except Exception as error:  # reported below
             failures.append(error)
 
-    threads = [threading.Thread(target=place) for _ in range(2)]
+    threads = [threading.Thread(target=place) for _thread in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
