@@ -13,13 +13,13 @@ from ansible.inventory.host import Host
 from ansible.playbook.task import Task
 from ansible_collections.vce.kvm.plugins.callback.ledger import CallbackModule
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_disk
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.recorder import Recorder
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import usage_intervals
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRecord
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.ledger import register, unrecorded
+from tests.support.testdriver import fresh_driver
 
 URI = "test:///default"
 STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
@@ -28,10 +28,12 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 @pytest.fixture
 def reported(monkeypatch, ledger_url):
     """What vce.kvm.disk reports for acme's new disk on the test driver, not yet recorded."""
-    monkeypatch.setattr(host, "_connections", {})
+    driver = fresh_driver(monkeypatch)  # its connections closed after the test
+    next(driver)
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
-    return unrecorded(ledger_url, run_disk(params).usage_changes)
+    yield unrecorded(ledger_url, run_disk(params).usage_changes)
+    next(driver, None)
 
 
 class Warnings:

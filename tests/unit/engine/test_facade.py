@@ -19,6 +19,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.host import connection as 
 
 from tests.support.images import make_image
 from tests.support.ledger import register
+from tests.support.testdriver import fresh_driver
 
 URI = "test:///default"
 
@@ -27,12 +28,16 @@ URI = "test:///default"
 def fresh(monkeypatch, tmp_path, ledger_url):
     """A new test-driver connection per test: its state starts from the driver's defaults; the
     tenant is registered in a fresh ledger."""
-    monkeypatch.setattr(host, "_connections", {})
+    # Closed after the test, not left to the garbage collector: the driver keeps its objects
+    # while any connection to it is open, and the next test would find them.
+    driver = fresh_driver(monkeypatch)
+    next(driver)
     register(ledger_url, "acme")
     register(ledger_url, "other")
     image = tmp_path / "base.qcow2"
     make_image(image)
-    return str(image)
+    yield str(image)
+    next(driver, None)
 
 
 def declaration(image: str) -> dict:

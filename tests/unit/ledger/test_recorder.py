@@ -9,7 +9,6 @@ import json
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_disk
-from ansible_collections.vce.kvm.plugins.module_utils.host import connection as host
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import Metering, UsageChange
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.recorder import Recorder, reason
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import runs, usage_intervals
@@ -17,6 +16,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.spool import RunRec
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.ledger import register, unrecorded
+from tests.support.testdriver import fresh_driver
 
 URI = "test:///default"
 STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
@@ -25,11 +25,13 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 @pytest.fixture
 def changes(monkeypatch, ledger_url):
     """The usage change of a disk the engine made on the test driver, not yet recorded."""
-    monkeypatch.setattr(host, "_connections", {})
+    driver = fresh_driver(monkeypatch)  # its connections closed after the test
+    next(driver)
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
     result = run_disk(params)
-    return [UsageChange.from_dict(item) for item in unrecorded(ledger_url, result.usage_changes)]
+    yield [UsageChange.from_dict(item) for item in unrecorded(ledger_url, result.usage_changes)]
+    next(driver, None)
 
 
 @pytest.fixture

@@ -507,11 +507,12 @@ def test_a_thread_acting_for_a_run_records_its_id_and_actor(tmp_path):
     from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import acting_as
 
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    Ledger.open(url, create=True)  # made first: the threads test whose run they record
     seen = {}
 
     def worker(name: str) -> None:
         with acting_as(f"run-{name}", f"api:{name}"):
-            ledger = Ledger.open(url, create=True)
+            ledger = Ledger.open(url)
             seen[name] = (ledger.run_id, ledger.actor)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
