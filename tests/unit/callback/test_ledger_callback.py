@@ -29,7 +29,7 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 def reported(monkeypatch, ledger_url):
     """What vce.kvm.disk reports for acme's new disk on the test driver, not yet recorded."""
     driver = fresh_driver(monkeypatch)  # its connections closed after the test
-    next(driver)
+    next(driver, None)
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
     yield unrecorded(ledger_url, run_disk(params).usage_changes)

@@ -31,7 +31,7 @@ def fresh(monkeypatch, tmp_path, ledger_url):
     # Closed after the test, not left to the garbage collector: the driver keeps its objects
     # while any connection to it is open, and the next test would find them.
     driver = fresh_driver(monkeypatch)
-    next(driver)
+    next(driver, None)
     register(ledger_url, "acme")
     register(ledger_url, "other")
     image = tmp_path / "base.qcow2"

@@ -26,7 +26,7 @@ STARTED = dt.datetime(2026, 12, 4, 1, 0, tzinfo=dt.UTC)
 def changes(monkeypatch, ledger_url):
     """The usage change of a disk the engine made on the test driver, not yet recorded."""
     driver = fresh_driver(monkeypatch)  # its connections closed after the test
-    next(driver)
+    next(driver, None)
     register(ledger_url, "acme")
     params = {"uri": URI, "tenant": "acme", "name": "data1", "size_gib": 1, "pool": "default-pool"}
     result = run_disk(params)
