@@ -283,20 +283,9 @@ def cmd_sla(args: argparse.Namespace) -> int:
     if args.format == "csv":
         emit(args, ledger, lambda out: statement.write_sla_csv(documents, out))
         return 0
-    rows = (sla_statement(d) for d in documents)
+    rows = (statement.sla_statement(d) for d in documents)
     emit(args, ledger, lambda out: statement.write_json_stream(rows, out))
     return 0
-
-
-def sla_statement(document: Mapping[str, Any]) -> dict[str, Any]:
-    credit = [x["amount"] for x in document["discounts"] if x["kind"] == "sla_credit"]
-    return {
-        "tenant": document["tenant"],
-        "month": document["month"],
-        "vms": document["availability"],
-        "incidents": document["incidents"],
-        "sla_credit": credit[0] if credit else "0.00",
-    }
 
 
 def cmd_requests(args: argparse.Namespace) -> int:

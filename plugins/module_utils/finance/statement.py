@@ -953,3 +953,15 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def sla_statement(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A month's SLA document as a statement: availability per VM, incidents, the credit."""
+    credit = [x["amount"] for x in document["discounts"] if x["kind"] == "sla_credit"]
+    return {
+        "tenant": document["tenant"],
+        "month": document["month"],
+        "vms": document["availability"],
+        "incidents": document["incidents"],
+        "sla_credit": credit[0] if credit else "0.00",
+    }

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.cli.vce import sla_statement
 from ansible_collections.vce.kvm.plugins.module_utils.core import quota
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.core.periods import (
@@ -473,7 +472,7 @@ class Terms:
     def sla(self, who: Principal, month: str | None = None) -> dict[str, Any]:
         """The month's availability per VM, its incidents and the credit, as `vce ledger sla`
         (computed afresh, as that command does)."""
-        return self.month_document(who, month, Biller, sla_statement)
+        return self.month_document(who, month, Biller, statement.sla_statement)
 
     def month_document(
         self, who: Principal, month: str | None, source: Callable[[Ledger, Month], Any],
