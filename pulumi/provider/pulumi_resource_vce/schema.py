@@ -45,7 +45,7 @@ def build() -> dict[str, Any]:
             "defaults": sorted(p.name for p in CONFIG if p.required),
         },
         "provider": {
-            "description": "The vce provider: one tenant, its ledger and the zones' hosts.",
+            "description": "The vce provider: a client of the control plane (its URL, a token).",
             "inputProperties": config_props,
             "requiredInputs": sorted(p.name for p in CONFIG if p.required),
         },
