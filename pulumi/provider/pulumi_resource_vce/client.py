@@ -192,9 +192,11 @@ def retry_after(reply: httpx.Response, tries: int) -> float:
 def failure_of(reply: httpx.Response) -> ApiFailure:
     """The API's error object (`{"error": {code, message, fields}}`), or the status alone."""
     try:
-        error = reply.json().get("error") or {}
+        answer = reply.json()
     except ValueError:
-        error = {}
+        answer = {}
+    # Whatever stands in front of the server (a proxy) may answer JSON of another shape.
+    error = answer.get("error") if isinstance(answer, Mapping) else None
     if not isinstance(error, Mapping):
         error = {}
     fields = [
