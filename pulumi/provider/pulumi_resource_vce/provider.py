@@ -270,6 +270,8 @@ class VceProvider(Provider):
             action = await self.api().submit(
                 "PUT", kind.path(name), key_of(operation, urn, body), body=body
             )
+        except ApiFailure as failure:
+            raise self.failed(kind, name, failure) from None
         finally:
             self.pending.pop(urn, None)
         action = await self.finish(kind, name, urn, action, timeout)
