@@ -105,7 +105,9 @@ class Tenant:
         return answer.resource_id, to_values(answer.properties)[0], to_values(answer.inputs)[0]
 
     async def diff(self, kind: str, name: str, resource_id: str, state: dict, news: dict):
-        request = DiffRequest(urn(kind, name), resource_id, from_values(state), from_values(news), [])
+        request = DiffRequest(
+            urn(kind, name), resource_id, from_values(state), from_values(news), []
+        )
         return await self.provider.diff(request)
 
     async def update(self, kind: str, name: str, resource_id: str, olds: dict, news: dict):

@@ -197,3 +197,63 @@ def test_quotas_and_images_through_invoke(served):
         await acme.close()
 
     run(scenario())
+
+
+def test_check_validates_through_the_api_in_the_programs_spelling(served):
+    served.tenant("acme")
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        inputs, failures = await acme.check("Network", "lan", {"cidr": "10.40.0.0/24"})
+        assert failures == [] and inputs == {**NETWORK, "name": "lan"}
+        _inputs, failures = await acme.check("Network", "lan", {"cidr": "10.40.0.0/33"})
+        assert [path for path, _reason in failures] == ["cidr"]
+        small = {**VM, "bootDisk": {"image": IMAGE, "sizeGib": 0}}
+        _inputs, failures = await acme.check("Vm", "web", small)
+        assert [path for path, _reason in failures] == ["bootDisk.sizeGib"]
+        _inputs, failures = await acme.check("Vm", "Web", {**VM, "name": "Web"})
+        assert [path for path, _reason in failures] == ["name"]
+        assert served.domain("acme", "web") is None
+        await acme.close()
+
+    run(scenario())
+
+
+def test_check_counts_the_stack_against_the_quotas(served):
+    served.tenant("acme", vms=2, vcpus=5)
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        _inputs, failures = await acme.check("Vm", "big", {**VM, "name": "big", "vcpus": 6})
+        [(path, reason)] = failures
+        assert path == "vcpus" and reason.startswith("vcpus (vCPUs): limit 5, used 0"), reason
+        # A preview of a whole stack: each check counts what the ones before it will add.
+        for name in ("a", "b"):
+            _inputs, failures = await acme.check("Vm", name, {**VM, "name": name, "vcpus": 2})
+            assert failures == [], (name, failures)
+        _inputs, failures = await acme.check("Vm", "c", {**VM, "name": "c"})
+        [(path, reason)] = failures
+        assert path == "name" and reason.startswith("vms ("), reason
+        # Checked again with its inputs unchanged, a resource is not counted twice.
+        _inputs, failures = await acme.check("Vm", "b", {**VM, "name": "b", "vcpus": 2})
+        assert failures == []
+        await acme.close()
+
+    run(scenario())
+
+
+def test_the_same_declaration_after_a_delete_is_made_again(served):
+    """The second create has the first's Idempotency-Key: the server replays the ended
+    action, and the provider submits the change again under the next key."""
+    served.tenant("acme")
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        disk_id, state = await acme.create("Disk", "data", DISK)
+        await acme.delete("Disk", "data", disk_id, plain(state))
+        assert volumes(served) == []
+        again_id, state = await acme.create("Disk", "data", DISK)
+        assert again_id == disk_id and volumes(served) == [plain(state)["volume"]]
+        await acme.close()
+
+    run(scenario())
