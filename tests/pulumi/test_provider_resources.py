@@ -259,6 +259,12 @@ def test_check_of_unknown_values_asks_no_one():
     assert answer.inputs["cloudInit"].value["userData"].is_secret
 
 
+def test_check_of_unchanged_inputs_asks_no_one():
+    olds = adapter.from_values(VM_INPUTS_GIVEN)
+    answer = asyncio.run(VceProvider().check(CheckRequest(VM_URN, olds, olds, b"")))
+    assert answer.failures == []
+
+
 def test_type_failures_name_the_path():
     failures = check_types(
         VM_INPUTS,

@@ -1,6 +1,7 @@
 """The vce plugin started exactly as the Pulumi CLI's Python language host starts a plugin
 directory (`python -u <dir> <engine address>`, the port read from its first stdout line), and
-driven with the SDK's provider_pb2 stubs."""
+driven with the SDK's provider_pb2 stubs; configured with a control plane's URL and a token.
+Every response (and every error's text) is kept, for tests that look for secrets in them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 START_SECONDS = 60
+CONFIG_ENV = ("VCE_ENDPOINT", "VCE_TOKEN")
+PROVIDER_URN = "urn:pulumi:dev::tenant::pulumi:providers:vce::default"
 
 
 def secret(value: Any) -> dict[str, Any]:
@@ -50,18 +53,43 @@ def normalise(value: Any) -> Any:
     return value
 
 
+class RecordingStub:
+    """The provider stub, keeping each response and each error's details in `seen`."""
+
+    def __init__(self, channel: grpc.Channel, seen: list[Any]) -> None:
+        self.stub = provider_pb2_grpc.ResourceProviderStub(channel)
+        self.seen = seen
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self.stub, method)
+
+        def recorded(request: Any, **kwargs: Any) -> Any:
+            try:
+                response = call(request, **kwargs)
+            except grpc.RpcError as error:
+                self.seen.append(error.details())
+                raise
+            self.seen.append(response)
+            return response
+
+        return recorded
+
+
 class Plugin:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        # The provider's own environment variables only when the test gives them.
+        inherited = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
         self.process = subprocess.Popen(
             [sys.executable, "-u", str(PLUGIN_DIR), "127.0.0.1:1"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
+            env={**inherited, **(env or {})},
             text=True,
         )
         self.port = self.read_port()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
+        self.responses: list[Any] = []
+        self.stub = RecordingStub(self.channel, self.responses)
 
     def read_port(self) -> int:
         ready, _writable, _failed = select.select([self.process.stdout], [], [], START_SECONDS)
@@ -93,6 +121,19 @@ class Plugin:
                 acceptResources=True,
             )
         )
+
+    def connect(self, endpoint: str, token: str) -> provider_pb2.ConfigureResponse:
+        """Configured as `pulumi config set vce:endpoint` and `--secret vce:token` do."""
+        return self.configure({"endpoint": endpoint, "token": token})
+
+    def check_config(self, news: Mapping[str, Any]) -> provider_pb2.CheckResponse:
+        return self.stub.CheckConfig(provider_pb2.CheckRequest(urn=PROVIDER_URN, news=struct(news)))
+
+    def invoke(self, token: str, args: Mapping[str, Any] | None = None):
+        response = self.stub.Invoke(provider_pb2.InvokeRequest(tok=token, args=struct(args or {})))
+        return plain(getattr(response, "return")), [
+            (f.property, f.reason) for f in response.failures
+        ]
 
     def check(self, urn: str, news: Mapping[str, Any], olds: Mapping[str, Any] | None = None):
         response = self.stub.Check(
