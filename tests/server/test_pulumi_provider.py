@@ -14,19 +14,21 @@ import grpc
 import libvirt
 import pytest
 from google.protobuf import json_format
-from pulumi.runtime.proto import provider_pb2
+from pulumi.runtime.proto import engine_pb2, provider_pb2
 
 from tests.server.conftest import Fleet
 from tests.support.pulumi_plugin import (
+    NO_ENGINE,
     SECRET_SIG,
     SIG_KEY,
     UNKNOWN,
     Plugin,
+    running_engine,
     running_plugin,
     secret,
     urn,
 )
-from tests.support.server import Server, create_token, token_secret
+from tests.support.server import Server, create_token, token_secret, volume_xml
 
 pytestmark = pytest.mark.server
 VM = "vce:index:Vm"
@@ -38,8 +40,8 @@ USER_DATA = "#cloud-config\nwrite_files: [{path: /etc/motd, content: kept-secret
 
 
 @contextlib.contextmanager
-def connected(server: Server, token: str) -> Iterator[Plugin]:
-    with running_plugin() as plugin:
+def connected(server: Server, token: str, engine: str = NO_ENGINE) -> Iterator[Plugin]:
+    with running_plugin(engine=engine) as plugin:
         plugin.connect(server.url, token)
         yield plugin
     assert plugin.process.poll() is not None  # no plugin process left behind
@@ -270,6 +272,20 @@ def test_a_stack_from_check_to_delete(fleet, server, conn, tenant_plugin, subnet
     assert token_secret(token) not in stderr and "kept-secret-8f3a" not in stderr
 
 
+def test_progress_is_shown_beside_the_resource(fleet, server, conn, new_tenant):
+    tenant = new_tenant(fleet)
+    token = create_token(fleet.ledger_url, tenant)
+    web_urn = urn(VM, "web")
+    with running_engine() as engine, connected(server, token, engine.address) as plugin:
+        web, _failures = plugin.check(web_urn, vm_inputs(fleet))
+        web_id, _state = plugin.create(web_urn, web)
+    assert domain(conn, tenant, "web") is not None
+    shown = [m for m in engine.messages if m.urn == web_urn]
+    assert shown and all(m.ephemeral and m.severity == engine_pb2.INFO for m in shown)
+    assert shown[-1].message.startswith("vms/web: succeeded"), [m.message for m in shown]
+    assert web_id == f"{fleet.zone}/web"
+
+
 # -- check --------------------------------------------------------------------------------------
 
 
@@ -299,26 +315,30 @@ def test_check_refuses_what_the_server_would_and_what_the_quotas_cannot_hold(
 # -- tenants and operators ------------------------------------------------------------------------
 
 
-def test_a_tenant_cannot_reach_another_tenants_objects(fleet, server, conn, tenant_plugin, subnet):
+def test_a_tenant_cannot_reach_another_tenants_objects(fleet, server, conn, tenant_plugin):
     owner, _token, plugin = tenant_plugin()
     intruder, _token_b, other = tenant_plugin()
-    lan, _failures = plugin.check(urn(NETWORK, "lan"), {"cidr": f"{subnet}.0/24"})
-    lan_id, lan_state = plugin.create(urn(NETWORK, "lan"), lan)
+    data, _failures = plugin.check(urn(DISK, "data"), {"sizeGib": 1})
+    data_id, data_state = plugin.create(urn(DISK, "data"), data)
     web, _failures = plugin.check(urn(VM, "web"), vm_inputs(fleet))
     web_id, web_state = plugin.create(urn(VM, "web"), web)
-    before = (domain(conn, owner, "web").XMLDesc(0), network(conn, owner, "lan").XMLDesc(0))
+    pool = conn.storagePoolLookupByName("default")
+    pool.refresh(0)  # libvirt reads the volume's qcow2 header now, as after the calls below
+    volume = pool.storageVolLookupByName(data_state["volume"])
+    before = (domain(conn, owner, "web").XMLDesc(0), volume_xml(volume))
 
     assert other.read(urn(VM, "web"), web_id, web_state, web) == ("", {}, {})  # refresh: gone
     assert other.read(urn(VM, "web"), web_id) == ("", {}, {})  # import: nothing to import
-    assert other.read(urn(NETWORK, "lan"), lan_id) == ("", {}, {})
+    assert other.read(urn(DISK, "data"), data_id) == ("", {}, {})
     other.delete(urn(VM, "web"), web_id, web_state)  # not its own: already gone for it
-    other.delete(urn(NETWORK, "lan"), lan_id, lan_state)
+    other.delete(urn(DISK, "data"), data_id, data_state)
     # A change by name declares the other tenant's own object, never the owner's.
     mine = other.update(urn(VM, "web"), web_id, web_state, {**web, "vcpus": 2})
     assert mine["vcpus"] == 2
     assert domain(conn, intruder, "web").vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == 2
-    after = (domain(conn, owner, "web").XMLDesc(0), network(conn, owner, "lan").XMLDesc(0))
-    assert after == before
+    pool.refresh(0)
+    volume = pool.storageVolLookupByName(data_state["volume"])
+    assert (domain(conn, owner, "web").XMLDesc(0), volume_xml(volume)) == before
 
 
 def test_no_operator_action_is_within_reach(fleet, server, new_tenant):
@@ -341,13 +361,13 @@ def test_no_operator_action_is_within_reach(fleet, server, new_tenant):
 # -- data sources -------------------------------------------------------------------------------
 
 
-def test_quotas_and_images_through_invoke(fleet, tenant_plugin, subnet):
-    _tenant, _token, plugin = tenant_plugin(networks=4)
-    lan, _failures = plugin.check(urn(NETWORK, "lan"), {"cidr": f"{subnet}.0/24"})
-    plugin.create(urn(NETWORK, "lan"), lan)
+def test_quotas_and_images_through_invoke(fleet, tenant_plugin):
+    _tenant, _token, plugin = tenant_plugin(vms=4)
+    web, _failures = plugin.check(urn(VM, "web"), vm_inputs(fleet))
+    plugin.create(urn(VM, "web"), web)
     quotas, failures = plugin.invoke("vce:index:getQuotas")
     assert failures == []
-    assert quotas["quotas"]["networks"] == {"limit": 4, "used": 1, "reserved": 0, "unit": ""}
+    assert quotas["quotas"]["vms"] == {"limit": 4, "used": 1, "reserved": 0, "unit": ""}
     assert set(quotas["quotas"]) >= {"vms", "vcpus", "ram_gib", "disk_gib", "public_ips"}
     images, failures = plugin.invoke("vce:index:getImages", {"zone": fleet.zone})
     [image] = images["images"]

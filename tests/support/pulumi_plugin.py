@@ -11,12 +11,13 @@ import select
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
-from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+from google.protobuf import empty_pb2, json_format, struct_pb2
+from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, provider_pb2, provider_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = ROOT / "pulumi" / "provider"
@@ -25,6 +26,8 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 START_SECONDS = 60
 CONFIG_ENV = ("VCE_ENDPOINT", "VCE_TOKEN")
+# An engine address nothing answers on: the plugin's log messages go to its stderr only.
+NO_ENGINE = "127.0.0.1:1"
 PROVIDER_URN = "urn:pulumi:dev::tenant::pulumi:providers:vce::default"
 
 
@@ -75,12 +78,36 @@ class RecordingStub:
         return recorded
 
 
+class EngineLogs(engine_pb2_grpc.EngineServicer):
+    """The Pulumi engine's Log service, as the plugin reaches it: every message kept."""
+
+    def __init__(self) -> None:
+        self.messages: list[engine_pb2.LogRequest] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        engine_pb2_grpc.add_EngineServicer_to_server(self, self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    def Log(self, request: engine_pb2.LogRequest, context: Any) -> empty_pb2.Empty:
+        self.messages.append(request)
+        return empty_pb2.Empty()
+
+
+@contextlib.contextmanager
+def running_engine() -> Iterator[EngineLogs]:
+    engine = EngineLogs()
+    engine.server.start()
+    try:
+        yield engine
+    finally:
+        engine.server.stop(grace=None)
+
+
 class Plugin:
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, engine: str = NO_ENGINE) -> None:
         # The provider's own environment variables only when the test gives them.
         inherited = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
         self.process = subprocess.Popen(
-            [sys.executable, "-u", str(PLUGIN_DIR), "127.0.0.1:1"],
+            [sys.executable, "-u", str(PLUGIN_DIR), engine],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**inherited, **(env or {})},
@@ -182,8 +209,10 @@ def urn(token: str, name: str, stack: str = "dev", project: str = "tenant") -> s
 
 
 @contextlib.contextmanager
-def running_plugin(env: Mapping[str, str] | None = None) -> Iterator[Plugin]:
-    plugin = Plugin(env)
+def running_plugin(
+    env: Mapping[str, str] | None = None, engine: str = NO_ENGINE
+) -> Iterator[Plugin]:
+    plugin = Plugin(env, engine)
     try:
         yield plugin
     finally:
