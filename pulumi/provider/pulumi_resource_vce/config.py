@@ -50,9 +50,12 @@ ZONE_FIELDS = (
     Prop("runner", "string", "The backup runner's path on the host."),
 )
 CONFIG = (
-    Prop("tenant", "string", "The tenant whose objects this provider manages.", required=True),
-    Prop("ledgerUrl", "string", "The ledger's database URL (SQLite file by default).", secret=True),
-    Prop("zones", "map", "The zones by name.", type_name="Zone", items=ZONE_FIELDS, required=True),
+    Prop(
+        "endpoint",
+        "string",
+        "The control plane's URL, e.g. https://panel.example.net (VCE_ENDPOINT when unset).",
+    ),
+    Prop("token", "string", "An API token of your tenant (VCE_TOKEN when unset).", secret=True),
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG
+from .functions import FUNCTIONS
 from .props import Prop
 from .resources import KINDS, PACKAGE
 
@@ -32,6 +33,14 @@ def build() -> dict[str, Any]:
             "inputProperties": properties(inputs, types),
             "requiredInputs": sorted(p.name for p in inputs if p.required),
         }
+    functions = {
+        function.token: {
+            "description": function.description,
+            "inputs": object_spec(function.inputs, types),
+            "outputs": object_spec(function.outputs, types),
+        }
+        for function in FUNCTIONS
+    }
     return {
         "name": PACKAGE,
         "displayName": "vce.kvm",
@@ -45,13 +54,23 @@ def build() -> dict[str, Any]:
             "defaults": sorted(p.name for p in CONFIG if p.required),
         },
         "provider": {
-            "description": "The vce provider: one tenant, its ledger and the zones' hosts.",
+            "description": "The vce provider: a client of the control plane's API, acting as "
+            "the tenant of its token.",
             "inputProperties": config_props,
             "requiredInputs": sorted(p.name for p in CONFIG if p.required),
         },
         "types": dict(sorted(types.items())),
         "resources": resources,
+        "functions": functions,
         "language": {"python": {"packageName": "pulumi_vce"}},
+    }
+
+
+def object_spec(props: tuple[Prop, ...], types: dict[str, Any]) -> dict[str, Any]:
+    """A function's inputs or outputs: an object type written in place."""
+    return {
+        "properties": properties(props, types),
+        "required": sorted(p.name for p in props if p.required),
     }
 
 
