@@ -21,7 +21,9 @@ from pulumi.runtime.proto import provider_pb2_grpc
 from .provider import ProviderError, VceProvider
 from .schema import VERSION
 
-HANDLED = ("Configure", "CheckConfig", "Check", "Diff", "Create", "Read", "Update", "Delete")
+HANDLED = (
+    "Configure", "CheckConfig", "Check", "Diff", "Create", "Read", "Update", "Delete", "Invoke",
+)  # fmt: skip
 
 
 class Servicer(ProviderServicer):
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
 
 async def serve(engine_address: str) -> None:
     server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS)
-    servicer = Servicer(sys.argv[1:], VERSION, VceProvider(), engine_address=engine_address)
+    servicer = Servicer(
+        sys.argv[1:], VERSION, VceProvider(engine_address), engine_address=engine_address
+    )
     provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -1,27 +1,17 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The vce provider: Check, Diff, Create, Read, Update and Delete over the engine.
-
-Every libvirt and ledger call runs in a worker thread: the gRPC server's event loop serves
-the engine's concurrent requests meanwhile.
-"""
+"""The vce provider: a client of the control plane (`vce serve`). Check asks the API to
+validate a declaration and count it against the tenant's quotas, Diff stays local,
+Create/Update/Delete submit actions and wait for them, Read reads the object back."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
-from ansible_collections.vce.kvm.plugins.module_utils.core import quota
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
-from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
-    Gate,
-    check_counted,
-    observed_objects,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from pulumi.provider.experimental.property_value import PropertyValue
 from pulumi.provider.experimental.provider import (
     CheckFailure,
     CheckRequest,
@@ -35,6 +25,8 @@ from pulumi.provider.experimental.provider import (
     DiffResponse,
     GetSchemaRequest,
     GetSchemaResponse,
+    InvokeRequest,
+    InvokeResponse,
     PropertyDiff,
     PropertyDiffKind,
     Provider,
@@ -52,13 +44,17 @@ from .adapter import (
     resource_type,
     to_values,
 )
-from .config import CONFIG, ProviderConfig, decoded, parse_config
+from .client import ApiFailure, Client, key_of
+from .config import CONFIG, ConfigError, ProviderConfig, decoded, parse_config
+from .functions import FUNCTIONS, Function
+from .progress import EngineLog
 from .props import Prop, camel_path, check_types, secret_paths, with_defaults
-from .records import RunRecords
-from .resources import KINDS, Kind
+from .resources import KINDS, NAME, IdError, Kind
 from .schema import SCHEMA_FILE
 
 CONFIG_PREFIX = "vce:config:"
+# How long a change may take when the program sets no customTimeouts.
+DEFAULT_TIMEOUT = 20 * 60.0
 
 
 class ProviderError(Exception):
@@ -66,13 +62,14 @@ class ProviderError(Exception):
 
 
 class VceProvider(Provider):
-    def __init__(self) -> None:
+    def __init__(self, engine_address: str = "") -> None:
         self.config: ProviderConfig | None = None
-        # Usage that checked-but-not-yet-applied resources will add, by URN: a preview of a
-        # whole stack is refused at the first resource the tenant's quotas cannot hold.
-        self.pending: dict[str, quota.Usage] = {}
-        self.pending_lock = threading.Lock()
-        self.records = RunRecords()
+        self.client: Client | None = None
+        # Usage that checked-but-not-yet-applied resources will add, by URN: sent with each
+        # check, so a preview of a whole stack is refused at the first resource the tenant's
+        # quotas cannot hold.
+        self.pending: dict[str, Mapping[str, Any]] = {}
+        self.log = EngineLog(engine_address)
 
     # -- provider ---------------------------------------------------------------------------
 
@@ -88,9 +85,14 @@ class VceProvider(Provider):
         if not failures and not contains_unknown(values):
             try:
                 parse_config(values)
-            except SpecError as error:
-                failures.append(CheckFailure(camel_path(error.field), error.reason))
-        return CheckResponse(inputs=request.new_inputs, failures=failures)
+            except ConfigError as error:
+                failures.append(CheckFailure(error.field, error.reason))
+        # The token is a secret from the program to the state, whoever set it.
+        inputs = {
+            key: PropertyValue(value.value, is_secret=True) if key == "token" else value
+            for key, value in request.new_inputs.items()
+        }
+        return CheckResponse(inputs=inputs, failures=failures)
 
     async def configure(self, request: ConfigureRequest) -> ConfigureResponse:
         values = {
@@ -99,20 +101,22 @@ class VceProvider(Provider):
             if key.startswith(CONFIG_PREFIX)
         }
         given, _secrets = to_values(request.args)
-        values.update({k: v for k, v in given.items() if v is not None})
+        values.update({k: v for k, v in given.items() if v is not None and not k.startswith("__")})
+        values.pop("version", None)
         if not contains_unknown(values):
             try:
-                self.config = parse_config(values)
-            except SpecError as error:
-                raise ProviderError(
-                    f"vce provider: {camel_path(error.field)}: {error.reason}"
-                ) from None
+                config = parse_config(values)
+            except ConfigError as error:
+                raise ProviderError(f"vce provider: {error.field}: {error.reason}") from None
+            if self.client is not None:
+                await self.client.close()
+            self.config, self.client = config, Client(config)
         return ConfigureResponse(accept_secrets=True, supports_preview=True, accept_outputs=False)
 
-    def configured(self) -> ProviderConfig:
-        if self.config is None:
-            raise ProviderError("vce provider: configure tenant and zones first")
-        return self.config
+    def api(self) -> Client:
+        if self.client is None:
+            raise ProviderError("vce provider: set vce:endpoint and vce:token first")
+        return self.client
 
     # -- check and diff ---------------------------------------------------------------------
 
@@ -124,62 +128,36 @@ class VceProvider(Provider):
             news["name"] = request.name
         news = with_defaults(kind.inputs, news)
         failures = check_types(kind.inputs, news)
-        olds = plain_values(request.old_inputs)
-        if not failures and not contains_unknown(news):
-            failures = await self.admit(kind, request.urn, olds, news)
+        olds = {k: v for k, v in plain_values(request.old_inputs).items() if not k.startswith("__")}
+        if not failures and not contains_unknown(news) and olds != news:
+            # A change that adds nothing never breaches a quota: unchanged inputs skip the API.
+            failures = await self.admit(kind, request.urn, news)
         secrets |= secret_paths(kind.inputs, news)
         return CheckResponse(
             inputs=from_values(news, secrets),
             failures=[CheckFailure(path, reason) for path, reason in failures],
         )
 
-    async def admit(
-        self, kind: Kind, urn: str, olds: Mapping[str, Any], news: dict[str, Any]
-    ) -> list[tuple[str, str]]:
-        """The engine's own validation, then the tenant's quotas (skipped when nothing
-        changed: a change that adds nothing never breaches a quota). Only the quota check
-        reads the ledger and libvirt, so only it leaves the event loop."""
+    async def admit(self, kind: Kind, urn: str, news: dict[str, Any]) -> list[tuple[str, str]]:
+        """The control plane's verdict on the declaration: its validation (the engine's
+        parsers, the field paths of the modules) and the tenant's quotas with what the other
+        checked resources of this run will add."""
+        name = news.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            return [("name", "must be 1-32 of a-z, 0-9 and '-', starting and ending alphanumeric")]
+        self.pending.pop(urn, None)
+        body = {"declaration": kind.body(news), "pending": added(self.pending.values())}
         try:
-            params = kind.params(self.configured(), news)
-            if kind.validate is not None:
-                kind.validate(params)
-            declaration = kind.declare(params) if kind.declare is not None else None
-            if {k: v for k, v in olds.items() if not k.startswith("__")} == news:
-                return []
-            await asyncio.to_thread(self.check_quota, kind, urn, params, declaration, olds)
-        except quota.QuotaExceeded as error:
-            return [(quota_property(kind, b.kind), str(error)) for b in error.breaches[:1]]
-        except SpecError as error:
-            return [(camel_path(error.field), error.reason)]
-        except VceError as error:
-            return [("", str(error))]
+            verdict = await self.api().post(f"{kind.path(name)}/check", body)
+        except ApiFailure as failure:
+            if failure.status in (409, 422) and failure.fields:
+                return [(camel_path(path), reason) for path, reason in failure.fields]
+            if failure.status in (409, 422):
+                return [("", failure.message)]
+            raise ProviderError(f"{kind.token} {name}: {failure.message}") from None
+        if verdict.get("usage"):
+            self.pending[urn] = verdict["usage"]
         return []
-
-    def check_quota(
-        self, kind: Kind, urn: str, params: dict[str, Any], declaration: Any, olds: Mapping
-    ) -> None:
-        config = self.configured()
-        ledger = Ledger.open(config.ledger_url)
-        with self.pending_lock:
-            self.pending.pop(urn, None)
-            others_pending = quota.add(*self.pending.values())
-        if declaration is not None:
-            host = Host(params["uri"])
-            gate = Gate(ledger, host, config.tenant, declaration)
-            observed = observed_objects(host.inventory(config.tenant))
-            delta = gate.check(observed, quota.add(gate.others, others_pending))
-        else:
-            if olds:
-                return
-            # Before the reading transaction: settling an ended trial takes the tenant's lock.
-            record = ledger.current_tenant(config.tenant)
-            delta = {kind.counted: 1}
-            with ledger.store.read() as connection:
-                others = quota.add(ledger.reserved(connection, config.tenant), others_pending)
-                check_counted(ledger, connection, record, delta, others)
-        if delta:
-            with self.pending_lock:
-                self.pending[urn] = delta
 
     async def diff(self, request: DiffRequest) -> DiffResponse:
         kind = kind_of(request.urn)
@@ -210,12 +188,12 @@ class VceProvider(Provider):
     async def create(self, request: CreateRequest) -> CreateResponse:
         kind = kind_of(request.urn)
         inputs, secrets = to_values(request.properties)
-        config = self.configured()
         if request.preview:
             return CreateResponse(resource_id="", properties=preview_state(kind, inputs, secrets))
-        outputs = await self.apply(kind, request.urn, inputs, present=True)
+        view = await self.put(kind, request.urn, "create", inputs, request.timeout)
+        outputs = kind.observe(view, inputs).outputs
         return CreateResponse(
-            resource_id=kind.id_of(config, inputs),
+            resource_id=kind.id_of(inputs, view.get("zone")),
             properties=state(kind, inputs, outputs, secrets),
         )
 
@@ -224,77 +202,120 @@ class VceProvider(Provider):
         news, secrets = to_values(request.news)
         if request.preview:
             return UpdateResponse(properties=preview_state(kind, news, secrets))
-        outputs = await self.apply(kind, request.urn, news, present=True)
+        view = await self.put(kind, request.urn, "update", news, request.timeout)
+        outputs = kind.observe(view, news).outputs
         return UpdateResponse(properties=state(kind, news, outputs, secrets))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = kind_of(request.urn)
         olds = plain_values(request.properties)
-        inputs = {p.name: olds.get(p.name) for p in kind.inputs if olds.get(p.name) is not None}
-        await self.apply(kind, request.urn, inputs, present=False)
+        name = str(olds.get("name") or "")
+        zone = olds.get("zone") or zone_of(kind, request.resource_id)
+        target = {"name": name, "zone": zone}
+        try:
+            action = await self.api().submit(
+                "DELETE",
+                kind.path(name),
+                key_of("delete", request.urn, target),
+                params={"zone": zone},
+            )
+        except ApiFailure as failure:
+            if failure.status == 404:
+                return  # already gone: what a delete wants
+            raise self.failed(kind, name, failure) from None
+        await self.finish(kind, name, request.urn, action, request.timeout)
 
     async def read(self, request: ReadRequest) -> ReadResponse:
         kind = kind_of(request.urn)
-        config = self.configured()
         olds, secrets = to_values(request.properties)
         old_inputs, input_secrets = to_values(request.inputs)
         try:
-            identity = kind.parse_id(config, request.resource_id)
-        except SpecError as error:
-            raise ProviderError(f"{kind.token} {request.resource_id!r}: {error.reason}") from None
-        known = {**olds, **old_inputs, **identity}
-        observed = await self.call(kind.observe, config, known)
-        if observed is None:
+            identity = kind.parse_id(request.resource_id)
+        except IdError as error:
+            raise ProviderError(f"{kind.token} {request.resource_id!r}: {error}") from None
+        view = await self.view(kind, identity)
+        if view is None:
             return ReadResponse(resource_id=None, properties={}, inputs={})
+        observed = kind.observe(view, {**olds, **old_inputs, **identity})
         declared = {p.name: old_inputs[p.name] for p in kind.inputs if p.name in old_inputs}
         inputs = refreshed(kind, declared, observed.inputs) if declared else observed.inputs
+        inputs = {k: v for k, v in inputs.items() if v is not None}
         secrets |= input_secrets | secret_paths(kind.inputs, inputs)
         return ReadResponse(
-            resource_id=request.resource_id,
+            resource_id=kind.id_of(inputs, view.get("zone")),
             properties=from_values({**inputs, **observed.outputs}, secrets),
             inputs=from_values(inputs, secrets),
         )
 
-    async def apply(
-        self, kind: Kind, urn: str, inputs: dict[str, Any], present: bool
-    ) -> dict[str, Any]:
-        """Run the engine; the computed outputs from the facts its run returns (no second
-        reading of the host)."""
-        config = self.configured()
+    async def view(self, kind: Kind, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The object as the API shows it now; None when the tenant has none of that name."""
+        name = identity["name"]
         try:
-            params = kind.params(config, inputs)
-            steps = [params]
-            if not present:
-                if kind.detach_first and inputs.get("attachTo"):
-                    steps.insert(0, {**params, "state": "detached"})
-                steps[-1] = {
-                    **params,
-                    "state": "absent",
-                    "purge_backups": bool(inputs.get("purgeBackups")),
-                }
-            for step in steps:
-                result = await self.call(kind.run, step, False)
-                await self.call(self.records.record, config, result.usage_changes)
-        finally:
-            with self.pending_lock:
-                self.pending.pop(urn, None)
-        if not present:
-            return {}
-        facts = result.facts.get(kind.facts_key)
-        if not facts:
-            raise ProviderError(f"{kind.token} {inputs.get('name')}: not found after applying it")
-        return kind.outputs_of(facts)
+            view = (await self.api().get(kind.path(name), zone=identity.get("zone")))["object"]
+        except ApiFailure as failure:
+            if failure.status == 404:
+                return None
+            raise self.failed(kind, name, failure) from None
+        if identity.get("vm") and view.get("vm") not in (None, identity["vm"]):
+            return None  # a schedule of that name, but another VM's: not this resource
+        return view
 
-    async def call(self, function: Any, *args: Any) -> Any:
-        """A blocking engine call in a worker thread, its failures as the user sees them."""
+    async def put(
+        self, kind: Kind, urn: str, operation: str, inputs: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """The declaration made true by an action; the object as the action left it."""
+        name = str(inputs.get("name"))
+        body = kind.body(inputs)
         try:
-            return await asyncio.to_thread(function, *args)
-        except quota.QuotaExceeded as error:
-            raise ProviderError(str(error)) from None
-        except SpecError as error:
-            raise ProviderError(f"{camel_path(error.field)}: {error.reason}") from None
-        except VceError as error:
-            raise ProviderError(str(error)) from None
+            action = await self.api().submit(
+                "PUT", kind.path(name), key_of(operation, urn, body), body=body
+            )
+        finally:
+            self.pending.pop(urn, None)
+        action = await self.finish(kind, name, urn, action, timeout)
+        view = (action.get("result") or {}).get("object")
+        if not view:
+            raise ProviderError(f"{kind.token} {name}: not found after applying it")
+        return view
+
+    async def finish(
+        self, kind: Kind, name: str, urn: str, action: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """The action once it has succeeded, its progress shown; its error otherwise."""
+        deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT)
+
+        async def progress(step: str) -> None:
+            await self.log.info(urn, step)
+
+        try:
+            action = await self.api().wait(action, deadline, progress)
+        except ApiFailure as failure:
+            raise self.failed(kind, name, failure) from None
+        if action["status"] != "succeeded":
+            raise ProviderError(action_error(kind, name, action))
+        for warning in (action.get("result") or {}).get("warnings") or []:
+            await self.log.warning(urn, str(warning))
+        return action
+
+    def failed(self, kind: Kind, name: str, failure: ApiFailure) -> ProviderError:
+        if failure.fields:
+            fields = "; ".join(f"{camel_path(path)}: {reason}" for path, reason in failure.fields)
+            return ProviderError(f"{kind.token} {name}: {fields}")
+        return ProviderError(f"{kind.token} {name}: {failure.message}")
+
+    # -- functions ----------------------------------------------------------------------------
+
+    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
+        function = function_of(request.tok)
+        args = {k: v for k, v in plain_values(request.args).items() if not k.startswith("__")}
+        failures = check_types(function.inputs, args)
+        if failures:
+            return InvokeResponse(failures=[CheckFailure(p, r) for p, r in failures])
+        try:
+            result = await function.call(self.api(), args)
+        except ApiFailure as failure:
+            raise ProviderError(f"{function.token}: {failure.message}") from None
+        return InvokeResponse(return_value=from_values(result))
 
 
 def kind_of(urn: str) -> Kind:
@@ -305,14 +326,39 @@ def kind_of(urn: str) -> Kind:
     return kind
 
 
-def quota_property(kind: Kind, quota_kind: str) -> str:
-    """The property a breached quota is reported on."""
-    by_quota = {
-        "vcpus": "vcpus",
-        "ram_gib": "memoryMib",
-        "disk_gib": "bootDisk.sizeGib" if kind.name == "Vm" else "sizeGib",
-    }
-    return by_quota.get(quota_kind, "name")
+def function_of(token: str) -> Function:
+    for function in FUNCTIONS:
+        if function.token == token:
+            return function
+    raise ProviderError(f"vce provider: unknown function {token}")
+
+
+def zone_of(kind: Kind, resource_id: str) -> str | None:
+    try:
+        return kind.parse_id(resource_id).get("zone")
+    except IdError:
+        return None
+
+
+def added(usages: Any) -> dict[str, str]:
+    """The sum of checked resources' usage, by quota kind (exact: GiB arrive as decimal
+    strings)."""
+    total: dict[str, Decimal] = {}
+    for usage in usages:
+        for quota, amount in usage.items():
+            total[quota] = total.get(quota, Decimal(0)) + Decimal(str(amount))
+    return {quota: str(amount) for quota, amount in sorted(total.items())}
+
+
+def action_error(kind: Kind, name: str, action: Mapping[str, Any]) -> str:
+    """A failed action's error as the user reads it: field paths in the program's spelling."""
+    error = action.get("error") or {}
+    fields = [f for f in error.get("fields") or [] if isinstance(f, Mapping)]
+    if fields:
+        text = "; ".join(f"{camel_path(str(f.get('path')))}: {f.get('reason')}" for f in fields)
+    else:
+        text = str(error.get("message") or action["status"])
+    return f"{kind.token} {name}: {text} (action {action['id']}, {action['status']})"
 
 
 def changed_paths(prop: Prop, before: Any, after: Any) -> list[tuple[str, bool]]:
@@ -351,9 +397,9 @@ def state(
 
 
 def refreshed(kind: Kind, declared: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
-    """The declared inputs with what libvirt shows now for each declared property (an object's
-    declared fields one by one), so drift shows in the next preview and nothing undeclared
-    appears. Lists keep their declared shape while their live entries match it."""
+    """The declared inputs with what the host shows now for each declared property (an
+    object's declared fields one by one), so drift shows in the next preview and nothing
+    undeclared appears. Lists keep their declared shape while their live entries match it."""
     result = dict(declared)
     for prop in kind.inputs:
         if prop.name not in declared or prop.name not in live:

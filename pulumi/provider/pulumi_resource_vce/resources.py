@@ -1,74 +1,26 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The six resources as thin adapters over the engine: their properties, the engine entry
-point each calls, how an id names an object, and how the live object reads back."""
+"""The six resources as the API has them: their properties, the API path and body of a
+declaration, how an id names an object, and how the API's view of an object reads back as
+the resource's inputs and outputs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.vce.kvm.plugins.module_utils.core import fields
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.core.result import Result
-from ansible_collections.vce.kvm.plugins.module_utils.core.spec import (
-    parse_disk,
-    parse_network,
-    parse_vm,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
-    check_image_name,
-    check_name,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.core.zones import (
-    parse_public_zone,
-    parse_zone_link,
-    zone_uplink,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
-    read_object,
-    run_disk,
-    run_network,
-    run_vm,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.gate import (
-    Declaration,
-    declare_disk,
-    declare_network,
-    declare_vm,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_schedule import (
-    declared_schedule,
-    read_backup_schedule,
-    run_backup_schedule,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.public_ip import (
-    declared_public_ip,
-    read_public_ip,
-    run_public_ip,
-)
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
-    read_zone_link,
-    recorded_zone_link,
-    run_zone_link,
-)
-
-from .config import ProviderConfig
 from .props import Prop, camel, to_engine
 
 PACKAGE = "vce"
+# A name of the tenant's objects, as the API checks it (ids are parsed before any call).
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 
 ZONE = Prop(
     "zone",
     "string",
-    "The zone (a key of the provider's `zones`); optional when the provider has one zone.",
-    replace=True,
-)
-HOST = Prop(
-    "host",
-    "string",
-    "The zone's host (a key of the zone's `hosts`); optional when the zone has one host.",
+    "The zone (`GET /v1/zones`); optional when the control plane has one zone.",
     replace=True,
 )
 
@@ -111,7 +63,6 @@ NIC_ADDRESS = (
 VM_INPUTS = (
     name_prop("VM"),
     ZONE,
-    HOST,
     Prop("state", "string", "running or stopped.", default="running"),
     Prop("vcpus", "integer", "vCPUs.", default=1),
     Prop("maxVcpus", "integer", "The vCPU ceiling for live growth (defaults to vcpus)."),
@@ -159,7 +110,6 @@ VM_INPUTS = (
     Prop("shutdownTimeout", "integer", "Seconds to wait for a clean shutdown.", default=60),
 )
 VM_OUTPUTS = (
-    Prop("libvirtName", "string", "The domain's name in libvirt.", output_only=True),
     Prop("powerState", "string", "The domain's state as libvirt reports it.", output_only=True),
     Prop(
         "nicAddresses",
@@ -174,7 +124,6 @@ VM_OUTPUTS = (
 DISK_INPUTS = (
     name_prop("disk"),
     ZONE,
-    HOST,
     Prop("sizeGib", "integer", "Size in GiB (grows live, never shrinks).", required=True),
     Prop("pool", "string", "The storage pool.", default="default", replace=True),
     Prop("format", "string", "qcow2 or raw.", default="qcow2", replace=True),
@@ -188,7 +137,6 @@ DISK_INPUTS = (
     Prop("attachTo", "string", "The VM to attach the disk to; detached when removed."),
 )
 DISK_OUTPUTS = (
-    Prop("path", "string", "The volume's path on the host.", output_only=True),
     Prop("volume", "string", "The volume's name in its pool.", output_only=True),
     Prop("attachedTo", "string", "The VM the disk is attached to now.", output_only=True),
 )
@@ -196,7 +144,6 @@ DISK_OUTPUTS = (
 NETWORK_INPUTS = (
     name_prop("network"),
     ZONE,
-    HOST,
     Prop("cidr", "string", "The IPv4 subnet, e.g. 10.10.0.0/24.", required=True),
     Prop("gateway", "string", "The host's address on it (defaults to the first)."),
     Prop("dhcpStart", "string", "First address of the DHCP range."),
@@ -213,16 +160,11 @@ NETWORK_INPUTS = (
         default=False,
     ),
 )
-NETWORK_OUTPUTS = (
-    Prop("libvirtName", "string", "The network's name in libvirt.", output_only=True),
-    Prop("bridge", "string", "The host bridge.", output_only=True),
-    Prop("active", "boolean", "Whether the network is active.", output_only=True),
-)
+NETWORK_OUTPUTS = (Prop("active", "boolean", "Whether the network is active.", output_only=True),)
 
 PUBLIC_IP_INPUTS = (
     name_prop("public IP"),
     ZONE,
-    HOST,
     Prop("vm", "string", "The VM whose NIC the address is bound to (1:1 NAT).", required=True),
     Prop(
         "network",
@@ -270,7 +212,6 @@ BACKUP_INPUTS = (
     Prop("vm", "string", "The VM to back up.", required=True, replace=True),
     name_prop("schedule"),
     ZONE,
-    HOST,
     Prop(
         "calendar",
         "string",
@@ -315,6 +256,10 @@ BACKUP_OUTPUTS = (
 )
 
 
+class IdError(ValueError):
+    """An id that names no object of the kind."""
+
+
 @dataclass
 class Observed:
     """A live object read back: its declared-shape inputs and computed outputs."""
@@ -323,26 +268,20 @@ class Observed:
     outputs: dict[str, Any]
 
 
-@dataclass
+View = Mapping[str, Any]  # an object as the API shows it (`{"object": ...}`)
+Observe = Callable[[View, Mapping[str, Any]], Observed]
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     description: str
+    plural: str  # the API's path segment
     inputs: tuple[Prop, ...]
     outputs: tuple[Prop, ...]
-    run: Callable[[dict[str, Any], bool], Result]
-    params: Callable[[ProviderConfig, dict[str, Any]], dict[str, Any]]
-    observe: Callable[[ProviderConfig, dict[str, Any]], Observed | None]
-    # The computed outputs from the object's facts, as the engine's run returns them under
-    # `facts_key` and as `observe` reads them.
-    outputs_of: Callable[[Mapping[str, Any]], dict[str, Any]]
-    facts_key: str
-    # Check reads the engine parameters with the parsers the engine's run uses, so a preview
-    # refuses what an apply would: `declare` (libvirt-counted usage) parses them, else `validate`.
-    declare: Callable[[dict[str, Any]], Declaration] | None = None
-    validate: Callable[[dict[str, Any]], Any] | None = None
-    counted: str | None = None  # ledger-counted quota kind (one per object)
-    # A disk attached by this resource is detached before it is deleted.
-    detach_first: bool = False
+    # The resource's inputs and outputs from the API's view, given what the program declared
+    # (which names what the view cannot: an image the tenant named, the NIC's network).
+    observe: Observe
     extra_ids: tuple[str, ...] = field(default_factory=tuple)
     # Whether the object lives in one zone (its id starts with the zone); a zone link spans two.
     zoned: bool = True
@@ -351,418 +290,205 @@ class Kind:
     def token(self) -> str:
         return f"{PACKAGE}:index:{self.name}"
 
-    def id_of(self, config: ProviderConfig, values: Mapping[str, Any]) -> str:
+    def path(self, name: str) -> str:
+        return f"/v1/{self.plural}/{name}"
+
+    def body(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The API's declaration (snake_case, as the engine's fields): every input but the
+        name, which is the path's."""
+        return to_engine(tuple(p for p in self.inputs if p.name != "name"), values)
+
+    def id_of(self, values: Mapping[str, Any], zone: str | None) -> str:
         if not self.zoned:
             return str(values["name"])
-        where = config.where(values.get("zone"), values.get("host"))
-        parts = [where.zone, *([where.host] if config.hosted(where.zone) else [])]
-        parts += [str(values[key]) for key in (*self.extra_ids, "name")]
+        parts = [zone or "", *(str(values[key]) for key in (*self.extra_ids, "name"))]
         return "/".join(parts)
 
-    def parse_id(self, config: ProviderConfig, resource_id: str) -> dict[str, Any]:
-        """The identifying inputs an id stands for (import)."""
+    def parse_id(self, resource_id: str) -> dict[str, Any]:
+        """The identifying inputs an id stands for (import, read)."""
         parts = resource_id.split("/")
-        if not self.zoned:
-            if len(parts) != 1:
-                raise SpecError("id", f"a zone link's id is its name, got {resource_id!r}")
-            return {"name": check_name(parts[0], "id")}
-        keys = ["zone", "host"] if len(parts) == 3 + len(self.extra_ids) else ["zone"]
-        keys += [*self.extra_ids, "name"]
-        if len(parts) != len(keys):
-            raise SpecError(
-                "id", f"expected {'/'.join(f'<{k}>' for k in keys)}, got {resource_id!r}"
-            )
-        values = dict(zip(keys, parts, strict=True))
-        where = config.where(values["zone"], values.get("host"))
-        for key in (*self.extra_ids, "name"):
-            check_name(values[key], "id")
-        return {**values, "zone": where.zone}
-
-
-# -- engine parameters ----------------------------------------------------------------------
-
-
-def base(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
-    where = config.where(values.get("zone"), values.get("host"))
-    return {"uri": where.uri, "tenant": config.tenant, "ledger_url": config.ledger_url}
-
-
-def tenant_images(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
-    """A tenant's base images come from the zone's catalogue or its own disks: no image
-    directory, so the engine takes no host path."""
-    return {"zone": config.where(values.get("zone"), values.get("host")).zone, "image_dirs": []}
-
-
-def vm_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **base(config, values),
-        **engine_inputs(VM_INPUTS, values),
-        **tenant_images(config, values),
-    }
-
-
-def disk_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    params = {
-        **base(config, values),
-        **engine_inputs(DISK_INPUTS, values),
-        **tenant_images(config, values),
-    }
-    params["state"] = "attached" if values.get("attachTo") else "present"
-    return params
-
-
-def network_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    """A routed network is routed to its zone's uplink, from the provider's configuration."""
-    zone = config.zone(values.get("zone"))
-    params = {
-        **base(config, values),
-        **engine_inputs(NETWORK_INPUTS, values),
-        "host_command": zone.host_command,
-    }
-    if zone.settings.get("uplink"):
-        params["zone_config"] = {"uplink": zone.settings["uplink"]}
-    return params
-
-
-def public_ip_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    zone = config.zone(values.get("zone"))
-    return {
-        **base(config, values),
-        **engine_inputs(PUBLIC_IP_INPUTS, values),
-        "zone": zone.name,
-        "zone_config": zone.public_ip_config("zone"),
-        "host_command": zone.host_command,
-    }
-
-
-def zone_link_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    zones = values.get("zones") or []
-    if len(zones) != 2:
-        raise SpecError("zones", f"a zone link joins exactly two zones, got {len(zones)}")
-    return {
-        "tenant": config.tenant,
-        "ledger_url": config.ledger_url,
-        "name": values.get("name"),
-        "network": values.get("network"),
-        "ends": [
-            config.zone(z, f"zones[{i}]").link_end(f"zones[{i}]") for i, z in enumerate(zones)
-        ],
-    }
-
-
-def backup_params(config: ProviderConfig, values: dict[str, Any]) -> dict[str, Any]:
-    zone = config.zone(values.get("zone"))
-    return {
-        **base(config, values),
-        **engine_inputs(BACKUP_INPUTS, values),
-        **zone.backup_host(),
-    }
-
-
-def engine_inputs(props: tuple[Prop, ...], values: Mapping[str, Any]) -> dict[str, Any]:
-    declared = [p for p in props if p.name not in ("zone", "host")]
-    return to_engine(tuple(declared), values)
-
-
-# -- quota declarations (Check) -----------------------------------------------------------
-
-
-def declare_vm_values(params: dict[str, Any]) -> Declaration:
-    spec = parse_vm(fields.declared(fields.VM, params), "", params["tenant"], "default")
-    check_image_name(spec.boot_disk.image, "boot_disk.image")
-    key, usage = declare_vm(spec)
-    return Declaration({key: usage})
-
-
-def declare_disk_values(params: dict[str, Any]) -> Declaration:
-    raw = fields.declared(fields.DISK, params)
-    spec = parse_disk(raw, "", params.get("pool") or "default")
-    if spec.backing_image is not None:
-        check_image_name(spec.backing_image, "backing_image")
-    key, usage = declare_disk(spec)
-    return Declaration({key: usage})
-
-
-def declare_network_values(params: dict[str, Any]) -> Declaration:
-    spec = parse_network(fields.declared(fields.NETWORK, params), "", zone_uplink(params))
-    key, usage = declare_network(spec)
-    return Declaration({key: usage})
-
-
-def validate_public_ip(params: dict[str, Any]) -> None:
-    declared_public_ip(params, parse_public_zone(params.get("zone"), params.get("zone_config")))
-
-
-def validate_zone_link(params: dict[str, Any]) -> None:
-    parse_zone_link(params, "")
+        keys = ["name"] if not self.zoned else ["zone", *self.extra_ids, "name"]
+        if len(parts) != len(keys) or not all(parts):
+            raise IdError(f"expected {'/'.join(f'<{k}>' for k in keys)}, got {resource_id!r}")
+        for key, part in zip(keys, parts, strict=True):
+            if key != "zone" and not NAME.fullmatch(part):
+                raise IdError(f"{key} {part!r} is not a name (1-32 of a-z, 0-9 and '-')")
+        return dict(zip(keys, parts, strict=True))
 
 
 # -- reading back -----------------------------------------------------------------------------
 
 
-def placement(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
-    where = config.where(values.get("zone"), values.get("host"))
-    found = {"zone": where.zone}
-    if config.hosted(where.zone):
-        found["host"] = where.host
-    return found
-
-
-def read_params(config: ProviderConfig, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {**base(config, values), "name": values["name"]}
-
-
-def declared_image(declared: Any, key: str, backing: str | None) -> str | None:
-    """The base image as the tenant named it: libvirt shows only the file it resolved to, and
-    the engine never lets that change under a declared name."""
+def named_image(view_image: Any, declared: Any, key: str) -> str | None:
+    """The base image by name: the API names it (catalogue image or the tenant's disk); the
+    declared name stands in where the view has none to give."""
+    if isinstance(view_image, str) and view_image and not view_image.startswith("<"):
+        return view_image
     named = declared.get(key) if isinstance(declared, Mapping) else None
-    return named if named and backing else backing
+    return named if named and view_image else None
 
 
-def observe_vm(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    name = values["name"]
-    vm = read_object(read_params(config, values), "vms")
-    if vm is None:
-        return None
-    boot = vm["boot_disk"]
-    boot_paths = {boot.get("path")}
+def observe_vm(view: View, declared: Mapping[str, Any]) -> Observed:
+    boot = view.get("boot_disk") or {}
     extra = [
-        d["serial"] for d in vm["disks"] if d["device"] == "disk" and d["path"] not in boot_paths
+        d["serial"]
+        for d in view.get("disks") or []
+        if d.get("device") == "disk" and d.get("serial") and d["serial"] != "boot"
     ]
     boot_disk = {
-        "image": declared_image(values.get("bootDisk"), "image", boot.get("backing_image")),
+        "image": named_image(boot.get("backing_image"), declared.get("bootDisk"), "image"),
         "sizeGib": round(boot.get("size_gib") or 0),
     }
     if boot.get("pool") and boot.get("pool") != "default":
         boot_disk["pool"] = boot["pool"]
     inputs = {
-        "name": name,
-        **placement(config, values),
-        "state": "running" if vm["state"] in ("running", "paused") else "stopped",
-        "vcpus": vm["vcpus"],
-        "memoryMib": vm["memory_mib"],
-        "bootDisk": boot_disk,
-        "disks": [d for d in extra if d],
-        "nics": [{"network": n["network"], "mac": n["mac"]} for n in vm["nics"]],
+        "name": view["name"],
+        "zone": view["zone"],
+        "state": "running" if view["state"] in ("running", "paused") else "stopped",
+        "vcpus": view["vcpus"],
+        "memoryMib": view["memory_mib"],
+        "bootDisk": {k: v for k, v in boot_disk.items() if v is not None},
+        "disks": extra,
+        "nics": [{"network": n["network"], "mac": n["mac"]} for n in view.get("nics") or []],
     }
-    if vm["max_vcpus"] != vm["vcpus"]:
-        inputs["maxVcpus"] = vm["max_vcpus"]
-    if vm["max_memory_mib"] != vm["memory_mib"]:
-        inputs["maxMemoryMib"] = vm["max_memory_mib"]
-    return Observed(inputs, vm_outputs(vm))
+    if view["max_vcpus"] != view["vcpus"]:
+        inputs["maxVcpus"] = view["max_vcpus"]
+    if view["max_memory_mib"] != view["memory_mib"]:
+        inputs["maxMemoryMib"] = view["max_memory_mib"]
+    return Observed(inputs, vm_outputs(view))
 
 
-def vm_outputs(vm: Mapping[str, Any]) -> dict[str, Any]:
+def vm_outputs(view: View) -> dict[str, Any]:
     return {
-        "libvirtName": vm["libvirt_name"],
-        "powerState": vm["state"],
+        "powerState": view["state"],
         "nicAddresses": [
-            {"network": n["network"], "mac": n["mac"], "ip": n["ip"] or ""} for n in vm["nics"]
+            {"network": n["network"], "mac": n["mac"], "ip": n.get("ip") or ""}
+            for n in view.get("nics") or []
         ],
     }
 
 
-def observe_disk(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    name = values["name"]
-    disk = read_object(read_params(config, values), "disks")
-    if disk is None:
-        return None
+def observe_disk(view: View, declared: Mapping[str, Any]) -> Observed:
     inputs = {
-        "name": name,
-        **placement(config, values),
-        "sizeGib": round(disk["size_gib"]),
-        "pool": disk["pool"],
-        "format": disk["format"],
-        "backingImage": declared_image(values, "backingImage", disk["backing_image"]),
-        "attachTo": disk["attached_to"],
+        "name": view["name"],
+        "zone": view["zone"],
+        "sizeGib": round(view["size_gib"]),
+        "pool": view["pool"],
+        "format": view["format"],
+        "backingImage": named_image(view.get("backing_image"), declared, "backingImage"),
+        "attachTo": view.get("attached_to"),
     }
-    return Observed(inputs, disk_outputs(disk))
+    outputs = {"volume": view["volume"], "attachedTo": view.get("attached_to")}
+    return Observed(inputs, outputs)
 
 
-def disk_outputs(disk: Mapping[str, Any]) -> dict[str, Any]:
-    return {"path": disk["path"], "volume": disk["volume"], "attachedTo": disk["attached_to"]}
-
-
-def observe_network(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    name = values["name"]
-    net = read_object(read_params(config, values), "networks")
-    if net is None:
-        return None
+def observe_network(view: View, declared: Mapping[str, Any]) -> Observed:
+    dhcp = view.get("dhcp_range") or [None, None]
     inputs = {
-        "name": name,
-        **placement(config, values),
-        "cidr": net["cidr"],
-        "gateway": net["gateway"],
-        "dhcpStart": net["dhcp_range"][0],
-        "dhcpEnd": net["dhcp_range"][1],
-        "mode": net["mode"],
-        "mtu": net["mtu"],
+        "name": view["name"],
+        "zone": view["zone"],
+        "cidr": view["cidr"],
+        "gateway": view["gateway"],
+        "dhcpStart": dhcp[0],
+        "dhcpEnd": dhcp[1],
+        "mode": view["mode"],
+        "mtu": view.get("mtu"),
         "staticLeases": [
-            {k: v for k, v in lease.items() if v is not None} for lease in net["static_leases"]
+            {k: v for k, v in lease.items() if v is not None}
+            for lease in view.get("static_leases") or []
         ],
     }
-    return Observed(inputs, network_outputs(net))
+    return Observed(inputs, {"active": view["active"]})
 
 
-def network_outputs(net: Mapping[str, Any]) -> dict[str, Any]:
-    return {"libvirtName": net["libvirt_name"], "bridge": net["bridge"], "active": net["active"]}
-
-
-def observe_public_ip(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    found = read_public_ip(public_ip_params(config, {**values, "vm": values.get("vm") or "-"}))
-    if found is None:
-        return None
-    inputs = {"name": values["name"], **placement(config, values), "vm": found["vm"]}
-    if values.get("network"):
-        inputs["network"] = values["network"]
-    if values.get("address"):
-        inputs["address"] = found["address"]
-    return Observed(inputs, public_ip_outputs(found))
-
-
-def public_ip_outputs(found: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "allocatedAddress": found["address"],
-        "pool": found["pool"],
-        "privateIp": found["private_ip"],
-        "bound": found["bound"],
+def observe_public_ip(view: View, declared: Mapping[str, Any]) -> Observed:
+    inputs = {"name": view["name"], "zone": view["zone"], "vm": view["vm"]}
+    if declared.get("network"):
+        inputs["network"] = declared["network"]
+    if declared.get("address"):
+        inputs["address"] = view["address"]
+    outputs = {
+        "allocatedAddress": view["address"],
+        "pool": view["pool"],
+        "privateIp": view["private_ip"],
+        "bound": view["bound"],
     }
+    return Observed(inputs, outputs)
 
 
-def observe_zone_link(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    recorded = recorded_zone_link(
-        {"tenant": config.tenant, "ledger_url": config.ledger_url, "name": values["name"]}
-    )
-    if recorded is None:
-        return None
-    zones = values.get("zones") or []
-    if len(zones) != 2:
-        zones = recorded["zones"]
-    params = zone_link_params(config, {**values, "zones": zones, "network": recorded["network"]})
-    facts = read_zone_link(params)
-    if facts is None:
-        return None
-    inputs = {
-        "name": values["name"],
-        "network": facts["network"],
-        "zones": [end["zone"] for end in facts["ends"]],
-    }
-    return Observed(inputs, zone_link_outputs(facts))
+def observe_zone_link(view: View, declared: Mapping[str, Any]) -> Observed:
+    inputs = {"name": view["name"], "network": view["network"], "zones": list(view["zones"])}
+    return Observed(inputs, {"vni": view["vni"], "device": view["device"]})
 
 
-def zone_link_outputs(facts: Mapping[str, Any]) -> dict[str, Any]:
-    return {"vni": facts["vni"], "device": facts["device"]}
-
-
-def observe_backup(config: ProviderConfig, values: dict[str, Any]) -> Observed | None:
-    found = read_backup_schedule(backup_params(config, values))
-    if found is None:
-        return None
+def observe_backup(view: View, declared: Mapping[str, Any]) -> Observed:
     retention = {
-        camel_key: value
-        for key, value in (found.get("retention") or {}).items()
-        if (camel_key := camel(key)) and value is not None
+        camel(key): value
+        for key, value in (view.get("retention") or {}).items()
+        if value is not None
     }
     inputs = {
-        "vm": values["vm"],
-        "name": values["name"],
-        **placement(config, values),
-        "calendar": found["calendar"],
+        "vm": view.get("vm") or declared.get("vm"),
+        "name": view["name"],
+        "zone": view["zone"],
+        "calendar": view["calendar"],
         "retention": retention,
     }
-    if found.get("disks") not in (None, "all"):
-        inputs["disks"] = list(found["disks"])
-    return Observed(inputs, backup_outputs(found))
-
-
-def backup_outputs(found: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "frequency": found.get("frequency"),
-        "timer": found["timer"],
-        "enabled": found["enabled"],
-        "backups": found.get("backups") or [],
+    if view.get("disks") not in (None, "all"):
+        inputs["disks"] = list(view["disks"])
+    outputs = {
+        "frequency": view.get("frequency"),
+        "timer": view["timer"],
+        "enabled": view["enabled"],
+        "backups": view.get("backups") or [],
     }
+    return Observed(inputs, outputs)
 
 
 KINDS: dict[str, Kind] = {
     kind.token: kind
     for kind in (
-        Kind(
-            "Vm",
-            "A tenant VM on a KVM host.",
-            VM_INPUTS,
-            VM_OUTPUTS,
-            run_vm,
-            vm_params,
-            observe_vm,
-            vm_outputs,
-            "vm",
-            declare=declare_vm_values,
-        ),
+        Kind("Vm", "A tenant VM on a KVM host.", "vms", VM_INPUTS, VM_OUTPUTS, observe_vm),
         Kind(
             "Disk",
             "A tenant disk (a volume in a storage pool).",
+            "disks",
             DISK_INPUTS,
             DISK_OUTPUTS,
-            run_disk,
-            disk_params,
             observe_disk,
-            disk_outputs,
-            "disk",
-            declare=declare_disk_values,
-            detach_first=True,
         ),
         Kind(
             "Network",
             "A tenant L2 network with DHCP.",
+            "networks",
             NETWORK_INPUTS,
             NETWORK_OUTPUTS,
-            run_network,
-            network_params,
             observe_network,
-            network_outputs,
-            "network",
-            declare=declare_network_values,
         ),
         Kind(
             "PublicIp",
             "A public IPv4 address of the zone, bound 1:1 to a VM's NIC.",
+            "public_ips",
             PUBLIC_IP_INPUTS,
             PUBLIC_IP_OUTPUTS,
-            run_public_ip,
-            public_ip_params,
             observe_public_ip,
-            public_ip_outputs,
-            "public_ip",
-            validate=validate_public_ip,
-            counted="public_ips",
         ),
         Kind(
             "ZoneLink",
             "One tenant network joined across two zones (VXLAN).",
+            "zone_links",
             ZONE_LINK_INPUTS,
             ZONE_LINK_OUTPUTS,
-            run_zone_link,
-            zone_link_params,
             observe_zone_link,
-            zone_link_outputs,
-            "zone_link",
-            validate=validate_zone_link,
-            counted="zone_links",
             zoned=False,
         ),
         Kind(
             "BackupSchedule",
             "A VM's backup schedule: a systemd timer on its host and a retention policy.",
+            "backup_schedules",
             BACKUP_INPUTS,
             BACKUP_OUTPUTS,
-            run_backup_schedule,
-            backup_params,
             observe_backup,
-            backup_outputs,
-            "backup_schedule",
-            validate=declared_schedule,
-            counted="backup_schedules",
             extra_ids=("vm",),
         ),
     )

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG
-from .functions import FUNCTIONS
 from .props import Prop
 from .resources import KINDS, PACKAGE
 
@@ -20,6 +19,9 @@ SCHEMA_FILE = Path(__file__).with_name("schema.json")
 
 
 def build() -> dict[str, Any]:
+    # Imported here: the functions call the API through the client, which reads VERSION above.
+    from .functions import FUNCTIONS
+
     types: dict[str, Any] = {}
     config_props = properties(CONFIG, types)
     resources = {}
@@ -54,8 +56,7 @@ def build() -> dict[str, Any]:
             "defaults": sorted(p.name for p in CONFIG if p.required),
         },
         "provider": {
-            "description": "The vce provider: a client of the control plane's API, acting as "
-            "the tenant of its token.",
+            "description": "The vce provider: a client of the control plane (its URL, a token).",
             "inputProperties": config_props,
             "requiredInputs": sorted(p.name for p in CONFIG if p.required),
         },

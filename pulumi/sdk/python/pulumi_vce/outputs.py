@@ -85,31 +85,31 @@ class Image:
     @property
     @pulumi.getter
     def zone(self) -> str:
-        """The zone whose catalogue holds the image."""
+        """The zone whose catalogue has the image."""
         return pulumi.get(self, "zone")
 
     @property
     @pulumi.getter
     def name(self) -> str:
-        """The image's name, as `bootDisk.image` and `backingImage` take it."""
+        """The image's name (a VM's bootDisk.image)."""
         return pulumi.get(self, "name")
 
     @property
     @pulumi.getter
     def format(self) -> str:
-        """The image's format (`qcow2` or `raw`)."""
+        """qcow2 or raw."""
         return pulumi.get(self, "format")
 
     @property
     @pulumi.getter(name="virtualSize")
     def virtual_size(self) -> int:
-        """The disk size the image gives a guest, in bytes (a boot disk is at least this big)."""
+        """The image's virtual size in bytes."""
         return pulumi.get(self, "virtual_size")
 
     @property
     @pulumi.getter
     def sha256(self) -> str:
-        """The SHA-256 of the image file, hex."""
+        """The image file's SHA-256."""
         return pulumi.get(self, "sha256")
 
 
@@ -168,25 +168,25 @@ class QuotaState:
     @property
     @pulumi.getter
     def limit(self) -> float:
-        """The most the tenant may hold."""
+        """The plan's limit (with granted increases)."""
         return pulumi.get(self, "limit")
 
     @property
     @pulumi.getter
     def used(self) -> float:
-        """What the tenant's objects hold now."""
+        """What the tenant's objects use now."""
         return pulumi.get(self, "used")
 
     @property
     @pulumi.getter
     def reserved(self) -> float:
-        """What changes in flight have reserved on top of `used`."""
+        """What changes in flight have reserved."""
         return pulumi.get(self, "reserved")
 
     @property
     @pulumi.getter
     def unit(self) -> str:
-        """`GiB` for sizes, empty for counts."""
+        """The unit (`GiB` for sizes, empty for counts)."""
         return pulumi.get(self, "unit")
 
 
