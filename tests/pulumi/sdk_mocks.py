@@ -121,16 +121,22 @@ class RecordingMocks(pulumi.runtime.Mocks):
     and records every call.
 
     `existing` holds the state of objects already on the hosts, by ID, for `X.get()`;
+    `quotas` and `images` what getQuotas and getImages answer (QUOTAS and IMAGES when None);
     `failures` the check failures (property, reason) a function answers instead, by token.
     """
 
     def __init__(
         self,
         existing: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        quotas: Mapping[str, Mapping[str, Any]] | None = None,
+        images: list[Mapping[str, Any]] | None = None,
         failures: Mapping[str, list[tuple[str, str]]] | None = None,
     ) -> None:
         self.calls: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = {}
         self.existing = dict(existing or {})
+        self.quotas = QUOTAS if quotas is None else quotas
+        self.images = IMAGES if images is None else images
         self.failures = dict(failures or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
@@ -160,10 +166,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.token in self.failures:
             return {}, self.failures[args.token]
         if args.token == "vce:index:getQuotas":
-            return {"quotas": QUOTAS}, []
+            return {"quotas": self.quotas}, []
         if args.token == "vce:index:getImages":
             zone = args.args.get("zone")
-            return {"images": [i for i in IMAGES if zone in (None, i["zone"])]}, []
+            return {"images": [i for i in self.images if zone in (None, i["zone"])]}, []
         raise AssertionError(f"the provider has no function {args.token}")
 
 
@@ -231,15 +237,14 @@ def run_program(
     *,
     config: Mapping[str, Any] | None = None,
     secret_config: tuple[str, ...] = (),
-    existing: Mapping[str, Mapping[str, Any]] | None = None,
-    failures: Mapping[str, list[tuple[str, str]]] | None = None,
+    mocks: RecordingMocks | None = None,
     timeout: float = 60,
 ) -> Run:
-    """Run `program` under mocks; its returned outputs come back resolved.
+    """Run `program` under mocks; its outputs (exported or returned) come back resolved.
 
     `config` is the stack's `vce:*` configuration by key (objects as the CLI passes them, JSON).
-    `existing` and `failures` are what the mocks answer (see RecordingMocks). An exception the
-    program raises is raised here.
+    `mocks` answer as the provider would (defaults when None). An exception the program raises
+    is raised here.
     """
     box: dict[str, Any] = {}
 
@@ -247,8 +252,8 @@ def run_program(
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            mocks = RecordingMocks(existing, failures)
-            box["run"] = _run(loop, program, config or {}, secret_config, mocks)
+            answering = mocks or RecordingMocks()
+            box["run"] = _run(loop, program, config or {}, secret_config, answering)
         # Anything, even a KeyboardInterrupt, must reach the test: this thread cannot report it.
         except BaseException as error:
             box["error"] = error
@@ -290,6 +295,8 @@ def _run(
         exports.update(program() or {})
 
     body()
+    # What the program exported with pulumi.export(), then what it returned.
+    exports = {**pulumi.runtime.settings.get_root_resource().outputs, **exports}
     outputs = {k: pulumi.Output.from_input(v) for k, v in exports.items()}
     return Run(
         registrations=monitor.registrations,

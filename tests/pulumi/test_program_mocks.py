@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import runpy
+from collections.abc import Callable
+from pathlib import Path
 
 import pulumi
 import pulumi_vce as vce
 import pytest
+import yaml
 from pulumi.runtime.rpc import is_rpc_secret
 from pulumi_resource_vce.schema import SCHEMA_FILE
 
-from tests.pulumi.sdk_mocks import IMAGES, QUOTAS, run_program
+from tests.pulumi.sdk_mocks import IMAGES, QUOTAS, RecordingMocks, run_program
 
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
 IMAGE = "debian-12"  # a catalogue image of the zone
@@ -267,7 +271,7 @@ def test_get_reads_by_id():
             "id": web.id,
         }
 
-    run = run_program(program, existing=existing)
+    run = run_program(program, mocks=RecordingMocks(existing))
     read = run.registrations["web"]
     assert read.read and read.token == "vce:index:Vm" and read.id == "zone-a/web"
     assert read.inputs == {}
@@ -404,7 +408,7 @@ def test_a_function_goes_through_the_explicit_provider():
 def test_a_failing_function_names_the_property():
     failures = {"vce:index:getImages": [("zone", "unknown zone 'mars'; the tenant has zone-a")]}
     with pytest.raises(Exception, match=r"getImages failed: unknown zone 'mars'.*[(]zone[)]"):
-        run_program(lambda: vce.get_images(zone="mars"), failures=failures)
+        run_program(lambda: vce.get_images(zone="mars"), mocks=RecordingMocks(failures=failures))
 
 
 def test_programs_leave_no_pulumi_state_behind():
@@ -412,3 +416,70 @@ def test_programs_leave_no_pulumi_state_behind():
     assert pulumi.runtime.settings.get_root_resource() is None
     assert pulumi.get_project() == "project"
     assert vce.config.endpoint() is None
+
+
+# -- the example ------------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "pulumi" / "examples" / "tenant-environment"
+
+
+def example_main() -> Callable[[], None]:
+    """The example's main(), its module run as an import would (registering nothing)."""
+    return runpy.run_path(str(EXAMPLE / "__main__.py"), run_name="example")["main"]
+
+
+def image(name: str, virtual_gib: int, zone: str = "zone-a") -> dict:
+    return {**IMAGES[0], "zone": zone, "name": name, "virtualSize": virtual_gib * 1024**3}
+
+
+def quotas(**limits: float) -> dict:
+    return {
+        kind: {**state, "limit": limits.get(kind, state["limit"])} for kind, state in QUOTAS.items()
+    }
+
+
+def test_the_example_stack_holds_only_the_endpoint_and_the_token():
+    stack = yaml.safe_load((EXAMPLE / "Pulumi.dev.yaml").read_text())["config"]
+    assert set(stack) <= {"vce:endpoint", "vce:token"}
+    assert "vce:endpoint" in stack
+
+
+def test_the_example_picks_the_newest_debian_and_sizes_its_boot_disks():
+    catalogue = [image("debian-11", 2), image("ubuntu-24.04", 4), image("debian-12", 25)]
+    run = run_program(example_main(), mocks=RecordingMocks(images=catalogue))
+    vms = {n: r.values for n, r in run.registrations.items() if r.token == "vce:index:Vm"}
+    assert sorted(vms) == ["db", "web-1", "web-2", "web-3"], "MAX_WEB within the default quotas"
+    for name, vm in vms.items():
+        assert vm["bootDisk"] == {"image": "debian-12", "sizeGib": 25}, name
+    assert [i.token for i in run.invokes] == ["vce:index:getImages", "vce:index:getQuotas"]
+    assert run.registrations["web-public"].values["vm"] == "web-1"
+    assert run.outputs["image"] == "debian-12"
+    assert run.outputs["web_private_ips"] == ["10.20.0.11", "10.20.0.12", "10.20.0.13"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "webs"),
+    [
+        ({"vms": 2}, 1),
+        ({"vcpus": 6}, 2),
+        ({"ram_gib": 8}, 2),
+        ({"disk_gib": 110}, 2),
+    ],
+)
+def test_the_example_sizes_the_web_tier_from_the_limits(limits, webs):
+    run = run_program(example_main(), mocks=RecordingMocks(quotas=quotas(**limits)))
+    names = {n for n, r in run.registrations.items() if r.token == "vce:index:Vm"}
+    assert names == {"db", *(f"web-{n}" for n in range(1, webs + 1))}
+
+
+@pytest.mark.parametrize(
+    ("mocks", "message"),
+    [
+        (RecordingMocks(quotas=quotas(vms=1)), "hold no web VM beside the database"),
+        (RecordingMocks(images=[image("ubuntu-24.04", 4)]), r"no debian-\* image .*ubuntu-24.04"),
+    ],
+)
+def test_the_example_says_what_it_cannot_do(mocks, message):
+    with pytest.raises(pulumi.RunError, match=message):
+        run_program(example_main(), mocks=mocks)
+    assert not [r for r in mocks.calls if r[0] == "vce:index:Vm"], "nothing registered"
