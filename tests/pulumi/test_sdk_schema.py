@@ -4,6 +4,7 @@ required, the descriptions; and the generated files are what `tools.pulumi_sdk` 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import collections.abc
 import inspect
@@ -353,5 +354,65 @@ def test_generated_code_is_ruff_clean_as_written():
             capture_output=True,
             text=True,
             cwd=Path(pulumi_sdk.ROOT),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_function_with_required_and_object_inputs(tmp_path, monkeypatch):
+    """Required inputs come first and take no default; object inputs take Args classes (plain)
+    or inputs of them (output form); optional outputs may be None; the module is ruff-clean."""
+    schema = json.loads(SCHEMA_FILE.read_text())
+    schema["functions"]["vce:index:getThing"] = {
+        "description": "A thing.",
+        "inputs": {
+            "properties": {
+                "nic": {"$ref": "#/types/vce:index:VmNic", "description": "A NIC."},
+                "vm": {"type": "string", "description": "The VM."},
+            },
+            "required": ["vm"],
+        },
+        "outputs": {
+            "properties": {
+                "things": {"type": "array", "items": {"type": "string"}, "description": "Things."},
+                "note": {"type": "string", "description": "A note."},
+            },
+            "required": ["things"],
+        },
+    }
+    changed = tmp_path / "schema.json"
+    changed.write_text(json.dumps(schema))
+    monkeypatch.setattr(pulumi_sdk, "SCHEMA", changed)
+    monkeypatch.setattr(pulumi_sdk, "SDK", tmp_path / "sdk")
+    assert pulumi_sdk.main([]) == 0
+    package = tmp_path / "sdk" / "pulumi_vce"
+    text = (package / "get_thing.py").read_text()
+    tree = ast.parse(text)
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    hints = {
+        name: [(a.arg, ast.unparse(a.annotation)) for a in function.args.args]
+        for name, function in functions.items()
+    }
+    assert hints["get_thing"] == [
+        ("vm", "str"),
+        ("nic", "VmNicArgs | None"),
+        ("opts", "pulumi.InvokeOptions | None"),
+    ]
+    assert hints["get_thing_output"] == [
+        ("vm", "pulumi.Input[str]"),
+        ("nic", "pulumi.Input[VmNicArgs] | None"),
+        ("opts", "pulumi.InvokeOptions | pulumi.InvokeOutputOptions | None"),
+    ]
+    assert [len(f.args.defaults) for f in functions.values()] == [2, 2]
+    assert "from ._inputs import VmNicArgs" in text
+    assert "note: str | None = None," in text and "things: Sequence[str]," in text
+    assert "get_thing_output" in (package / "__init__.py").read_text()
+    ruff = pytest.importorskip("ruff.__main__")
+    config = ["--config", str(pulumi_sdk.ROOT / "pyproject.toml")]
+    for command in (["format", "--check"], ["check"]):
+        result = subprocess.run(
+            [ruff.find_ruff_bin(), *command, *config, str(package)],
+            check=False,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
