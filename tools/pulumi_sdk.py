@@ -816,17 +816,19 @@ def invoke_function(
     function = snake(name) + ("_output" if output else "")
     result = result_name(name)
     if output:
-        params = [f"{p.python}: {optional(input_hint(p.spec), p.required)}" for p in inputs]
-        params.append("opts: pulumi.InvokeOptions | pulumi.InvokeOutputOptions | None")
+        hints = [input_hint(p.spec) for p in inputs]
+        options = "pulumi.InvokeOptions | pulumi.InvokeOutputOptions"
         returns = f"pulumi.Output[{result}]"
     else:
-        params = [
-            f"{p.python}: {optional(value_hint(p.spec, '', 'Args'), p.required)}" for p in inputs
-        ]
-        params.append("opts: pulumi.InvokeOptions | None")
+        hints = [value_hint(p.spec, "", "Args") for p in inputs]
+        options = "pulumi.InvokeOptions"
         returns = f"Awaitable{result}"
     # Required inputs come first (props() orders them so): only they go without a default.
-    params = [f"{param} = None" if param.endswith("| None") else param for param in params]
+    params = [
+        f"{p.python}: {hint}" if p.required else f"{p.python}: {hint} | None = None"
+        for p, hint in zip(inputs, hints, strict=True)
+    ]
+    params.append(f"opts: {options} | None = None")
     doc = description
     if output:
         doc += f"\n\nThe output form of `{snake(name)}`: its inputs may be outputs."
