@@ -52,6 +52,7 @@ def test_the_schema_has_endpoint_and_token_and_no_host_detail():
         f"vce:index:{n}"
         for n in ("Vm", "Disk", "Network", "PublicIp", "ZoneLink", "BackupSchedule")
     )
+    assert set(built["functions"]) == {"vce:index:getQuotas", "vce:index:getImages"}
     gone = {"host", "libvirtName", "bridge", "path", "uri", "tenant", "ledgerUrl", "hostCommand"}
     for resource in built["resources"].values():
         assert not gone & set(resource["properties"]), resource
