@@ -228,6 +228,14 @@ def test_diff_a_replacement_deletes_first(change, path):
     assert answer.detailed_diff[path].kind == PropertyDiffKind.UPDATE_REPLACE
 
 
+def test_diff_of_a_program_without_a_zone_keeps_the_objects_zone():
+    without = {k: v for k, v in VM_INPUTS_GIVEN.items() if k != "zone"}
+    assert not diff(VM_INPUTS_GIVEN, without).changes  # the only zone: the one it is in
+    # Created without one, then named: the zone of its id, or another (a replacement).
+    assert not diff(without, VM_INPUTS_GIVEN).changes
+    assert diff(without, {**VM_INPUTS_GIVEN, "zone": "zone-b"}).replaces == ["zone"]
+
+
 def test_diff_outputs_ignored_changes_added_and_removed_fields():
     olds = {**VM_INPUTS_GIVEN, "powerState": "running", "nicAddresses": []}
     assert not diff(olds, VM_INPUTS_GIVEN).changes  # outputs are no inputs

@@ -113,6 +113,8 @@ def test_import_reads_an_object_by_id_alone(served):
         assert inputs == {"name": "data", "zone": ZONE, "sizeGib": 1, "pool": "default",
                           "format": "qcow2"}  # fmt: skip
         assert state["volume"] and "path" not in state
+        # A program that names no zone (the only one) imports it without a replacement.
+        assert not (await fresh.diff("Disk", "data", disk_id, state, DISK)).changes
         _id, state, inputs = await fresh.read("Network", "lan", f"{ZONE}/lan")
         assert inputs["cidr"] == "10.40.0.0/24" and state["active"] is True
         # `pulumi import` writes the program from what Read gives: no change to make.

@@ -166,6 +166,12 @@ class VceProvider(Provider):
         detailed: dict[str, PropertyDiff] = {}
         replaces: list[str] = []
         ignored = set(request.ignore_changes)
+        # A program that names no zone means the control plane's only zone (Check refuses it
+        # when there are several): the zone an object was read back with (an import) is it.
+        if news.get("zone") is None:
+            ignored.add("zone")
+        elif olds.get("zone") is None and kind.zoned:
+            olds["zone"] = zone_of(kind, request.resource_id)  # created without naming it
         for prop in kind.inputs:
             if prop.output_only or prop.name in ignored:
                 continue
