@@ -236,6 +236,18 @@ def test_diff_of_a_program_without_a_zone_keeps_the_objects_zone():
     assert diff(without, {**VM_INPUTS_GIVEN, "zone": "zone-b"}).replaces == ["zone"]
 
 
+def test_diff_of_a_default_or_an_empty_list_left_out_is_no_change():
+    imported = {
+        k: v for k, v in VM_INPUTS_GIVEN.items() if k not in ("allowRestart", "shutdownTimeout")
+    }
+    assert not diff(
+        {**imported, "disks": [], "nics": []}, {**VM_INPUTS_GIVEN, "disks": None, "nics": None}
+    ).changes
+    assert diff(imported, {**VM_INPUTS_GIVEN, "allowRestart": True}).detailed_diff[
+        "allowRestart"
+    ].kind == (PropertyDiffKind.ADD)
+
+
 def test_diff_outputs_ignored_changes_added_and_removed_fields():
     olds = {**VM_INPUTS_GIVEN, "powerState": "running", "nicAddresses": []}
     assert not diff(olds, VM_INPUTS_GIVEN).changes  # outputs are no inputs

@@ -127,6 +127,28 @@ def test_import_reads_an_object_by_id_alone(served):
     run(scenario())
 
 
+def test_a_vm_imported_into_the_program_that_made_it_has_nothing_to_change(served):
+    """The `import` resource option: Read by id, Check against the read inputs, Diff; the
+    defaults and empty lists the program leaves out are no change."""
+    served.tenant("acme")
+    program = {"memoryMib": 128, "state": "stopped", "bootDisk": {"image": IMAGE, "sizeGib": 1}}
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        checked, _failures = await acme.check("Vm", "web", program)
+        vm_id, _state = await acme.create("Vm", "web", checked)
+        importer = served.provider("acme")
+        _id, state, inputs = await importer.read("Vm", "web", vm_id)
+        checked, failures = await importer.check("Vm", "web", program, inputs)
+        assert failures == []
+        answer = await importer.diff("Vm", "web", vm_id, state, checked)
+        assert not answer.changes, answer.detailed_diff
+        for tenant in (acme, importer):
+            await tenant.close()
+
+    run(scenario())
+
+
 def test_a_tenant_never_reaches_another_tenants_objects(served):
     served.tenant("acme")
     served.tenant("other")

@@ -175,9 +175,10 @@ class VceProvider(Provider):
         for prop in kind.inputs:
             if prop.output_only or prop.name in ignored:
                 continue
-            for path, replace in changed_paths(prop, olds.get(prop.name), news.get(prop.name)):
-                before = olds.get(prop.name)
-                after = news.get(prop.name)
+            before, after = olds.get(prop.name), news.get(prop.name)
+            if settled(prop, before) == settled(prop, after) and not contains_unknown(after):
+                continue
+            for path, replace in changed_paths(prop, before, after):
                 detailed[path] = PropertyDiff(diff_kind(before, after, replace), True)
                 if replace:
                     replaces.append(path)
@@ -382,6 +383,17 @@ def changed_paths(prop: Prop, before: Any, after: Any) -> list[tuple[str, bool]]
                 found.append((f"{prop.name}.{field.name}", prop.replace or field.replace))
         return found
     return [(prop.name, prop.replace)]
+
+
+def settled(prop: Prop, value: Any) -> Any:
+    """What a property is when a declaration leaves it out: its default, or an empty list.
+    A state read back by an import has no `allowRestart`, a program no `disks: []`; neither
+    is a change."""
+    if value is None and prop.default is not None:
+        return prop.default
+    if value is None and prop.type == "array":
+        return []
+    return value
 
 
 def diff_kind(before: Any, after: Any, replace: bool) -> PropertyDiffKind:
