@@ -281,3 +281,20 @@ def test_the_same_declaration_after_a_delete_is_made_again(served):
         await acme.close()
 
     run(scenario())
+
+
+def test_a_change_the_quotas_cannot_hold_fails_clearly(served):
+    """Applied without a Check first (a Check elsewhere, then the quotas filled): the
+    action's refusal on the field, in the program's spelling."""
+    served.tenant("acme", vms=0)
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        with pytest.raises(ProviderError) as caught:
+            await acme.create("Vm", "web", VM)
+        message = str(caught.value)
+        assert message.startswith("vce:index:Vm web: ") and "vms (" in message, message
+        assert "Traceback" not in message and served.domain("acme", "web") is None
+        await acme.close()
+
+    run(scenario())

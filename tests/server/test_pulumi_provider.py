@@ -34,6 +34,7 @@ pytestmark = pytest.mark.server
 VM = "vce:index:Vm"
 DISK = "vce:index:Disk"
 NETWORK = "vce:index:Network"
+SCHEDULE = "vce:index:BackupSchedule"
 DIFF_SOME = provider_pb2.DiffResponse.DIFF_SOME
 DIFF_NONE = provider_pb2.DiffResponse.DIFF_NONE
 USER_DATA = "#cloud-config\nwrite_files: [{path: /etc/motd, content: kept-secret-8f3a}]\n"
@@ -284,6 +285,46 @@ def test_progress_is_shown_beside_the_resource(fleet, server, conn, new_tenant):
     assert shown and all(m.ephemeral and m.severity == engine_pb2.INFO for m in shown)
     assert shown[-1].message.startswith("vms/web: succeeded"), [m.message for m in shown]
     assert web_id == f"{fleet.zone}/web"
+
+
+def test_a_disk_attached_by_its_own_attach_to_is_detached_by_its_delete(fleet, conn, tenant_plugin):
+    tenant, _token, plugin = tenant_plugin()
+    web, _failures = plugin.check(urn(VM, "web"), vm_inputs(fleet))
+    plugin.create(urn(VM, "web"), web)
+    data, failures = plugin.check(urn(DISK, "data"), {"sizeGib": 1, "attachTo": "web"})
+    assert failures == []
+    data_id, state = plugin.create(urn(DISK, "data"), data)
+    assert state["attachedTo"] == "web"
+    assert state["volume"] in domain(conn, tenant, "web").XMLDesc(0)
+    plugin.delete(urn(DISK, "data"), data_id, state)
+    assert state["volume"] not in domain(conn, tenant, "web").XMLDesc(0)
+    pool = conn.storagePoolLookupByName("default")
+    pool.refresh(0)
+    assert state["volume"] not in pool.listVolumes()
+
+
+def test_a_backup_schedule_by_its_three_part_id(fleet, server, tenant_plugin):
+    _tenant, token, plugin = tenant_plugin()
+    web, _failures = plugin.check(urn(VM, "web"), vm_inputs(fleet))
+    plugin.create(urn(VM, "web"), web)
+    nightly_urn = urn(SCHEDULE, "nightly")
+    news = {"vm": "web", "calendar": "*-*-* 02:30", "retention": {"keepDaily": 7}}
+    nightly, failures = plugin.check(nightly_urn, news)
+    assert failures == []
+    nightly_id, state = plugin.create(nightly_urn, nightly)
+    assert nightly_id == f"{fleet.zone}/web/nightly"
+    assert state["timer"].endswith(".timer") and state["enabled"] is True
+    units = fleet.host_dir / "units"
+    assert [p.name for p in units.iterdir() if p.name == state["timer"]] == [state["timer"]]
+    with connected(server, token) as importer:
+        _id, _state, inputs = importer.read(nightly_urn, nightly_id)
+        assert (inputs["vm"], inputs["calendar"], inputs["retention"]) == (
+            "web", "*-*-* 02:30", {"keepDaily": 7},
+        )  # fmt: skip
+        assert importer.read(nightly_urn, f"{fleet.zone}/other/nightly") == ("", {}, {})
+    plugin.delete(nightly_urn, nightly_id, state)
+    assert not (units / state["timer"]).exists()
+    assert plugin.read(nightly_urn, nightly_id, state, nightly)[0] == ""
 
 
 # -- check --------------------------------------------------------------------------------------
