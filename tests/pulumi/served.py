@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,8 @@ class Served:
     app: FastAPI
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def tenant(self, name: str, **quotas: int) -> str:
-        register(self.ledger_url, name, **quotas)
+    def tenant(self, name: str, **terms: Any) -> str:
+        register(self.ledger_url, name, **terms)
         self.tokens[name] = create_token(self.ledger_url, name)
         return self.tokens[name]
 
@@ -135,20 +135,26 @@ def plain(properties: dict[str, PropertyValue]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def served_app(ledger_url: str, directory: Path) -> Iterator[Served]:
+def served_app(
+    ledger_url: str, directory: Path, zones: Mapping[str, Mapping[str, Any]] | None = None
+) -> Iterator[Served]:
     """The app with its context built and its workers started, as its lifespan does (the
-    ASGI transport runs no lifespan); stopped afterwards."""
-    node = directory / "kvm1.xml"
-    node.write_text(NODE)
-    uri = f"test://{node}"
-    add_host(ledger_url, "kvm1", ZONE, uri)
-    register_image(ledger_url, make_image(directory / "base.qcow2"), name=IMAGE, zone=ZONE)
+    ASGI transport runs no lifespan); stopped afterwards. One test-driver host per zone,
+    each with its zone's settings (uplink, public pools, underlay) as add_host takes them;
+    the base image in every zone's catalogue."""
+    uris = {}
+    for number, (zone, host) in enumerate((zones or {ZONE: {}}).items(), start=1):
+        node = directory / f"kvm{number}.xml"
+        node.write_text(NODE)
+        uris[zone] = f"test://{node}"
+        add_host(ledger_url, f"kvm{number}", zone, uris[zone], **host)
+        register_image(ledger_url, make_image(directory / "base.qcow2"), name=IMAGE, zone=zone)
     settings = Settings(ledger_url=ledger_url, workers=2, rate_per_second=1000, rate_burst=1000)
     app = create_app(settings)
     app.state.context = build_context(settings)
     app.state.context.actions.start()
     try:
-        yield Served(ledger_url, uri, app)
+        yield Served(ledger_url, next(iter(uris.values())), app)
     finally:
         app.state.context.actions.stop(30.0)
 

@@ -267,8 +267,8 @@ def test_check_counts_the_stack_against_the_quotas(served):
 
 
 def test_the_same_declaration_after_a_delete_is_made_again(served):
-    """The second create has the first's Idempotency-Key: the server replays the ended
-    action, and the provider submits the change again under the next key."""
+    """The second create (and delete) has the first's Idempotency-Key: the server replays
+    the ended action, and the provider submits the change again under the next key."""
     served.tenant("acme")
 
     async def scenario() -> None:
@@ -278,6 +278,8 @@ def test_the_same_declaration_after_a_delete_is_made_again(served):
         assert volumes(served) == []
         again_id, state = await acme.create("Disk", "data", DISK)
         assert again_id == disk_id and volumes(served) == [plain(state)["volume"]]
+        await acme.delete("Disk", "data", disk_id, plain(state))  # the first delete's key too
+        assert volumes(served) == []
         await acme.close()
 
     run(scenario())
