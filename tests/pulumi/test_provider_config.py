@@ -135,3 +135,17 @@ def test_configure_refuses_with_the_field_and_accepts_the_environment(monkeypatc
     assert provider.config == ProviderConfig(ENDPOINT, TOKEN)
     assert provider.client.http.headers["Authorization"] == f"Bearer {TOKEN}"
     asyncio.run(provider.client.close())
+
+
+def test_an_explicit_provider_resource_configures_from_its_arguments(monkeypatch):
+    for name in ("VCE_ENDPOINT", "VCE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    provider = VceProvider()
+    args = {
+        "endpoint": PropertyValue(ENDPOINT),
+        "token": PropertyValue(TOKEN, is_secret=True),
+        "version": PropertyValue("0.1.0"),
+    }
+    asyncio.run(provider.configure(ConfigureRequest({}, args, True, True)))
+    assert provider.config == ProviderConfig(ENDPOINT, TOKEN)
+    asyncio.run(provider.client.close())
