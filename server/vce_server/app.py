@@ -32,6 +32,7 @@ from .api.deps import ERROR_RESPONSES, Context
 from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
+from .service.checks import Checks
 from .service.operator import Operator
 from .service.resources import Resources
 from .service.terms import Terms
@@ -73,6 +74,7 @@ def build_context(settings: Settings) -> Context:
         terms=Terms(settings.ledger_url),
         operator=Operator(settings.ledger_url),
         limiter=RateLimiter(settings.rate_per_second, settings.rate_burst),
+        checks=Checks(resources),
     )
 
 

@@ -56,8 +56,8 @@ KINDS = ("networks", "disks", "vms", "public_ips", "zone_links", "backup_schedul
 _numbers = itertools.count(1)
 # Path parameters that name no object of a tenant: a month is everyone's.
 NOT_OBJECTS = frozenset({"month"})
-# A POST that changes nothing: the plan of a declaration (check mode).
-READ_POSTS = frozenset({"/v1/plan"})
+# The POSTs that change nothing: the plan of a declaration (check mode), the check of one.
+READ_POSTS = frozenset({"/v1/plan", *(f"/v1/{kind}/{{name}}/check" for kind in KINDS)})
 AUDIT = "/v1/audit"
 SCHEDULE = {"vm": "avm", "calendar": "*-*-* 02:30", "retention": {"keep_daily": 7}}
 # Another instance (here: the admin command) revokes; the server's token cache keeps a token
@@ -229,6 +229,9 @@ def build_world(server: Server, fleet: Fleet, tenant_a: str, tenant_b: str) -> W
         "networks": [{"name": "bnet", "cidr": f"{next_subnet()}.0/24", "mode": "isolated"}]
     }
     world.bodies_b["/v1/backups/{backup_id}/restore"] = {"new_disk": "brestored"}
+    # B's checks of declarations under A's names: answered as B's own new objects.
+    world.bodies_b["/v1/vms/{name}/check"] = {"declaration": vm_body(fleet.image)}
+    world.bodies_b["/v1/disks/{name}/check"] = {"declaration": {"size_gib": 1}}
     world.revoked = revoked_in_use(server, url, tenant_b)
     # Made valid for a day, then the day has passed.
     world.expired = create_token(url, tenant_b, expires_at=utcnow() + dt.timedelta(days=1))
@@ -388,9 +391,24 @@ def judge(kind: str, op: Operation, path: str, reply: httpx.Response, world: Wor
             allowed.add(422)  # the empty body refused before anything is looked up
         if op.method == "delete":
             allowed.add(202)  # an idempotent removal of B's own (missing) object
+        if op.template in READ_POSTS:
+            allowed.add(200)  # the check of B's own declaration of that name
         if status not in allowed:
             return f"{status} {reply.text[:300]}"
     return ""
+
+
+def test_b_checks_names_of_a_as_its_own_new_objects(server: Server, world: World):
+    """A's VM and disk count for nothing in B's checks of their names: B has none yet."""
+    with server.client(world.token_b) as client:
+        vm = send(client, "post", "/v1/vms/avm/check", json=world.bodies_b["/v1/vms/{name}/check"])
+        disk = send(client, "post", "/v1/disks/adata/check", json={"declaration": {"size_gib": 1}})
+    assert vm.status_code == 200, vm.text
+    assert vm.json()["usage"] == {"vms": 1, "vcpus": 1, "ram_gib": "0.0625", "disk_gib": "1"}
+    assert disk.json() == {"usage": {"disk_gib": "1"}}
+    with server.client(world.token_a) as client:
+        again = send(client, "post", "/v1/disks/adata/check", json={"declaration": {"size_gib": 1}})
+    assert again.json() == {"usage": {}}
 
 
 def test_lists_never_show_tenant_a(server: Server, world: World, document: dict):

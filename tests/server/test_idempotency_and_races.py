@@ -1,7 +1,8 @@
 """Concurrent requests against one server, on a SQLite and on a PostgreSQL ledger:
 
-- 10 PUTs at once with one Idempotency-Key make one action, named in all 10 replies; the same
-  key with another body is refused (422).
+- 10 PUTs at once with one Idempotency-Key make one action, named in all 10 replies (the 9
+  that replay it with `Idempotent-Replayed: true`); the same key with another body is refused
+  (422).
 - A tenant one VM below its VM quota sends 8 creates of 8 different VMs at once: exactly one
   VM is made, the 7 others are refused with code quota_exceeded, and libvirt, the ledger and
   GET /v1/quotas agree.
@@ -65,6 +66,9 @@ def test_ten_concurrent_puts_with_one_key_make_one_action(
     assert [r.status_code for r in replies] == [202] * CLIENTS, [r.text for r in replies]
     ids = {r.json()["action"]["id"] for r in replies}
     assert len(ids) == 1, ids
+    # The one that made the action says nothing; the nine that answered it say so.
+    replayed = [r.headers.get("Idempotent-Replayed") for r in replies]
+    assert sorted(replayed, key=str) == [None] + ["true"] * (CLIENTS - 1), replayed
     assert actions_with_key(any_fleet.ledger_url, tenant, key) == 1
     with any_server.client(token) as client:
         assert wait_action(client, ids.pop())["status"] == "succeeded"

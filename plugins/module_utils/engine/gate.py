@@ -392,6 +392,19 @@ class Gate:
             )
 
 
+def checked_delta(
+    ledger: Ledger, uri: str, tenant: str, declaration: Declaration, pending: quota.Usage
+) -> quota.Usage:
+    """What a declaration would add to the tenant's usage on the host at `uri` beyond what its
+    objects use there now, checked against the tenant's quotas with `pending` (usage other
+    declarations not applied yet will add) on top of the ledger's: QuotaExceeded naming every
+    quota it breaks. Reads libvirt and the ledger, changes nothing (a preview's check)."""
+    host = Host(uri)
+    gate = Gate(ledger, host, tenant, declaration)
+    observed = observed_objects(host.inventory(tenant))
+    return gate.check(observed, quota.add(gate.others, pending))
+
+
 def tenant_usage(ledger: Ledger, connection: Any, record: Tenant) -> quota.Usage:
     """What the ledger knows the tenant uses on every host, plus claims in flight."""
     return quota.add(

@@ -23,6 +23,8 @@ from ..principal import WRITE, Principal
 from ..settings import Settings
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# On a 202 that answers a retried request with the action its first request made.
+REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_IDEMPOTENCY_KEY = 200
 
 # auto_error off: a missing token gets the API's own error shape, not FastAPI's.
@@ -78,6 +80,22 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# What every change answers (routes answering with accepted() list it).
+ACCEPTED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": 'The action that makes the change (`{"action": {...}}`).',
+        "headers": {
+            "Location": {"description": "/v1/actions/{id}", "schema": {"type": "string"}},
+            REPLAYED_HEADER: {
+                "description": "`true` when this answers a retried request (the same "
+                "Idempotency-Key and request) with the action its first request made.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+    }
+}
+
+
 @dataclass
 class Context:
     """The service objects of one server process, built once at start-up (app.py)."""
@@ -90,6 +108,7 @@ class Context:
     terms: Any  # service.terms.Terms
     operator: Any  # service.operator.Operator
     limiter: Any  # limits.RateLimiter
+    checks: Any = None  # service.checks.Checks
 
 
 def context(request: Request) -> Context:
@@ -159,7 +178,7 @@ def accepted(
 ) -> JSONResponse:
     """The 202 answer of a change: the action queued for it (or, for a retried request with the
     same Idempotency-Key, the action the first request made)."""
-    view, _created = ctx.actions.submit(
+    view, created = ctx.actions.submit(
         who,
         kind,
         target,
@@ -171,6 +190,7 @@ def accepted(
     request.state.action = view["id"]
     # An operator's change of a tenant's object is in that tenant's audit trail too.
     request.state.audit_tenant = tenant
-    return JSONResponse(
-        {"action": view}, status_code=202, headers={"Location": f"/v1/actions/{view['id']}"}
-    )
+    headers = {"Location": f"/v1/actions/{view['id']}"}
+    if not created:
+        headers[REPLAYED_HEADER] = "true"
+    return JSONResponse({"action": view}, status_code=202, headers=headers)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from ..principal import Principal
-from .deps import Context, accepted, context, operator_reader, operator_writer
+from .deps import ACCEPTED_RESPONSES, Context, accepted, context, operator_reader, operator_writer
 
 router = APIRouter(prefix="/v1/operator", tags=["operator"])
 TENANT_BODY = Body(
@@ -69,7 +69,7 @@ def list_plans(
     return {"plans": ctx.operator.plans(who)}
 
 
-@router.put("/blocks/{tenant}/{vm}", status_code=202)
+@router.put("/blocks/{tenant}/{vm}", status_code=202, responses=ACCEPTED_RESPONSES)
 def block_vm(
     tenant: str,
     vm: str,
@@ -84,7 +84,7 @@ def block_vm(
     return accepted(ctx, who, request, "block", f"vms/{vm}", payload, tenant=tenant)
 
 
-@router.delete("/blocks/{tenant}/{vm}", status_code=202)
+@router.delete("/blocks/{tenant}/{vm}", status_code=202, responses=ACCEPTED_RESPONSES)
 def unblock_vm(
     tenant: str,
     vm: str,

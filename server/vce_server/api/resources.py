@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import forbidden
 from ..principal import Principal
-from .deps import Context, accepted, context, reader, writer
+from .deps import ACCEPTED_RESPONSES, Context, accepted, context, reader, writer
 
 router = APIRouter(tags=["resources"])
 
@@ -73,7 +73,7 @@ def list_backups(
     return {"backups": ctx.resources.backups(tenant_of(who), vm)}
 
 
-@router.post("/v1/backups/{backup_id}/restore", status_code=202)
+@router.post("/v1/backups/{backup_id}/restore", status_code=202, responses=ACCEPTED_RESPONSES)
 def restore_backup(
     backup_id: str,
     request: Request,
@@ -146,6 +146,34 @@ def put_route(plural: str) -> Callable[..., JSONResponse]:
     return put_object
 
 
+CHECK_EXAMPLE = {
+    "declaration": {
+        "vcpus": 2,
+        "memory_mib": 2048,
+        "boot_disk": {"image": "debian-12", "size_gib": 20},
+    },
+    "pending": {"vcpus": 2, "ram_gib": "2"},
+}
+
+
+def check_route(plural: str) -> Callable[..., dict[str, Any]]:
+    def check_object(
+        name: str,
+        body: Any = Body(..., examples=[CHECK_EXAMPLE]),  # noqa: B008
+        who: Principal = Depends(reader),  # noqa: B008
+        ctx: Context = Depends(context),  # noqa: B008
+    ) -> dict[str, Any]:
+        return ctx.checks.check(tenant_of(who), plural, name, body)
+
+    check_object.__doc__ = (
+        "Check a declaration (`declaration`: the body of its PUT) without applying it: 422 as "
+        'its PUT, 409 `quota_exceeded` naming the field of each breach, else `{"usage": {...}}`, '
+        "what it adds to the tenant's usage (the units of /v1/quotas). `pending`: usage the "
+        "client's other declarations will add. Changes nothing."
+    )
+    return check_object
+
+
 def delete_route(plural: str) -> Callable[..., JSONResponse]:
     def delete_object(
         name: str,
@@ -171,14 +199,18 @@ for _kind in KINDS:
     )
     router.add_api_route(
         f"/v1/{_kind}/{{name}}", put_route(_kind), methods=["PUT"], status_code=202,
-        name=f"put_{_kind}",
+        responses=ACCEPTED_RESPONSES, name=f"put_{_kind}",
     )  # fmt: skip
     router.add_api_route(
         f"/v1/{_kind}/{{name}}", delete_route(_kind), methods=["DELETE"], status_code=202,
-        name=f"delete_{_kind}",
+        responses=ACCEPTED_RESPONSES, name=f"delete_{_kind}",
+    )  # fmt: skip
+    router.add_api_route(
+        f"/v1/{_kind}/{{name}}/check", check_route(_kind), methods=["POST"],
+        name=f"check_{_kind}",
     )  # fmt: skip
 for _action in VM_ACTIONS:
     router.add_api_route(
         f"/v1/vms/{{name}}/actions/{_action}", vm_action_route(_action), methods=["POST"],
-        status_code=202, name=f"{_action}_vm",
+        status_code=202, responses=ACCEPTED_RESPONSES, name=f"{_action}_vm",
     )  # fmt: skip

@@ -182,6 +182,16 @@ def check_images(kind: Kind, raw: Mapping[str, Any], path: str) -> None:
         check_image_name(raw["backing_image"], at(path, "backing_image"))
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A declaration as a PUT accepts it: the action's payload, the engine's reading of the
+    declaration (None for a zone link) and the host it runs on (None for a zone link)."""
+
+    payload: dict[str, Any]
+    spec: Any
+    host: HostPlace | None
+
+
 class Resources:
     """The resources of the tenants, as the API serves them."""
 
@@ -212,6 +222,17 @@ class Resources:
             ).all()
         return [dict(row._mapping) for row in rows]
 
+    def catalogue_names(self, zone: str) -> dict[str, str]:
+        """The zone's catalogue by the image's path on the hosts: the name the tenant knows it
+        by (the first by name when two names share a file)."""
+        with self.ledger.store.read() as connection:
+            rows = connection.execute(
+                sa.select(images.c.path, images.c.name)
+                .where(images.c.zone == zone)
+                .order_by(images.c.name.desc())
+            ).all()
+        return {row.path: row.name for row in rows}
+
     # -- declarations ----------------------------------------------------------------------
 
     def validate(self, tenant: str, plural: str, name: str, body: Any) -> dict[str, Any]:
@@ -224,6 +245,11 @@ class Resources:
             raise self.refusal(error) from None
 
     def declaration(self, tenant: str, kind: Kind, name: str, body: Any) -> dict[str, Any]:
+        return self.parsed(tenant, kind, name, body).payload
+
+    def parsed(self, tenant: str, kind: Kind, name: str, body: Any) -> Parsed:
+        """A declaration checked as its PUT checks it: the payload, with the engine's reading
+        of it and the host it would run on (that of a first change when none is placed)."""
         check_name(name, "name")
         raw = dict(as_mapping(body, "body"))
         if "name" in raw and raw["name"] != name:
@@ -235,13 +261,15 @@ class Resources:
             zones = self.link_zones(raw.get("zones"), "zones")
             ends = [self.fleet.preview(tenant, z, f"zones[{i}]") for i, z in enumerate(zones)]
             parse_zone_link(link_params(raw, ends), "")
-            return {"tenant": tenant, "kind": kind.plural, "name": name, "zones": zones,
-                    "body": without(raw, "zones")}  # fmt: skip
+            payload = {"tenant": tenant, "kind": kind.plural, "name": name, "zones": zones,
+                       "body": without(raw, "zones")}  # fmt: skip
+            return Parsed(payload, None, None)
         host = self.fleet.preview(tenant, raw.get("zone"))
         declared = without(raw, "zone")
-        parse_declared(kind, tenant, declared, host)
-        return {"tenant": tenant, "kind": kind.plural, "name": name, "zone": host.zone,
-                "body": declared}  # fmt: skip
+        spec = parse_declared(kind, tenant, declared, host)
+        payload = {"tenant": tenant, "kind": kind.plural, "name": name, "zone": host.zone,
+                   "body": declared}  # fmt: skip
+        return Parsed(payload, spec, host)
 
     def link_zones(self, raw: Any, path: str) -> list[str]:
         zones = as_list(raw, path)
@@ -291,6 +319,8 @@ class Resources:
         params = {**self.params(tenant, host), "name": name}
         if kind.plural in LIBVIRT_SECTIONS:
             found = read_object(params, LIBVIRT_SECTIONS[kind.plural])
+            if found:
+                found = named_images(found, ImageNames(self, tenant, host))
         elif kind.plural == "public_ips":
             if not host.has_public_ips():
                 return None
@@ -340,11 +370,11 @@ class Resources:
             for host in self.fleet.placed(tenant):
                 facts = run_info(self.params(tenant, host))
                 scrub = self.fleet.scrubber()
+                names = ImageNames(self, tenant, host, facts["disks"])
                 objects = facts[LIBVIRT_SECTIONS[kind.plural]]
                 for name in sorted(objects):
-                    found.append(
-                        self.shown(with_boot_disk(facts, kind, name), name, host.zone, scrub)
-                    )
+                    shown = named_images(with_boot_disk(facts, kind, name), names)
+                    found.append(self.shown(shown, name, host.zone, scrub))
             return found
         objects = (self.observe(tenant, kind, name) for name in self.recorded(tenant, kind))
         return [found for found in objects if found is not None]
@@ -507,9 +537,35 @@ class Resources:
         if kind.plural == "public_ips":
             absent = public_ip_params(params, host, {"state": "absent"})
             return [lambda: run_public_ip(absent)]
-        # An attached disk is refused by the engine: the VM's declaration holds it.
-        runner = {"networks": run_network, "disks": run_disk, "vms": run_vm}[kind.plural]
+        if kind.plural == "disks":
+            return self.disk_removal(tenant, name, host, params)
+        runner = {"networks": run_network, "vms": run_vm}[kind.plural]
         return [lambda: runner({**params, "state": "absent"})]
+
+    def disk_removal(
+        self, tenant: str, name: str, host: HostPlace, params: dict[str, Any]
+    ) -> list[Callable[[], Result]]:
+        """A disk attached through its own `attach_to` is detached first (a Pulumi Disk with
+        attachTo deletes cleanly); the engine refuses to remove any other attached disk (a
+        VM's `disks` declaration holds it)."""
+        absent = {**params, "state": "absent"}
+        found = read_object(params, "disks")
+        vm = found.get("attached_to") if found else None
+        if vm is None or not self.attached_by_itself(tenant, name, vm, host.zone):
+            return [lambda: run_disk(absent)]
+        declared = self.declared(tenant, "disks", name, host.zone) or {}
+        detached = {**params, **declared.get("body", {}), "zone": host.zone, "image_dirs": [],
+                    "state": "detached"}  # fmt: skip
+        return [lambda: run_disk(detached), lambda: run_disk(absent)]
+
+    def attached_by_itself(self, tenant: str, name: str, vm: str, zone: str) -> bool:
+        """Whether the disk's last declaration attaches it to `vm` and no declaration of that
+        VM names it among its disks."""
+        disk = self.declared(tenant, "disks", name, zone)
+        if disk is None or disk["body"].get("attach_to") != vm:
+            return False
+        holder = self.declared(tenant, "vms", vm, zone)
+        return holder is None or name not in (holder["body"].get("disks") or [])
 
     def holder(self, tenant: str, kind: Kind, name: str, zone: str | None) -> HostPlace | None:
         """The tenant's host that has the object (the first zone's when several have one)."""
@@ -549,20 +605,31 @@ class Resources:
 
     def last_declaration(self, tenant: str, name: str) -> dict[str, Any]:
         """The VM's declaration as its last successful PUT gave it."""
+        declared = self.declared(tenant, "vms", name)
+        if declared is None:
+            raise conflict(f"vm {name} was not declared through the API: PUT /v1/vms/{name} first")
+        return declared
+
+    def declared(
+        self, tenant: str, plural: str, name: str, zone: str | None = None
+    ) -> dict[str, Any] | None:
+        """The payload of the object's last successful PUT (in `zone` when given), or None."""
         with self.ledger.store.read() as connection:
-            row = connection.execute(
+            rows = connection.execute(
                 sa.select(actions.c.request)
                 .where(
                     actions.c.tenant == tenant,
                     actions.c.kind == "put",
-                    actions.c.target == f"vms/{name}",
+                    actions.c.target == f"{plural}/{name}",
                     actions.c.status == "succeeded",
                 )
                 .order_by(actions.c.seq.desc())
-            ).first()
-        if row is None:
-            raise conflict(f"vm {name} was not declared through the API: PUT /v1/vms/{name} first")
-        return json.loads(row.request)
+            )
+            for row in rows:
+                request = json.loads(row.request)
+                if zone is None or request.get("zone") == zone:
+                    return request
+        return None
 
     def validate_restore(self, tenant: str, backup_id: str, body: Any) -> dict[str, Any]:
         """The payload of a restore; 404 for another tenant's backup."""
@@ -689,20 +756,19 @@ class Resources:
 # -- engine parameters ---------------------------------------------------------------------
 
 
-def parse_declared(kind: Kind, tenant: str, raw: Mapping[str, Any], host: HostPlace) -> None:
-    """The engine's parser of the kind, as its run would read the declaration."""
+def parse_declared(kind: Kind, tenant: str, raw: Mapping[str, Any], host: HostPlace) -> Any:
+    """The engine's parser of the kind, as its run would read the declaration: its reading."""
     if kind.singular == "network":
         uplink = host.uplink if raw.get("mode") == "routed" else None
-        parse_network(fields.declared(fields.NETWORK, raw), "", uplink)
-    elif kind.singular == "disk":
-        parse_disk(fields.declared(fields.DISK, raw), "", "default")
-    elif kind.singular == "vm":
-        parse_vm(fields.declared(fields.VM, raw), "", tenant, "default")
-    elif kind.singular == "public_ip":
+        return parse_network(fields.declared(fields.NETWORK, raw), "", uplink)
+    if kind.singular == "disk":
+        return parse_disk(fields.declared(fields.DISK, raw), "", "default")
+    if kind.singular == "vm":
+        return parse_vm(fields.declared(fields.VM, raw), "", tenant, "default")
+    if kind.singular == "public_ip":
         zone = parse_public_zone(host.zone, host.zone_config("zone"))
-        declared_public_ip(raw, zone)
-    else:
-        declared_schedule(raw)
+        return declared_public_ip(raw, zone)
+    return declared_schedule(raw)
 
 
 def vm_params(body: Mapping[str, Any], host: HostPlace) -> dict[str, Any]:
@@ -752,6 +818,47 @@ def with_boot_disk(facts: Mapping[str, Any], kind: Kind, name: str) -> dict[str,
     if kind.plural != "vms":
         return found
     return {**found, "boot_disk": facts["disks"].get(f"{name}.boot", {})}
+
+
+class ImageNames:
+    """The names a tenant's base images are known by on one host, from their paths: the zone's
+    catalogue, else the tenant's own disks there (read only when a path is not in the
+    catalogue, or given by a caller that read them). A path of neither stays, to be scrubbed."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        tenant: str,
+        host: HostPlace,
+        disks: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.resources = resources
+        self.tenant = tenant
+        self.host = host
+        self.disks = disks
+        self.catalogue: dict[str, str] | None = None
+
+    def __call__(self, path: str | None) -> str | None:
+        if path is None:
+            return None
+        if self.catalogue is None:
+            self.catalogue = self.resources.catalogue_names(self.host.zone)
+        if path in self.catalogue:
+            return self.catalogue[path]
+        if self.disks is None:
+            self.disks = run_info(self.resources.params(self.tenant, self.host))["disks"]
+        owned = {disk.get("path"): name for name, disk in self.disks.items()}
+        return owned.get(path, path)
+
+
+def named_images(found: Mapping[str, Any], names: ImageNames) -> dict[str, Any]:
+    """A disk's (or a VM's boot disk's) `backing_image` as the image's name, never a path."""
+    if "backing_image" in found:
+        return {**found, "backing_image": names(found["backing_image"])}
+    boot = found.get("boot_disk")
+    if isinstance(boot, Mapping) and "backing_image" in boot:
+        return {**found, "boot_disk": {**boot, "backing_image": names(boot["backing_image"])}}
+    return dict(found)
 
 
 def backup_view(row: Any) -> dict[str, Any]:
