@@ -51,6 +51,16 @@ def resource_opts(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions
     return pulumi.ResourceOptions.merge(pulumi.ResourceOptions(version=VERSION), opts)
 
 
+def invoke_opts(opts: pulumi.InvokeOptions | None) -> pulumi.InvokeOptions:
+    """The caller's options over the package's, for a function's plain form."""
+    return pulumi.InvokeOptions.merge(pulumi.InvokeOptions(version=VERSION), opts)
+
+
+def invoke_output_opts(opts: pulumi.InvokeOptions | None) -> pulumi.InvokeOutputOptions:
+    """The caller's options over the package's, for a function's output form."""
+    return pulumi.InvokeOutputOptions.merge(pulumi.InvokeOutputOptions(version=VERSION), opts)
+
+
 def resource_inputs(
     args_type: type, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], pulumi.ResourceOptions | None]:
@@ -162,17 +172,18 @@ def input_hint(spec: Mapping[str, Any]) -> str:
     raise ValueError(f"unsupported schema type {spec!r}")
 
 
-def output_hint(spec: Mapping[str, Any], module: str) -> str:
-    """The plain type an output holds; `module` prefixes object types outside outputs.py."""
+def value_hint(spec: Mapping[str, Any], module: str, suffix: str = "") -> str:
+    """The plain type a value holds, its object types as `<module><Type><suffix>`: outputs
+    hold `outputs.VmNic` (no module inside outputs.py), a function's plain inputs `VmNicArgs`."""
     if "$ref" in spec:
-        return module + type_name(spec["$ref"])
+        return module + type_name(spec["$ref"]) + suffix
     kind = spec["type"]
     if kind in SCALARS:
         return SCALARS[kind]
     if kind == "array":
-        return f"Sequence[{output_hint(spec['items'], module)}]"
+        return f"Sequence[{value_hint(spec['items'], module, suffix)}]"
     if kind == "object" and "additionalProperties" in spec:
-        return f"Mapping[str, {output_hint(spec['additionalProperties'], module)}]"
+        return f"Mapping[str, {value_hint(spec['additionalProperties'], module, suffix)}]"
     raise ValueError(f"unsupported schema type {spec!r}")
 
 
@@ -204,7 +215,9 @@ def fit(indent: int, head: str, items: list[str], tail: str, *, explode: bool = 
     if not explode and len(f"{pad}{head}{joined}{tail}") <= WIDTH:
         return [f"{pad}{head}{joined}{tail}"]
     if not explode and len(f"{pad}    {joined}") <= WIDTH:
-        return [f"{pad}{head}", f"{pad}    {joined}", f"{pad}{tail}"]
+        # A definition's lone parameter gets a trailing comma when split, as black's does.
+        comma = "," if len(items) == 1 and head.startswith("def ") else ""
+        return [f"{pad}{head}", f"{pad}    {joined}{comma}", f"{pad}{tail}"]
     return [f"{pad}{head}", *(f"{pad}    {item}," for item in items), f"{pad}{tail}"]
 
 
@@ -239,7 +252,7 @@ def used_names(code: str, names: Iterable[str]) -> list[str]:
 
 def typing_imports(body: str) -> list[str]:
     lines = []
-    abc = used_names(body, ("Mapping", "Sequence"))
+    abc = used_names(body, ("Generator", "Mapping", "Sequence"))
     if abc:
         lines.append(f"from collections.abc import {', '.join(abc)}")
     typing_names = used_names(body, ("Any", "overload"))
@@ -252,7 +265,7 @@ def render(imports: list[str], body: list[str], docs: str) -> str:
     text = HEADER + "\n".join(docstring(docs, 0)) + "\n\n"
     # isort's spacing: two blank lines before a class or function, one before anything else.
     gap = "\n\n\n" if body[0].startswith(("class ", "def ", "@")) else "\n\n"
-    text += "\n".join(imports) + gap
+    text += "\n".join(imports).lstrip("\n") + gap
     return text + "\n\n\n".join(body) + "\n"
 
 
@@ -263,6 +276,9 @@ class Schema:
         self.version = schema["version"]
         self.types = {token_name(t): spec for t, spec in schema.get("types", {}).items()}
         self.resources = {token_name(t): (t, spec) for t, spec in schema["resources"].items()}
+        self.functions = {
+            token_name(t): (t, spec) for t, spec in schema.get("functions", {}).items()
+        }
         for name, spec in self.types.items():
             if spec.get("type") != "object" or spec.get("enum"):
                 raise ValueError(f"type {name}: only object types are supported")
@@ -271,8 +287,36 @@ class Schema:
         spec = self.types[name]
         return props(spec.get("properties", {}), spec.get("required", []))
 
-    def type_order(self) -> list[str]:
-        """Types with the types they use before them, so hints need no forward references."""
+    def input_types(self) -> set[str]:
+        """The types a program passes in: resources', the provider's and functions' inputs."""
+        specs = [spec["inputProperties"] for _token, spec in self.resources.values()]
+        specs.append(self.schema["provider"].get("inputProperties", {}))
+        specs += [spec.get("inputs", {}).get("properties", {}) for spec in self.function_specs()]
+        return self.reachable(prop for properties in specs for prop in properties.values())
+
+    def output_types(self) -> set[str]:
+        """The types a program reads: resources' and functions' outputs."""
+        specs = [spec["properties"] for _token, spec in self.resources.values()]
+        specs += [spec["outputs"]["properties"] for spec in self.function_specs()]
+        return self.reachable(prop for properties in specs for prop in properties.values())
+
+    def function_specs(self) -> list[Mapping[str, Any]]:
+        return [spec for _token, spec in self.functions.values()]
+
+    def reachable(self, specs: Iterable[Mapping[str, Any]]) -> set[str]:
+        """The types the property specs hold, and the types those hold, ..."""
+        found: set[str] = set()
+        pending = [ref for spec in specs for ref in refs(spec)]
+        while pending:
+            name = pending.pop()
+            if name not in found:
+                found.add(name)
+                pending += [ref for prop in self.type_props(name) for ref in refs(prop.spec)]
+        return found
+
+    def type_order(self, names: set[str]) -> list[str]:
+        """The `names` with the types they use before them, so hints need no forward
+        references."""
         done: list[str] = []
 
         def visit(name: str, path: tuple[str, ...]) -> None:
@@ -285,7 +329,7 @@ class Schema:
                     visit(ref, (*path, name))
             done.append(name)
 
-        for name in sorted(self.types):
+        for name in sorted(names):
             visit(name, ())
         return done
 
@@ -335,14 +379,17 @@ class Schema:
         }
         for name in self.resources:
             files[f"{snake(name)}.py"] = self.resource_module(name)
+        for name in self.functions:
+            files[f"{snake(name)}.py"] = self.function_module(name)
         return dict(sorted(files.items()))
 
     def init_module(self) -> str:
         exports: list[tuple[str, list[str]]] = [
-            ("._inputs", [f"{name}Args" for name in sorted(self.types)]),
+            ("._inputs", [f"{name}Args" for name in sorted(self.input_types())]),
             (".provider", ["Provider", "ProviderArgs"]),
         ]
         exports += [(f".{snake(n)}", [n, f"{n}Args"]) for n in sorted(self.resources)]
+        exports += [(f".{snake(n)}", function_names(n)) for n in sorted(self.functions)]
         exports.sort()
         exports += [("._utilities", ["VERSION as __version__"])]
         imports = ["from . import config, outputs"]
@@ -357,6 +404,9 @@ class Schema:
             self.schema.get("description", "")
             + "\n\nResources: "
             + ", ".join(sorted(self.resources))
+            + ". Functions: "
+            + ", ".join(snake(n) for n in sorted(self.functions))
+            + "."
         )
         return render(imports, body, f"The {self.package} Pulumi provider's SDK. {doc}")
 
@@ -369,7 +419,7 @@ class Schema:
 
     def inputs_module(self) -> str:
         body = []
-        for name in self.type_order():
+        for name in self.type_order(self.input_types()):
             doc = self.types[name].get("description") or f"The `{name}` object's input values."
             body.append(self.input_class(f"{name}Args", doc, self.type_props(name)))
         text = "\n\n\n".join(body)
@@ -412,13 +462,13 @@ class Schema:
 
     def outputs_module(self) -> str:
         body = []
-        for name in self.type_order():
+        for name in self.type_order(self.output_types()):
             doc = self.types[name].get("description") or f"The `{name}` object's values."
             fields = self.type_props(name)
             lines = ["@pulumi.output_type", f"class {name}:", *docstring(escape(doc), 4), ""]
             lines += ["    def __init__(", "        self,", "        *,"]
             for p in fields:
-                hint = optional(output_hint(p.spec, ""), p.required)
+                hint = optional(value_hint(p.spec, ""), p.required)
                 lines.append(f"        {p.python}: {hint}{'' if p.required else ' = None'},")
             lines.append("    ) -> None:")
             for p in fields:
@@ -432,13 +482,15 @@ class Schema:
                     "",
                     "    @property",
                     f"    {getter(p)}",
-                    f"    def {p.python}(self) -> {optional(output_hint(p.spec, ''), p.required)}:",
+                    f"    def {p.python}(self) -> {optional(value_hint(p.spec, ''), p.required)}:",
                     *docstring(escape(p.doc()), 8),
                     f'        return pulumi.get(self, "{p.python}")',
                 ]
             body.append("\n".join(lines))
         imports = [*typing_imports("\n".join(body)), "", "import pulumi"]
-        return render(imports, body, "Output types: the objects resources' outputs hold.")
+        return render(
+            imports, body, "Output types: the objects resources' and functions' outputs hold."
+        )
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -663,7 +715,7 @@ class Schema:
                 "        return resource",
             ]
         for p in outputs:
-            hint = optional(output_hint(p.spec, "outputs."), p.required)
+            hint = optional(value_hint(p.spec, "outputs."), p.required)
             lines += [
                 "",
                 "    @property",
@@ -673,6 +725,129 @@ class Schema:
                 f'        return pulumi.get(self, "{p.python}")',
             ]
         return "\n".join(lines)
+
+    # -- functions --------------------------------------------------------------------------
+
+    def function_module(self, name: str) -> str:
+        """A function's result type and its two forms, as Pulumi's generated SDKs give them:
+        `get_x(...)` answers the result (awaitable too), `get_x_output(...)` an Output of it."""
+        token, spec = self.functions[name]
+        inputs_spec = spec.get("inputs", {})
+        inputs = props(inputs_spec.get("properties", {}), inputs_spec.get("required", []))
+        outputs_spec = spec["outputs"]
+        outputs = props(outputs_spec["properties"], outputs_spec.get("required", []))
+        description = spec.get("description", "")
+        result = result_name(name)
+        body = [
+            self.result_class(name, outputs),
+            awaitable_class(result, outputs),
+            invoke_function(name, token, description, (inputs, outputs), output=False),
+            invoke_function(name, token, description, (inputs, outputs), output=True),
+        ]
+        text = "\n\n\n".join(body)
+        imports = [*typing_imports(text), "", "import pulumi", ""]
+        imports.append(f"from . import {', '.join(['_utilities', *used_names(text, ['outputs'])])}")
+        types = used_names(text, (f"{t}Args" for t in self.types))
+        if types:
+            imports += import_from("._inputs", types)
+        return render(imports, body, f"{snake(name)}: {description}")
+
+    def result_class(self, name: str, outputs: list[Prop]) -> str:
+        result = result_name(name)
+        lines = ["@pulumi.output_type", f"class {result}:"]
+        lines += [*docstring(f"What `{snake(name)}` answers.", 4), ""]
+        lines += ["    def __init__(", "        self,", "        *,"]
+        for p in outputs:
+            hint = optional(value_hint(p.spec, "outputs."), p.required)
+            lines.append(f"        {p.python}: {hint}{'' if p.required else ' = None'},")
+        lines.append("    ) -> None:")
+        lines += [f'        pulumi.set(self, "{p.python}", {p.python})' for p in outputs]
+        for p in outputs:
+            hint = optional(value_hint(p.spec, "outputs."), p.required)
+            lines += [
+                "",
+                "    @property",
+                f"    {getter(p)}",
+                f"    def {p.python}(self) -> {hint}:",
+                *docstring(escape(p.doc()), 8),
+                f'        return pulumi.get(self, "{p.python}")',
+            ]
+        return "\n".join(lines)
+
+
+def result_name(function: str) -> str:
+    """`getQuotas` -> `GetQuotasResult`."""
+    return f"{function[:1].upper()}{function[1:]}Result"
+
+
+def function_names(function: str) -> list[str]:
+    """What a function's module exports."""
+    result = result_name(function)
+    return [f"Awaitable{result}", result, snake(function), f"{snake(function)}_output"]
+
+
+def awaitable_class(result: str, outputs: list[Prop]) -> str:
+    """The result a coroutine may also `await`, as programs written for Pulumi's generated
+    SDKs do."""
+    values = [f"{p.python}=self.{p.python}" for p in outputs]
+    return "\n".join(
+        [
+            f"class Awaitable{result}({result}):",
+            *docstring(f"A {result} that `await` gives back as it is.", 4),
+            "",
+            f"    def __await__(self) -> Generator[None, None, {result}]:",
+            "        yield from ()",
+            *fit(8, f"return {result}(", values, ")"),
+        ]
+    )
+
+
+def invoke_function(
+    name: str,
+    token: str,
+    description: str,
+    fields: tuple[list[Prop], list[Prop]],
+    *,
+    output: bool,
+) -> str:
+    """`get_x` (plain inputs, the awaitable result) or `get_x_output` (inputs that may be
+    outputs, an Output of the result); `fields` are the function's inputs and outputs."""
+    inputs, outputs = fields
+    function = snake(name) + ("_output" if output else "")
+    result = result_name(name)
+    if output:
+        hints = [input_hint(p.spec) for p in inputs]
+        options = "pulumi.InvokeOptions | pulumi.InvokeOutputOptions"
+        returns = f"pulumi.Output[{result}]"
+    else:
+        hints = [value_hint(p.spec, "", "Args") for p in inputs]
+        options = "pulumi.InvokeOptions"
+        returns = f"Awaitable{result}"
+    # Required inputs come first (props() orders them so): only they go without a default.
+    params = [
+        f"{p.python}: {hint}" if p.required else f"{p.python}: {hint} | None = None"
+        for p, hint in zip(inputs, hints, strict=True)
+    ]
+    params.append(f"opts: {options} | None = None")
+    doc = description
+    if output:
+        doc += f"\n\nThe output form of `{snake(name)}`: its inputs may be outputs."
+    doc += "\n\n" + param_docs(
+        [*((p.python, p.doc()) for p in inputs), ("opts", "Options for the call.")]
+    )
+    args = [f'"{p.name}": {p.python}' for p in inputs]
+    lines = fit(0, f"def {function}(", params, f") -> {returns}:")
+    lines += docstring(escape(doc), 4)
+    lines += assign(4, "args", f"{{{', '.join(args)}}}")
+    if output:
+        call = [f'"{token}"', "args", "opts=_utilities.invoke_output_opts(opts)", f"typ={result}"]
+        lines += fit(4, "return pulumi.runtime.invoke_output(", call, ")")
+    else:
+        call = [f'"{token}"', "args", "opts=_utilities.invoke_opts(opts)", f"typ={result}"]
+        lines += fit(4, "answer = pulumi.runtime.invoke(", call, ").value")
+        values = [f"{p.python}=answer.{p.python}" for p in outputs]
+        lines += fit(4, f"return Awaitable{result}(", values, ")")
+    return "\n".join(lines)
 
 
 def refs(spec: Mapping[str, Any]) -> Iterator[str]:

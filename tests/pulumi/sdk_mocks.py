@@ -24,6 +24,41 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 PROJECT, STACK = "tenant", "dev"
+# What the provider's functions answer by default: the tenant's quotas and the catalogue.
+QUOTAS = {
+    "vms": {"limit": 10, "used": 2, "reserved": 0, "unit": ""},
+    "vcpus": {"limit": 16, "used": 4, "reserved": 0, "unit": ""},
+    "ram_gib": {"limit": 32, "used": 6, "reserved": 0, "unit": "GiB"},
+    "disk_gib": {"limit": 500, "used": 90, "reserved": 0, "unit": "GiB"},
+    "public_ips": {"limit": 2, "used": 1, "reserved": 0, "unit": ""},
+    "networks": {"limit": 4, "used": 1, "reserved": 0, "unit": ""},
+    "zone_links": {"limit": 1, "used": 0, "reserved": 0, "unit": ""},
+    "backup_schedules": {"limit": 4, "used": 1, "reserved": 0, "unit": ""},
+    "backup_storage_gib": {"limit": 200, "used": 12.5, "reserved": 0, "unit": "GiB"},
+}
+IMAGES = [
+    {
+        "zone": "zone-a",
+        "name": "debian-12",
+        "format": "qcow2",
+        "virtualSize": 2 * 1024**3,
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    },
+    {
+        "zone": "zone-a",
+        "name": "ubuntu-24.04",
+        "format": "qcow2",
+        "virtualSize": 3758096384,
+        "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+    },
+    {
+        "zone": "zone-b",
+        "name": "debian-12",
+        "format": "raw",
+        "virtualSize": 2 * 1024**3,
+        "sha256": "fd61a03af4f77d870fc21e05e7e80678095c92d808cfb3b5c279ee04c74aca13",
+    },
+]
 
 
 def plain(value: Any) -> Any:
@@ -71,15 +106,38 @@ class Registration:
         return plain(self.inputs)
 
 
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Answers as the provider would (IDs, defaults, computed outputs) and records every call.
+@dataclass
+class Invoke:
+    """One function call the program made, as the engine would see it."""
 
-    `existing` holds the state of objects already on the hosts, by ID, for `X.get()`.
+    token: str
+    args: dict[str, Any]
+    provider: str = ""
+    version: str = ""
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Answers as the provider would (IDs, defaults, computed outputs, the functions' answers)
+    and records every call.
+
+    `existing` holds the state of objects already on the hosts, by ID, for `X.get()`;
+    `quotas` and `images` what getQuotas and getImages answer (QUOTAS and IMAGES when None);
+    `failures` the check failures (property, reason) a function answers instead, by token.
     """
 
-    def __init__(self, existing: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        existing: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        quotas: Mapping[str, Mapping[str, Any]] | None = None,
+        images: list[Mapping[str, Any]] | None = None,
+        failures: Mapping[str, list[tuple[str, str]]] | None = None,
+    ) -> None:
         self.calls: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = {}
         self.existing = dict(existing or {})
+        self.quotas = QUOTAS if quotas is None else quotas
+        self.images = IMAGES if images is None else images
+        self.failures = dict(failures or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         self.calls[args.typ, args.name] = args
@@ -90,10 +148,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
         state = {**args.inputs, "name": args.inputs.get("name") or args.name}
         if args.typ == "vce:index:Vm":
             state |= {
-                "libvirtName": f"acme-{state['name']}",
                 "powerState": "running",
                 "nicAddresses": [
-                    {"network": plain(nic["network"]), "mac": "52:54:00:00:00:01", "ip": nic["ip"]}
+                    {
+                        "network": plain(nic["network"]),
+                        "mac": "52:54:00:00:00:01",
+                        "ip": nic.get("ip", ""),
+                    }
                     for nic in plain(args.inputs.get("nics", []))
                 ],
             }
@@ -101,8 +162,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state |= {"allocatedAddress": "203.0.113.10", "pool": "public", "bound": True}
         return resource_id(args.typ, args.name, args.inputs), state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
-        raise AssertionError(f"the SDK has no functions to call: {args.token}")
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
+        if args.token in self.failures:
+            return {}, self.failures[args.token]
+        if args.token == "vce:index:getQuotas":
+            return {"quotas": self.quotas}, []
+        if args.token == "vce:index:getImages":
+            zone = args.args.get("zone")
+            return {"images": [i for i in self.images if zone in (None, i["zone"])]}, []
+        raise AssertionError(f"the provider has no function {args.token}")
 
 
 class RecordingMonitor(MockMonitor):
@@ -111,6 +179,18 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: RecordingMocks) -> None:
         super().__init__(mocks)
         self.registrations: dict[str, Registration] = {}
+        self.invokes: list[Invoke] = []
+
+    def Invoke(self, request: Any) -> Any:
+        self.invokes.append(
+            Invoke(
+                token=request.tok,
+                args=MessageToDict(request.args),
+                provider=request.provider,
+                version=request.version,
+            )
+        )
+        return super().Invoke(request)
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
@@ -147,6 +227,7 @@ class RecordingMonitor(MockMonitor):
 @dataclass
 class Run:
     registrations: dict[str, Registration]
+    invokes: list[Invoke]
     outputs: dict[str, Any]
     secret_outputs: set[str]
 
@@ -156,13 +237,14 @@ def run_program(
     *,
     config: Mapping[str, Any] | None = None,
     secret_config: tuple[str, ...] = (),
-    existing: Mapping[str, Mapping[str, Any]] | None = None,
+    mocks: RecordingMocks | None = None,
     timeout: float = 60,
 ) -> Run:
-    """Run `program` under mocks; its returned outputs come back resolved.
+    """Run `program` under mocks; its outputs (exported or returned) come back resolved.
 
     `config` is the stack's `vce:*` configuration by key (objects as the CLI passes them, JSON).
-    An exception the program raises is raised here.
+    `mocks` answer as the provider would (defaults when None). An exception the program raises
+    is raised here.
     """
     box: dict[str, Any] = {}
 
@@ -170,7 +252,8 @@ def run_program(
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            box["run"] = _run(loop, program, config or {}, secret_config, existing)
+            answering = mocks or RecordingMocks()
+            box["run"] = _run(loop, program, config or {}, secret_config, answering)
         # Anything, even a KeyboardInterrupt, must reach the test: this thread cannot report it.
         except BaseException as error:
             box["error"] = error
@@ -194,7 +277,7 @@ def _run(
     program: Callable[[], Mapping[str, Any] | None],
     config: Mapping[str, Any],
     secret_config: tuple[str, ...],
-    existing: Mapping[str, Mapping[str, Any]] | None,
+    mocks: RecordingMocks,
 ) -> Run:
     pulumi.runtime.set_all_config(
         {
@@ -203,7 +286,6 @@ def _run(
         },
         [f"vce:{key}" for key in secret_config],
     )
-    mocks = RecordingMocks(existing)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
     exports: dict[str, Any] = {}
@@ -213,9 +295,12 @@ def _run(
         exports.update(program() or {})
 
     body()
+    # What the program exported with pulumi.export(), then what it returned.
+    exports = {**pulumi.runtime.settings.get_root_resource().outputs, **exports}
     outputs = {k: pulumi.Output.from_input(v) for k, v in exports.items()}
     return Run(
         registrations=monitor.registrations,
+        invokes=monitor.invokes,
         outputs={k: loop.run_until_complete(o.future()) for k, o in outputs.items()},
         secret_outputs={k for k, o in outputs.items() if loop.run_until_complete(o.is_secret())},
     )

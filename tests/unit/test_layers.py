@@ -1,6 +1,7 @@
 """The dependency rule of docs/architecture.md, read from the imports themselves: the engine's
 packages import only to their left, and the control plane reaches the engine and the ledger
-through its service layer alone, never the host package."""
+through its service layer alone, never the host package; the Pulumi provider is a client of the
+control plane's API and imports neither."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UTILS = ROOT / "plugins" / "module_utils"
 SERVER = ROOT / "server" / "vce_server"
+PROVIDER = ROOT / "pulumi" / "provider" / "pulumi_resource_vce"
 ENGINE_PREFIX = "ansible_collections.vce.kvm.plugins.module_utils."
 # Each package of module_utils and what it may import of ours.
 MAY_IMPORT = {
@@ -73,6 +75,18 @@ def test_the_server_reaches_the_engine_through_its_service_layer_only():
                 wrong.append(f"{path.relative_to(ROOT)} imports host (below the engine)")
             elif layer != "service" and other in ("engine", "finance"):
                 wrong.append(f"{path.relative_to(ROOT)} imports {other} outside service/")
+    assert not wrong
+
+
+def test_the_pulumi_provider_is_a_client_of_the_api_only():
+    """What runs on a customer's machine holds an endpoint and a token: no engine, ledger or
+    server code to reach hosts with."""
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {target}"
+        for path in sorted(PROVIDER.rglob("*.py"))
+        for target in imported(path)
+        if target.startswith(("ansible_collections", "vce_server", "libvirt", "sqlalchemy"))
+    ]
     assert not wrong
 
 

@@ -19,6 +19,9 @@ SCHEMA_FILE = Path(__file__).with_name("schema.json")
 
 
 def build() -> dict[str, Any]:
+    # Imported here: the functions call the API through the client, which reads VERSION above.
+    from .functions import FUNCTIONS
+
     types: dict[str, Any] = {}
     config_props = properties(CONFIG, types)
     resources = {}
@@ -32,6 +35,14 @@ def build() -> dict[str, Any]:
             "inputProperties": properties(inputs, types),
             "requiredInputs": sorted(p.name for p in inputs if p.required),
         }
+    functions = {
+        function.token: {
+            "description": function.description,
+            "inputs": object_spec(function.inputs, types),
+            "outputs": object_spec(function.outputs, types),
+        }
+        for function in FUNCTIONS
+    }
     return {
         "name": PACKAGE,
         "displayName": "vce.kvm",
@@ -51,7 +62,16 @@ def build() -> dict[str, Any]:
         },
         "types": dict(sorted(types.items())),
         "resources": resources,
+        "functions": functions,
         "language": {"python": {"packageName": "pulumi_vce"}},
+    }
+
+
+def object_spec(props: tuple[Prop, ...], types: dict[str, Any]) -> dict[str, Any]:
+    """A function's inputs or outputs: an object type written in place."""
+    return {
+        "properties": properties(props, types),
+        "required": sorted(p.name for p in props if p.required),
     }
 
 

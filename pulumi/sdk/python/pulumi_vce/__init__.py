@@ -5,7 +5,7 @@
 The vce Pulumi provider's SDK. Tenant environments on the provider's KVM hosts: VMs, disks,
 networks, public IPs, cross-zone links and backup schedules, within the tenant's quotas.
 
-Resources: BackupSchedule, Disk, Network, PublicIp, Vm, ZoneLink
+Resources: BackupSchedule, Disk, Network, PublicIp, Vm, ZoneLink. Functions: get_images, get_quotas.
 """
 
 from . import config, outputs
@@ -14,14 +14,13 @@ from ._inputs import (
     NetworkStaticLeaseArgs,
     VmBootDiskArgs,
     VmCloudInitArgs,
-    VmNicAddressArgs,
     VmNicArgs,
-    ZoneArgs,
-    ZonePublicPoolArgs,
 )
 from ._utilities import VERSION as __version__
 from .backup_schedule import BackupSchedule, BackupScheduleArgs
 from .disk import Disk, DiskArgs
+from .get_images import AwaitableGetImagesResult, GetImagesResult, get_images, get_images_output
+from .get_quotas import AwaitableGetQuotasResult, GetQuotasResult, get_quotas, get_quotas_output
 from .network import Network, NetworkArgs
 from .provider import Provider, ProviderArgs
 from .public_ip import PublicIp, PublicIpArgs
@@ -29,11 +28,15 @@ from .vm import Vm, VmArgs
 from .zone_link import ZoneLink, ZoneLinkArgs
 
 __all__ = [
+    "AwaitableGetImagesResult",
+    "AwaitableGetQuotasResult",
     "BackupSchedule",
     "BackupScheduleArgs",
     "BackupScheduleRetentionArgs",
     "Disk",
     "DiskArgs",
+    "GetImagesResult",
+    "GetQuotasResult",
     "Network",
     "NetworkArgs",
     "NetworkStaticLeaseArgs",
@@ -45,13 +48,14 @@ __all__ = [
     "VmArgs",
     "VmBootDiskArgs",
     "VmCloudInitArgs",
-    "VmNicAddressArgs",
     "VmNicArgs",
-    "ZoneArgs",
     "ZoneLink",
     "ZoneLinkArgs",
-    "ZonePublicPoolArgs",
     "__version__",
     "config",
+    "get_images",
+    "get_images_output",
+    "get_quotas",
+    "get_quotas_output",
     "outputs",
 ]

@@ -20,6 +20,16 @@ def resource_opts(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions
     return pulumi.ResourceOptions.merge(pulumi.ResourceOptions(version=VERSION), opts)
 
 
+def invoke_opts(opts: pulumi.InvokeOptions | None) -> pulumi.InvokeOptions:
+    """The caller's options over the package's, for a function's plain form."""
+    return pulumi.InvokeOptions.merge(pulumi.InvokeOptions(version=VERSION), opts)
+
+
+def invoke_output_opts(opts: pulumi.InvokeOptions | None) -> pulumi.InvokeOutputOptions:
+    """The caller's options over the package's, for a function's output form."""
+    return pulumi.InvokeOutputOptions.merge(pulumi.InvokeOutputOptions(version=VERSION), opts)
+
+
 def resource_inputs(
     args_type: type, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], pulumi.ResourceOptions | None]:

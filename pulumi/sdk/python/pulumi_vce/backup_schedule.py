@@ -24,7 +24,6 @@ class BackupScheduleArgs:
         retention: pulumi.Input[BackupScheduleRetentionArgs],
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
@@ -37,10 +36,8 @@ class BackupScheduleArgs:
         :param retention: How many backups each rule keeps.
         :param name: The schedule's name within the tenant (1-32 of a-z, 0-9 and '-'); the
             resource's name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param disks: Disks to back up (boot and extra disk names; all when omitted).
         :param target: A directory under the host's backup root.
         :param pool: A storage pool to keep the backups in instead of `target`.
@@ -56,8 +53,6 @@ class BackupScheduleArgs:
             pulumi.set(self, "name", name)
         if zone is not None:
             pulumi.set(self, "zone", zone)
-        if host is not None:
-            pulumi.set(self, "host", host)
         if disks is not None:
             pulumi.set(self, "disks", disks)
         if target is not None:
@@ -116,27 +111,14 @@ class BackupScheduleArgs:
     @pulumi.getter
     def zone(self) -> pulumi.Input[str] | None:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
 
     @zone.setter
     def zone(self, value: pulumi.Input[str] | None) -> None:
         pulumi.set(self, "zone", value)
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Input[str] | None:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
-
-    @host.setter
-    def host(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "host", value)
 
     @property
     @pulumi.getter
@@ -219,7 +201,6 @@ class BackupSchedule(pulumi.CustomResource):
         retention: pulumi.Input[BackupScheduleRetentionArgs] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
@@ -234,10 +215,8 @@ class BackupSchedule(pulumi.CustomResource):
         :param retention: How many backups each rule keeps.
         :param name: The schedule's name within the tenant (1-32 of a-z, 0-9 and '-'); the
             resource's name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param disks: Disks to back up (boot and extra disk names; all when omitted).
         :param target: A directory under the host's backup root.
         :param pool: A storage pool to keep the backups in instead of `target`.
@@ -260,7 +239,6 @@ class BackupSchedule(pulumi.CustomResource):
         retention: pulumi.Input[BackupScheduleRetentionArgs] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
         target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
@@ -280,7 +258,6 @@ class BackupSchedule(pulumi.CustomResource):
         props.__dict__["retention"] = retention
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
-        props.__dict__["host"] = host
         props.__dict__["disks"] = disks
         props.__dict__["target"] = target
         props.__dict__["pool"] = pool
@@ -298,7 +275,7 @@ class BackupSchedule(pulumi.CustomResource):
         opts = pulumi.ResourceOptions.merge(
             opts,
             pulumi.ResourceOptions(
-                replace_on_changes=["vm", "name", "zone", "host"],
+                replace_on_changes=["vm", "name", "zone"],
             ),
         )
         super().__init__("vce:index:BackupSchedule", resource_name, props, opts)
@@ -330,7 +307,6 @@ class BackupSchedule(pulumi.CustomResource):
         props.__dict__["backups"] = None
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
-        props.__dict__["host"] = None
         props.__dict__["disks"] = None
         props.__dict__["target"] = None
         props.__dict__["pool"] = None
@@ -395,19 +371,10 @@ class BackupSchedule(pulumi.CustomResource):
     @pulumi.getter
     def zone(self) -> pulumi.Output[str | None]:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Output[str | None]:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
 
     @property
     @pulumi.getter

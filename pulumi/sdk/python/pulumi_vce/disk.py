@@ -20,7 +20,6 @@ class DiskArgs:
         size_gib: pulumi.Input[int],
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         format: pulumi.Input[str] | None = None,
         backing_image: pulumi.Input[str] | None = None,
@@ -30,10 +29,8 @@ class DiskArgs:
         :param size_gib: Size in GiB (grows live, never shrinks).
         :param name: The disk's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's
             name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param pool: The storage pool. Defaults to `"default"` (set by the provider). Changing it
             replaces the resource.
         :param format: qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it
@@ -48,8 +45,6 @@ class DiskArgs:
             pulumi.set(self, "name", name)
         if zone is not None:
             pulumi.set(self, "zone", zone)
-        if host is not None:
-            pulumi.set(self, "host", host)
         if pool is not None:
             pulumi.set(self, "pool", pool)
         if format is not None:
@@ -86,27 +81,14 @@ class DiskArgs:
     @pulumi.getter
     def zone(self) -> pulumi.Input[str] | None:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
 
     @zone.setter
     def zone(self, value: pulumi.Input[str] | None) -> None:
         pulumi.set(self, "zone", value)
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Input[str] | None:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
-
-    @host.setter
-    def host(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "host", value)
 
     @property
     @pulumi.getter
@@ -183,7 +165,6 @@ class Disk(pulumi.CustomResource):
         size_gib: pulumi.Input[int] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         format: pulumi.Input[str] | None = None,
         backing_image: pulumi.Input[str] | None = None,
@@ -195,10 +176,8 @@ class Disk(pulumi.CustomResource):
         :param size_gib: Size in GiB (grows live, never shrinks).
         :param name: The disk's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's
             name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param pool: The storage pool. Defaults to `"default"` (set by the provider). Changing it
             replaces the resource.
         :param format: qcow2 or raw. Defaults to `"qcow2"` (set by the provider). Changing it
@@ -220,7 +199,6 @@ class Disk(pulumi.CustomResource):
         size_gib: pulumi.Input[int] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         format: pulumi.Input[str] | None = None,
         backing_image: pulumi.Input[str] | None = None,
@@ -233,12 +211,10 @@ class Disk(pulumi.CustomResource):
         props.__dict__["size_gib"] = size_gib
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
-        props.__dict__["host"] = host
         props.__dict__["pool"] = pool
         props.__dict__["format"] = format
         props.__dict__["backing_image"] = backing_image
         props.__dict__["attach_to"] = attach_to
-        props.__dict__["path"] = None
         props.__dict__["volume"] = None
         props.__dict__["attached_to"] = None
         self._register(resource_name, opts, props)
@@ -247,7 +223,7 @@ class Disk(pulumi.CustomResource):
         opts = pulumi.ResourceOptions.merge(
             opts,
             pulumi.ResourceOptions(
-                replace_on_changes=["name", "zone", "host", "pool", "format", "backingImage"],
+                replace_on_changes=["name", "zone", "pool", "format", "backingImage"],
             ),
         )
         super().__init__("vce:index:Disk", resource_name, props, opts)
@@ -270,12 +246,10 @@ class Disk(pulumi.CustomResource):
         )
         props = DiskArgs.__new__(DiskArgs)
         props.__dict__["size_gib"] = None
-        props.__dict__["path"] = None
         props.__dict__["volume"] = None
         props.__dict__["attached_to"] = None
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
-        props.__dict__["host"] = None
         props.__dict__["pool"] = None
         props.__dict__["format"] = None
         props.__dict__["backing_image"] = None
@@ -289,12 +263,6 @@ class Disk(pulumi.CustomResource):
     def size_gib(self) -> pulumi.Output[int]:
         """Size in GiB (grows live, never shrinks)."""
         return pulumi.get(self, "size_gib")
-
-    @property
-    @pulumi.getter
-    def path(self) -> pulumi.Output[str]:
-        """The volume's path on the host."""
-        return pulumi.get(self, "path")
 
     @property
     @pulumi.getter
@@ -321,19 +289,10 @@ class Disk(pulumi.CustomResource):
     @pulumi.getter
     def zone(self) -> pulumi.Output[str | None]:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Output[str | None]:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
 
     @property
     @pulumi.getter

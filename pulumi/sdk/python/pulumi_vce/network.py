@@ -22,7 +22,6 @@ class NetworkArgs:
         cidr: pulumi.Input[str],
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         gateway: pulumi.Input[str] | None = None,
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
@@ -35,10 +34,8 @@ class NetworkArgs:
         :param cidr: The IPv4 subnet, e.g. 10.10.0.0/24.
         :param name: The network's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's
             name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param gateway: The host's address on it (defaults to the first).
         :param dhcp_start: First address of the DHCP range.
         :param dhcp_end: Last address of the DHCP range.
@@ -53,8 +50,6 @@ class NetworkArgs:
             pulumi.set(self, "name", name)
         if zone is not None:
             pulumi.set(self, "zone", zone)
-        if host is not None:
-            pulumi.set(self, "host", host)
         if gateway is not None:
             pulumi.set(self, "gateway", gateway)
         if dhcp_start is not None:
@@ -97,27 +92,14 @@ class NetworkArgs:
     @pulumi.getter
     def zone(self) -> pulumi.Input[str] | None:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
 
     @zone.setter
     def zone(self, value: pulumi.Input[str] | None) -> None:
         pulumi.set(self, "zone", value)
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Input[str] | None:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
-
-    @host.setter
-    def host(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "host", value)
 
     @property
     @pulumi.getter
@@ -220,7 +202,6 @@ class Network(pulumi.CustomResource):
         cidr: pulumi.Input[str] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         gateway: pulumi.Input[str] | None = None,
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
@@ -235,10 +216,8 @@ class Network(pulumi.CustomResource):
         :param cidr: The IPv4 subnet, e.g. 10.10.0.0/24.
         :param name: The network's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's
             name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param gateway: The host's address on it (defaults to the first).
         :param dhcp_start: First address of the DHCP range.
         :param dhcp_end: Last address of the DHCP range.
@@ -260,7 +239,6 @@ class Network(pulumi.CustomResource):
         cidr: pulumi.Input[str] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         gateway: pulumi.Input[str] | None = None,
         dhcp_start: pulumi.Input[str] | None = None,
         dhcp_end: pulumi.Input[str] | None = None,
@@ -276,7 +254,6 @@ class Network(pulumi.CustomResource):
         props.__dict__["cidr"] = cidr
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
-        props.__dict__["host"] = host
         props.__dict__["gateway"] = gateway
         props.__dict__["dhcp_start"] = dhcp_start
         props.__dict__["dhcp_end"] = dhcp_end
@@ -284,8 +261,6 @@ class Network(pulumi.CustomResource):
         props.__dict__["mtu"] = mtu
         props.__dict__["static_leases"] = static_leases
         props.__dict__["allow_replace"] = allow_replace
-        props.__dict__["libvirt_name"] = None
-        props.__dict__["bridge"] = None
         props.__dict__["active"] = None
         self._register(resource_name, opts, props)
 
@@ -295,7 +270,7 @@ class Network(pulumi.CustomResource):
         opts = pulumi.ResourceOptions.merge(
             opts,
             pulumi.ResourceOptions(
-                replace_on_changes=["name", "zone", "host"],
+                replace_on_changes=["name", "zone"],
             ),
         )
         super().__init__("vce:index:Network", resource_name, props, opts)
@@ -318,12 +293,9 @@ class Network(pulumi.CustomResource):
         )
         props = NetworkArgs.__new__(NetworkArgs)
         props.__dict__["cidr"] = None
-        props.__dict__["libvirt_name"] = None
-        props.__dict__["bridge"] = None
         props.__dict__["active"] = None
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
-        props.__dict__["host"] = None
         props.__dict__["gateway"] = None
         props.__dict__["dhcp_start"] = None
         props.__dict__["dhcp_end"] = None
@@ -340,18 +312,6 @@ class Network(pulumi.CustomResource):
     def cidr(self) -> pulumi.Output[str]:
         """The IPv4 subnet, e.g. 10.10.0.0/24."""
         return pulumi.get(self, "cidr")
-
-    @property
-    @pulumi.getter(name="libvirtName")
-    def libvirt_name(self) -> pulumi.Output[str]:
-        """The network's name in libvirt."""
-        return pulumi.get(self, "libvirt_name")
-
-    @property
-    @pulumi.getter
-    def bridge(self) -> pulumi.Output[str]:
-        """The host bridge."""
-        return pulumi.get(self, "bridge")
 
     @property
     @pulumi.getter
@@ -372,19 +332,10 @@ class Network(pulumi.CustomResource):
     @pulumi.getter
     def zone(self) -> pulumi.Output[str | None]:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Output[str | None]:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
 
     @property
     @pulumi.getter

@@ -20,7 +20,6 @@ class PublicIpArgs:
         vm: pulumi.Input[str],
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         network: pulumi.Input[str] | None = None,
         address: pulumi.Input[str] | None = None,
     ) -> None:
@@ -28,10 +27,8 @@ class PublicIpArgs:
         :param vm: The VM whose NIC the address is bound to (1:1 NAT).
         :param name: The public IP's name within the tenant (1-32 of a-z, 0-9 and '-'); the
             resource's name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param network: The VM's routed network with the NIC's fixed IP (the first when omitted).
         :param address: A particular address of the zone's pools (allocated when omitted). Changing
             it replaces the resource.
@@ -41,8 +38,6 @@ class PublicIpArgs:
             pulumi.set(self, "name", name)
         if zone is not None:
             pulumi.set(self, "zone", zone)
-        if host is not None:
-            pulumi.set(self, "host", host)
         if network is not None:
             pulumi.set(self, "network", network)
         if address is not None:
@@ -75,27 +70,14 @@ class PublicIpArgs:
     @pulumi.getter
     def zone(self) -> pulumi.Input[str] | None:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
 
     @zone.setter
     def zone(self, value: pulumi.Input[str] | None) -> None:
         pulumi.set(self, "zone", value)
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Input[str] | None:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
-
-    @host.setter
-    def host(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "host", value)
 
     @property
     @pulumi.getter
@@ -146,7 +128,6 @@ class PublicIp(pulumi.CustomResource):
         vm: pulumi.Input[str] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         network: pulumi.Input[str] | None = None,
         address: pulumi.Input[str] | None = None,
     ) -> None:
@@ -156,10 +137,8 @@ class PublicIp(pulumi.CustomResource):
         :param vm: The VM whose NIC the address is bound to (1:1 NAT).
         :param name: The public IP's name within the tenant (1-32 of a-z, 0-9 and '-'); the
             resource's name when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param network: The VM's routed network with the NIC's fixed IP (the first when omitted).
         :param address: A particular address of the zone's pools (allocated when omitted). Changing
             it replaces the resource.
@@ -176,7 +155,6 @@ class PublicIp(pulumi.CustomResource):
         vm: pulumi.Input[str] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         network: pulumi.Input[str] | None = None,
         address: pulumi.Input[str] | None = None,
     ) -> None:
@@ -187,7 +165,6 @@ class PublicIp(pulumi.CustomResource):
         props.__dict__["vm"] = vm
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
-        props.__dict__["host"] = host
         props.__dict__["network"] = network
         props.__dict__["address"] = address
         props.__dict__["allocated_address"] = None
@@ -202,7 +179,7 @@ class PublicIp(pulumi.CustomResource):
         opts = pulumi.ResourceOptions.merge(
             opts,
             pulumi.ResourceOptions(
-                replace_on_changes=["name", "zone", "host", "address"],
+                replace_on_changes=["name", "zone", "address"],
             ),
         )
         super().__init__("vce:index:PublicIp", resource_name, props, opts)
@@ -231,7 +208,6 @@ class PublicIp(pulumi.CustomResource):
         props.__dict__["bound"] = None
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
-        props.__dict__["host"] = None
         props.__dict__["network"] = None
         props.__dict__["address"] = None
         resource = PublicIp.__new__(PublicIp)
@@ -281,19 +257,10 @@ class PublicIp(pulumi.CustomResource):
     @pulumi.getter
     def zone(self) -> pulumi.Output[str | None]:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Output[str | None]:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
 
     @property
     @pulumi.getter

@@ -23,7 +23,6 @@ class VmArgs:
         boot_disk: pulumi.Input[VmBootDiskArgs],
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         state: pulumi.Input[str] | None = None,
         vcpus: pulumi.Input[int] | None = None,
         max_vcpus: pulumi.Input[int] | None = None,
@@ -39,10 +38,8 @@ class VmArgs:
         :param boot_disk: The boot disk: a copy-on-write qcow2 over a base image.
         :param name: The VM's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's name
             when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param state: running or stopped. Defaults to `"running"` (set by the provider).
         :param vcpus: vCPUs. Defaults to `1` (set by the provider).
         :param max_vcpus: The vCPU ceiling for live growth (defaults to vcpus).
@@ -61,8 +58,6 @@ class VmArgs:
             pulumi.set(self, "name", name)
         if zone is not None:
             pulumi.set(self, "zone", zone)
-        if host is not None:
-            pulumi.set(self, "host", host)
         if state is not None:
             pulumi.set(self, "state", state)
         if vcpus is not None:
@@ -119,27 +114,14 @@ class VmArgs:
     @pulumi.getter
     def zone(self) -> pulumi.Input[str] | None:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
 
     @zone.setter
     def zone(self, value: pulumi.Input[str] | None) -> None:
         pulumi.set(self, "zone", value)
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Input[str] | None:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
-
-    @host.setter
-    def host(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "host", value)
 
     @property
     @pulumi.getter
@@ -260,7 +242,6 @@ class Vm(pulumi.CustomResource):
         boot_disk: pulumi.Input[VmBootDiskArgs] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         state: pulumi.Input[str] | None = None,
         vcpus: pulumi.Input[int] | None = None,
         max_vcpus: pulumi.Input[int] | None = None,
@@ -278,10 +259,8 @@ class Vm(pulumi.CustomResource):
         :param boot_disk: The boot disk: a copy-on-write qcow2 over a base image.
         :param name: The VM's name within the tenant (1-32 of a-z, 0-9 and '-'); the resource's name
             when omitted. Changing it replaces the resource.
-        :param zone: The zone (a key of the provider's `zones`); optional when the provider has one
-            zone. Changing it replaces the resource.
-        :param host: The zone's host (a key of the zone's `hosts`); optional when the zone has one
-            host. Changing it replaces the resource.
+        :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
+            Changing it replaces the resource.
         :param state: running or stopped. Defaults to `"running"` (set by the provider).
         :param vcpus: vCPUs. Defaults to `1` (set by the provider).
         :param max_vcpus: The vCPU ceiling for live growth (defaults to vcpus).
@@ -307,7 +286,6 @@ class Vm(pulumi.CustomResource):
         boot_disk: pulumi.Input[VmBootDiskArgs] | None = None,
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
-        host: pulumi.Input[str] | None = None,
         state: pulumi.Input[str] | None = None,
         vcpus: pulumi.Input[int] | None = None,
         max_vcpus: pulumi.Input[int] | None = None,
@@ -328,7 +306,6 @@ class Vm(pulumi.CustomResource):
         props.__dict__["boot_disk"] = boot_disk
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
-        props.__dict__["host"] = host
         props.__dict__["state"] = state
         props.__dict__["vcpus"] = vcpus
         props.__dict__["max_vcpus"] = max_vcpus
@@ -340,7 +317,6 @@ class Vm(pulumi.CustomResource):
         )
         props.__dict__["allow_restart"] = allow_restart
         props.__dict__["shutdown_timeout"] = shutdown_timeout
-        props.__dict__["libvirt_name"] = None
         props.__dict__["power_state"] = None
         props.__dict__["nic_addresses"] = None
         self._register(resource_name, opts, props)
@@ -350,7 +326,7 @@ class Vm(pulumi.CustomResource):
             opts,
             pulumi.ResourceOptions(
                 additional_secret_outputs=["cloudInit"],
-                replace_on_changes=["bootDisk.image", "bootDisk.pool", "name", "zone", "host"],
+                replace_on_changes=["bootDisk.image", "bootDisk.pool", "name", "zone"],
             ),
         )
         super().__init__("vce:index:Vm", resource_name, props, opts)
@@ -374,12 +350,10 @@ class Vm(pulumi.CustomResource):
         props = VmArgs.__new__(VmArgs)
         props.__dict__["memory_mib"] = None
         props.__dict__["boot_disk"] = None
-        props.__dict__["libvirt_name"] = None
         props.__dict__["power_state"] = None
         props.__dict__["nic_addresses"] = None
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
-        props.__dict__["host"] = None
         props.__dict__["state"] = None
         props.__dict__["vcpus"] = None
         props.__dict__["max_vcpus"] = None
@@ -406,12 +380,6 @@ class Vm(pulumi.CustomResource):
         return pulumi.get(self, "boot_disk")
 
     @property
-    @pulumi.getter(name="libvirtName")
-    def libvirt_name(self) -> pulumi.Output[str]:
-        """The domain's name in libvirt."""
-        return pulumi.get(self, "libvirt_name")
-
-    @property
     @pulumi.getter(name="powerState")
     def power_state(self) -> pulumi.Output[str]:
         """The domain's state as libvirt reports it."""
@@ -436,19 +404,10 @@ class Vm(pulumi.CustomResource):
     @pulumi.getter
     def zone(self) -> pulumi.Output[str | None]:
         """
-        The zone (a key of the provider's `zones`); optional when the provider has one zone.
-        Changing it replaces the resource.
+        The zone (`GET /v1/zones`); optional when the control plane has one zone. Changing it
+        replaces the resource.
         """
         return pulumi.get(self, "zone")
-
-    @property
-    @pulumi.getter
-    def host(self) -> pulumi.Output[str | None]:
-        """
-        The zone's host (a key of the zone's `hosts`); optional when the zone has one host. Changing
-        it replaces the resource.
-        """
-        return pulumi.get(self, "host")
 
     @property
     @pulumi.getter
