@@ -1,6 +1,7 @@
 """A `vce serve` restart in the middle of a Pulumi Create: the plugin (started as the CLI starts
-it, driven over gRPC) waits for the server to come back at its address, the action resumes or
-fails with a clear error, and a second `up` (the same Create again, as when the first one's
+it, driven over gRPC) waits for the server to come back at its address, the action resumes
+(one restart) or, abandoned as often as the server runs an action again, is interrupted and
+the Create fails with a clear error; either way a second `up` (the same Create again, as when the first one's
 result never reached the state) converges with nothing created twice: one domain and its
 volumes in libvirt, the ledger's open usage rows what libvirt holds, one action that created
 the VM.
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from pulumi.runtime.proto import provider_pb2
+from vce_server.actions import MAX_ATTEMPTS
 
 from tests.server.conftest import Fleet
 from tests.server.test_restart import (
@@ -86,15 +88,20 @@ def actions_of(ledger_url: str, tenant: str, target: str) -> list[Any]:
         ).fetchall()
 
 
-def wait_claimed(ledger_url: str, tenant: str, target: str) -> Any:
-    """The action of the Create once a worker has it (or it has ended)."""
+def wait_claimed(ledger_url: str, tenant: str, target: str, attempt: int) -> Any:
+    """The action of the Create once a worker has it for the `attempt`th time (or it has
+    ended)."""
     deadline = time.monotonic() + CLAIM_SECONDS
     while time.monotonic() < deadline:
-        found = [row for row in actions_of(ledger_url, tenant, target) if row.status != "queued"]
+        found = [
+            row
+            for row in actions_of(ledger_url, tenant, target)
+            if row.status != "queued" and row.attempts >= attempt
+        ]
         if found:
             return found[-1]
         time.sleep(0.005)
-    raise AssertionError(f"no worker claimed the action on {target} in {CLAIM_SECONDS} s")
+    raise AssertionError(f"no worker took the action on {target} in {CLAIM_SECONDS} s")
 
 
 def action_row(ledger_url: str, action_id: str) -> Any:
@@ -112,20 +119,28 @@ def outcome_of(created: Future) -> tuple[str, str]:
     return "created", resource_id
 
 
+@pytest.mark.parametrize("kills", [1, MAX_ATTEMPTS], ids=["resumed", "interrupted"])
 def test_a_restart_during_a_create_is_waited_out_and_a_second_up_converges(
-    fleet: Fleet, conn: libvirt.virConnect, new_tenant, subnet: str
+    fleet: Fleet, conn: libvirt.virConnect, new_tenant, subnet: str, kills: int
 ):
+    """`kills` times the server dies while the action runs: once, and the restarted server
+    runs it again to its end; as often as the server runs an abandoned action, and it is
+    marked interrupted."""
     tenant = new_tenant(fleet)
     token = create_token(fleet.ledger_url, tenant)
-    log = fleet.logs / "pulumi-restart.log"
     port = free_port()
-    # Into the create at a moment that varies; when the create was done before the kill,
-    # again sooner, under another name.
+
+    def start() -> Server:
+        log = fleet.logs / "pulumi-restart.log"
+        return Server(fleet.ledger_url, log, ["--stale-after", STALE], port).start()
+
+    # Into the create at a moment that varies (a re-run at once); when the create was done
+    # before a kill, again sooner, under another name.
     delays = [random.Random().uniform(0, KILL_WITHIN), 0.1, 0.0]
     creates: dict[str, dict[str, Any]] = {}
     # The plugin stops first: a Create still waiting then ends, and the pool with it.
     with ThreadPoolExecutor(max_workers=1) as pool, running_plugin() as plugin:
-        server = Server(fleet.ledger_url, log, ["--stale-after", STALE], port).start()
+        server = start()
         try:
             plugin.configure({"endpoint": server.url, "token": token})
             network = {"cidr": f"{subnet}.0/24", "mode": "isolated"}
@@ -134,18 +149,23 @@ def test_a_restart_during_a_create_is_waited_out_and_a_second_up_converges(
                 name = f"web{trial}"
                 creates[name] = checked(plugin, urn(VM, name), vm_inputs(fleet.image, name))
                 created = pool.submit(create, plugin, urn(VM, name), creates[name])
-                action = wait_claimed(fleet.ledger_url, tenant, f"vms/{name}")
-                time.sleep(delay)
-                server.kill()
-                status = action_row(fleet.ledger_url, action.id).status
-                print(f"\nkilled the server {delay:.2f} s into the create: the action was {status}")
-                server = Server(fleet.ledger_url, log, ["--stale-after", STALE], port).start()
+                statuses = []
+                for attempt in range(1, kills + 1):
+                    action = wait_claimed(fleet.ledger_url, tenant, f"vms/{name}", attempt)
+                    time.sleep(delay if attempt == 1 else 0.0)
+                    server.kill()
+                    statuses.append(action_row(fleet.ledger_url, action.id).status)
+                    server = start()
+                    if statuses[-1] != "running":
+                        break
                 outcome, detail = outcome_of(created)
-                print(f"the Create that waited across the restart: {outcome} ({detail})")
-                if status == "running":
+                print(f"\nkilled the server {delay:.2f} s into the create: the action was "
+                      f"{statuses}; the Create that waited: {outcome} ({detail})")  # fmt: skip
+                if statuses == ["running"] * kills:
                     break
-            assert status == "running", "every create ended before the kill"
-            check_waited_out(fleet, action.id, f"{VM} {name}", outcome, detail)
+            assert statuses == ["running"] * kills, "a create ended before a kill every time"
+            expected = "interrupted" if kills >= MAX_ATTEMPTS else "succeeded"
+            check_waited_out(fleet, action.id, f"{VM} {name}", expected, (outcome, detail))
 
             # A second `pulumi up`: every Create again, with the same inputs.
             for vm, inputs in creates.items():
@@ -159,18 +179,22 @@ def test_a_restart_during_a_create_is_waited_out_and_a_second_up_converges(
         check_created_once(fleet.ledger_url, tenant, vm)
 
 
-def check_waited_out(fleet: Fleet, action_id: str, resource: str, outcome: str, detail: str):
-    """The action the restart cut into was finished by the restarted server or marked
-    interrupted; the Create ended with the VM or with an error saying so."""
+def check_waited_out(
+    fleet: Fleet, action_id: str, resource: str, expected: str, outcome: tuple[str, str]
+) -> None:
+    """The action the restarts cut into ended as `expected` (finished by the restarted server,
+    or interrupted), and the Create that waited across them with the VM or an error saying
+    so."""
     row = action_row(fleet.ledger_url, action_id)
-    assert row.status in ("succeeded", "interrupted") and row.attempts <= 2, row
-    if outcome == "failed":
+    assert row.status == expected and row.attempts <= MAX_ATTEMPTS, row
+    ended, detail = outcome
+    if expected == "interrupted":
         # Clear: the resource, what became of its action, no stack.
+        assert ended == "failed", outcome
         assert resource in detail and action_id in detail and "interrupted" in detail, detail
         assert "Traceback" not in detail, detail
     else:
-        assert row.status == "succeeded", row
-        assert detail == f"{fleet.zone}/{resource.rsplit(' ', 1)[1]}", detail
+        assert outcome == ("created", f"{fleet.zone}/{resource.rsplit(' ', 1)[1]}"), outcome
 
 
 def check_created_once(ledger_url: str, tenant: str, vm: str) -> None:
