@@ -527,8 +527,11 @@ class Resources:
             host = self.fleet.host_at(row.host) if row is not None else None
             if host is None:
                 return []
+            # Whether its backups go with it is part of the schedule's declaration.
+            declared = self.declared(tenant, kind.plural, name) or {}
+            purge = bool(declared.get("body", {}).get("purge_backups"))
             params = {**self.params(tenant, host), **host.backup_host(), "name": name,
-                      "vm": row.vm, "state": "absent"}  # fmt: skip
+                      "vm": row.vm, "state": "absent", "purge_backups": purge}  # fmt: skip
             return [lambda: run_backup_schedule(params)]
         host = self.holder(tenant, kind, name, zone)
         if host is None:
