@@ -157,9 +157,8 @@ TENANT = Field("tenant", "str", required=True, fronts=ANSIBLE_ONLY)  # Pulumi: t
 LEDGER_URL = Field("ledger_url", "str", fronts=ANSIBLE_ONLY)
 CONNECTION = (URI, TENANT, LEDGER_URL)
 HOST_COMMAND = Field("host_command", "list", elements="str", fronts=ANSIBLE_ONLY)
-# Pulumi's placement: a key of the provider's zones, and of the zone's hosts.
+# The tenant-facing placement: a zone of the control plane (the server picks the host).
 ZONE = Field("zone", "str", fronts=PULUMI_ONLY)
-HOST = Field("host", "str", fronts=PULUMI_ONLY)
 SHUTDOWN_TIMEOUT = Field("shutdown_timeout", "int", default=60, fronts=RUN_OPTION)
 # Where a VM's or disk's base image comes from: the catalogue of the host's zone (a module's
 # `zone`; Pulumi's placement) and, for an operator's paths, the host's image directories.
@@ -186,7 +185,6 @@ VM = (
     *CONNECTION,
     NAME,
     IMAGE_ZONE,
-    HOST,
     Field(
         "state",
         "str",
@@ -217,7 +215,6 @@ DISK = (
     *CONNECTION,
     NAME,
     IMAGE_ZONE,
-    HOST,
     # Pulumi attaches when attachTo is set and detaches when it is not.
     ansible_state("present", "attached", "detached", "absent"),
     Field("size_gib", "int", required=True, ansible=NOT_FOR_ABSENT),
@@ -243,7 +240,6 @@ NETWORK = (
     *CONNECTION,
     NAME,
     ZONE,
-    HOST,
     ansible_state("present", "absent"),
     Field("cidr", "str", required=True, ansible=NOT_FOR_ABSENT),
     Field("gateway", "str"),  # the first address when absent
@@ -263,7 +259,6 @@ NETWORK = (
 PUBLIC_IP = (
     *CONNECTION,
     NAME,
-    HOST,
     ansible_state("present", "absent"),
     Field("vm", "str", required=True, ansible=NOT_FOR_ABSENT),
     Field("network", "str"),  # the VM's first NIC when absent
@@ -289,13 +284,13 @@ ZONE_LINK = (
     NAME,
     Field("network", "str", required=True),
     ansible_state("present", "absent"),
-    # Ansible and the engine take both ends' hosts; Pulumi names the two zones and reads
-    # their hosts from the provider's configuration.
+    # Ansible and the engine take both ends' hosts; the tenant-facing fronts name the two
+    # zones and the control plane reads their hosts from its records.
     Field("ends", "list", elements="dict", required=True, fields=LINK_END, fronts=NOT_PULUMI),
     Field("zones", "list", elements="str", required=True, fronts=PULUMI_ONLY),
 )
 
-# Where the host keeps schedules and backups; Pulumi reads them from the zone's configuration.
+# Where the host keeps schedules and backups; the control plane reads them from the host's record.
 BACKUP_HOST = (
     Field("backup_root", "path", default="/var/lib/vce-kvm/backups", fronts=ANSIBLE_ONLY),
     Field("unit_dir", "path", default="/etc/systemd/system", fronts=ANSIBLE_ONLY),
@@ -307,7 +302,6 @@ BACKUP_SCHEDULE = (
     Field("vm", "str", required=True),
     NAME,
     ZONE,
-    HOST,
     ansible_state("present", "absent"),
     Field("calendar", "str", required=True, ansible=NOT_FOR_ABSENT),
     Field("retention", "dict", required=True, fields=RETENTION, ansible=NOT_FOR_ABSENT),

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from . import VERSION
 from .config import ProviderConfig
-from .schema import VERSION
 
 # 429 and 503 are retried after the server's Retry-After (at most this long each), this many
 # times in all.

@@ -18,8 +18,8 @@ from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
 from pulumi.runtime.proto import provider_pb2_grpc
 
+from . import VERSION
 from .provider import ProviderError, VceProvider
-from .schema import VERSION
 
 HANDLED = (
     "Configure", "CheckConfig", "Check", "Diff", "Create", "Read", "Update", "Delete", "Invoke",

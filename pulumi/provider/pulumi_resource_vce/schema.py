@@ -10,18 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import VERSION
 from .config import CONFIG
+from .functions import FUNCTIONS
 from .props import Prop
 from .resources import KINDS, PACKAGE
 
-VERSION = "0.1.0"
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 
 
 def build() -> dict[str, Any]:
-    # Imported here: the functions call the API through the client, which reads VERSION above.
-    from .functions import FUNCTIONS
-
     types: dict[str, Any] = {}
     config_props = properties(CONFIG, types)
     resources = {}

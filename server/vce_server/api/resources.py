@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from ..errors import forbidden
 from ..principal import Principal
@@ -156,6 +157,13 @@ CHECK_EXAMPLE = {
 }
 
 
+class CheckReply(BaseModel):
+    """What a declaration adds to the tenant's usage: quota kind to amount, counts as integers,
+    GiB as decimal strings (the units of /v1/quotas); {} when it adds nothing."""
+
+    usage: dict[str, int | str]
+
+
 def check_route(plural: str) -> Callable[..., dict[str, Any]]:
     def check_object(
         name: str,
@@ -207,7 +215,7 @@ for _kind in KINDS:
     )  # fmt: skip
     router.add_api_route(
         f"/v1/{_kind}/{{name}}/check", check_route(_kind), methods=["POST"],
-        name=f"check_{_kind}",
+        response_model=CheckReply, name=f"check_{_kind}",
     )  # fmt: skip
 for _action in VM_ACTIONS:
     router.add_api_route(
