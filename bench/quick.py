@@ -26,7 +26,7 @@ SCRIPTS = (
     "api_submit",
     "api_read",
     "api_quotas",
-    "pulumi_provider",
+    "pulumi_api",
     "floor",
     "firewall_install",
     "profile_env",

@@ -110,3 +110,23 @@ def test_a_disk_a_vms_declaration_holds_is_refused_and_stays(
         assert "attached to VM 'web'" in refused["error"]["message"]
         assert client.get("/v1/disks/data").json()["object"]["attached_to"] == "web"
     assert [p for p in disk_paths(conn, f"{tenant}_web") if p.endswith("_data.qcow2")]
+
+
+def test_a_vm_declared_without_disks_keeps_a_disk_its_attach_to_attached(
+    server: Server, fleet: Fleet, conn: libvirt.virConnect, new_tenant
+):
+    """A VM's update without `disks` (a Pulumi Vm beside a Disk with attachTo) leaves the
+    disk attached; `disks: []` says the VM has no extra disk, and detaches it."""
+    tenant = new_tenant(fleet)
+    token = create_token(fleet.ledger_url, tenant)
+    with server.client(token) as client:
+        succeeded(client, "/v1/vms/web", vm_body(fleet.image))
+        succeeded(client, "/v1/disks/data", {"size_gib": 1, "attach_to": "web"})
+        resized = succeeded(client, "/v1/vms/web", {**vm_body(fleet.image), "memory_mib": 96})
+        assert [c for c in resized["plan"] if c.get("action") == "detach"] == []
+        assert client.get("/v1/disks/data").json()["object"]["attached_to"] == "web"
+        assert [p for p in disk_paths(conn, f"{tenant}_web") if p.endswith("_data.qcow2")]
+        emptied = succeeded(client, "/v1/vms/web", {**vm_body(fleet.image), "disks": []})
+        assert [c["field"] for c in emptied["plan"] if c["action"] == "detach"] == ["disk data"]
+        assert client.get("/v1/disks/data").json()["object"]["attached_to"] is None
+    assert not [p for p in disk_paths(conn, f"{tenant}_web") if p.endswith("_data.qcow2")]

@@ -58,11 +58,15 @@ def server_env(ledger_url: str) -> dict[str, str]:
 class Server:
     """One `vce serve` process: started, waited for (GET /healthz), stopped or killed."""
 
-    def __init__(self, ledger_url: str, log: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, ledger_url: str, log: Path, args: Sequence[str] = (), port: int | None = None
+    ) -> None:
+        """`port`: the one a killed server had, for a restart its clients find at the same
+        address; a free one when None."""
         self.ledger_url = ledger_url
         self.log = log
         self.args = list(args)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -126,8 +130,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(ledger_url: str, log: Path, args: Sequence[str] = ()) -> Iterator[Server]:
-    server = Server(ledger_url, log, args)
+def running_server(
+    ledger_url: str, log: Path, args: Sequence[str] = (), port: int | None = None
+) -> Iterator[Server]:
+    server = Server(ledger_url, log, args, port)
     try:
         yield server.start()
     finally:

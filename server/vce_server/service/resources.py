@@ -488,10 +488,28 @@ class Resources:
         host = self.fleet.place(tenant, payload["zone"])
         if kind.plural == "backup_schedules":
             self.refuse_schedule_of_another_vm(tenant, name, body["vm"])
+        body = self.with_disks_kept(tenant, kind, name, body, host)
         params = {**self.params(tenant, host), **body}
         report({"step": "run", "zone": host.zone})
         result = self.recorded_run(tenant, [lambda: put_run(kind, params, host)])
         return self.outcome(result, self.observe_on(tenant, kind, name, host, body.get("vm")))
+
+    def with_disks_kept(
+        self, tenant: str, kind: Kind, name: str, body: dict[str, Any], host: HostPlace
+    ) -> dict[str, Any]:
+        """A VM declared without `disks` keeps the extra disks it has, as a disk declared
+        without `attach_to` keeps its attachments: a disk's own `attach_to` attaches it too,
+        and resizing the VM must not detach it. With `disks` (even `[]`) the list is the VM's
+        whole set of extra disks, as in the modules."""
+        if kind.plural != "vms" or "disks" in body:
+            return body
+        found = self.observe_on(tenant, kind, name, host) or {}
+        kept = [
+            disk["serial"]
+            for disk in found.get("disks") or []
+            if disk.get("device") == "disk" and disk.get("serial") not in (None, "", "boot")
+        ]
+        return {**body, "disks": kept}
 
     def refuse_schedule_of_another_vm(self, tenant: str, name: str, vm: str) -> None:
         row = self.schedule_row(tenant, name)
@@ -527,8 +545,11 @@ class Resources:
             host = self.fleet.host_at(row.host) if row is not None else None
             if host is None:
                 return []
+            # Whether its backups go with it is part of the schedule's declaration.
+            declared = self.declared(tenant, kind.plural, name) or {}
+            purge = bool(declared.get("body", {}).get("purge_backups"))
             params = {**self.params(tenant, host), **host.backup_host(), "name": name,
-                      "vm": row.vm, "state": "absent"}  # fmt: skip
+                      "vm": row.vm, "state": "absent", "purge_backups": purge}  # fmt: skip
             return [lambda: run_backup_schedule(params)]
         host = self.holder(tenant, kind, name, zone)
         if host is None:
@@ -594,7 +615,8 @@ class Resources:
         host = self.fleet.where(tenant, declared["zone"])
         if host is None:
             raise not_found(f"vm {name}")
-        params = {**self.params(tenant, host), **vm_params(declared["body"], host)}
+        body = self.with_disks_kept(tenant, KINDS["vms"], name, declared["body"], host)
+        params = {**self.params(tenant, host), **vm_params(body, host)}
         states = {"start": ["running"], "stop": ["stopped"], "reboot": ["stopped", "running"]}
         runs = [
             (lambda state=state: run_vm({**params, "state": state})) for state in states[action]

@@ -20,8 +20,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
     ScheduleRepo,
     write_json_atomically,
 )
+from vce_server.actions import ActionQueue
 from vce_server.errors import ApiError
+from vce_server.principal import Principal
 from vce_server.service.resources import Resources
+from vce_server.settings import Settings
 
 from tests.support.host_records import add_host, closing_connections, private_host
 from tests.support.images import make_image, register_image
@@ -117,6 +120,31 @@ def test_a_backup_schedule_on_the_hosts_directories(zone, tmp_path):
         zone.read("other", "backup_schedules", "nightly")
     assert [c["action"] for c in delete(zone, "backup_schedules", "nightly")["plan"]] == ["delete"]
     assert zone.list("acme", "backup_schedules") == []
+
+
+def test_a_schedule_declared_with_purge_backups_takes_its_backups_with_it(zone, ledger_url):
+    """A DELETE has no body: whether the backups go is the schedule's last declaration's, as
+    the action queue recorded it."""
+    with_vm(zone)
+    queue = ActionQueue(Ledger.open(ledger_url), Settings(ledger_url=ledger_url), zone.scrub)
+    for kind, handler in zone.handlers().items():
+        queue.register(kind, handler)
+    who = Principal("vce_0000test", "user-acme", "customer", "acme", frozenset({"write"}))
+    schedule = {"vm": "web", "calendar": "daily", "retention": {"keep_daily": 7}}
+    queue.start()
+    try:
+        for kind, payload in (
+            ("put", zone.validate("acme", "backup_schedules", "nightly",
+                                  {**schedule, "purge_backups": True})),
+            ("delete", {"tenant": "acme", "kind": "backup_schedules", "name": "nightly",
+                        "zone": None}),
+        ):  # fmt: skip
+            action, _new = queue.submit(who, kind, "backup_schedules/nightly", payload)
+            done = queue.wait(action["id"], "acme", 30)
+            assert done["status"] == "succeeded", done
+    finally:
+        queue.stop(10.0)
+    assert [c["action"] for c in done["result"]["plan"]] == ["delete", "purge"]
 
 
 def test_a_refusal_of_the_run_has_the_engines_field_path(zone):
