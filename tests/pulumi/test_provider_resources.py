@@ -194,8 +194,9 @@ def state_of(values: dict) -> dict[str, PropertyValue]:
     return adapter.from_values(values)
 
 
-def diff(olds: dict, news: dict, ignore: tuple[str, ...] = ()):
-    request = DiffRequest(VM_URN, "zone-a/web", state_of(olds), state_of(news), list(ignore))
+def diff(olds: dict, news: dict, ignore: tuple[str, ...] = (), urn_of: str = "Vm"):
+    urn = VM_URN.replace("vce:index:Vm::web", f"vce:index:{urn_of}::web")
+    request = DiffRequest(urn, "zone-a/web", state_of(olds), state_of(news), list(ignore))
     return asyncio.run(VceProvider().diff(request))
 
 
@@ -252,11 +253,25 @@ def test_diff_outputs_ignored_changes_added_and_removed_fields():
     olds = {**VM_INPUTS_GIVEN, "powerState": "running", "nicAddresses": []}
     assert not diff(olds, VM_INPUTS_GIVEN).changes  # outputs are no inputs
     assert not diff(VM_INPUTS_GIVEN, {**VM_INPUTS_GIVEN, "vcpus": 8}, ("vcpus",)).changes
-    without = {k: v for k, v in VM_INPUTS_GIVEN.items() if k != "disks"}
-    assert diff(VM_INPUTS_GIVEN, without).detailed_diff["disks"].kind == PropertyDiffKind.DELETE
-    assert diff(without, VM_INPUTS_GIVEN).detailed_diff["disks"].kind == PropertyDiffKind.ADD
+    without = {k: v for k, v in VM_INPUTS_GIVEN.items() if k != "nics"}
+    assert diff(VM_INPUTS_GIVEN, without).detailed_diff["nics"].kind == PropertyDiffKind.DELETE
+    assert diff(without, VM_INPUTS_GIVEN).detailed_diff["nics"].kind == PropertyDiffKind.ADD
     unknown = {**VM_INPUTS_GIVEN, "nics": [{"network": adapter.UNKNOWN}]}
     assert diff(VM_INPUTS_GIVEN, unknown).detailed_diff["nics"].kind == PropertyDiffKind.UPDATE
+
+
+def test_diff_of_disks_left_out_is_no_change_the_server_keeps_them():
+    """A Vm without `disks` keeps its extra disks (a Disk's attachTo may hold them), a Disk
+    without `attachTo` its attachment: leaving them out changes nothing; `[]` detaches."""
+    attached = {**VM_INPUTS_GIVEN, "disks": ["data"]}
+    without = {k: v for k, v in attached.items() if k != "disks"}
+    assert not diff(attached, without).changes
+    assert diff(attached, {**attached, "disks": []}).detailed_diff["disks"].kind == (
+        PropertyDiffKind.UPDATE
+    )
+    assert diff(without, attached).detailed_diff["disks"].kind == PropertyDiffKind.ADD
+    disk = {"name": "data", "sizeGib": 1, "attachTo": "web"}
+    assert not diff(disk, {"name": "data", "sizeGib": 1}, urn_of="Disk").changes
 
 
 def test_check_refuses_types_locally_without_a_configured_provider():

@@ -29,6 +29,9 @@ class Prop:
     fields: tuple[Prop, ...] = ()  # object fields
     output_only: bool = False
     type_name: str = ""  # the schema type of an object, or of an array's or map's objects
+    # Left out of a declaration, the object keeps what it has (a VM's extra disks, a disk's
+    # attachment): no change to show, as the API's PUT changes nothing there.
+    kept: bool = False
 
     @property
     def key(self) -> str:

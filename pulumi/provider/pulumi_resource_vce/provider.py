@@ -176,6 +176,8 @@ class VceProvider(Provider):
             if prop.output_only or prop.name in ignored:
                 continue
             before, after = olds.get(prop.name), news.get(prop.name)
+            if after is None and prop.kept:
+                continue  # left out, the control plane keeps what the object has
             if settled(prop, before) == settled(prop, after) and not contains_unknown(after):
                 continue
             for path, replace in changed_paths(prop, before, after):
@@ -209,8 +211,7 @@ class VceProvider(Provider):
         news, secrets = to_values(request.news)
         if request.preview:
             return UpdateResponse(properties=preview_state(kind, news, secrets))
-        declared = released(kind, plain_values(request.olds), news)
-        view = await self.put(kind, request.urn, "update", declared, request.timeout)
+        view = await self.put(kind, request.urn, "update", news, request.timeout)
         outputs = kind.observe(view, news).outputs
         return UpdateResponse(properties=state(kind, news, outputs, secrets))
 
@@ -341,14 +342,6 @@ def function_of(token: str) -> Function:
         if function.token == token:
             return function
     raise ProviderError(f"vce provider: unknown function {token}")
-
-
-def released(kind: Kind, olds: Mapping[str, Any], news: dict[str, Any]) -> dict[str, Any]:
-    """A VM's `disks` taken out of the program means no extra disks: the API keeps a VM's
-    disks when its declaration names none (a Disk's attachTo may hold them)."""
-    if kind.name == "Vm" and olds.get("disks") and news.get("disks") is None:
-        return {**news, "disks": []}
-    return news
 
 
 def zone_of(kind: Kind, resource_id: str) -> str | None:

@@ -88,7 +88,12 @@ VM_INPUTS = (
         ),
     ),
     Prop(
-        "disks", "array", "Names of the tenant's extra disks to attach, in order.", items="string"
+        "disks",
+        "array",
+        "Names of the tenant's extra disks to attach, in order: the VM's whole set (`[]` detaches "
+        "them all); left out, the VM keeps the disks it has (a Disk's attachTo attaches them).",
+        items="string",
+        kept=True,
     ),
     Prop("nics", "array", "Network interfaces.", type_name="VmNic", items=NIC),
     Prop(
@@ -134,7 +139,13 @@ DISK_INPUTS = (
         "of the tenant's disks (a name; never a host path).",
         replace=True,
     ),
-    Prop("attachTo", "string", "The VM to attach the disk to; detached when removed."),
+    Prop(
+        "attachTo",
+        "string",
+        "The VM to attach the disk to; detached when the disk is deleted. Left out, the disk "
+        "keeps its attachment (a Vm's disks attach it too).",
+        kept=True,
+    ),
 )
 DISK_OUTPUTS = (
     Prop("volume", "string", "The volume's name in its pool.", output_only=True),

@@ -38,7 +38,8 @@ class DiskArgs:
         :param backing_image: A base image the disk starts as a copy of: an image of the zone's
             catalogue or another of the tenant's disks (a name; never a host path). Changing it
             replaces the resource.
-        :param attach_to: The VM to attach the disk to; detached when removed.
+        :param attach_to: The VM to attach the disk to; detached when the disk is deleted. Left out,
+            the disk keeps its attachment (a Vm's disks attach it too).
         """
         pulumi.set(self, "size_gib", size_gib)
         if name is not None:
@@ -132,7 +133,10 @@ class DiskArgs:
     @property
     @pulumi.getter(name="attachTo")
     def attach_to(self) -> pulumi.Input[str] | None:
-        """The VM to attach the disk to; detached when removed."""
+        """
+        The VM to attach the disk to; detached when the disk is deleted. Left out, the disk keeps
+        its attachment (a Vm's disks attach it too).
+        """
         return pulumi.get(self, "attach_to")
 
     @attach_to.setter
@@ -185,7 +189,8 @@ class Disk(pulumi.CustomResource):
         :param backing_image: A base image the disk starts as a copy of: an image of the zone's
             catalogue or another of the tenant's disks (a name; never a host path). Changing it
             replaces the resource.
-        :param attach_to: The VM to attach the disk to; detached when removed.
+        :param attach_to: The VM to attach the disk to; detached when the disk is deleted. Left out,
+            the disk keeps its attachment (a Vm's disks attach it too).
         """
 
     def __init__(self, resource_name: str, *args: Any, **kwargs: Any) -> None:
@@ -324,5 +329,8 @@ class Disk(pulumi.CustomResource):
     @property
     @pulumi.getter(name="attachTo")
     def attach_to(self) -> pulumi.Output[str | None]:
-        """The VM to attach the disk to; detached when removed."""
+        """
+        The VM to attach the disk to; detached when the disk is deleted. Left out, the disk keeps
+        its attachment (a Vm's disks attach it too).
+        """
         return pulumi.get(self, "attach_to")

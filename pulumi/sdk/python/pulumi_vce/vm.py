@@ -44,7 +44,9 @@ class VmArgs:
         :param vcpus: vCPUs. Defaults to `1` (set by the provider).
         :param max_vcpus: The vCPU ceiling for live growth (defaults to vcpus).
         :param max_memory_mib: The RAM ceiling for live growth, in MiB.
-        :param disks: Names of the tenant's extra disks to attach, in order.
+        :param disks: Names of the tenant's extra disks to attach, in order: the VM's whole set
+            (`[]` detaches them all); left out, the VM keeps the disks it has (a Disk's attachTo
+            attaches them).
         :param nics: Network interfaces.
         :param cloud_init: First-boot configuration (a NoCloud seed).
         :param allow_restart: Let changes that need a restart restart the VM. Defaults to `false`
@@ -166,7 +168,10 @@ class VmArgs:
     @property
     @pulumi.getter
     def disks(self) -> pulumi.Input[Sequence[pulumi.Input[str]]] | None:
-        """Names of the tenant's extra disks to attach, in order."""
+        """
+        Names of the tenant's extra disks to attach, in order: the VM's whole set (`[]` detaches
+        them all); left out, the VM keeps the disks it has (a Disk's attachTo attaches them).
+        """
         return pulumi.get(self, "disks")
 
     @disks.setter
@@ -265,7 +270,9 @@ class Vm(pulumi.CustomResource):
         :param vcpus: vCPUs. Defaults to `1` (set by the provider).
         :param max_vcpus: The vCPU ceiling for live growth (defaults to vcpus).
         :param max_memory_mib: The RAM ceiling for live growth, in MiB.
-        :param disks: Names of the tenant's extra disks to attach, in order.
+        :param disks: Names of the tenant's extra disks to attach, in order: the VM's whole set
+            (`[]` detaches them all); left out, the VM keeps the disks it has (a Disk's attachTo
+            attaches them).
         :param nics: Network interfaces.
         :param cloud_init: First-boot configuration (a NoCloud seed).
         :param allow_restart: Let changes that need a restart restart the VM. Defaults to `false`
@@ -436,7 +443,10 @@ class Vm(pulumi.CustomResource):
     @property
     @pulumi.getter
     def disks(self) -> pulumi.Output[Sequence[str] | None]:
-        """Names of the tenant's extra disks to attach, in order."""
+        """
+        Names of the tenant's extra disks to attach, in order: the VM's whole set (`[]` detaches
+        them all); left out, the VM keeps the disks it has (a Disk's attachTo attaches them).
+        """
         return pulumi.get(self, "disks")
 
     @property
