@@ -83,7 +83,7 @@ def test_a_valid_declaration_of_every_kind_passes_check(two_zones, kind):
          "invalid calendar expression"),
         ("BackupSchedule", {**SCHEDULE, "timeoutMinutes": 0}, "timeoutMinutes",
          "must be positive, got 0"),
-        # A directory of the host: the control plane takes none from a tenant.
+        # A directory of the host: no property of the resource (the control plane takes none).
         ("BackupSchedule", {**SCHEDULE, "target": "/srv/../etc"}, "target", ""),
     ],
 )  # fmt: skip

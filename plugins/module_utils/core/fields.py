@@ -306,7 +306,8 @@ BACKUP_SCHEDULE = (
     Field("calendar", "str", required=True, ansible=NOT_FOR_ABSENT),
     Field("retention", "dict", required=True, fields=RETENTION, ansible=NOT_FOR_ABSENT),
     Field("disks", "list", elements="str"),  # every disk when absent
-    Field("target", "path"),  # the backup root when absent
+    # The backup root when absent; a host path, so never the tenant-facing fronts'.
+    Field("target", "path", fronts=NOT_PULUMI),
     Field("pool", "str"),
     Field("timeout_minutes", "int", default=360),
     Field("purge_backups", "bool", default=False, fronts=RUN_OPTION),

@@ -243,8 +243,11 @@ BACKUP_INPUTS = (
         "Disks to back up (boot and extra disk names; all when omitted).",
         items="string",
     ),
-    Prop("target", "string", "A directory under the host's backup root."),
-    Prop("pool", "string", "A storage pool to keep the backups in instead of `target`."),
+    Prop(
+        "pool",
+        "string",
+        "A storage pool to keep the backups in instead of the host's backup directory.",
+    ),
     Prop("timeoutMinutes", "integer", "How long one backup may take.", default=360),
     Prop(
         "purgeBackups",

@@ -25,7 +25,6 @@ class BackupScheduleArgs:
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
-        target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         timeout_minutes: pulumi.Input[int] | None = None,
         purge_backups: pulumi.Input[bool] | None = None,
@@ -39,8 +38,7 @@ class BackupScheduleArgs:
         :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
             Changing it replaces the resource.
         :param disks: Disks to back up (boot and extra disk names; all when omitted).
-        :param target: A directory under the host's backup root.
-        :param pool: A storage pool to keep the backups in instead of `target`.
+        :param pool: A storage pool to keep the backups in instead of the host's backup directory.
         :param timeout_minutes: How long one backup may take. Defaults to `360` (set by the
             provider).
         :param purge_backups: Delete the schedule's backups with it (kept by default). Defaults to
@@ -55,8 +53,6 @@ class BackupScheduleArgs:
             pulumi.set(self, "zone", zone)
         if disks is not None:
             pulumi.set(self, "disks", disks)
-        if target is not None:
-            pulumi.set(self, "target", target)
         if pool is not None:
             pulumi.set(self, "pool", pool)
         if timeout_minutes is not None:
@@ -132,18 +128,8 @@ class BackupScheduleArgs:
 
     @property
     @pulumi.getter
-    def target(self) -> pulumi.Input[str] | None:
-        """A directory under the host's backup root."""
-        return pulumi.get(self, "target")
-
-    @target.setter
-    def target(self, value: pulumi.Input[str] | None) -> None:
-        pulumi.set(self, "target", value)
-
-    @property
-    @pulumi.getter
     def pool(self) -> pulumi.Input[str] | None:
-        """A storage pool to keep the backups in instead of `target`."""
+        """A storage pool to keep the backups in instead of the host's backup directory."""
         return pulumi.get(self, "pool")
 
     @pool.setter
@@ -202,7 +188,6 @@ class BackupSchedule(pulumi.CustomResource):
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
-        target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         timeout_minutes: pulumi.Input[int] | None = None,
         purge_backups: pulumi.Input[bool] | None = None,
@@ -218,8 +203,7 @@ class BackupSchedule(pulumi.CustomResource):
         :param zone: The zone (`GET /v1/zones`); optional when the control plane has one zone.
             Changing it replaces the resource.
         :param disks: Disks to back up (boot and extra disk names; all when omitted).
-        :param target: A directory under the host's backup root.
-        :param pool: A storage pool to keep the backups in instead of `target`.
+        :param pool: A storage pool to keep the backups in instead of the host's backup directory.
         :param timeout_minutes: How long one backup may take. Defaults to `360` (set by the
             provider).
         :param purge_backups: Delete the schedule's backups with it (kept by default). Defaults to
@@ -240,7 +224,6 @@ class BackupSchedule(pulumi.CustomResource):
         name: pulumi.Input[str] | None = None,
         zone: pulumi.Input[str] | None = None,
         disks: pulumi.Input[Sequence[pulumi.Input[str]]] | None = None,
-        target: pulumi.Input[str] | None = None,
         pool: pulumi.Input[str] | None = None,
         timeout_minutes: pulumi.Input[int] | None = None,
         purge_backups: pulumi.Input[bool] | None = None,
@@ -259,7 +242,6 @@ class BackupSchedule(pulumi.CustomResource):
         props.__dict__["name"] = name
         props.__dict__["zone"] = zone
         props.__dict__["disks"] = disks
-        props.__dict__["target"] = target
         props.__dict__["pool"] = pool
         props.__dict__["timeout_minutes"] = timeout_minutes
         props.__dict__["purge_backups"] = purge_backups
@@ -308,7 +290,6 @@ class BackupSchedule(pulumi.CustomResource):
         props.__dict__["name"] = None
         props.__dict__["zone"] = None
         props.__dict__["disks"] = None
-        props.__dict__["target"] = None
         props.__dict__["pool"] = None
         props.__dict__["timeout_minutes"] = None
         props.__dict__["purge_backups"] = None
@@ -384,14 +365,8 @@ class BackupSchedule(pulumi.CustomResource):
 
     @property
     @pulumi.getter
-    def target(self) -> pulumi.Output[str | None]:
-        """A directory under the host's backup root."""
-        return pulumi.get(self, "target")
-
-    @property
-    @pulumi.getter
     def pool(self) -> pulumi.Output[str | None]:
-        """A storage pool to keep the backups in instead of `target`."""
+        """A storage pool to keep the backups in instead of the host's backup directory."""
         return pulumi.get(self, "pool")
 
     @property
