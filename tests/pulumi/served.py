@@ -154,7 +154,7 @@ def served_app(
     app.state.context = build_context(settings)
     app.state.context.actions.start()
     try:
-        yield Served(ledger_url, next(iter(uris.values())), app)
+        yield Served(ledger_url, next(iter(uris.values()), ""), app)
     finally:
         app.state.context.actions.stop(30.0)
 
