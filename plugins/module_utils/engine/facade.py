@@ -17,7 +17,7 @@ from ..core.result import Result
 from ..core.spec import EnvironmentSpec, parse_disk, parse_environment, parse_network, parse_vm
 from ..core.validation import check_choice, check_name
 from ..core.zones import zone_of, zone_uplink
-from ..host.connection import DEFAULT_URI, Host, TenantInventory
+from ..host.connection import DEFAULT_URI, Host, Selection, TenantInventory
 from ..host.facts import tenant_facts
 from ..host.ownership import object_name, volume_name
 from ..host.shell import host_shell
@@ -346,11 +346,37 @@ def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
     engine reports it, or None. A VM's facts carry its boot disk's under `boot_disk`."""
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
-    facts = tenant_facts(Host(params.get("uri") or DEFAULT_URI), tenant)
+    host = Host(params.get("uri") or DEFAULT_URI)
+    inventory = host.inventory(tenant, object_selection(host, tenant, section, name))
+    facts = tenant_facts(host, tenant, inventory)
     found = facts[section].get(name)
     if found is None or section != "vms":
         return found
     return {**found, "boot_disk": facts["disks"].get(f"{name}.boot", {})}
+
+
+def object_selection(host: Host, tenant: str, section: str, name: str) -> Selection:
+    """What one object's facts need of the tenant's inventory: a network alone; a disk's
+    volume and the domains (which of them has it attached); a VM's domain, the networks of its
+    NICs (their names and leases give its addresses) and its boot disk's volume. A refresh of
+    N objects reads N objects, not N inventories."""
+    nothing: frozenset[str] = frozenset()
+    if section == "networks":
+        return Selection(domains=nothing, networks=frozenset({name}), volumes=nothing)
+    if section == "disks":
+        return Selection(networks=nothing, volumes=frozenset({name}))
+    domain = host.inventory(
+        tenant, Selection(domains=frozenset({name}), networks=nothing, volumes=nothing)
+    ).domains.get(object_name(tenant, name))
+    prefix = object_name(tenant, "")
+    networks = frozenset(
+        nic.network[len(prefix) :]
+        for nic in (domain.nics if domain is not None else ())
+        if nic.network.startswith(prefix)
+    )
+    return Selection(
+        domains=frozenset({name}), networks=networks, volumes=frozenset({f"{name}.boot"})
+    )
 
 
 def run_info(params: dict[str, Any]) -> dict[str, Any]:

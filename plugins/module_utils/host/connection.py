@@ -197,6 +197,16 @@ def skip_vanished() -> Iterator[None]:
             raise
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which of a tenant's objects an inventory reads, by their names within the tenant
+    (None: every one): domains and networks by name, volumes by stem (`web.boot`, `data`)."""
+
+    domains: frozenset[str] | None = None
+    networks: frozenset[str] | None = None
+    volumes: frozenset[str] | None = None
+
+
 class Host:
     """A KVM host reached through one libvirt URI."""
 
@@ -218,36 +228,48 @@ class Host:
             self._domain_type = domain_type(self.conn, self.uri, self.is_local)
         return self._domain_type
 
-    def inventory(self, tenant: str) -> TenantInventory:
-        return self.read_inventories(tenant)[tenant]
+    def inventory(self, tenant: str, selection: Selection | None = None) -> TenantInventory:
+        """The tenant's objects; with `selection`, only those it names (one object's facts
+        need not read every domain, network and volume of the tenant)."""
+        return self.read_inventories(tenant, selection)[tenant]
 
     def inventories(self) -> dict[str, TenantInventory]:
         """Every tenant's objects on the host, read in one pass (reconciliation, probes)."""
         return self.read_inventories(None)
 
-    def read_inventories(self, only: str | None) -> dict[str, TenantInventory]:
-        """The objects of tenant `only` (None: of every tenant), by tenant.
+    def read_inventories(
+        self, only: str | None, selection: Selection | None = None
+    ) -> dict[str, TenantInventory]:
+        """The objects of tenant `only` (None: of every tenant), by tenant; with `selection`,
+        only the objects it names are read (the others are not even described by libvirt).
 
         Objects may vanish between the listing and their read when another run works on the
         same host: such an object is not the tenant's any more (or not yet), so it is skipped.
         """
         found = {only: TenantInventory(only)} if only is not None else {}
+        chosen = selection or Selection()
 
-        def inventory_of(name: str) -> TenantInventory | None:
-            tenant, separator, _rest = name.partition(SEPARATOR)
+        def inventory_of(
+            name: str, wanted: frozenset[str] | None, volume: bool = False
+        ) -> TenantInventory | None:
+            tenant, separator, rest = name.partition(SEPARATOR)
             if not separator or not tenant or (only is not None and tenant != only):
+                return None
+            # A volume is selected by its stem: `web.boot` of `acme_web.boot.qcow2`.
+            key = (rest.rpartition(".")[0] or rest) if volume else rest
+            if wanted is not None and key not in wanted:
                 return None
             return found.setdefault(tenant, TenantInventory(tenant))
 
         with libvirt_action("list", f"domains on {self.uri}"):
             for dom in self.conn.listAllDomains(0):
-                inventory = inventory_of(dom.name())
+                inventory = inventory_of(dom.name(), chosen.domains)
                 if inventory is not None:
                     with skip_vanished():
                         inventory.domains[dom.name()] = self.read_domain(dom)
         with libvirt_action("list", f"networks on {self.uri}"):
             for net in self.conn.listAllNetworks(0):
-                inventory = inventory_of(net.name())
+                inventory = inventory_of(net.name(), chosen.networks)
                 if inventory is not None:
                     with skip_vanished():
                         inventory.networks[net.name()] = self.read_network(net)
@@ -258,7 +280,7 @@ class Host:
                 if not pool.isActive():
                     continue
                 for vol in pool.listAllVolumes(0):
-                    inventory = inventory_of(vol.name())
+                    inventory = inventory_of(vol.name(), chosen.volumes, volume=True)
                     if inventory is not None:
                         with skip_vanished():
                             key = (pool.name(), vol.name())
