@@ -44,10 +44,26 @@ def add_host(
         "run_id": "test",
         "actor": "test",
         "host_command": json.dumps(host_command) if host_command is not None else None,
-        "settings": json.dumps(settings or {}, sort_keys=True),
+        "settings": json.dumps(
+            settings if settings is not None else beside_node(uri), sort_keys=True
+        ),
     }
     with Ledger.open(ledger_url, create=True).store.write() as connection:
         connection.execute(sa.insert(hosts).values(**row))
+
+
+def beside_node(uri: str) -> dict[str, str]:
+    """A test-driver host's backup directories beside its node file: a host record without
+    them sends backup schedules to the machine's own /etc/systemd/system and /etc/vce-kvm."""
+    if not uri.startswith("test:///") or uri == "test:///default":
+        return {}
+    directory = Path(uri[len("test://") :]).parent / "host-dirs"
+    runner = directory / "vce-backup"  # the units name it; a test's timers never fire
+    runner.parent.mkdir(parents=True, exist_ok=True)
+    runner.write_text("#!/bin/sh\nexit 0\n")
+    runner.chmod(0o755)
+    keys = ("backup_root", "unit_dir", "config_dir")
+    return {key: str(directory / key) for key in keys} | {"runner": str(runner)}
 
 
 def private_host(path: Path) -> str:
