@@ -714,16 +714,7 @@ class Schema:
                 "        resource._register(resource_name, opts, props)",
                 "        return resource",
             ]
-        for p in outputs:
-            hint = optional(value_hint(p.spec, "outputs."), p.required)
-            lines += [
-                "",
-                "    @property",
-                f"    {getter(p)}",
-                f"    def {p.python}(self) -> pulumi.Output[{hint}]:",
-                *docstring(escape(p.doc()), 8),
-                f'        return pulumi.get(self, "{p.python}")',
-            ]
+        lines += output_getters(outputs, "pulumi.Output[{}]")
         return "\n".join(lines)
 
     # -- functions --------------------------------------------------------------------------
@@ -762,16 +753,7 @@ class Schema:
             lines.append(f"        {p.python}: {hint}{'' if p.required else ' = None'},")
         lines.append("    ) -> None:")
         lines += [f'        pulumi.set(self, "{p.python}", {p.python})' for p in outputs]
-        for p in outputs:
-            hint = optional(value_hint(p.spec, "outputs."), p.required)
-            lines += [
-                "",
-                "    @property",
-                f"    {getter(p)}",
-                f"    def {p.python}(self) -> {hint}:",
-                *docstring(escape(p.doc()), 8),
-                f'        return pulumi.get(self, "{p.python}")',
-            ]
+        lines += output_getters(outputs, "{}")
         return "\n".join(lines)
 
 
@@ -930,6 +912,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write(files, package)
     return 0
+
+
+def output_getters(outputs: list[Prop], returns: str) -> list[str]:
+    """A typed getter per output; `returns` wraps the value's hint (a resource's are
+    Outputs, a function result's plain values)."""
+    lines: list[str] = []
+    for p in outputs:
+        hint = returns.format(optional(value_hint(p.spec, "outputs."), p.required))
+        lines += [
+            "",
+            "    @property",
+            f"    {getter(p)}",
+            f"    def {p.python}(self) -> {hint}:",
+            *docstring(escape(p.doc()), 8),
+            f'        return pulumi.get(self, "{p.python}")',
+        ]
+    return lines
 
 
 if __name__ == "__main__":

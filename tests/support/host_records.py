@@ -15,6 +15,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
 
 from tests.support.kvm_hosts import host_file
+from tests.support.server import backup_settings
 
 
 def add_host(
@@ -57,13 +58,7 @@ def beside_node(uri: str) -> dict[str, str]:
     them sends backup schedules to the machine's own /etc/systemd/system and /etc/vce-kvm."""
     if not uri.startswith("test:///") or uri == "test:///default":
         return {}
-    directory = Path(uri[len("test://") :]).parent / "host-dirs"
-    runner = directory / "vce-backup"  # the units name it; a test's timers never fire
-    runner.parent.mkdir(parents=True, exist_ok=True)
-    runner.write_text("#!/bin/sh\nexit 0\n")
-    runner.chmod(0o755)
-    keys = ("backup_root", "unit_dir", "config_dir")
-    return {key: str(directory / key) for key in keys} | {"runner": str(runner)}
+    return backup_settings(Path(uri[len("test://") :]).parent / "host-dirs")
 
 
 def private_host(path: Path) -> str:
