@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-from ..core.errors import SpecError
+from ..core.errors import SpecError, VceError
 from ..core.periods import Interval, micros, union
 from ..core.validation import whole_number
+
+try:
+    import jinja2
+except ImportError:  # reported when a page is rendered: CSV and JSON need no template
+    jinja2 = None
 
 # Groups thousands without letting a line break split an amount.
 NARROW_SPACE = "\u202f"
@@ -313,15 +317,24 @@ def incident_refs(incidents: Any) -> str:
 # (checked, formatted text, Amounts, chart geometry); the template only lays it out, and
 # autoescaping is the one place text becomes HTML.
 
-TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    # Block tags on lines of their own leave no blank lines and no indentation in the page.
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The statement's Jinja2 environment, built once."""
+    if jinja2 is None:
+        raise VceError(
+            "The HTML statement needs Jinja2 (it comes with ansible-core; pip install "
+            "'jinja2>=3.1', or pip install vce-kvm)"
+        )
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        # Block tags on lines of their own leave no blank lines and no indentation in the page.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -453,7 +466,7 @@ class StatementView:
 def html_statement(document: Mapping[str, Any]) -> str:
     """One tenant's month as a self-contained HTML5 page (inline CSS and SVG, no scripts)."""
     view = statement_view(document)
-    return TEMPLATES.get_template("statement.html.j2").render(s=view)
+    return templates().get_template("statement.html.j2").render(s=view)
 
 
 def statement_view(document: Mapping[str, Any]) -> StatementView:

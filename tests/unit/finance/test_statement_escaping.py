@@ -1,13 +1,17 @@
 """Every text a customer or an operator controls comes out of the HTML statement as text:
-hostile strings in any field add no element and no attribute to the page."""
+hostile strings in any field add no element and no attribute to the page; and the page reads
+as it did when it was written by hand."""
 
 from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
 
 from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import html_statement
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.finance.test_statement import closed_document, parsed
+from tests.unit.finance.test_statement import EVIL, closed_document, parsed
 
 MARK = "injected"
 PAYLOADS = (
@@ -70,3 +74,63 @@ def test_hostile_text_in_every_field_stays_text(doc):
     assert f"Statement {doc['tenant']} {doc['month']}" in text  # read back as written
     for row in doc["incidents"]:
         assert row["note"] in text
+
+
+class Events(HTMLParser):
+    """The page as a parser reads it: elements, attributes and text, not how they are spelt
+    (&quot; or &#34;) or where lines break between elements."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.events: list[tuple] = []
+
+    def handle_decl(self, decl):
+        self.events.append(("decl", decl))
+
+    def handle_starttag(self, tag, attrs):
+        self.events.append(("start", tag, tuple(attrs)))
+
+    def handle_startendtag(self, tag, attrs):
+        self.events.append(("start", tag, tuple(attrs)))
+        self.events.append(("end", tag))
+
+    def handle_endtag(self, tag):
+        self.events.append(("end", tag))
+
+    def handle_data(self, data):
+        if data.strip():
+            self.events.append(("text", data))
+
+
+def events_of(page):
+    parser = Events()
+    parser.feed(page)
+    parser.close()
+    return parser.events
+
+
+def golden_document():
+    """One document touching every part of the page: hostile text, excluded time, incidents
+    that do not count, a capped credit, a line without a host, credit notes in two currencies."""
+    doc = closed_document()
+    doc.update(tenant=EVIL, customer='"><img src=x onerror=alert(1)>', plan="it's & more")
+    doc["warnings"] = [f"plan {EVIL} has no prices: billed at 0"]
+    vm = doc["availability"][0]
+    vm["excluded"] = [["2026-11-03T10:00:00+00:00", "2026-11-03T10:30:30+00:00"]]
+    vm["excluded_seconds"] = 1830
+    doc["incidents"][0].update(counts=False, cause="customer")
+    doc["incidents"][1]["counts"] = False
+    doc["discounts"][0]["uncapped"] = "2000.00"
+    doc["discounts"].append({"kind": "other", "amount": "1.00"})
+    doc["lines"][0]["host"] = ""
+    doc["credit_notes"].append(
+        {"key": "k<2>", "amount": "3.00", "currency": "USD", "reason": "r&d"}
+    )
+    return doc
+
+
+def test_the_page_reads_as_the_hand_written_html_did():
+    # data/statement.html is the page the f-string renderer (before the template) made of
+    # this document. A deliberate change of the page replaces the file.
+    golden = (Path(__file__).parent / "data" / "statement.html").read_text()
+    assert events_of(html_statement(golden_document())) == events_of(golden)
