@@ -69,6 +69,7 @@ REQUIRED = [
     "plugins/modules/environment.py",
     "plugins/inventory/libvirt_tenants.py",
     "plugins/module_utils/engine/facade.py",
+    "plugins/module_utils/finance/templates/statement.html.j2",
     "plugins/module_utils/ledger/migrations/versions/v0001_initial.py",
     "plugins/doc_fragments/common.py",
 ]

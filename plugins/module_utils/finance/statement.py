@@ -4,9 +4,9 @@
 page per tenant and month, CSV files and a streamed JSON array.
 
 The input is an invoice document of billing.py (Biller.document, or Books for closed months).
-Standard library only: this runs on operators' machines and inside module payloads, where
-nothing else can be assumed installed, and the page must open offline years later (no
-scripts, fonts or style sheets fetched from anywhere).
+The page is one autoescaped Jinja2 template (templates/statement.html.j2; Jinja2 comes with
+ansible-core), the same for `vce ledger invoice --format html` and the API. It must open
+offline years later: no scripts, fonts or style sheets fetched from anywhere.
 
 Money arrives as Decimal text and stays Decimal until it is printed: a float would change
 the last cent of what the customer is asked to pay.
@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import html
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..core.errors import SpecError
+from ..core.errors import SpecError, VceError
 from ..core.periods import Interval, micros, union
 from ..core.validation import whole_number
+
+try:
+    import jinja2
+except ImportError:  # reported when a page is rendered: CSV and JSON need no template
+    jinja2 = None
 
 # Groups thousands without letting a line break split an amount.
 NARROW_SPACE = "\u202f"
@@ -87,49 +93,6 @@ LINE_TEXT_KEYS = ("host", "kind", "name", "vm", "meter", "unit")
 LINE_NUMBER_KEYS = ("quantity", "free_quantity", "unit_price", "amount")
 SLA_NUMBER_KEYS = ("availability", "credit_percent", "compute_cost", "credit")
 SLA_COUNT_KEYS = ("existed_seconds", "downtime_seconds", "excluded_seconds")
-
-CSS = """
-@page { size: A4; margin: 14mm 12mm; }
-* { box-sizing: border-box; }
-html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-body { font: 10pt/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-  sans-serif; color: #1a1a1a; background: #fff; max-width: 186mm; margin: 0 auto;
-  padding: 10mm 4mm; }
-@media print { body { max-width: none; padding: 0; } }
-h1 { font-size: 16pt; margin: 0 0 3mm; }
-h2 { font-size: 12pt; margin: 7mm 0 2mm; padding-bottom: 1mm; border-bottom: 0.4mm solid;
-  break-after: avoid; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr max-content 1fr;
-  gap: 1mm 4mm; margin: 0; }
-dl.facts dt { color: #555; }
-dl.facts dd { margin: 0; overflow-wrap: anywhere; }
-table { width: 100%; border-collapse: collapse; margin: 2mm 0; }
-th, td { padding: 1mm 1.5mm; text-align: left; vertical-align: top;
-  border-bottom: 0.2mm solid #ddd; overflow-wrap: anywhere; }
-thead th { font-size: 9pt; font-weight: 600; border-bottom: 0.4mm solid #888; }
-tr, tbody.vm { break-inside: avoid; }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.resource th { background: #f2f2f2; }
-.muted { color: #666; font-weight: normal; font-size: 9pt; }
-tbody.totals td { border-bottom: none; }
-tr.total td { border-top: 0.4mm solid; font-weight: 700; font-size: 11pt; }
-.status { display: inline-block; padding: 0 2mm; border-radius: 1mm; font-weight: 600; }
-.status.open { background: #fff1c2; }
-.status.closed { background: #d6efdc; }
-.warnings { border: 0.4mm solid #c77c00; background: #fff7e3; padding: 2mm 4mm; margin: 4mm 0; }
-.warnings ul { margin: 1mm 0; padding-left: 5mm; }
-.legend { font-size: 9pt; color: #444; margin: 1mm 0; }
-.swatch { display: inline-block; width: 3mm; height: 3mm; margin: 0 1mm 0 3mm;
-  vertical-align: -0.4mm; border: 0.2mm solid #888; }
-tr.chart td { padding-top: 0; }
-svg.timeline { display: block; width: 100%; height: auto; }
-table.incidents { font-size: 9pt; }
-tr.not-counted td { color: #666; }
-strong.not-counted { color: #1a1a1a; font-weight: 600; }
-.ref { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 8pt;
-  word-break: break-all; }
-footer { margin-top: 8mm; color: #666; font-size: 8.5pt; }
-"""
 
 
 # -- reading the document ---------------------------------------------------------------------
@@ -276,8 +239,9 @@ def intervals_of(pairs: Any, name: str, frame: Frame) -> list[Interval]:
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+def text_of(value: Any) -> str:
+    """A document value as shown: absent is empty, not "None"."""
+    return "" if value is None else str(value)
 
 
 def grouped(number: Decimal) -> str:
@@ -290,12 +254,23 @@ def quantity_text(number: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def amount_html(value: Any, name: str, negate: bool = False) -> str:
-    # <data value> keeps the exact figure for whoever copies or parses the page.
+@dataclass(frozen=True)
+class Amount:
+    """A figure as printed, with its exact value (the page keeps it in <data value>)."""
+
+    value: Decimal
+    text: str
+
+
+def amount_of(value: Any, name: str, negate: bool = False) -> Amount:
     number = decimal_of(value, name)
     if negate:
         number = -number
-    return f'<data value="{esc(number)}">{esc(grouped(number))}</data>'
+    return Amount(number, grouped(number))
+
+
+def percent_text(number: Decimal) -> str:
+    return f"{number}\u00a0%"
 
 
 def duration_text(seconds: int) -> str:
@@ -333,95 +308,212 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def incident_refs(incidents: Any) -> str:
+    return ", ".join(f"#{i}" for i in incidents or ())
+
+
 # -- the page -----------------------------------------------------------------------------------
+# The page is templates/statement.html.j2. What it shows is computed here as plain view data
+# (checked, formatted text, Amounts, chart geometry); the template only lays it out, and
+# autoescaping is the one place text becomes HTML.
+
+
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The statement's Jinja2 environment, built once."""
+    if jinja2 is None:
+        raise VceError(
+            "The HTML statement needs Jinja2 (it comes with ansible-core; pip install "
+            "'jinja2>=3.1', or pip install vce-kvm)"
+        )
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        # Block tags on lines of their own leave no blank lines and no indentation in the page.
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+@dataclass(frozen=True)
+class LineView:
+    meter: str
+    unit: str
+    quantity: str
+    free: str
+    unit_price: str
+    amount: Amount
+
+
+@dataclass(frozen=True)
+class ResourceView:
+    title: str
+    host: str
+    lines: list[LineView]
+
+
+@dataclass(frozen=True)
+class DiscountView:
+    label: str
+    before_cap: str  # the amount before the cap, when the cap changed it
+    incidents: str
+    amount: Amount
+
+
+@dataclass(frozen=True)
+class CreditNoteView:
+    issued: str
+    reason: str
+    key: str
+    amount: Amount
+    currency: str
+
+
+@dataclass(frozen=True)
+class Swatch:
+    colour: str  # a CSS background
+    text: str
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: str
+    y: int
+    width: str
+    height: int
+    fill: str
+    title: str
+    dashed: bool
+
+
+@dataclass(frozen=True)
+class DayLabel:
+    x: str
+    day: int
+
+
+@dataclass(frozen=True)
+class ChartView:
+    label: str
+    pattern: str  # the id of the excluded time's stripes, "" without excluded time
+    rects: list[Rect]
+    ticks: str  # the SVG path of the day ticks
+    days: list[DayLabel]
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    label_y: int = CHART_HEIGHT - 2
+    stripe_colour: str = COLOUR_EXCLUDED
+    tick_colour: str = COLOUR_TICK
+
+
+@dataclass(frozen=True)
+class VmView:
+    name: str
+    host: str
+    availability: str
+    downtime: str
+    excluded: str
+    credit_percent: str
+    compute_cost: Amount
+    credit: Amount
+    incidents: str
+    chart: ChartView
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    id: str
+    vm: str
+    host: str
+    kind: str
+    cause: str
+    source: str
+    not_counted: str
+    started: str
+    reported: str
+    confirmed: str
+    ended: str
+    note: str
+
+
+@dataclass(frozen=True)
+class StatementView:
+    tenant: str
+    month: str
+    title: str
+    customer: str
+    plan: str
+    currency: str
+    period: str
+    zone: str
+    status: str
+    as_of: str
+    utc_offset: str
+    warnings: list[str]
+    resources: list[ResourceView]
+    subtotal: Amount
+    discounts: list[DiscountView]
+    total: Amount
+    credit_notes: list[CreditNoteView]
+    net: Amount | None
+    legend: list[Swatch]
+    vms: list[VmView]
+    incidents: list[IncidentView]
 
 
 def html_statement(document: Mapping[str, Any]) -> str:
     """One tenant's month as a self-contained HTML5 page (inline CSS and SVG, no scripts)."""
+    view = statement_view(document)
+    return templates().get_template("statement.html.j2").render(s=view)
+
+
+def statement_view(document: Mapping[str, Any]) -> StatementView:
     frame = Frame.of(document)
-    tenant = esc(required(document, "tenant"))
-    month = esc(required(document, "month"))
-    sections = (
-        header_html(document, frame),
-        warnings_html(document),
-        invoice_html(document),
-        credit_notes_html(document, frame),
-        sla_html(document, frame),
-        incidents_html(document, frame),
-        footer_html(frame),
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>Statement {tenant} {month}</title>\n<style>{CSS}</style>\n</head>\n"
-        "<body>\n" + "".join(sections) + "</body>\n</html>\n"
-    )
-
-
-def header_html(document: Mapping[str, Any], frame: Frame) -> str:
-    label = str(required(document, "month"))
-    period = f"{frame.first_day()} {EN_DASH} {frame.last_day()}"
-    facts = (
-        ("Tenant", esc(required(document, "tenant"))),
-        ("Customer", esc(document.get("customer") or NONE_SHOWN)),
-        ("Plan", esc(document.get("plan") or NONE_SHOWN)),
-        ("Currency", esc(required(document, "currency"))),
-        ("Period", f'{esc(period)} <span class="muted">({esc(frame.zone.key)})</span>'),
-        ("Status", status_html(document, frame)),
-    )
-    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>\n" for name, value in facts)
-    return (
-        f"<header>\n<h1>Invoice and SLA statement: {esc(month_title(label))}</h1>\n"
-        f'<dl class="facts">\n{rows}</dl>\n</header>\n'
+    month = text_of(required(document, "month"))
+    notes = credit_notes_of(document)
+    vms = items_of(document, "availability")
+    return StatementView(
+        tenant=text_of(required(document, "tenant")),
+        month=month,
+        title=month_title(month),
+        customer=text_of(document.get("customer") or NONE_SHOWN),
+        plan=text_of(document.get("plan") or NONE_SHOWN),
+        currency=text_of(required(document, "currency")),
+        period=f"{frame.first_day()} {EN_DASH} {frame.last_day()}",
+        zone=frame.zone.key,
+        status=text_of(document.get("status") or "open"),
+        as_of=frame.local(frame.as_of),
+        utc_offset=frame.utc_offset(),
+        warnings=[text_of(w) for w in items_of(document, "warnings", mappings=False)],
+        resources=resource_views(items_of(document, "lines")),
+        subtotal=amount_of(required(document, "subtotal"), "document.subtotal"),
+        discounts=[
+            discount_view(discount, index)
+            for index, discount in enumerate(items_of(document, "discounts"))
+        ],
+        total=amount_of(required(document, "total"), "document.total"),
+        credit_notes=[credit_note_view(note, index, frame) for index, note in enumerate(notes)],
+        net=net_view(document, notes),
+        legend=legend(frame, vms),
+        vms=[vm_view(vm, index, month, frame) for index, vm in enumerate(vms)],
+        incidents=[
+            incident_view(row, index, frame)
+            for index, row in enumerate(items_of(document, "incidents"))
+        ],
     )
 
 
-def status_html(document: Mapping[str, Any], frame: Frame) -> str:
-    status = str(document.get("status") or "open")
-    as_of = esc(frame.local(frame.as_of))
-    if status == "closed":
-        return f'<span class="status closed">closed</span> final, as of {as_of}'
-    if status == "open":
-        return (
-            f'<span class="status open">open</span> as of {as_of}; '
-            "figures change until the month is closed"
+def resource_views(lines: list[Any]) -> list[ResourceView]:
+    return [
+        ResourceView(
+            title=resource_title(kind, name, vm),
+            host=host,
+            lines=[line_view(line, index) for index, line in members],
         )
-    return f'<span class="status">{esc(status)}</span> as of {as_of}'
-
-
-def warnings_html(document: Mapping[str, Any]) -> str:
-    warnings = items_of(document, "warnings", mappings=False)
-    if not warnings:
-        return ""
-    items = "".join(f"<li>{esc(w)}</li>\n" for w in warnings)
-    return (
-        '<section class="warnings" role="note">\n<strong>Warnings</strong>\n'
-        f"<ul>\n{items}</ul>\n</section>\n"
-    )
-
-
-def section(name: str, title: str, body: str) -> str:
-    return f'<section class="{name}">\n<h2>{title}</h2>\n{body}</section>\n'
-
-
-def invoice_html(document: Mapping[str, Any]) -> str:
-    currency = esc(required(document, "currency"))
-    lines = items_of(document, "lines")
-    body = [
-        row
-        for resource, members in lines_by_resource(lines).items()
-        for row in (resource_row(resource), *(line_row(line, i) for i, line in members))
+        for (host, kind, name, vm), members in lines_by_resource(lines).items()
     ]
-    if not body:
-        body = ['<tr><td colspan="6">No charges this month.</td></tr>\n']
-    head = (
-        '<thead><tr><th>Meter</th><th>Unit</th><th class="num">Quantity</th>'
-        '<th class="num">Free (trial)</th>'
-        f'<th class="num">Unit price ({currency})</th><th class="num">Amount ({currency})</th>'
-        "</tr></thead>\n"
-    )
-    table = f"<table>\n{head}<tbody>\n{''.join(body)}</tbody>\n{totals_html(document)}</table>\n"
-    return section("invoice", "Invoice", table)
 
 
 def lines_by_resource(
@@ -435,63 +527,55 @@ def lines_by_resource(
     return groups
 
 
-def resource_row(resource: tuple[str, str, str, str]) -> str:
-    host, kind, name, vm = resource
+def resource_title(kind: str, name: str, vm: str) -> str:
     title = f"{KIND_LABELS.get(kind, kind)} {name}"
-    if vm and vm != name:
-        title += f" of VM {vm}"
-    where = f' <span class="muted">on {esc(host)}</span>' if host else ""
-    return f'<tr class="resource"><th colspan="6" scope="rowgroup">{esc(title)}{where}</th></tr>\n'
+    return f"{title} of VM {vm}" if vm and vm != name else title
 
 
-def line_row(line: Mapping[str, Any], index: int) -> str:
+def line_view(line: Mapping[str, Any], index: int) -> LineView:
     name = f"document.lines[{index}]"
     meter = str(line.get("meter") or "")
     free = decimal_of(line.get("free_quantity") or "0", f"{name}.free_quantity")
-    cells = (
-        esc(METER_LABELS.get(meter, meter)),
-        esc(line.get("unit")),
-        esc(quantity_text(decimal_of(line.get("quantity"), f"{name}.quantity"))),
-        esc(quantity_text(free)) if free else NONE_SHOWN,
-        esc(grouped(decimal_of(line.get("unit_price"), f"{name}.unit_price"))),
-        amount_html(line.get("amount"), f"{name}.amount"),
-    )
-    return (
-        f"<tr><td>{cells[0]}</td><td>{cells[1]}</td>"
-        + "".join(f'<td class="num">{cell}</td>' for cell in cells[2:])
-        + "</tr>\n"
+    return LineView(
+        meter=METER_LABELS.get(meter, meter),
+        unit=text_of(line.get("unit")),
+        quantity=quantity_text(decimal_of(line.get("quantity"), f"{name}.quantity")),
+        free=quantity_text(free) if free else NONE_SHOWN,
+        unit_price=grouped(decimal_of(line.get("unit_price"), f"{name}.unit_price")),
+        amount=amount_of(line.get("amount"), f"{name}.amount"),
     )
 
 
-def totals_html(document: Mapping[str, Any]) -> str:
-    currency = esc(required(document, "currency"))
-    rows = [total_row("Subtotal", amount_html(required(document, "subtotal"), "document.subtotal"))]
-    for index, discount in enumerate(items_of(document, "discounts")):
-        amount = amount_html(discount.get("amount"), f"document.discounts[{index}].amount", True)
-        rows.append(total_row(discount_label(discount), amount))
-    total = amount_html(required(document, "total"), "document.total")
-    rows.append(total_row(f"Total ({currency})", total, "total"))
-    return '<tbody class="totals">\n' + "".join(rows) + "</tbody>\n"
-
-
-def total_row(label: str, amount: str, css_class: str = "") -> str:
-    attribute = f' class="{css_class}"' if css_class else ""
-    return f'<tr{attribute}><td colspan="5">{label}</td><td class="num">{amount}</td></tr>\n'
-
-
-def discount_label(discount: Mapping[str, Any]) -> str:
+def discount_view(discount: Mapping[str, Any], index: int) -> DiscountView:
+    # Discounts lower the total: shown negative.
+    amount = amount_of(discount.get("amount"), f"document.discounts[{index}].amount", True)
     kind = str(discount.get("kind") or "")
-    text = esc(discount.get("description") or DISCOUNT_LABELS.get(kind, kind))
+    before_cap = ""
     if discount.get("uncapped") is not None:
         uncapped = decimal_of(discount["uncapped"], "discount.uncapped")
         if uncapped != decimal_of(discount.get("amount"), "discount.amount"):
-            text += f' <span class="muted">(before the cap: {esc(grouped(uncapped))})</span>'
-    incidents = discount.get("incidents") or []
-    if incidents:
-        text += (
-            f' <span class="muted">(incidents {esc(", ".join(f"#{i}" for i in incidents))})</span>'
-        )
-    return text
+            before_cap = grouped(uncapped)
+    return DiscountView(
+        label=text_of(discount.get("description") or DISCOUNT_LABELS.get(kind, kind)),
+        before_cap=before_cap,
+        incidents=incident_refs(discount.get("incidents")),
+        amount=amount,
+    )
+
+
+def credit_note_view(note: CreditNote, index: int, frame: Frame) -> CreditNoteView:
+    return CreditNoteView(
+        issued=frame.local(note.issued_at) if note.issued_at else NONE_SHOWN,
+        reason=note.reason,
+        key=note.key,
+        amount=amount_of(note.amount, f"document.credit_notes[{index}].amount", True),
+        currency=note.currency,
+    )
+
+
+def net_view(document: Mapping[str, Any], notes: list[CreditNote]) -> Amount | None:
+    net = total_after(document, notes) if notes else None
+    return None if net is None else amount_of(net, "net")
 
 
 @dataclass(frozen=True)
@@ -532,111 +616,43 @@ def total_after(document: Mapping[str, Any], notes: list[CreditNote]) -> Decimal
     return total - sum((note.amount for note in notes), Decimal(0))
 
 
-def credit_notes_html(document: Mapping[str, Any], frame: Frame) -> str:
-    notes = credit_notes_of(document)
-    if not notes:
-        return ""
-    rows = []
-    for index, note in enumerate(notes):
-        issued = frame.local(note.issued_at) if note.issued_at else NONE_SHOWN
-        amount = amount_html(note.amount, f"document.credit_notes[{index}].amount", True)
-        rows.append(
-            f"<tr><td>{esc(issued)}</td><td>{esc(note.reason)}</td>"
-            f'<td class="ref">{esc(note.key)}</td><td class="num">'
-            f"{amount} {esc(note.currency)}</td></tr>\n"
-        )
-    net = total_after(document, notes)
-    if net is not None:
-        rows.append(
-            '<tr class="total"><td colspan="3">Total after credit notes</td>'
-            f'<td class="num">{amount_html(net, "net")} {esc(required(document, "currency"))}'
-            "</td></tr>\n"
-        )
-    head = (
-        '<thead><tr><th>Issued</th><th>Reason</th><th>Reference</th><th class="num">Amount</th>'
-        "</tr></thead>\n"
-    )
-    return section(
-        "credit-notes",
-        "Credit notes",
-        "<p>Issued after the month was closed, for records that arrived later.</p>\n"
-        f"<table>\n{head}<tbody>\n{''.join(rows)}</tbody>\n</table>\n",
-    )
-
-
 # -- SLA --------------------------------------------------------------------------------------
 
 
-def sla_html(document: Mapping[str, Any], frame: Frame) -> str:
-    vms = items_of(document, "availability")
-    intro = (
-        "<p>Availability is the share of the time a VM existed that was not counted downtime. "
-        "Excluded time (announced maintenance, force majeure, the customer's own doing) is "
-        "not counted.</p>\n"
-    )
-    if not vms:
-        return section("sla", "Service level", f"{intro}<p>No VM existed in this period.</p>\n")
-    currency = esc(required(document, "currency"))
-    head = (
-        '<thead><tr><th>VM</th><th class="num">Availability</th><th class="num">Downtime</th>'
-        '<th class="num">Excluded</th><th class="num">Credit %</th>'
-        f'<th class="num">Compute ({currency})</th><th class="num">Credit ({currency})</th>'
-        "<th>Incidents</th></tr></thead>\n"
-    )
-    bodies = "".join(vm_html(vm, index, document, frame) for index, vm in enumerate(vms))
-    return section(
-        "sla",
-        "Service level",
-        f"{intro}{legend_html(frame, vms)}<table>\n{head}{bodies}</table>\n",
-    )
-
-
-def legend_html(frame: Frame, vms: list[Any]) -> str:
+def legend(frame: Frame, vms: list[Any]) -> list[Swatch]:
     entries = [
-        (COLOUR_UP, "VM existed"),
-        (COLOUR_DOWN, "counted downtime"),
-        (COLOUR_ABSENT, "VM did not exist"),
+        Swatch(COLOUR_UP, "VM existed"),
+        Swatch(COLOUR_DOWN, "counted downtime"),
+        Swatch(COLOUR_ABSENT, "VM did not exist"),
     ]
     if any(vm.get("excluded") for vm in vms):
-        entries.append((STRIPES_CSS, EXCLUDED_TEXT))
+        entries.append(Swatch(STRIPES_CSS, EXCLUDED_TEXT))
     if frame.as_of < frame.end:
-        entries.append((COLOUR_FUTURE, "not yet reached"))
-    swatches = "".join(
-        f'<span class="swatch" style="background:{colour}"></span>{esc(text)}'
-        for colour, text in entries
-    )
-    return f'<p class="legend">Timeline, one tick per day:{swatches}</p>\n'
+        entries.append(Swatch(COLOUR_FUTURE, "not yet reached"))
+    return entries
 
 
-def vm_html(vm: Mapping[str, Any], index: int, document: Mapping[str, Any], frame: Frame) -> str:
+def vm_view(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> VmView:
     name = f"document.availability[{index}]"
     downtime = count_of(vm.get("downtime_seconds", 0), f"{name}.downtime_seconds")
     excluded = count_of(vm.get("excluded_seconds", 0), f"{name}.excluded_seconds")
     availability = decimal_of(vm.get("availability"), f"{name}.availability")
     percent = decimal_of(vm.get("credit_percent", "0"), f"{name}.credit_percent")
-    incidents = ", ".join(f"#{i}" for i in vm.get("incidents") or ())
-    cells = (
-        f'{esc(vm.get("vm"))}<br><span class="muted">{esc(vm.get("host"))}</span>',
-        f"{esc(availability)}\u00a0%",
-        esc(duration_text(downtime)),
-        esc(duration_text(excluded)),
-        f"{esc(percent)}\u00a0%",
-        amount_html(vm.get("compute_cost", "0"), f"{name}.compute_cost"),
-        amount_html(vm.get("credit", "0"), f"{name}.credit"),
-        esc(incidents or NONE_SHOWN),
-    )
-    row = (
-        f'<tr><th scope="row">{cells[0]}</th>'
-        + "".join(f'<td class="num">{cell}</td>' for cell in cells[1:-1])
-        + f"<td>{cells[-1]}</td></tr>\n"
-    )
-    chart = vm_chart(vm, index, str(document.get("month") or ""), frame)
-    return (
-        f'<tbody class="vm">\n{row}<tr class="chart"><td colspan="8">{chart}</td></tr>\n</tbody>\n'
+    return VmView(
+        name=text_of(vm.get("vm")),
+        host=text_of(vm.get("host")),
+        availability=percent_text(availability),
+        downtime=duration_text(downtime),
+        excluded=duration_text(excluded),
+        credit_percent=percent_text(percent),
+        compute_cost=amount_of(vm.get("compute_cost", "0"), f"{name}.compute_cost"),
+        credit=amount_of(vm.get("credit", "0"), f"{name}.credit"),
+        incidents=incident_refs(vm.get("incidents")) or NONE_SHOWN,
+        chart=vm_chart(vm, index, month, frame),
     )
 
 
-def vm_chart(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> str:
+def vm_chart(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> ChartView:
     """The VM's month as a timeline: existence, excluded time, counted downtime, absence and
     the future."""
     name = f"document.availability[{index}]"
@@ -644,9 +660,8 @@ def vm_chart(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> str
     excluded = intervals_of(vm.get("excluded"), f"{name}.excluded", frame)
     downtime = intervals_of(vm.get("downtime"), f"{name}.downtime", frame)
     # One pattern per chart: ids are the page's, and a chart copied out keeps its own.
-    stripes = f"excluded-{index}"
-    marks = [
-        stripes_pattern(stripes) if excluded else "",
+    stripes = f"excluded-{index}" if excluded else ""
+    rects = [
         span_rect(0, CHART_WIDTH, COLOUR_ABSENT, "VM did not exist"),
         *future_marks(frame),
         *(
@@ -669,25 +684,18 @@ def vm_chart(vm: Mapping[str, Any], index: int, month: str, frame: Frame) -> str
             )
             for s, e in downtime
         ),
-        *day_ticks(frame),
     ]  # fmt: skip
-    label = chart_label(vm, month, existed, downtime, excluded)
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" role="img" '
-        f'aria-label="{esc(label)}" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" '
-        f'width="{CHART_WIDTH}" height="{CHART_HEIGHT}">' + "".join(marks) + "</svg>"
+    ticks, days = day_ticks(frame)
+    return ChartView(
+        label=chart_label(vm, month, existed, downtime, excluded),
+        pattern=stripes,
+        rects=rects,
+        ticks=ticks,
+        days=days,
     )
 
 
-def stripes_pattern(identifier: str) -> str:
-    return (
-        f'<defs><pattern id="{identifier}" width="4" height="4" patternUnits="userSpaceOnUse" '
-        'patternTransform="rotate(45)"><rect width="4" height="4" fill="#ffffff"/>'
-        f'<rect width="2" height="4" fill="{COLOUR_EXCLUDED}"/></pattern></defs>'
-    )
-
-
-def future_marks(frame: Frame) -> list[str]:
+def future_marks(frame: Frame) -> list[Rect]:
     # An open month's rest is unknown, not "did not exist": it must not read as absence.
     if frame.as_of >= frame.end:
         return []
@@ -698,34 +706,33 @@ def future_marks(frame: Frame) -> list[str]:
 def span_rect(
     left: float, right: float, colour: str, title: str, *, overhang: int = 0,
     least: float = 0.0, dashed: bool = False,
-) -> str:  # fmt: skip
+) -> Rect:  # fmt: skip
     width = right - left
     if width < least:
         width = least
         left = min(left, CHART_WIDTH - least)
-    stroke = ' stroke="#999999" stroke-width="0.6" stroke-dasharray="3 2"' if dashed else ""
-    return (
-        f'<rect x="{left:.2f}" y="{TRACK_TOP - overhang}" width="{width:.2f}" '
-        f'height="{TRACK_HEIGHT + 2 * overhang}" fill="{colour}"{stroke}>'
-        f"<title>{esc(title)}</title></rect>"
+    return Rect(
+        x=f"{left:.2f}",
+        y=TRACK_TOP - overhang,
+        width=f"{width:.2f}",
+        height=TRACK_HEIGHT + 2 * overhang,
+        fill=colour,
+        title=title,
+        dashed=dashed,
     )
 
 
-def day_ticks(frame: Frame) -> list[str]:
-    """A tick at each local midnight and the day's number under the middle of the day."""
+def day_ticks(frame: Frame) -> tuple[str, list[DayLabel]]:
+    """A tick at each local midnight (as one SVG path) and the day's number under the middle
+    of the day."""
     bottom = TRACK_TOP + TRACK_HEIGHT
     path, labels = [], []
     for day, start, end in frame.days():
         left, right = frame.x(start), frame.x(end)
         path.append(f"M{left:.2f} {bottom}v4")
-        labels.append(
-            f'<text x="{(left + right) / 2:.2f}" y="{CHART_HEIGHT - 2}" '
-            f'text-anchor="middle">{day.day}</text>'
-        )
+        labels.append(DayLabel(f"{(left + right) / 2:.2f}", day.day))
     path.append(f"M{CHART_WIDTH - 0.5} {bottom}v4")
-    tick = f'<path d="{" ".join(path)}" stroke="{COLOUR_TICK}" stroke-width="0.8" fill="none"/>'
-    # Attributes rather than the page's CSS: a chart copied out of the page reads the same.
-    return [tick, f'<g font-size="8" fill="#555555">{"".join(labels)}</g>']
+    return " ".join(path), labels
 
 
 def span_text(start: dt.datetime, end: dt.datetime, frame: Frame) -> str:
@@ -763,52 +770,29 @@ def seconds_in(intervals: list[Interval]) -> int:
     return sum(micros(s, e) for s, e in intervals) // 10**6
 
 
-def incidents_html(document: Mapping[str, Any], frame: Frame) -> str:
-    incidents = items_of(document, "incidents")
-    if not incidents:
-        return section("incidents", "Incidents", "<p>No incidents this month.</p>\n")
-    head = (
-        "<thead><tr><th>#</th><th>VM</th><th>Kind</th><th>Cause</th><th>Started</th>"
-        "<th>Reported / confirmed</th><th>Ended</th><th>Note</th></tr></thead>\n"
-    )
-    rows = "".join(incident_row(row, index, frame) for index, row in enumerate(incidents))
-    return section(
-        "incidents",
-        "Incidents",
-        f'<table class="incidents">\n{head}<tbody>\n{rows}</tbody>\n</table>\n',
-    )
-
-
-def incident_row(incident: Mapping[str, Any], index: int, frame: Frame) -> str:
+def incident_view(incident: Mapping[str, Any], index: int, frame: Frame) -> IncidentView:
     name = f"document.incidents[{index}]"
 
     def when(key: str, missing: str = NONE_SHOWN) -> str:
         value = incident.get(key)
-        return esc(frame.local(moment_of(value, f"{name}.{key}")) if value else missing)
+        return frame.local(moment_of(value, f"{name}.{key}")) if value else missing
 
-    vm = esc(incident.get("vm") or "every VM")
-    host = incident.get("host")
-    where = f'<br><span class="muted">{esc(host)}</span>' if host else ""
     source = incident.get("source")
-    cause = esc(incident.get("cause")) + (
-        f'<br><span class="muted">by {esc(source)}</span>' if source else ""
+    host = incident.get("host")
+    return IncidentView(
+        id=text_of(incident.get("id")),
+        vm=text_of(incident.get("vm") or "every VM"),
+        host=str(host) if host else "",
+        kind=text_of(incident.get("kind")),
+        cause=text_of(incident.get("cause")),
+        source=str(source) if source else "",
+        not_counted=not_counted_text(incident),
+        started=when("started_at"),
+        reported=when("reported_at"),
+        confirmed=when("confirmed_at", "not confirmed" if source == "report" else NONE_SHOWN),
+        ended=when("ended_at", "still open"),
+        note=text_of(incident.get("note") or ""),
     )
-    not_counted = not_counted_text(incident)
-    if not_counted:
-        cause += f'<br><strong class="not-counted">{esc(not_counted)}</strong>'
-    unconfirmed = "not confirmed" if source == "report" else NONE_SHOWN
-    cells = (
-        esc(incident.get("id")),
-        vm + where,
-        esc(incident.get("kind")),
-        cause,
-        when("started_at"),
-        f"{when('reported_at')} / {when('confirmed_at', unconfirmed)}",
-        when("ended_at", "still open"),
-        esc(incident.get("note") or ""),
-    )
-    row_class = ' class="not-counted"' if not_counted else ""
-    return f"<tr{row_class}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>\n"
 
 
 def not_counted_text(incident: Mapping[str, Any]) -> str:
@@ -819,13 +803,6 @@ def not_counted_text(incident: Mapping[str, Any]) -> str:
     if incident.get("cause") != "provider":
         return "not counted: not the provider's fault (terms 5.8\u20135.10)"
     return "not counted: not confirmed by support (terms 5.11)"
-
-
-def footer_html(frame: Frame) -> str:
-    return (
-        f"<footer>Times are local to {esc(frame.zone.key)} ({esc(frame.utc_offset())} at the "
-        "start of the period). Amounts are exact to the cent; each line is rounded once.</footer>\n"
-    )
 
 
 # -- files for machines -------------------------------------------------------------------------

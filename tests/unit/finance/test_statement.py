@@ -12,7 +12,7 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.finance import statement
 from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
     CHART_WIDTH,
@@ -311,6 +311,17 @@ def test_bad_documents_are_refused(path, value):
     target[path[-1]] = value
     with pytest.raises(SpecError):
         html_statement(doc)
+
+
+def test_without_jinja2_the_page_is_refused_and_the_files_still_written(monkeypatch):
+    monkeypatch.setattr(statement, "jinja2", None)
+    statement.templates.cache_clear()
+    try:
+        with pytest.raises(VceError, match="needs Jinja2"):
+            html_statement(document())
+        assert write_invoice_csv([document()], io.StringIO(newline="")) > 0
+    finally:
+        statement.templates.cache_clear()
 
 
 @pytest.mark.parametrize(
