@@ -16,7 +16,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 
 from ..api.deps import Context, context
-from ..errors import ApiError, too_many
+from ..errors import ApiError, not_found, too_many
 from .sessions import Session
 
 SESSION_COOKIE = "vce_session"
@@ -60,15 +60,28 @@ def session_of(request: Request, ctx: Context) -> Session | None:
     return session
 
 
-def customer(request: Request, ctx: Context = Depends(context)) -> Session:  # noqa: B008
-    """The live session of a customer, counted against its rate limit."""
+def signed_in(request: Request, ctx: Context = Depends(context)) -> Session:  # noqa: B008
+    """The live session of anyone logged in, counted against its rate limit."""
     session = session_of(request, ctx)
-    if session is None or session.principal.tenant is None:
-        request.state.session = None
+    if session is None:
         raise LoginNeeded(request.url.path)
     wait = ctx.limiter.take(session.principal.token)
     if wait:
         raise too_many(wait)
+    return session
+
+
+def customer(session: Session = Depends(signed_in)) -> Session:  # noqa: B008
+    """A customer's session; an operator's gets 404 (these pages show one tenant's own)."""
+    if session.principal.tenant is None:
+        raise not_found("page")
+    return session
+
+
+def operator(session: Session = Depends(signed_in)) -> Session:  # noqa: B008
+    """An operator's session; a customer's gets 404, as the pages do not exist for it."""
+    if not session.principal.is_operator:
+        raise not_found("page")
     return session
 
 

@@ -33,6 +33,31 @@ HEADERS = {
 }
 
 
+# Every page of the cabinet, as the navigation lists them.
+CUSTOMER_NAV = (
+    ("/panel/", "Environment"),
+    ("/panel/vms/new", "New VM"),
+    ("/panel/objects", "Networks and disks"),
+    ("/panel/backups", "Backups"),
+    ("/panel/quotas", "Quotas"),
+    ("/panel/requests", "Requests"),
+    ("/panel/billing", "Usage and invoices"),
+    ("/panel/trial", "Trial"),
+    ("/panel/tokens", "API tokens"),
+    ("/panel/account", "Account"),
+)
+OPERATOR_NAV = (
+    ("/panel/operator/", "Tenants"),
+    ("/panel/operator/requests", "Request queue"),
+    ("/panel/operator/incidents", "Incidents"),
+    ("/panel/operator/maintenance", "Maintenance"),
+    ("/panel/operator/hosts", "Hosts"),
+    ("/panel/operator/images", "Images"),
+    ("/panel/operator/audit", "Audit log"),
+    ("/panel/account", "Account"),
+)
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -44,6 +69,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["amount"] = amount
+    env.globals["customer_nav"] = CUSTOMER_NAV
+    env.globals["operator_nav"] = OPERATOR_NAV
     return env
 
 

@@ -28,6 +28,7 @@ from .guard import (
     login_token,
     safe_back,
     session_of,
+    signed_in,
     source_of,
 )
 from .render import page
@@ -84,6 +85,8 @@ async def log_in(request: Request, ctx: Context = Depends(context)) -> Response:
         )  # fmt: skip
     cookie, _session = ctx.sessions.open(principal, source_of(request))
     request.state.principal = principal
+    if principal.is_operator and back == f"{COOKIE_PATH}/":
+        back = f"{COOKIE_PATH}/operator/"
     response = see_other(back)
     response.set_cookie(
         SESSION_COOKIE, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True,
@@ -181,7 +184,7 @@ def action_page(
 @router.get("/account")
 def account_page(
     request: Request,
-    session: Session = Depends(customer),  # noqa: B008
+    session: Session = Depends(signed_in),  # noqa: B008
 ) -> Response:
     return page(request, "account.html.j2", error="", done=False)
 
@@ -189,7 +192,7 @@ def account_page(
 @router.post("/account/password")
 async def change_password(
     request: Request,
-    session: Session = Depends(customer),  # noqa: B008
+    session: Session = Depends(signed_in),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
     fields = await checked_form(request, session)
