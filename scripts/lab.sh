@@ -27,6 +27,7 @@ DEBIAN_PACKAGES=(
   postgresql  # the ledger's tests run against a private PostgreSQL server too
   iperf3  # bench/firewall_throughput.py measures tenant traffic with and without the firewall
   curl jq  # tests/server/test_api_doc.py runs docs/api.md's examples as a customer would
+  npm  # the cabinet's pinned browser libraries (server/vce_server/panel/package-lock.json)
 )
 VENV=.venv
 
@@ -116,6 +117,8 @@ run_tests() {
   echo "lab: ansible-lint (production profile: roles, playbooks, molecule)"
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-lint"
   sanity
+  echo "lab: the cabinet's pinned npm packages (the served copies are checked against them)"
+  npm ci --prefix server/vce_server/panel --ignore-scripts --no-audit --no-fund
   echo "lab: pytest, unit tier with coverage (no engine file under 60% from unit tests alone)"
   mkdir -p tests/output
   COVERAGE_FILE=tests/output/.coverage PATH="$PWD/$VENV/bin:$PATH" \
