@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -18,12 +17,11 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.identity import Identity
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from tests.integration.conftest import base_image_path
 from tests.server.conftest import Fleet
-from tests.support.cabinet import PASSWORD, hidden_fields
+from tests.support.cabinet import PASSWORD
+from tests.support.console import Browser
 from tests.support.images import register_image
 from tests.support.server import Server, admin_token, succeeded
 
@@ -34,79 +32,6 @@ ECHO_SECONDS = 10
 IMAGE = "tinyguest"
 POLICY = 1008
 TAKEN_OVER = 4001
-
-
-@dataclass
-class Console:
-    """One viewer's socket and everything it received."""
-
-    socket: ClientConnection
-    output: bytearray = field(default_factory=bytearray)
-    notices: list[str] = field(default_factory=list)
-
-    def read_until(self, wanted: bytes, seconds: float) -> bytes:
-        deadline = time.monotonic() + seconds
-        while wanted not in self.output:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {wanted!r} in {bytes(self.output[-2000:])!r}")
-            try:
-                frame = self.socket.recv(timeout=left)
-            except TimeoutError:
-                continue
-            if isinstance(frame, str):
-                self.notices.append(frame)
-            else:
-                self.output += frame
-        return bytes(self.output)
-
-    def read_to_close(self, seconds: float = ECHO_SECONDS) -> int:
-        """The close code, once the server closed the socket."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                frame = self.socket.recv(timeout=deadline - time.monotonic())
-            except TimeoutError:
-                break
-            except ConnectionClosed as closed:
-                return closed.rcvd.code if closed.rcvd else 0
-            if isinstance(frame, str):
-                self.notices.append(frame)
-        raise AssertionError(f"the socket stayed open; notices {self.notices}")
-
-
-class Customer:
-    """A browser of the cabinet: cookies kept, forms sent with their CSRF token."""
-
-    def __init__(self, server: Server, login: str) -> None:
-        self.server = server
-        self.client = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
-        page = self.client.get("/panel/login")
-        answer = self.client.post(
-            "/panel/login",
-            data={"csrf": hidden_fields(page.text)["csrf"], "login": login, "password": PASSWORD},
-        )
-        assert answer.status_code == 303, answer.text
-
-    def ticket_url(self, vm: str) -> str:
-        page = self.client.get(f"/panel/vms/{vm}/console")
-        assert page.status_code == 200 and "Open the console" in page.text, page.text
-        answer = self.client.post(
-            f"/panel/vms/{vm}/console/ticket", data={"csrf": hidden_fields(page.text)["csrf"]}
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.json()["url"]
-
-    @contextlib.contextmanager
-    def open(self, url: str) -> Iterator[Console]:
-        """The socket as the console page opens it: this origin, the session's cookie."""
-        with connect(
-            f"ws://127.0.0.1:{self.server.port}{url}",
-            origin=self.server.url,
-            additional_headers={"Cookie": f"vce_session={self.client.cookies['vce_session']}"},
-            open_timeout=30,
-        ) as socket:
-            yield Console(socket)
 
 
 @pytest.fixture
@@ -156,9 +81,9 @@ def socket_rows(ledger_url: str, tenant: str, count: int, seconds: float = 10) -
 def test_the_console_shows_the_guest_echoes_keys_and_can_be_taken_over(
     server: Server, fleet: Fleet, booting: str
 ) -> None:
-    customer = Customer(server, f"{booting}-user")
+    customer = Browser(server.url, f"{booting}-user")
     first_url = customer.ticket_url("box")
-    with customer.open(first_url) as first:
+    with contextlib.closing(customer), customer.open(first_url) as first:
         # The guest's boot lines, up to its last (then it is quiet: the echo stands alone).
         first.read_until(b"VCE-GUEST: ready", BOOT_SECONDS)
         first.socket.send("q")
@@ -168,10 +93,10 @@ def test_the_console_shows_the_guest_echoes_keys_and_can_be_taken_over(
 
         # The same ticket again opens nothing.
         with customer.open(first_url) as again:
-            assert again.read_to_close() == POLICY
+            assert again.read_to_close(ECHO_SECONDS) == POLICY
 
         with customer.open(customer.ticket_url("box")) as second:
-            assert first.read_to_close() == TAKEN_OVER
+            assert first.read_to_close(ECHO_SECONDS) == TAKEN_OVER
             assert first.notices[-1] == "The console was taken over by another viewer."
             second.socket.send("k9")
             second.read_until(b"k9", ECHO_SECONDS)
