@@ -58,7 +58,7 @@ CIDR = "10.243.0"
 IMAGE = "tinyguest"
 LOGIN = "bench-user"
 QUICK_ROUNDS, QUICK_KEYS = 1, 5
-# The guest's tty keeps an unread line of at most 4095 characters: every round's keys fit.
+# The guest's tty keeps an unread line of at most 4095 characters: every key typed must fit.
 MAX_KEYS = 4000
 VIRSH_ESCAPE = b"\x1d"  # Ctrl-]
 
@@ -188,25 +188,33 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from tests.support.console import Browser
 
     seconds: dict[str, list[float]] = {"virsh": [], "stream": [], "server": []}
+    first: dict[str, list[float]] = {name: [] for name in seconds}
     with common.lab(private_libvirtd=True) as lab, common.serve(lab) as vce:
         results["domain_type"] = os.environ.get("VCE_DOMAIN_TYPE", "")
         start = time.perf_counter()
         boot_guest(lab, vce)
         browser = Browser(vce.url, LOGIN)
         domain = object_name(common.TENANT, VM)
-        with contextlib.closing(browser), server_console(browser, wait_for_boot=True):
-            results["boot_s"] = time.perf_counter() - start
-        common.log(f"guest ready through the server's console in {results['boot_s']:.1f} s")
         paths = {
             "virsh": lambda: virsh_console(lab.uri, domain),
             "stream": lambda: stream_console(lab.uri, VM),
             "server": lambda: server_console(browser, wait_for_boot=False),
         }
-        for _round in range(args.rounds):
-            for name, opened in paths.items():
-                with opened() as (send, receive):
-                    seconds[name] += echo_seconds(send, receive, args.keys)
+        with contextlib.closing(browser):
+            with server_console(browser, wait_for_boot=True):
+                results["boot_s"] = time.perf_counter() - start
+            common.log(f"guest ready through the server's console in {results['boot_s']:.1f} s")
+            for _round in range(args.rounds):
+                for name, opened in paths.items():
+                    with opened() as (send, receive):
+                        # QEMU notices a console's new client within its pty's 1 s timer:
+                        # the first echo after opening shows that, so it is kept apart.
+                        first[name] += echo_seconds(send, receive, 1)
+                        seconds[name] += echo_seconds(send, receive, args.keys)
     results["figures"] = {name: common.summary_ms(values) for name, values in seconds.items()}
+    results["first_echo_ms"] = {
+        name: common.summary_ms(values)["median_ms"] for name, values in first.items()
+    }
 
 
 LABELS = {
@@ -227,7 +235,7 @@ def verdict(results: dict[str, Any]) -> str:
     return (
         f"Echo through the server: median {server['median_ms']:.2f} ms, p99 "
         f"{server['p99_ms']:.2f} ms, against `virsh console`'s {floor['median_ms']:.2f} ms "
-        f"(+{server['median_ms'] - floor['median_ms']:.2f} ms); target under "
+        f"({server['median_ms'] - floor['median_ms']:+.2f} ms); target under "
         f"{TARGET_MS:.0f} ms: **{met}**."
     )
 
@@ -236,7 +244,11 @@ def setup(results: dict[str, Any]) -> str:
     return (
         f"The tiny guest (domain type {results['domain_type'] or 'default'}), "
         f"booted in {results['boot_s']:.1f} s; {results['rounds']} rounds of {results['keys']} "
-        "keys on each path in turn, each opening the console anew; p95/p99 are nearest ranks."
+        "keys on each path in turn, each opening the console anew; p95/p99 are nearest ranks. "
+        "The first echo after each opening is kept apart (QEMU's pty notices a new client "
+        "within its 1 s timer), median: "
+        + ", ".join(f"{name} {ms:.0f} ms" for name, ms in results["first_echo_ms"].items())
+        + "."
     )
 
 
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.keys = QUICK_ROUNDS, QUICK_KEYS
-    if args.rounds * args.keys * 3 > MAX_KEYS:
+    if args.rounds * (args.keys + 1) * 3 > MAX_KEYS:
         parser.error(f"at most {MAX_KEYS} keys in all (the guest's tty line)")
     bench = common.Bench(
         name="console_echo",
