@@ -6,10 +6,13 @@ refused audit row."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit, console_tickets
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from starlette.websockets import WebSocketDisconnect
 from vce_server.panel.console import FAILED, POLICY, console_policy
 from vce_server.service.console import TICKET_LIFETIME, Ticket, Tickets, ticket_id
@@ -101,9 +104,9 @@ def test_a_ticket_is_kept_hashed_for_30_seconds(cabinet: Cabinet, acme: Visitor)
 
 
 def test_a_ticket_is_redeemed_once_within_30_seconds_by_its_tenant_only(
-    cabinet: Cabinet,
+    any_ledger_url: str,
 ) -> None:
-    tickets = Tickets(cabinet.context.ledger)
+    tickets = Tickets(Ledger.open(any_ledger_url, create=True))
     now = dt.datetime.now(dt.UTC)
     ticket = Ticket("acme", "web", "zone-a", "acme-user")
     secret = tickets.issue(ticket, now)
@@ -162,3 +165,18 @@ def test_a_socket_without_a_session_or_from_another_origin_is_refused(
     assert closed_with(acme, url, {}) == ([], POLICY)
     assert rows(cabinet, console_tickets)[0].used_at is None
     assert [a[2] for a in socket_audit(cabinet)] == ["refused"] * 3
+
+
+def test_sockets_racing_for_one_ticket_get_it_once(any_ledger_url: str) -> None:
+    tickets = Tickets(Ledger.open(any_ledger_url, create=True))
+    secret = tickets.issue(Ticket("acme", "web", "zone-a", "acme-user"))
+    racers = 8
+    start = threading.Barrier(racers)
+
+    def redeem(_number: int) -> Ticket | None:
+        start.wait(timeout=10)
+        return tickets.redeem(secret, "acme")
+
+    with ThreadPoolExecutor(racers) as pool:
+        won = [found for found in pool.map(redeem, range(racers)) if found is not None]
+    assert len(won) == 1
