@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
@@ -37,13 +39,17 @@ from .sessions import Session
 
 router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
 WS_PATH = f"{COOKIE_PATH}/console/ws"
-# Websocket close codes: 1008 a refused ticket, origin or session; 4001 (ours) another viewer
-# took the console over; 1000 the console ended; 1011 it could not be opened.
+# Websocket close codes: 1008 a refused ticket, origin or session (or the session ended);
+# 4001 (ours) another viewer took the console over; 1000 the console ended; 1011 it could not
+# be opened; 1001 the browser went away.
 POLICY = 1008
 TAKEN_OVER = 4001
 ENDED = 1000
 FAILED = 1011
 TOO_BIG = 1009
+GONE = 1001
+# How often an open console checks that its session still lives.
+SESSION_CHECK_S = 30.0
 # A keystroke or a paste: one message is at most this much.
 MAX_INPUT = 4096
 # Output waiting for a slow browser: beyond this many chunks, newer output is dropped rather
@@ -106,16 +112,17 @@ async def console_socket(websocket: WebSocket) -> None:
     ctx: Context = websocket.app.state.context
     call = Call(websocket, ctx)
     await websocket.accept()
-    admitted = await anyio.to_thread.run_sync(call.admit)
-    if admitted is None:
+    ticket = await anyio.to_thread.run_sync(call.admit)
+    if ticket is None:
         await call.close(POLICY, "refused: open the console again from its page")
         return
-    session, ticket = admitted
     output: asyncio.Queue[bytes | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def deliver(data: bytes | None) -> None:
-        loop.call_soon_threadsafe(enqueue, output, data)
+        # In libvirt's event loop thread; a server shutting down has closed its loop.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(enqueue, output, data)
 
     try:
         viewer, took_over, key = await anyio.to_thread.run_sync(
@@ -123,18 +130,22 @@ async def console_socket(websocket: WebSocket) -> None:
         )
     except VceError as error:
         await call.record(f"/panel/vms/{ticket.vm}/console/open", FAILED, "failed")
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await websocket.send_text(sentence(str(error)))
+        await notify(websocket, sentence(str(error)))
         await call.close(FAILED, "not opened")
         return
     await call.record(f"/panel/vms/{ticket.vm}/console/open", 101, "accepted")
     if took_over:
         await call.record(f"/panel/vms/{ticket.vm}/console/takeover", 101, "accepted")
-    seconds_left = (session.expires_at - ctx.ledger.now()).total_seconds()
     try:
-        code = await bridge(websocket, viewer, output, max(seconds_left, 0.0))
+        code = await bridge(
+            to_browser(websocket, viewer, output),
+            to_console(websocket, viewer),
+            session_watch(ctx, websocket.cookies.get(SESSION_COOKIE)),
+        )
     finally:
         await anyio.to_thread.run_sync(Consoles.close, viewer, key)
+    if code == POLICY:
+        await notify(websocket, "The session has ended: log in again to reopen the console.")
     await call.record(f"/panel/vms/{ticket.vm}/console/close", code, "accepted")
     await call.close(code, "console closed")
 
@@ -148,23 +159,27 @@ def enqueue(output: asyncio.Queue[bytes | None], data: bytes | None) -> None:
         output.put_nowait(data)
 
 
-async def bridge(
-    websocket: WebSocket, viewer: Viewer, output: asyncio.Queue[bytes | None], seconds: float
-) -> int:
-    """Both directions until either ends, at most `seconds` (the session's life): the close
-    code to end the socket with."""
-    tasks = [
-        asyncio.ensure_future(to_browser(websocket, viewer, output)),
-        asyncio.ensure_future(to_console(websocket, viewer)),
-    ]
-    done, pending = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+async def bridge(*directions: Coroutine[Any, Any, int]) -> int:
+    """Run until the first of them ends (the stream, the browser, the session): its close code
+    for the socket. A browser gone in the middle of a send ends it as "going away"."""
+    tasks = [asyncio.ensure_future(direction) for direction in directions]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    if not done:
-        await notify(websocket, "The session has ended: log in again to reopen the console.")
-        return POLICY
-    return next(iter(done)).result()
+    try:
+        return next(iter(done)).result()
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return GONE
+
+
+async def session_watch(ctx: Context, cookie: str | None) -> int:
+    """Every SESSION_CHECK_S, whether the session still lives (a console in use keeps it
+    alive; logging out, a password change or its 12 hours end it, and the console with it)."""
+    while True:
+        await asyncio.sleep(SESSION_CHECK_S)
+        if await anyio.to_thread.run_sync(ctx.sessions.find, cookie) is None:
+            return POLICY
 
 
 async def to_browser(websocket: WebSocket, viewer: Viewer, output: asyncio.Queue) -> int:
@@ -196,7 +211,7 @@ async def to_console(websocket: WebSocket, viewer: Viewer) -> int:
 
 
 async def notify(websocket: WebSocket, text: str) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+    with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
         await websocket.send_text(text)
 
 
@@ -209,8 +224,8 @@ class Call:
         self.request_id = uuid.uuid4().hex
         self.session: Session | None = None
 
-    def admit(self) -> tuple[Session, Ticket] | None:
-        """The session and the redeemed ticket; None (recorded as refused) for another
+    def admit(self) -> Ticket | None:
+        """The ticket, redeemed now, its session kept; None (recorded as refused) for another
         origin, no live customer session, or a ticket that is not good now."""
         ticket = None
         if same_origin(self.websocket):
@@ -221,8 +236,7 @@ class Call:
             ticket = Tickets(self.ctx.ledger).redeem(given, tenant)
         if ticket is None:
             self.write(WS_PATH, POLICY, "refused")
-            return None
-        return self.session, ticket
+        return ticket
 
     async def record(self, path: str, status: int, outcome: str) -> None:
         await anyio.to_thread.run_sync(self.write, path, status, outcome)
@@ -243,8 +257,9 @@ class Call:
             connection.execute(sa.insert(audit).values(**row))
 
     async def close(self, code: int, reason: str) -> None:
-        if self.websocket.application_state != WebSocketState.DISCONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        states = (self.websocket.application_state, self.websocket.client_state)
+        if WebSocketState.DISCONNECTED not in states:
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await self.websocket.close(code, reason)
 
 

@@ -5,6 +5,7 @@ refused audit row."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit, console_tickets
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from starlette.websockets import WebSocketDisconnect
+from vce_server.panel import console
 from vce_server.panel.console import FAILED, POLICY, console_policy
 from vce_server.service.console import TICKET_LIFETIME, Ticket, Tickets, ticket_id
 
@@ -180,3 +182,21 @@ def test_sockets_racing_for_one_ticket_get_it_once(any_ledger_url: str) -> None:
     with ThreadPoolExecutor(racers) as pool:
         won = [found for found in pool.map(redeem, range(racers)) if found is not None]
     assert len(won) == 1
+
+
+def test_an_open_console_ends_with_its_session(
+    cabinet: Cabinet, acme: Visitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "SESSION_CHECK_S", 0.01)
+    cookie = acme.client.cookies["vce_session"]
+    ctx = cabinet.context
+
+    async def watched(seconds: float) -> int | None:
+        try:
+            return await asyncio.wait_for(console.session_watch(ctx, cookie), seconds)
+        except TimeoutError:
+            return None
+
+    assert asyncio.run(watched(0.2)) is None  # a live session: the console stays
+    acme.submit("/panel/logout")
+    assert asyncio.run(watched(5)) == POLICY
