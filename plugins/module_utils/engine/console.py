@@ -28,10 +28,6 @@ SEND_TRIES = 50
 SEND_PAUSE_S = 0.002
 RUNNING = 1  # VIR_DOMAIN_RUNNING
 
-# Output for the viewer, or None once: the stream ended (the VM stopped, another viewer took
-# the console over, the host went away).
-Deliver = Callable[[bytes | None], None]
-
 _events_lock = threading.Lock()
 _events_started = threading.Event()
 
@@ -56,9 +52,13 @@ def run_libvirt_events() -> None:
 
 
 class ConsoleStream:
-    """One viewer's console of the tenant's VM `name` on the host at `uri`."""
+    """One viewer's console of the tenant's VM `name` on the host at `uri`. `deliver` gets
+    its output as it comes, then None once: the stream ended (the VM stopped, another viewer
+    took the console over, the host went away)."""
 
-    def __init__(self, uri: str, tenant: str, name: str, deliver: Deliver) -> None:
+    def __init__(
+        self, uri: str, tenant: str, name: str, deliver: Callable[[bytes | None], None]
+    ) -> None:
         self.uri = uri
         self.tenant = tenant
         self.name = name

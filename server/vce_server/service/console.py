@@ -19,14 +19,12 @@ import hashlib
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
-from ansible_collections.vce.kvm.plugins.module_utils.engine.console import (
-    ConsoleStream,
-    Deliver,
-)
+from ansible_collections.vce.kvm.plugins.module_utils.engine.console import ConsoleStream
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import console_tickets
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
@@ -138,7 +136,9 @@ class Consoles:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
-    def open(self, ticket: Ticket, deliver: Deliver) -> tuple[Viewer, bool, tuple[str, str, str]]:
+    def open(
+        self, ticket: Ticket, deliver: Callable[[bytes | None], None]
+    ) -> tuple[Viewer, bool, tuple[str, str, str]]:
         """The viewer with its console open, whether it took the console over, and its key
         for Viewers.leave. Raises VceError with a message fit for the customer."""
         try:
