@@ -17,7 +17,7 @@ from tests.support.testdriver import URI, environment, image_on_fresh_driver
 def acme(monkeypatch, tmp_path, ledger_url):
     """Tenant acme's running VM web1 on the test driver (shared by every connection)."""
     drivers = image_on_fresh_driver(monkeypatch, tmp_path, ledger_url)
-    image = next(drivers)
+    image = next(drivers, "")
     engine.run_environment({**environment(image), "ledger_url": ledger_url})
     yield
     next(drivers, None)

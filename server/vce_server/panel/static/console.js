@@ -4,6 +4,7 @@
 "use strict";
 
 (function () {
+  const SLICE = 1024;
   const form = document.getElementById("console-open");
   const screen = document.getElementById("console-screen");
   const status = document.getElementById("console-status");
@@ -22,8 +23,14 @@
       terminal = new Terminal({ convertEol: false, cursorBlink: true, screenReaderMode: true });
       terminal.open(screen);
       terminal.onData(function (data) {
-        if (socket !== null && socket.readyState === WebSocket.OPEN) {
-          socket.send(data);
+        if (socket === null || socket.readyState !== WebSocket.OPEN) {
+          return;
+        }
+        // The server takes at most 4096 bytes a message: a long paste goes in slices of
+        // whole characters (at most 4 bytes each in UTF-8).
+        const characters = Array.from(data);
+        for (let start = 0; start < characters.length; start += SLICE) {
+          socket.send(characters.slice(start, start + SLICE).join(""));
         }
       });
     }
