@@ -2,7 +2,8 @@
 a customer logged in to the cabinet over HTTP, a ticket from the console page, and the
 websocket as a browser opens it. The guest's boot lines arrive through it, a typed key comes
 back as the guest's echo, a second viewer takes the console over (the first is told and
-closed), a ticket works once, and the ledger's audit trail has each step."""
+closed), a ticket works once, the console ends when the VM stops, and the ledger's audit
+trail has each step."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.server.conftest import Fleet
 from tests.support.cabinet import PASSWORD
 from tests.support.console import Browser
 from tests.support.images import register_image
-from tests.support.server import Server, admin_token, succeeded
+from tests.support.server import Server, admin_token, succeeded, wait_action
 
 pytestmark = [pytest.mark.server, pytest.mark.integration, pytest.mark.guest]
 __all__ = ["base_image_path"]
@@ -46,7 +47,10 @@ def guest_tenant(fleet: Fleet, base_image_path: Path, new_tenant, subnet: str) -
 
 
 @pytest.fixture
-def booting(server: Server, fleet: Fleet, guest_tenant: str, subnet: str) -> Iterator[str]:
+def booting(
+    server: Server, fleet: Fleet, guest_tenant: str, subnet: str
+) -> Iterator[tuple[str, httpx.Client]]:
+    """The tenant, and its API client, once the server started the guest."""
     with httpx.Client(
         base_url=server.url,
         headers={"Authorization": f"Bearer {admin_token(fleet.ledger_url, guest_tenant)}"},
@@ -60,7 +64,7 @@ def booting(server: Server, fleet: Fleet, guest_tenant: str, subnet: str) -> Ite
             "nics": [{"network": "lan", "ip": f"{subnet}.42"}],
         }
         succeeded(api, "/v1/vms/box", vm)
-        yield guest_tenant
+        yield guest_tenant, api
 
 
 def socket_rows(ledger_url: str, tenant: str, count: int, seconds: float = 10) -> list[tuple]:
@@ -79,9 +83,10 @@ def socket_rows(ledger_url: str, tenant: str, count: int, seconds: float = 10) -
 
 
 def test_the_console_shows_the_guest_echoes_keys_and_can_be_taken_over(
-    server: Server, fleet: Fleet, booting: str
+    server: Server, fleet: Fleet, booting: tuple[str, httpx.Client]
 ) -> None:
-    customer = Browser(server.url, f"{booting}-user")
+    tenant, api = booting
+    customer = Browser(server.url, f"{tenant}-user")
     first_url = customer.ticket_url("box")
     with contextlib.closing(customer), customer.open(first_url) as first:
         # The guest's boot lines, up to its last (then it is quiet: the echo stands alone).
@@ -100,10 +105,16 @@ def test_the_console_shows_the_guest_echoes_keys_and_can_be_taken_over(
             assert first.notices[-1] == "The console was taken over by another viewer."
             second.socket.send("k9")
             second.read_until(b"k9", ECHO_SECONDS)
+            # The VM stops: its console ends, and the socket with it.
+            stopped = api.post("/v1/vms/box/actions/stop")
+            assert stopped.status_code == 202, stopped.text
+            assert wait_action(api, stopped.json()["action"]["id"])["status"] == "succeeded"
+            assert second.read_to_close(ECHO_SECONDS) == 1000
+            assert second.notices[-1].startswith("The console closed: the VM stopped")
 
     box = "/panel/vms/box/console"
     # The first viewer's close and the second's open are written as they happen: either first.
-    assert sorted(socket_rows(fleet.ledger_url, booting, 6)) == sorted(
+    assert sorted(socket_rows(fleet.ledger_url, tenant, 6)) == sorted(
         [
             (f"{box}/open", 101, "accepted"),
             ("/panel/console/ws", POLICY, "refused"),

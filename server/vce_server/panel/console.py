@@ -192,7 +192,9 @@ async def to_browser(websocket: WebSocket, viewer: Viewer, output: asyncio.Queue
     if viewer.taken_over:
         await notify(websocket, "The console was taken over by another viewer.")
         return TAKEN_OVER
-    await notify(websocket, "The console ended: the VM stopped or its console closed.")
+    await notify(
+        websocket, "The console closed: the VM stopped, or its console was opened elsewhere."
+    )
     return ENDED
 
 
