@@ -11,15 +11,28 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as en
 from ansible_collections.vce.kvm.plugins.module_utils.engine.console import ConsoleStream
 
 from tests.support.testdriver import URI, environment, image_on_fresh_driver
+from tools.cleanup import remove_prefixed
 
 
 @pytest.fixture
 def acme(monkeypatch, tmp_path, ledger_url):
-    """Tenant acme's running VM web1 on the test driver (shared by every connection)."""
+    """Tenant acme's running VM web1 on the test driver (shared by every connection, and
+    kept while any is open: what the test made is removed after it)."""
     drivers = image_on_fresh_driver(monkeypatch, tmp_path, ledger_url)
     image = next(drivers, "")
     engine.run_environment({**environment(image), "ledger_url": ledger_url})
     yield
+    conn = libvirt.open(URI)
+    try:
+        for domain in conn.listAllDomains(0):
+            if domain.name().startswith(("acme_", "other_")):
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+        for tenant in ("acme", "other"):
+            remove_prefixed(conn, f"{tenant}_")
+    finally:
+        conn.close()
     next(drivers, None)
 
 
