@@ -16,6 +16,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import CAUSES, EXCLUDED_CAUSES
@@ -200,6 +201,8 @@ async def block_vm(
 
 
 # -- the request queue (5.1) -----------------------------------------------------------------
+# Support's references (`vce ledger request log`) may hold any printable text, "/" too: the
+# id is quoted in links and read back whole (a `path` parameter).
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ def requests_page(
     return page(request, "operator_requests.html.j2", queue=queue(views, ctx.operator.clock()))
 
 
-@router.get("/operator/requests/{tenant}/{request_id}/fulfil")
+@router.get("/operator/requests/{tenant}/{request_id:path}/fulfil")
 def fulfil_confirmation(
     tenant: str,
     request_id: str,
@@ -250,14 +253,14 @@ def fulfil_confirmation(
             question=(
                 f"Fulfil {request_id}? Its clock stops now; a quota increase is applied first."
             ),
-            action=f"{HOME}/requests/{tenant}/{request_id}/fulfil",
+            action=f"{HOME}/requests/{tenant}/{quote(request_id, safe='')}/fulfil",
             button=f"Fulfil {request_id}",
             back=f"{HOME}/requests",
         ),
     )
 
 
-@router.post("/operator/requests/{tenant}/{request_id}/fulfil")
+@router.post("/operator/requests/{tenant}/{request_id:path}/fulfil")
 async def fulfil_request(
     tenant: str,
     request_id: str,

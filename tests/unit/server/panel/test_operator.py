@@ -13,6 +13,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import Re
 from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import exclusions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from vce_server.panel import operator as operator_pages
 from vce_server.principal import Principal
 
 from tests.support.cabinet import PASSWORD, Cabinet, Visitor, hidden_fields
@@ -231,6 +232,14 @@ def test_the_audit_page_size_is_bounded(cabinet: Cabinet) -> None:
 # -- who may -----------------------------------------------------------------------------------
 
 
+def test_the_matrix_below_covers_every_operator_route() -> None:
+    """A new page or form of the operator's router must join PAGES or FORMS."""
+    for route in operator_pages.router.routes:
+        for method in route.methods:
+            tried = PAGES if method == "GET" else FORMS
+            assert any(route.path_regex.match(path) for path in tried), (method, route.path)
+
+
 @pytest.mark.parametrize("path", PAGES)
 def test_a_customer_finds_no_operator_page(cabinet: Cabinet, path: str) -> None:
     _operator, customer = with_objects(cabinet)
@@ -255,3 +264,17 @@ def test_an_operator_form_without_its_csrf_token_changes_nothing(cabinet: Cabine
         assert answer.status_code == 403, path
         assert "security token" in answer.text
     assert state_of(cabinet) == before
+
+
+def test_a_reference_with_a_slash_and_a_space_is_fulfilled_from_its_link(cabinet: Cabinet) -> None:
+    cabinet.customer("acme")
+    ledger = support(cabinet)
+    RequestLog(ledger).log("acme", "password", "CRM 12/3", ledger.now())
+    operator = cabinet.operator()
+    page = operator.get("/panel/operator/requests").text
+    (link,) = re.findall(r'href="(/panel/operator/requests/acme/[^"]+/fulfil)"', page)
+    assert link == "/panel/operator/requests/acme/CRM%2012%2F3/fulfil"
+    assert f'action="{link}"' in operator.get(link).text
+    assert confirm(operator, link).status_code == 303
+    fulfilled = cabinet.context.operator.request_view(ledger, "acme", "CRM 12/3")
+    assert fulfilled["fulfilled_at"] is not None
