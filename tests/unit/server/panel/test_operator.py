@@ -112,6 +112,7 @@ def test_the_tenants_page_shows_each_tenant_with_its_plan_and_state(cabinet: Cab
     assert "customer-of-acme" in page.text and "customer-of-globex" in page.text
     assert "gold" in page.text and "lab" in page.text
     assert "Suspend acme" in page.text
+    assert '<p class="brand"><a href="/panel/operator/">' in page.text
 
 
 def test_suspending_and_resuming_a_tenant_through_its_confirmation(cabinet: Cabinet) -> None:
