@@ -90,6 +90,8 @@ def test_a_click_runs_the_pages_own_script_and_changes_its_text(page: Page, site
     page.get_by_role("button", name="Greet").click()
 
     assert page.locator("#greeting").inner_text() == "Hello, Grace!"
+    # Its image loaded as well: served with its type (nosniff would refuse it otherwise).
+    assert page.get_by_role("img").evaluate("image => image.naturalWidth") == 40
 
 
 def test_screenshot_goes_to_the_tests_tmp_dir(

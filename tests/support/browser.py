@@ -43,7 +43,7 @@ CHROMIUM_ARGS = (
     f"--host-resolver-rules={LOOPBACK_ONLY_RESOLVER}",
 )
 LAUNCH_TIMEOUT_MS = 30_000
-CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 HTML = "text/html; charset=utf-8"
 ARTIFACTS_ENV = "VCE_TEST_ARTIFACTS"
 AXE_SCRIPT = ROOT / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
@@ -151,7 +151,7 @@ def axe_violations(page: Page, impacts: Sequence[str] = SERIOUS_IMPACTS) -> list
 
 class _PagesHandler(http.server.BaseHTTPRequestHandler):
     """GET of one of the server's pages (its `pages`: path -> text), with the panel's headers;
-    a path ending in .js or .css is served as a script or a stylesheet, any other as HTML."""
+    a path ending in .js, .css or .svg is served as such, any other as HTML."""
 
     server: ServedPages
 
