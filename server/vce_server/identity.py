@@ -34,7 +34,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
     check_name,
     unreadable,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens, users
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
+    api_tokens,
+    sessions,
+    users,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, iso
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -271,9 +275,18 @@ class Identity:
             raise SpecError("login", f"{login!r} is taken")
 
     def set_password(self, login: str, password: str) -> UserView:
+        """A new password ends every session of the user (in the personal cabinet, the page
+        that changed it opens a new one)."""
         login = check_login(login)
         hashed = self.hasher.hash(check_password(password))
-        return self.update_user(login, password_hash=hashed)
+        view = self.update_user(login, password_hash=hashed)
+        with self.ledger.store.write() as connection:
+            connection.execute(
+                sessions.update()
+                .where(sessions.c.login == login, sessions.c.closed_at.is_(None))
+                .values(closed_at=self.ledger.now())
+            )
+        return view
 
     def disable_user(self, login: str) -> UserView:
         """The user can no longer log in; disabling twice keeps the first time."""
