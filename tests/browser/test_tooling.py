@@ -6,25 +6,21 @@ benches' helper) scores a page."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import struct
 import sys
+import threading
+import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 
 import pytest
 from playwright.sync_api import Page, Playwright
+from vce_server.panel.render import HEADERS as PANEL_HEADERS
 
-from tests.support.browser import (
-    ARTIFACTS_ENV,
-    ROOT,
-    ServedPages,
-    axe_violations,
-    launched_browser,
-    screenshot,
-    served_pages,
-)
+from tests.support.browser import ARTIFACTS_ENV, ROOT, axe_violations, launched_browser, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -66,13 +62,60 @@ BAD_PAGE = """<!doctype html>
 </html>
 """
 PAGES = {"/": GOOD_PAGE, "/greet.js": GREET_JS, "/logo.svg": LOGO_SVG, "/bad": BAD_PAGE}
+CONTENT_TYPES = {".js": "text/javascript", ".svg": "image/svg+xml"}
+HTML = "text/html; charset=utf-8"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _PagesHandler(http.server.BaseHTTPRequestHandler):
+    """GET of one of PAGES with the panel's own headers, and the type its suffix says (nosniff
+    refuses a script or an image served as HTML)."""
+
+    server: ServedPages
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        self.server.requests.append((path, dict(self.headers.items())))
+        body = PAGES.get(path)
+        if body is None:
+            self.send_error(404)
+            return
+        data = body.encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPES.get(PurePosixPath(path).suffix, HTML))
+        for header, value in PANEL_HEADERS.items():
+            self.send_header(header, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class ServedPages(http.server.ThreadingHTTPServer):
+    """PAGES on a free loopback port, and the requests they got: (path, headers) in order."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _PagesHandler)
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[ServedPages]:
-    with served_pages(PAGES) as served:
-        yield served
+    server = ServedPages()
+    thread = threading.Thread(target=server.serve_forever, name="served-pages", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -9,15 +9,12 @@ comes from npm, pinned by `tests/browser/package-lock.json` (`npm ci` in `tests/
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import re
 import tempfile
-import threading
-import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
@@ -43,19 +40,11 @@ CHROMIUM_ARGS = (
     f"--host-resolver-rules={LOOPBACK_ONLY_RESOLVER}",
 )
 LAUNCH_TIMEOUT_MS = 30_000
-CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-HTML = "text/html; charset=utf-8"
 ARTIFACTS_ENV = "VCE_TEST_ARTIFACTS"
 AXE_SCRIPT = ROOT / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 SERIOUS_IMPACTS = ("serious", "critical")
 # A screenshot's name becomes a file name: nothing that could leave the artifacts directory.
 SCREENSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# The panel's own headers (server/vce_server/panel/render.py), for pages the tooling serves.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
 
 
 @contextlib.contextmanager
@@ -147,59 +136,3 @@ def axe_violations(page: Page, impacts: Sequence[str] = SERIOUS_IMPACTS) -> list
         for found in results
         if found["impact"] in impacts
     ]
-
-
-class _PagesHandler(http.server.BaseHTTPRequestHandler):
-    """GET of one of the server's pages (its `pages`: path -> text), with the panel's headers;
-    a path ending in .js, .css or .svg is served as such, any other as HTML."""
-
-    server: ServedPages
-
-    def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        self.server.requests.append((path, dict(self.headers.items())))
-        body = self.server.pages.get(path)
-        if body is None:
-            self.send_error(404)
-            return
-        data = body.encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPES.get(PurePosixPath(path).suffix, HTML))
-        for header, value in PAGE_HEADERS.items():
-            self.send_header(header, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class ServedPages(http.server.ThreadingHTTPServer):
-    """Fixed pages (path -> text) on a free loopback port, and the requests they got: (path,
-    headers) in the order they came."""
-
-    daemon_threads = True
-
-    def __init__(self, pages: Mapping[str, str]) -> None:
-        super().__init__(("127.0.0.1", 0), _PagesHandler)
-        self.pages = dict(pages)
-        self.requests: list[tuple[str, dict[str, str]]] = []
-
-    @property
-    def url(self) -> str:
-        """The base URL: http://127.0.0.1:PORT."""
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-
-@contextlib.contextmanager
-def served_pages(pages: Mapping[str, str]) -> Iterator[ServedPages]:
-    """Fixed pages served on loopback for the block, for checking the tooling itself (the panel
-    has `vce serve`)."""
-    server = ServedPages(pages)
-    thread = threading.Thread(target=server.serve_forever, name="served-pages", daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
