@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,24 +74,50 @@ def lighthouse_argv(url: str, headers: Mapping[str, str]) -> list[str]:
     return argv
 
 
+def browser_groups_in(scratch: str) -> set[int]:
+    """The process groups of the processes whose command line names `scratch` (chromium's,
+    through its --user-data-dir), this process's own group left out."""
+    groups = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if scratch.encode() in cmdline.read_bytes():
+                groups.add(os.getpgid(int(cmdline.parent.name)))
+    return groups - {os.getpgrp()}
+
+
+def kill_browsers_in(scratch: str) -> None:
+    """Kill the chromium of a run that was cut short: chrome-launcher starts it detached, in a
+    process group of its own, so ending the CLI's group leaves it running."""
+    deadline = time.monotonic() + KILL_GRACE_S
+    while (groups := browser_groups_in(scratch)) and time.monotonic() < deadline:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def run_lighthouse(argv: list[str], timeout_s: float) -> str:
-    """The CLI's stdout. In a process group of its own, so a timeout ends the chromium it
-    started too."""
-    env = {**os.environ, "CHROME_PATH": str(CHROMIUM)}
-    with subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as process:
+    """The CLI's stdout. Its process group and the chromium it started are killed when it
+    takes longer than `timeout_s`; its temporary files (chromium's profile) go in a directory
+    of its own, removed afterwards in every case."""
+    with (
+        tempfile.TemporaryDirectory(prefix="vce-lighthouse-") as scratch,
+        subprocess.Popen(
+            argv,
+            env={**os.environ, "CHROME_PATH": str(CHROMIUM), "TMPDIR": scratch},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as process,
+    ):
         try:
             stdout, stderr = process.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.communicate(timeout=KILL_GRACE_S)
+            kill_browsers_in(scratch)
             raise LighthouseError(f"lighthouse took over {timeout_s:.0f} s on {argv[1]}") from None
     if process.returncode != 0:
         raise LighthouseError(

@@ -2,15 +2,20 @@
 chromium clicks and reads under the panel's Content-Security-Policy, screenshots land in the
 artifacts directory, axe-core finds a page's faults and passes a clean page, the profile
 directory is gone after the browser, also when the block raised, and Lighthouse (the browser
-benches' helper) scores a page."""
+benches' helper) scores a page, and leaves neither a browser nor files when cut short."""
 
 from __future__ import annotations
 
 import http.server
 import importlib.util
+import os
+import signal
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -20,7 +25,15 @@ import pytest
 from playwright.sync_api import Page, Playwright
 from vce_server.panel.render import HEADERS as PANEL_HEADERS
 
-from tests.support.browser import ARTIFACTS_ENV, ROOT, axe_violations, launched_browser, screenshot
+from tests.support.browser import (
+    ARTIFACTS_ENV,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    axe_violations,
+    launched_browser,
+    screenshot,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -65,6 +78,7 @@ PAGES = {"/": GOOD_PAGE, "/greet.js": GREET_JS, "/logo.svg": LOGO_SVG, "/bad": B
 CONTENT_TYPES = {".js": "text/javascript", ".svg": "image/svg+xml"}
 HTML = "text/html; charset=utf-8"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+START_LIMIT_S = 30
 
 
 class _PagesHandler(http.server.BaseHTTPRequestHandler):
@@ -241,3 +255,41 @@ def test_lighthouse_scores_a_loopback_page_with_the_headers_it_is_given(
     page_requests = [headers for path, headers in site.requests[before:] if path == "/"]
     assert page_requests
     assert all(headers.get("Cookie") == "vce_session=tooling" for headers in page_requests)
+
+
+def test_a_lighthouse_run_cut_short_is_an_error_and_leaves_no_files(
+    site: ServedPages, tmp_path: Path, monkeypatch
+):
+    lighthouse = bench_module("browser/lighthouse.py", monkeypatch)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    with pytest.raises(lighthouse.LighthouseError, match="took over 2 s"):
+        lighthouse.lighthouse_scores(f"{site.url}/", timeout_s=2)
+
+    assert not lighthouse.browser_groups_in(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_chromium_of_a_run_cut_short_is_killed(tmp_path: Path, monkeypatch):
+    """As chrome-launcher starts it: detached, in a session of its own, its profile in the run's
+    scratch directory. (A run cut short within a test's time would seldom have started one.)"""
+    lighthouse = bench_module("browser/lighthouse.py", monkeypatch)
+    profile = tmp_path / "profile"
+    argv = [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"]
+    chromium = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + START_LIMIT_S
+        while not (profile / "DevToolsActivePort").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lighthouse.browser_groups_in(str(tmp_path)) == {chromium.pid}
+
+        lighthouse.kill_browsers_in(str(tmp_path))
+
+        assert chromium.wait(timeout=10) == -signal.SIGKILL
+        assert not lighthouse.browser_groups_in(str(tmp_path))
+    finally:
+        if chromium.poll() is None:
+            os.killpg(chromium.pid, signal.SIGKILL)
+            chromium.wait()

@@ -36,7 +36,6 @@ CHROMIUM_ARGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--disable-features=AutofillServerCommunication",
     f"--host-resolver-rules={LOOPBACK_ONLY_RESOLVER}",
 )
 LAUNCH_TIMEOUT_MS = 30_000
