@@ -530,6 +530,8 @@ class ObjectTable:
 
 # Each table of the objects page: its heading and columns (a header and the read view's key).
 OBJECT_TABLES = {
+    "vms": ("VMs", (("Zone", "zone"), ("State", "state"), ("vCPUs", "vcpus"),
+                    ("Memory (MiB)", "memory_mib"))),
     "networks": ("Networks", (("Zone", "zone"), ("Addresses", "cidr"), ("Mode", "mode"))),
     "disks": ("Disks", (("Zone", "zone"), ("Size (GiB)", "size_gib"),
                         ("Attached to", "attached_to"))),

@@ -127,6 +127,7 @@ def test_a_vm_name_in_use_is_refused_by_the_new_vm_form(cabinet: Cabinet) -> Non
 def test_a_vm_is_resized_after_its_plan_and_keeps_its_other_fields(cabinet: Cabinet) -> None:
     visitor = cabinet.customer("acme")
     declare(cabinet, "acme")
+    assert '<a href="/panel/vms/web">web</a>' in visitor.get("/panel/objects").text
     shown = visitor.get("/panel/vms/web")
     assert shown.status_code == 200
     assert "10.9.0.10" in shown.text and "from image base" in shown.text
@@ -161,6 +162,7 @@ def test_networks_and_disks_are_made_and_removed_through_confirmations(cabinet: 
         assert done["status"] == "succeeded", done
     listed = visitor.get("/panel/objects").text
     assert "10.8.0.0/24" in listed and ">data<" in listed
+    assert listed.count('id="network-field-name"') == listed.count('id="disk-field-name"') == 1
     assert cabinet.context.resources.read("acme", "disks", "data")["size_gib"] == 2
     for plural, name in (("disks", "data"), ("networks", "back")):
         question = visitor.get(f"/panel/objects/{plural}/{name}/delete?zone=zone-a")
