@@ -81,33 +81,29 @@ class Refusal:
     """Why a form's declaration was refused: each reason beside the field it is about."""
 
     status: int
-    message: str
     fields: Mapping[str, str]  # form field -> reason
     others: tuple[str, ...]  # reasons about no field of the form
 
 
-def refusal(error: ApiError, paths: Mapping[str, str], prefix: str = "") -> Refusal:
-    """The error's field paths as the form's fields. `prefix` is the plan's own path to the
-    object ("vms[0]."), which the declaration itself does not have."""
+def refusal(error: ApiError, paths: Mapping[str, str]) -> Refusal:
+    """The error's field paths as the form's fields ("boot_disk.size_gib" beside "disk_gib")."""
     shown: dict[str, str] = {}
     others = []
     for path, reason in error.fields:
-        local = path.removeprefix(prefix)
-        name = paths.get(local) or paths.get(local.split(".", 1)[0])
+        name = paths.get(path) or paths.get(path.split(".", 1)[0])
         if name is None:
-            others.append(f"{local}: {reason}")
+            others.append(f"{path}: {reason}")
         else:
             shown.setdefault(name, reason)
     if not error.fields:
         others.append(error.message)
-    return Refusal(error.status, error.message, shown, tuple(others))
+    return Refusal(error.status, shown, tuple(others))
 
 
 @dataclass(frozen=True)
 class Proposal:
     """A declaration checked and planned: what applying it would change and add to usage."""
 
-    plural: str
     name: str
     payload: dict[str, Any]  # the PUT's, as resources.validate gives it
     lines: tuple[str, ...]
@@ -154,7 +150,6 @@ def propose(ctx: Context, tenant: str, change: Change, fields: Mapping[str, str]
     except ApiError as error:
         raise with_paths(error, f"{change.plural}[0].") from None
     return Proposal(
-        plural=change.plural,
         name=name,
         payload=payload,
         lines=tuple(plan_lines(plan, SINGULAR[change.plural], name)),
@@ -205,7 +200,9 @@ def environment_of(
 def kept_disks(ctx: Context, tenant: str, name: str, zone: str) -> list[str]:
     try:
         found = ctx.resources.read(tenant, "vms", name, zone)
-    except ApiError:
+    except ApiError as error:
+        if error.status != 404:
+            raise
         return []  # a new VM has none
     return [
         disk["serial"]
@@ -241,7 +238,10 @@ def described(value: Any) -> str:
 
 
 def present(value: Any) -> bool:
-    return value not in (None, "", [], {}, False)
+    """Whether a setting says something (0 does; None, false and empty do not)."""
+    if isinstance(value, bool):
+        return value
+    return value is not None and value not in ("", [], {})
 
 
 def usage_lines(usage: Mapping[str, Any]) -> list[str]:
@@ -837,7 +837,7 @@ async def create_token(
     values = form_values(fields)
     wanted = token_form(fields)
     if wanted.errors:
-        problem = Refusal(422, "the token is not made", wanted.errors, ())
+        problem = Refusal(422, wanted.errors, ())
         return tokens_form(request, ctx, session, values, problem)
     try:
         text, _view = ctx.identity.create_token(
@@ -846,7 +846,7 @@ async def create_token(
         )  # fmt: skip
     except SpecError as error:
         path = TOKEN_PATHS.get(error.field, error.field)
-        problem = Refusal(422, str(error), {path: error.reason}, ())
+        problem = Refusal(422, {path: error.reason}, ())
         return tokens_form(request, ctx, session, values, problem)
     return tokens_form(request, ctx, session, {"scope": "read"}, None, created=text)
 

@@ -200,6 +200,8 @@ def test_a_tampered_confirm_form_is_checked_again(cabinet: Cabinet) -> None:
     resize = visitor_confirm(other, "/panel/vms/new", "/panel/vms/web/resize/apply",
                              {"vcpus": "1", "memory_mib": "128"})  # fmt: skip
     assert resize.status_code == 404
+    assert other.get("/panel/vms/web").status_code == 404
+    assert other.get("/panel/objects/networks/lan/delete?zone=zone-a").status_code == 404
     delete = visitor_confirm(other, "/panel/objects", "/panel/objects/networks/lan/delete",
                              {"zone": "zone-a"})  # fmt: skip
     assert delete.status_code == 404
