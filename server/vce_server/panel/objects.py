@@ -262,7 +262,7 @@ def quota_notes(ctx: Context, session: Session, quotas: Mapping[str, str]) -> di
         bar = bars.get(kind)
         if bar is not None:
             unit = f" {bar.unit}" if bar.unit else ""
-            notes[name] = f"{amount(bar.left)}{unit} of {amount(bar.limit)} left"
+            notes[name] = f"{bar.label}: {amount(bar.left)}{unit} of {amount(bar.limit)} left"
     return notes
 
 

@@ -78,7 +78,7 @@ def test_a_vm_is_created_from_the_catalogue_after_its_plan(cabinet: Cabinet) -> 
     assert form.status_code == 200
     assert '<option value="base">base (zone-a)</option>' in form.text
     assert "lan (zone-a, 10.9.0.0/24)" in form.text
-    assert "999 of 1000 left" in form.text  # beside the name: the VMs quota
+    assert "VMs: 999 of 1000 left" in form.text and "vCPUs: 999 of 1000 left" in form.text
     plan = planned(visitor, "/panel/vms/new", "/panel/vms/new", NEW_VM)
     assert plan.status_code == 200, plan.text
     assert "create vm db: vcpus 1" in plan.text and "memory_mib 256" in plan.text
