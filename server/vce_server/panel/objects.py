@@ -20,6 +20,7 @@ from typing import Any
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from ..api.deps import Context, context
 from ..errors import ApiError, not_found
@@ -269,10 +270,30 @@ def quota_notes(ctx: Context, session: Session, quotas: Mapping[str, str]) -> di
 async def planned(
     request: Request, ctx: Context, session: Session, change: Change, name: str = ""
 ) -> Response:
-    """The plan page of the form's declaration with its confirm form, or the form again with
-    the refusal beside its fields."""
+    """The plan page of the form's declaration, with its confirm form."""
+    values = named(await checked_form(request, session), name)
+    # Planning reads the hosts: a worker thread waits for them, not the event loop.
+    return await run_in_threadpool(plan_page, request, ctx, session, change, values)
+
+
+async def applied(
+    request: Request, ctx: Context, session: Session, change: Change, name: str = ""
+) -> Response:
+    """The confirm form's declaration, checked and planned again, queued."""
     fields = await checked_form(request, session)
-    values = {**form_values(fields), **({"name": name} if name else {})}
+    return await run_in_threadpool(apply_page, request, ctx, session, change, fields, name)
+
+
+def named(fields: Mapping[str, str], name: str) -> dict[str, str]:
+    """The form's values; an existing object's name is its page's, whatever the form says."""
+    return {**form_values(fields), **({"name": name} if name else {})}
+
+
+def plan_page(
+    request: Request, ctx: Context, session: Session, change: Change, values: dict[str, str]
+) -> Response:
+    """The plan, or the form again with the refusal beside its fields."""
+    read_existing(ctx, session, change, values)
     try:
         proposal = propose(ctx, session.principal.tenant, change, values)
     except ApiError as error:
@@ -289,21 +310,29 @@ async def planned(
     )
 
 
-async def applied(
-    request: Request, ctx: Context, session: Session, change: Change, name: str = ""
-) -> Response:
-    """The confirm form's declaration checked and planned again, then queued: 303 to its
-    action; refused, the form again."""
-    fields = await checked_form(request, session)
-    values = {**form_values(fields), **({"name": name} if name else {})}
-    tenant = session.principal.tenant
+def apply_page(
+    request: Request, ctx: Context, session: Session, change: Change,
+    fields: dict[str, str], name: str,
+) -> Response:  # fmt: skip
+    """Queued: 303 to its action; refused, the form again."""
+    values = named(fields, name)
+    read_existing(ctx, session, change, values)
     try:
-        proposal = propose(ctx, tenant, change, values)
+        proposal = propose(ctx, session.principal.tenant, change, values)
     except ApiError as error:
         return change.form(request, ctx, session, values, refusal(error, change.paths))
     target = f"{change.plural}/{proposal.name}"
     action = submit(request, ctx, session, "put", target, proposal.payload, fields)
     return see_other(f"{COOKIE_PATH}/actions/{action}")
+
+
+def read_existing(
+    ctx: Context, session: Session, change: Change, values: Mapping[str, str]
+) -> None:
+    """A change of an existing object reads it first: 404 (the error page, not the form: there
+    is nothing to correct) when it is not the tenant's."""
+    if not change.new:
+        ctx.resources.read(session.principal.tenant, change.plural, values["name"])
 
 
 def form_page(
@@ -488,7 +517,6 @@ async def resize_plan(
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
-    ctx.resources.read(session.principal.tenant, "vms", name)
     return await planned(request, ctx, session, RESIZE_VM, name)
 
 
@@ -499,7 +527,6 @@ async def resize_apply(
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
-    ctx.resources.read(session.principal.tenant, "vms", name)
     return await applied(request, ctx, session, RESIZE_VM, name)
 
 
@@ -684,6 +711,15 @@ async def delete_object(
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
     fields = await checked_form(request, session)
+    return await run_in_threadpool(queue_removal, request, ctx, session, plural, name, fields)
+
+
+def queue_removal(
+    request: Request, ctx: Context, session: Session, plural: str, name: str,
+    fields: dict[str, str],
+) -> Response:  # fmt: skip
+    """The removal queued as DELETE /v1/{kind}/{name} queues it, once the object is read as
+    the tenant's."""
     zone = fields.get("zone") or None
     removed_object(ctx, session, request, plural, name, zone)
     tenant = session.principal.tenant
@@ -765,6 +801,13 @@ async def restore(
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
     fields = await checked_form(request, session)
+    return await run_in_threadpool(queue_restore, request, ctx, session, backup_id, fields)
+
+
+def queue_restore(
+    request: Request, ctx: Context, session: Session, backup_id: str, fields: dict[str, str]
+) -> Response:
+    """The restore queued as POST /v1/backups/{id}/restore queues it; refused, its form again."""
     tenant = session.principal.tenant
     backup = tenant_backup(ctx, tenant, backup_id)
     try:
@@ -834,6 +877,12 @@ async def create_token(
     """A new token: its text is in this answer only (never in a URL, the ledger keeps its
     hash), so the answer is a page, not a redirect."""
     fields = await checked_form(request, session)
+    return await run_in_threadpool(new_token_page, request, ctx, session, fields)
+
+
+def new_token_page(
+    request: Request, ctx: Context, session: Session, fields: dict[str, str]
+) -> Response:
     values = form_values(fields)
     wanted = token_form(fields)
     if wanted.errors:
@@ -889,6 +938,10 @@ async def revoke_token(
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
     await checked_form(request, session)
+    await run_in_threadpool(revoked, ctx, session, prefix)
+    return see_other(f"{COOKIE_PATH}/tokens")
+
+
+def revoked(ctx: Context, session: Session, prefix: str) -> None:
     tenant_token(ctx, session, prefix)
     ctx.identity.revoke_token(prefix, session.principal.tenant)
-    return see_other(f"{COOKIE_PATH}/tokens")
