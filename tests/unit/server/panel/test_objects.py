@@ -86,6 +86,7 @@ def test_a_vm_is_created_from_the_catalogue_after_its_plan(cabinet: Cabinet) -> 
     assert absent(cabinet, "acme", "vms", "db")  # the plan changed nothing
     done = applied(cabinet, visitor, "/panel/vms/new/apply", plan.text, "acme")
     assert done["status"] == "succeeded", done
+    assert "succeeded" in visitor.get(f"/panel/actions/{done['id']}").text
     vm = cabinet.context.resources.read("acme", "vms", "db")
     assert (vm["vcpus"], vm["memory_mib"], vm["state"]) == (1, 256, "running")
     assert vm["nics"][0]["ip"] == "10.9.0.20"
@@ -139,6 +140,8 @@ def test_a_vm_is_resized_after_its_plan_and_keeps_its_other_fields(cabinet: Cabi
     assert "metadata" not in plan.text
     done = applied(cabinet, visitor, "/panel/vms/web/resize/apply", plan.text, "acme")
     assert done["status"] == "succeeded", done
+    again = visitor.client.post("/panel/vms/web/resize/apply", data=confirm_form(plan.text))
+    assert action_of(again) == done["id"]  # the confirm form sent twice: one action
     vm = cabinet.context.resources.read("acme", "vms", "web")
     assert (vm["max_vcpus"], vm["memory_mib"]) == (2, 512)
     reboot = visitor.client.post("/panel/vms/web/reboot", data=page_form(visitor, "/panel/"))
@@ -334,3 +337,9 @@ def test_the_pages_need_a_session(cabinet: Cabinet, path: str) -> None:
     answer = Visitor(cabinet.app).get(path)
     assert answer.status_code == 303
     assert answer.headers["location"].startswith("/panel/login?next=")
+
+
+def test_an_operators_session_has_no_objects_pages(cabinet: Cabinet) -> None:
+    operator = cabinet.operator()
+    for path in ("/panel/vms/new", "/panel/objects", "/panel/backups", "/panel/tokens"):
+        assert operator.get(path).status_code == 404, path
