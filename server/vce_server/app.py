@@ -34,6 +34,7 @@ from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
 from .panel import routes as panel_routes
+from .panel import terms as panel_terms
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
 from .panel.render import STATIC, error_page
 from .panel.sessions import Sessions
@@ -120,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
-    app.include_router(panel_routes.router)
+    for panel in (panel_routes, panel_terms):
+        app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
     @app.get("/", include_in_schema=False)
