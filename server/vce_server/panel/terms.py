@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import html as html_text
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ class RequestRow:
     @property
     def granted(self) -> bool:
         return self.fulfilled_at is not None
+
+    @property
+    def tone(self) -> str:
+        """The clock's status as a class name: met, open, missed, missed-open."""
+        return self.status.replace(" (open)", "-open")
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,10 @@ def kind_usage(
     totals: dict[str, dict[str, Decimal]] = {}
     names: dict[str, set[str]] = {}
     for item, row in zip(intervals, rows, strict=True):
-        kind = totals.setdefault(row.kind, {"hours": Decimal(0)})
-        names.setdefault(row.kind, set()).add(row.name)
         if item["state"] == "absent":
             continue
+        kind = totals.setdefault(row.kind, {"hours": Decimal(0)})
+        names.setdefault(row.kind, set()).add(row.name)
         kind["hours"] += row.hours
         for field, label, per_unit in QUANTITIES:
             if item.get(field):
@@ -206,7 +212,9 @@ def statement_headers(html: str) -> dict[str, str]:
     statement is one self-contained file (it must open offline years later), and the policy
     still refuses any other style and every script."""
     blocks = [digest(text) for text in STYLE_BLOCK.findall(html)]
-    attributes = sorted({digest(text) for text in STYLE_ATTRIBUTE.findall(html)})
+    attributes = sorted(
+        {digest(html_text.unescape(text)) for text in STYLE_ATTRIBUTE.findall(html)}
+    )
     sources = " ".join(blocks + (["'unsafe-hashes'", *attributes] if attributes else []))
     policy = HEADERS["Content-Security-Policy"] + f"; style-src 'self' {sources}"
     return {**HEADERS, "Content-Security-Policy": policy}
@@ -219,6 +227,11 @@ def digest(text: str) -> str:
 def field_error(error: SpecError, prefix: str = "") -> tuple[str, str]:
     """The form field a service refusal names, and its reason."""
     return error.field.removeprefix(prefix), error.reason
+
+
+def in_sentence(label: str) -> str:
+    """A quota's label inside a sentence: "Ask for more memory", "Ask for more vCPUs"."""
+    return label[0].lower() + label[1:] if label[1:2].islower() else label
 
 
 def now_utc() -> dt.datetime:
@@ -242,9 +255,10 @@ def show_quotas(
     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None,
     filed: Mapping[str, Any] | None = None,
 ) -> Response:  # fmt: skip
+    bars = views.quota_bars(ctx.terms.quotas(session.principal))
     return page(
         request, "terms_quotas.html.j2", status=status,
-        quotas=views.quota_bars(ctx.terms.quotas(session.principal)),
+        quotas=[(bar, in_sentence(bar.label)) for bar in bars],
         errors=errors or {}, values=values or {},
         filed=request_row(filed, now_utc()) if filed else None,
         queued_because=(filed or {}).get("queued_because", []),
@@ -421,7 +435,7 @@ def sla_page(
     return page(
         request, "terms_sla.html.j2", s=view,
         charts=[Markup(chart(vm.chart)) for vm in view.vms],
-        credit=next((d for d in view.discounts if d.label == "SLA credit"), None),
+        credit=statement.sla_statement(document)["sla_credit"],
     )  # fmt: skip
 
 
