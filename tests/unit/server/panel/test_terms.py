@@ -11,15 +11,18 @@ import re
 
 import httpx
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.core.periods import Month, time_zone
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant import (
     run_quota,
     run_tenant,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.finance.billing import Books
 from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents
 from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
     COLOUR_DOWN,
     MIN_MARK,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import ABSENT
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.principal import Principal
 
@@ -243,6 +246,22 @@ def test_the_sla_page_shows_a_five_minute_outage(cabinet: Cabinet) -> None:
     assert "<style" not in page.text  # the cabinet's own stylesheet, under its strict policy
 
 
+def test_a_closed_month_shows_its_credit_notes(cabinet: Cabinet) -> None:
+    visitor, scenario = billed_customer(cabinet)
+    last = Month.of(Month.of(now(), time_zone()).start - dt.timedelta(days=1), time_zone())
+    scenario.usage(last.start + dt.timedelta(hours=1))
+    assert [row["action"] for row in Books(scenario.ledger(now()), last).close()] == ["closed"]
+    # A record that arrives after the close: the VM was gone an hour after it started.
+    scenario.usage(last.start + dt.timedelta(hours=2), meter=ABSENT)
+    closing = list(Books(scenario.ledger(now()), last).close())
+    assert closing[0]["action"] == "credit note"
+    page = visitor.get(f"/panel/billing?month={last.label}")
+    assert page.status_code == 200
+    assert f"Credit notes for {last.label}" in page.text
+    assert "records received after the month was closed" in page.text
+    assert f"{closing[0]['amount']} KZT" in page.text
+
+
 @pytest.mark.parametrize("month", ["2026-13", "last", "2999-01"])
 def test_a_bad_month_comes_back_with_the_reason_beside_the_field(
     cabinet: Cabinet, month: str
@@ -339,3 +358,9 @@ def test_every_page_has_one_heading_and_the_strict_policy(cabinet: Cabinet, path
     assert page.text.count("<h1>") == 1
     assert "style-src" not in page.headers["content-security-policy"]
     assert Visitor(cabinet.app).get(path).status_code == 303  # without a session: log in
+
+
+def test_an_operators_session_has_none_of_these_pages(cabinet: Cabinet) -> None:
+    operator = cabinet.operator()
+    for path in ("/panel/quotas", "/panel/requests", "/panel/billing", "/panel/trial"):
+        assert operator.get(path).status_code == 404, path
