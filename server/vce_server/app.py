@@ -33,6 +33,7 @@ from .api.deps import ERROR_RESPONSES, Context
 from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
+from .panel import operator as panel_operator
 from .panel import routes as panel_routes
 from .panel import terms as panel_terms
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
-    for panel in (panel_routes, panel_terms):
+    for panel in (panel_routes, panel_operator, panel_terms):
         app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
