@@ -59,8 +59,15 @@ QUANTITIES = (
     ("public_ips", "Public IP-hours", 1),
     ("zone_links", "Zone link-hours", 1),
 )
-KIND_TITLES = {"vm": "VMs", "disk": "Disks", "public_ip": "Public IPs", "zone_link": "Zone links"}
+KIND_TITLES = {
+    "vm": "VMs",
+    "disk": "Disks",
+    "volume": "Volumes",
+    "public_ip": "Public IPs",
+    "zone_link": "Zone links",
+}
 HOUR = Decimal(3600)
+CENT = Decimal("0.01")
 STYLE_BLOCK = re.compile(r"<style>(.*?)</style>", re.DOTALL)
 STYLE_ATTRIBUTE = re.compile(r' style="([^"]*)"')
 
@@ -106,12 +113,15 @@ class KindUsage:
 
 @dataclass(frozen=True)
 class ObjectUsage:
+    """One usage interval of an object within the month so far."""
+
     kind: str
     name: str
     state: str
     since: str
     until: str | None
     hours: Decimal
+    quantities: tuple[tuple[str, Decimal], ...]  # (label, quantity-hours)
 
 
 def minutes_text(delta: dt.timedelta) -> str:
@@ -156,47 +166,47 @@ def request_row(view: Mapping[str, Any], now: dt.datetime) -> RequestRow:
 def usage_rows(
     intervals: Iterable[Mapping[str, Any]], start: dt.datetime, now: dt.datetime
 ) -> list[ObjectUsage]:
-    """Each usage interval's hours within the month so far (an open one runs until now)."""
+    """Each usage interval's hours within the month so far (an open one runs until now); the
+    intervals an object did not exist are not usage."""
     rows = []
     for item in intervals:
+        if item["state"] == "absent":
+            continue
         began = dt.datetime.fromisoformat(item["started_at"])
         ended = dt.datetime.fromisoformat(item["ended_at"]) if item.get("ended_at") else None
         span = clip(began, ended, start, max(now, start))
-        seconds = (span[1] - span[0]).total_seconds() if span else 0
+        hours = Decimal(int((span[1] - span[0]).total_seconds()) if span else 0) / HOUR
         rows.append(
             ObjectUsage(
                 kind=item["kind"], name=item["name"], state=item["state"],
-                since=item["started_at"], until=item.get("ended_at"),
-                hours=(Decimal(int(seconds)) / HOUR).quantize(Decimal("0.01")),
+                since=item["started_at"], until=item.get("ended_at"), hours=hours.quantize(CENT),
+                quantities=tuple((label, hours * item[field] / per_unit)
+                                 for field, label, per_unit in QUANTITIES if item.get(field)),
             )
         )  # fmt: skip
     return rows
 
 
-def kind_usage(
-    intervals: Iterable[Mapping[str, Any]], rows: list[ObjectUsage], amounts: Mapping[str, Decimal]
-) -> list[KindUsage]:
+def kind_usage(rows: Iterable[ObjectUsage], amounts: Mapping[str, Decimal]) -> list[KindUsage]:
     """Per object kind: how many objects, their hours, the quantity-hours, the amount billed."""
-    totals: dict[str, dict[str, Decimal]] = {}
+    hours: dict[str, Decimal] = {}
     names: dict[str, set[str]] = {}
-    for item, row in zip(intervals, rows, strict=True):
-        if item["state"] == "absent":
-            continue
-        kind = totals.setdefault(row.kind, {"hours": Decimal(0)})
+    quantities: dict[str, dict[str, Decimal]] = {}
+    for row in rows:
+        hours[row.kind] = hours.get(row.kind, Decimal(0)) + row.hours
         names.setdefault(row.kind, set()).add(row.name)
-        kind["hours"] += row.hours
-        for field, label, per_unit in QUANTITIES:
-            if item.get(field):
-                kind[label] = kind.get(label, Decimal(0)) + row.hours * item[field] / per_unit
+        summed = quantities.setdefault(row.kind, {})
+        for label, value in row.quantities:
+            summed[label] = summed.get(label, Decimal(0)) + value
     return [
         KindUsage(
             kind=kind, title=KIND_TITLES.get(kind, kind.replace("_", " ")),
-            objects=len(names[kind]), hours=found.pop("hours"),
-            quantities=tuple((label, value.quantize(Decimal("0.01")))
-                             for label, value in found.items()),
+            objects=len(names[kind]), hours=hours[kind],
+            quantities=tuple((label, value.quantize(CENT))
+                             for label, value in quantities[kind].items()),
             amount=amounts.get(kind),
         )
-        for kind, found in sorted(totals.items())
+        for kind in sorted(hours)
     ]  # fmt: skip
 
 
@@ -395,7 +405,7 @@ def show_billing(
     return page(
         request, "terms_billing.html.j2", status=status,
         month=usage["month"], asked=asked or usage["month"], month_error=month_error,
-        kinds=kind_usage(usage["intervals"], rows, amounts_by_kind(invoice)),
+        kinds=kind_usage(rows, amounts_by_kind(invoice)),
         objects=rows, invoice=invoice, invoices=ctx.terms.invoices(who),
     )  # fmt: skip
 

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import hashlib
 import re
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.finance.statement import (
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.metering import ABSENT
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from vce_server.panel.terms import kind_usage, usage_rows
 from vce_server.principal import Principal
 
 from tests.support.billing import Scenario
@@ -260,6 +262,26 @@ def test_a_closed_month_shows_its_credit_notes(cabinet: Cabinet) -> None:
     assert f"Credit notes for {last.label}" in page.text
     assert "records received after the month was closed" in page.text
     assert f"{closing[0]['amount']} KZT" in page.text
+
+
+def test_usage_hours_count_within_the_month_so_far_and_not_while_absent() -> None:
+    start = dt.datetime(2026, 11, 30, 19, tzinfo=dt.UTC)
+    at = start + dt.timedelta(hours=10)
+    vm = {"kind": "vm", "name": "web", "vcpus": 2, "ram_mib": 4096, "disk_mib": 0}
+    intervals = [
+        {**vm, "state": "running", "started_at": "2026-11-20T00:00:00+00:00",
+         "ended_at": (start + dt.timedelta(hours=4)).isoformat()},
+        {**vm, "state": "absent", "started_at": (start + dt.timedelta(hours=4)).isoformat(),
+         "ended_at": None, "vcpus": 0, "ram_mib": 0},
+    ]  # fmt: skip
+    rows = usage_rows(intervals, start, at)
+    assert [row.hours for row in rows] == [Decimal("4.00")]  # from the month's start, not absent
+    (kind,) = kind_usage(rows, {"vm": Decimal("12.50")})
+    assert (kind.objects, kind.hours, kind.amount) == (1, Decimal("4.00"), Decimal("12.50"))
+    assert dict(kind.quantities) == {
+        "vCPU-hours": Decimal("8.00"),
+        "RAM GiB-hours": Decimal("16.00"),
+    }
 
 
 @pytest.mark.parametrize("month", ["2026-13", "last", "2999-01"])
