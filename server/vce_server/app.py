@@ -36,6 +36,7 @@ from .limits import RateLimiter
 from .panel import objects as panel_objects
 from .panel import operator as panel_operator
 from .panel import routes as panel_routes
+from .panel import terms as panel_terms
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
 from .panel.render import STATIC, error_page
 from .panel.sessions import Sessions
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router.router, responses=ERROR_RESPONSES)
     # The objects' routes before the others: /panel/vms/new/apply is theirs, not the power
     # verb "apply" of a VM named "new".
-    for panel in (panel_objects, panel_routes, panel_operator):
+    for panel in (panel_objects, panel_routes, panel_operator, panel_terms):
         app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
