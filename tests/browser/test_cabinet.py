@@ -1,6 +1,7 @@
 """A customer's day in the personal cabinet, in Debian's chromium against a real `vce serve`
 on loopback, with the private libvirtd and the tiny guest: log in, create a network and a VM
 from the catalogue, watch the action end, see the VM running with its address, reboot it,
+read this month's usage, ask for more vCPUs and see the request's clock, report an outage,
 create and revoke an API token, log out. Every page on the way is checked with axe-core (no
 serious or critical violation) and saved as a screenshot (test artifacts)."""
 
@@ -148,6 +149,34 @@ def test_a_customer_builds_and_runs_a_vm_in_the_cabinet(
     journey.button("Reboot web")
     journey.action_ends("vm-rebooted")
     assert domain.isActive()
+
+    # This month's usage shows the VM.
+    journey.open("/panel/billing")
+    expect(
+        page.get_by_role("heading", name=re.compile(r"^Usage in \d{4}-\d{2} so far"))
+    ).to_be_visible()
+    expect(page.locator("main")).to_contain_text("web")
+    journey.check("usage")
+
+    # More vCPUs than the plan allows: a request with its 20-minute clock.
+    journey.open("/panel/quotas")
+    journey.check("quotas")
+    page.locator("#limit-vcpus").fill("5000")
+    page.locator("form.ask", has=page.locator("#limit-vcpus")).get_by_role("button").click()
+    expect(page.get_by_role("heading", name="Waiting for support")).to_be_visible()
+    expect(page.get_by_text("Time left")).to_be_visible()
+    journey.check("quota-request")
+    journey.open("/panel/requests")
+    expect(page.locator("main table")).to_contain_text("vCPUs to 5000")
+    expect(page.locator("main table")).to_contain_text("min left")
+    journey.check("requests")
+
+    # An outage report (terms 5.11), listed with the outages.
+    page.get_by_label("Which VM").select_option("web")
+    page.get_by_label("What is wrong").fill("web answers no ping since the reboot")
+    journey.button("Report the outage")
+    expect(page.get_by_text(re.compile(r"Outage #\d+ is reported"))).to_be_visible()
+    journey.check("outage-reported")
 
     # An API token: shown once, then revoked.
     journey.open("/panel/tokens")
