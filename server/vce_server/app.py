@@ -34,7 +34,10 @@ from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
 from .panel import console as panel_console
+from .panel import objects as panel_objects
+from .panel import operator as panel_operator
 from .panel import routes as panel_routes
+from .panel import terms as panel_terms
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
 from .panel.render import STATIC, error_page
 from .panel.sessions import Sessions
@@ -121,7 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
-    for panel in (panel_routes, panel_console):
+    # The objects' routes before the others: /panel/vms/new/apply is theirs, not the power
+    # verb "apply" of a VM named "new".
+    for panel in (panel_objects, panel_routes, panel_operator, panel_terms, panel_console):
         app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
