@@ -75,6 +75,7 @@ def test_the_page_needs_a_session_and_shows_the_button_for_a_running_vm(
     assert "default-src 'self'" in policy and "connect-src 'self' ws://testserver" in policy
     assert "script-src" not in policy  # scripts stay this origin's files only
     assert acme.get("/panel/static/xterm.js").status_code == 200
+    assert 'href="/panel/vms/web/console"' in acme.get("/panel/vms/web").text
 
 
 def test_the_policy_names_no_host_it_does_not_trust() -> None:
