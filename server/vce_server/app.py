@@ -33,6 +33,7 @@ from .api.deps import ERROR_RESPONSES, Context
 from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
+from .panel import account as panel_account
 from .panel import routes as panel_routes
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
 from .panel.render import STATIC, error_page
@@ -120,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
-    app.include_router(panel_routes.router)
+    for panel_router in (panel_routes, panel_account):
+        app.include_router(panel_router.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
     @app.get("/", include_in_schema=False)
