@@ -162,6 +162,18 @@ def test_five_wrong_codes_start_the_login_again(cabinet, clock):
     assert visitor.get("/panel/login/code").headers["location"] == "/panel/login"
 
 
+def test_a_wrong_code_counts_against_the_login_rate_limit(cabinet, clock):
+    secret = turn_on(cabinet.customer("acme"), clock)
+    clock.advance(30)
+    # Two tries left for this address: the password, then one code.
+    cabinet.context.logins = RateLimiter(0.2, 2, clock=lambda: 1000.0)
+    visitor = password_step(cabinet)
+    wrong = "111111" if clock.code(secret) != "111111" else "222222"
+    assert give_code(visitor, wrong).status_code == 401
+    assert give_code(visitor, clock.code(secret)).status_code == 429
+    assert visitor.get("/panel/").status_code == 303
+
+
 def test_the_pending_login_expires(cabinet, clock):
     secret = turn_on(cabinet.customer("acme"), clock)
     visitor = password_step(cabinet)
