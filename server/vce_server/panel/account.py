@@ -44,12 +44,11 @@ router = APIRouter(prefix=COOKIE_PATH, include_in_schema=False)
 RESET_NOTE = "password reset asked through the personal cabinet's form"
 
 
-def refused_login_form(request: Request, fields: dict[str, str]) -> None:
+def refused_login_form(request: Request, ctx: Context, fields: dict[str, str]) -> None:
     """The checks every form before a session passes: its double-submit token, then the
     login rate limit of the address (a wrong code or a reset request costs as a password)."""
     if not login_form_accepted(request, fields):
         raise ApiError(403, "forbidden", "the form's security token is missing: reload")
-    ctx: Context = request.app.state.context
     wait = ctx.logins.take(f"login:{source_of(request)}")
     if wait:
         raise too_many(wait)
@@ -76,7 +75,7 @@ def code_page(
 async def give_code(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
     fields = await form_fields(request)
     back = safe_back(fields.get("next"))
-    refused_login_form(request, fields)
+    refused_login_form(request, ctx, fields)
     pending = request.cookies.get(PENDING_COOKIE)
     done = ctx.identity.second_step(pending, fields.get("code", ""))
     if done is None:
@@ -203,7 +202,7 @@ def reset_page(request: Request) -> Response:
 @router.post("/reset")
 async def ask_reset(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
     fields = await form_fields(request)
-    refused_login_form(request, fields)
+    refused_login_form(request, ctx, fields)
     user = ctx.identity.resettable(fields.get("login"))
     if user is not None:
         # The request is the user's own, filed for them by the form (no session: no rights).
@@ -237,7 +236,7 @@ async def reset_password(request: Request, ctx: Context = Depends(context)) -> R
     """The link's form posts here, the secret in the form: a path holding it would be written
     to the audit trail, and a refused form leaves the link usable."""
     fields = await form_fields(request)
-    refused_login_form(request, fields)
+    refused_login_form(request, ctx, fields)
     secret = fields.get("secret", "")
     if not ctx.identity.reset_waiting(secret):
         raise not_found("password reset link (unknown, used or expired)")

@@ -46,10 +46,10 @@ LOGIN_A = f"{TENANT_A}-user"
 LOGIN_B = f"{TENANT_B}-user"
 VM_A = "avmq7"
 NETWORK_A = "alanq7"
+DISK_A = "adiskq7"
 ADDRESS_A = "10.9.77.10"
 NOTE_A = "tenant A's own note q7"
 # An object kind in a path, as the segment before its {name}: A's object of that kind.
-SEGMENT_KINDS = ("vms", "networks")
 # Path parameters that name nothing of a tenant's: B may get its own page for them.
 NOT_OBJECTS = frozenset({"month"})
 # What a refusal looks like: not found (or another tenant's), forbidden, or the login page.
@@ -74,7 +74,8 @@ class World:
     def values(self, name: str, before: str) -> list[str] | None:
         """A's values for a path parameter, by its name and the path segment before it; None
         when the matrix does not know it (the test fails naming the route)."""
-        by_segment = {"vms": [VM_A], "networks": [NETWORK_A], "actions": [self.action_id],
+        by_segment = {"vms": [VM_A], "networks": [NETWORK_A], "disks": [DISK_A],
+                      "actions": [self.action_id],
                       "tokens": [self.prefix], "requests": [self.request_id],
                       "incidents": [self.incident_id], "backups": ["1", self.action_id]}  # fmt: skip
         by_name = {
@@ -92,7 +93,8 @@ class World:
 
 
 def declare(cabinet: Cabinet, tenant: str) -> str:
-    """A's network and running VM, through the service layer as the API declares them."""
+    """A's network, disk and running VM, through the service layer as the API declares
+    them."""
     ctx = cabinet.context
     who = ctx.identity.verify_password(LOGIN_A, PASSWORD)
     vm = {"vcpus": 1, "memory_mib": 256, "boot_disk": {"image": "base", "size_gib": 1},
@@ -130,7 +132,7 @@ def world(cabinet: Cabinet) -> World:
     request_id = ctx.terms.file_request(who, {"kind": "minor_fault", "note": NOTE_A})["id"]
     incident = ctx.terms.report_incident(who, {"vm": VM_A, "note": NOTE_A})
     built = World(cabinet, a, b, action_id, token.prefix, request_id, str(incident["id"]))
-    built.secrets = [TENANT_A, LOGIN_A, VM_A, NETWORK_A, ADDRESS_A, NOTE_A, action_id,
+    built.secrets = [TENANT_A, LOGIN_A, VM_A, NETWORK_A, DISK_A, ADDRESS_A, NOTE_A, action_id,
                      token.prefix, text, request_id, "a-token-q7"]  # fmt: skip
     return built
 
@@ -186,7 +188,7 @@ def send(visitor: Visitor, route: Route, path: str, world: World) -> httpx.Respo
         return visitor.get(path)
     # B's own valid token and a fresh key, and A's objects wherever a form may name one.
     form = {"csrf": visitor.form_token(), "key": secrets.token_hex(16), "vm": VM_A,
-            "network": NETWORK_A, "prefix": world.prefix, "request": world.request_id,
+            "network": NETWORK_A, "disk": DISK_A, "prefix": world.prefix, "request": world.request_id,
             "action": world.action_id, "backup": "1"}  # fmt: skip
     return visitor.client.request(route.method, path, data=form)
 
