@@ -394,6 +394,10 @@ def test_a_code_opens_one_session_whichever_instance_is_asked(at_noon, url):
     assert other.second_step(other.begin_second_step(principal), code_at(secret)) is None
     # The key a browser held is spent once the code was taken.
     assert at_noon.second_step(pending, code_at(secret)) is None
+    # Two instances that took the same code at the same moment each opened a session: each
+    # sees the other's after its own, and closes its own.
+    Sessions(at_noon.ledger).open(found, "192.0.2.2")
+    assert at_noon.code_replayed("ann", step)
 
 
 # Five digits; six full-width digits (str.isdigit says yes: refused all the same); a letter.
