@@ -84,6 +84,7 @@ class World:
             "incident_id": [self.incident_id], "backup_id": ["1", self.action_id],
             "month": [dt.datetime.now(dt.UTC).strftime("%Y-%m")], "tenant": [TENANT_A],
             "login": [LOGIN_A], "secret": [secrets.token_urlsafe(32)],
+            "kind": ["vms", "networks", "disks"],
         }  # fmt: skip
         if name in by_name:
             return by_name[name]
@@ -168,14 +169,19 @@ def panel_routes(cabinet: Cabinet) -> tuple[list[Route], list[str]]:
 
 
 def concrete(route: Route, world: World) -> list[str] | None:
+    """The route's paths with A's values, one per value of each parameter; a {name} after a
+    {kind} takes A's object of each kind."""
     paths = [route.path]
     for name in PARAMETER.findall(route.path):
-        before = route.path.split("{" + name)[0].rstrip("/").rsplit("/", 1)[-1]
-        values = world.values(name, before)
-        if values is None:
-            return None
-        paths = [re.sub(r"\{" + name + r"(?::[^}]*)?\}", value, path, count=1)
-                 for path in paths for value in values]  # fmt: skip
+        filled = []
+        for path in paths:
+            before = path.split("{" + name)[0].rstrip("/").rsplit("/", 1)[-1]
+            values = world.values(name, before)
+            if values is None:
+                return None
+            pattern = r"\{" + name + r"(?::[^}]*)?\}"
+            filled += [re.sub(pattern, value, path, count=1) for value in values]
+        paths = filled
     return paths
 
 
@@ -268,6 +274,18 @@ def test_the_matrix_knows_every_route_of_the_base(world: World) -> None:
     for expected in ("GET /panel/", "POST /panel/vms/{name}/{verb}", "GET /panel/actions/{action_id}",
                      "GET /panel/account", "POST /panel/login/code", "GET /panel/reset/{secret}"):  # fmt: skip
         assert expected in labels
+
+
+def test_the_matrix_fills_names_by_kind_and_refuses_what_it_does_not_know() -> None:
+    world = World(None, None, None, "act-a", "vce_0000000a", "req-a", "7")  # type: ignore[arg-type]
+    assert concrete(Route("POST", "/panel/objects/{kind}/{name}/delete"), world) == [
+        f"/panel/objects/vms/{VM_A}/delete",
+        f"/panel/objects/networks/{NETWORK_A}/delete",
+        f"/panel/objects/disks/{DISK_A}/delete",
+    ]
+    assert concrete(Route("GET", "/panel/incidents/{id}"), world) == ["/panel/incidents/7"]
+    assert concrete(Route("GET", "/panel/gadgets/{name}"), world) is None
+    assert concrete(Route("GET", "/panel/vms/{name}/{colour}"), world) is None
 
 
 # -- CSRF ------------------------------------------------------------------------------------
