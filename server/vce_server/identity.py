@@ -66,6 +66,7 @@ SECRET_BYTES = 32
 MAX_LOGIN = 128  # users.login
 MAX_TOKEN_NAME = 64  # api_tokens.name
 MAX_CREATED_BY = 128  # api_tokens.created_by
+MAX_REQUEST = 64  # password_resets.request
 MIN_PASSWORD = 12
 # argon2 hashes any length, but a megabyte password would be a cheap way to burn a worker.
 MAX_PASSWORD = 1024
@@ -581,7 +582,7 @@ class Identity:
     def issue_reset_link(self, request: str) -> tuple[str, dict[str, Any]]:
         """A new secret for the request's reset, shown this once: any link issued before
         stops working. The link works RESET_LIFE from now."""
-        check_line(request, "request", 64)
+        check_line(request, "request", MAX_REQUEST)
         now = self.ledger.now()
         secret = secrets.token_urlsafe(SECRET_BYTES)
         with self.ledger.store.write() as connection:
