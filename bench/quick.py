@@ -26,6 +26,7 @@ SCRIPTS = (
     "api_submit",
     "api_read",
     "api_quotas",
+    "panel_dashboard",
     "pulumi_api",
     "floor",
     "firewall_install",

@@ -34,6 +34,8 @@ from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
 from .panel import account as panel_account
+from .panel import objects as panel_objects
+from .panel import operator as panel_operator
 from .panel import routes as panel_routes
 from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
 from .panel.render import STATIC, error_page
@@ -121,8 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
-    for panel_router in (panel_routes, panel_account):
-        app.include_router(panel_router.router)
+    # The objects' routes before the others: /panel/vms/new/apply is theirs, not the power
+    # verb "apply" of a VM named "new".
+    for panel in (panel_objects, panel_routes, panel_account, panel_operator):
+        app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 
     @app.get("/", include_in_schema=False)

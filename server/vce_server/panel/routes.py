@@ -32,6 +32,7 @@ from .guard import (
     login_token,
     safe_back,
     session_of,
+    signed_in,
     source_of,
 )
 from .render import page
@@ -188,14 +189,19 @@ def submit(
     target: str,
     payload: dict[str, Any],
     fields: dict[str, str],
+    tenant: str | None = None,
 ) -> str:
-    """Queue the change as the API's PUT/POST would, keyed by the form's key: the action id."""
+    """Queue the change as the API's PUT/POST would, keyed by the form's key: the action id.
+    `tenant`: the tenant an operator acts on (a customer acts on its own)."""
     key = fields.get("key") or None
     view, _created = ctx.actions.submit(
         session.principal, kind, target, payload,
-        idempotency_key=f"panel-{key}" if key else None, request_id=request.state.request_id,
+        idempotency_key=f"panel-{key}" if key else None, tenant=tenant,
+        request_id=request.state.request_id,
     )  # fmt: skip
     request.state.action = view["id"]
+    # As the API does: an operator's change of a tenant's object is in that tenant's audit too.
+    request.state.audit_tenant = tenant
     return view["id"]
 
 
@@ -203,9 +209,10 @@ def submit(
 def action_page(
     action_id: str,
     request: Request,
-    session: Session = Depends(customer),  # noqa: B008
+    session: Session = Depends(signed_in),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
 ) -> Response:
+    # A customer's session sees its tenant's actions only; an operator's (tenant None), any.
     found = ctx.actions.get(action_id, session.principal.tenant)
     if found is None:
         raise not_found(f"action {action_id}")

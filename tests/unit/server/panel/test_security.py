@@ -51,10 +51,16 @@ ADDRESS_A = "10.9.77.10"
 NOTE_A = "tenant A's own note q7"
 # An object kind in a path, as the segment before its {name}: A's object of that kind.
 # Path parameters that name nothing of a tenant's: B may get its own page for them.
-NOT_OBJECTS = frozenset({"month"})
+NOT_OBJECTS = frozenset({"month", "plural", "kind"})
 # What a refusal looks like: not found (or another tenant's), forbidden, or the login page.
 REFUSED = frozenset({403, 404})
 VERBS = ("start", "stop", "reboot")
+# A's object of each kind, by the path segment before its {name} (A has the first three; the
+# others are names of A's style, which B must not reach either).
+OBJECT_NAMES = {
+    "vms": [VM_A], "networks": [NETWORK_A], "disks": [DISK_A], "public_ips": ["aipq7"],
+    "zone_links": ["alinkq7"], "backup_schedules": ["anightlyq7"],
+}  # fmt: skip
 ACTION_END = {"succeeded", "failed", "interrupted"}
 
 
@@ -74,17 +80,19 @@ class World:
     def values(self, name: str, before: str) -> list[str] | None:
         """A's values for a path parameter, by its name and the path segment before it; None
         when the matrix does not know it (the test fails naming the route)."""
-        by_segment = {"vms": [VM_A], "networks": [NETWORK_A], "disks": [DISK_A],
-                      "actions": [self.action_id],
-                      "tokens": [self.prefix], "requests": [self.request_id],
-                      "incidents": [self.incident_id], "backups": ["1", self.action_id]}  # fmt: skip
+        by_segment = {
+            **OBJECT_NAMES, "actions": [self.action_id], "tokens": [self.prefix],
+            "requests": [self.request_id], "incidents": [self.incident_id],
+            "backups": ["1", self.action_id], "tenants": [TENANT_A],
+        }  # fmt: skip
         by_name = {
             "vm": [VM_A], "verb": list(VERBS), "action_id": [self.action_id],
             "prefix": [self.prefix], "request_id": [self.request_id],
-            "incident_id": [self.incident_id], "backup_id": ["1", self.action_id],
+            "incident_id": [self.incident_id], "number": [self.incident_id],
+            "backup_id": ["1", self.action_id], "step": ["confirm", "restore"],
             "month": [dt.datetime.now(dt.UTC).strftime("%Y-%m")], "tenant": [TENANT_A],
             "login": [LOGIN_A], "secret": [secrets.token_urlsafe(32)],
-            "kind": ["vms", "networks", "disks"],
+            "kind": list(OBJECT_NAMES), "plural": list(OBJECT_NAMES),
         }  # fmt: skip
         if name in by_name:
             return by_name[name]
@@ -189,14 +197,15 @@ def names_objects(route: Route) -> bool:
     return bool(set(PARAMETER.findall(route.path)) - NOT_OBJECTS)
 
 
-def send(visitor: Visitor, route: Route, path: str, world: World) -> httpx.Response:
+def send(visitor: Visitor, route: Route, path: str, world: World) -> tuple[httpx.Response, str]:
+    """B's request, and all B sent in it (B may see again what it sent itself)."""
     if route.method == "GET":
-        return visitor.get(path)
+        return visitor.get(path), path
     # B's own valid token and a fresh key, and A's objects wherever a form may name one.
     form = {"csrf": visitor.form_token(), "key": secrets.token_hex(16), "vm": VM_A,
             "network": NETWORK_A, "disk": DISK_A, "prefix": world.prefix, "request": world.request_id,
             "action": world.action_id, "backup": "1"}  # fmt: skip
-    return visitor.client.request(route.method, path, data=form)
+    return visitor.client.request(route.method, path, data=form), " ".join([path, *form.values()])
 
 
 def refused(reply: httpx.Response) -> bool:
@@ -205,10 +214,10 @@ def refused(reply: httpx.Response) -> bool:
     return reply.status_code in REFUSED
 
 
-def judge(route: Route, path: str, reply: httpx.Response, world: World) -> str | None:
+def judge(route: Route, sent: str, reply: httpx.Response, world: World) -> str | None:
     if reply.status_code >= 500:
         return f"status {reply.status_code}"
-    shown = [s for s in world.secrets if s in reply.text and s not in path]
+    shown = [s for s in world.secrets if s in reply.text and s not in sent]
     if shown:
         return f"shows A's {shown}"
     if route.path.startswith("/panel/operator") and reply.status_code != 404:
@@ -250,9 +259,9 @@ def test_tenant_b_reaches_nothing_of_tenant_a_on_any_route(world: World, connect
             unknown.append(f"{route.label}: no value for its path parameters")
             continue
         for path in paths:
-            reply = send(world.b, route, path, world)
+            reply, sent = send(world.b, route, path, world)
             seen[f"{route.method} {path}"] = reply.status_code
-            problem = judge(route, path, reply, world)
+            problem = judge(route, sent, reply, world)
             if problem:
                 wrong.append(f"{route.method} {path}: {problem}")
     settle(cabinet, TENANT_B)
@@ -279,9 +288,7 @@ def test_the_matrix_knows_every_route_of_the_base(world: World) -> None:
 def test_the_matrix_fills_names_by_kind_and_refuses_what_it_does_not_know() -> None:
     world = World(None, None, None, "act-a", "vce_0000000a", "req-a", "7")  # type: ignore[arg-type]
     assert concrete(Route("POST", "/panel/objects/{kind}/{name}/delete"), world) == [
-        f"/panel/objects/vms/{VM_A}/delete",
-        f"/panel/objects/networks/{NETWORK_A}/delete",
-        f"/panel/objects/disks/{DISK_A}/delete",
+        f"/panel/objects/{plural}/{names[0]}/delete" for plural, names in OBJECT_NAMES.items()
     ]
     assert concrete(Route("GET", "/panel/incidents/{id}"), world) == ["/panel/incidents/7"]
     assert concrete(Route("GET", "/panel/gadgets/{name}"), world) is None
@@ -291,14 +298,14 @@ def test_the_matrix_fills_names_by_kind_and_refuses_what_it_does_not_know() -> N
 # -- CSRF ------------------------------------------------------------------------------------
 
 
-def post_paths(world: World) -> list[str]:
+def post_paths(world: World) -> list[tuple[Route, str]]:
     found = []
     for route in panel_routes(world.cabinet)[0]:
         if route.method != "POST":
             continue
         paths = concrete(route, world)
         assert paths is not None, f"{route.label}: no value for its path parameters"
-        found += paths
+        found += [(route, path) for path in paths]
     return found
 
 
@@ -306,22 +313,27 @@ def test_every_post_refuses_a_form_without_its_token_or_with_another_sessions(
     world: World, connections
 ) -> None:
     cabinet = world.cabinet
-    # A's own forms on A's own objects: the owner, refused for the token alone. The clock
-    # stands still, so that A's session is not even marked as seen.
+    operator = cabinet.operator("opq7")
+    # Each form sent by its owner (an operator's pages by an operator), refused for the token
+    # alone. The clock stands still, so that no session is even marked as seen.
     cabinet.context.ledger.fixed_now = dt.datetime.now(dt.UTC)
     before = state(cabinet, connections)
     others = world.b.form_token()
     wrong = []
-    for path in post_paths(world):
+    for route, path in post_paths(world):
+        owner = operator if route.path.startswith("/panel/operator") else world.a
+        # A page for each kind of object may not exist for every kind: its 404 refuses too.
+        refusals = {403, 404} if {"plural", "kind"} & set(PARAMETER.findall(route.path)) else {403}
         for label, token in (("no token", None), ("B's token", others), ("empty", "")):
             form = {"key": secrets.token_hex(16), "vm": VM_A}
             if token is not None:
                 form["csrf"] = token
-            reply = world.a.client.post(path, data=form)
-            if reply.status_code != 403:
+            reply = owner.client.post(path, data=form)
+            if reply.status_code not in refusals:
                 wrong.append(f"POST {path} with {label}: {reply.status_code}")
     # A's session is alive (logout refused too) and nothing moved.
     assert world.a.get("/panel/").status_code == 200
+    assert operator.get("/panel/operator/").status_code == 200
     assert wrong == []
     assert changes(before, state(cabinet, connections)) == {}
 
