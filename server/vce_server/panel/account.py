@@ -5,8 +5,8 @@ of a forgotten password as a request of 5.1 with its 20-minute clock.
 
 The reset: the form at /panel/reset files a request of kind "password" for the login (the
 answer is the same whether the login exists or not) and records its password_resets row. There
-is no mail: support issues the link from the request queue (`POST
-/v1/operator/requests/{id}/password-link`, shown once), hands it to the customer, who sets a
+is no mail: support issues the link from the request queue (the operator's page, or `POST
+/v1/operator/requests/{id}/password-link`; shown once), hands it to the customer, who sets a
 new password at /panel/reset/{secret}; that uses the link and stops the request's clock.
 """
 
@@ -31,6 +31,7 @@ from .guard import (
     form_fields,
     login_form_accepted,
     login_token,
+    operator,
     safe_back,
     signed_in,
     source_of,
@@ -252,3 +253,18 @@ async def reset_password(request: Request, ctx: Context = Depends(context)) -> R
     RequestLog(ctx.ledger).fulfil(done.tenant, done.request, at=done.at)
     return page(request, "account_reset_link.html.j2", login_csrf="", secret="", error="",
                 done=True)  # fmt: skip
+
+
+@router.post("/operator/requests/{request_id:path}/password-link")
+async def issue_reset_link(
+    request_id: str,
+    request: Request,
+    session: Session = Depends(operator),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> Response:
+    """Support's side: the link of a reset waiting on the request, shown on this page only
+    (issuing again voids it)."""
+    await checked_form(request, session)
+    reset = ctx.operator.password_link(ctx.identity, request_id)
+    url = str(request.base_url).rstrip("/") + reset["link"]
+    return page(request, "account_reset_issued.html.j2", reset=reset, url=url)

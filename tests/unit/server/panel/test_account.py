@@ -313,3 +313,24 @@ def test_support_cannot_issue_a_link_without_a_reset_request(cabinet, clock):
         headers={"Authorization": f"Bearer {text}"},
     )
     assert answer.status_code == 404
+
+
+def test_support_issues_the_link_from_the_request_queue_page(cabinet, clock):
+    cabinet.customer("acme")
+    operator = cabinet.operator("support")
+    ask_reset(cabinet, "acme-user")
+    reference = request_rows(cabinet)[0].reference
+    queue = operator.get("/panel/operator/requests")
+    assert f"Issue the reset link for {reference}" in queue.text
+    answer = operator.submit(
+        f"/panel/operator/requests/{reference}/password-link", page="/panel/operator/requests"
+    )
+    assert answer.status_code == 200, answer.text
+    link = re.search(r'value="http://testserver(/panel/reset/[^"]+)"', answer.text).group(1)
+    assert set_password(Visitor(cabinet.app), link).status_code == 200
+    assert request_rows(cabinet)[0].fulfilled_at == clock.now
+    # Nothing waits on that request any more.
+    again = operator.submit(
+        f"/panel/operator/requests/{reference}/password-link", page="/panel/operator/requests"
+    )
+    assert again.status_code == 404
