@@ -49,6 +49,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
     api_tokens,
     password_resets,
+    pending_logins,
     sessions,
     users,
 )
@@ -89,7 +90,6 @@ TOTP_ISSUER = "vce.kvm"
 # this many wrong codes, by this process; at most this many at once.
 PENDING_LIFE = dt.timedelta(minutes=5)
 PENDING_TRIES = 5
-PENDING_ENTRIES = 10_000
 # A reset link works this long after support issued it; the request's clock is 20 min too.
 RESET_LIFE = dt.timedelta(minutes=20)
 
@@ -100,15 +100,6 @@ class TokenNotFound(SpecError):
 
 class ResetNotFound(SpecError):
     """No password reset waits on that request."""
-
-
-@dataclass
-class PendingLogin:
-    """A login whose password was right and whose code is awaited: no session, no rights."""
-
-    principal: Principal
-    expires_at: dt.datetime
-    tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,17 +216,13 @@ def totp_uri(login: str, secret: str) -> str:
 
 def matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
     """The time step whose code this is: the current one or the one before (a code typed as
-    it changed), never a later one, so that a code's step is never after the login it opened."""
+    it changed), never a later one."""
     totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP)
     current = totp.timecode(now)
     for step in (current, current - 1):
         if hmac.compare_digest(totp.generate_otp(step).encode(), code.encode()):
             return step
     return None
-
-
-def step_start(step: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(step * TOTP_STEP, dt.UTC)
 
 
 def check_scopes(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -324,7 +311,6 @@ class Identity:
         self.lock = threading.Lock()
         self._decoy: str | None = None
         # Logins waiting for their code, by the SHA-256 of the secret the browser holds.
-        self.pending: dict[str, PendingLogin] = {}
 
     # -- users ---------------------------------------------------------------------------
 
@@ -468,9 +454,11 @@ class Identity:
         session of the user ends: one opened with the password alone is not left open."""
         login = check_login(login)
         secret = check_totp_secret(secret)
-        if matching_step(secret, check_code(code), self.ledger.now()) is None:
+        step = matching_step(secret, check_code(code), self.ledger.now())
+        if step is None:
             raise SpecError("code", "is not the current code of this secret: try the next one")
-        view = self.update_user(login, totp_secret=secret)
+        # The code shown to turn the factor on is used: it cannot open a session too.
+        view = self.update_user(login, totp_secret=secret, totp_step=step)
         self.end_sessions(login)
         return view
 
@@ -480,72 +468,79 @@ class Identity:
         row = self.user_row(login)
         if row is None or row.totp_secret is None:
             raise SpecError("code", "there is no second factor to turn off")
-        if self.fresh_step(row, check_code(code)) is None:
+        if not self.take_code(row, check_code(code)):
             raise SpecError("code", "is wrong or used already: wait for the next one")
-        return self.update_user(login, totp_secret=None)
+        return self.update_user(login, totp_secret=None, totp_step=None)
 
-    def fresh_step(self, row: Any, code: str) -> int | None:
-        """The code's time step when it is the user's and no session of theirs was opened at
-        or after that step began (which a login with it would have done), else None."""
+    def take_code(self, row: Any, code: str) -> bool:
+        """Whether the code is the user's and not used before; taking it uses it up, and every
+        code of its time step and those before, on every instance: the update is conditional
+        on the last step taken, so of two instances given one code at once, one takes it."""
         step = matching_step(row.totp_secret, code, self.ledger.now())
-        if step is None or self.sessions_since(row.login, step) > 0:
-            return None
-        return step
-
-    def sessions_since(self, login: str, step: int) -> int:
-        """How many sessions of the user were opened since the code step began."""
-        query = sa.select(sa.func.count()).where(
-            sessions.c.login == login, sessions.c.created_at >= step_start(step)
-        )
-        with self.ledger.store.read() as connection:
-            return connection.execute(query).scalar_one()
+        if step is None:
+            return False
+        with self.ledger.store.write() as connection:
+            done = connection.execute(
+                users.update()
+                .where(
+                    users.c.login == row.login,
+                    users.c.totp_secret == row.totp_secret,
+                    sa.or_(users.c.totp_step.is_(None), users.c.totp_step < step),
+                )
+                .values(totp_step=step)
+            )
+        return done.rowcount == 1
 
     def begin_second_step(self, principal: Principal) -> str:
-        """Remember a login whose password was right: the secret for the browser to hold."""
+        """Remember a login whose password was right: the secret for the browser to hold (the
+        ledger keeps its SHA-256, so any instance can take the code)."""
         secret = secrets.token_urlsafe(SECRET_BYTES)
         now = self.ledger.now()
-        with self.lock:
-            if len(self.pending) >= PENDING_ENTRIES:
-                self.pending = {k: v for k, v in self.pending.items() if v.expires_at > now}
-            if len(self.pending) >= PENDING_ENTRIES:
-                self.pending.clear()
-            self.pending[digest(secret)] = PendingLogin(principal, now + PENDING_LIFE)
+        with self.ledger.store.write() as connection:
+            connection.execute(pending_logins.delete().where(pending_logins.c.expires_at <= now))
+            connection.execute(
+                pending_logins.insert().values(
+                    id=digest(secret), login=principal.actor, tries=0, created_at=now,
+                    expires_at=now + PENDING_LIFE,
+                )
+            )  # fmt: skip
         return secret
 
-    def pending_login(self, secret: Any) -> PendingLogin | None:
+    def pending_login(self, secret: Any) -> Any:
+        """The waiting login the browser's secret names, unexpired; else None."""
         if not isinstance(secret, str) or len(secret) != 43:
             return None
-        with self.lock:
-            entry = self.pending.get(digest(secret))
-        if entry is None or entry.expires_at <= self.ledger.now():
-            return None
-        return entry
+        query = sa.select(pending_logins).where(
+            pending_logins.c.id == digest(secret),
+            pending_logins.c.expires_at > self.ledger.now(),
+            pending_logins.c.tries < PENDING_TRIES,
+        )
+        with self.ledger.store.read() as connection:
+            return connection.execute(query).first()
 
-    def second_step(self, secret: Any, code: Any) -> tuple[Principal, int] | None:
-        """The principal and the code's step when the code completes the pending login, else
-        None; after PENDING_TRIES wrong codes the login starts again from the password."""
+    def second_step(self, secret: Any, code: Any) -> Principal | None:
+        """The user's principal when the code completes the waiting login, else None; after
+        PENDING_TRIES wrong codes the login starts again from the password."""
         entry = self.pending_login(secret)
         if entry is None:
             return None
-        row = self.user_row(entry.principal.actor)
+        row = self.user_row(entry.login)
         try:
-            step = None if row is None else self.fresh_step(row, check_code(code))
+            taken = row is not None and row.disabled_at is None and row.totp_secret is not None
+            taken = taken and self.take_code(row, check_code(code))
         except SpecError:
-            step = None
-        with self.lock:
-            if step is None and row is not None and row.disabled_at is None:
-                entry.tries += 1
-                if entry.tries < PENDING_TRIES:
-                    return None
-            self.pending.pop(digest(secret), None)
-        if step is None or row is None or row.disabled_at is not None:
-            return None
-        return user_principal(row), step
-
-    def code_replayed(self, login: str, step: int) -> bool:
-        """After the session a code opened: whether another session was opened since the
-        code's step began (the same code at another instance, at the same moment)."""
-        return self.sessions_since(login, step) > 1
+            taken = False
+        with self.ledger.store.write() as connection:
+            if not taken:
+                connection.execute(
+                    pending_logins.update()
+                    .where(pending_logins.c.id == entry.id)
+                    .values(tries=pending_logins.c.tries + 1)
+                )
+                return None
+            # The waiting login is spent: its secret opens nothing more.
+            connection.execute(pending_logins.delete().where(pending_logins.c.id == entry.id))
+        return user_principal(row)
 
     # -- password resets (terms 5.1: a request of kind "password") ----------------------------
 

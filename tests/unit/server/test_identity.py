@@ -376,28 +376,35 @@ def test_turning_totp_on_needs_a_current_code_and_ends_every_session(at_noon, ur
     assert [row["closed_at"] for row in rows(url, sessions)] == [NOW]
 
 
-def test_a_code_opens_one_session_whichever_instance_is_asked(at_noon, url):
+def test_a_code_opens_one_login_whichever_instance_is_asked(at_noon, url):
     at_noon.create_user("ann", PASSWORD, "customer", "acme")
     secret = new_totp_secret()
     at_noon.update_user("ann", totp_secret=secret)
     principal = at_noon.verify_password("ann", PASSWORD)
     pending = at_noon.begin_second_step(principal)
-    assert (
-        at_noon.second_step(pending, "000000" if code_at(secret) != "000000" else "999999") is None
-    )
-    found, step = at_noon.second_step(pending, code_at(secret))
-    assert found == principal
-    Sessions(at_noon.ledger).open(found, "192.0.2.1")
-    assert not at_noon.code_replayed("ann", step)
-    # Another server process on the same ledger: the code is used.
+    wrong = "000000" if code_at(secret) != "000000" else "999999"
+    assert at_noon.second_step(pending, wrong) is None
+    # Another server process on the same ledger takes the code of the login begun here: the
+    # waiting login is in the ledger, not in one process.
     other = Identity(Ledger.open(url, now=NOW), hasher=QUICK)
-    assert other.second_step(other.begin_second_step(principal), code_at(secret)) is None
+    assert other.second_step(pending, code_at(secret)) == principal
     # The key a browser held is spent once the code was taken.
     assert at_noon.second_step(pending, code_at(secret)) is None
-    # Two instances that took the same code at the same moment each opened a session: each
-    # sees the other's after its own, and closes its own.
-    Sessions(at_noon.ledger).open(found, "192.0.2.2")
-    assert at_noon.code_replayed("ann", step)
+    # The code is used up on every instance: a new login cannot take it again.
+    assert at_noon.second_step(at_noon.begin_second_step(principal), code_at(secret)) is None
+    assert other.second_step(other.begin_second_step(principal), code_at(secret)) is None
+
+
+def test_wrong_codes_end_the_waiting_login(at_noon):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    secret = new_totp_secret()
+    at_noon.update_user("ann", totp_secret=secret)
+    pending = at_noon.begin_second_step(at_noon.verify_password("ann", PASSWORD))
+    wrong = "000000" if code_at(secret) != "000000" else "999999"
+    for _attempt in range(5):
+        assert at_noon.second_step(pending, wrong) is None
+    assert at_noon.pending_login(pending) is None
+    assert at_noon.second_step(pending, code_at(secret)) is None
 
 
 # Five digits; six full-width digits (str.isdigit says yes: refused all the same); a letter.

@@ -115,7 +115,7 @@ def test_a_login_asks_for_the_code_and_the_half_way_state_opens_nothing(cabinet,
     for path in ("/panel/", "/panel/account"):
         assert visitor.get(path).status_code == 303
     wrong = give_code(visitor, "123456" if clock.code(secret) != "123456" else "654321")
-    assert wrong.status_code == 401 and "Wrong code" in wrong.text
+    assert wrong.status_code == 401 and "Wrong or used code" in wrong.text
     right = give_code(visitor, clock.code(secret))
     assert right.status_code == 303 and right.headers["location"] == "/panel/"
     assert visitor.get("/panel/").status_code == 200
