@@ -441,6 +441,22 @@ if sa is not None:
         sa.Column("disabled_at", UtcDateTime),
         # The TOTP second factor's base32 secret (migration 0010); NULL: password only.
         sa.Column("totp_secret", sa.String(64)),
+        # The last time step whose code was accepted: a code of it or before is used up, on
+        # every instance (the update that takes a code is conditional on it).
+        sa.Column("totp_step", sa.BigInteger),
+    )
+
+    # A login whose password was right and whose TOTP code is awaited (migration 0010): no
+    # session, no rights; the key is the SHA-256 of the secret the browser holds, so that any
+    # instance behind the proxy can take the code.
+    pending_logins = sa.Table(
+        "pending_logins",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("login", sa.String(128), nullable=False),
+        sa.Column("tries", sa.Integer, nullable=False),  # wrong codes so far
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
     )
 
     # API tokens: the visible prefix is the key, the secret is kept only as its SHA-256 (a

@@ -120,6 +120,18 @@ def fulfil_request(
     return {"request": ctx.operator.fulfil(who, request_id, body)}
 
 
+@router.post("/requests/{request_id}/password-link")
+def password_link(
+    request_id: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """The link a customer who asked for a password reset in the cabinet sets a new password
+    with: shown this once, valid 20 minutes and once; issuing again voids the earlier link.
+    Using it stops the request's clock."""
+    return {"reset": ctx.operator.password_link(ctx.identity, request_id)}
+
+
 @router.get("/incidents")
 def list_incidents(
     tenant: str | None = None,

@@ -21,6 +21,8 @@ from .sessions import Session
 
 SESSION_COOKIE = "vce_session"
 LOGIN_COOKIE = "vce_login_csrf"
+# A login whose password was right, waiting for its second factor's code (identity.py).
+PENDING_COOKIE = "vce_login_pending"
 COOKIE_PATH = "/panel"
 # A form of the cabinet is a few fields; a bigger body is refused before it is parsed.
 MAX_FORM_BYTES = 64 * 1024

@@ -1,25 +1,29 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The customer's pages: log in and out, the environment and its VMs' power, an action's
-progress, the account. Each page calls the service layer the API calls, with the session's
-Principal, so a page can do nothing the API would refuse."""
+"""The customer's pages: log in (with the second factor's code when the user has one, see
+account.py) and out, the environment and its VMs' power, an action's progress. Each page
+calls the service layer the API calls, with the session's Principal, so a page can do nothing
+the API would refuse."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote
 
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..api.deps import Context, context
 from ..errors import ApiError, not_found, too_many
+from ..identity import PENDING_LIFE
+from ..principal import Principal
 from ..service.resources import VM_ACTIONS
 from . import views
 from .guard import (
     COOKIE_PATH,
     LOGIN_COOKIE,
+    PENDING_COOKIE,
     SESSION_COOKIE,
     checked_form,
     customer,
@@ -60,6 +64,12 @@ def form_key() -> str:
 def login_page(request: Request, next: str | None = None) -> Response:
     token = login_token(request)
     response = page(request, "login.html.j2", login_csrf=token, back=safe_back(next), error="")
+    return with_login_cookie(request, response, token)
+
+
+def with_login_cookie(request: Request, response: Response, token: str) -> Response:
+    """The double-submit cookie of the forms sent before a session exists (login, its code,
+    the password reset)."""
     response.set_cookie(
         LOGIN_COOKIE, token, httponly=True, samesite="strict", path=COOKIE_PATH,
         secure=secure(request),
@@ -83,17 +93,42 @@ async def log_in(request: Request, ctx: Context = Depends(context)) -> Response:
             request, "login.html.j2", status=401, login_csrf=fields.get("csrf", ""), back=back,
             error="Wrong login or password.",
         )  # fmt: skip
+    if ctx.identity.has_second_factor(principal.actor):
+        return ask_code(request, ctx, principal, back)
     cookie, _session = ctx.sessions.open(principal, source_of(request))
+    return logged_in(request, principal, cookie, back)
+
+
+def ask_code(request: Request, ctx: Context, principal: Principal, back: str) -> Response:
+    """The password was right and the user has a second factor: the code form, with the
+    pending login kept by the server (the browser holds its key, which opens nothing)."""
+    pending = ctx.identity.begin_second_step(principal)
+    response = see_other(f"{COOKIE_PATH}/login/code?next={quote(back, safe='/')}")
+    response.set_cookie(
+        PENDING_COOKIE, pending, max_age=int(PENDING_LIFE.total_seconds()), httponly=True,
+        samesite="strict", path=COOKIE_PATH, secure=secure(request),
+    )  # fmt: skip
+    return response
+
+
+def logged_in(request: Request, principal: Principal, cookie: str, back: str) -> Response:
+    """The answer that completes a login: the session's cookie, and on to the page asked for
+    (an operator's home is the operator's pages)."""
     request.state.principal = principal
     if principal.is_operator and back == f"{COOKIE_PATH}/":
         back = f"{COOKIE_PATH}/operator/"
     response = see_other(back)
+    set_session_cookie(request, response, cookie)
+    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+    response.delete_cookie(PENDING_COOKIE, path=COOKIE_PATH)
+    return response
+
+
+def set_session_cookie(request: Request, response: Response, cookie: str) -> None:
     response.set_cookie(
         SESSION_COOKIE, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True,
         samesite="lax", path=COOKIE_PATH, secure=secure(request),
     )  # fmt: skip
-    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
-    return response
 
 
 @router.post("/logout")
@@ -182,44 +217,3 @@ def action_page(
     if found is None:
         raise not_found(f"action {action_id}")
     return page(request, "action.html.j2", action=views.action_detail(found))
-
-
-# -- the account -----------------------------------------------------------------------------
-
-
-@router.get("/account")
-def account_page(
-    request: Request,
-    session: Session = Depends(signed_in),  # noqa: B008
-) -> Response:
-    return page(request, "account.html.j2", error="", done=False)
-
-
-@router.post("/account/password")
-async def change_password(
-    request: Request,
-    session: Session = Depends(signed_in),  # noqa: B008
-    ctx: Context = Depends(context),  # noqa: B008
-) -> Response:
-    fields = await checked_form(request, session)
-    login = session.login
-    if ctx.identity.verify_password(login, fields.get("current", "")) is None:
-        return page(request, "account.html.j2", status=401, error="The current password is wrong.",
-                    done=False)  # fmt: skip
-    if fields.get("new", "") != fields.get("again", ""):
-        return page(request, "account.html.j2", status=422,
-                    error="The new password and its repetition differ.", done=False)  # fmt: skip
-    try:
-        ctx.identity.set_password(login, fields.get("new", ""))
-    except SpecError as error:
-        return page(request, "account.html.j2", status=422, error=f"New password: {error.reason}.",
-                    done=False)  # fmt: skip
-    # Setting the password ended every session, this one too: the browser gets a new one.
-    cookie, fresh = ctx.sessions.open(session.principal, source_of(request))
-    request.state.session = fresh
-    response = page(request, "account.html.j2", error="", done=True)
-    response.set_cookie(
-        SESSION_COOKIE, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True,
-        samesite="lax", path=COOKIE_PATH, secure=secure(request),
-    )  # fmt: skip
-    return response

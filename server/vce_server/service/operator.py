@@ -45,7 +45,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
 )
 
 from ..errors import not_found
-from ..identity import Identity, TokenNotFound, check_login
+from ..identity import Identity, ResetNotFound, TokenNotFound, check_login
 from ..principal import CUSTOMER, Principal
 from .terms import (
     DEFAULT_LISTED,
@@ -343,6 +343,16 @@ class Operator:
     def disable_user(identity: Identity, login: str) -> dict[str, Any]:
         existing_user(identity, login)
         return identity.disable_user(login).as_dict()
+
+    @staticmethod
+    def password_link(identity: Identity, request_id: str) -> dict[str, Any]:
+        """The link of a reset the customer asked for in the cabinet, shown this once; any
+        link issued before stops working. Support hands it over (there is no mail)."""
+        try:
+            secret, facts = identity.issue_reset_link(request_id)
+        except ResetNotFound:
+            raise not_found(f"password reset of request {request_id}") from None
+        return {**facts, "link": f"/panel/reset/{secret}"}
 
     # -- the fleet -------------------------------------------------------------------------
 

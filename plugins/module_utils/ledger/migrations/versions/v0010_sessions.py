@@ -1,7 +1,8 @@
 # Copyright: vce.kvm developers
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The personal cabinet: browser sessions, a user's second factor, password resets and the
-single-use tickets that open a VM's console.
+"""The personal cabinet: browser sessions, a user's second factor (its secret, the last step
+accepted, logins waiting for a code), password resets and the single-use tickets that open a
+VM's console.
 
 Revision ID: 0010
 """
@@ -40,6 +41,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("totp_secret", sa.String(64)))
+        batch.add_column(sa.Column("totp_step", sa.BigInteger))
+    op.create_table(
+        "pending_logins",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("login", sa.String(128), nullable=False),
+        sa.Column("tries", sa.Integer, nullable=False),
+        moment("created_at", False),
+        moment("expires_at", False),
+    )
     op.create_table(
         "password_resets",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -65,6 +75,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("console_tickets")
     op.drop_table("password_resets")
+    op.drop_table("pending_logins")
     with op.batch_alter_table("users") as batch:
+        batch.drop_column("totp_step")
         batch.drop_column("totp_secret")
     op.drop_table("sessions")
