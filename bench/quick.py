@@ -27,6 +27,7 @@ SCRIPTS = (
     "api_read",
     "api_quotas",
     "panel_dashboard",
+    "console_echo",
     "pulumi_api",
     "floor",
     "firewall_install",

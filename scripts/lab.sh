@@ -33,8 +33,9 @@ DEBIAN_PACKAGES=(
 # the browser tier and the browser benches drive Debian's chromium (Playwright and Lighthouse
 # never download a browser of their own); a font for the text of its screenshots.
 BROWSER_DEBIAN_PACKAGES=(chromium fonts-dejavu-core)
-# Their JavaScript, pinned by each directory's package-lock.json: axe-core, Lighthouse.
-NPM_DIRECTORIES=(tests/browser bench/browser)
+# Their JavaScript, pinned by each directory's package-lock.json: axe-core, Lighthouse; and
+# xterm.js, whose files the server serves from copies the unit tier checks against its tarball.
+NPM_DIRECTORIES=(tests/browser bench/browser server/vce_server/panel)
 VENV=.venv
 
 install_debian_packages() {

@@ -34,6 +34,7 @@ from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
 from .panel import account as panel_account
+from .panel import console as panel_console
 from .panel import objects as panel_objects
 from .panel import operator as panel_operator
 from .panel import routes as panel_routes
@@ -126,7 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router.router, responses=ERROR_RESPONSES)
     # The objects' routes before the others: /panel/vms/new/apply is theirs, not the power
     # verb "apply" of a VM named "new".
-    for panel in (panel_objects, panel_routes, panel_account, panel_operator, panel_terms):
+    for panel in (
+        panel_objects,
+        panel_routes,
+        panel_account,
+        panel_operator,
+        panel_terms,
+        panel_console,
+    ):
         app.include_router(panel.router)
     app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
 

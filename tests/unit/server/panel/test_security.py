@@ -3,8 +3,9 @@ later are covered, or fail the matrix until it knows how to fill their paths):
 
 - tenant B's session reaches none of tenant A's objects: every route and method, its path
   filled with A's names and ids, answers 404, 403 or a redirect to the login page, never a
-  page with A's names or addresses, and the ledger (but the audit trail and B's own rows) and
-  libvirt are as they were;
+  page with A's names or addresses (the console's websocket, opened with A's ticket, is closed
+  with the policy code), and the ledger (but the audit trail and B's own rows) and libvirt are
+  as they were;
 - every POST refuses a form without its CSRF token, or with another session's, changing
   nothing;
 - a session ends after 30 idle minutes, after 12 hours, when its user is disabled, at logout,
@@ -29,12 +30,15 @@ import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Mount
+from starlette.websockets import WebSocketDisconnect
 from vce_server.app import LOGIN_BURST, LOGIN_RATE
 from vce_server.limits import RateLimiter
+from vce_server.panel.console import POLICY
+from vce_server.service.console import Ticket, Tickets
 
 from tests.support.cabinet import PASSWORD, Cabinet, Visitor, hidden_fields
 from tests.support.server import changes, ledger_digest, libvirt_digest
@@ -55,6 +59,8 @@ NOT_OBJECTS = frozenset({"month", "plural", "kind"})
 # What a refusal looks like: not found (or another tenant's), forbidden, or the login page.
 REFUSED = frozenset({403, 404})
 VERBS = ("start", "stop", "reboot")
+# Websockets the matrix knows how to try: B opens the socket with A's console ticket.
+SOCKETS = frozenset({"/panel/console/ws"})
 # A's object of each kind, by the path segment before its {name} (A has the first three; the
 # others are names of A's style, which B must not reach either).
 OBJECT_NAMES = {
@@ -76,6 +82,7 @@ class World:
     request_id: str
     incident_id: str
     secrets: list[str] = field(default_factory=list)
+    ticket: str = ""  # A's console ticket for its VM, unused
 
     def values(self, name: str, before: str) -> list[str] | None:
         """A's values for a path parameter, by its name and the path segment before it; None
@@ -141,6 +148,8 @@ def world(cabinet: Cabinet) -> World:
     request_id = ctx.terms.file_request(who, {"kind": "minor_fault", "note": NOTE_A})["id"]
     incident = ctx.terms.report_incident(who, {"vm": VM_A, "note": NOTE_A})
     built = World(cabinet, a, b, action_id, token.prefix, request_id, str(incident["id"]))
+    zone = ctx.resources.read(TENANT_A, "vms", VM_A)["zone"]
+    built.ticket = Tickets(ctx.ledger).issue(Ticket(TENANT_A, VM_A, zone, LOGIN_A))
     built.secrets = [TENANT_A, LOGIN_A, VM_A, NETWORK_A, DISK_A, ADDRESS_A, NOTE_A, action_id,
                      token.prefix, text, request_id, "a-token-q7"]  # fmt: skip
     return built
@@ -166,6 +175,9 @@ def panel_routes(cabinet: Cabinet) -> tuple[list[Route], list[str]]:
     for context in iter_route_contexts(cabinet.app.routes):
         path, route = context.path or "", context.original_route
         if not path.startswith("/panel") or isinstance(route, Mount):
+            continue
+        if isinstance(route, APIWebSocketRoute) and path in SOCKETS:
+            found.append(Route("WS", path))
             continue
         if not isinstance(route, APIRoute):
             unknown.append(f"{type(route).__name__} {path}: the matrix does not know this route")
@@ -201,11 +213,25 @@ def send(visitor: Visitor, route: Route, path: str, world: World) -> tuple[httpx
     """B's request, and all B sent in it (B may see again what it sent itself)."""
     if route.method == "GET":
         return visitor.get(path), path
+    if route.method == "WS":
+        # Refused with the policy code: as a 403 for the judge; anything else is a failure.
+        code = socket_close_code(visitor, f"{path}?ticket={world.ticket}")
+        return httpx.Response(403 if code == POLICY else 500, text=f"closed {code}"), path
     # B's own valid token and a fresh key, and A's objects wherever a form may name one.
     form = {"csrf": visitor.form_token(), "key": secrets.token_hex(16), "vm": VM_A,
             "network": NETWORK_A, "disk": DISK_A, "prefix": world.prefix, "request": world.request_id,
             "action": world.action_id, "backup": "1"}  # fmt: skip
     return visitor.client.request(route.method, path, data=form), " ".join([path, *form.values()])
+
+
+def socket_close_code(visitor: Visitor, path: str) -> int:
+    """How the server closed the socket B opened from the cabinet's own origin."""
+    with visitor.client.websocket_connect(path, headers={"origin": "http://testserver"}) as socket:
+        try:
+            while True:
+                socket.receive_text()
+        except WebSocketDisconnect as closed:
+            return closed.code
 
 
 def refused(reply: httpx.Response) -> bool:
