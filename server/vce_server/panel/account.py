@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
-from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -246,7 +245,7 @@ async def reset_password(request: Request, ctx: Context = Depends(context)) -> R
     except SpecError as error:
         return page(request, "account_reset_link.html.j2", status=422,
                     error=f"{error.field.capitalize()}: {error.reason}.", **again)  # fmt: skip
-    RequestLog(ctx.ledger).fulfil(done.tenant, done.request, at=done.at)
+    ctx.terms.reset_done(done.tenant, done.request, done.at)
     return page(request, "account_reset_link.html.j2", login_csrf="", secret="", error="",
                 done=True)  # fmt: skip
 

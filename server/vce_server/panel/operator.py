@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import CAUSES, EXCLUDED_CAUSES
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -288,7 +287,8 @@ def incidents_page(
     ordered = sorted(found, key=lambda row: (row["ended_at"] is not None, row["started_at"]))
     ongoing = [row for row in ordered if row["ended_at"] is None][::-1]
     ended = [row for row in ordered if row["ended_at"] is not None][::-1]
-    return page(request, "operator_incidents.html.j2", incidents=ongoing + ended, causes=CAUSES)
+    return page(request, "operator_incidents.html.j2", incidents=ongoing + ended,
+                causes=ctx.operator.causes())  # fmt: skip
 
 
 @router.get("/operator/incidents/{number}/{step}")
@@ -383,7 +383,7 @@ def maintenance(
     return page(
         request, "operator_maintenance.html.j2", status=status,
         windows=ctx.operator.exclusions(session.principal, EXCLUSIONS_SHOWN),
-        causes=EXCLUDED_CAUSES, typed=fields, error=error,
+        causes=ctx.operator.excludable_causes(), typed=fields, error=error,
     )  # fmt: skip
 
 

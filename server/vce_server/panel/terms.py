@@ -26,7 +26,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.periods import (
     parse_month,
     time_zone,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.finance import statement
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
@@ -436,16 +435,13 @@ def sla_page(
     """The month's service level: availability per VM with its timeline, the incidents, the
     credit; drawn from the invoice document by the statement's own views and chart."""
     try:
-        document = ctx.terms.invoice(session.principal, month)
+        view, charts, credit = ctx.terms.sla_view(session.principal, month)
     except SpecError as error:
         return show_billing(request, ctx, session, None, 422, error.reason, month)
-    view = statement.statement_view(document)
-    # The statement's own chart macro, rendered in its autoescaped environment: safe markup.
-    chart = statement.templates().get_template("macros.html.j2").module.chart
+    # The statement's own chart macro rendered them in its autoescaped environment: markup.
     return page(
-        request, "terms_sla.html.j2", s=view,
-        charts=[Markup(chart(vm.chart)) for vm in view.vms],
-        credit=statement.sla_statement(document)["sla_credit"],
+        request, "terms_sla.html.j2", s=view, charts=[Markup(chart) for chart in charts],
+        credit=credit,
     )  # fmt: skip
 
 

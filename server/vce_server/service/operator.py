@@ -25,7 +25,11 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant im
     run_tenant,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
-from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents
+from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import (
+    CAUSES,
+    EXCLUDED_CAUSES,
+    Incidents,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
     exclusions,
     hosts,
@@ -355,6 +359,16 @@ class Operator:
         return {**facts, "link": f"/panel/reset/{secret}"}
 
     # -- the fleet -------------------------------------------------------------------------
+
+    @staticmethod
+    def causes() -> tuple[str, ...]:
+        """What an incident may be classified as (terms 5.8: who or what caused it)."""
+        return CAUSES
+
+    @staticmethod
+    def excludable_causes() -> tuple[str, ...]:
+        """The causes a maintenance window may exclude from availability."""
+        return EXCLUDED_CAUSES
 
     def hosts(self, who: Principal) -> list[dict[str, Any]]:
         """The registered hosts: zone, URI, capacity, versions, how many tenants each holds,
