@@ -26,6 +26,8 @@ SCRIPTS = (
     "api_submit",
     "api_read",
     "api_quotas",
+    "panel_dashboard",
+    "console_echo",
     "pulumi_api",
     "floor",
     "firewall_install",

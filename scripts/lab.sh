@@ -3,7 +3,8 @@
 #   scripts/lab.sh demo   install everything, make this machine the lab KVM host
 #                         (playbooks/site.yml: the kvm_host role), build the tiny guest image
 #                         and apply the demo tenant (a network, two VMs with disks, started)
-#   scripts/lab.sh test   install everything and run the whole test suite (what CI runs):
+#   scripts/lab.sh test   install everything, and the browser tools (chromium, axe-core,
+#                         Lighthouse), and run the whole test suite (what CI runs):
 #                         the README's install and demo in a pristine Debian 12 root
 #                         (tools/pristine_root.py), ruff, ansible-doc, playbook syntax,
 #                         ansible-lint, ansible-test sanity,
@@ -28,11 +29,18 @@ DEBIAN_PACKAGES=(
   iperf3  # bench/firewall_throughput.py measures tenant traffic with and without the firewall
   curl jq  # tests/server/test_api_doc.py runs docs/api.md's examples as a customer would
 )
+# For `test` only (install and demo, and so the pristine root's check of them, need none):
+# the browser tier and the browser benches drive Debian's chromium (Playwright and Lighthouse
+# never download a browser of their own); a font for the text of its screenshots.
+BROWSER_DEBIAN_PACKAGES=(chromium fonts-dejavu-core)
+# Their JavaScript, pinned by each directory's package-lock.json: axe-core, Lighthouse; and
+# xterm.js, whose files the server serves from copies the unit tier checks against its tarball.
+NPM_DIRECTORIES=(tests/browser bench/browser server/vce_server/panel)
 VENV=.venv
 
 install_debian_packages() {
   local missing=()
-  for package in "${DEBIAN_PACKAGES[@]}"; do
+  for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
       || missing+=("$package")
   done
@@ -58,8 +66,30 @@ install_python() {
 }
 
 install_all() {
-  install_debian_packages
+  install_debian_packages "${DEBIAN_PACKAGES[@]}"
   install_python
+}
+
+install_npm_directories() {
+  # npm ci again only when a directory's lock changes (it empties node_modules first).
+  local directory stamp wanted
+  for directory in "${NPM_DIRECTORIES[@]}"; do
+    stamp="$directory/node_modules/.vce-installed"
+    wanted=$(sha256sum "$directory/package-lock.json" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+      echo "lab: npm ci in $directory"
+      (cd "$directory" && npm ci --no-audit --no-fund --loglevel=error)
+      echo "$wanted" > "$stamp"
+    fi
+  done
+}
+
+install_browser_tools() {
+  local packages=("${BROWSER_DEBIAN_PACKAGES[@]}")
+  # The machine's own Node.js when it has one (a newer one than Debian's, often); else Debian's.
+  command -v npm > /dev/null || packages+=(nodejs npm)
+  install_debian_packages "${packages[@]}"
+  install_npm_directories
 }
 
 demo() {
@@ -97,6 +127,7 @@ sanity() {
 
 run_tests() {
   install_all
+  install_browser_tools
   local py="$VENV/bin/python"
   echo "lab: pristine Debian 12 root: lab.sh install, then lab.sh demo until both VMs answer ping"
   "$py" -m tools.pristine_root check

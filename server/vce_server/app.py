@@ -19,7 +19,8 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __doc__ as about
@@ -32,6 +33,15 @@ from .api.deps import ERROR_RESPONSES, Context
 from .errors import ApiError, from_engine
 from .identity import Identity
 from .limits import RateLimiter
+from .panel import account as panel_account
+from .panel import console as panel_console
+from .panel import objects as panel_objects
+from .panel import operator as panel_operator
+from .panel import routes as panel_routes
+from .panel import terms as panel_terms
+from .panel.guard import COOKIE_PATH, LoginNeeded, login_url
+from .panel.render import STATIC, error_page
+from .panel.sessions import Sessions
 from .service.checks import Checks
 from .service.operator import Operator
 from .service.resources import Resources
@@ -42,6 +52,11 @@ log = logging.getLogger("vce.serve")
 VERSION = "1"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Calls audited when they may change something: the API's and the cabinet's.
+AUDITED = ("/v1/", f"{COOKIE_PATH}/")
+# Logins per client address: 10 at once, then one every 5 s (argon2 costs a core each).
+LOGIN_RATE = 0.2
+LOGIN_BURST = 10
 STATUS_TEXT = {
     400: "bad_request",
     401: "unauthorized",
@@ -75,6 +90,8 @@ def build_context(settings: Settings) -> Context:
         operator=Operator(settings.ledger_url),
         limiter=RateLimiter(settings.rate_per_second, settings.rate_burst),
         checks=Checks(resources),
+        sessions=Sessions(ledger),
+        logins=RateLimiter(LOGIN_RATE, LOGIN_BURST),
     )
 
 
@@ -105,8 +122,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(LoginNeeded, login_needed)
     for router in (actions_api, resources_api, terms_api, operator_api):
         app.include_router(router.router, responses=ERROR_RESPONSES)
+    # The objects' routes before the others: /panel/vms/new/apply is theirs, not the power
+    # verb "apply" of a VM named "new".
+    for panel in (
+        panel_objects,
+        panel_routes,
+        panel_account,
+        panel_operator,
+        panel_terms,
+        panel_console,
+    ):
+        app.include_router(panel.router)
+    app.mount(f"{COOKIE_PATH}/static", StaticFiles(directory=STATIC), name="panel-static")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse(f"{COOKIE_PATH}/", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -119,23 +153,30 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "") or uuid.uuid4().hex
 
 
-def reply(request: Request, error: ApiError) -> JSONResponse:
+def reply(request: Request, error: ApiError) -> Response:
+    """The error in the API's JSON shape; a page of the cabinet gets it as a page."""
+    if request.url.path.startswith(f"{COOKIE_PATH}/"):
+        return error_page(request, error)
     return JSONResponse(
         error.body(request_id(request)), status_code=error.status, headers=error.headers
     )
 
 
-async def api_error(request: Request, error: Exception) -> JSONResponse:
+async def login_needed(request: Request, error: Exception) -> RedirectResponse:
+    return RedirectResponse(login_url(error.back), status_code=303)  # type: ignore[attr-defined]
+
+
+async def api_error(request: Request, error: Exception) -> Response:
     return reply(request, error)  # type: ignore[arg-type]
 
 
-async def engine_error(request: Request, error: Exception) -> JSONResponse:
+async def engine_error(request: Request, error: Exception) -> Response:
     ctx = getattr(request.app.state, "context", None)
     scrub = ctx.resources.scrub if ctx is not None else str
     return reply(request, from_engine(error, scrub))  # type: ignore[arg-type]
 
 
-async def validation_error(request: Request, error: Exception) -> JSONResponse:
+async def validation_error(request: Request, error: Exception) -> Response:
     """FastAPI's own checks (path, query, a body that is not JSON) in the API's shape."""
     fields = []
     for item in error.errors():  # type: ignore[attr-defined]
@@ -145,13 +186,13 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     return reply(request, ApiError(422, "invalid", message, fields))
 
 
-async def http_error(request: Request, error: Exception) -> JSONResponse:
+async def http_error(request: Request, error: Exception) -> Response:
     status = error.status_code  # type: ignore[attr-defined]
     code = STATUS_TEXT.get(status, "error")
     return reply(request, ApiError(status, code, str(error.detail)))  # type: ignore[attr-defined]
 
 
-async def internal_error(request: Request, error: Exception) -> JSONResponse:
+async def internal_error(request: Request, error: Exception) -> Response:
     log.exception("request %s failed", request_id(request), exc_info=error)
     return reply(request, ApiError(500, "internal", "the server failed; the request id says which"))
 
@@ -182,7 +223,7 @@ class RequestIds:
         try:
             await self.app(scope, receive, sending)
         finally:
-            if scope["method"] not in READS and scope["path"].startswith("/v1/"):
+            if scope["method"] not in READS and scope["path"].startswith(AUDITED):
                 await anyio.to_thread.run_sync(record_call, scope, state, status[0])
 
 

@@ -9,6 +9,17 @@ so checking a token costs one primary-key read, and a few seconds of cache spare
 
 Passwords are argon2id hashes (argon2-cffi), rehashed at the next login when the parameters
 change. Neither a token nor a password is ever logged, raised in an error or returned twice.
+
+A user may add a second factor: a TOTP code (RFC 6238, pyotp) from an authenticator app. A
+code is accepted for its own 30-second step or the one before (typed as it changed), never a
+later one, and only when no session of the user was opened at or after its step began: a
+login opens a session, so the sessions table (shared by every instance) is the record of the
+codes used, and a code works once.
+
+A forgotten password is reset through a request of kind "password" (terms 5.1, a 20-minute
+clock): the row in password_resets ties the request to the login; support issues the link,
+whose secret is shown once and kept only as its SHA-256; setting the password with it ends
+the request's clock.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import pyotp
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
@@ -34,7 +46,13 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.validation import (
     check_name,
     unreadable,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens, users
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
+    api_tokens,
+    password_resets,
+    pending_logins,
+    sessions,
+    users,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, iso
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -49,6 +67,7 @@ SECRET_BYTES = 32
 MAX_LOGIN = 128  # users.login
 MAX_TOKEN_NAME = 64  # api_tokens.name
 MAX_CREATED_BY = 128  # api_tokens.created_by
+MAX_REQUEST = 64  # password_resets.request
 MIN_PASSWORD = 12
 # argon2 hashes any length, but a megabyte password would be a cheap way to burn a worker.
 MAX_PASSWORD = 1024
@@ -62,10 +81,35 @@ CACHE_ENTRIES = 10_000
 TOUCH_EVERY = dt.timedelta(seconds=60)
 # Tries at a fresh random prefix when the drawn one is taken (one in four billion).
 PREFIX_TRIES = 5
+# TOTP as every authenticator app reads it: 6 digits, 30-second steps, SHA-1.
+TOTP_DIGITS = 6
+TOTP_STEP = 30
+TOTP_SECRET = re.compile(r"[A-Z2-7]{32}")  # 160 bits in base32, as pyotp draws them
+TOTP_ISSUER = "vce.kvm"
+# The half-way state of a login (password right, code not yet given): kept this long, for
+# this many wrong codes, by this process; at most this many at once.
+PENDING_LIFE = dt.timedelta(minutes=5)
+PENDING_TRIES = 5
+# A reset link works this long after support issued it; the request's clock is 20 min too.
+RESET_LIFE = dt.timedelta(minutes=20)
 
 
 class TokenNotFound(SpecError):
     """No such token, or another tenant's: the two are told apart by nothing."""
+
+
+class ResetNotFound(SpecError):
+    """No password reset waits on that request."""
+
+
+@dataclass(frozen=True)
+class ResetDone:
+    """What a used reset link did: whose password, and the request whose clock it stopped."""
+
+    login: str
+    tenant: str
+    request: str
+    at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -145,6 +189,40 @@ def check_password(value: Any) -> str:
     if any(unreadable(char) for char in value):
         raise SpecError("password", "cannot hold control or invisible characters")
     return value
+
+
+def check_code(value: Any) -> str:
+    """A TOTP code as typed: six digits, spaces allowed ("123 456")."""
+    code = value.replace(" ", "") if isinstance(value, str) else ""
+    if len(code) != TOTP_DIGITS or not code.isascii() or not code.isdigit():
+        raise SpecError("code", f"is the {TOTP_DIGITS} digits your authenticator app shows")
+    return code
+
+
+def check_totp_secret(value: Any) -> str:
+    if not isinstance(value, str) or not TOTP_SECRET.fullmatch(value):
+        raise SpecError("secret", "is not a secret this page drew: reload the page")
+    return value
+
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+def totp_uri(login: str, secret: str) -> str:
+    """The otpauth:// URI an authenticator app takes (as text or as a QR code)."""
+    return pyotp.TOTP(secret).provisioning_uri(name=login, issuer_name=TOTP_ISSUER)
+
+
+def matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
+    """The time step whose code this is: the current one or the one before (a code typed as
+    it changed), never a later one."""
+    totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP)
+    current = totp.timecode(now)
+    for step in (current, current - 1):
+        if hmac.compare_digest(totp.generate_otp(step).encode(), code.encode()):
+            return step
+    return None
 
 
 def check_scopes(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -232,6 +310,7 @@ class Identity:
         self.cache: dict[str, CachedToken] = {}
         self.lock = threading.Lock()
         self._decoy: str | None = None
+        # Logins waiting for their code, by the SHA-256 of the secret the browser holds.
 
     # -- users ---------------------------------------------------------------------------
 
@@ -271,9 +350,25 @@ class Identity:
             raise SpecError("login", f"{login!r} is taken")
 
     def set_password(self, login: str, password: str) -> UserView:
+        """A new password ends every session of the user (in the personal cabinet, the page
+        that changed it opens a new one)."""
         login = check_login(login)
         hashed = self.hasher.hash(check_password(password))
-        return self.update_user(login, password_hash=hashed)
+        view = self.update_user(login, password_hash=hashed)
+        self.end_sessions(login)
+        return view
+
+    def end_sessions(self, login: str) -> None:
+        with self.ledger.store.write() as connection:
+            self.close_sessions(connection, login, self.ledger.now())
+
+    @staticmethod
+    def close_sessions(connection: Any, login: str, now: dt.datetime) -> None:
+        connection.execute(
+            sessions.update()
+            .where(sessions.c.login == login, sessions.c.closed_at.is_(None))
+            .values(closed_at=now)
+        )
 
     def disable_user(self, login: str) -> UserView:
         """The user can no longer log in; disabling twice keeps the first time."""
@@ -343,6 +438,204 @@ class Identity:
         if self._decoy is None:
             self._decoy = self.hasher.hash(secrets.token_urlsafe(SECRET_BYTES))
         return self._decoy
+
+    # -- the second factor (TOTP) ----------------------------------------------------------
+
+    def user_row(self, login: str) -> Any:
+        with self.ledger.store.read() as connection:
+            return connection.execute(sa.select(users).where(users.c.login == login)).first()
+
+    def has_second_factor(self, login: str) -> bool:
+        row = self.user_row(check_login(login))
+        return row is not None and row.totp_secret is not None
+
+    def enable_totp(self, login: str, secret: str, code: str) -> UserView:
+        """Keep the secret once the user shows a current code of it (their app has it). Every
+        session of the user ends: one opened with the password alone is not left open."""
+        login = check_login(login)
+        secret = check_totp_secret(secret)
+        step = matching_step(secret, check_code(code), self.ledger.now())
+        if step is None:
+            raise SpecError("code", "is not the current code of this secret: try the next one")
+        # The code shown to turn the factor on is used: it cannot open a session too.
+        view = self.update_user(login, totp_secret=secret, totp_step=step)
+        self.end_sessions(login)
+        return view
+
+    def disable_totp(self, login: str, code: str) -> UserView:
+        """Drop the second factor, on a current code not used before."""
+        login = check_login(login)
+        row = self.user_row(login)
+        if row is None or row.totp_secret is None:
+            raise SpecError("code", "there is no second factor to turn off")
+        if not self.take_code(row, check_code(code)):
+            raise SpecError("code", "is wrong or used already: wait for the next one")
+        return self.update_user(login, totp_secret=None, totp_step=None)
+
+    def take_code(self, row: Any, code: str) -> bool:
+        """Whether the code is the user's and not used before; taking it uses it up, and every
+        code of its time step and those before, on every instance: the update is conditional
+        on the last step taken, so of two instances given one code at once, one takes it."""
+        step = matching_step(row.totp_secret, code, self.ledger.now())
+        if step is None:
+            return False
+        with self.ledger.store.write() as connection:
+            done = connection.execute(
+                users.update()
+                .where(
+                    users.c.login == row.login,
+                    users.c.totp_secret == row.totp_secret,
+                    sa.or_(users.c.totp_step.is_(None), users.c.totp_step < step),
+                )
+                .values(totp_step=step)
+            )
+        return done.rowcount == 1
+
+    def begin_second_step(self, principal: Principal) -> str:
+        """Remember a login whose password was right: the secret for the browser to hold (the
+        ledger keeps its SHA-256, so any instance can take the code)."""
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        now = self.ledger.now()
+        with self.ledger.store.write() as connection:
+            connection.execute(pending_logins.delete().where(pending_logins.c.expires_at <= now))
+            connection.execute(
+                pending_logins.insert().values(
+                    id=digest(secret), login=principal.actor, tries=0, created_at=now,
+                    expires_at=now + PENDING_LIFE,
+                )
+            )  # fmt: skip
+        return secret
+
+    def pending_login(self, secret: Any) -> Any:
+        """The waiting login the browser's secret names, unexpired; else None."""
+        if not isinstance(secret, str) or len(secret) != 43:
+            return None
+        query = sa.select(pending_logins).where(
+            pending_logins.c.id == digest(secret),
+            pending_logins.c.expires_at > self.ledger.now(),
+            pending_logins.c.tries < PENDING_TRIES,
+        )
+        with self.ledger.store.read() as connection:
+            return connection.execute(query).first()
+
+    def second_step(self, secret: Any, code: Any) -> Principal | None:
+        """The user's principal when the code completes the waiting login, else None; after
+        PENDING_TRIES wrong codes the login starts again from the password."""
+        entry = self.pending_login(secret)
+        if entry is None:
+            return None
+        row = self.user_row(entry.login)
+        try:
+            taken = row is not None and row.disabled_at is None and row.totp_secret is not None
+            taken = taken and self.take_code(row, check_code(code))
+        except SpecError:
+            taken = False
+        with self.ledger.store.write() as connection:
+            if not taken:
+                connection.execute(
+                    pending_logins.update()
+                    .where(pending_logins.c.id == entry.id)
+                    .values(tries=pending_logins.c.tries + 1)
+                )
+                return None
+            # The waiting login is spent: its secret opens nothing more.
+            connection.execute(pending_logins.delete().where(pending_logins.c.id == entry.id))
+        return user_principal(row)
+
+    # -- password resets (terms 5.1: a request of kind "password") ----------------------------
+
+    def resettable(self, login: Any) -> Any:
+        """The user a reset form may file a request for: a customer, not disabled, without a
+        reset waiting already; else None (the form answers the same either way)."""
+        try:
+            login = check_login(login)
+        except SpecError:
+            return None
+        row = self.user_row(login)
+        if row is None or row.disabled_at is not None or row.tenant is None:
+            return None
+        query = sa.select(password_resets.c.id).where(
+            password_resets.c.login == login,
+            password_resets.c.used_at.is_(None),
+            password_resets.c.expires_at > self.ledger.now(),
+        )
+        with self.ledger.store.read() as connection:
+            return None if connection.execute(query).first() else row
+
+    def record_reset(self, login: str, request: str) -> None:
+        """The reset a request asked for. Its key is the hash of a secret nobody keeps: the
+        row opens nothing until support issues the link."""
+        now = self.ledger.now()
+        with self.ledger.store.write() as connection:
+            connection.execute(
+                password_resets.insert().values(
+                    id=digest(secrets.token_urlsafe(SECRET_BYTES)), login=login,
+                    request=request, created_at=now, expires_at=now + RESET_LIFE,
+                )
+            )  # fmt: skip
+
+    def issue_reset_link(self, request: str) -> tuple[str, dict[str, Any]]:
+        """A new secret for the request's reset, shown this once: any link issued before
+        stops working. The link works RESET_LIFE from now."""
+        check_line(request, "request", MAX_REQUEST)
+        now = self.ledger.now()
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        with self.ledger.store.write() as connection:
+            row = connection.execute(
+                sa.select(password_resets)
+                .where(password_resets.c.request == request, password_resets.c.used_at.is_(None))
+                .order_by(password_resets.c.created_at.desc())
+            ).first()
+            if row is None:
+                raise ResetNotFound("request", f"no password reset waits on request {request!r}")
+            connection.execute(
+                password_resets.update()
+                .where(password_resets.c.id == row.id)
+                .values(id=digest(secret), expires_at=now + RESET_LIFE)
+            )
+        return secret, {"login": row.login, "request": request, "expires_at": iso(now + RESET_LIFE)}
+
+    def reset_waiting(self, secret: Any) -> bool:
+        """Whether the link's secret opens an unused, unexpired reset."""
+        if not isinstance(secret, str) or not 0 < len(secret) <= 64:
+            return False
+        query = sa.select(password_resets.c.id).where(
+            password_resets.c.id == digest(secret),
+            password_resets.c.used_at.is_(None),
+            password_resets.c.expires_at > self.ledger.now(),
+        )
+        with self.ledger.store.read() as connection:
+            return connection.execute(query).first() is not None
+
+    def use_reset(self, secret: Any, password: str) -> ResetDone:
+        """Set the password through the link, once: the link is used, every session of the
+        user ends. The caller stops the request's clock."""
+        hashed = self.hasher.hash(check_password(password))
+        now = self.ledger.now()
+        key = digest(secret) if isinstance(secret, str) else ""
+        with self.ledger.store.write() as connection:
+            done = connection.execute(
+                password_resets.update()
+                .where(
+                    password_resets.c.id == key,
+                    password_resets.c.used_at.is_(None),
+                    password_resets.c.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+            if done.rowcount != 1:
+                raise SpecError("link", "is unknown, used or expired: ask support for a new one")
+            reset = connection.execute(
+                sa.select(password_resets).where(password_resets.c.id == key)
+            ).one()
+            user = connection.execute(sa.select(users).where(users.c.login == reset.login)).one()
+            connection.execute(
+                users.update()
+                .where(users.c.login == reset.login)
+                .values(password_hash=hashed, updated_at=now)
+            )
+            self.close_sessions(connection, reset.login, now)
+        return ResetDone(reset.login, user.tenant, reset.request, now)
 
     # -- tokens --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ BUILD_IGNORE = [
     "pulumi",
     "server",
     "tests/output",
+    "tests/browser/node_modules",
     "*.egg-info",
     "*.tar.gz",
 ]
@@ -56,6 +57,7 @@ PLANTED = [
     "pulumi/provider/x.py",
     "server/vce_server/x.py",
     "tests/output/junit.xml",
+    "tests/browser/node_modules/axe-core/axe.min.js",
     "vce_kvm.egg-info/PKG-INFO",
     "vce-kvm-0.0.1.tar.gz",
     "plugins/module_utils/__pycache__/x.cpython-311.pyc",

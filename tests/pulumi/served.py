@@ -1,7 +1,6 @@
-"""The control plane in this process for the provider's tests: the real `vce serve` app
-(create_app, its action queue and workers) on a SQLite ledger, one zone whose host is
-libvirt's test driver on a node file of the test's own, and providers configured with a
-tenant's token, talking to the app through httpx's ASGI transport."""
+"""The control plane in this process for the provider's tests (tests.support.app), and
+providers configured with a tenant's token, talking to the app through httpx's ASGI
+transport."""
 
 from __future__ import annotations
 
@@ -30,19 +29,12 @@ from pulumi_resource_vce.adapter import from_values, to_values
 from pulumi_resource_vce.client import Client
 from pulumi_resource_vce.config import ProviderConfig
 from pulumi_resource_vce.provider import VceProvider
-from vce_server.app import build_context, create_app
-from vce_server.settings import Settings
 
-from tests.support.host_records import add_host
-from tests.support.images import make_image, register_image
+from tests.support.app import in_process_app
 from tests.support.ledger import register
 from tests.support.server import create_token
 
-ZONE = "zone-a"
-IMAGE = "base"
 ENDPOINT = "http://vce.test"
-# A pool named `default`, as a host has one: a Disk's and a boot disk's default pool.
-NODE = "<node><pool type='dir'><name>default</name><target><path>/default</path></target></pool></node>"
 
 
 def urn(kind: str, name: str) -> str:
@@ -138,25 +130,9 @@ def plain(properties: dict[str, PropertyValue]) -> dict[str, Any]:
 def served_app(
     ledger_url: str, directory: Path, zones: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Iterator[Served]:
-    """The app with its context built and its workers started, as its lifespan does (the
-    ASGI transport runs no lifespan); stopped afterwards. One test-driver host per zone,
-    each with its zone's settings (uplink, public pools, underlay) as add_host takes them;
-    the base image in every zone's catalogue."""
-    uris = {}
-    for number, (zone, host) in enumerate((zones or {ZONE: {}}).items(), start=1):
-        node = directory / f"kvm{number}.xml"
-        node.write_text(NODE)
-        uris[zone] = f"test://{node}"
-        add_host(ledger_url, f"kvm{number}", zone, uris[zone], **host)
-        register_image(ledger_url, make_image(directory / "base.qcow2"), name=IMAGE, zone=zone)
-    settings = Settings(ledger_url=ledger_url, workers=2, rate_per_second=1000, rate_burst=1000)
-    app = create_app(settings)
-    app.state.context = build_context(settings)
-    app.state.context.actions.start()
-    try:
-        yield Served(ledger_url, next(iter(uris.values()), ""), app)
-    finally:
-        app.state.context.actions.stop(30.0)
+    """The app in this process (tests.support.app), its first zone's host as `uri`."""
+    with in_process_app(ledger_url, directory, zones) as served:
+        yield Served(ledger_url, next(iter(served.uris.values()), ""), served.app)
 
 
 def run(coroutine: Any) -> Any:

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.pulumi.served import IMAGE, Served, run, served_app
+from tests.pulumi.served import Served, run, served_app
+from tests.support.app import IMAGE
 
 POOLS = [{"name": "p1", "cidr": "203.0.113.0/28", "gateway": "203.0.113.1"}]
 ZONES = {

@@ -10,7 +10,8 @@ import pytest
 from pulumi_resource_vce.adapter import UNKNOWN
 from pulumi_resource_vce.provider import ProviderError
 
-from tests.pulumi.served import IMAGE, ZONE, Served, plain, run
+from tests.pulumi.served import Served, plain, run
+from tests.support.app import IMAGE, ZONE
 from tests.support.server import token_secret
 
 VM = {

@@ -439,6 +439,24 @@ if sa is not None:
         sa.Column("created_at", UtcDateTime, nullable=False),
         sa.Column("updated_at", UtcDateTime, nullable=False),
         sa.Column("disabled_at", UtcDateTime),
+        # The TOTP second factor's base32 secret (migration 0010); NULL: password only.
+        sa.Column("totp_secret", sa.String(64)),
+        # The last time step whose code was accepted: a code of it or before is used up, on
+        # every instance (the update that takes a code is conditional on it).
+        sa.Column("totp_step", sa.BigInteger),
+    )
+
+    # A login whose password was right and whose TOTP code is awaited (migration 0010): no
+    # session, no rights; the key is the SHA-256 of the secret the browser holds, so that any
+    # instance behind the proxy can take the code.
+    pending_logins = sa.Table(
+        "pending_logins",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("login", sa.String(128), nullable=False),
+        sa.Column("tries", sa.Integer, nullable=False),  # wrong codes so far
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
     )
 
     # API tokens: the visible prefix is the key, the secret is kept only as its SHA-256 (a
@@ -506,6 +524,52 @@ if sa is not None:
         sa.Column("status", sa.Integer, nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),  # accepted | refused | failed
         sa.Column("action", sa.String(36)),
+    )
+
+    # The personal cabinet's sessions (migration 0010): the key is the SHA-256 of the cookie's
+    # secret, so the table alone opens no session. `csrf` is the token every form of the
+    # session carries.
+    sessions = sa.Table(
+        "sessions",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("login", sa.String(128), nullable=False, index=True),
+        sa.Column("tenant", sa.String(64)),
+        sa.Column("role", sa.String(16), nullable=False),  # customer | operator
+        sa.Column("csrf", sa.String(64), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),  # the client's address at login
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("seen_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),  # the absolute end
+        sa.Column("closed_at", UtcDateTime),
+    )
+
+    # A password reset (migration 0010): the SHA-256 of the link's secret, the request that
+    # keeps its clock (terms 5.1), and a short life; used once.
+    password_resets = sa.Table(
+        "password_resets",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("login", sa.String(128), nullable=False, index=True),
+        sa.Column("request", sa.String(64), nullable=False),  # requests.reference
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+        sa.Column("used_at", UtcDateTime),
+    )
+
+    # A VM console's single-use ticket (migration 0010): the SHA-256 of its secret; valid for
+    # seconds, used once, by the tenant it was issued to.
+    console_tickets = sa.Table(
+        "console_tickets",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("vm", sa.String(64), nullable=False),
+        sa.Column("zone", sa.String(64), nullable=False),
+        sa.Column("login", sa.String(128), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+        sa.Column("used_at", UtcDateTime),
     )
 
     # Which host of a zone holds a tenant's objects there: chosen once, kept.

@@ -109,6 +109,8 @@ class Context:
     operator: Any  # service.operator.Operator
     limiter: Any  # limits.RateLimiter
     checks: Any = None  # service.checks.Checks
+    sessions: Any = None  # panel.sessions.Sessions
+    logins: Any = None  # limits.RateLimiter, per client address
 
 
 def context(request: Request) -> Context:

@@ -120,6 +120,18 @@ def fulfil_request(
     return {"request": ctx.operator.fulfil(who, request_id, body)}
 
 
+@router.post("/requests/{request_id}/password-link")
+def password_link(
+    request_id: str,
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """The link a customer who asked for a password reset in the cabinet sets a new password
+    with: shown this once, valid 20 minutes and once; issuing again voids the earlier link.
+    Using it stops the request's clock."""
+    return {"reset": ctx.operator.password_link(ctx.identity, request_id)}
+
+
 @router.get("/incidents")
 def list_incidents(
     tenant: str | None = None,
@@ -150,6 +162,55 @@ def restore_incident(
 ) -> dict[str, Any]:
     """Service is back: the incident ends (5.11)."""
     return {"incident": ctx.operator.restore_incident(who, incident_id, body)}
+
+
+@router.post("/incidents/{incident_id}/classify")
+def classify_incident(
+    incident_id: int,
+    body: Any = Body(  # noqa: B008
+        openapi_examples={"maintenance": {"value": {"cause": "maintenance", "note": "kernel"}}},
+        description="cause (provider, maintenance, force_majeure, customer), note.",
+    ),
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Whose doing the downtime was: only the provider's counts against the SLA (5.8-5.10)."""
+    return {"incident": ctx.operator.classify_incident(who, incident_id, body)}
+
+
+@router.get("/exclusions")
+def list_exclusions(
+    limit: int = Query(100, ge=1, le=1000),
+    who: Principal = Depends(operator_reader),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Maintenance windows and other uncompensated intervals, latest start first."""
+    return {"exclusions": ctx.operator.exclusions(who, limit)}
+
+
+@router.post("/exclusions", status_code=201)
+def add_exclusion(
+    body: Any = Body(  # noqa: B008
+        openapi_examples={
+            "maintenance": {
+                "value": {
+                    "cause": "maintenance",
+                    "started_at": "2026-12-10T02:00:00+00:00",
+                    "ended_at": "2026-12-10T03:00:00+00:00",
+                    "announced_at": "2026-12-03T09:00:00+00:00",
+                    "note": "kernel update",
+                }
+            },
+        },
+        description="cause (maintenance, force_majeure, customer), started_at, ended_at, "
+        "announced_at (maintenance: before it starts), tenant, host (a URI), vm, note; empty "
+        "scope fields match everything.",
+    ),
+    who: Principal = Depends(operator_writer),  # noqa: B008
+    ctx: Context = Depends(context),  # noqa: B008
+) -> dict[str, Any]:
+    """Record a maintenance window or another interval whose downtime is not compensated."""
+    return {"exclusion": ctx.operator.exclude(who, body)}
 
 
 @router.post("/tokens", status_code=201)

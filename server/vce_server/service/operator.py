@@ -25,13 +25,19 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.tenant im
     run_tenant,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
-from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import Incidents
+from ansible_collections.vce.kvm.plugins.module_utils.finance.sla import (
+    CAUSES,
+    EXCLUDED_CAUSES,
+    Incidents,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
+    exclusions,
     hosts,
     images,
     incidents,
     placements,
     plans,
+    probe_status,
     requests,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
@@ -43,7 +49,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import (
 )
 
 from ..errors import not_found
-from ..identity import Identity, TokenNotFound, check_login
+from ..identity import Identity, ResetNotFound, TokenNotFound, check_login
 from ..principal import CUSTOMER, Principal
 from .terms import (
     DEFAULT_LISTED,
@@ -57,6 +63,10 @@ from .terms import (
 TENANT_FIELDS = ("customer", "plan", "quotas", "state", "reason")
 FULFIL_FIELDS = ("tenant", "at", "quotas")
 INCIDENT_STEP_FIELDS = ("at",)
+CLASSIFY_FIELDS = ("cause", "note")
+EXCLUSION_FIELDS = (
+    "cause", "started_at", "ended_at", "announced_at", "tenant", "host", "vm", "note",
+)  # fmt: skip
 BLOCK_FIELDS = ("reason",)
 TOKEN_FIELDS = ("tenant", "scopes", "name", "expires_at")
 USER_FIELDS = ("login", "password", "tenant")
@@ -227,6 +237,47 @@ class Operator:
         ledger, at = self.incident_moment(who, number, body)
         return Incidents(ledger).restore(number, at)
 
+    def classify_incident(self, who: Principal, number: int, body: Any) -> dict[str, Any]:
+        """Whose doing the downtime was (provider, maintenance, force majeure, customer): only
+        the provider's counts against the SLA (5.8-5.10)."""
+        body = refuse_unknown(body or {}, CLASSIFY_FIELDS)
+        check_int(number, "id", 1, MAX_RECORD_ID)
+        ledger = self.ledger(who)
+        try:
+            return Incidents(ledger).classify(number, body.get("cause"), body.get("note") or "")
+        except SpecError as error:
+            if error.field == "incident":
+                raise not_found(f"incident {number}") from None
+            raise
+
+    # -- maintenance windows and other exclusions (5.8-5.10) --------------------------------
+
+    def exclusions(self, who: Principal, limit: int = DEFAULT_LISTED) -> list[dict[str, Any]]:
+        """The intervals whose downtime is not compensated, latest start first."""
+        query = (
+            sa.select(exclusions)
+            .order_by(exclusions.c.started_at.desc(), exclusions.c.id.desc())
+            .limit(check_limit(limit))
+        )
+        with self.ledger(who).store.read() as connection:
+            return [exclusion_view(row) for row in connection.execute(query)]
+
+    def exclude(self, who: Principal, body: Any) -> dict[str, Any]:
+        """Record a maintenance window (announced before it begins), force majeure or a
+        customer's doing, as `vce ledger exclusion add` does; recorded once per content."""
+        body = refuse_unknown(body, EXCLUSION_FIELDS)
+        started_at = parse_moment(body.get("started_at"), "started_at")
+        ended_at = parse_moment(body.get("ended_at"), "ended_at")
+        for name, moment in (("started_at", started_at), ("ended_at", ended_at)):
+            if moment is None:
+                raise SpecError(name, "required: an ISO 8601 time with its offset")
+        return Incidents(self.ledger(who)).exclude(
+            str(body.get("cause") or ""), started_at, ended_at,
+            tenant=body.get("tenant") or "", host=body.get("host") or "",
+            vm=body.get("vm") or "", announced_at=parse_moment(body.get("announced_at"),
+            "announced_at"), note=body.get("note") or "",
+        )  # fmt: skip
+
     def incident_moment(self, who: Principal, number: int, body: Any) -> tuple[Ledger, dt.datetime]:
         """The ledger and the moment of a step of incident `number` (now unless given)."""
         body = refuse_unknown(body or {}, INCIDENT_STEP_FIELDS)
@@ -297,19 +348,51 @@ class Operator:
         existing_user(identity, login)
         return identity.disable_user(login).as_dict()
 
+    @staticmethod
+    def password_link(identity: Identity, request_id: str) -> dict[str, Any]:
+        """The link of a reset the customer asked for in the cabinet, shown this once; any
+        link issued before stops working. Support hands it over (there is no mail)."""
+        try:
+            secret, facts = identity.issue_reset_link(request_id)
+        except ResetNotFound:
+            raise not_found(f"password reset of request {request_id}") from None
+        return {**facts, "link": f"/panel/reset/{secret}"}
+
     # -- the fleet -------------------------------------------------------------------------
 
+    @staticmethod
+    def causes() -> tuple[str, ...]:
+        """What an incident may be classified as (terms 5.8: who or what caused it)."""
+        return CAUSES
+
+    @staticmethod
+    def excludable_causes() -> tuple[str, ...]:
+        """The causes a maintenance window may exclude from availability."""
+        return EXCLUDED_CAUSES
+
     def hosts(self, who: Principal) -> list[dict[str, Any]]:
-        """The registered hosts: zone, URI, capacity, versions, and how many tenants each
-        holds. A host command is shown only as whether there is one."""
+        """The registered hosts: zone, URI, capacity, versions, how many tenants each holds,
+        and what the probe last saw there (VMs watched, how many down, when). A host command
+        is shown only as whether there is one."""
         placed = (
             sa.select(placements.c.host, sa.func.count().label("tenants"))
             .group_by(placements.c.host)
             .subquery()
         )
+        probed = (
+            sa.select(
+                probe_status.c.host,
+                sa.func.count().label("watched"),
+                sa.func.sum(sa.case((probe_status.c.up, 0), else_=1)).label("down"),
+                sa.func.max(probe_status.c.checked_at).label("checked_at"),
+            )
+            .group_by(probe_status.c.host)
+            .subquery()
+        )
         query = (
-            sa.select(hosts, placed.c.tenants)
+            sa.select(hosts, placed.c.tenants, probed.c.watched, probed.c.down, probed.c.checked_at)
             .outerjoin(placed, placed.c.host == hosts.c.name)
+            .outerjoin(probed, probed.c.host == hosts.c.uri)
             .order_by(hosts.c.zone, hosts.c.name)
         )
         with self.ledger(who).store.read() as connection:
@@ -357,4 +440,15 @@ def host_view(row: Any) -> dict[str, Any]:
         "settings": json.loads(row.settings) if row.settings else {},
         "tenants": row.tenants or 0, "registered_at": iso(row.registered_at),
         "updated_at": iso(row.updated_at),
+        "probe": {"watched": row.watched or 0, "down": int(row.down or 0),
+                  "checked_at": iso(row.checked_at)},
+    }  # fmt: skip
+
+
+def exclusion_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "cause": row.cause, "tenant": row.tenant, "host": row.host, "vm": row.vm,
+        "started_at": iso(row.started_at), "ended_at": iso(row.ended_at),
+        "announced_at": iso(row.announced_at), "note": row.note, "actor": row.actor,
+        "created_at": iso(row.created_at),
     }  # fmt: skip

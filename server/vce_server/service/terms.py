@@ -469,6 +469,20 @@ class Terms:
         """The existing HTML statement of the month, as `vce ledger invoice --format html`."""
         return statement.html_statement(self.invoice(who, month))
 
+    def sla_view(self, who: Principal, month: str | None) -> tuple[Any, list[str], Any]:
+        """The month's SLA for a page: the statement's view of the invoice document, each VM's
+        timeline drawn by the statement's own chart (autoescaped markup), and the SLA credit."""
+        document = self.invoice(who, month)
+        view = statement.statement_view(document)
+        chart = statement.templates().get_template("macros.html.j2").module.chart
+        charts = [str(chart(vm.chart)) for vm in view.vms]
+        return view, charts, statement.sla_statement(document)["sla_credit"]
+
+    def reset_done(self, tenant: str, request: str, at: dt.datetime) -> None:
+        """A password reset's request is answered: its clock stops when the new password is
+        set."""
+        RequestLog(Ledger.open(self.ledger_url)).fulfil(tenant, request, at=at)
+
     def sla(self, who: Principal, month: str | None = None) -> dict[str, Any]:
         """The month's availability per VM, its incidents and the credit, as `vce ledger sla`
         (computed afresh, as that command does)."""

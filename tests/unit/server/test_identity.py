@@ -8,15 +8,30 @@ import hashlib
 import re
 import time
 
+import pyotp
 import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens, users
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
+    api_tokens,
+    password_resets,
+    sessions,
+    users,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, iso
 from argon2 import PasswordHasher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vce_server.identity import Identity, TokenNotFound
+from vce_server.identity import (
+    RESET_LIFE,
+    Identity,
+    ResetNotFound,
+    TokenNotFound,
+    check_code,
+    matching_step,
+    new_totp_secret,
+)
+from vce_server.panel.sessions import Sessions
 from vce_server.principal import Principal
 
 from tests.support.ledger import register
@@ -322,3 +337,125 @@ def test_authenticate_never_raises_and_accepts_only_what_was_issued(issued, text
     identity, token = issued
     assert identity.authenticate(text) is None or text == token
     assert identity.authenticate(token) is not None
+
+
+# -- the second factor (TOTP) ----------------------------------------------------------------
+
+
+@pytest.fixture
+def at_noon(url):
+    """An identity whose ledger's clock stands at NOW (a step's start: codes are exact)."""
+    return Identity(Ledger.open(url, now=NOW), hasher=QUICK)
+
+
+def code_at(secret: str, seconds: float = 0) -> str:
+    return pyotp.TOTP(secret).at(NOW + dt.timedelta(seconds=seconds))
+
+
+def test_a_code_counts_for_its_step_or_the_one_before_never_a_later_one():
+    secret = new_totp_secret()
+    step = int(NOW.timestamp()) // 30
+    assert matching_step(secret, code_at(secret), NOW) == step
+    assert matching_step(secret, code_at(secret, -30), NOW) == step - 1
+    assert matching_step(secret, code_at(secret, -60), NOW) in (None, step, step - 1)
+    later = code_at(secret, 30)
+    assert matching_step(secret, later, NOW) in (None, step, step - 1)
+    assert matching_step(secret, later, NOW) != step + 1
+
+
+def test_turning_totp_on_needs_a_current_code_and_ends_every_session(at_noon, url):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    Sessions(at_noon.ledger).open(at_noon.verify_password("ann", PASSWORD), "192.0.2.1")
+    secret = new_totp_secret()
+    with pytest.raises(SpecError) as wrong:
+        at_noon.enable_totp("ann", secret, code_at(secret, -90))
+    assert wrong.value.field == "code"
+    assert not at_noon.has_second_factor("ann")
+    at_noon.enable_totp("ann", secret, code_at(secret))
+    assert at_noon.has_second_factor("ann")
+    assert [row["closed_at"] for row in rows(url, sessions)] == [NOW]
+
+
+def test_a_code_opens_one_login_whichever_instance_is_asked(at_noon, url):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    secret = new_totp_secret()
+    at_noon.update_user("ann", totp_secret=secret)
+    principal = at_noon.verify_password("ann", PASSWORD)
+    pending = at_noon.begin_second_step(principal)
+    wrong = "000000" if code_at(secret) != "000000" else "999999"
+    assert at_noon.second_step(pending, wrong) is None
+    # Another server process on the same ledger takes the code of the login begun here: the
+    # waiting login is in the ledger, not in one process.
+    other = Identity(Ledger.open(url, now=NOW), hasher=QUICK)
+    assert other.second_step(pending, code_at(secret)) == principal
+    # The key a browser held is spent once the code was taken.
+    assert at_noon.second_step(pending, code_at(secret)) is None
+    # The code is used up on every instance: a new login cannot take it again.
+    assert at_noon.second_step(at_noon.begin_second_step(principal), code_at(secret)) is None
+    assert other.second_step(other.begin_second_step(principal), code_at(secret)) is None
+
+
+def test_wrong_codes_end_the_waiting_login(at_noon):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    secret = new_totp_secret()
+    at_noon.update_user("ann", totp_secret=secret)
+    pending = at_noon.begin_second_step(at_noon.verify_password("ann", PASSWORD))
+    wrong = "000000" if code_at(secret) != "000000" else "999999"
+    for _attempt in range(5):
+        assert at_noon.second_step(pending, wrong) is None
+    assert at_noon.pending_login(pending) is None
+    assert at_noon.second_step(pending, code_at(secret)) is None
+
+
+# Five digits; six full-width digits (str.isdigit says yes: refused all the same); a letter.
+@pytest.mark.parametrize("code", ["12345", "\uff11" * 6, "12a456", None])
+def test_a_malformed_code_names_its_field(code):
+    with pytest.raises(SpecError) as error:
+        check_code(code)
+    assert error.value.field == "code"
+    assert check_code("123 456") == "123456"
+
+
+def test_a_secret_not_drawn_by_the_page_is_refused(at_noon):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    for secret in ("", "short", "a" * 32, "A" * 33):
+        with pytest.raises(SpecError) as error:
+            at_noon.enable_totp("ann", secret, "123456")
+        assert error.value.field == "secret"
+
+
+# -- password resets -------------------------------------------------------------------------
+
+
+def test_a_reset_link_is_shown_once_voids_the_earlier_and_works_once(at_noon, url):
+    at_noon.create_user("ann", PASSWORD, "customer", "acme")
+    Sessions(at_noon.ledger).open(at_noon.verify_password("ann", PASSWORD), "192.0.2.1")
+    assert at_noon.resettable("ann").login == "ann"
+    at_noon.record_reset("ann", "req-1")
+    assert at_noon.resettable("ann") is None  # one waits already
+    first, facts = at_noon.issue_reset_link("req-1")
+    second, _facts = at_noon.issue_reset_link("req-1")
+    assert facts == {"login": "ann", "request": "req-1", "expires_at": iso(NOW + RESET_LIFE)}
+    assert not at_noon.reset_waiting(first) and at_noon.reset_waiting(second)
+    stored = rows(url, password_resets)
+    assert [row["id"] for row in stored] == [hashlib.sha256(second.encode()).hexdigest()]
+    with pytest.raises(SpecError) as short:
+        at_noon.use_reset(second, "short")
+    assert short.value.field == "password" and at_noon.reset_waiting(second)
+    done = at_noon.use_reset(second, "a brand new passphrase")
+    assert (done.login, done.tenant, done.request, done.at) == ("ann", "acme", "req-1", NOW)
+    assert at_noon.verify_password("ann", "a brand new passphrase") is not None
+    assert [row["closed_at"] for row in rows(url, sessions)] == [NOW]
+    with pytest.raises(SpecError) as again:
+        at_noon.use_reset(second, "yet another passphrase")
+    assert again.value.field == "link"
+    with pytest.raises(ResetNotFound):
+        at_noon.issue_reset_link("req-1")
+
+
+def test_no_reset_is_filed_for_an_operator_a_disabled_or_an_unknown_user(at_noon):
+    at_noon.create_user("root", PASSWORD, "operator", None)
+    at_noon.create_user("gone", PASSWORD, "customer", "acme")
+    at_noon.disable_user("gone")
+    for login in ("root", "gone", "nobody", "", "bad login", None):
+        assert at_noon.resettable(login) is None

@@ -18,6 +18,7 @@ from .versions import (
     v0007_images,
     v0008_usage_intents,
     v0009_control_plane,
+    v0010_sessions,
 )
 
 REVISION_MODULES = (
@@ -30,5 +31,6 @@ REVISION_MODULES = (
     v0007_images,
     v0008_usage_intents,
     v0009_control_plane,
+    v0010_sessions,
 )
 HEAD = REVISION_MODULES[-1].revision

@@ -12,6 +12,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.image imp
     ImageValues,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.finance.requests import RequestLog
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import probe_status
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
 from vce_server.identity import Identity
@@ -250,3 +251,79 @@ def test_a_customers_user_is_made_reset_and_disabled(any_ledger_url):
                        "role": "operator"},
         )  # fmt: skip
     assert bad.value.field == "role"
+
+
+def test_an_incident_is_classified_and_an_unknown_one_is_not_found(any_ledger_url):
+    register(any_ledger_url, "acme")
+    found = Terms(any_ledger_url, clock=at(T0)).report_incident(customer("acme"), {"vm": "web"})
+    operator = Operator(any_ledger_url)
+    classified = operator.classify_incident(OPERATOR, found["id"], {"cause": "customer"})
+    assert classified["cause"] == "customer"
+    assert operator.incidents(OPERATOR, "acme")[0]["cause"] == "customer"
+    with pytest.raises(SpecError) as error:
+        operator.classify_incident(OPERATOR, found["id"], {"cause": "weather"})
+    assert error.value.field == "cause"
+    with pytest.raises(ApiError) as missing:
+        operator.classify_incident(OPERATOR, 99, {"cause": "customer"})
+    assert missing.value.status == 404
+
+
+def test_a_maintenance_window_is_recorded_once_and_listed_latest_first(any_ledger_url):
+    register(any_ledger_url, "acme")
+    operator = Operator(any_ledger_url)
+    window = {
+        "cause": "maintenance", "started_at": (T0 + dt.timedelta(days=2)).isoformat(),
+        "ended_at": (T0 + dt.timedelta(days=2, hours=1)).isoformat(),
+        "announced_at": T0.isoformat(), "note": "kernel",
+    }  # fmt: skip
+    first = operator.exclude(OPERATOR, window)
+    assert operator.exclude(OPERATOR, window)["id"] == first["id"]
+    earlier = {**window, "started_at": T0.isoformat(), "tenant": "acme", "cause": "customer"}
+    operator.exclude(OPERATOR, earlier)
+    listed = operator.exclusions(OPERATOR)
+    assert [(row["cause"], row["tenant"]) for row in listed] == [
+        ("maintenance", ""), ("customer", "acme"),
+    ]  # fmt: skip
+    assert listed[0]["actor"] == "ops" and listed[0]["note"] == "kernel"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"announced_at": (T0 + dt.timedelta(days=3)).isoformat()}, "announced_at"),
+        ({"ended_at": None}, "ended_at"),
+        ({"started_at": "tomorrow"}, "started_at"),
+        ({"cause": "provider"}, "cause"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_window_is_refused_naming_the_field(ledger_url, change, field):
+    register(ledger_url, "acme")
+    operator = Operator(ledger_url)
+    window = {
+        "cause": "maintenance", "started_at": (T0 + dt.timedelta(days=2)).isoformat(),
+        "ended_at": (T0 + dt.timedelta(days=2, hours=1)).isoformat(),
+        "announced_at": T0.isoformat(), **change,
+    }  # fmt: skip
+    with pytest.raises(SpecError) as error:
+        operator.exclude(OPERATOR, window)
+    assert error.value.field == field
+    assert operator.exclusions(OPERATOR) == []
+
+
+def test_a_hosts_probe_state_counts_the_vms_it_watches_and_those_down(any_ledger_url):
+    register(any_ledger_url, "acme")
+    add_host(any_ledger_url)
+    ledger = Ledger.open(any_ledger_url)
+    with ledger.store.write() as connection:
+        for vm, up in (("web", True), ("db", False)):
+            connection.execute(
+                probe_status.insert().values(
+                    host=URI, tenant="acme", vm=vm, state="running" if up else "shutoff",
+                    reason="", up=up, since=T0, checked_at=T0 + dt.timedelta(minutes=1 + up),
+                )
+            )  # fmt: skip
+    (host,) = Operator(any_ledger_url).hosts(OPERATOR)
+    assert host["probe"] == {
+        "watched": 2, "down": 1, "checked_at": (T0 + dt.timedelta(minutes=2)).isoformat(),
+    }  # fmt: skip
