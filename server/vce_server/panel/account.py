@@ -26,11 +26,11 @@ from ..principal import CUSTOMER, Principal
 from .guard import (
     COOKIE_PATH,
     PENDING_COOKIE,
-    checked_form,
-    form_fields,
+    csrf_checked,
     login_form_accepted,
     login_token,
     operator,
+    posted,
     safe_back,
     signed_in,
     source_of,
@@ -72,8 +72,11 @@ def code_page(
 
 
 @router.post("/login/code")
-async def give_code(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
-    fields = await form_fields(request)
+def give_code(
+    request: Request,
+    ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
+) -> Response:
     back = safe_back(fields.get("next"))
     refused_login_form(request, ctx, fields)
     pending = request.cookies.get(PENDING_COOKIE)
@@ -118,12 +121,13 @@ def account_page(
 
 
 @router.post("/account/password")
-async def change_password(
+def change_password(
     request: Request,
     session: Session = Depends(signed_in),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     login = session.login
     if ctx.identity.verify_password(login, fields.get("current", "")) is None:
         return account_view(request, ctx, session, 401, error="The current password is wrong.")
@@ -139,27 +143,31 @@ async def change_password(
 
 
 @router.post("/account/totp")
-async def enable_totp(
+def enable_totp(
     request: Request,
     session: Session = Depends(signed_in),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await change_totp(request, ctx, session, turn_on=True)
+    return change_totp(request, ctx, session, fields, turn_on=True)
 
 
 @router.post("/account/totp/off")
-async def disable_totp(
+def disable_totp(
     request: Request,
     session: Session = Depends(signed_in),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await change_totp(request, ctx, session, turn_on=False)
+    return change_totp(request, ctx, session, fields, turn_on=False)
 
 
-async def change_totp(request: Request, ctx: Context, session: Session, turn_on: bool) -> Response:
+def change_totp(
+    request: Request, ctx: Context, session: Session, fields: dict[str, str], turn_on: bool
+) -> Response:
     """Turn the second factor on (the secret shown, confirmed by its code: every session ends,
     this browser gets a new one) or off (a current code)."""
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     code = fields.get("code", "")
     try:
         if turn_on:
@@ -196,8 +204,11 @@ def reset_page(request: Request) -> Response:
 
 
 @router.post("/reset")
-async def ask_reset(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
-    fields = await form_fields(request)
+def ask_reset(
+    request: Request,
+    ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
+) -> Response:
     refused_login_form(request, ctx, fields)
     user = ctx.identity.resettable(fields.get("login"))
     if user is not None:
@@ -228,10 +239,13 @@ def reset_link_page(
 
 
 @router.post("/reset/password")
-async def reset_password(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
+def reset_password(
+    request: Request,
+    ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
+) -> Response:
     """The link's form posts here, the secret in the form: a path holding it would be written
     to the audit trail, and a refused form leaves the link usable."""
-    fields = await form_fields(request)
     refused_login_form(request, ctx, fields)
     secret = fields.get("secret", "")
     if not ctx.identity.reset_waiting(secret):
@@ -251,15 +265,16 @@ async def reset_password(request: Request, ctx: Context = Depends(context)) -> R
 
 
 @router.post("/operator/requests/{request_id:path}/password-link")
-async def issue_reset_link(
+def issue_reset_link(
     request_id: str,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """Support's side: the link of a reset waiting on the request, shown on this page only
     (issuing again voids it)."""
-    await checked_form(request, session)
+    csrf_checked(session, fields)
     reset = ctx.operator.password_link(ctx.identity, request_id)
     url = str(request.base_url).rstrip("/") + reset["link"]
     return page(request, "account_reset_issued.html.j2", reset=reset, url=url)

@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from ..api.deps import Context, context
 from ..errors import conflict
 from ..service.console import TICKET_LIFETIME, Consoles, Ticket, Tickets, Viewer
-from .guard import COOKIE_PATH, SESSION_COOKIE, checked_form, customer
+from .guard import COOKIE_PATH, SESSION_COOKIE, csrf_checked, customer, posted
 from .render import HEADERS, page
 from .sessions import Session
 
@@ -90,8 +90,9 @@ async def console_ticket(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    await checked_form(request, session)
+    csrf_checked(session, fields)
     tenant = session.principal.tenant
     vm = await anyio.to_thread.run_sync(ctx.resources.read, tenant, "vms", name)
     if vm.get("state") != "running":

@@ -87,8 +87,11 @@ def operator(session: Session = Depends(signed_in)) -> Session:  # noqa: B008
     return session
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    """The form's fields, one value each (the last when repeated); files are refused."""
+async def posted(request: Request) -> dict[str, str]:
+    """The form's fields, one value each (the last when repeated; files are refused), read
+    before the route runs (a dependency): the route is then a plain function, which FastAPI
+    runs in a worker thread with its ledger, libvirt and argon2 calls. An async route would
+    make them on the event loop, where every other page, API call and open console waits."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
         raise ApiError(413, "too_large", f"a form is at most {MAX_FORM_BYTES} bytes")
@@ -101,10 +104,10 @@ async def form_fields(request: Request) -> dict[str, str]:
     return fields
 
 
-async def checked_form(request: Request, session: Session) -> dict[str, str]:
-    """The form of a logged-in page, refused (403, nothing done) without its session's CSRF
-    token."""
-    fields = await form_fields(request)
+def csrf_checked(session: Session, fields: dict[str, str]) -> dict[str, str]:
+    """The form of a logged-in page without its CSRF token, refused (403, nothing done) when
+    the token is not the session's."""
+    fields = dict(fields)
     if not session.accepts(fields.pop("csrf", None)):
         raise ApiError(403, "forbidden", "the form's security token is missing or stale: reload")
     return fields

@@ -20,13 +20,12 @@ from typing import Any
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from ..api.deps import Context, context
 from ..errors import ApiError, not_found
 from ..service.resources import KINDS
 from . import views
-from .guard import COOKIE_PATH, checked_form, customer
+from .guard import COOKIE_PATH, csrf_checked, customer, posted
 from .render import amount, page
 from .routes import form_key, see_other, submit
 from .sessions import Session
@@ -267,21 +266,30 @@ def quota_notes(ctx: Context, session: Session, quotas: Mapping[str, str]) -> di
     return notes
 
 
-async def planned(
-    request: Request, ctx: Context, session: Session, change: Change, name: str = ""
+def planned(
+    request: Request,
+    ctx: Context,
+    session: Session,
+    fields: dict[str, str],
+    change: Change,
+    name: str = "",
 ) -> Response:
     """The plan page of the form's declaration, with its confirm form."""
-    values = named(await checked_form(request, session), name)
-    # Planning reads the hosts: a worker thread waits for them, not the event loop.
-    return await run_in_threadpool(plan_page, request, ctx, session, change, values)
+    values = named(csrf_checked(session, fields), name)
+    return plan_page(request, ctx, session, change, values)
 
 
-async def applied(
-    request: Request, ctx: Context, session: Session, change: Change, name: str = ""
+def applied(
+    request: Request,
+    ctx: Context,
+    session: Session,
+    fields: dict[str, str],
+    change: Change,
+    name: str = "",
 ) -> Response:
     """The confirm form's declaration, checked and planned again, queued."""
-    fields = await checked_form(request, session)
-    return await run_in_threadpool(apply_page, request, ctx, session, change, fields, name)
+    fields = csrf_checked(session, fields)
+    return apply_page(request, ctx, session, change, fields, name)
 
 
 def named(fields: Mapping[str, str], name: str) -> dict[str, str]:
@@ -414,21 +422,23 @@ def new_vm_page(
 
 
 @router.post("/vms/new")
-async def new_vm_plan(
+def new_vm_plan(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await planned(request, ctx, session, NEW_VM)
+    return planned(request, ctx, session, fields, NEW_VM)
 
 
 @router.post("/vms/new/apply")
-async def new_vm_apply(
+def new_vm_apply(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await applied(request, ctx, session, NEW_VM)
+    return applied(request, ctx, session, fields, NEW_VM)
 
 
 # -- a VM's page and its resize ----------------------------------------------------------------
@@ -511,23 +521,25 @@ def vm_page(
 
 
 @router.post("/vms/{name}/resize/plan")
-async def resize_plan(
+def resize_plan(
     name: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await planned(request, ctx, session, RESIZE_VM, name)
+    return planned(request, ctx, session, fields, RESIZE_VM, name)
 
 
 @router.post("/vms/{name}/resize/apply")
-async def resize_apply(
+def resize_apply(
     name: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await applied(request, ctx, session, RESIZE_VM, name)
+    return applied(request, ctx, session, fields, RESIZE_VM, name)
 
 
 # -- networks, disks and the other objects -----------------------------------------------------
@@ -650,23 +662,25 @@ def objects_page(
 
 
 @router.post("/objects/{plural}/new")
-async def new_object_plan(
+def new_object_plan(
     plural: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await planned(request, ctx, session, new_object(plural, request))
+    return planned(request, ctx, session, fields, new_object(plural, request))
 
 
 @router.post("/objects/{plural}/new/apply")
-async def new_object_apply(
+def new_object_apply(
     plural: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    return await applied(request, ctx, session, new_object(plural, request))
+    return applied(request, ctx, session, fields, new_object(plural, request))
 
 
 def removed_object(
@@ -703,15 +717,16 @@ def delete_page(
 
 
 @router.post("/objects/{plural}/{name}/delete")
-async def delete_object(
+def delete_object(
     plural: str,
     name: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
-    return await run_in_threadpool(queue_removal, request, ctx, session, plural, name, fields)
+    fields = csrf_checked(session, fields)
+    return queue_removal(request, ctx, session, plural, name, fields)
 
 
 def queue_removal(
@@ -794,14 +809,15 @@ def restore_page(
 
 
 @router.post("/backups/{backup_id}/restore")
-async def restore(
+def restore(
     backup_id: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
-    return await run_in_threadpool(queue_restore, request, ctx, session, backup_id, fields)
+    fields = csrf_checked(session, fields)
+    return queue_restore(request, ctx, session, backup_id, fields)
 
 
 def queue_restore(
@@ -869,15 +885,16 @@ def tokens_page(
 
 
 @router.post("/tokens")
-async def create_token(
+def create_token(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """A new token: its text is in this answer only (never in a URL, the ledger keeps its
     hash), so the answer is a page, not a redirect."""
-    fields = await checked_form(request, session)
-    return await run_in_threadpool(new_token_page, request, ctx, session, fields)
+    fields = csrf_checked(session, fields)
+    return new_token_page(request, ctx, session, fields)
 
 
 def new_token_page(
@@ -931,14 +948,15 @@ def tenant_token(ctx: Context, session: Session, prefix: str) -> Any:
 
 
 @router.post("/tokens/{prefix}/revoke")
-async def revoke_token(
+def revoke_token(
     prefix: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    await checked_form(request, session)
-    await run_in_threadpool(revoked, ctx, session, prefix)
+    csrf_checked(session, fields)
+    revoked(ctx, session, prefix)
     return see_other(f"{COOKIE_PATH}/tokens")
 
 

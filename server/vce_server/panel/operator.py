@@ -24,7 +24,7 @@ from fastapi.responses import Response
 
 from ..api.deps import Context, context
 from ..errors import not_found
-from .guard import COOKIE_PATH, checked_form, operator
+from .guard import COOKIE_PATH, csrf_checked, operator, posted
 from .render import page
 from .routes import form_key, see_other, submit
 from .sessions import Session
@@ -124,14 +124,15 @@ def tenant_state_confirmation(
 
 
 @router.post("/operator/tenants/{name}/{verb}")
-async def change_tenant_state(
+def change_tenant_state(
     name: str,
     verb: str,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     known_verb(request, verb, TENANT_STATES)
     body = {"state": TENANT_STATES[verb]}
     if fields.get("reason"):
@@ -181,16 +182,17 @@ def block_confirmation(
 
 
 @router.post("/operator/tenants/{name}/vms/{vm}/{verb}")
-async def block_vm(
+def block_vm(
     name: str,
     vm: str,
     verb: str,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """As PUT or DELETE /v1/operator/blocks/{tenant}/{vm}: an action of kind block."""
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     known_verb(request, verb, BLOCK_VERBS)
     block = BLOCK_VERBS[verb]
     reason = ctx.operator.block_reason({"reason": fields.get("reason", "")}) if block else ""
@@ -260,14 +262,15 @@ def fulfil_confirmation(
 
 
 @router.post("/operator/requests/{tenant}/{request_id:path}/fulfil")
-async def fulfil_request(
+def fulfil_request(
     tenant: str,
     request_id: str,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    await checked_form(request, session)
+    csrf_checked(session, fields)
     request.state.audit_tenant = tenant
     ctx.operator.fulfil(session.principal, request_id, {"tenant": tenant})
     return see_other(f"{HOME}/requests")
@@ -316,27 +319,29 @@ def incident_confirmation(
 
 
 @router.post("/operator/incidents/{number}/classify")
-async def classify_incident(
+def classify_incident(
     number: int,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     body = {"cause": fields.get("cause", ""), "note": fields.get("note", "")}
     ctx.operator.classify_incident(session.principal, number, body)
     return see_other(f"{HOME}/incidents")
 
 
 @router.post("/operator/incidents/{number}/{step}")
-async def incident_step(
+def incident_step(
     number: int,
     step: str,
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    await checked_form(request, session)
+    csrf_checked(session, fields)
     known_verb(request, step, INCIDENT_STEPS)
     if step == "confirm":
         ctx.operator.confirm_incident(session.principal, number, {})
@@ -358,12 +363,13 @@ def maintenance_page(
 
 
 @router.post("/operator/maintenance")
-async def add_maintenance(
+def add_maintenance(
     request: Request,
     session: Session = Depends(operator),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     try:
         ctx.operator.exclude(session.principal, exclusion_body(fields))
     except SpecError as error:

@@ -25,11 +25,11 @@ from .guard import (
     LOGIN_COOKIE,
     PENDING_COOKIE,
     SESSION_COOKIE,
-    checked_form,
+    csrf_checked,
     customer,
-    form_fields,
     login_form_accepted,
     login_token,
+    posted,
     safe_back,
     session_of,
     signed_in,
@@ -78,8 +78,11 @@ def with_login_cookie(request: Request, response: Response, token: str) -> Respo
 
 
 @router.post("/login")
-async def log_in(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
-    fields = await form_fields(request)
+def log_in(
+    request: Request,
+    ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
+) -> Response:
     back = safe_back(fields.get("next"))
     if not login_form_accepted(request, fields):
         raise ApiError(403, "forbidden", "the login form's security token is missing: reload")
@@ -132,10 +135,14 @@ def set_session_cookie(request: Request, response: Response, cookie: str) -> Non
 
 
 @router.post("/logout")
-async def log_out(request: Request, ctx: Context = Depends(context)) -> Response:  # noqa: B008
+def log_out(
+    request: Request,
+    ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
+) -> Response:
     session = session_of(request, ctx)
     if session is not None:
-        await checked_form(request, session)
+        csrf_checked(session, fields)
         ctx.sessions.close(session)
     response = see_other(f"{COOKIE_PATH}/login")
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
@@ -166,14 +173,15 @@ def dashboard(
 
 
 @router.post("/vms/{name}/{verb}")
-async def vm_power(
+def vm_power(
     name: str,
     verb: str,
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     if verb not in VM_ACTIONS:
         raise not_found(f"page {request.url.path}")
     payload = ctx.resources.validate_vm_action(session.principal.tenant, name, verb)

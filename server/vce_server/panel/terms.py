@@ -33,7 +33,7 @@ from markupsafe import Markup
 from ..api.deps import Context, context
 from ..errors import ApiError
 from . import views
-from .guard import COOKIE_PATH, checked_form, customer
+from .guard import COOKIE_PATH, csrf_checked, customer, posted
 from .render import HEADERS, page
 from .routes import form_key, see_other, submit
 from .sessions import Session
@@ -275,14 +275,15 @@ def show_quotas(
 
 
 @router.post("/quotas")
-async def ask_for_more(
+def ask_for_more(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """One kind's new limit: granted at once when the plan and the zone allow it, else a
     request with its 20-minute clock (5.1)."""
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     kind = fields.get("kind", "")
     limit, note = fields.get("limit", "").strip(), fields.get("note", "")
     values = {f"{kind}.limit": limit, f"{kind}.note": note}
@@ -331,14 +332,15 @@ def show_requests(
 
 
 @router.post("/incidents")
-async def report_outage(
+def report_outage(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """An outage report (5.11): recorded now; when it began, if the customer says, goes to
     support in its note."""
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     who = session.principal
     values = {key: fields.get(key, "") for key in ("vm", "note", "started_at")}
     vms = {vm["name"] for vm in ctx.resources.list(who.tenant, "vms")}
@@ -477,12 +479,13 @@ def running_vms(ctx: Context, session: Session) -> list[str]:
 
 
 @router.post("/trial")
-async def ask_trial(
+def ask_trial(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
-    await checked_form(request, session)
+    csrf_checked(session, fields)
     try:
         ctx.terms.ask_trial(session.principal)
     except ApiError as error:
@@ -503,15 +506,16 @@ def switch_off_page(
 
 
 @router.post("/trial/switch-off")
-async def switch_off(
+def switch_off(
     request: Request,
     session: Session = Depends(customer),  # noqa: B008
     ctx: Context = Depends(context),  # noqa: B008
+    fields: dict[str, str] = Depends(posted),  # noqa: B008
 ) -> Response:
     """Stop every running VM, each as the Stop button does: when the trial ends the ledger
     makes the tenant paid if a VM runs, else suspends it (ledger.settle_trial, 3.12.6); disks,
     networks and addresses stay, so nothing is lost."""
-    fields = await checked_form(request, session)
+    fields = csrf_checked(session, fields)
     tenant = session.principal.tenant
     stopping = []
     for name in running_vms(ctx, session):
