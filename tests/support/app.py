@@ -6,21 +6,26 @@ transport; nothing listens on a port."""
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from vce_server.app import build_context, create_app
 from vce_server.settings import Settings
 
 from tests.support.host_records import add_host
 from tests.support.images import make_image, register_image
+from tests.support.server import free_port
 
 ZONE = "zone-a"
 IMAGE = "base"
 # A pool named `default`, as a host has one: a Disk's and a boot disk's default pool.
+START_SECONDS = 30
 NODE = "<node><pool type='dir'><name>default</name><target><path>/default</path></target></pool></node>"
 
 
@@ -52,3 +57,24 @@ def in_process_app(
         yield InProcess(app, uris)
     finally:
         app.state.context.actions.stop(30.0)
+
+
+@contextlib.contextmanager
+def on_loopback(app: FastAPI) -> Iterator[str]:
+    """The in-process app served by uvicorn on a free loopback port, in a thread, for a
+    browser: its base URL. Stopped afterwards (the app's lifespan is the caller's)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(START_SECONDS)

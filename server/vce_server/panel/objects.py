@@ -564,9 +564,12 @@ class ObjectTable:
     plural: str
     title: str
     columns: tuple[str, ...]
-    rows: tuple[tuple[str, str, tuple[str, ...]], ...]  # name, zone, the columns' cells
+    # name, zone, the columns' cells, and whether it is removed on its own (a VM's boot disk
+    # is removed with its VM)
+    rows: tuple[tuple[str, str, tuple[str, ...], bool], ...]
 
 
+BOOT_SUFFIX = ".boot"
 # Each table of the objects page: its heading and columns (a header and the read view's key).
 OBJECT_TABLES = {
     "vms": ("VMs", (("Zone", "zone"), ("State", "state"), ("vCPUs", "vcpus"),
@@ -595,10 +598,21 @@ def cell(value: Any) -> str:
 def object_table(plural: str, items: Iterable[Mapping[str, Any]]) -> ObjectTable:
     title, columns = OBJECT_TABLES[plural]
     rows = tuple(
-        (item["name"], str(item.get("zone", "")), tuple(cell(item.get(key)) for _h, key in columns))
+        (
+            item["name"],
+            str(item.get("zone", "")),
+            tuple(cell(item.get(key)) for _h, key in columns),
+            not (plural == "disks" and boot_disk(item)),
+        )
         for item in items
     )
     return ObjectTable(plural, title, tuple(header for header, _key in columns), rows)
+
+
+def boot_disk(disk: Mapping[str, Any]) -> bool:
+    """Whether the disk is a VM's boot disk (named `<vm>.boot` by the engine, attached to it)."""
+    name = str(disk.get("name", ""))
+    return name.endswith(BOOT_SUFFIX) and disk.get("attached_to") == name[: -len(BOOT_SUFFIX)]
 
 
 def objects_form(

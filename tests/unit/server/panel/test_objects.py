@@ -176,6 +176,15 @@ def test_networks_and_disks_are_made_and_removed_through_confirmations(cabinet: 
         assert absent(cabinet, "acme", plural, name)
 
 
+def test_a_vms_boot_disk_is_listed_without_a_removal_of_its_own(cabinet: Cabinet) -> None:
+    visitor = cabinet.customer("acme")
+    declare(cabinet, "acme")
+    page = visitor.get("/panel/objects").text
+    (row,) = re.findall(r"<tr><th scope=\"row\">web\.boot</th>.*?</tr>", page)
+    assert "with its VM" in row and "/delete" not in row
+    assert 'href="/panel/objects/vms/web/delete?zone=zone-a"' in page
+
+
 def test_a_network_form_error_is_shown_beside_its_field(cabinet: Cabinet) -> None:
     visitor = cabinet.customer("acme")
     answer = planned(visitor, "/panel/objects", "/panel/objects/networks/new",
