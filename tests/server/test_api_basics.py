@@ -35,10 +35,13 @@ RATE_THREADS = 8
 def test_an_unknown_route_answers_404_in_the_error_shape(server: Server, fleet: Fleet, new_tenant):
     token = create_token(fleet.ledger_url, new_tenant(fleet))
     with server.client(token) as client:
-        for path in ("/v1/nothing-here", "/v2/vms", "/"):
+        for path in ("/v1/nothing-here", "/v2/vms", "/nothing-here"):
             reply = client.get(path)
             assert reply.status_code == 404, (path, reply.text)
             assert error_of(reply)["code"] == "not_found"
+        # The root is the personal cabinet's door.
+        home = client.get("/")
+        assert (home.status_code, home.headers["location"]) == (303, "/panel/")
 
 
 def test_a_wrong_method_answers_405_in_the_error_shape(server: Server, fleet: Fleet, new_tenant):
