@@ -185,22 +185,19 @@ class Fleet:
             return [host for host in found if host is not None]
 
     def placed_host(self, connection: Any, tenant: str, zone: str) -> HostPlace | None:
+        # One statement: with two, a placement committed between them (a first change of
+        # the tenant running meanwhile) read as a placement whose host was removed.
         row = connection.execute(
-            sa.select(hosts)
-            .join(placements, placements.c.host == hosts.c.name)
+            sa.select(placements.c.host.label("placed_on"), hosts)
+            .select_from(placements.outerjoin(hosts, placements.c.host == hosts.c.name))
             .where(placements.c.tenant == tenant, placements.c.zone == zone)
         ).first()
-        if row is not None:
-            return HostPlace.of(row)
-        kept = connection.execute(
-            sa.select(placements.c.host).where(
-                placements.c.tenant == tenant, placements.c.zone == zone
-            )
-        ).first()
-        if kept is not None:
+        if row is None:
+            return None
+        if row.name is None:
             # The operator removed the host record: the tenant's objects are still there.
             raise VceError(f"the tenant's host in zone {zone} is not available; ask support")
-        return None
+        return HostPlace.of(row)
 
     def least_placed(self, connection: Any, zone: str) -> HostPlace:
         count = sa.func.count(placements.c.tenant)

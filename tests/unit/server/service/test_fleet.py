@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import placements
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts, placements
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.service.fleet import Fleet, scrubbed
 
@@ -212,3 +212,14 @@ def test_scrub_of_a_missing_image(test_driver):
     assert "nope" in shown
     assert "test:///default" not in shown
     assert "/" not in shown.replace("<host path>", "")
+
+
+def test_a_placement_whose_host_record_was_removed_is_refused_not_moved(two_zones):
+    two_zones.place("acme", "zone-a")
+    with two_zones.ledger.store.write() as connection:
+        connection.execute(sa.delete(hosts).where(hosts.c.name == "kvm1"))
+    for read in (two_zones.preview, two_zones.where):
+        with pytest.raises(VceError, match="host in zone zone-a is not available"):
+            read("acme", "zone-a")
+    # Another tenant is placed on the host that is left.
+    assert two_zones.preview("beta", "zone-a").name == "kvm2"
