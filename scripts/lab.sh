@@ -36,6 +36,9 @@ BROWSER_DEBIAN_PACKAGES=(chromium fonts-dejavu-core)
 # Their JavaScript, pinned by each directory's package-lock.json: axe-core, Lighthouse; and
 # xterm.js, whose files the server serves from copies the unit tier checks against its tarball.
 NPM_DIRECTORIES=(tests/browser bench/browser server/vce_server/panel)
+# For `zones` and `test`: every host of the zone lab runs its own sshd in its network namespace
+# (tools/multihost.py); the machine's own sshd is not needed and not started by the lab.
+LAB_DEBIAN_PACKAGES=(openssh-server)
 VENV=.venv
 
 install_debian_packages() {
@@ -105,6 +108,7 @@ MULTIHOST_PREFIX=vcelab
 
 zones() {
   install_all
+  install_debian_packages "${LAB_DEBIAN_PACKAGES[@]}"
   "$VENV/bin/python" -m tools.labhost
   if [ ! -f "$MULTIHOST_DIR/lab.json" ]; then
     "$VENV/bin/python" -m tools.multihost up "$MULTIHOST_DIR" --prefix "$MULTIHOST_PREFIX" > /dev/null
@@ -127,6 +131,7 @@ sanity() {
 
 run_tests() {
   install_all
+  install_debian_packages "${LAB_DEBIAN_PACKAGES[@]}"
   install_browser_tools
   local py="$VENV/bin/python"
   echo "lab: pristine Debian 12 root: lab.sh install, then lab.sh demo until both VMs answer ping"

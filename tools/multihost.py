@@ -17,6 +17,19 @@ between the hosts:
 Every veth is created directly in its two namespaces (never in the host's), so deleting the
 namespaces removes every link, and names such as ``ul0`` repeat harmlessly across hosts.
 
+Hosts are reached the way a provider reaches its KVM hosts: over SSH. Every host runs a real
+``sshd`` (Debian's openssh-server) in its namespace with a host key of its own, listening only
+on its management address: a veth ``mg0`` with 172.30.K.(10+i)/24, whose other end is a port
+of the bridge ``<prefix>-mg`` in this machine's namespace (172.30.K.1, the controller). K is
+the first /24 of 172.30.0.0/16 no interface of this machine uses, chosen under a lock, so
+labs of concurrent test runs never share one. The controller's key, a ``known_hosts`` pinning
+every host key (by address and name), an ``ssh_config`` (``StrictHostKeyChecking yes``, never
+``no``) and an ``ssh`` command that uses that config are in ``<base_dir>/ssh``:
+``LabHost.ssh_command`` runs host commands through it, ``LabHost.ssh_uri`` is the host's
+``qemu+ssh://`` URI (libvirt runs that ``ssh`` through the URI's ``command`` parameter).
+sshd refuses keys under a group- or world-writable directory (StrictModes), so a lab's
+base_dir must not be under /tmp: tests use /var/lib/vce-kvm/labs.
+
 Each host also gets /etc/netns/<netns>/{hosts,resolv.conf}, which ``ip netns exec`` mounts
 over /etc for everything run there, libvirtd included: the hosts resolve each other's names
 to underlay addresses, and DNS fails at once instead of timing out. Without that, the
@@ -33,16 +46,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -69,6 +86,17 @@ UNDERLAY_DEV = "ul0"
 UNDERLAY_BRIDGE = "ul0"
 UNDERLAY_NET = "172.31.250"
 UNDERLAY_FIRST_HOST = 10
+
+MGMT_DEV = "mg0"
+MGMT_NET = "172.30"  # /16: a lab takes the first free 172.30.K.0/24 of this machine
+MGMT_CONTROLLER = 1
+MGMT_FIRST_HOST = 10
+MGMT_LOCK = Path("/run/vce-kvm-lab.lock")
+SSH_DIR = "ssh"
+SSHD = "/usr/sbin/sshd"
+SSH_START_SECONDS = 10.0
+# A lab's base_dir for tests: sshd's StrictModes refuses keys below /tmp (world-writable).
+LABS_ROOT = Path("/var/lib/vce-kvm/labs")
 
 UPLINK_DEV = "up0"
 INET_BRIDGE = "inet0"
@@ -151,6 +179,9 @@ def cleanup_leftovers(prefix: str, base_dir: Path | None = None) -> list[str]:
     _kill([pid for name in names for pid in netns_pids(name) if pid != own])
     for name in names:
         _run(["ip", "netns", "delete", name])
+    # The management bridge is in this machine's namespace; its ports went with the hosts'.
+    if (Path("/sys/class/net") / mgmt_bridge(prefix)).exists():
+        _run(["ip", "link", "delete", mgmt_bridge(prefix)])
     # /etc/netns itself stays: it is iproute2's, and other labs may be using it right now.
     for etc in ETC_NETNS.glob(f"{prefix}-*"):
         shutil.rmtree(etc, ignore_errors=True)
@@ -159,10 +190,40 @@ def cleanup_leftovers(prefix: str, base_dir: Path | None = None) -> list[str]:
         if state is not None and state.get("prefix") == prefix:
             for host, _zone in state["hosts"]:
                 shutil.rmtree(base_dir / host, ignore_errors=True)
+            shutil.rmtree(base_dir / SSH_DIR, ignore_errors=True)
             (base_dir / STATE_FILE).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: it holds the caller's own files
             base_dir.rmdir()
     return names
+
+
+def mgmt_bridge(prefix: str) -> str:
+    return f"{prefix}-mg"
+
+
+def free_mgmt_subnet() -> int:
+    """K of the first 172.30.K.0/24 no interface of this machine has an address in."""
+    used = set()
+    for line in _run(["ip", "-4", "-o", "addr", "show"]).splitlines():
+        address = line.split()[3]
+        if address.startswith(f"{MGMT_NET}."):
+            used.add(int(address.split(".")[2]))
+    for k in range(256):
+        if k not in used:
+            return k
+    raise RuntimeError(f"no free /24 left in {MGMT_NET}.0.0/16 for a lab's management network")
+
+
+def new_lab_dir(prefix: str = "vce-mh-") -> Path:
+    """A fresh base_dir for a test's lab, where sshd accepts its keys (not below /tmp)."""
+    LABS_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=LABS_ROOT))
+
+
+def tcp_answers(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((address, port)) == 0
 
 
 def run_captured(
@@ -186,13 +247,37 @@ class LabHost:
     pool_dir: Path
     public_ip: str
     log_dir: Path
+    socket_path: Path
+    ssh_dir: Path  # the lab's: the controller's key, known_hosts, ssh_config, `ssh`
+    mgmt_ip: str = ""  # known once the lab has started
     underlay_dev: str = UNDERLAY_DEV
     uplink: str = UPLINK_DEV
 
     @property
     def command_prefix(self) -> list[str]:
-        """Put in front of a command to run it on this host (in its network namespace)."""
+        """Put in front of a command to run it on this host without SSH (in its network
+        namespace): for what a test does as the host's own administrator at its console."""
         return ["ip", "netns", "exec", self.netns]
+
+    @property
+    def ssh_command(self) -> list[str]:
+        """Put in front of a command to run it on this host over SSH, as a controller does."""
+        return [str(self.ssh_dir / "ssh"), f"root@{self.mgmt_ip}"]
+
+    @property
+    def ssh_uri(self) -> str:
+        """The host's libvirt over SSH: its daemon's socket, through the lab's `ssh` (which
+        pins the host keys and holds the controller's key)."""
+        command = self.ssh_dir / "ssh"
+        return f"qemu+ssh://root@{self.mgmt_ip}/system?socket={self.socket_path}&command={command}"
+
+    @property
+    def sshd_dir(self) -> Path:
+        return self.pool_dir.parent / SSH_DIR
+
+    def ssh(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run argv on this host over SSH (quoted for the remote shell); like ``run``."""
+        return run_captured([*self.ssh_command, shlex.join(argv)], **kw)
 
     def run(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run argv on this host; text output captured, not checked, 60 s timeout by default."""
@@ -249,7 +334,10 @@ class MultiHostLab:
                 pool_dir=self.base_dir / name / "pool",
                 public_ip=f"203.0.113.{HOST_PUBLIC_FIRST + i}",
                 log_dir=daemon.log_dir,
+                socket_path=daemon.socket_path,
+                ssh_dir=self.ssh_dir,
             )
+        self.mgmt_subnet: int | None = None
 
     def _validate(self) -> None:
         if not PREFIX_RE.match(self.prefix):
@@ -272,9 +360,24 @@ class MultiHostLab:
         if state is None:
             raise FileNotFoundError(f"no readable {STATE_FILE} in {base_dir}")
         hosts = [tuple(pair) for pair in state["hosts"]]
-        return cls(base_dir, hosts, state["prefix"], state["underlay_mtu"])
+        lab = cls(base_dir, hosts, state["prefix"], state["underlay_mtu"])
+        if state.get("mgmt_subnet") is not None:
+            lab.address_hosts(state["mgmt_subnet"])
+        return lab
 
     # ---- names
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.base_dir / SSH_DIR
+
+    @property
+    def mgmt_bridge(self) -> str:
+        return mgmt_bridge(self.prefix)
+
+    @property
+    def controller_ip(self) -> str:
+        return f"{MGMT_NET}.{self.mgmt_subnet}.{MGMT_CONTROLLER}"
 
     @property
     def underlay_netns(self) -> str:
@@ -320,6 +423,11 @@ class MultiHostLab:
             self._make_wires()
             for host in self.hosts.values():
                 self._make_host(host)
+            self._make_mgmt()
+            self._write_state()
+            self._make_controller_ssh()
+            for host in self.hosts.values():
+                self.start_sshd(host.name)
             for host in self.hosts.values():
                 self._start_libvirt(host)
         except BaseException:
@@ -333,6 +441,27 @@ class MultiHostLab:
             daemon.stop()  # gracefully first; it also keeps the QEMU capabilities it probed
         cleanup_leftovers(self.prefix, self.base_dir)
 
+    def start_sshd(self, name: str) -> None:
+        """Start host `name`'s sshd (again, after ``kill_sshd``) and wait until it answers."""
+        host = self.hosts[name]
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+        subprocess.run(
+            [*host.command_prefix, SSHD, "-f", str(host.sshd_dir / "sshd_config"),
+             "-E", str(host.sshd_dir / "sshd.log")],
+            check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        )  # fmt: skip
+        if not _wait_until(lambda: tcp_answers(host.mgmt_ip, 22), SSH_START_SECONDS):
+            raise RuntimeError(f"sshd of {name} does not answer on {host.mgmt_ip}:22")
+
+    def kill_sshd(self, name: str) -> None:
+        """SIGKILL every sshd of host `name`, its listener and its sessions (and so the
+        commands and libvirt connections running through them): the host is lost to its
+        controllers while its daemons and guests run on."""
+        host = self.hosts[name]
+        pids = [pid for pid in netns_pids(host.netns) if _process_name(pid) == "sshd"]
+        _signal_all(pids, signal.SIGKILL)
+        _wait_until(lambda: not any(_pid_alive(p) for p in pids), STOP_TIMEOUT)
+
     def restart_libvirtd(self, name: str) -> None:
         """Restart host `name`'s libvirtd alone (its guests and dnsmasq keep running), as an
         upgrade or ``systemctl restart libvirtd`` does; libvirt rewrites its own firewall rules."""
@@ -345,6 +474,7 @@ class MultiHostLab:
             "prefix": self.prefix,
             "hosts": [list(pair) for pair in self.host_zones],
             "underlay_mtu": self.underlay_mtu,
+            "mgmt_subnet": self.mgmt_subnet,
         }
         (self.base_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -397,6 +527,52 @@ class MultiHostLab:
         _ip(ns, "addr", "add", f"{host.public_ip}/32", "dev", host.uplink)
         _ip(ns, "route", "add", "default", "via", INET_GATEWAY, "dev", host.uplink, "onlink")
 
+    def address_hosts(self, subnet: int) -> None:
+        self.mgmt_subnet = subnet
+        for i, (name, host) in enumerate(list(self.hosts.items())):
+            self.hosts[name] = replace(host, mgmt_ip=f"{MGMT_NET}.{subnet}.{MGMT_FIRST_HOST + i}")
+
+    def _make_mgmt(self) -> None:
+        """The management network: a bridge here (the controller's side) and a port of it
+        in every host. The subnet is chosen and taken under a lock, so two labs starting at
+        once take two."""
+        MGMT_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with MGMT_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.address_hosts(free_mgmt_subnet())
+            _run(["ip", "link", "add", self.mgmt_bridge, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{self.controller_ip}/24", "dev", self.mgmt_bridge])
+        _run(["ip", "link", "set", self.mgmt_bridge, "up"])
+        for i, host in enumerate(self.hosts.values()):
+            port = f"{self.prefix}m{i}"
+            _run(["ip", "link", "add", MGMT_DEV, "netns", host.netns, "type", "veth",
+                  "peer", "name", port])  # fmt: skip
+            _run(["ip", "link", "set", port, "master", self.mgmt_bridge, "up"])
+            _ip(host.netns, "addr", "add", f"{host.mgmt_ip}/24", "dev", MGMT_DEV)
+            _ip(host.netns, "link", "set", MGMT_DEV, "up")
+
+    def _make_controller_ssh(self) -> None:
+        """The controller's key, every host's key, sshd's files, and the pinned known_hosts."""
+        self.ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        keygen(self.ssh_dir / "id_ed25519", f"controller@{self.prefix}")
+        controller_key = (self.ssh_dir / "id_ed25519.pub").read_text()
+        known = []
+        for host in self.hosts.values():
+            host.sshd_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keygen(host.sshd_dir / "ssh_host_ed25519_key", f"root@{host.name}")
+            public = (host.sshd_dir / "ssh_host_ed25519_key.pub").read_text().split()
+            known.append(f"{host.mgmt_ip},{host.name} {public[0]} {public[1]}\n")
+            write_private(host.sshd_dir / "authorized_keys", controller_key)
+            write_private(host.sshd_dir / "sshd_config", sshd_config(host))
+        write_private(self.ssh_dir / "known_hosts", "".join(known))
+        write_private(self.ssh_dir / "ssh_config", ssh_config(self.ssh_dir))
+        wrapper = self.ssh_dir / "ssh"
+        wrapper.write_text(
+            "#!/bin/sh\n# ssh with the lab's config: its key, its pinned host keys.\n"
+            f'exec /usr/bin/ssh -F {shlex.quote(str(self.ssh_dir / "ssh_config"))} "$@"\n'
+        )
+        wrapper.chmod(0o700)
+
     def _start_libvirt(self, host: LabHost) -> None:
         self._daemons[host.name].start()
         with _quiet_libvirt():  # ensure_pool's look-up fails, by design, on a new host
@@ -412,6 +588,7 @@ class MultiHostLab:
             "prefix": self.prefix,
             "base_dir": str(self.base_dir),
             "internet_netns": self.internet_netns,
+            "ssh_dir": str(self.ssh_dir),
             "underlay_netns": self.underlay_netns,
             "zones": self.zones,
             "hosts": {
@@ -422,10 +599,68 @@ class MultiHostLab:
                     "underlay_ip": h.underlay_ip,
                     "public_ip": h.public_ip,
                     "pool_dir": str(h.pool_dir),
+                    "mgmt_ip": h.mgmt_ip,
+                    "ssh_uri": h.ssh_uri,
+                    "ssh_command": h.ssh_command,
                 }
                 for name, h in self.hosts.items()
             },
         }
+
+
+def keygen(path: Path, comment: str) -> None:
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+
+
+def write_private(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def sshd_config(host: LabHost) -> str:
+    """sshd as on a production KVM host: keys only, root by key only, the management
+    address only (not the underlay, not the uplink, not a tenant's network)."""
+    d = host.sshd_dir
+    return (
+        f"ListenAddress {host.mgmt_ip}:22\n"
+        f"HostKey {d / 'ssh_host_ed25519_key'}\n"
+        f"PidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes yes\n"
+        "X11Forwarding no\n"
+        "AllowTcpForwarding no\n"
+        "MaxStartups 64:30:128\n"  # a fleet run opens many sessions at once
+        "MaxSessions 64\n"
+    )
+
+
+def ssh_config(ssh_dir: Path) -> str:
+    """The controller's SSH settings for every lab host: its key only, host keys pinned."""
+    return (
+        "Host *\n"
+        "  User root\n"
+        f"  IdentityFile {ssh_dir / 'id_ed25519'}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+        "  GlobalKnownHostsFile /dev/null\n"
+        "  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n"
+        "  ConnectTimeout 5\n"
+        "  ServerAliveInterval 5\n"
+        "  ServerAliveCountMax 2\n"
+    )
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _host_zone(text: str) -> tuple[str, str]:

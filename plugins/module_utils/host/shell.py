@@ -10,6 +10,7 @@ multi-host lab.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ class HostShell:
         timeout: float = COMMAND_TIMEOUT,
     ) -> str:
         """Run `argv` on the host; a failure reads "Failed to <action> <object>: <stderr>"."""
-        command = [*self.prefix, *argv]
+        command = self.command(argv)
         try:
             proc = subprocess.run(
                 command,
@@ -50,6 +51,14 @@ class HostShell:
             reason = proc.stderr.strip() or f"{shlex.join(command)} exited {proc.returncode}"
             raise ApplyError(f"Failed to {action} {obj}: {reason}")
         return proc.stdout
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The prefix and argv; through ssh, argv as one word quoted for the remote shell (ssh
+        joins its words with spaces, so an argument with a space or a `;` would be split or
+        run)."""
+        if self.prefix and os.path.basename(self.prefix[0]) == "ssh":
+            return [*self.prefix, shlex.join(argv)]
+        return [*self.prefix, *argv]
 
     def json(self, argv: Sequence[str], action: str, obj: str) -> Any:
         output = self.run(argv, action, obj)
