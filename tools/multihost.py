@@ -275,6 +275,23 @@ class LabHost:
     def sshd_dir(self) -> Path:
         return self.pool_dir.parent / SSH_DIR
 
+    def ansible_vars(self, python: str) -> dict[str, Any]:
+        """How an inventory reaches this host: Ansible over SSH (modules run on the host with
+        `python`), the engine through the host's qemu+ssh URI and host commands through ssh,
+        from wherever the module runs (the controller for `vce drift`, a peer for a link)."""
+        return {
+            "ansible_connection": "ssh",
+            "ansible_host": self.mgmt_ip,
+            "ansible_user": "root",
+            "ansible_ssh_common_args": f"-F {self.ssh_dir / 'ssh_config'}",
+            "ansible_python_interpreter": python,
+            "vce_uri": self.ssh_uri,
+            "vce_host_command": self.ssh_command,
+            "vce_zone": self.zone,
+            "vce_underlay_ip": self.underlay_ip,
+            "vce_underlay_dev": self.underlay_dev,
+        }
+
     def ssh(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run argv on this host over SSH (quoted for the remote shell); like ``run``."""
         return run_captured([*self.ssh_command, shlex.join(argv)], **kw)
