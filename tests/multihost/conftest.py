@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import libvirt
 import pytest
@@ -16,13 +14,13 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 
 from tests.support.images import catalogued_guest
 from tests.support.ledger import forget_stores
-from tools.multihost import MultiHostLab
+from tools.multihost import MultiHostLab, new_lab_dir
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[MultiHostLab]:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    base = new_lab_dir()
     started = MultiHostLab(base)
     try:
         guard(started.start())
