@@ -479,6 +479,17 @@ class MultiHostLab:
         _signal_all(pids, signal.SIGKILL)
         _wait_until(lambda: not any(_pid_alive(p) for p in pids), STOP_TIMEOUT)
 
+    def authorize(self, public_key_line: str) -> None:
+        """Let one more key log in to every host as root (appended to each host's
+        authorized_keys), as an operator gives a second controller, e.g. the control plane,
+        a key of its own instead of sharing the controller's."""
+        line = public_key_line.strip()
+        if not line or "\n" in line:
+            raise ValueError("expected one public key line")
+        for host in self.hosts.values():
+            with (host.sshd_dir / "authorized_keys").open("a") as keys:
+                keys.write(f"{line}\n")
+
     def restart_libvirtd(self, name: str) -> None:
         """Restart host `name`'s libvirtd alone (its guests and dnsmasq keep running), as an
         upgrade or ``systemctl restart libvirtd`` does; libvirt rewrites its own firewall rules."""
