@@ -12,6 +12,7 @@ fields of core/fields.py, in snake_case), less the host (the server places) and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -79,7 +80,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.recorder import Rec
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import (
     actions,
     backup_schedules,
-    backups,
     images,
     public_ips,
     zone_links,
@@ -142,6 +142,8 @@ KINDS: dict[str, Kind] = {
 # Sections of the engine's tenant facts.
 LIBVIRT_SECTIONS = {"networks": "networks", "disks": "disks", "vms": "vms"}
 BOOT_DISK_KEYS = frozenset(f.name for f in fields.on(fields.PULUMI, fields.BOOT_DISK))
+# 96 bits of a SHA-256: unique among the backups of one tenant.
+BACKUP_ID_LENGTH = 24
 RUN_OPTIONS = {"allow_restart": bool, "allow_replace": bool, "purge_backups": bool}
 
 
@@ -676,10 +678,9 @@ class Resources:
         return {"tenant": tenant, "backup": backup_id, **raw, "mode": mode}
 
     def backup_row(self, tenant: str, backup_id: str) -> Any:
-        with self.ledger.store.read() as connection:
-            row = connection.execute(
-                sa.select(backups).where(backups.c.tenant == tenant, backups.c.key == backup_id)
-            ).first()
+        """The tenant's backup of this id (`backup_view`'s: a digest of the ledger's key)."""
+        rows = self.ledger.backup_records(tenant)
+        row = next((r for r in rows if backup_public_id(r.key) == backup_id), None)
         if row is None or row.status != "ok" or row.pruned_at is not None:
             raise not_found(f"backup {backup_id}")
         return row
@@ -883,9 +884,15 @@ def named_images(found: Mapping[str, Any], names: ImageNames) -> dict[str, Any]:
     return dict(found)
 
 
+def backup_public_id(key: str) -> str:
+    """What names a backup to its customer: a digest of its ledger key, which holds the URI of
+    its host (`backup:<uri>:...`, with an SSH host's address, socket and ssh command)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:BACKUP_ID_LENGTH]
+
+
 def backup_view(row: Any) -> dict[str, Any]:
     return {
-        "id": row.key,
+        "id": backup_public_id(row.key),
         "vm": row.vm,
         "schedule": row.schedule,
         "backup": row.backup_id,

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import api_tokens
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.errors import ApiError
+from vce_server.service.resources import backup_public_id
 
 from tests.support.cabinet import Cabinet, Visitor, hidden_fields
 from tests.unit.server.panel.test_routes import declare, wait_ended
@@ -317,8 +318,8 @@ def recorded_backup(cabinet: Cabinet, tenant: str, key: str) -> None:
 def test_a_backup_is_restored_as_a_confirmed_action_of_its_tenant_only(cabinet: Cabinet) -> None:
     visitor = cabinet.customer("acme")
     other = cabinet.customer("other")
-    key = "b" * 40
-    recorded_backup(cabinet, "acme", key)
+    recorded_backup(cabinet, "acme", "b" * 40)
+    key = backup_public_id("b" * 40)
     listed = visitor.get("/panel/backups")
     assert listed.status_code == 200
     assert "nightly" in listed.text and "1.00 GiB" in listed.text

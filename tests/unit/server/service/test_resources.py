@@ -13,7 +13,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import images, runs
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
 from vce_server.errors import ApiError
-from vce_server.service.resources import Resources
+from vce_server.service.resources import Resources, backup_public_id
 
 from tests.support.host_records import add_host, closing_connections, private_host
 from tests.support.images import make_image, register_image
@@ -342,15 +342,18 @@ def recorded_backup(ledger_url: str, tenant: str, key: str) -> None:
 def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url):
     recorded_backup(ledger_url, "acme", "a" * 40)
     [backup] = offline.backups("acme", "web")
-    assert (backup["id"], backup["schedule"], backup["pruned"]) == ("a" * 40, "nightly", False)
+    shown = backup_public_id("a" * 40)
+    assert (backup["id"], backup["schedule"], backup["pruned"]) == (shown, "nightly", False)
     assert offline.backups("acme", "db") == []
     assert offline.backups("other") == []
-    payload = offline.validate_restore("acme", "a" * 40, {"new_disk": "web-restored"})
-    assert payload == {"tenant": "acme", "backup": "a" * 40, "new_disk": "web-restored",
+    payload = offline.validate_restore("acme", shown, {"new_disk": "web-restored"})
+    assert payload == {"tenant": "acme", "backup": shown, "new_disk": "web-restored",
                        "mode": "new_disk"}  # fmt: skip
-    with pytest.raises(ApiError) as error:
-        offline.validate_restore("other", "a" * 40, {"new_disk": "x"})
-    assert error.value.status == 404
+    # Another tenant's backup, and the ledger's key (it names the host) are no backup's id.
+    for tenant, backup_id in (("other", shown), ("acme", "a" * 40)):
+        with pytest.raises(ApiError) as error:
+            offline.validate_restore(tenant, backup_id, {"new_disk": "x"})
+        assert error.value.status == 404
     for body, path in (
         ({"new_disk": "../x"}, "new_disk"),
         ({}, "new_disk"),
@@ -361,7 +364,7 @@ def test_backups_are_listed_and_restored_by_the_tenant_only(offline, ledger_url)
         ([], "body"),
     ):
         with pytest.raises(ApiError) as error:
-            offline.validate_restore("acme", "a" * 40, body)
+            offline.validate_restore("acme", shown, body)
         assert (error.value.status, error.value.fields[0][0]) == (422, path), body
 
 

@@ -23,7 +23,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.runner.repo import (
 from vce_server.actions import ActionQueue
 from vce_server.errors import ApiError
 from vce_server.principal import Principal
-from vce_server.service.resources import Resources
+from vce_server.service.resources import Resources, backup_public_id
 from vce_server.settings import Settings
 
 from tests.support.host_records import add_host, closing_connections, private_host
@@ -212,7 +212,8 @@ def test_a_backup_restored_as_a_new_disk_once_per_action(tmp_path, connections, 
             backup_id=taken, kind="copy", status="ok", started_at=moment, finished_at=moment,
             duration_ms=1, size_bytes=1024,
         )  # fmt: skip
-    payload = resources.validate_restore("acme", "k" * 40, {"new_disk": "restored"})
+    shown = backup_public_id("k" * 40)
+    payload = resources.validate_restore("acme", shown, {"new_disk": "restored"})
     with acting_as("api-r1-1", "api:vce_test"):
         first = resources.handlers()["restore"](payload, lambda _progress: None)
     assert [(c["name"], c["action"]) for c in first["plan"]] == [("restored", "restore")]
@@ -232,5 +233,5 @@ def test_a_backup_restored_as_a_new_disk_once_per_action(tmp_path, connections, 
     with acting_as("api-r2-1", "api:vce_test"), pytest.raises(VceError, match="already has"):
         resources.handlers()["restore"](payload, lambda _progress: None)
     with pytest.raises(ApiError) as error:
-        resources.validate_restore("other", "k" * 40, {"new_disk": "mine"})
+        resources.validate_restore("other", shown, {"new_disk": "mine"})
     assert error.value.status == 404
