@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..core.errors import VceError, libvirt, libvirt_action, libvirt_reason, vanished
 from .ownership import (
@@ -32,6 +33,12 @@ from .xml import (
 
 DEFAULT_URI = "qemu:///system"
 _connections: dict[str, object] = {}
+SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
+# libvirt's URI parameters of the SSH transports (the rest, e.g. socket, name the daemon).
+SSH_PARAMETERS = frozenset(
+    {"command", "keyfile", "known_hosts", "known_hosts_verify", "netcat", "no_tty",
+     "no_verify", "sshauth", "proxy"}
+)  # fmt: skip
 
 DOMAIN_STATES = {
     0: "nostate",
@@ -63,6 +70,19 @@ def connect(uri: str = DEFAULT_URI) -> object:
         raise VceError(f"Failed to connect to libvirt at {uri}: {libvirt_reason(error)}") from None
     _connections[uri] = conn
     return conn
+
+
+def on_host_uri(uri: str) -> str | None:
+    """The URI of the same daemon for a process running on the host itself (a backup unit's
+    runner), when `uri` reaches it over SSH: without the transport (user, host and the ssh
+    parameters, which name the controller's ssh and key). None for any other URI."""
+    parts = urlsplit(uri)
+    driver, _plus, transport = parts.scheme.partition("+")
+    if transport not in SSH_TRANSPORTS:
+        return None
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in SSH_PARAMETERS]
+    query = f"?{urlencode(kept, safe='/')}" if kept else ""
+    return f"{driver}://{parts.path or '/'}{query}"
 
 
 def answers(conn: object) -> bool:

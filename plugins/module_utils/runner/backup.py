@@ -71,8 +71,12 @@ class RunnerConfig:
     retention: Retention
     ledger_url: str | None = None
     timeout_s: int = 6 * 3600
+    # The runner runs on the host: the daemon's URI there, when `uri` (the host record's,
+    # which names the host in the ledger) is how a controller reaches it over SSH.
+    connect_uri: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        connect_uri = {"connect_uri": self.connect_uri} if self.connect_uri else {}
         return {
             "format": CONFIG_FORMAT,
             "tenant": self.tenant,
@@ -85,6 +89,7 @@ class RunnerConfig:
             "retention": self.retention.as_dict(),
             "ledger_url": self.ledger_url,
             "timeout_s": self.timeout_s,
+            **connect_uri,
         }
 
     @classmethod
@@ -101,6 +106,7 @@ class RunnerConfig:
             retention=parse_retention(raw["retention"], "retention"),
             ledger_url=raw.get("ledger_url"),
             timeout_s=int(raw.get("timeout_s") or 6 * 3600),
+            connect_uri=raw.get("connect_uri") or None,
         )
 
     @classmethod
@@ -214,7 +220,7 @@ class BackupRun:
     def backup(self, result: RunResult, started: dt.datetime) -> None:
         result.cleaned.extend(self.repo.clear_partials())
         self.check_storage_quota()
-        conn = connect(self.config.uri)
+        conn = connect(self.config.connect_uri or self.config.uri)
         try:
             with libvirt_action("find", f"domain {self.config.domain}"):
                 domain = conn.lookupByName(self.config.domain)

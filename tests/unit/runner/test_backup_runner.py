@@ -148,6 +148,19 @@ def test_a_stopped_vm_is_copied_checked_and_recorded(vm, tmp_path, ledger_url):
     assert result.as_dict()["started_at"] == T0.isoformat()
 
 
+def test_a_host_reached_over_ssh_is_backed_up_through_its_own_daemon(vm, tmp_path, ledger_url):
+    # The host record's URI reaches the host over SSH from the control plane; the runner on the
+    # host connects to `connect_uri` and records its backups under the record's URI.
+    remote = "qemu+ssh://root@kvm1.example/system?command=/srv/vce/ssh"
+    run = BackupRun(
+        config(tmp_path, ledger_url, uri=remote, connect_uri=URI), Clock(T0, dt.timedelta(0))
+    )
+    result = run.run()
+    assert (result.status, result.kind) == ("ok", "copy"), result.error
+    (row,) = records(ledger_url)
+    assert row.key == record_key(remote, "acme", "web1", "nightly", result.backup_id)
+
+
 def test_only_the_disks_named_are_copied_and_an_unknown_one_fails_the_run(vm, tmp_path, ledger_url):
     one = BackupRun(config(tmp_path, ledger_url, disks=("data1",)), lambda: T0).run()
     assert one.status == "ok"
@@ -274,15 +287,20 @@ def test_checkpoints_of_the_schedule_are_dropped_and_other_schedules_kept(vm, tm
 
 
 def test_the_config_file_round_trips_and_bad_ones_are_refused_naming_the_file(tmp_path):
-    settings = config(tmp_path, "sqlite:///x.sqlite3", disks=("boot",), timeout_s=60)
+    settings = config(
+        tmp_path, "sqlite:///x.sqlite3", disks=("boot",), timeout_s=60,
+        connect_uri="qemu:///system?socket=/run/x.sock",
+    )  # fmt: skip
     path = tmp_path / "nightly.json"
     path.write_text(json.dumps(settings.as_dict()))
     assert RunnerConfig.load(path) == settings
     raw = settings.as_dict()
-    del raw["timeout_s"], raw["disks"], raw["ledger_url"]
+    del raw["timeout_s"], raw["disks"], raw["ledger_url"], raw["connect_uri"]
     path.write_text(json.dumps(raw))
     defaults = RunnerConfig.load(path)
-    assert (defaults.timeout_s, defaults.disks, defaults.ledger_url) == (6 * 3600, (), None)
+    assert (defaults.timeout_s, defaults.disks, defaults.ledger_url, defaults.connect_uri) == (
+        6 * 3600, (), None, None,
+    )  # fmt: skip
     for text, reason in [
         ("{", "Expecting"),
         (json.dumps({**raw, "retention": {"keep_daily": 0}}), "must be at least 1"),

@@ -35,7 +35,7 @@ from ...core.plan import Change, Plan
 from ...core.result import Result
 from ...core.spec import EnvironmentSpec
 from ...core.validation import check_name, check_prefix
-from ...host.connection import DEFAULT_URI, Host, TenantInventory
+from ...host.connection import DEFAULT_URI, Host, TenantInventory, on_host_uri
 from ...host.ownership import object_name
 from ...host.shell import HostShell
 from ...ledger.tenants import Ledger
@@ -258,6 +258,7 @@ class BackupSchedulePlanner:
             retention=spec.retention,
             ledger_url=self.where.ledger_url,
             timeout_s=spec.timeout_s,
+            connect_uri=on_host_uri(self.where.uri),
         ).as_dict()
         config["calendar"] = spec.calendar
         config["frequency"] = frequency
