@@ -12,6 +12,7 @@ it binds must meet on one host, and the engine plans a tenant's objects host by 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -108,7 +109,9 @@ class HostPlace:
             texts |= {repr(tuple(command))}
             # user@host and host names in the command; options and the program stay.
             texts |= {part for part in command if "@" in part or "." in part}
-            if command[0] == "ssh" and len(command) > 1 and not command[-1].startswith("-"):
+            # `ssh kvm1`, or an ssh of the server's own (a wrapper with its config and key).
+            ssh = os.path.basename(command[0]) == "ssh"
+            if ssh and len(command) > 1 and not command[-1].startswith("-"):
                 texts.add(command[-1])
         return sorted((t for t in texts if t), key=len, reverse=True)
 

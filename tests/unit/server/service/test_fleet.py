@@ -148,6 +148,28 @@ def test_scrub_replaces_uris_commands_host_names_and_paths(two_zones):
     )
 
 
+def test_scrub_of_a_host_reached_through_the_servers_own_ssh(ledger_url):
+    # The server's ssh wrapper (its key, its pinned known_hosts) and a host alias of its
+    # ssh_config that the URI does not name.
+    wrapper = "/var/lib/vce-serve/ssh/ssh"
+    uri = f"qemu+ssh://root@10.30.0.11/system?socket=/run/libvirt/libvirt-sock&command={wrapper}"
+    add_host(ledger_url, "kvm7", "zone-c", uri, [wrapper, "kvm7-mgmt"])
+    text = (
+        f"Failed to connect to libvirt at {uri}: Cannot recv data: ssh: connect to host "
+        f"10.30.0.11 port 22: Connection refused; {wrapper} kvm7-mgmt 'nft list ruleset' "
+        "exited 255: ssh: Could not resolve hostname kvm7-mgmt; keyfile=/var/lib/vce-serve/"
+        "ssh/id_ed25519"
+    )
+    shown = fleet_of(ledger_url).scrub(text)
+    for secret in ("10.30.0.11", "kvm7", "vce-serve", "id_ed25519", "qemu+ssh", "command="):
+        assert secret not in shown
+    assert shown == (
+        "Failed to connect to libvirt at zone zone-c: Cannot recv data: ssh: connect to host "
+        "zone zone-c port 22: Connection refused; zone zone-c 'nft list ruleset' exited 255: "
+        "ssh: Could not resolve hostname zone zone-c; keyfile=<host path>"
+    )
+
+
 def test_scrub_keeps_addresses_cidrs_names_and_the_apis_own_paths(two_zones):
     text = (
         "cidr: 10.20.0.0/24 overlaps 192.168.122.0/24 of network lan on kvm10; "
