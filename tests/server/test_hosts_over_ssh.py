@@ -6,8 +6,8 @@ key, its pinned known_hosts; never the operator's key).
 Through the API a customer declares a network and a VM: the VM runs on the tenant's host
 (libvirt read over SSH with the operator's key agrees), and the cabinet's console shows the
 guest's boot lines through qemu+ssh. A backup schedule's units and config are written on the
-host through ssh (read back through the host), and the unit's runner takes a backup. A host
-whose sshd is killed gives a clear API error naming no host detail, and works again once sshd
+host through ssh (read back through the host), the unit's runner takes a backup, and a unit
+edited on the host is written back by the same declaration again. A host whose sshd is killed gives a clear API error naming no host detail, and works again once sshd
 is back. No reply, action or console notice shows the URI, the key, the wrapper or the host."""
 
 from __future__ import annotations
@@ -239,6 +239,14 @@ def test_a_backup_schedule_is_written_on_its_host_through_ssh_and_takes_a_backup
     backups = api.get("/v1/backups", params={"vm": "box"}).json()["backups"]
     assert [b["schedule"] for b in backups] == ["nightly"], backups
     assert time.monotonic() - started < 60
+
+    # Drift: someone edits the timer on the host; the same declaration again writes it back
+    # (read and written through ssh), and once more changes nothing.
+    timer_path = f"{files}/units/{UNIT_BASE}.timer"
+    on_host(host, ["sed", "-i", "s/02:30/04:00/", timer_path])
+    assert succeeded(api, "/v1/backup_schedules/nightly", SCHEDULE)["plan"] != []
+    assert on_host(host, ["cat", timer_path]) == timer
+    assert succeeded(api, "/v1/backup_schedules/nightly", SCHEDULE)["plan"] == []
     assert ssh_fleet.leaks() == []
 
 
