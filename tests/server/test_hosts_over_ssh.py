@@ -211,7 +211,7 @@ def test_a_vm_declared_through_the_api_runs_on_its_host_and_shows_its_console(
 
 
 def test_a_backup_schedule_is_written_on_its_host_through_ssh_and_takes_a_backup(
-    api: httpx.Client, ssh_fleet: SshFleet, box: str
+    server: Server, api: httpx.Client, ssh_fleet: SshFleet, box: str
 ) -> None:
     succeeded(api, "/v1/backup_schedules/nightly", SCHEDULE)
     host, files = ssh_fleet.host, ssh_fleet.host_dirs[ssh_fleet.host.name]
@@ -239,6 +239,14 @@ def test_a_backup_schedule_is_written_on_its_host_through_ssh_and_takes_a_backup
     backups = api.get("/v1/backups", params={"vm": "box"}).json()["backups"]
     assert [b["schedule"] for b in backups] == ["nightly"], backups
     assert time.monotonic() - started < 60
+    # The cabinet's pages of the VM, the objects and the backup name no host detail either.
+    customer = Browser(server.url, f"{TENANT}-user")
+    with contextlib.closing(customer):
+        for page in ("/panel/vms/box", "/panel/objects", "/panel/backups",
+                     f"/panel/backups/{backups[0]['id']}/restore"):  # fmt: skip
+            shown = customer.client.get(page)
+            assert shown.status_code == 200, (page, shown.text)
+            ssh_fleet.seen.append(shown.text)
 
     # Drift: someone edits the timer on the host; the same declaration again writes it back
     # (read and written through ssh), and once more changes nothing.
