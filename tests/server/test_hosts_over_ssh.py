@@ -6,9 +6,11 @@ key, its pinned known_hosts; never the operator's key).
 Through the API a customer declares a network and a VM: the VM runs on the tenant's host
 (libvirt read over SSH with the operator's key agrees), and the cabinet's console shows the
 guest's boot lines through qemu+ssh. A backup schedule's units and config are written on the
-host through ssh (read back through the host), the unit's runner takes a backup, and a unit
-edited on the host is written back by the same declaration again. A host whose sshd is killed gives a clear API error naming no host detail, and works again once sshd
-is back. No reply, action or console notice shows the URI, the key, the wrapper or the host."""
+host through ssh (read back through the host), the unit's runner takes a backup, which is
+restored as a new disk (its files read and written on the host through ssh), and a unit
+edited on the host is written back by the same declaration again. A host whose sshd is killed
+gives a clear API error naming no host detail, and works again once sshd is back. No reply,
+action, cabinet page or console notice shows the URI, the key, the wrapper or the host."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from tests.support.server import (
     error_of,
     running_server,
     succeeded,
+    wait_action,
 )
 from tests.support.ssh_hosts import SshIdentity, register_over_ssh, server_identity
 from tools.libvirtd import domain_type
@@ -238,6 +241,18 @@ def test_a_backup_schedule_is_written_on_its_host_through_ssh_and_takes_a_backup
     assert (run["status"], run["kind"]) == ("ok", "full"), run
     backups = api.get("/v1/backups", params={"vm": "box"}).json()["backups"]
     assert [b["schedule"] for b in backups] == ["nightly"], backups
+    # Restored as a new disk: the backup's files are read and the disk written on the host,
+    # through the server's ssh.
+    restore = api.post(f"/v1/backups/{backups[0]['id']}/restore", json={"new_disk": "restored"})
+    assert restore.status_code == 202, restore.text
+    assert wait_action(api, restore.json()["action"]["id"])["status"] == "succeeded"
+    assert api.get("/v1/disks/restored").status_code == 200
+    conn = libvirt.open(host.ssh_uri)
+    try:
+        volume = conn.storageVolLookupByPath(str(host.pool_dir / f"{TENANT}_restored.qcow2"))
+        assert volume.info()[1] == 1 << 30  # the boot disk's size
+    finally:
+        conn.close()
     assert time.monotonic() - started < 60
     # The cabinet's pages of the VM, the objects and the backup name no host detail either.
     customer = Browser(server.url, f"{TENANT}-user")

@@ -9,11 +9,14 @@ lived in the replaced image): the next backup of each schedule is a full one.
 
 A restore is an action, so it is recorded in the ledger under a key made of what was restored
 from where (and `request`, to restore the same backup again): a re-run changes nothing.
+
+The backups and the disks are files of the KVM host: their manifests are read and the image is
+written there, through the host command (`ssh root@kvm1` for a control plane that reaches the
+host over SSH; none where the module runs on the host).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -28,9 +31,10 @@ from ...core.validation import check_choice, check_name, check_pool
 from ...host.connection import Host, TenantInventory
 from ...host.files import FILE_MODE
 from ...host.ownership import object_name, volume_name
+from ...host.shell import HostShell
 from ...host.xml import DiskDevice
 from ...ledger.tenants import Ledger, key_of
-from ...runner.repo import Manifest, ScheduleRepo, qemu_img
+from ...runner.repo import MANIFEST, QEMU_IMG_TIMEOUT, Manifest, ScheduleRepo
 from ..gate import Declaration, Gate, declare_one
 from ..run import conclude_one
 from .backup_schedule import parse_backup_host
@@ -39,9 +43,60 @@ from .vm import VmPlanner
 
 MODES = ("new_disk", "in_place")
 
+# Run on the host with python3 (as the backup schedules' scripts are): one command per step.
+# The manifests of one schedule's finished backups (a directory without one is not listed).
+MANIFESTS_SCRIPT = r"""
+import json, os, sys
+directory, manifest = sys.argv[1:3]
+found = []
+if os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, name, manifest)) as handle:
+                found.append(json.load(handle))
+        except (OSError, ValueError):
+            continue
+print(json.dumps(found))
+"""
 
-def find_backup(repo: ScheduleRepo, backup: str) -> Manifest:
-    found = repo.backups()
+# A backup's image into a disk: written beside it under umask 077 and renamed over it, so the
+# disk is never half-written and never wider than `mode`, even for a moment.
+RESTORE_SCRIPT = r"""
+import os, subprocess, sys
+source, target, fmt, mode = sys.argv[1:5]
+staging = os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".restoring")
+os.umask(0o077)
+try:
+    proc = subprocess.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", fmt, source,
+                           staging], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr.strip() or "qemu-img convert exited %d" % proc.returncode)
+    os.chmod(staging, int(mode, 8))
+    os.rename(staging, target)
+finally:
+    if os.path.lexists(staging):
+        os.unlink(staging)
+"""
+
+
+def host_backups(shell: HostShell, repo: ScheduleRepo) -> list[Manifest]:
+    """The schedule's good backups on the host, oldest first."""
+    raw = shell.json(
+        ["python3", "-c", MANIFESTS_SCRIPT, str(repo.dir), MANIFEST],
+        "read", f"the backups of schedule {repo.schedule} of VM {repo.vm}",
+    )  # fmt: skip
+    found = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            found.append(Manifest.from_dict(item))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a finished backup: never listed, never restored
+    return sorted(found, key=lambda m: (m.taken_at, m.backup_id))
+
+
+def find_backup(found: list[Manifest], repo: ScheduleRepo, backup: str) -> Manifest:
     if not found:
         raise SpecError(
             "schedule", f"schedule {repo.schedule} of VM {repo.vm} has no backups in {repo.dir}"
@@ -69,7 +124,9 @@ class RestorePlanner:
             params.get("target") or where.backup_root, where.backup_root, "target"
         )
         self.repo = ScheduleRepo(root, tenant, self.vm, self.schedule)
-        self.manifest = find_backup(self.repo, str(params.get("backup") or "latest"))
+        self.shell = where.shell
+        found = host_backups(self.shell, self.repo)
+        self.manifest = find_backup(found, self.repo, str(params.get("backup") or "latest"))
         self.file = next((d for d in self.manifest.disks if d.name == self.disk), None)
         if self.file is None:
             names = ", ".join(d.name for d in self.manifest.disks)
@@ -146,17 +203,17 @@ class RestorePlanner:
         )
         return plan
 
+    def copy(self, target: Path, fmt: str, what: str) -> None:
+        """The backup's image written as `target` on the host: a tenant's data, private
+        (FILE_MODE) whatever the umask and whatever mode an old file had."""
+        self.shell.run(
+            ["python3", "-c", RESTORE_SCRIPT, str(self.source), str(target), fmt,
+             format(FILE_MODE, "o")],
+            "restore", f"backup {self.manifest.backup_id} into {what}", timeout=QEMU_IMG_TIMEOUT,
+        )  # fmt: skip
+
     def restore_new(self, path: Path, pool: str) -> None:
-        staging = path.with_name(f".{path.name}.restoring")
-        try:
-            qemu_img(
-                ["convert", "-q", "-f", "qcow2", "-O", "qcow2", str(self.source), str(staging)],
-                "restore", f"backup {self.manifest.backup_id} into disk {path.name}",
-            )  # fmt: skip
-            os.chmod(staging, FILE_MODE)  # a tenant's data, in a pool other users may list
-            os.rename(staging, path)
-        finally:
-            staging.unlink(missing_ok=True)
+        self.copy(path, "qcow2", f"disk {path.name}")
         with libvirt_action("refresh", f"storage pool {pool}"):
             self.host.lookup_pool(pool).refresh(0)
         self.record(str(path))
@@ -226,18 +283,8 @@ class RestorePlanner:
 
     def restore_in_place(self, libvirt_name: str, device: DiskDevice) -> None:
         path = Path(device.path)
-        staging = path.with_name(f".{path.name}.restoring")
-        try:
-            qemu_img(
-                ["convert", "-q", "-f", "qcow2", "-O", device.fmt, str(self.source), str(staging)],
-                "restore",
-                f"backup {self.manifest.backup_id} into disk {self.disk} of VM {self.vm}",
-            )  # fmt: skip
-            # Never the disk's old mode when that was wider: a restore is the tenant's data.
-            os.chmod(staging, FILE_MODE)
-            os.rename(staging, path)
-        finally:
-            staging.unlink(missing_ok=True)
+        # Never the disk's old mode when that was wider: a restore is the tenant's data.
+        self.copy(path, device.fmt, f"disk {self.disk} of VM {self.vm}")
         with libvirt_action("forget the checkpoints of", f"VM {self.vm}"):
             dom = self.host.conn.lookupByName(libvirt_name)
             for checkpoint in dom.listAllCheckpoints():

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.backup_restore import (
     run_backup_restore,
@@ -228,3 +228,24 @@ def test_a_restored_image_is_private_whatever_the_umask_and_the_old_mode(lab):
     lab.disk.chmod(0o644)  # a disk made wider by hand: the restore does not keep that
     run_backup_restore(lab.params(mode="in_place", confirm=True))
     assert mode_of(lab.disk) == 0o600
+
+
+def test_a_restore_reads_and_writes_the_hosts_files_through_the_host_command(lab, tmp_path):
+    # A stand-in `ssh` (its remote side runs the one line it gets) that logs each line: the
+    # backups' manifests are read and the image written on the host, not where the run runs.
+    log = tmp_path / "ssh.log"
+    ssh = tmp_path / "ssh"
+    ssh.write_text(f'#!/bin/sh\nshift\nprintf "%s\\0" "$*" >> {log}\nexec sh -c "$*"\n')
+    ssh.chmod(0o755)
+    params = lab.params(new_disk="restored", backup=OLD, host_command=[str(ssh), "root@kvm1"])
+    result = run_backup_restore(params)
+    assert result.changed and (lab.pool / "acme_restored.qcow2").exists()
+    assert info(lab.pool / "acme_restored.qcow2")["virtual-size"] == MIB
+    lines = log.read_text().split("\0")[:-1]
+    assert [line.split()[:2] for line in lines] == [["python3", "-c"]] * 2
+    assert str(lab.repo.dir) in lines[0]
+    assert str(lab.repo.path(OLD) / "vda.qcow2") in lines[1]
+    assert str(lab.pool / "acme_restored.qcow2") in lines[1]
+    missing = lab.params(new_disk="again", backup=OLD, host_command=[str(tmp_path / "none")])
+    with pytest.raises(VceError, match="Failed to read the backups of schedule nightly"):
+        run_backup_restore(missing)
