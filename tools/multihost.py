@@ -643,6 +643,9 @@ class MultiHostLab:
             backups = host.pool_dir.parent / "backup"
             hosts[host.name] = {
                 **host.ansible_vars(python),
+                # Each module in one SSH session, its code on stdin: no files copied to the
+                # host first (three more sessions per task; sshd here has no sftp).
+                "ansible_pipelining": True,
                 "vce_pool": POOL_NAME,
                 "vce_backup_root": str(backups / "archive"),
                 "vce_backup_unit_dir": str(backups / "units"),
