@@ -698,6 +698,10 @@ def sshd_config(host: LabHost) -> str:
         "AllowTcpForwarding no\n"
         "MaxStartups 64:30:128\n"  # a fleet run opens many sessions at once
         "MaxSessions 64\n"
+        # Bash sources ~/.bashrc for every command sshd runs (when SSH_CLIENT is set and
+        # SHLVL < 2). This machine's root .bashrc initialises pyenv, 0.5 s a command; a KVM
+        # host's root has none, so the lab's sessions skip it as a host's cost nothing.
+        "SetEnv SHLVL=1\n"
     )
 
 
