@@ -73,6 +73,12 @@ def kill_sshd_mid_run(fleet: Fleet) -> tuple[int, str]:
             time.sleep(0.02)
         fleet.lab.kill_sshd(LOST)
         rest, _err = proc.communicate()
+        # The module, cut off from Ansible and from libvirt, ends on its own: the ledger is
+        # read after it has, so nothing it writes later goes unseen.
+        deadline = time.monotonic() + MODULE_WAIT
+        while module_running(lost):
+            assert time.monotonic() < deadline, "the module on the lost host never ended"
+            time.sleep(0.2)
     finally:
         watchdog.cancel()
         if proc.poll() is None:
