@@ -39,7 +39,13 @@ where queries vanish: libvirt's getHostname() took 5 s (glibc's timeout) per cal
 CLI (state is kept in DIR/lab.json, so ``down`` works from another process)::
 
     python -m tools.multihost up DIR [--host NAME:ZONE ...] [--prefix P]   # prints JSON
+    python -m tools.multihost up DIR --hosts N [--inventory FILE]   # a fleet of N hosts
     python -m tools.multihost down DIR
+
+``--hosts N`` (1 to FLEET_MAX) spreads N hosts over the zones zone-a and zone-b in turn
+(``fleet_hosts``); ``--inventory FILE`` also writes an Ansible inventory of the lab's hosts
+(``MultiHostLab.write_inventory``), whose group ``kvm_hosts`` playbooks/tenant.yml and
+``vce drift`` run over.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import libvirt
+import yaml
 
 from tools.labhost import ensure_pool
 from tools.libvirtd import (
@@ -78,6 +85,8 @@ from tools.libvirtd import (
 
 ETC_NETNS = Path("/etc/netns")
 DEFAULT_HOSTS: tuple[tuple[str, str], ...] = (("kvm-a", "zone-a"), ("kvm-b", "zone-b"))
+FLEET_ZONES = ("zone-a", "zone-b")
+FLEET_MAX = 8
 STATE_FILE = "lab.json"
 POOL_NAME = "default"
 COMMAND_TIMEOUT = 60.0
@@ -635,6 +644,42 @@ class MultiHostLab:
             },
         }
 
+    def inventory(self, python: str) -> dict[str, Any]:
+        """An Ansible inventory of the lab's hosts as data: group ``kvm_hosts`` (what
+        playbooks/tenant.yml and ``vce drift`` run over), each host reached over SSH
+        (``LabHost.ansible_vars``) with its storage pool and backup directories of its own,
+        and every zone's public pool in ``vce_zones``. Tenants are the user's to add."""
+        hosts = {}
+        for host in self.hosts.values():
+            backups = host.pool_dir.parent / "backup"
+            hosts[host.name] = {
+                **host.ansible_vars(python),
+                # Each module in one SSH session, its code on stdin: no files copied to the
+                # host first (three more sessions per task; sshd here has no sftp).
+                "ansible_pipelining": True,
+                "vce_pool": POOL_NAME,
+                "vce_backup_root": str(backups / "archive"),
+                "vce_backup_unit_dir": str(backups / "units"),
+                "vce_backup_config_dir": str(backups / "config"),
+            }
+        zones = {
+            zone: {
+                "uplink": pool["uplink"],
+                "public_pools": [
+                    {"name": f"pub-{zone}", "cidr": pool["pool"], "gateway": pool["gateway"]}
+                ],
+            }
+            for zone, pool in self.zones.items()
+        }
+        return {"all": {"vars": {"vce_zones": zones}, "children": {"kvm_hosts": {"hosts": hosts}}}}
+
+    def write_inventory(self, path: Path, python: str) -> Path:
+        """Write ``inventory(python)`` as YAML to `path` (modules run there with `python`).
+        Ansible also reads group_vars/ and host_vars/ beside it: put tenants there."""
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.inventory(python), sort_keys=False))
+        return path
+
 
 def keygen(path: Path, comment: str) -> None:
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
@@ -664,6 +709,10 @@ def sshd_config(host: LabHost) -> str:
         "AllowTcpForwarding no\n"
         "MaxStartups 64:30:128\n"  # a fleet run opens many sessions at once
         "MaxSessions 64\n"
+        # Bash sources ~/.bashrc for every command sshd runs (when SSH_CLIENT is set and
+        # SHLVL < 2). This machine's root .bashrc initialises pyenv, 0.5 s a command; a KVM
+        # host's root has none, so the lab's sessions skip it as a host's cost nothing.
+        "SetEnv SHLVL=1\n"
     )
 
 
@@ -681,6 +730,11 @@ def ssh_config(ssh_dir: Path) -> str:
         "  ConnectTimeout 5\n"
         "  ServerAliveInterval 5\n"
         "  ServerAliveCountMax 2\n"
+        # One connection per host for every command and libvirt connection through it: a
+        # new one costs a key exchange (0.3-0.5 s here), and a run makes a dozen.
+        "  ControlMaster auto\n"
+        f"  ControlPath {ssh_dir / 'cm-%C'}\n"
+        "  ControlPersist 30\n"
     )
 
 
@@ -689,6 +743,26 @@ def _process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def fleet_hosts(count: int) -> list[tuple[str, str]]:
+    """`count` hosts over FLEET_ZONES in turn: kvm-a1 (zone-a), kvm-b1 (zone-b), kvm-a2, ..."""
+    if not 1 <= count <= FLEET_MAX:
+        raise ValueError(f"a fleet has 1 to {FLEET_MAX} hosts, not {count}")
+    hosts = []
+    for i in range(count):
+        zone = FLEET_ZONES[i % len(FLEET_ZONES)]
+        hosts.append((f"kvm-{zone[-1]}{i // len(FLEET_ZONES) + 1}", zone))
+    return hosts
+
+
+def _fleet_size(text: str) -> int:
+    try:
+        count = int(text)
+        fleet_hosts(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 to {FLEET_MAX} hosts, got {text!r}") from None
+    return count
 
 
 def _host_zone(text: str) -> tuple[str, str]:
@@ -707,14 +781,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a lab in DIR and print its description as JSON")
     up.add_argument("dir", type=Path)
-    up.add_argument("--host", dest="hosts", type=_host_zone, action="append")
+    chosen = up.add_mutually_exclusive_group()
+    chosen.add_argument("--host", dest="host_zones", type=_host_zone, action="append")
+    chosen.add_argument("--hosts", dest="count", type=_fleet_size, help="a fleet of N hosts")
     up.add_argument("--prefix")
+    up.add_argument("--inventory", type=Path, help="also write an Ansible inventory here")
     down = sub.add_parser("down", help="stop the lab recorded in DIR and remove its files")
     down.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        lab = MultiHostLab(args.dir, args.hosts or DEFAULT_HOSTS, args.prefix).start()
+        hosts = fleet_hosts(args.count) if args.count else args.host_zones or DEFAULT_HOSTS
+        lab = MultiHostLab(args.dir, hosts, args.prefix).start()
+        if args.inventory:
+            lab.write_inventory(args.inventory, sys.executable)
         print(json.dumps(lab.describe(), indent=2))
     else:
         MultiHostLab.from_state(args.dir).stop()
