@@ -52,7 +52,6 @@ from fleet_apply import conclude  # noqa: E402
 
 from tests.support.fleet import declaration, make_fleet, start_fleet, stop_fleet  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
-from tools.libvirtd import domain_type  # noqa: E402
 from tools.multihost import LabHost  # noqa: E402
 
 VMS = 10
@@ -140,14 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats,
     }
     errors: list[str] = []
-    saved = {k: os.environ.get(k) for k in ("VCE_LEDGER_URL", "VCE_DOMAIN_TYPE")}
+    saved = {k: os.environ.get(k) for k in ("VCE_LEDGER_URL",)}
     lab = None
     try:
         lab = start_fleet(1)
         fleet = make_fleet(lab)
         (host,) = lab.hosts.values()
         os.environ["VCE_LEDGER_URL"] = fleet.ledger_url
-        os.environ["VCE_DOMAIN_TYPE"] = domain_type()
         conn = host.connect()
         results["machine"] = machine_facts(conn)
         conn.close()

@@ -46,7 +46,6 @@ from tests.support.server import (
     wait_action,
 )
 from tests.support.ssh_hosts import SshIdentity, register_over_ssh, server_identity
-from tools.libvirtd import domain_type
 from tools.multihost import LabHost, MultiHostLab, new_lab_dir
 
 pytestmark = [pytest.mark.server, pytest.mark.multihost, pytest.mark.guest]
@@ -128,12 +127,9 @@ def environment(**values: str) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def server(ssh_fleet: SshFleet) -> Iterator[Server]:
-    # The server defines the VMs: their console logs where the hosts' libvirtd may write, and
-    # the domain type of this machine (a remote host's capabilities offer kvm even where
-    # /dev/kvm is a shim on which no guest boots).
-    settings = environment(
-        VCE_CONSOLE_LOG_DIR=str(ssh_fleet.host.log_dir / "qemu"), VCE_DOMAIN_TYPE=domain_type()
-    )
+    # The server defines the VMs: their console logs where the hosts' libvirtd may write (the
+    # domain type it asks of each host through its ssh host command).
+    settings = environment(VCE_CONSOLE_LOG_DIR=str(ssh_fleet.host.log_dir / "qemu"))
     log = ssh_fleet.lab.base_dir / "serve.log"
     with settings, running_server(ssh_fleet.ledger_url, log) as started:
         yield started

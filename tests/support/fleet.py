@@ -21,7 +21,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
 from tests.support.images import TINY_GUEST, catalogued_guest
 from tests.support.ledger import plan_catalog
-from tools.libvirtd import domain_type
 from tools.multihost import FLEET_ZONES, MultiHostLab, fleet_hosts, new_lab_dir
 
 PLAYBOOK_TIMEOUT = 600
@@ -91,25 +90,13 @@ def guard(lab: MultiHostLab) -> None:
         run_firewall({"uri": host.ssh_uri, "host_command": host.ssh_command, "uplink": host.uplink})
 
 
-def host_python(lab: MultiHostLab) -> Path:
-    """The Python the hosts run modules with: this one, with the domain type this machine
-    supports. Over qemu+ssh the engine believes libvirt's capabilities, which count a
-    software /dev/kvm shim (as in some sandboxes) as KVM, where no guest boots."""
-    path = lab.base_dir / "python"
-    path.write_text(
-        f'#!/bin/sh\nexport VCE_DOMAIN_TYPE={domain_type()}\nexec {sys.executable} "$@"\n'
-    )
-    path.chmod(0o755)
-    return path
-
-
 def make_fleet(lab: MultiHostLab) -> Fleet:
     """The lab's inventory with the provider's plan and ledger in group_vars/all; the ledger
     exists before any run, with the tiny guest in every zone's catalogue."""
     inventory = lab.base_dir / "inventory"
     (inventory / "group_vars").mkdir(parents=True)
     (inventory / "host_vars").mkdir()
-    lab.write_inventory(inventory / "hosts.yml", str(host_python(lab)))
+    lab.write_inventory(inventory / "hosts.yml", sys.executable)
     url = f"sqlite:///{lab.base_dir / 'ledger.sqlite3'}"
     Ledger.open(url, create=True)
     catalogued_guest(url, *FLEET_ZONES)

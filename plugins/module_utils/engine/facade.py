@@ -92,7 +92,7 @@ def run_environment(params: dict[str, Any], check_mode: bool = False) -> Result:
         spec = parse_environment(params, default_pool)
         tenant = spec.tenant
         declaration = declare_environment(spec, options.prune)
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     gate = open_gate(params, host, tenant, declaration, check_mode)
     images = image_sources(params, gate.ledger, host.is_local)
     engine = EnvironmentPlanner(host, tenant, options, shell=host_shell(params), images=images)
@@ -153,7 +153,7 @@ def plan_environment(
 def run_network(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     engine = NetworkPlanner(host, tenant, host_shell(params))
     if params.get("state") == "absent":
         gate = open_gate(params, host, tenant, declare_removal("network", name), check_mode)
@@ -180,7 +180,7 @@ def run_firewall(params: dict[str, Any], check_mode: bool = False) -> Result:
     removed (state absent). Without `uplink` or `zone_config` the uplink is the one the
     ledger's host record with this URI names, else the one the table names now."""
     state = check_state(params)
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     ledger, warnings = None, []
     if state == "present" and params.get("uplink") is None and params.get("zone_config") is None:
         try:
@@ -209,7 +209,7 @@ def run_firewall(params: dict[str, Any], check_mode: bool = False) -> Result:
 
 def run_disk(params: dict[str, Any], check_mode: bool = False) -> Result:
     tenant = check_name(params.get("tenant"), "tenant")
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     state = params.get("state") or "present"
     name = check_name(params.get("name"), "name")
     if state == "absent":
@@ -299,7 +299,7 @@ def run_vm(params: dict[str, Any], check_mode: bool = False) -> Result:
     if params.get("blocked") is not None:
         return run_block(params, check_mode)
     name = check_name(params.get("name"), "name")
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     timeout = float(params.get("shutdown_timeout") or 60)
     state = params.get("state") or "running"
     if state == "absent":
@@ -346,7 +346,7 @@ def read_object(params: dict[str, Any], section: str) -> dict[str, Any] | None:
     engine reports it, or None. A VM's facts carry its boot disk's under `boot_disk`."""
     tenant = check_name(params.get("tenant"), "tenant")
     name = check_name(params.get("name"), "name")
-    host = Host(params.get("uri") or DEFAULT_URI)
+    host = Host(params.get("uri") or DEFAULT_URI, host_shell(params))
     inventory = host.inventory(tenant, object_selection(host, tenant, section, name))
     facts = tenant_facts(host, tenant, inventory)
     found = facts[section].get(name)

@@ -22,6 +22,7 @@ from .ownership import (
     object_name,
     ownership_problem,
 )
+from .shell import HostShell
 from .xml import (
     DomainState,
     NetworkState,
@@ -103,7 +104,11 @@ def local_domain_type() -> str:
     return "qemu"
 
 
-def domain_type(conn: object, uri: str, is_local: bool) -> str:
+# Run on a remote host through its host command: the same test as local_domain_type.
+HARDWARE_PROBE = ("sh", "-c", "test -d /sys/module/kvm_intel || test -d /sys/module/kvm_amd")
+
+
+def domain_type(conn: object, uri: str, is_local: bool, shell: HostShell | None = None) -> str:
     """The domain type to define: 'kvm' where the host has hardware virtualisation."""
     forced = os.environ.get("VCE_DOMAIN_TYPE")
     if forced in ("kvm", "qemu"):
@@ -112,6 +117,10 @@ def domain_type(conn: object, uri: str, is_local: bool) -> str:
         return "test"
     if is_local:
         return local_domain_type()
+    if shell is not None and shell.prefix:
+        # libvirt's capabilities offer kvm wherever /dev/kvm exists, also a software shim
+        # a guest cannot run under; the host's loaded modules tell.
+        return "kvm" if shell.succeeds(HARDWARE_PROBE) else "qemu"
     caps = conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
     return "kvm" if "<domain>kvm</domain>" in caps else "qemu"
 
@@ -230,8 +239,9 @@ class Selection:
 class Host:
     """A KVM host reached through one libvirt URI."""
 
-    def __init__(self, uri: str = DEFAULT_URI) -> None:
+    def __init__(self, uri: str = DEFAULT_URI, shell: HostShell | None = None) -> None:
         self.uri = uri
+        self.shell = shell  # the host command path, when the run has one
         self.conn = connect(uri)
         self._domain_type: str | None = None
         # Host-side paths can be checked from here only when the daemon runs on this machine.
@@ -245,7 +255,7 @@ class Host:
     @property
     def domain_type(self) -> str:
         if self._domain_type is None:
-            self._domain_type = domain_type(self.conn, self.uri, self.is_local)
+            self._domain_type = domain_type(self.conn, self.uri, self.is_local, self.shell)
         return self._domain_type
 
     def inventory(self, tenant: str, selection: Selection | None = None) -> TenantInventory:

@@ -52,6 +52,16 @@ class HostShell:
             raise ApplyError(f"Failed to {action} {obj}: {reason}")
         return proc.stdout
 
+    def succeeds(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> bool:
+        """Whether `argv` exits 0 on the host (a question, not a change: no error raised)."""
+        try:
+            proc = subprocess.run(
+                self.command(argv), capture_output=True, timeout=timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0
+
     def command(self, argv: Sequence[str]) -> list[str]:
         """The prefix and argv; through ssh, argv as one word quoted for the remote shell (ssh
         joins its words with spaces, so an argument with a space or a `;` would be split or

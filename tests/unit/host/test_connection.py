@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.host.connection import on_host_uri
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import libvirt
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import (
+    domain_type,
+    on_host_uri,
+)
+from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 
 
 @pytest.mark.parametrize(
@@ -26,3 +33,31 @@ from ansible_collections.vce.kvm.plugins.module_utils.host.connection import on_
 )
 def test_an_ssh_uri_loses_its_transport_on_the_host(uri, on_host):
     assert on_host_uri(uri) == on_host
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """Stand-ins for a host command to a host with and without a hardware module loaded:
+    the probe's words arrive as ssh's remote side gets them, and `answer` is its exit."""
+
+    def shell(answer: int) -> HostShell:
+        path = tmp_path / f"ssh{answer}" / "ssh"
+        path.parent.mkdir()
+        path.write_text(f'#!/bin/sh\necho "$2" > {path}.asked\nexit {answer}\n')
+        path.chmod(0o755)
+        return HostShell([str(path), "root@kvm1"])
+
+    return shell
+
+
+def test_a_remote_host_s_domain_type_is_asked_of_the_host(remote, monkeypatch):
+    monkeypatch.delenv("VCE_DOMAIN_TYPE", raising=False)
+    conn = libvirt.open("test:///default")
+    try:
+        with_module, without = remote(0), remote(1)
+        assert domain_type(conn, "qemu+ssh://kvm1/system", False, with_module) == "kvm"
+        assert domain_type(conn, "qemu+ssh://kvm1/system", False, without) == "qemu"
+    finally:
+        conn.close()
+    asked = Path(f"{with_module.prefix[0]}.asked").read_text()
+    assert "/sys/module/kvm_intel" in asked and "/sys/module/kvm_amd" in asked
