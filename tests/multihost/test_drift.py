@@ -292,3 +292,18 @@ def test_every_hand_change_is_seen(kvm_a, inventory, tmp_path):
     assert code != 0, playbook_out[-3000:]
     assert "Drift on" in playbook_out and "vm4" in playbook_out
     assert statuses(playbook_report) == expected
+
+
+def test_a_scheduled_backup_runs_on_the_host_over_ssh(kvm_a, inventory):
+    """vm1's nightly backup, run as its timer's service runs it on the host, there over SSH:
+    the runner reaches libvirt through the qemu+ssh URI its configuration was written with."""
+    hostvars = kvm_a_vars(inventory)
+    config = Path(hostvars["vce_backup_config_dir"]) / f"vce-backup-{TENANT}_vm1_nightly.json"
+    assert kvm_a.ssh_uri in config.read_text()
+    argv = [hostvars["vce_backup_runner"], "run", "--config", str(config)]
+    proc = kvm_a.ssh([*argv, "--now", "2026-11-01T02:30:00+00:00"], timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["status"] == "ok", run
+    backup = Path(hostvars["vce_backup_root"]) / TENANT / "vm1" / "nightly" / run["backup_id"]
+    assert (backup / "manifest.json").exists()
