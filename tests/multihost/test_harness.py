@@ -276,6 +276,8 @@ def test_cleanup_leftovers_after_a_crash(fresh_base: Path):
 # ---- SSH: how controllers reach the hosts
 
 SSH = "/usr/bin/ssh"
+# A new connection each time, so its host key is checked (a shared one would be reused as is).
+NO_SHARING = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
 LISTENER_PORT = 8080  # a listener at the controller's management address: dropped or closed?
 
 
@@ -283,7 +285,8 @@ def ssh_to(
     lab: MultiHostLab, host: LabHost, *options: str, command: str = "true"
 ) -> subprocess.CompletedProcess[str]:
     """The machine's ssh with the lab's config, options given first (so they win)."""
-    argv = [SSH, "-F", str(lab.ssh_dir / "ssh_config"), *options, f"root@{host.mgmt_ip}", command]
+    argv = [SSH, "-F", str(lab.ssh_dir / "ssh_config"), *NO_SHARING, *options]
+    argv += [f"root@{host.mgmt_ip}", command]
     return run_captured(argv, timeout=30)
 
 
@@ -348,7 +351,8 @@ def test_a_host_key_other_than_the_pinned_one_is_refused_and_nothing_runs(lab, t
     # libvirt through qemu+ssh with that ssh: no connection.
     wrapper = tmp_path / "ssh"
     wrapper.write_text(
-        f'#!/bin/sh\nexec {SSH} -F {lab.ssh_dir / "ssh_config"} -o UserKnownHostsFile={wrong} "$@"\n'
+        f"#!/bin/sh\nexec {SSH} -F {lab.ssh_dir / 'ssh_config'} {' '.join(NO_SHARING)} "
+        f'-o UserKnownHostsFile={wrong} "$@"\n'
     )
     wrapper.chmod(0o700)
     uri = b.ssh_uri.replace(f"command={lab.ssh_dir / 'ssh'}", f"command={wrapper}")
@@ -375,7 +379,9 @@ def test_passwords_and_unknown_keys_are_refused(lab, tmp_path):
     assert own_key in config
     strangers = tmp_path / "ssh_config"
     strangers.write_text(config.replace(own_key, f"IdentityFile {stranger}"))
-    unknown_key = run_captured([SSH, "-F", str(strangers), f"root@{b.mgmt_ip}", "true"])
+    unknown_key = run_captured(
+        [SSH, "-F", str(strangers), *NO_SHARING, f"root@{b.mgmt_ip}", "true"]
+    )
     assert "Permission denied (publickey)." in unknown_key.stderr, unknown_key.stderr
     assert "Authentications that can continue: publickey\n" in ssh_to(lab, b, "-v").stderr
 
