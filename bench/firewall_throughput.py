@@ -68,7 +68,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -97,7 +96,7 @@ from quota_check import make_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.libvirtd import domain_type  # noqa: E402
-from tools.multihost import LabHost, MultiHostLab  # noqa: E402
+from tools.multihost import LabHost, MultiHostLab, new_lab_dir  # noqa: E402
 
 try:  # the firewall (issue 17) and its test tooling; a checkout without them skips --quick
     from ansible_collections.vce.kvm.plugins.module_utils.host import vxlan_filter  # noqa: F401
@@ -616,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": os.getloadavg(),
     }
     errors: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="vce-fwt-", dir="/tmp"))
+    base = new_lab_dir("vce-fwt-")  # sshd refuses keys below /tmp
     try:
         run(args, results, base)
     except BaseException as error:  # the report must still be written

@@ -63,7 +63,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -92,7 +91,7 @@ from tests.support.images import register_image  # noqa: E402
 from tests.support.ledger import forget_stores, register  # noqa: E402
 from tools.cleanup import remove_prefixed  # noqa: E402
 from tools.libvirtd import MNTNS_FILE, domain_type  # noqa: E402
-from tools.multihost import LabHost, MultiHostLab  # noqa: E402
+from tools.multihost import LabHost, MultiHostLab, new_lab_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "public_ips.json"
 TENANT = "bench"
@@ -632,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         "plugins_changed_since_commit": changed_plugins(),
     }
     errors: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="vce-pip-", dir="/tmp"))
+    base = new_lab_dir("vce-pip-")  # sshd refuses keys below /tmp
     lab = MultiHostLab(base / "lab", hosts=[(HOST, ZONE)])
     url = f"sqlite:///{base / 'ledger.sqlite3'}"
     saved_env = {k: os.environ.get(k) for k in ("VCE_LEDGER_URL", "VCE_DOMAIN_TYPE")}

@@ -10,8 +10,9 @@
 #                         ansible-lint, ansible-test sanity,
 #                         pytest (the unit tier with its coverage gate first), every
 #                         benchmark's quick mode, and `molecule test` (the roles converged here)
-#   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones)
-#                         and apply playbooks/zones.yml: public IPs and a cross-zone link
+#   scripts/lab.sh zones  start the zone lab (two KVM hosts in network namespaces, two zones,
+#                         each with its own sshd) and apply playbooks/zones.yml over SSH:
+#                         public IPs and a cross-zone link
 #   scripts/lab.sh zones-down   stop the zone lab
 # Both start libvirtd/virtlogd themselves when none is running (no systemd needed).
 set -euo pipefail
@@ -110,10 +111,25 @@ zones() {
   install_all
   install_debian_packages "${LAB_DEBIAN_PACKAGES[@]}"
   "$VENV/bin/python" -m tools.labhost
+  # A lab recorded before a reboot (its namespaces are gone) or before its hosts ran sshd
+  # is started anew.
+  if [ -f "$MULTIHOST_DIR/lab.json" ] && ! zone_lab_answers; then
+    zones_down
+  fi
   if [ ! -f "$MULTIHOST_DIR/lab.json" ]; then
     "$VENV/bin/python" -m tools.multihost up "$MULTIHOST_DIR" --prefix "$MULTIHOST_PREFIX" > /dev/null
   fi
-  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/zones.yml
+  # The lab's hosts are this machine: its guests are TCG unless a KVM module is loaded, which
+  # libvirt, asked over qemu+ssh, cannot tell from a /dev/kvm shim (tools/libvirtd.py).
+  VCE_DOMAIN_TYPE=${VCE_DOMAIN_TYPE:-$("$VENV/bin/python" -c 'from tools.libvirtd import domain_type; print(domain_type())')} \
+    PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/zones.yml
+}
+
+zone_lab_answers() {
+  # Its first host, over SSH as the playbook reaches it (the lab's key, its pinned host key).
+  local subnet
+  subnet=$(jq -r '.mgmt_subnet // empty' "$MULTIHOST_DIR/lab.json")
+  [ -n "$subnet" ] && "$MULTIHOST_DIR/ssh/ssh" "root@172.30.$subnet.10" true 2> /dev/null
 }
 
 zones_down() {

@@ -186,6 +186,10 @@ def cleanup_leftovers(prefix: str, base_dir: Path | None = None) -> list[str]:
     names = [name for name in list_netns() if name.startswith(f"{prefix}-")]
     own = os.getpid()
     _kill([pid for name in names for pid in netns_pids(name) if pid != own])
+    # The management ports are in this machine's namespace. Deleted here, they go at once
+    # with their peers; left to the namespaces' deletion, the kernel removes them later.
+    for port in mgmt_ports(prefix):
+        _run(["ip", "link", "delete", port])
     for name in names:
         _run(["ip", "netns", "delete", name])
     # The management bridge is in this machine's namespace; its ports went with the hosts'.
@@ -208,6 +212,17 @@ def cleanup_leftovers(prefix: str, base_dir: Path | None = None) -> list[str]:
 
 def mgmt_bridge(prefix: str) -> str:
     return f"{prefix}-mg"
+
+
+def mgmt_port(prefix: str, index: int) -> str:
+    """The management bridge's port towards the host of that index."""
+    return f"{prefix}m{index}"
+
+
+def mgmt_ports(prefix: str) -> list[str]:
+    """The management ports of the lab with this prefix that exist on this machine."""
+    pattern = re.compile(rf"^{re.escape(prefix)}m\d+$")
+    return sorted(p.name for p in Path("/sys/class/net").iterdir() if pattern.match(p.name))
 
 
 def free_mgmt_subnet() -> int:
@@ -581,7 +596,7 @@ class MultiHostLab:
             _run(["ip", "addr", "add", f"{self.controller_ip}/24", "dev", self.mgmt_bridge])
         _run(["ip", "link", "set", self.mgmt_bridge, "up"])
         for i, host in enumerate(self.hosts.values()):
-            port = f"{self.prefix}m{i}"
+            port = mgmt_port(self.prefix, i)
             _run(["ip", "link", "add", MGMT_DEV, "netns", host.netns, "type", "veth",
                   "peer", "name", port])  # fmt: skip
             _run(["ip", "link", "set", port, "master", self.mgmt_bridge, "up"])

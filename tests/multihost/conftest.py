@@ -1,11 +1,14 @@
 """Multi-host fixtures: a lab of two KVM hosts in two zones per test module, and a ledger in it
-that the engine and the ansible processes the tests start both use."""
+that the engine and the ansible processes the tests start both use. The tests reach the hosts
+over SSH (LabHost.ssh_uri, ssh_command) as a controller does; a test that acts at a host's
+console instead (LabHost.run: ip netns exec) says why."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import libvirt
 import pytest
@@ -14,6 +17,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 
 from tests.support.images import catalogued_guest
 from tests.support.ledger import forget_stores
+from tools.libvirtd import domain_type
 from tools.multihost import MultiHostLab, new_lab_dir
 
 
@@ -23,19 +27,36 @@ def lab() -> Iterator[MultiHostLab]:
     base = new_lab_dir()
     started = MultiHostLab(base)
     try:
-        guard(started.start())
-        yield started
+        with tcg_guests():
+            guard(started.start())
+            yield started
     finally:
         started.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def tcg_guests() -> Iterator[None]:
+    """VMs defined as this machine can run them. Over qemu+ssh the engine asks the host's
+    libvirt whether KVM works, and this machine's /dev/kvm, a shim without a kvm_intel or
+    kvm_amd module, says it does (tools.libvirtd.domain_type trusts the modules only)."""
+    previous = os.environ.get("VCE_DOMAIN_TYPE")
+    os.environ["VCE_DOMAIN_TYPE"] = domain_type()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VCE_DOMAIN_TYPE")
+        else:
+            os.environ["VCE_DOMAIN_TYPE"] = previous
+
+
 def guard(lab: MultiHostLab) -> None:
     """Each lab host's guard table, as the kvm_host role installs it on a production host
-    (vce.kvm.firewall with the zone's uplink); the engine's runs keep it from then on. The
-    tables go with the hosts' network namespaces."""
+    (vce.kvm.firewall with the zone's uplink), over SSH as a controller reaches the host; the
+    engine's runs keep it from then on. The tables go with the hosts' network namespaces."""
     for host in lab.hosts.values():
-        run_firewall({"uri": host.uri, "host_command": host.command_prefix, "uplink": host.uplink})
+        run_firewall({"uri": host.ssh_uri, "host_command": host.ssh_command, "uplink": host.uplink})
 
 
 @pytest.fixture(scope="module")

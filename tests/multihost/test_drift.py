@@ -73,11 +73,11 @@ def inventory(lab, kvm_a, ledger_url, tmp_path_factory) -> Iterator[Path]:
     runner.write_text(runner_script(ROOT))
     runner.chmod(0o755)
     host_vars = {
-        "vce_uri": kvm_a.uri,
+        "vce_uri": kvm_a.ssh_uri,
         "vce_ledger_url": ledger_url,
         "vce_zone": "zone-a",
         "vce_zones": {"zone-a": ZONE},
-        "vce_host_command": kvm_a.command_prefix,
+        "vce_host_command": kvm_a.ssh_command,
         "vce_pool": "default",
         "vce_backup_root": str(base / "backups"),
         "vce_backup_runner": str(runner),
@@ -86,13 +86,16 @@ def inventory(lab, kvm_a, ledger_url, tmp_path_factory) -> Iterator[Path]:
         "vce_tenants": {TENANT: declaration(TINY_GUEST)},
     }
     path = base / "hosts.yml"
-    hosts = {"kvm-a": {"ansible_connection": "local", **host_vars}}
+    # Reached as a zone host is: Ansible over SSH, libvirt over qemu+ssh, host commands by ssh.
+    hosts = {
+        "kvm-a": {**kvm_a.ansible_vars(sys.executable), "ansible_pipelining": True, **host_vars}
+    }
     path.write_text(yaml.safe_dump({"all": {"children": {"kvm_hosts": {"hosts": hosts}}}}))
     register(ledger_url, TENANT, public_ips=4, backup_frequencies=["daily"])
     register(ledger_url, STRAY)
     shared = {
-        "uri": kvm_a.uri, "ledger_url": ledger_url, "zone": "zone-a", "zone_config": ZONE,
-        "host_command": kvm_a.command_prefix, "backup_root": host_vars["vce_backup_root"],
+        "uri": kvm_a.ssh_uri, "ledger_url": ledger_url, "zone": "zone-a", "zone_config": ZONE,
+        "host_command": kvm_a.ssh_command, "backup_root": host_vars["vce_backup_root"],
         "runner": str(runner), "unit_dir": host_vars["vce_backup_unit_dir"],
         "config_dir": host_vars["vce_backup_config_dir"], "shutdown_timeout": 5,
     }  # fmt: skip
@@ -107,7 +110,7 @@ def inventory(lab, kvm_a, ledger_url, tmp_path_factory) -> Iterator[Path]:
         yield path
     finally:
         engine.run_environment({**shared, "tenant": TENANT, "state": "absent"})
-        conn = kvm_a.connect()
+        conn = libvirt.open(kvm_a.ssh_uri)
         remove_prefixed(conn, f"{TENANT}_")
         remove_prefixed(conn, f"{STRAY}_")
         conn.close()
@@ -187,7 +190,7 @@ def test_nothing_drifted_after_apply(inventory, tmp_path):
 
 
 def change_by_hand(kvm_a: LabHost, inventory: Path) -> None:
-    conn = kvm_a.connect()
+    conn = libvirt.open(kvm_a.ssh_uri)
     try:
         vm1 = conn.lookupByName(f"{TENANT}_vm1")
         vm1.setVcpusFlags(2, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
@@ -218,7 +221,7 @@ def change_by_hand(kvm_a: LabHost, inventory: Path) -> None:
         conn.close()
     # The public IP "web": its DNAT rule removed; "api": its address taken off the uplink.
     rules = json.loads(
-        kvm_a.run(["nft", "-a", "-j", "list", "table", "ip", "vce_nat"], check=True).stdout
+        kvm_a.ssh(["nft", "-a", "-j", "list", "table", "ip", "vce_nat"], check=True).stdout
     )
     web = PUBLIC_IPS["web"]
     handles = [
@@ -227,17 +230,17 @@ def change_by_hand(kvm_a: LabHost, inventory: Path) -> None:
     ]  # fmt: skip
     assert handles
     for chain, handle in handles:
-        kvm_a.run(
+        kvm_a.ssh(
             ["nft", "delete", "rule", "ip", "vce_nat", chain, "handle", str(handle)], check=True
         )
-    kvm_a.run(["ip", "addr", "del", f"{PUBLIC_IPS['api']}/32", "dev", "up0"], check=True)
+    kvm_a.ssh(["ip", "addr", "del", f"{PUBLIC_IPS['api']}/32", "dev", "up0"], check=True)
     hostvars = kvm_a_vars(inventory)
     (units_of(inventory) / f"vce-backup-{TENANT}_vm2_nightly.timer").unlink()
     # Objects no declaration mentions: a VM of the declared tenant, a network of another.
     shared = {
-        "uri": kvm_a.uri,
+        "uri": kvm_a.ssh_uri,
         "ledger_url": hostvars["vce_ledger_url"],
-        "host_command": kvm_a.command_prefix,
+        "host_command": kvm_a.ssh_command,
     }
     boot = {"image": TINY_GUEST, "size_gib": 1}
     engine.run_vm(
@@ -289,3 +292,18 @@ def test_every_hand_change_is_seen(kvm_a, inventory, tmp_path):
     assert code != 0, playbook_out[-3000:]
     assert "Drift on" in playbook_out and "vm4" in playbook_out
     assert statuses(playbook_report) == expected
+
+
+def test_a_scheduled_backup_runs_on_the_host_over_ssh(kvm_a, inventory):
+    """vm1's nightly backup, run as its timer's service runs it on the host, there over SSH:
+    the runner reaches libvirt through the qemu+ssh URI its configuration was written with."""
+    hostvars = kvm_a_vars(inventory)
+    config = Path(hostvars["vce_backup_config_dir"]) / f"vce-backup-{TENANT}_vm1_nightly.json"
+    assert kvm_a.ssh_uri in config.read_text()
+    argv = [hostvars["vce_backup_runner"], "run", "--config", str(config)]
+    proc = kvm_a.ssh([*argv, "--now", "2026-11-01T02:30:00+00:00"], timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["status"] == "ok", run
+    backup = Path(hostvars["vce_backup_root"]) / TENANT / "vm1" / "nightly" / run["backup_id"]
+    assert (backup / "manifest.json").exists()

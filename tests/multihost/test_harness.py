@@ -1,24 +1,42 @@
 """The multi-host lab itself: separate libvirt hosts in network namespaces, an underlay that
 carries VXLAN between them, an internet namespace that reaches their uplinks, libvirt's
 networks (bridge, dnsmasq, firewall) and guests confined to their host, and nothing left
-behind after stop(), a failed start or a crash."""
+behind after stop(), a failed start or a crash. And the way controllers reach the hosts: an
+sshd of its own on each host (its own key, keys only, the management address only), pinned
+host keys, and no way from a tenant's network to any sshd or to the controller.
+
+The checks of the lab's wiring act at the hosts' consoles (LabHost.run, ip netns exec): they
+test what SSH itself stands on."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import subprocess
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
 import pytest
+from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
+from tests.support.ledger import register
 from tools import multihost
+from tools.attacker import Probe, listening, plugged, probe_all
+from tools.cleanup import remove_prefixed
 from tools.libvirtd import _pid_alive, domain_type
-from tools.multihost import LabHost, MultiHostLab, cleanup_leftovers, list_netns, netns_pids
+from tools.multihost import (
+    LabHost,
+    MultiHostLab,
+    cleanup_leftovers,
+    list_netns,
+    netns_pids,
+    new_lab_dir,
+    run_captured,
+)
 from tools.tinyguest import build_base_image, console_ip
 
 pytestmark = pytest.mark.multihost
@@ -27,7 +45,7 @@ BOOT_TIMEOUT = 90  # seconds; ~7 s is usual under TCG
 
 @pytest.fixture
 def fresh_base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    base = new_lab_dir()
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
@@ -253,3 +271,158 @@ def test_cleanup_leftovers_after_a_crash(fresh_base: Path):
     # A crashed run knows only its prefix and directory (lab.json there).
     assert sorted(cleanup_leftovers(lab.prefix, fresh_base)) == sorted(lab.netns_names)
     assert_nothing_left(lab, pids)
+
+
+# ---- SSH: how controllers reach the hosts
+
+SSH = "/usr/bin/ssh"
+# A new connection each time, so its host key is checked (a shared one would be reused as is).
+NO_SHARING = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
+LISTENER_PORT = 8080  # a listener at the controller's management address: dropped or closed?
+
+
+def ssh_to(
+    lab: MultiHostLab, host: LabHost, *options: str, command: str = "true"
+) -> subprocess.CompletedProcess[str]:
+    """The machine's ssh with the lab's config, options given first (so they win)."""
+    argv = [SSH, "-F", str(lab.ssh_dir / "ssh_config"), *NO_SHARING, *options]
+    argv += [f"root@{host.mgmt_ip}", command]
+    return run_captured(argv, timeout=30)
+
+
+def pinned_keys(lab: MultiHostLab) -> dict[str, str]:
+    """Host name -> the ed25519 key the lab's known_hosts pins for it (by address and name)."""
+    pinned = {}
+    for line in (lab.ssh_dir / "known_hosts").read_text().splitlines():
+        names, kind, key = line.split()
+        assert kind == "ssh-ed25519"
+        address, name = names.split(",")
+        assert lab.hosts[name].mgmt_ip == address
+        pinned[name] = key
+    return pinned
+
+
+def test_every_host_runs_an_sshd_of_its_own_on_its_management_address_only(lab: MultiHostLab):
+    pinned = pinned_keys(lab)
+    assert sorted(pinned) == sorted(lab.hosts) and len(set(pinned.values())) == len(pinned)
+    for host in lab.hosts.values():
+        scanned = run_captured(["ssh-keyscan", "-T", "5", "-t", "ed25519", host.mgmt_ip])
+        assert scanned.stdout.split()[1:] == ["ssh-ed25519", pinned[host.name]], scanned.stderr
+        # A session runs on that host: its management port, its libvirtd through qemu+ssh.
+        shown = host.ssh(["ip", "-br", "-4", "addr", "show", "dev", multihost.MGMT_DEV])
+        assert f"{host.mgmt_ip}/24" in shown.stdout, shown.stderr
+        conn = libvirt.open(host.ssh_uri)
+        try:
+            assert conn.getHostname() == host.name
+        finally:
+            conn.close()
+        # At the host's console, the ground truth: one listener on port 22, the management
+        # address (not the underlay, not the uplink, not a tenant's gateway).
+        listeners = host.run(["ss", "-Hltn", "sport = :22"], check=True).stdout.splitlines()
+        assert [line.split()[3] for line in listeners] == [f"{host.mgmt_ip}:22"]
+        other = next(h for h in lab.hosts.values() if h is not host)
+        assert tcp_from(other, host.mgmt_ip, 22)
+        assert not tcp_from(other, host.underlay_ip, 22)
+
+
+def tcp_from(host: LabHost, address: str, port: int) -> bool:
+    """A TCP connection from inside `host` (at its console) to address:port is accepted."""
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout=2)"
+    return host.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_host_key_other_than_the_pinned_one_is_refused_and_nothing_runs(lab, tmp_path):
+    a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
+    # kvm-b's address pinned to kvm-a's key: what a man in the middle (or a reinstalled host)
+    # presents, as far as the controller can tell.
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"{b.mgmt_ip},{b.name} ssh-ed25519 {pinned_keys(lab)[a.name]}\n")
+    marker = tmp_path / "ran"
+    refused = ssh_to(lab, b, "-o", f"UserKnownHostsFile={wrong}", command=f"touch {marker}")
+    assert refused.returncode == 255, refused
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr, refused.stderr
+    assert "Host key verification failed" in refused.stderr
+    # A host no known_hosts line pins is refused too (StrictHostKeyChecking yes, never ask).
+    unknown = tmp_path / "empty"
+    unknown.write_text("")
+    refused = ssh_to(lab, b, "-o", f"UserKnownHostsFile={unknown}", command=f"touch {marker}")
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+    assert not marker.exists()
+    # libvirt through qemu+ssh with that ssh: no connection.
+    wrapper = tmp_path / "ssh"
+    wrapper.write_text(
+        f"#!/bin/sh\nexec {SSH} -F {lab.ssh_dir / 'ssh_config'} {' '.join(NO_SHARING)} "
+        f'-o UserKnownHostsFile={wrong} "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    uri = b.ssh_uri.replace(f"command={lab.ssh_dir / 'ssh'}", f"command={wrapper}")
+    with pytest.raises(libvirt.libvirtError):
+        libvirt.open(uri)
+    # The right key still works.
+    assert ssh_to(lab, b, command=f"test ! -e {marker}").returncode == 0
+
+
+def test_passwords_and_unknown_keys_are_refused(lab, tmp_path):
+    b = lab.hosts["kvm-b"]
+    # The server offers public keys only: no password, no keyboard-interactive.
+    password = ssh_to(
+        lab, b, "-o", "PubkeyAuthentication=no",
+        "-o", "PreferredAuthentications=password,keyboard-interactive",
+    )  # fmt: skip
+    assert password.returncode == 255
+    assert "Permission denied (publickey)." in password.stderr, password.stderr
+    stranger = tmp_path / "id_ed25519"
+    multihost.keygen(stranger, "stranger")
+    # IdentityFile adds to the config's: a copy of the config with the stranger's key only.
+    config = (lab.ssh_dir / "ssh_config").read_text()
+    own_key = f"IdentityFile {lab.ssh_dir / 'id_ed25519'}"
+    assert own_key in config
+    strangers = tmp_path / "ssh_config"
+    strangers.write_text(config.replace(own_key, f"IdentityFile {stranger}"))
+    unknown_key = run_captured(
+        [SSH, "-F", str(strangers), *NO_SHARING, f"root@{b.mgmt_ip}", "true"]
+    )
+    assert "Permission denied (publickey)." in unknown_key.stderr, unknown_key.stderr
+    assert "Authentications that can continue: publickey\n" in ssh_to(lab, b, "-v").stderr
+
+
+def test_a_guest_reaches_no_sshd_of_any_host_and_not_the_controller(lab, ledger_url):
+    """From an attacker namespace on a tenant's routed and NAT networks of kvm-a (a guest with
+    root), with the guard as the lab's hosts have it: no host's management address answers
+    (sshd on 22, ping), nor the controller's (a listener, so a drop is not a closed port)."""
+    kvm_a = lab.hosts["kvm-a"]
+    pool = {"name": "pub", "cidr": lab.zones[kvm_a.zone]["pool"], "gateway": multihost.INET_GATEWAY}
+    zone = {"uplink": kvm_a.uplink, "public_pools": [pool]}
+    tenant = "sshprobe"
+    networks = {"lan": ("routed", "10.66.1"), "nat": ("nat", "10.66.2")}
+    shared = {"uri": kvm_a.ssh_uri, "host_command": kvm_a.ssh_command, "tenant": tenant,
+              "zone": kvm_a.zone, "zone_config": zone}  # fmt: skip
+    register(ledger_url, tenant)
+    management = [h.mgmt_ip for h in lab.hosts.values()]
+    probes = [Probe("dns", "", 53)]  # the own gateway's DNS: the attacker is on the wire
+    probes += [
+        Probe(kind, ip, 22 if kind == "tcp" else 0) for ip in management for kind in ("tcp", "ping")
+    ]
+    probes += [Probe("tcp", lab.controller_ip, LISTENER_PORT), Probe("ping", lab.controller_ip)]
+    try:
+        engine.run_environment(
+            {**shared, "networks": [{"name": n, "cidr": f"{net}.0/24", "mode": mode}
+                                    for n, (mode, net) in networks.items()]}
+        )  # fmt: skip
+        conn = libvirt.open(kvm_a.ssh_uri)
+        bridges = {n: conn.networkLookupByName(f"{tenant}_{n}").bridgeName() for n in networks}
+        conn.close()
+        with listening(None, [lab.controller_ip], LISTENER_PORT):
+            # The listener answers from a host's side of the management network.
+            assert tcp_from(kvm_a, lab.controller_ip, LISTENER_PORT)
+            for name, (_mode, net) in networks.items():
+                gateway = f"{net}.1"
+                asked = [replace(p, ip=gateway) if p.kind == "dns" else p for p in probes]
+                netns = f"{lab.prefix}-g{name}"
+                with plugged(kvm_a.netns, bridges[name], f"{net}.200/24", gateway, netns) as guest:
+                    answers = dict(zip(asked, probe_all(guest, asked), strict=True))
+                expected = {p: p.kind == "dns" for p in asked}
+                assert answers == expected, f"from {name}: {answers}"
+    finally:
+        engine.run_environment({**shared, "state": "absent"})
+        remove_prefixed(libvirt.open(kvm_a.ssh_uri), f"{tenant}_")

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
+import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.zone_link import (
@@ -106,11 +107,11 @@ def environment(lab_host: LabHost, tenant: str) -> dict:
         "state": "stopped",
     }
     return {
-        "uri": lab_host.uri,
+        "uri": lab_host.ssh_uri,
         "tenant": tenant,
         "zone": lab_host.zone,
         "zone_config": zone_config(lab_host.zone),
-        "host_command": lab_host.command_prefix,
+        "host_command": lab_host.ssh_command,
         "networks": [network_spec(tenant, network, lab_host.name) for network in NETWORKS],
         "vms": [web],
         "public_ips": [
@@ -123,10 +124,10 @@ def zone_link(lab: MultiHostLab, tenant: str) -> dict:
     ends = [
         {
             "zone": h.zone,
-            "uri": h.uri,
+            "uri": h.ssh_uri,
             "underlay_ip": h.underlay_ip,
             "underlay_dev": h.underlay_dev,
-            "host_command": h.command_prefix,
+            "host_command": h.ssh_command,
         }
         for h in (lab.hosts[name] for name in HOSTS)
     ]
@@ -193,7 +194,7 @@ def host_addresses(lab: MultiHostLab, host: str) -> dict[str, str]:
 
 
 def bridge_of(lab_host: LabHost, tenant: str, network: str) -> str:
-    conn = lab_host.connect()
+    conn = libvirt.open(lab_host.ssh_uri)
     try:
         return conn.networkLookupByName(object_name(tenant, network)).bridgeName()
     finally:
@@ -209,7 +210,9 @@ def world(lab: MultiHostLab, ledger_url: str) -> Iterator[World]:
             register(ledger_url, tenant, public_ips=2)
         for host in lab.hosts.values():
             for tenant in TENANTS:  # a connection of the end: libvirtd restarts in between
-                stack.callback(lambda h=host, t=tenant: remove_prefixed(h.connect(), f"{t}_"))
+                stack.callback(
+                    lambda h=host, t=tenant: remove_prefixed(libvirt.open(h.ssh_uri), f"{t}_")
+                )
         for name in HOSTS:
             for tenant in TENANTS:
                 engine.run_environment(environment(lab.hosts[name], tenant))
@@ -409,16 +412,16 @@ def test_from_the_uplink_private_ranges_are_unreachable_and_public_ips_answer(wo
 
 
 def guard_listing(lab_host: LabHost) -> str:
-    return lab_host.run(["nft", "-s", "list", "table", "inet", "vce_guard"], check=True).stdout
+    return lab_host.ssh(["nft", "-s", "list", "table", "inet", "vce_guard"], check=True).stdout
 
 
 def test_the_rules_survive_a_libvirtd_restart(world):
     """libvirtd rewrites its own chains when it starts; ours are not its to touch."""
     lab, kvm_a = world.lab, world.lab.hosts["kvm-a"]
     before = guard_listing(kvm_a)
-    kvm_a.run(["iptables", "-F", "LIBVIRT_FWI"], check=True)  # so we see libvirt rewrite it
+    kvm_a.ssh(["iptables", "-F", "LIBVIRT_FWI"], check=True)  # so we see libvirt rewrite it
     lab.restart_libvirtd("kvm-a")
-    chains = kvm_a.run(["iptables", "-S", "LIBVIRT_FWI"], check=True).stdout
+    chains = kvm_a.ssh(["iptables", "-S", "LIBVIRT_FWI"], check=True).stdout
     assert bridge_of(kvm_a, "acme", "lan") in chains  # libvirt wrote its own rules anew
     assert guard_listing(kvm_a) == before
     on_a = [node for node in world.nodes if node.host == "kvm-a"]

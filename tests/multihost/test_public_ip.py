@@ -12,10 +12,11 @@ import sys
 import time
 from collections.abc import Iterator
 
+import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from tests.multihost.helpers import console_logs_on, wait_until_answers
+from tests.multihost.helpers import console_logs_on, run_module_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
@@ -52,11 +53,11 @@ def environment(host: LabHost, tenant: str, image: str, third_octet: int, **stat
     """A routed network (to zone-a's uplink) and one VM per keyword (name=state), addresses
     .10, .11, ..."""
     return {
-        "uri": host.uri,
+        "uri": host.ssh_uri,
         "tenant": tenant,
         "zone": "zone-a",
         "zone_config": ZONE,
-        "host_command": host.command_prefix,
+        "host_command": host.ssh_command,
         "networks": [
             {"name": "lan", "cidr": f"10.60.{third_octet}.0/24", "mode": "routed"},
             {"name": "quiet", "cidr": f"10.61.{third_octet}.0/24", "mode": "isolated"},
@@ -100,7 +101,7 @@ def acme(lab, kvm_a, ledger_url) -> Iterator[str]:
         wait_until_answers(kvm_a, "10.60.1.10")
         yield "acme"
     finally:
-        remove_prefixed(kvm_a.connect(), "acme_")
+        remove_prefixed(libvirt.open(kvm_a.ssh_uri), "acme_")
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +114,19 @@ def rival(lab, kvm_a, ledger_url, acme) -> str:
 
 def pip(host: LabHost, tenant: str, name: str, zone: dict | None = None, **extra) -> dict:
     return {
-        "uri": host.uri,
+        "uri": host.ssh_uri,
         "tenant": tenant,
         "name": name,
         "zone": "zone-a",
         "zone_config": zone or ZONE,
-        "host_command": host.command_prefix,
+        "host_command": host.ssh_command,
         **extra,
     }
 
 
 def nat_rules(host: LabHost) -> list[str]:
     """Comments of the rules in the project's table on the host."""
-    listing = host.run(["nft", "-j", "list", "ruleset", "ip"], check=True).stdout
+    listing = host.ssh(["nft", "-j", "list", "ruleset", "ip"], check=True).stdout
     items = json.loads(listing)["nftables"]
     return sorted(
         i["rule"].get("comment", "")
@@ -136,7 +137,7 @@ def nat_rules(host: LabHost) -> list[str]:
 
 def uplink_addresses(host: LabHost) -> set[str]:
     shown = json.loads(
-        host.run(["ip", "-j", "-4", "addr", "show", "dev", "up0"], check=True).stdout
+        host.ssh(["ip", "-j", "-4", "addr", "show", "dev", "up0"], check=True).stdout
     )
     return {a["local"] for link in shown for a in link["addr_info"]}
 
@@ -155,13 +156,18 @@ def pings(lab: MultiHostLab, address: str) -> bool:
     )
 
 
-def test_public_ip_reaches_the_guest_and_its_traffic_leaves_as_that_address(lab, kvm_a, acme):
+def test_public_ip_reaches_the_guest_and_its_traffic_leaves_as_that_address(
+    lab, kvm_a, acme, ledger_url
+):
     checked = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"), check=True, diff=True)
     assert checked["changed"] and not checked["failed"], checked
     assert [c["action"] for c in checked["plan"]] == ["allocate", "bind"]
     assert nat_rules(kvm_a) == []
 
-    bound = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))
+    # Bound as a playbook binds it: on the host, over Ansible's SSH connection.
+    bound = run_module_on(
+        kvm_a, "public_ip", {**pip(kvm_a, acme, "web", vm="web1"), "ledger_url": ledger_url}
+    )
     assert bound["changed"], bound
     address = bound["public_ip"]["address"]
     assert address == "203.0.113.65" and bound["public_ip"]["bound"]
@@ -187,7 +193,7 @@ def test_public_ip_reaches_the_guest_and_its_traffic_leaves_as_that_address(lab,
     assert seen == [address]  # the guest's own request arrived from its public IP
 
     # A rule removed by hand is put back.
-    kvm_a.run(["nft", "flush", "chain", "ip", "vce_nat", "postrouting"], check=True)
+    kvm_a.ssh(["nft", "flush", "chain", "ip", "vce_nat", "postrouting"], check=True)
     repaired = run_module("public_ip", pip(kvm_a, acme, "web", vm="web1"))
     assert [c["action"] for c in repaired.get("plan", [])] == ["bind"], repaired
     assert nat_rules(kvm_a) == [comment] * 3
@@ -281,7 +287,7 @@ def test_environment_declares_vms_and_their_public_ips_in_one_run(lab, ledger_ur
         ],
         "zone": "zone-b",
         "zone_config": ZONE_B,
-        "host_command": kvm_b.command_prefix,
+        "host_command": kvm_b.ssh_command,
     }
     try:
         checked = run_module("environment", params, check=True)

@@ -8,21 +8,20 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
+import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from tests.multihost.helpers import console_logs_on, wait_until_answers
+from tests.multihost.helpers import console_logs_on, run_module_on, wait_until_answers
 from tests.support.ansible_runner import run_module
 from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
 from tools.attacker import Attacker, arp_frame, plugged, send_vxlan
 from tools.cleanup import remove_prefixed
-from tools.multihost import LabHost, MultiHostLab
+from tools.multihost import LabHost, MultiHostLab, new_lab_dir
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 
@@ -30,8 +29,8 @@ pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 def side(host: LabHost, vm: str, gateway: int, dhcp: tuple[int, int], ip: int, **network) -> dict:
     """One zone's half of tenant acme: network lan 10.80.0.0/24 and one running guest."""
     return {
-        "uri": host.uri,
-        "host_command": host.command_prefix,
+        "uri": host.ssh_uri,
+        "host_command": host.ssh_command,
         "tenant": "acme",
         "networks": [
             {
@@ -71,7 +70,7 @@ def acme(lab, ledger_url) -> Iterator[str]:
         yield "acme"
     finally:
         for host in lab.hosts.values():
-            remove_prefixed(host.connect(), "acme_")
+            remove_prefixed(libvirt.open(host.ssh_uri), "acme_")
 
 
 def link(lab: MultiHostLab, network: str = "lan", zone_b: str = "zone-b", **extra) -> dict:
@@ -83,17 +82,17 @@ def link(lab: MultiHostLab, network: str = "lan", zone_b: str = "zone-b", **extr
         "ends": [
             {
                 "zone": "zone-a",
-                "uri": a.uri,
+                "uri": a.ssh_uri,
                 "underlay_ip": a.underlay_ip,
                 "underlay_dev": "ul0",
-                "host_command": a.command_prefix,
+                "host_command": a.ssh_command,
             },
             {
                 "zone": zone_b,
-                "uri": b.uri,
+                "uri": b.ssh_uri,
                 "underlay_ip": b.underlay_ip,
                 "underlay_dev": "ul0",
-                "host_command": b.command_prefix,
+                "host_command": b.ssh_command,
             },
         ],
         **extra,
@@ -107,19 +106,19 @@ def guest_pings(host: LabHost, guest: str, target: str) -> bool:
         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
     )
     for _try in range(3):
-        proc = host.run([sys.executable, "-c", code], timeout=30)
+        proc = host.ssh([sys.executable, "-c", code], timeout=30)
         if proc.returncode == 0 and " 0% packet loss" in proc.stdout:
             return True
     return False
 
 
 def vxlan_devices(host: LabHost) -> list[str]:
-    return host.run(["ip", "-o", "link", "show", "type", "vxlan"], check=True).stdout.split("\n")[
+    return host.ssh(["ip", "-o", "link", "show", "type", "vxlan"], check=True).stdout.split("\n")[
         :-1
     ]
 
 
-def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme):
+def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme, ledger_url):
     a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
     assert not guest_pings(a, "10.80.0.10", "10.80.0.20")  # two separate segments so far
     checked = run_module("zone_link", link(lab), check=True)
@@ -129,7 +128,9 @@ def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme):
     ]  # fmt: skip
     assert vxlan_devices(a) == [] and vxlan_devices(b) == []
 
-    created = run_module("zone_link", link(lab))
+    # Applied as the zones playbook applies it: on kvm-a over Ansible's SSH connection, from
+    # where kvm-b's end is reached through kvm-b's qemu+ssh URI and ssh.
+    created = run_module_on(a, "zone_link", {**link(lab), "ledger_url": ledger_url})
     assert created["changed"], created
     device = created["zone_link"]["device"]
     assert created["zone_link"]["vni"] >= 10000
@@ -138,7 +139,7 @@ def test_a_guest_in_zone_a_reaches_a_guest_in_zone_b_over_the_link(lab, acme):
     assert not run_module("zone_link", link(lab))["changed"]
 
     # A device deleted by hand at one end is made again.
-    b.run(["ip", "link", "del", device], check=True)
+    b.ssh(["ip", "link", "del", device], check=True)
     repaired = run_module("zone_link", link(lab))
     assert [c["action"] for c in repaired["plan"]] == ["connect"], repaired
     assert guest_pings(a, "10.80.0.10", "10.80.0.20")
@@ -168,7 +169,7 @@ def test_refused_links_change_nothing(lab, acme):
 
 
 def test_links_of_a_tenant_never_overlap_and_never_join_another_tenant(ledger_url):
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    base = new_lab_dir()
     hosts = (("kvm-a", "zone-a"), ("kvm-b", "zone-b"), ("kvm-c", "zone-c"))
     three = MultiHostLab(base, hosts=hosts)
     try:
@@ -184,14 +185,14 @@ def test_links_of_a_tenant_never_overlap_and_never_join_another_tenant(ledger_ur
             }  # fmt: skip
             lab_host = three.hosts[host_name]
             engine.run_environment(
-                {"uri": lab_host.uri, "host_command": lab_host.command_prefix, "tenant": tenant,
+                {"uri": lab_host.ssh_uri, "host_command": lab_host.ssh_command, "tenant": tenant,
                  "networks": [network]}
             )  # fmt: skip
 
         def ends(*names: str) -> list[dict]:
             return [
-                {"zone": three.hosts[n].zone, "uri": three.hosts[n].uri, "underlay_ip": three.hosts[n].underlay_ip,
-                 "underlay_dev": "ul0", "host_command": three.hosts[n].command_prefix}
+                {"zone": three.hosts[n].zone, "uri": three.hosts[n].ssh_uri, "underlay_ip": three.hosts[n].underlay_ip,
+                 "underlay_dev": "ul0", "host_command": three.hosts[n].ssh_command}
                 for n in names
             ]  # fmt: skip
 
@@ -220,11 +221,11 @@ def test_environment_creates_a_network_and_links_it_in_one_run(lab, ledger_url):
             "dhcp_start": f"10.95.0.{start}", "dhcp_end": f"10.95.0.{start + 40}",
         }  # fmt: skip
 
-    on_b = {"uri": b.uri, "tenant": "gamma", "host_command": b.command_prefix}
+    on_b = {"uri": b.ssh_uri, "tenant": "gamma", "host_command": b.ssh_command}
     engine.run_environment({**on_b, "networks": [network(2, 150)]})
     params = {
-        "uri": a.uri,
-        "host_command": a.command_prefix,
+        "uri": a.ssh_uri,
+        "host_command": a.ssh_command,
         "tenant": "gamma",
         "networks": [network(1, 100)],
         "zone_links": [{"name": "lan-ab", "network": "lan", "ends": link(lab)["ends"]}],
@@ -273,14 +274,14 @@ def rival_side(host: LabHost, index: int) -> dict:
     zone, pool = RIVAL_ZONES[host.name]
     gateway = 1 + index
     return {
-        "uri": host.uri,
+        "uri": host.ssh_uri,
         "tenant": "rival",
         "zone": zone,
         "zone_config": {
             "uplink": "up0",
             "public_pools": [{"name": "pub", "cidr": pool, "gateway": "203.0.113.1"}],
         },
-        "host_command": host.command_prefix,
+        "host_command": host.ssh_command,
         "networks": [
             {"name": "lan", "cidr": "10.84.0.0/24", "mode": "isolated",
              "gateway": f"10.84.0.{gateway}", "dhcp_start": f"10.84.0.{100 + 50 * index}",
@@ -307,7 +308,7 @@ def two_links(lab, acme, ledger_url) -> Iterator[dict[str, tuple[int, str]]]:
     try:
         for index, host in enumerate(hosts):
             address = f"{RIVAL_UNDERLAY[host.name]}/24"
-            host.run(["ip", "addr", "add", address, "dev", "ul0"], check=True)
+            host.ssh(["ip", "addr", "add", address, "dev", "ul0"], check=True)
             engine.run_environment(rival_side(host, index))
         links = {}
         for tenant, params in (("acme", link(lab)), ("rival", rival_link(lab))):
@@ -319,13 +320,13 @@ def two_links(lab, acme, ledger_url) -> Iterator[dict[str, tuple[int, str]]]:
         run_module("zone_link", link(lab, state="absent"))
         run_module("zone_link", {**rival_link(lab), "state": "absent"})
         for host in hosts:
-            remove_prefixed(host.connect(), "rival_")
-            host.run(["ip", "addr", "del", f"{RIVAL_UNDERLAY[host.name]}/24", "dev", "ul0"])
+            remove_prefixed(libvirt.open(host.ssh_uri), "rival_")
+            host.ssh(["ip", "addr", "del", f"{RIVAL_UNDERLAY[host.name]}/24", "dev", "ul0"])
 
 
 def host_addresses(host: LabHost) -> list[str]:
     """Every IPv4 address of the host but loopback: underlay, uplink, every gateway."""
-    shown = json.loads(host.run(["ip", "-j", "-4", "addr", "show"], check=True).stdout)
+    shown = json.loads(host.ssh(["ip", "-j", "-4", "addr", "show"], check=True).stdout)
     return sorted(
         a["local"] for link_ in shown for a in link_["addr_info"] if link_["ifname"] != "lo"
     )
@@ -343,13 +344,13 @@ def planted(lab: MultiHostLab, mac: str) -> list[str]:
     found = []
     for host in lab.hosts.values():
         for argv in (["bridge", "fdb", "show"], ["ip", "neigh", "show"]):
-            lines = host.run(argv, check=True).stdout.splitlines()
+            lines = host.ssh(argv, check=True).stdout.splitlines()
             found += [f"{host.name}: {line}" for line in lines if mac in line.lower()]
     return found
 
 
 def network_bridge(host: LabHost, tenant: str, network: str) -> str:
-    conn = host.connect()
+    conn = libvirt.open(host.ssh_uri)
     try:
         return conn.networkLookupByName(f"{tenant}_{network}").bridgeName()
     finally:
@@ -359,7 +360,7 @@ def network_bridge(host: LabHost, tenant: str, network: str) -> str:
 def filter_drops(host: LabHost, chain: str = "vxlan_in") -> int:
     """Packets a chain of the host's VXLAN filter dropped so far: VXLAN coming in (vxlan_in),
     a guest's VXLAN on its way out to the underlay (forward)."""
-    listing = host.run(["nft", "list", "chain", "inet", "vce_vxlan", chain], check=True)
+    listing = host.ssh(["nft", "list", "chain", "inet", "vce_vxlan", chain], check=True)
     counted = re.search(r"counter packets (\d+) bytes \d+ drop", listing.stdout)
     assert counted, listing.stdout
     return int(counted.group(1))
@@ -376,7 +377,7 @@ def flood(attacker: Attacker, targets: list[str], links: dict[str, tuple[int, st
 def test_vxlan_from_a_guest_or_the_uplink_is_dropped_and_the_links_keep_working(lab, two_links):
     a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
     for host in (a, b):
-        rules = host.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        rules = host.ssh(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
         assert rules.stdout.count(" accept comment ") == 2, rules.stdout  # acme's and rival's
     targets = sorted(set(host_addresses(a) + host_addresses(b)))
     assert {a.underlay_ip, b.underlay_ip, a.public_ip, b.public_ip} <= set(targets)
@@ -436,16 +437,16 @@ def test_a_zone_link_run_restores_a_filter_changed_by_hand(lab, acme):
     a, b = lab.hosts["kvm-a"], lab.hosts["kvm-b"]
     try:
         assert run_module("zone_link", link(lab))["changed"]
-        b.run(["nft", "flush", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        b.ssh(["nft", "flush", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
         checked = run_module("zone_link", link(lab), check=True, diff=True)
         assert [(c["kind"], c["action"], c["field"]) for c in checked["plan"]] == [
-            ("firewall", "update", b.uri)
+            ("firewall", "update", b.ssh_uri)
         ], checked
-        accept, drop = checked["diff"]["after"]["firewall/vce_vxlan"][b.uri]  # flushed both
+        accept, drop = checked["diff"]["after"]["firewall/vce_vxlan"][b.ssh_uri]  # flushed both
         assert accept.endswith('accept comment "acme/lan-ab"') and drop == "counter drop"
         assert run_module("zone_link", link(lab))["changed"]
         assert not run_module("zone_link", link(lab))["changed"]
-        listing = b.run(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
+        listing = b.ssh(["nft", "list", "chain", "inet", "vce_vxlan", "vxlan_in"], check=True)
         assert f"ip saddr {a.underlay_ip} ip daddr {b.underlay_ip}" in listing.stdout
     finally:
         run_module("zone_link", link(lab, state="absent"))

@@ -1,5 +1,6 @@
 """playbooks/zones.yml on inventories/lab's zone hosts, pointed at a lab of the test's own: the
-inventory's zones, pools and hosts work as written, the play proves the public IP and the zone
+inventory's zones, pools and hosts work as written (over SSH: Ansible's connection, qemu+ssh,
+ssh host commands, the lab's pinned host keys), the play proves the public IP and the zone
 link with packets, and a second run changes nothing."""
 
 from __future__ import annotations
@@ -7,22 +8,21 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
 from tools.labhost import DEFAULT_IMAGE, install_image
-from tools.multihost import MultiHostLab
+from tools.libvirtd import domain_type
+from tools.multihost import MultiHostLab, new_lab_dir
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
 
 
 @pytest.fixture
 def zone_lab() -> Iterator[MultiHostLab]:
-    base = Path(tempfile.mkdtemp(prefix="vce-mh-", dir="/tmp"))
+    base = new_lab_dir()
     lab = MultiHostLab(base, prefix=f"zl{secrets.token_hex(2)}")
     try:
         yield lab.start()
@@ -36,7 +36,14 @@ def play(lab: MultiHostLab, ledger: str) -> subprocess.CompletedProcess[str]:
         "-e", f"vce_multihost_dir={lab.base_dir}",
         "-e", f"vce_multihost_prefix={lab.prefix}",
     ]  # fmt: skip
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "default", "VCE_LEDGER_URL": ledger})
+    # As lab.sh zones runs it: the lab's hosts are this machine, where guests may need TCG.
+    env = ansible_env(
+        {
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "VCE_LEDGER_URL": ledger,
+            "VCE_DOMAIN_TYPE": domain_type(),
+        }
+    )
     return subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "inventories/lab", "--limit", "zone_hosts", "playbooks/zones.yml", *extra],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False,
