@@ -119,10 +119,7 @@ zones() {
   if [ ! -f "$MULTIHOST_DIR/lab.json" ]; then
     "$VENV/bin/python" -m tools.multihost up "$MULTIHOST_DIR" --prefix "$MULTIHOST_PREFIX" > /dev/null
   fi
-  # The lab's hosts are this machine: its guests are TCG unless a KVM module is loaded, which
-  # libvirt, asked over qemu+ssh, cannot tell from a /dev/kvm shim (tools/libvirtd.py).
-  VCE_DOMAIN_TYPE=${VCE_DOMAIN_TYPE:-$("$VENV/bin/python" -c 'from tools.libvirtd import domain_type; print(domain_type())')} \
-    PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/zones.yml
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/ansible-playbook" playbooks/zones.yml
 }
 
 zone_lab_answers() {

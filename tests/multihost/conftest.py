@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import libvirt
 import pytest
@@ -17,7 +16,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 
 from tests.support.images import catalogued_guest
 from tests.support.ledger import forget_stores
-from tools.libvirtd import domain_type
 from tools.multihost import MultiHostLab, new_lab_dir
 
 
@@ -27,28 +25,11 @@ def lab() -> Iterator[MultiHostLab]:
     base = new_lab_dir()
     started = MultiHostLab(base)
     try:
-        with tcg_guests():
-            guard(started.start())
-            yield started
+        guard(started.start())
+        yield started
     finally:
         started.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
-def tcg_guests() -> Iterator[None]:
-    """VMs defined as this machine can run them. Over qemu+ssh the engine asks the host's
-    libvirt whether KVM works, and this machine's /dev/kvm, a shim without a kvm_intel or
-    kvm_amd module, says it does (tools.libvirtd.domain_type trusts the modules only)."""
-    previous = os.environ.get("VCE_DOMAIN_TYPE")
-    os.environ["VCE_DOMAIN_TYPE"] = domain_type()
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("VCE_DOMAIN_TYPE")
-        else:
-            os.environ["VCE_DOMAIN_TYPE"] = previous
 
 
 def guard(lab: MultiHostLab) -> None:

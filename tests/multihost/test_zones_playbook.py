@@ -14,7 +14,6 @@ import pytest
 
 from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env
 from tools.labhost import DEFAULT_IMAGE, install_image
-from tools.libvirtd import domain_type
 from tools.multihost import MultiHostLab, new_lab_dir
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
@@ -36,14 +35,8 @@ def play(lab: MultiHostLab, ledger: str) -> subprocess.CompletedProcess[str]:
         "-e", f"vce_multihost_dir={lab.base_dir}",
         "-e", f"vce_multihost_prefix={lab.prefix}",
     ]  # fmt: skip
-    # As lab.sh zones runs it: the lab's hosts are this machine, where guests may need TCG.
-    env = ansible_env(
-        {
-            "ANSIBLE_STDOUT_CALLBACK": "default",
-            "VCE_LEDGER_URL": ledger,
-            "VCE_DOMAIN_TYPE": domain_type(),
-        }
-    )
+    # As lab.sh zones runs it.
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "default", "VCE_LEDGER_URL": ledger})
     return subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "inventories/lab", "--limit", "zone_hosts", "playbooks/zones.yml", *extra],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False,
