@@ -309,6 +309,9 @@ class LabHost:
             "ansible_user": "root",
             "ansible_ssh_common_args": f"-F {self.ssh_dir / 'ssh_config'}",
             "ansible_python_interpreter": python,
+            # Each module in one SSH session, its code on stdin: no files copied to the host
+            # first (three more sessions per task; the lab's sshd has no sftp).
+            "ansible_pipelining": True,
             "vce_uri": self.ssh_uri,
             "vce_host_command": self.ssh_command,
             "vce_zone": self.zone,
@@ -669,9 +672,6 @@ class MultiHostLab:
             backups = host.pool_dir.parent / "backup"
             hosts[host.name] = {
                 **host.ansible_vars(python),
-                # Each module in one SSH session, its code on stdin: no files copied to the
-                # host first (three more sessions per task; sshd here has no sftp).
-                "ansible_pipelining": True,
                 "vce_pool": POOL_NAME,
                 "vce_backup_root": str(backups / "archive"),
                 "vce_backup_unit_dir": str(backups / "units"),

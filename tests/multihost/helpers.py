@@ -52,7 +52,7 @@ def run_module_on(host: LabHost, module: str, args: dict[str, Any]) -> dict[str,
     stays behind: pass ledger_url in args."""
     with tempfile.TemporaryDirectory() as directory:
         inventory = Path(directory) / "hosts.json"
-        hosts = {host.name: {**host.ansible_vars(sys.executable), "ansible_pipelining": True}}
+        hosts = {host.name: host.ansible_vars(sys.executable)}
         inventory.write_text(json.dumps({"all": {"hosts": hosts}}))
         cmd = [str(ANSIBLE), host.name, "-i", str(inventory), "-m", f"vce.kvm.{module}",
                "-a", json.dumps(args)]  # fmt: skip

@@ -87,9 +87,7 @@ def inventory(lab, kvm_a, ledger_url, tmp_path_factory) -> Iterator[Path]:
     }
     path = base / "hosts.yml"
     # Reached as a zone host is: Ansible over SSH, libvirt over qemu+ssh, host commands by ssh.
-    hosts = {
-        "kvm-a": {**kvm_a.ansible_vars(sys.executable), "ansible_pipelining": True, **host_vars}
-    }
+    hosts = {"kvm-a": {**kvm_a.ansible_vars(sys.executable), **host_vars}}
     path.write_text(yaml.safe_dump({"all": {"children": {"kvm_hosts": {"hosts": hosts}}}}))
     register(ledger_url, TENANT, public_ips=4, backup_frequencies=["daily"])
     register(ledger_url, STRAY)
