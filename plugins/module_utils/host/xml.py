@@ -56,7 +56,11 @@ def network_xml(
         # network leave only through the zone's uplink. With `dev`, libvirt's own chains reject
         # a VM's packet DNAT-ed to a public IP on another bridge (hairpin across networks).
         sub(root, "forward", mode="route")
-    sub(root, "bridge", stp="on", delay="0")
+    # No STP: with it the kernel holds every new port (a VM's tap) in listening and learning
+    # for twice its minimum forward delay (2 s; libvirt's delay 0 is raised to it), so a VM
+    # arriving by live migration was unreachable for 4 s. A tenant bridge is a leaf: VM taps,
+    # and a zone link's point-to-point VXLAN port.
+    sub(root, "bridge", stp="off", delay="0")
     if spec.mtu:
         sub(root, "mtu", size=str(spec.mtu))
     ip = sub(root, "ip", address=str(spec.gateway), prefix=str(spec.cidr.prefixlen))
@@ -364,3 +368,39 @@ def free_disk_target(used: set[str]) -> str:
         if target not in used:
             return target
     raise ValueError("no free virtio disk target left (vdb..vdz are all in use)")
+
+
+# Moving a domain to another host ------------------------------------------------------------
+
+
+def volume_copy_xml(volume: VolumeState) -> str:
+    """A volume like `volume` (name, exact capacity, format, backing file), empty: where a
+    migration copies the volume's data on another host."""
+    root = ET.Element("volume")
+    sub(root, "name", volume.name)
+    sub(root, "capacity", str(volume.capacity), unit="bytes")
+    sub(root, "allocation", "0", unit="bytes")
+    target = sub(root, "target")
+    sub(target, "format", type=volume.format)
+    if volume.format == "qcow2":
+        sub(target, "compat", "1.1")  # as volume_xml: room for persistent dirty bitmaps
+    if volume.backing:
+        store = sub(root, "backingStore")
+        sub(store, "path", volume.backing)
+        sub(store, "format", type=volume.backing_format or "qcow2")
+    return to_string(root)
+
+
+def relocated_domain_xml(xml: str, paths: dict[str, str], log_dir: str) -> str:
+    """A domain's XML for another host: each disk's source file per `paths` (old to new), and
+    the console logs in `log_dir` (under their own file names)."""
+    root = ET.fromstring(xml)
+    for source in root.findall("devices/disk/source"):
+        old = source.get("file")
+        if old in paths:
+            source.set("file", paths[old])
+    for log in root.findall("devices/serial/log") + root.findall("devices/console/log"):
+        name = (log.get("file") or "").rsplit("/", 1)[-1]
+        if name:
+            log.set("file", f"{log_dir.rstrip('/')}/{name}")
+    return to_string(root)
