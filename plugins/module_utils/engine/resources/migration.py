@@ -46,7 +46,7 @@ from ...host.xml import DomainState, VolumeState, relocated_domain_xml, volume_c
 from ...ledger.metering import Metering, UsageChange, changes_between, host_meters
 from ...ledger.tenants import Ledger
 from ..gate import observed_objects, running_vms
-from ..run import Run, after_applying, conclude
+from ..run import Run, conclude
 from .network import NetworkPlanner
 from .vm import UNDEFINE_FLAGS, vm_lease
 
@@ -162,10 +162,11 @@ def field_error(error: VceError, path: str) -> SpecError:
 class MigrationPlanner:
     """Observe, plan and apply the move of one of a tenant's VMs between two hosts."""
 
-    def __init__(self, source: Host, destination: Host, tenant: str) -> None:
+    def __init__(self, source: Host, destination: Host, tenant: str, ledger: Ledger) -> None:
         self.source = source
         self.destination = destination
         self.tenant = tenant
+        self.ledger = ledger
         self.report = MoveReport()
 
     def observe(self) -> tuple[TenantInventory, TenantInventory]:
@@ -305,7 +306,9 @@ class MigrationPlanner:
     # -- apply ------------------------------------------------------------------------------
 
     def apply(self, move: Move) -> None:
-        """Make the destination ready, move, then remove what is left on the source."""
+        """Make the destination ready, move, remove what is left on the source, record it
+        (what both hosts hold just before and after: a drain's earlier moves are not this one's)."""
+        before = self.observe()
         made: list[DiskCopy] = []
         leases = NetworkPlanner(self.destination, self.tenant)
         added: list[tuple[str, StaticLease]] = []
@@ -331,6 +334,15 @@ class MigrationPlanner:
                 f"{error} (the VM stays on {self.source.uri}; {notes})", left=left
             ) from error
         self.clear_source(move)
+        try:
+            hosts = (self.source.uri, self.destination.uri)
+            after = self.observe()
+            self.report.usage_changes += record_move(self.ledger, self.tenant, before, after, hosts)
+        except VceError as error:
+            raise ApplyError(
+                f"VM {move.name} moved to {self.destination.uri}, but the ledger did not take "
+                f"the move: {error} (`vce ledger reconcile` on both hosts records what they hold)"
+            ) from error
 
     def create_copy(self, copy: DiskCopy) -> None:
         pool = self.destination.lookup_pool(copy.volume.pool)
@@ -507,16 +519,12 @@ def run_migration(params: Mapping[str, Any], check_mode: bool = False) -> Result
     """Move VM `name` of `tenant` from the host at `uri` to `destination.uri` (same zone)."""
     spec = parse_migration(params)
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = MigrationPlanner(Host(spec.uri), Host(spec.destination), spec.tenant)
-    before = engine.observe()
-    plan = engine.plan(spec.name, *before)
+    engine = MigrationPlanner(Host(spec.uri), Host(spec.destination), spec.tenant, ledger)
+    plan = engine.plan(spec.name, *engine.observe())
 
     def facts(_after: object, applied: bool) -> dict[str, Any]:
         return migration_facts(spec, engine.report, applied, bool(plan.changes))
 
     result = conclude(Run(plan, facts), check_mode)
-    if plan.changed and not check_mode:
-        with after_applying(result.plan, "recording the move in the ledger"):
-            hosts = (spec.uri, spec.destination)
-            result.usage_changes = record_move(ledger, spec.tenant, before, engine.observe(), hosts)
+    result.usage_changes = engine.report.usage_changes
     return result
