@@ -309,6 +309,7 @@ class MigrationPlanner:
         """Make the destination ready, move, remove what is left on the source, record it
         (what both hosts hold just before and after: a drain's earlier moves are not this one's)."""
         before = self.observe()
+        started = time.monotonic()
         made: list[DiskCopy] = []
         leases = NetworkPlanner(self.destination, self.tenant)
         added: list[tuple[str, StaticLease]] = []
@@ -333,6 +334,7 @@ class MigrationPlanner:
             raise ApplyError(
                 f"{error} (the VM stays on {self.source.uri}; {notes})", left=left
             ) from error
+        self.report.wall_seconds = round(time.monotonic() - started, 3)
         self.clear_source(move)
         try:
             hosts = (self.source.uri, self.destination.uri)
@@ -395,11 +397,9 @@ class MigrationPlanner:
                 c.target for c in move.disks if not c.streamed
             ],
         }
-        started = time.monotonic()
         with libvirt_action("migrate", f"domain {move.libvirt_name} to {self.destination.uri}"):
             arrived = dom.migrate3(self.destination.conn, params, live_flags())
         self.report.mode = "live"
-        self.report.wall_seconds = round(time.monotonic() - started, 3)
         with libvirt_action("read the migration statistics of", f"domain {move.libvirt_name}"):
             stats = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         self.report.downtime_ms = stats.get("downtime")
@@ -408,7 +408,6 @@ class MigrationPlanner:
 
     def move_cold(self, move: Move) -> None:
         dom = self.domain(self.source, move.libvirt_name)
-        started = time.monotonic()
         with libvirt_action("read", f"domain {move.libvirt_name}"):
             saved = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE)
         xml = relocated_domain_xml(saved, move.paths, self.destination.log_dir)
@@ -418,7 +417,6 @@ class MigrationPlanner:
         with libvirt_action("undefine", f"domain {move.libvirt_name} on {self.source.uri}"):
             dom.undefineFlags(undefine_flags())
         self.report.mode = "cold"
-        self.report.wall_seconds = round(time.monotonic() - started, 3)
 
     def set_autostart(self, dom: Any, move: Move) -> None:
         with libvirt_action("set autostart of", f"domain {move.libvirt_name}"):
