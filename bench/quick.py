@@ -35,6 +35,7 @@ SCRIPTS = (
     "quota_check",
     "drift",
     "public_ips",
+    "migration",
     "firewall_throughput",
     "billing",
     "backup",

@@ -7,6 +7,7 @@ Names, host names and SSH keys can hold '<', '&' or quotes; ElementTree escapes 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ def dhcp_host_element(lease: StaticLease) -> ET.Element:
     return host
 
 
+def gateway_mac(libvirt_name: str, gateway: ipaddress.IPv4Address) -> str:
+    """The bridge's MAC of a tenant network: the same on every host for one declaration, so a
+    guest moved live to another host of the zone still reaches its gateway through the MAC it
+    has in its ARP cache (with a random one per host it was cut off until its cache expired,
+    up to seconds). A zone link's ends have different gateways, so different MACs on their one
+    segment. Locally administered and unicast (02:...), never one of the VMs' 52:54:00:..."""
+    digest = hashlib.sha256(f"{libvirt_name}/{gateway}".encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
+
+
 def network_xml(
     libvirt_name: str, spec: NetworkSpec, owner: Owner, leases: list[StaticLease]
 ) -> str:
@@ -61,6 +72,7 @@ def network_xml(
     # arriving by live migration was unreachable for 4 s. A tenant bridge is a leaf: VM taps,
     # and a zone link's point-to-point VXLAN port.
     sub(root, "bridge", stp="off", delay="0")
+    sub(root, "mac", address=gateway_mac(libvirt_name, spec.gateway))
     if spec.mtu:
         sub(root, "mtu", size=str(spec.mtu))
     ip = sub(root, "ip", address=str(spec.gateway), prefix=str(spec.cidr.prefixlen))
@@ -86,6 +98,7 @@ class NetworkState:
     dhcp_end: ipaddress.IPv4Address | None = None
     mtu: int | None = None
     bridge: str = ""
+    mac: str = ""  # the bridge's (the gateway's) MAC
     hosts: dict[str, StaticLease] = field(default_factory=dict)
     # The interface a routed network made by an earlier version is tied to (`forward dev`).
     forward_dev: str | None = None
@@ -102,6 +115,8 @@ def read_network(xml: str, active: bool, autostart: bool) -> NetworkState:
             state.forward_dev = forward.get("dev")
     bridge = root.find("bridge")
     state.bridge = bridge.get("name", "") if bridge is not None else ""
+    mac = root.find("mac")
+    state.mac = (mac.get("address") or "").lower() if mac is not None else ""
     mtu = root.find("mtu")
     state.mtu = int(mtu.get("size", "0")) if mtu is not None else None
     ip = root.find("ip")

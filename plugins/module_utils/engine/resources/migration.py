@@ -198,6 +198,7 @@ class MigrationPlanner:
             )
         move = self.move_of(name, domain, here, there)
         plan = Plan()
+        plan.warnings.extend(self.gateway_warnings(name, domain, here, there))
         plan.add(
             Change(
                 KIND,
@@ -238,6 +239,23 @@ class MigrationPlanner:
             disks,
             tuple(lease for lease in leases if lease is not None),
         )
+
+    def gateway_warnings(
+        self, name: str, domain: DomainState, here: TenantInventory, there: TenantInventory
+    ) -> list[str]:
+        """Networks whose gateway has another MAC on the destination (made before gateways
+        had one MAC on every host): the guest reaches its gateway there only once its ARP
+        cache expires or the host asks for its address, which can take seconds."""
+        warnings = []
+        for nic in domain.nics:
+            old, new = here.networks.get(nic.network), there.networks.get(nic.network)
+            if old is not None and new is not None and old.mac != new.mac:
+                warnings.append(
+                    f"VM {name}: network {nic.network} has another gateway MAC on "
+                    f"{self.destination.uri} ({new.mac or 'none'}, here {old.mac or 'none'}); the "
+                    "guest may not reach its gateway for some seconds after the move"
+                )
+        return warnings
 
     def disk_copy(
         self, name: str, device: Any, here: TenantInventory, there: TenantInventory
