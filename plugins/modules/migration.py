@@ -35,6 +35,12 @@ description:
     exists there already, an address of the VM leased to another MAC there.
   - A failed migration leaves the VM running on the source (libvirt's rollback); what was made on
     the destination for it is removed again.
+  - B(Public IPs) bound to the VM follow it when O(zone_config) and both hosts' host commands are
+    given (a move of such a VM without them is refused, naming O(zone_config)) - the
+    destination's NAT rules are made before the move; as soon as the guest runs there, the
+    addresses go on its uplink and are announced (a gratuitous ARP, with the host's C(python3)),
+    so the zone's gateway sends their traffic there at once; then the source's rules and
+    addresses go, and the ledger's bindings and usage move to the destination host.
   - The module holds both hosts' libvirt connections (libvirt's managed migration) - the hosts
     need no access to each other's libvirtd, only to the destination's migration and NBD ports
     (49152-49215), on the destination's host name.
@@ -71,12 +77,56 @@ options:
           - The destination host's zone; it must be O(zone).
         type: str
         required: true
+      host_command:
+        description:
+          - How to run C(nft), C(ip) and C(python3) on the destination host (V([ssh, root@kvm2])),
+            for the public IPs that follow the VM. Default - directly, when its URI is local.
+        type: list
+        elements: str
+  zone_config:
+    description:
+      - The zone as the operator configures it, usually C(vce_zones[vce_zone]); needed when a
+        public IP is bound to the VM (see above).
+    type: dict
+    suboptions:
+      uplink:
+        description: The hosts' interface (or bridge) towards the zone's public network.
+        type: str
+        required: true
+      public_pools:
+        description: The zone's public IP pools (see M(vce.kvm.public_ip)).
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          name:
+            description: The pool's name.
+            type: str
+            required: true
+          cidr:
+            description: The pool's addresses.
+            type: str
+            required: true
+          gateway:
+            description: The upstream gateway (never allocated).
+            type: str
+            required: true
+          exclude:
+            description: Addresses of the pool never to allocate.
+            type: list
+            elements: str
+            default: []
+  host_command:
+    description:
+      - How to run C(nft), C(ip) and C(python3) on the VM's host (V([ssh, root@kvm1])), for the
+        public IPs that follow the VM. Default - directly, when O(uri) is local.
+    type: list
+    elements: str
 notes:
   - Check mode plans the move without making anything; diff mode shows the VM's host before and
-    after.
-  - Public IP bindings and zone links do not follow the VM yet - a VM with a bound public IP moves,
-    but its address keeps pointing at the source host; move it with M(vce.kvm.public_ip) run
-    against the destination.
+    after (and each public IP's, which move after the VM - change C(public_ip <name> move)).
+  - A zone link's end stays on the host that has it - a VM on a linked network moves, the link
+    does not follow it.
 seealso:
   - module: vce.kvm.environment
   - module: vce.kvm.drain

@@ -342,7 +342,7 @@ FIREWALL = (
 
 # A VM moved to another host of its zone (the vce.kvm.migration module): the operator's
 # placement, not a tenant's declaration, so no Pulumi resource.
-MIGRATION_DESTINATION = (
+PEER_HOST = (
     Field("uri", "str", required=True, fronts=ANSIBLE_ONLY),
     Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
 )
@@ -350,7 +350,12 @@ MIGRATION = (
     *CONNECTION,
     NAME,
     Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
-    Field("destination", "dict", required=True, fields=MIGRATION_DESTINATION, fronts=ANSIBLE_ONLY),
+    Field(
+        "destination", "dict", required=True, fields=(*PEER_HOST, HOST_COMMAND), fronts=ANSIBLE_ONLY
+    ),
+    # What a public IP bound to the VM needs to follow it: the zone, both hosts' nft and ip.
+    Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
+    HOST_COMMAND,
 )
 
 # A host drained for maintenance (the vce.kvm.drain module): its VMs moved to the zone's
@@ -369,7 +374,7 @@ DRAIN = (
         "peers",
         "list",
         elements="dict",
-        fields=MIGRATION_DESTINATION,
+        fields=PEER_HOST,
         fronts=ANSIBLE_ONLY,
         ansible=EMPTY_LIST,
     ),

@@ -28,6 +28,7 @@ made for it on the destination is removed again.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,21 +40,34 @@ from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_act
 from ...core.plan import Change, ChangeClass, Plan
 from ...core.result import Result
 from ...core.spec import StaticLease
-from ...core.validation import check_name
+from ...core.validation import check_name, check_prefix
+from ...core.zones import PublicZone, zone_of
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import object_name
+from ...host.shell import HostShell
 from ...host.xml import DomainState, VolumeState, relocated_domain_xml, volume_copy_xml
-from ...ledger.metering import Metering, UsageChange, changes_between, host_meters
+from ...ledger.metering import (
+    ABSENT,
+    Meter,
+    Metering,
+    UsageChange,
+    changes_between,
+    host_meters,
+)
+from ...ledger.schema import public_ips
 from ...ledger.tenants import Ledger
 from ..gate import observed_objects, running_vms
 from ..run import Run, conclude
 from .network import NetworkPlanner
+from .public_ip import Binding, NatTable, PublicIpPlanner, sa
 from .vm import UNDEFINE_FLAGS, vm_lease
 
 KIND = "vm"
 LIVE_STATES = ("running", "paused")
 COLD_STATES = ("shutoff", "crashed")
 STREAM_CHUNK = 256 * 1024
+ARRIVAL_POLL_SECONDS = 0.05
+ARRIVAL_JOIN_SECONDS = 120.0  # a hand-over of public IPs: a few commands on two hosts
 
 
 def live_flags() -> int:
@@ -85,6 +99,10 @@ class MigrationSpec:
     zone: str
     destination: str  # the destination host's libvirt URI
     destination_zone: str
+    # Where public IPs bound to the VM follow it: the zone's uplink and pools, both hosts'
+    # host commands (nft, ip); None without a zone_config.
+    public_zone: PublicZone | None = None
+    shells: tuple[HostShell, HostShell] = (HostShell(), HostShell())
 
 
 def check_uri(value: Any, path: str) -> str:
@@ -111,7 +129,14 @@ def parse_migration(params: Mapping[str, Any]) -> MigrationSpec:
         )
     if destination == uri:
         raise SpecError("destination.uri", "is the VM's own host")
-    return MigrationSpec(tenant, name, uri, zone, destination, destination_zone)
+    public_zone = zone_of({"zone": zone, "zone_config": params.get("zone_config")})
+    shells = (
+        HostShell(check_prefix(params.get("host_command"))),
+        HostShell(check_prefix(raw.get("host_command"), "destination.host_command")),
+    )
+    return MigrationSpec(
+        tenant, name, uri, zone, destination, destination_zone, public_zone, shells
+    )
 
 
 # -- what a move copies ---------------------------------------------------------------------
@@ -137,6 +162,10 @@ class Move:
     autostart: bool
     disks: tuple[DiskCopy, ...]
     leases: tuple[tuple[str, StaticLease], ...]  # libvirt network, the VM's lease on it
+    public_ips: tuple[Any, ...] = ()  # the ledger's rows of the public IPs bound to the VM
+
+    def bindings(self, tenant: str) -> list[Binding]:
+        return [Binding(tenant, row.name, row.address, row.private_ip) for row in self.public_ips]
 
     @property
     def paths(self) -> dict[str, str]:
@@ -159,15 +188,64 @@ def field_error(error: VceError, path: str) -> SpecError:
     return error if isinstance(error, SpecError) else SpecError(path, str(error))
 
 
+class ArrivalWatch(threading.Thread):
+    """Runs `then` as soon as the domain runs on the destination, while the migration call
+    still waits for the source's confirmation through the controller (a second or more): a
+    public IP's address moves with the guest, not after the whole call. Stopped when the call
+    returns, fired or not."""
+
+    def __init__(self, conn: Any, libvirt_name: str, then: Any) -> None:
+        super().__init__(name=f"arrival of {libvirt_name}", daemon=True)
+        self.conn = conn
+        self.libvirt_name = libvirt_name
+        self.then = then
+        self.returned = threading.Event()
+        self.error: Exception | None = None
+
+    def arrived(self) -> bool:
+        try:
+            state = self.conn.lookupByName(self.libvirt_name).state()[0]
+        except libvirt.libvirtError:  # not defined there yet
+            return False
+        return state == libvirt.VIR_DOMAIN_RUNNING
+
+    def run(self) -> None:
+        while not self.returned.is_set():
+            if self.arrived():
+                try:
+                    self.then()
+                except Exception as error:  # told by the thread that waits for the move
+                    self.error = error
+                return
+            self.returned.wait(ARRIVAL_POLL_SECONDS)
+
+    def stop(self) -> None:
+        self.returned.set()
+        if self.is_alive():
+            self.join(ARRIVAL_JOIN_SECONDS)
+
+
 class MigrationPlanner:
     """Observe, plan and apply the move of one of a tenant's VMs between two hosts."""
 
-    def __init__(self, source: Host, destination: Host, tenant: str, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        source: Host,
+        destination: Host,
+        tenant: str,
+        ledger: Ledger,
+        spec: MigrationSpec | None = None,
+    ) -> None:
+        """`spec`: the zone and host commands public IPs need (a drain has none: a VM with a
+        public IP stays)."""
         self.source = source
         self.destination = destination
         self.tenant = tenant
         self.ledger = ledger
+        self.public_zone = spec.public_zone if spec else None
+        self.shells = spec.shells if spec else (HostShell(), HostShell())
         self.report = MoveReport()
+        self.handed_over = False  # the public IPs' addresses are on the destination
 
     def observe(self) -> tuple[TenantInventory, TenantInventory]:
         return self.source.inventory(self.tenant), self.destination.inventory(self.tenant)
@@ -196,7 +274,10 @@ class MigrationPlanner:
                 f"VM {name!r} of tenant {self.tenant!r} is defined on both hosts (an interrupted "
                 "move?): remove the copy that does not run before moving it again",
             )
-        move = self.move_of(name, domain, here, there)
+        move = dataclasses.replace(
+            self.move_of(name, domain, here, there),
+            public_ips=tuple(self.bound_public_ips(name)),
+        )
         plan = Plan()
         plan.warnings.extend(self.gateway_warnings(name, domain, here, there))
         plan.add(
@@ -211,7 +292,43 @@ class MigrationPlanner:
                 partial(self.apply, move),
             )
         )
+        for row in move.public_ips:
+            plan.add(
+                Change(
+                    "public_ip",
+                    row.name,
+                    "move",
+                    ChangeClass.LIVE,
+                    "host",
+                    self.source.uri,
+                    self.destination.uri,
+                    partial(self.record_public_ip, row),
+                )
+            )
         return plan
+
+    def bound_public_ips(self, name: str) -> list[Any]:
+        """The public IPs bound to the VM through the source host (the ledger's rows), once
+        the run can move them (the zone and both hosts' commands given)."""
+        with self.ledger.store.read() as connection:
+            rows = connection.execute(
+                sa.select(public_ips)
+                .where(public_ips.c.tenant == self.tenant, public_ips.c.host == self.source.uri)
+                .where(public_ips.c.vm == name)
+                .order_by(public_ips.c.name)
+            ).all()
+        hosts = (self.source, self.destination)
+        unreached = any(
+            not s.prefix and not h.is_local for s, h in zip(self.shells, hosts, strict=True)
+        )
+        if rows and (self.public_zone is None or unreached):
+            names = ", ".join(f"{row.name} ({row.address})" for row in rows)
+            raise SpecError(
+                "zone_config",
+                f"VM {name!r} has public IPs bound on its host: {names}; give the zone's "
+                "zone_config and both hosts' host_command so that they follow it",
+            )
+        return list(rows)
 
     def move_of(
         self, name: str, domain: DomainState, here: TenantInventory, there: TenantInventory
@@ -340,18 +457,23 @@ class MigrationPlanner:
             for network, lease in move.leases:
                 leases.set_lease(network, lease.mac, lease)
                 added.append((network, lease))
+            # The destination's NAT rules before the VM arrives: they match nothing until the
+            # address is there too, right after the switch-over.
+            if move.public_ips:
+                self.nat(1).change_rules(move.bindings(self.tenant), [])
             if move.live:
                 self.move_live(move)
             else:
                 self.move_cold(move)
         except Exception as error:
-            left = self.undo(made, added)
+            left = self.undo(made, added, move)
             if not isinstance(error, VceError):
                 raise
             notes = "; ".join(left) if left else "nothing of it is left there"
             raise ApplyError(
                 f"{error} (the VM stays on {self.source.uri}; {notes})", left=left
             ) from error
+        self.hand_over_public_ips(move)
         self.report.wall_seconds = round(time.monotonic() - started, 3)
         self.clear_source(move)
         try:
@@ -415,8 +537,18 @@ class MigrationPlanner:
                 c.target for c in move.disks if not c.streamed
             ],
         }
-        with libvirt_action("migrate", f"domain {move.libvirt_name} to {self.destination.uri}"):
-            arrived = dom.migrate3(self.destination.conn, params, live_flags())
+        watch = ArrivalWatch(
+            self.destination.conn, move.libvirt_name, partial(self.hand_over_public_ips, move)
+        )
+        if move.public_ips:
+            watch.start()
+        try:
+            with libvirt_action("migrate", f"domain {move.libvirt_name} to {self.destination.uri}"):
+                arrived = dom.migrate3(self.destination.conn, params, live_flags())
+        finally:
+            watch.stop()
+        if watch.error is not None:
+            raise watch.error
         self.report.mode = "live"
         with libvirt_action("read the migration statistics of", f"domain {move.libvirt_name}"):
             stats = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
@@ -444,10 +576,19 @@ class MigrationPlanner:
         with libvirt_action("find", f"domain {libvirt_name} on {host.uri}"):
             return host.conn.lookupByName(libvirt_name)
 
-    def undo(self, made: list[DiskCopy], added: list[tuple[str, StaticLease]]) -> list[str]:
-        """Best effort after a failed move: the destination's new volumes and leases removed;
-        what could not be, named."""
+    def undo(
+        self, made: list[DiskCopy], added: list[tuple[str, StaticLease]], move: Move
+    ) -> list[str]:
+        """Best effort after a failed move: the destination's new volumes, leases and NAT
+        rules removed; what could not be, named."""
         left = []
+        if move.public_ips:
+            try:
+                there = self.nat(1)
+                found = there.observe().bindings
+                there.change_rules([], [found[k] for k in self.binding_keys(move) if k in found])
+            except VceError:
+                left.append(f"NAT rules of the VM's public IPs on {self.destination.uri}")
         for copy in made:
             try:
                 with libvirt_action("delete", f"volume {copy.volume.name}"):
@@ -485,6 +626,47 @@ class MigrationPlanner:
                 f"{'; '.join(left)} (remove them by hand)",
                 left=left,
             )
+
+    def nat(self, side: int) -> NatTable:
+        """The NAT table of the source (0) or the destination (1)."""
+        return NatTable(self.shells[side], self.public_zone.uplink if self.public_zone else "")
+
+    def binding_keys(self, move: Move) -> list[tuple[str, str]]:
+        return [(self.tenant, row.name) for row in move.public_ips]
+
+    def hand_over_public_ips(self, move: Move) -> None:
+        """Once the guest runs on the destination: the addresses on the destination's uplink,
+        announced (the zone's gateway sends their traffic there at once), then the source's
+        rules and addresses removed. Once per move."""
+        if not move.public_ips or self.handed_over:
+            return
+        self.handed_over = True
+        try:
+            self.nat(1).take_over([row.address for row in move.public_ips])
+            here = self.nat(0)
+            found = here.observe().bindings
+            here.batch([], [found[k] for k in self.binding_keys(move) if k in found])
+        except VceError as error:
+            raise ApplyError(
+                f"VM {move.name} moved to {self.destination.uri}, but its public IPs did not "
+                f"follow: {error} (bind them on the destination with vce.kvm.public_ip; the "
+                "source may keep their rules and addresses)"
+            ) from error
+
+    def record_public_ip(self, row: Any) -> None:
+        """The binding's host in the ledger, and its usage moved at one moment."""
+        zone = self.public_zone
+        planner = PublicIpPlanner(self.ledger, self.destination, self.tenant, zone, self.shells[1])
+        planner.record_binding(row.name, row.vm, row.private_ip)
+        at = self.ledger.now()
+        key = f"{zone.name}:{row.name}"
+        changes = [
+            UsageChange(self.tenant, self.source.uri, "public_ip", key, "moved_out", at, ABSENT),
+            UsageChange(self.tenant, self.destination.uri, "public_ip", key, "moved_in", at,
+                        Meter("present", row.vm, public_ips=1)),
+        ]  # fmt: skip
+        Metering(self.ledger).record(changes)
+        self.report.usage_changes += [change.as_dict() for change in changes]
 
 
 # -- the ledger ---------------------------------------------------------------------------
@@ -535,7 +717,7 @@ def run_migration(params: Mapping[str, Any], check_mode: bool = False) -> Result
     """Move VM `name` of `tenant` from the host at `uri` to `destination.uri` (same zone)."""
     spec = parse_migration(params)
     ledger = Ledger.open(params.get("ledger_url") or None)
-    engine = MigrationPlanner(Host(spec.uri), Host(spec.destination), spec.tenant, ledger)
+    engine = MigrationPlanner(Host(spec.uri), Host(spec.destination), spec.tenant, ledger, spec)
     plan = engine.plan(spec.name, *engine.observe())
 
     def facts(_after: object, applied: bool) -> dict[str, Any]:
