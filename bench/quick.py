@@ -36,6 +36,7 @@ SCRIPTS = (
     "drift",
     "public_ips",
     "ssh_vs_socket",
+    "migration",
     "firewall_throughput",
     "fleet_apply",
     "billing",

@@ -340,6 +340,47 @@ FIREWALL = (
     ansible_state("present", "absent"),
 )
 
+# A VM moved to another host of its zone (the vce.kvm.migration module): the operator's
+# placement, not a tenant's declaration, so no Pulumi resource.
+PEER_HOST = (
+    Field("uri", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
+)
+MIGRATION = (
+    *CONNECTION,
+    NAME,
+    Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field(
+        "destination", "dict", required=True, fields=(*PEER_HOST, HOST_COMMAND), fronts=ANSIBLE_ONLY
+    ),
+    # What a public IP bound to the VM needs to follow it: the zone, both hosts' nft and ip.
+    Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
+    HOST_COMMAND,
+)
+
+# A host drained for maintenance (the vce.kvm.drain module): its VMs moved to the zone's
+# other hosts, an announced window recorded for each VM that cannot move.
+MAINTENANCE_WINDOW = (
+    Field("announced_at", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field("starts_at", "str", fronts=ANSIBLE_ONLY),  # the run's time when absent
+    Field("ends_at", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field("note", "str", fronts=ANSIBLE_ONLY),
+)
+DRAIN = (
+    URI,
+    LEDGER_URL,
+    Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
+    Field(
+        "peers",
+        "list",
+        elements="dict",
+        fields=PEER_HOST,
+        fronts=ANSIBLE_ONLY,
+        ansible=EMPTY_LIST,
+    ),
+    Field("maintenance", "dict", required=True, fields=MAINTENANCE_WINDOW, fronts=ANSIBLE_ONLY),
+)
+
 KINDS: dict[str, tuple[Field, ...]] = {
     "vm": VM,
     "disk": DISK,

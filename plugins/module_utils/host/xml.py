@@ -7,6 +7,7 @@ Names, host names and SSH keys can hold '<', '&' or quotes; ElementTree escapes 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ def dhcp_host_element(lease: StaticLease) -> ET.Element:
     return host
 
 
+def gateway_mac(libvirt_name: str, gateway: ipaddress.IPv4Address) -> str:
+    """The bridge's MAC of a tenant network: the same on every host for one declaration, so a
+    guest moved live to another host of the zone still reaches its gateway through the MAC it
+    has in its ARP cache (with a random one per host it was cut off until its cache expired,
+    up to seconds). A zone link's ends have different gateways, so different MACs on their one
+    segment. Locally administered and unicast (02:...), never one of the VMs' 52:54:00:..."""
+    digest = hashlib.sha256(f"{libvirt_name}/{gateway}".encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
+
+
 def network_xml(
     libvirt_name: str, spec: NetworkSpec, owner: Owner, leases: list[StaticLease]
 ) -> str:
@@ -56,7 +67,12 @@ def network_xml(
         # network leave only through the zone's uplink. With `dev`, libvirt's own chains reject
         # a VM's packet DNAT-ed to a public IP on another bridge (hairpin across networks).
         sub(root, "forward", mode="route")
-    sub(root, "bridge", stp="on", delay="0")
+    # No STP: with it the kernel holds every new port (a VM's tap) in listening and learning
+    # for twice its minimum forward delay (2 s; libvirt's delay 0 is raised to it), so a VM
+    # arriving by live migration was unreachable for 4 s. A tenant bridge is a leaf: VM taps,
+    # and a zone link's point-to-point VXLAN port.
+    sub(root, "bridge", stp="off", delay="0")
+    sub(root, "mac", address=gateway_mac(libvirt_name, spec.gateway))
     if spec.mtu:
         sub(root, "mtu", size=str(spec.mtu))
     ip = sub(root, "ip", address=str(spec.gateway), prefix=str(spec.cidr.prefixlen))
@@ -82,6 +98,7 @@ class NetworkState:
     dhcp_end: ipaddress.IPv4Address | None = None
     mtu: int | None = None
     bridge: str = ""
+    mac: str = ""  # the bridge's (the gateway's) MAC
     hosts: dict[str, StaticLease] = field(default_factory=dict)
     # The interface a routed network made by an earlier version is tied to (`forward dev`).
     forward_dev: str | None = None
@@ -98,6 +115,8 @@ def read_network(xml: str, active: bool, autostart: bool) -> NetworkState:
             state.forward_dev = forward.get("dev")
     bridge = root.find("bridge")
     state.bridge = bridge.get("name", "") if bridge is not None else ""
+    mac = root.find("mac")
+    state.mac = (mac.get("address") or "").lower() if mac is not None else ""
     mtu = root.find("mtu")
     state.mtu = int(mtu.get("size", "0")) if mtu is not None else None
     ip = root.find("ip")
@@ -364,3 +383,39 @@ def free_disk_target(used: set[str]) -> str:
         if target not in used:
             return target
     raise ValueError("no free virtio disk target left (vdb..vdz are all in use)")
+
+
+# Moving a domain to another host ------------------------------------------------------------
+
+
+def volume_copy_xml(volume: VolumeState) -> str:
+    """A volume like `volume` (name, exact capacity, format, backing file), empty: where a
+    migration copies the volume's data on another host."""
+    root = ET.Element("volume")
+    sub(root, "name", volume.name)
+    sub(root, "capacity", str(volume.capacity), unit="bytes")
+    sub(root, "allocation", "0", unit="bytes")
+    target = sub(root, "target")
+    sub(target, "format", type=volume.format)
+    if volume.format == "qcow2":
+        sub(target, "compat", "1.1")  # as volume_xml: room for persistent dirty bitmaps
+    if volume.backing:
+        store = sub(root, "backingStore")
+        sub(store, "path", volume.backing)
+        sub(store, "format", type=volume.backing_format or "qcow2")
+    return to_string(root)
+
+
+def relocated_domain_xml(xml: str, paths: dict[str, str], log_dir: str) -> str:
+    """A domain's XML for another host: each disk's source file per `paths` (old to new), and
+    the console logs in `log_dir` (under their own file names)."""
+    root = ET.fromstring(xml)
+    for source in root.findall("devices/disk/source"):
+        old = source.get("file")
+        if old in paths:
+            source.set("file", paths[old])
+    for log in root.findall("devices/serial/log") + root.findall("devices/console/log"):
+        name = (log.get("file") or "").rsplit("/", 1)[-1]
+        if name:
+            log.set("file", f"{log_dir.rstrip('/')}/{name}")
+    return to_string(root)

@@ -46,6 +46,21 @@ TABLE_DEFINITION = f"""table ip {TABLE} {{
 }}
 """
 
+# A gratuitous ARP for each address, from the uplink (python3 of the host, standard library):
+# the zone's gateway learns at once that this host answers for an address now, when a VM moved
+# here with its public IP (`ip addr add` announces nothing; the gateway would keep the old
+# host's MAC until its cache expired).
+ANNOUNCE = r"""
+import socket, struct, sys
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind((sys.argv[1], 0))
+mac = sock.getsockname()[4]
+for address in sys.argv[2:]:
+    ip = socket.inet_aton(address)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
+    sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+"""
+
 try:
     import sqlalchemy as sa
 
@@ -110,6 +125,39 @@ class NatTable:
     def batch(self, bind: Sequence[Binding], unbind: Sequence[Binding]) -> None:
         """All rule changes in one atomic `nft -f`, then the uplink's addresses in one
         `ip -batch`."""
+        self.change_rules(bind, unbind)
+        present = self.uplink_addresses()
+        keep = {b.public for b in bind}
+        commands = [
+            f"addr del {old.public}/32 dev {self.uplink}"
+            for old in unbind
+            if old.public not in keep and old.public in present
+        ]
+        commands += [f"addr add {public}/32 dev {self.uplink}" for public in sorted(keep - present)]
+        if commands:
+            self.change_addresses(commands)
+
+    def change_addresses(self, commands: Sequence[str]) -> None:
+        self.shell.run(
+            ["ip", "-batch", "-"],
+            "change",
+            f"public addresses on {self.uplink}",
+            stdin="\n".join(commands) + "\n",
+        )
+
+    def take_over(self, addresses: Sequence[str]) -> None:
+        """The addresses on this host's uplink (whose rules are there already), announced: a
+        VM moved here with its public IPs is reached here from now on. One command: the guest
+        is unreachable until it is done."""
+        script = (
+            'script=$1 dev=$2; shift 2; for address; do ip addr add "$address/32" dev "$dev" '
+            '|| exit 1; done; exec python3 -c "$script" "$dev" "$@"'
+        )
+        argv = ["sh", "-c", script, "take-over", ANNOUNCE, self.uplink, *addresses]
+        self.shell.run(argv, "take over", f"public addresses on {self.uplink}")
+
+    def change_rules(self, bind: Sequence[Binding], unbind: Sequence[Binding]) -> None:
+        """The rules of `unbind` deleted and those of `bind` added, in one atomic `nft -f`."""
         lines = [] if self.table_seen else [TABLE_DEFINITION]
         for old in unbind:
             lines += [
@@ -130,21 +178,7 @@ class NatTable:
             f"nftables rules of table {TABLE}",
             stdin="\n".join(lines) + "\n",
         )
-        present = self.uplink_addresses()
-        keep = {b.public for b in bind}
-        commands = [
-            f"addr del {old.public}/32 dev {self.uplink}"
-            for old in unbind
-            if old.public not in keep and old.public in present
-        ]
-        commands += [f"addr add {public}/32 dev {self.uplink}" for public in sorted(keep - present)]
-        if commands:
-            self.shell.run(
-                ["ip", "-batch", "-"],
-                "change",
-                f"public addresses on {self.uplink}",
-                stdin="\n".join(commands) + "\n",
-            )
+        self.table_seen = True
 
     def uplink_addresses(self) -> set[str]:
         """The /32 addresses on the uplink: where the host answers for public IPs."""
