@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     base = new_lab_dir("vce-bench-mig-")
     url = f"sqlite:///{base / 'ledger.sqlite3'}"
     started = dt.datetime.now(dt.UTC)
-    settings = {"VCE_DOMAIN_TYPE": domain_type(), "VCE_LEDGER_URL": url}
+    settings = {"VCE_LEDGER_URL": url}
     with mock.patch.dict(os.environ, settings):
         try:
             moves = measure(MultiHostLab(base, hosts=HOSTS), url, args.moves)

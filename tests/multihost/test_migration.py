@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from tests.support.ansible_runner import ANSIBLE_PLAYBOOK, ROOT, ansible_env, ru
 from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
 from tests.support.pinger import Pingers, PingLoss
-from tools.libvirtd import domain_type
 from tools.multihost import LabHost, MultiHostLab, new_lab_dir
 
 pytestmark = [pytest.mark.multihost, pytest.mark.guest]
@@ -49,9 +47,6 @@ PRODUCTION_LOGS = Path("/var/log/libvirt/qemu")  # where a module run over SSH p
 def lab() -> Iterator[MultiHostLab]:
     """Three hosts of zone-a, each with its guard table as the kvm_host role installs it."""
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    saved = os.environ.get("VCE_DOMAIN_TYPE")
-    # Over qemu+ssh the engine asks the host for KVM; this machine's /dev/kvm may be a shim.
-    os.environ["VCE_DOMAIN_TYPE"] = domain_type()
     base = new_lab_dir()
     started = MultiHostLab(base, hosts=HOSTS)
     try:
@@ -63,10 +58,6 @@ def lab() -> Iterator[MultiHostLab]:
     finally:
         started.stop()
         shutil.rmtree(base, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("VCE_DOMAIN_TYPE", None)
-        else:
-            os.environ["VCE_DOMAIN_TYPE"] = saved
 
 
 @pytest.fixture(scope="module")
