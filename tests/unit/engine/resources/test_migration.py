@@ -8,19 +8,29 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import time
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    SpecError,
+    VceError,
+    libvirt,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.drain import parse_drain
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.migration import (
+    ArrivalWatch,
     MigrationPlanner,
+    live_flags,
     parse_migration,
+    run_migration,
+    undefine_flags,
 )
-from ansible_collections.vce.kvm.plugins.module_utils.host.connection import TenantInventory
+from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host, TenantInventory
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.images import make_image
+from tests.support.kvm_hosts import host_file
 
 from .conftest import URI
 
@@ -162,3 +172,61 @@ def test_a_drain_without_an_announced_window_is_refused(window, field):
     with pytest.raises(SpecError) as raised:
         parse_drain({**DRAIN, "maintenance": window}, NOW)
     assert raised.value.field == field
+
+
+@pytest.fixture
+def destination(tmp_path) -> str:
+    """Another test-driver host of zone-a with acme's network lan (empty) and the same pool."""
+    network = {"name": "lan", "cidr": "10.30.0.0/24", "mode": "isolated"}
+    return host_file(tmp_path / "kvm2.xml", "acme", [network], bridge="virbr7")
+
+
+def move_params(acme: str, destination: str) -> dict:
+    return {**MOVE, "ledger_url": acme, "destination": {"uri": destination, "zone": "zone-a"}}
+
+
+def test_check_mode_plans_the_move_and_changes_nothing(placed, acme, destination):
+    result = run_migration(move_params(acme, destination), check_mode=True)
+    assert result.changed
+    facts = result.facts["migration"]
+    assert (facts["host"], facts["destination"], facts["wall_seconds"]) == (URI, destination, None)
+    assert "acme_web1" in [d.name() for d in Host(URI).conn.listAllDomains()]
+    assert Host(destination).inventory("acme").domains == {}
+
+
+def test_a_move_that_fails_on_the_way_leaves_nothing_on_the_destination(placed, acme, destination):
+    # The test driver cannot stream a volume: the cold move fails after the destination's
+    # copies were made, and they go again.
+    with pytest.raises(VceError) as raised:
+        run_migration(move_params(acme, destination))
+    assert "the VM stays on test:///default" in str(raised.value)
+    there = Host(destination).inventory("acme")
+    assert there.domains == {} and there.volumes == {}
+    assert "acme_web1" in [d.name() for d in Host(URI).conn.listAllDomains()]
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_the_arrival_watch_fires_once_the_domain_runs_there_and_keeps_its_error(test_host):
+    fired: list[str] = []
+    watch = ArrivalWatch(test_host.conn, "test", lambda: fired.append("test"))  # running
+    watch.start()
+    assert wait_for(lambda: not watch.is_alive())
+    watch.stop()
+    assert fired == ["test"] and watch.error is None
+
+    failing = ArrivalWatch(test_host.conn, "test", lambda: 1 / 0)
+    failing.start()
+    assert wait_for(lambda: not failing.is_alive())
+    assert isinstance(failing.error, ZeroDivisionError)
+
+    absent = ArrivalWatch(test_host.conn, "ghost", lambda: fired.append("ghost"))
+    absent.start()
+    absent.stop()
+    assert not absent.is_alive() and fired == ["test"]
+    assert live_flags() & libvirt.VIR_MIGRATE_LIVE and undefine_flags() >= 0
