@@ -27,6 +27,7 @@ made for it on the destination is removed again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -510,16 +511,23 @@ class MigrationPlanner:
         with libvirt_action("copy", f"volume {volume.name} to {self.destination.uri}"):
             down = self.source.conn.newStream(0)
             up = self.destination.conn.newStream(0)
-            source.download(down, 0, 0, 0)
-            target.upload(up, 0, 0, 0)
-            while True:
-                chunk = down.recv(STREAM_CHUNK)
-                if not chunk:
-                    break
-                self.send(up, chunk)
-                self.report.disk_bytes += len(chunk)
-            down.finish()
-            up.finish()
+            try:
+                source.download(down, 0, 0, 0)
+                target.upload(up, 0, 0, 0)
+                while True:
+                    chunk = down.recv(STREAM_CHUNK)
+                    if not chunk:
+                        break
+                    self.send(up, chunk)
+                    self.report.disk_bytes += len(chunk)
+                down.finish()
+                up.finish()
+            except BaseException:
+                # An open stream keeps its connection (and a transfer on the host) alive.
+                for stream in (down, up):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        stream.abort()
+                raise
 
     @staticmethod
     def send(stream: Any, chunk: bytes) -> None:
