@@ -748,7 +748,9 @@ def ssh_config(ssh_dir: Path) -> str:
         # One connection per host for every command and libvirt connection through it: a
         # new one costs a key exchange (0.3-0.5 s here), and a run makes a dozen.
         "  ControlMaster auto\n"
-        f"  ControlPath {ssh_dir / 'cm-%C'}\n"
+        # user@address, not %C (a 40-digit hash): ssh adds 17 characters while it binds the
+        # socket, and a lab's path with %C passed a unix socket's 108 (bench/migration.py's).
+        f"  ControlPath {ssh_dir / 'cm-%r@%h'}\n"
         "  ControlPersist 30\n"
     )
 
