@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -603,37 +603,33 @@ class MigrationPlanner:
                 there.change_rules([], [found[k] for k in self.binding_keys(move) if k in found])
             except VceError:
                 left.append(f"NAT rules of the VM's public IPs on {self.destination.uri}")
-        for copy in made:
+        left += [what for what, _error in self.remove(self.destination, made, added)]
+        return left
+
+    def remove(
+        self, host: Host, disks: Iterable[DiskCopy], leases: Iterable[tuple[str, StaticLease]]
+    ) -> list[tuple[str, VceError]]:
+        """The VM's volumes and leases removed from `host`; what could not be, and why."""
+        left = []
+        for copy in disks:
             try:
                 with libvirt_action("delete", f"volume {copy.volume.name}"):
-                    self.volume(self.destination, copy.volume.pool, copy.volume.name).delete(0)
+                    self.volume(host, copy.volume.pool, copy.volume.name).delete(0)
             except VceError as error:
                 if not vanished(error):
-                    left.append(f"volume {copy.volume.name} on {self.destination.uri}")
-        leases = NetworkPlanner(self.destination, self.tenant)
-        for network, lease in added:
+                    left.append((f"volume {copy.volume.name} on {host.uri}", error))
+        networks = NetworkPlanner(host, self.tenant)
+        for network, lease in leases:
             try:
-                leases.set_lease(network, lease.mac, None)
-            except VceError:
-                left.append(f"lease {lease.ip} on network {network} of {self.destination.uri}")
+                networks.set_lease(network, lease.mac, None)
+            except VceError as error:
+                left.append((f"lease {lease.ip} on network {network} of {host.uri}", error))
         return left
 
     def clear_source(self, move: Move) -> None:
         """The VM's volumes and leases removed from the source, which runs it no more."""
-        left = []
-        for copy in move.disks:
-            try:
-                with libvirt_action("delete", f"volume {copy.volume.name}"):
-                    self.volume(self.source, copy.volume.pool, copy.volume.name).delete(0)
-            except VceError as error:
-                if not vanished(error):
-                    left.append(f"volume {copy.volume.name} on {self.source.uri}: {error}")
-        networks = NetworkPlanner(self.source, self.tenant)
-        for network, lease in move.leases:
-            try:
-                networks.set_lease(network, lease.mac, None)
-            except VceError as error:
-                left.append(f"lease {lease.ip} on network {network} of {self.source.uri}: {error}")
+        found = self.remove(self.source, move.disks, move.leases)
+        left = [f"{what}: {error}" for what, error in found]
         if left:
             raise ApplyError(
                 f"VM {move.name} moved to {self.destination.uri}, but the source keeps: "
