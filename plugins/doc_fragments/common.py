@@ -32,6 +32,44 @@ notes:
   - Invalid input fails before anything is changed; the error names the field and the reason.
 """
 
+    # A zone as the operator configures it (vce_zones[vce_zone]): the modules that need its
+    # uplink or public pools. Each module's own zone_config says what it uses it for.
+    ZONE = r"""
+options:
+  zone_config:
+    description:
+      - The zone as the operator configures it, usually C(vce_zones[vce_zone]) from the inventory.
+    type: dict
+    suboptions:
+      uplink:
+        description: The hosts' interface (or bridge) towards the zone's public network.
+        type: str
+        required: true
+      public_pools:
+        description: The zone's public IP pools, used in order (see M(vce.kvm.public_ip)).
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          name:
+            description: The pool's name.
+            type: str
+            required: true
+          cidr:
+            description: The pool's addresses.
+            type: str
+            required: true
+          gateway:
+            description: The upstream gateway (never allocated).
+            type: str
+            required: true
+          exclude:
+            description: Addresses of the pool never to allocate.
+            type: list
+            elements: str
+            default: []
+"""
+
     # The modules that check quotas or write to the ledger.
     LEDGER = r"""
 options:

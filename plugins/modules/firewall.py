@@ -33,6 +33,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common.attributes
+  - vce.kvm.common.zone
 options:
   uri:
     description:
@@ -63,35 +64,6 @@ options:
     description:
       - The host's zone as the operator configures it, usually C(vce_zones[vce_zone]); its uplink
         is used when O(uplink) is not given.
-    type: dict
-    suboptions:
-      uplink:
-        description: The host interface (or bridge) towards the zone's public network.
-        type: str
-        required: true
-      public_pools:
-        description: The zone's public IP pools (see M(vce.kvm.public_ip)); not used here.
-        type: list
-        elements: dict
-        required: true
-        suboptions:
-          name:
-            description: The pool's name.
-            type: str
-            required: true
-          cidr:
-            description: The pool's addresses.
-            type: str
-            required: true
-          gateway:
-            description: The upstream gateway (never allocated).
-            type: str
-            required: true
-          exclude:
-            description: Addresses of the pool never to allocate.
-            type: list
-            elements: str
-            default: []
   state:
     description:
       - V(present) - the table holds exactly the rules for the tenant networks on the host now.

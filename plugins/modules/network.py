@@ -32,6 +32,7 @@ extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
   - vce.kvm.common.attributes
+  - vce.kvm.common.zone
 options:
   name:
     description: The network's name within the tenant (libvirt name C(<tenant>_<name>)).
@@ -97,35 +98,6 @@ options:
     description:
       - The host's zone as the operator configures it, usually C(vce_zones[vce_zone]) from the
         inventory. A routed network is routed to its uplink.
-    type: dict
-    suboptions:
-      uplink:
-        description: The host interface (or bridge) towards the zone's public network.
-        type: str
-        required: true
-      public_pools:
-        description: The zone's public IP pools (see M(vce.kvm.public_ip)); not used here.
-        type: list
-        elements: dict
-        required: true
-        suboptions:
-          name:
-            description: The pool's name.
-            type: str
-            required: true
-          cidr:
-            description: The pool's addresses.
-            type: str
-            required: true
-          gateway:
-            description: The upstream gateway (never allocated).
-            type: str
-            required: true
-          exclude:
-            description: Addresses of the pool never to allocate.
-            type: list
-            elements: str
-            default: []
   host_command:
     description:
       - How to run C(ip) on the KVM host to read its addresses and routes - a command prefix such

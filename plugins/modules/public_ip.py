@@ -29,6 +29,7 @@ extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
   - vce.kvm.common.attributes
+  - vce.kvm.common.zone
 options:
   name:
     description: The public IP's name within the tenant.
@@ -59,36 +60,7 @@ options:
   zone_config:
     description:
       - The zone's uplink and public pools, usually C(vce_zones[vce_zone]) from the inventory.
-    type: dict
     required: true
-    suboptions:
-      uplink:
-        description: The host interface (or bridge) towards the zone's public network.
-        type: str
-        required: true
-      public_pools:
-        description: The zone's public IP pools, used in order.
-        type: list
-        elements: dict
-        required: true
-        suboptions:
-          name:
-            description: The pool's name.
-            type: str
-            required: true
-          cidr:
-            description: The pool's addresses.
-            type: str
-            required: true
-          gateway:
-            description: The upstream gateway (never allocated).
-            type: str
-            required: true
-          exclude:
-            description: Addresses of the pool never to allocate.
-            type: list
-            elements: str
-            default: []
   host_command:
     description:
       - How to run C(nft) and C(ip) on the KVM host - a command prefix such as

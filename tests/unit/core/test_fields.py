@@ -115,7 +115,9 @@ def documented_options(name: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for reference in doc.get("extends_documentation_fragment") or []:
         options.update(fragment_options(reference))
-    options.update(doc.get("options") or {})
+    # As Ansible merges them: a module's own keys of a fragment's option replace the fragment's.
+    for name, option in (doc.get("options") or {}).items():
+        options[name] = {**options.get(name, {}), **option}
     return options
 
 
