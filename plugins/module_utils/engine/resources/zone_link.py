@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ...core.errors import SpecError
+from ...core.errors import SpecError, VceError
 from ...core.plan import UNKNOWN, Change, Plan
 from ...core.result import Result
 from ...core.spec import EnvironmentSpec, NetworkSpec
@@ -105,6 +105,9 @@ class ZoneLinkPlanner:
         self.name = name
         self.network = network
         self.ends = ends
+        # Recorded ends on hosts the declaration no longer names (an end moved to another host
+        # of its zone, with a migrated VM): their devices go, their filters drop the link.
+        self.departed: tuple[End, ...] = ()
 
     def row(self) -> Any:
         with self.ledger.store.read() as connection:
@@ -249,6 +252,10 @@ class ZoneLinkPlanner:
                     run=partial(self.connect, end, peer, state),
                 )
             )
+        if row is not None:
+            self.departed = self.departed_ends(json.loads(row.ends))
+            for end in self.departed:
+                plan.extend(self.plan_departure(end, row.vni))
         return plan
 
     def healthy(self, state: EndState, end: End, peer: End) -> bool:
@@ -268,6 +275,40 @@ class ZoneLinkPlanner:
             and "UP" in device.get("flags", [])
         )
 
+    def departed_ends(self, recorded: Sequence[Mapping[str, Any]]) -> tuple[End, ...]:
+        declared = {end.uri for end in self.ends}
+        return tuple(
+            End.of(parse_link_end(raw, f"recorded link {self.name} ends[{i}]"))
+            for i, raw in enumerate(recorded)
+            if raw["uri"] not in declared
+        )
+
+    def plan_departure(self, end: End, vni: int) -> Plan:
+        """The link's device removed from a host that no longer holds an end (after the new
+        end is connected: the changes' order). A host that cannot be read is warned about: a
+        link moves off a host that is down too, and its device then stays there, unused."""
+        plan = Plan()
+        name = device_name(vni)
+        try:
+            found = end.shell.json(
+                ["ip", "-j", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
+            )
+        except VceError as error:
+            plan.warnings.append(
+                f"zone link {self.name}: the host it leaves ({end.uri}) could not be read, its "
+                f"device {name} may stay there: {error}"
+            )
+            return plan
+        if any(d.get("ifname") == name for d in found or []):
+            plan.add(self.disconnect(end, vni, f"{end.zone} (left)"))
+        return plan
+
+    def disconnect(self, end: End, vni: int, field: str) -> Change:
+        name = device_name(vni)
+        run = partial(end.shell.run, ["ip", "link", "del", name], "delete",
+                      f"VXLAN device {name} in zone {end.zone}")  # fmt: skip
+        return Change("zone_link", self.name, "disconnect", field=field, before=name, run=run)
+
     def plan_absent(self) -> Plan:
         plan = Plan()
         row = self.row()
@@ -278,21 +319,7 @@ class ZoneLinkPlanner:
                 ["ip", "-j", "link", "show", "type", "vxlan"], "list", "VXLAN devices"
             )
             if any(d.get("ifname") == device_name(row.vni) for d in found or []):
-                plan.add(
-                    Change(
-                        "zone_link",
-                        self.name,
-                        "disconnect",
-                        field=f"ends[{i}]",
-                        before=device_name(row.vni),
-                        run=partial(
-                            end.shell.run,
-                            ["ip", "link", "del", device_name(row.vni)],
-                            "delete",
-                            f"VXLAN device {device_name(row.vni)} in zone {end.zone}",
-                        ),
-                    )
-                )
+                plan.add(self.disconnect(end, row.vni, f"ends[{i}]"))
         plan.add(
             Change("zone_link", self.name, "release", field="vni", before=row.vni, run=self.release)
         )
@@ -416,7 +443,7 @@ class VxlanFilters:
         self.leaving.add((planner.tenant, planner.name))
 
     def touch(self, planner: ZoneLinkPlanner) -> None:
-        for end in planner.ends:
+        for end in planner.ends + planner.departed:
             self.shells.setdefault(end.uri, end.shell)
 
     def recorded(self, uri: str, leaving: Set[LinkKey]) -> list[VxlanPeer]:
