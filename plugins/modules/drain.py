@@ -11,12 +11,19 @@ version_added: 0.1.0
 description:
   - Moves every tenant VM of the host at O(uri) to another host of its zone (O(peers) in
     O(zone)), as M(vce.kvm.migration) moves one - live when it runs, its disks copied.
-  - Each VM goes to the least-loaded peer that can take it - the one with the least memory
-    defined (counting the VMs this drain sends there) whose move plans - its networks and storage
-    pools exist there, nothing of the VM is there already.
-  - A VM no peer can take stays, and its tenant gets the announced maintenance window
-    O(maintenance) for it in the ledger (an SLA exclusion, terms 5.8), its note saying why the VM
-    stays; its downtime in the window is then not counted against the availability promise.
+  - A tenant's VMs that share a network (directly or through each other) move together, to one
+    host - a network's copies on two hosts are not joined, VMs split over two hosts would no
+    longer reach each other.
+  - Each such group goes to the least-loaded peer that can take all of it - the one with the
+    least memory defined (counting the VMs this drain sends there) where every move plans - its
+    networks and storage pools exist there, nothing of the VMs is there already.
+  - Public IPs and zone links follow their VMs as with M(vce.kvm.migration) when the run gives
+    what they need - O(zone_config) and the hosts' host commands for public IPs, the peers'
+    underlay for zone links. Without them such a VM stays, with its window.
+  - A group no peer can take stays, and its tenant gets the announced maintenance window
+    O(maintenance) for each of its VMs in the ledger (an SLA exclusion, terms 5.8), its note
+    saying why the VM stays; its downtime in the window is then not counted against the
+    availability promise.
   - Every move and window is planned before anything is done (check mode reports the plan); a
     move that fails stops the drain with the VM still running where it was. Run it again to
     continue - the VMs moved are no longer on the host.
@@ -24,6 +31,7 @@ author:
   - vce.kvm developers (!UNKNOWN)
 extends_documentation_fragment:
   - vce.kvm.common.ledger
+  - vce.kvm.common.zone
 options:
   uri:
     description:
@@ -51,6 +59,29 @@ options:
         description: The host's zone.
         type: str
         required: true
+      host_command:
+        description:
+          - How to run C(nft), C(ip) and C(python3) on the host (usually its C(vce_host_command)),
+            for the public IPs and zone links that follow their VMs.
+        type: list
+        elements: str
+      underlay_ip:
+        description:
+          - The host's address on the zones' underlay (usually its C(vce_underlay_ip)), for the
+            zone links that follow their VMs. With O(peers[].underlay_dev).
+        type: str
+      underlay_dev:
+        description: The host's underlay interface (usually its C(vce_underlay_dev)).
+        type: str
+  zone_config:
+    description:
+      - The zone as the operator configures it, usually C(vce_zones[vce_zone]); needed for a VM
+        with a public IP to move.
+  host_command:
+    description:
+      - How to run C(nft), C(ip) and C(python3) on the drained host (usually C(vce_host_command)).
+    type: list
+    elements: str
   maintenance:
     description:
       - The announced maintenance of the host, recorded for each VM that cannot move.

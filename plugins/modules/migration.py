@@ -41,6 +41,18 @@ description:
     addresses go on its uplink and are announced (a gratuitous ARP, with the host's C(python3)),
     so the zone's gateway sends their traffic there at once; then the source's rules and
     addresses go, and the ledger's bindings and usage move to the destination host.
+  - B(Zone links) follow the last VM of their network - when no other VM of the tenant on the
+    source is on the VM's network, a zone link of that network with an end on the source moves
+    its end to the destination (O(destination.underlay_ip), O(destination.underlay_dev) and the
+    destination's host command needed, else the move is refused naming
+    O(destination.underlay_ip)) - the ledger's link records the new end, the VXLAN filters of
+    the three hosts are rendered from it, the destination's VXLAN device is made, the other
+    zone's device sends there, the source's device goes; the link's usage moves with it when the
+    source's end was its first. Its VMs reach the other zone again once this is done, after the
+    move.
+  - B(A network's copies on two hosts are not joined) - VMs of one network left on the source no
+    longer reach the moved VM; the plan warns, naming them (and the zone link, which stays with
+    them). M(vce.kvm.drain) moves the VMs of a network together.
   - The module holds both hosts' libvirt connections (libvirt's managed migration) - the hosts
     need no access to each other's libvirtd, only to the destination's migration and NBD ports
     (49152-49215), on the destination's host name.
@@ -49,6 +61,7 @@ author:
 extends_documentation_fragment:
   - vce.kvm.common
   - vce.kvm.common.ledger
+  - vce.kvm.common.zone
 options:
   name:
     description:
@@ -80,42 +93,23 @@ options:
       host_command:
         description:
           - How to run C(nft), C(ip) and C(python3) on the destination host (V([ssh, root@kvm2])),
-            for the public IPs that follow the VM. Default - directly, when its URI is local.
+            for the public IPs and zone links that follow the VM. Default - directly, when its
+            URI is local.
         type: list
         elements: str
+      underlay_ip:
+        description:
+          - The destination's address on the zones' underlay (usually C(vce_underlay_ip)), where
+            a zone link that follows the VM receives its VXLAN. With O(destination.underlay_dev).
+        type: str
+      underlay_dev:
+        description:
+          - The destination's underlay interface (usually C(vce_underlay_dev)).
+        type: str
   zone_config:
     description:
       - The zone as the operator configures it, usually C(vce_zones[vce_zone]); needed when a
         public IP is bound to the VM (see above).
-    type: dict
-    suboptions:
-      uplink:
-        description: The hosts' interface (or bridge) towards the zone's public network.
-        type: str
-        required: true
-      public_pools:
-        description: The zone's public IP pools (see M(vce.kvm.public_ip)).
-        type: list
-        elements: dict
-        required: true
-        suboptions:
-          name:
-            description: The pool's name.
-            type: str
-            required: true
-          cidr:
-            description: The pool's addresses.
-            type: str
-            required: true
-          gateway:
-            description: The upstream gateway (never allocated).
-            type: str
-            required: true
-          exclude:
-            description: Addresses of the pool never to allocate.
-            type: list
-            elements: str
-            default: []
   host_command:
     description:
       - How to run C(nft), C(ip) and C(python3) on the VM's host (V([ssh, root@kvm1])), for the
@@ -124,9 +118,8 @@ options:
     elements: str
 notes:
   - Check mode plans the move without making anything; diff mode shows the VM's host before and
-    after (and each public IP's, which move after the VM - change C(public_ip <name> move)).
-  - A zone link's end stays on the host that has it - a VM on a linked network moves, the link
-    does not follow it.
+    after (and each public IP's and zone link's, which move after the VM - changes
+    C(public_ip <name> move), C(zone_link <name> move)).
 seealso:
   - module: vce.kvm.environment
   - module: vce.kvm.drain

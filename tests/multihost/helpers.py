@@ -65,3 +65,16 @@ def run_module_on(host: LabHost, module: str, args: dict[str, Any]) -> dict[str,
     result = results[0]
     result["failed"] = result["_status"] == "failed"
     return result
+
+
+def guest_pings(host: LabHost, guest: str, target: str) -> bool:
+    """Ask the guest (over HTTP from its own host) to ping target: real guest-to-guest packets."""
+    url = f"http://{guest}/cgi-bin/ping?{target}"
+    code = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    )
+    for _try in range(3):
+        proc = host.ssh([sys.executable, "-c", code], timeout=30)
+        if proc.returncode == 0 and " 0% packet loss" in proc.stdout:
+            return True
+    return False

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 
@@ -15,7 +14,12 @@ import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 
-from tests.multihost.helpers import console_logs_on, run_module_on, wait_until_answers
+from tests.multihost.helpers import (
+    console_logs_on,
+    guest_pings,
+    run_module_on,
+    wait_until_answers,
+)
 from tests.support.ansible_runner import run_module
 from tests.support.images import TINY_GUEST
 from tests.support.ledger import register
@@ -97,19 +101,6 @@ def link(lab: MultiHostLab, network: str = "lan", zone_b: str = "zone-b", **extr
         ],
         **extra,
     }
-
-
-def guest_pings(host: LabHost, guest: str, target: str) -> bool:
-    """Ask the guest (over HTTP from its own host) to ping target: real guest-to-guest packets."""
-    url = f"http://{guest}/cgi-bin/ping?{target}"
-    code = (
-        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
-    )
-    for _try in range(3):
-        proc = host.ssh([sys.executable, "-c", code], timeout=30)
-        if proc.returncode == 0 and " 0% packet loss" in proc.stdout:
-            return True
-    return False
 
 
 def vxlan_devices(host: LabHost) -> list[str]:

@@ -346,13 +346,19 @@ PEER_HOST = (
     Field("uri", "str", required=True, fronts=ANSIBLE_ONLY),
     Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
 )
+# A host a VM moves to: what a public IP (its nft and ip) and a zone link (its underlay) of the
+# VM need there to follow it.
+MOVE_TARGET = (
+    *PEER_HOST,
+    HOST_COMMAND,
+    Field("underlay_ip", "str", fronts=ANSIBLE_ONLY),
+    Field("underlay_dev", "str", fronts=ANSIBLE_ONLY),
+)
 MIGRATION = (
     *CONNECTION,
     NAME,
     Field("zone", "str", required=True, fronts=ANSIBLE_ONLY),
-    Field(
-        "destination", "dict", required=True, fields=(*PEER_HOST, HOST_COMMAND), fronts=ANSIBLE_ONLY
-    ),
+    Field("destination", "dict", required=True, fields=MOVE_TARGET, fronts=ANSIBLE_ONLY),
     # What a public IP bound to the VM needs to follow it: the zone, both hosts' nft and ip.
     Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
     HOST_COMMAND,
@@ -374,11 +380,13 @@ DRAIN = (
         "peers",
         "list",
         elements="dict",
-        fields=PEER_HOST,
+        fields=MOVE_TARGET,
         fronts=ANSIBLE_ONLY,
         ansible=EMPTY_LIST,
     ),
     Field("maintenance", "dict", required=True, fields=MAINTENANCE_WINDOW, fronts=ANSIBLE_ONLY),
+    Field("zone_config", "dict", fields=ZONE_CONFIG, fronts=ANSIBLE_ONLY),
+    HOST_COMMAND,
 )
 
 KINDS: dict[str, tuple[Field, ...]] = {

@@ -2,13 +2,18 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A host drained for maintenance: every tenant VM moved to another host of its zone.
 
-Each VM (tenants and names in order) goes to the least-loaded other host of the zone that can
-take it (the memory of the domains defined there, counting the VMs this drain sends): the
-first whose move plans (its networks and storage pools exist there, nothing of the VM is there
-already, ...). A VM that no host can take stays, and its tenant gets the announced maintenance
-window for it in the ledger (an SLA exclusion, terms 5.8), naming why it stays; its downtime
-during the window is then not counted. The moves and the windows are planned before anything
-is done; a move that fails stops the drain (the VM runs on where it was, see migration.py).
+A tenant's VMs that share a network (directly or through each other) move together, to one
+host: a network's copies on two hosts are not joined, so VMs split over two hosts would no
+longer reach each other. Each such group (tenants and names in order) goes to the least-loaded
+other host of the zone that can take all of it (the memory of the domains defined there,
+counting the VMs this drain sends): the first where every move plans (its networks and
+storage pools exist there, nothing of the VMs is there already, ...). Public IPs and zone links
+follow their VMs when the run gives what they need (the zone's config, the hosts' commands
+and underlays; see migration.py). A group that no host can take stays, and its tenant gets
+the announced maintenance window for each of its VMs in the ledger (an SLA exclusion, terms
+5.8), naming why it stays; its downtime during the window is then not counted. The moves and
+the windows are planned before anything is done; a move that fails stops the drain (the VM
+runs on where it was, see migration.py).
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from typing import Any
 from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
-from ...core.validation import check_name, check_note
+from ...core.validation import check_name, check_note, check_prefix
+from ...core.zones import PublicZone, zone_of
 from ...finance.sla import Incidents
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
-from ...host.ownership import object_name
-from ...host.xml import KIB_PER_MIB
+from ...host.shell import HostShell
+from ...host.xml import KIB_PER_MIB, DomainState
 from ...ledger.tenants import Ledger, parse_moment
 from ..run import Run, conclude
-from .migration import MigrationPlanner, check_uri
+from .firewall import KIND as FIREWALL
+from .migration import MigrationPlanner, MigrationSpec, Underlay, check_uri, parse_underlay
 
 DEFAULT_NOTE = "host drained for maintenance; the VM could not be moved"
 
@@ -45,11 +52,22 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another host of the zone: its libvirt URI, its host command and underlay."""
+
+    uri: str
+    host_command: tuple[str, ...] = ()
+    underlay: Underlay | None = None
+
+
+@dataclass(frozen=True)
 class DrainSpec:
     uri: str
     zone: str
-    peers: tuple[str, ...]  # the other hosts of the zone, by libvirt URI
+    peers: tuple[Peer, ...]
     window: Window
+    public_zone: PublicZone | None = None  # where public IPs follow their VMs
+    host_command: tuple[str, ...] = ()  # the drained host's
 
 
 def parse_window(raw: Any, now: dt.datetime) -> Window:
@@ -74,17 +92,39 @@ def parse_window(raw: Any, now: dt.datetime) -> Window:
 def parse_drain(params: Mapping[str, Any], now: dt.datetime) -> DrainSpec:
     uri = check_uri(params.get("uri") or DEFAULT_URI, "uri")
     zone = check_name(params.get("zone"), "zone")
-    peers = []
+    peers: dict[str, Peer] = {}
     for index, raw in enumerate(params.get("peers") or []):
         path = f"peers[{index}]"
         if not isinstance(raw, Mapping):
             raise SpecError(path, "must be a mapping: a host's uri and zone")
         peer = check_uri(raw.get("uri"), f"{path}.uri")
+        command = check_prefix(raw.get("host_command"), f"{path}.host_command")
+        underlay = parse_underlay(raw, f"{path}.")
         if check_name(raw.get("zone"), f"{path}.zone") == zone and peer != uri:
-            peers.append(peer)
+            peers.setdefault(peer, Peer(peer, command, underlay))
     return DrainSpec(
-        uri, zone, tuple(dict.fromkeys(peers)), parse_window(params.get("maintenance"), now)
+        uri,
+        zone,
+        tuple(peers.values()),
+        parse_window(params.get("maintenance"), now),
+        zone_of({"zone": zone, "zone_config": params.get("zone_config")}),
+        check_prefix(params.get("host_command")),
     )
+
+
+def network_groups(inventory: TenantInventory) -> list[list[DomainState]]:
+    """The tenant's VMs in groups that share a network, directly or through each other (each
+    group and the groups in order of name)."""
+    groups: list[tuple[set[str], list[DomainState]]] = []
+    for domain in sorted(inventory.domains.values(), key=lambda d: d.name):
+        networks, members = {nic.network for nic in domain.nics}, [domain]
+        for joined in [g for g in groups if g[0] & networks]:
+            groups.remove(joined)
+            networks |= joined[0]
+            members += joined[1]
+        groups.append((networks, members))
+    ordered = [sorted(members, key=lambda d: d.name) for _networks, members in groups]
+    return sorted(ordered, key=lambda members: members[0].name)
 
 
 def defined_memory_mib(host: Host) -> int:
@@ -99,30 +139,77 @@ class Drain:
 
     source: Host
     ledger: Ledger
-    window: Window
+    spec: DrainSpec
     peers: dict[str, Host]
     load: dict[str, int]
     moved: list[dict[str, Any]] = field(default_factory=list)
     stayed: list[dict[str, Any]] = field(default_factory=list)
     usage_changes: list[dict[str, Any]] = field(default_factory=list)
+    tables: set[tuple[str, str | None]] = field(default_factory=set)  # filters planned so far
 
-    def plan_vm(self, plan: Plan, tenant: str, name: str, here: TenantInventory) -> None:
+    def plan_group(
+        self, plan: Plan, tenant: str, group: list[DomainState], here: TenantInventory
+    ) -> None:
+        """The group's VMs to the least-loaded peer that takes them all, or their windows."""
+        names = [domain.owner.name for domain in group]
         reasons = []
-        memory = here.domains[object_name(tenant, name)].max_memory_mib
-        for uri in sorted(self.peers, key=lambda u: (self.load[u], list(self.peers).index(u))):
-            engine = MigrationPlanner(self.source, self.peers[uri], tenant, self.ledger)
+        for peer in sorted(self.spec.peers, key=lambda p: (self.load[p.uri], self.order(p))):
+            there = self.peers[peer.uri].inventory(tenant)
             try:
-                found = engine.plan(name, here, self.peers[uri].inventory(tenant))
+                found = [self.plan_vm(tenant, name, here, there, peer, names) for name in names]
             except SpecError as error:
-                reasons.append(f"{uri}: {error.reason}")
+                reasons.append(f"{peer.uri}: {error.reason}")
                 continue
-            self.load[uri] += memory
-            for change in found.changes:
-                change.name = f"{tenant}/{name}"
-                change.run = partial(self.move, change.run, engine, tenant, name)
-                plan.add(change)
+            self.load[peer.uri] += sum(domain.max_memory_mib for domain in group)
+            for engine, name, moves in found:
+                self.add(plan, tenant, name, engine, moves)
             return
         why = "; ".join(reasons) or "no other host in the zone"
+        for name in names:
+            others = [other for other in names if other != name]
+            together = f" (it moves only with {', '.join(others)}: they share a network)"
+            self.plan_window(plan, tenant, name, why + (together if others else ""))
+
+    def order(self, peer: Peer) -> int:
+        return self.spec.peers.index(peer)
+
+    def plan_vm(
+        self,
+        tenant: str,
+        name: str,
+        here: TenantInventory,
+        there: TenantInventory,
+        peer: Peer,
+        group: list[str],
+    ) -> tuple[MigrationPlanner, str, Plan]:
+        shells = (HostShell(self.spec.host_command), HostShell(peer.host_command))
+        zone = self.spec.zone
+        spec = MigrationSpec(
+            tenant, name, self.spec.uri, zone, peer.uri, zone, self.spec.public_zone, shells,
+            peer.underlay,
+        )  # fmt: skip
+        engine = MigrationPlanner(self.source, self.peers[peer.uri], tenant, self.ledger, spec)
+        return engine, name, engine.plan(name, here, there, group if len(group) > 1 else ())
+
+    def add(
+        self, plan: Plan, tenant: str, name: str, engine: MigrationPlanner, moves: Plan
+    ) -> None:
+        plan.warnings.extend(moves.warnings)
+        for change in moves.changes:
+            if change.kind == FIREWALL:
+                # A host's VXLAN filter is rendered from the ledger when it is kept: a later
+                # group's keeps a table an earlier one made.
+                key = (change.name, change.field)
+                change.action = "update" if key in self.tables else change.action
+                self.tables.add(key)
+            else:
+                change.name = f"{tenant}/{change.name}"
+            if change.action == "migrate":
+                change.run = partial(self.move, change.run, engine, tenant, name)
+            plan.add(change)
+
+    def plan_window(self, plan: Plan, tenant: str, name: str, why: str) -> None:
+        window = self.spec.window
         entry = {"tenant": tenant, "vm": name, "reason": why}
         plan.add(
             Change(
@@ -130,8 +217,8 @@ class Drain:
                 f"{tenant}/{name}",
                 "record",
                 field="window",
-                after={"starts_at": self.window.starts_at.isoformat(),
-                       "ends_at": self.window.ends_at.isoformat(), "reason": why},
+                after={"starts_at": window.starts_at.isoformat(),
+                       "ends_at": window.ends_at.isoformat(), "reason": why},
                 run=partial(self.record_window, entry),
             )
         )  # fmt: skip
@@ -147,7 +234,7 @@ class Drain:
         self.usage_changes += engine.report.usage_changes
 
     def record_window(self, entry: dict[str, Any]) -> None:
-        window = self.window
+        window = self.spec.window
         recorded = Incidents(self.ledger).exclude(
             "maintenance",
             window.starts_at,
@@ -167,14 +254,12 @@ def run_drain(params: Mapping[str, Any], check_mode: bool = False) -> Result:
     ledger = Ledger.open(params.get("ledger_url") or None)
     spec = parse_drain(params, ledger.now())
     source = Host(spec.uri)
-    peers = {uri: Host(uri) for uri in spec.peers}
-    drain = Drain(
-        source, ledger, spec.window, peers, {u: defined_memory_mib(h) for u, h in peers.items()}
-    )
+    peers = {peer.uri: Host(peer.uri) for peer in spec.peers}
+    drain = Drain(source, ledger, spec, peers, {u: defined_memory_mib(h) for u, h in peers.items()})
     plan = Plan()
     for tenant, inventory in sorted(source.inventories().items()):
-        for domain in sorted(inventory.domains.values(), key=lambda d: d.name):
-            drain.plan_vm(plan, tenant, domain.owner.name, inventory)
+        for group in network_groups(inventory):
+            drain.plan_group(plan, tenant, group, inventory)
 
     def facts(_after: object, applied: bool) -> dict[str, Any]:
         planned = [

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -41,8 +42,8 @@ from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_act
 from ...core.plan import Change, ChangeClass, Plan
 from ...core.result import Result
 from ...core.spec import StaticLease
-from ...core.validation import check_name, check_prefix
-from ...core.zones import PublicZone, zone_of
+from ...core.validation import check_ipv4, check_name, check_prefix, is_interface
+from ...core.zones import PublicZone, ZoneLinkSpec, parse_link_end, zone_of
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import object_name
 from ...host.shell import HostShell
@@ -61,6 +62,7 @@ from ..run import Run, conclude
 from .network import NetworkPlanner
 from .public_ip import Binding, NatTable, PublicIpPlanner
 from .vm import UNDEFINE_FLAGS, vm_lease
+from .zone_link import VxlanFilters, links_touching, with_filters, zone_link_planner
 
 try:
     import sqlalchemy as sa
@@ -110,6 +112,26 @@ class MigrationSpec:
     # host commands (nft, ip); None without a zone_config.
     public_zone: PublicZone | None = None
     shells: tuple[HostShell, HostShell] = (HostShell(), HostShell())
+    # Where a zone link of the VM's network follows it: the destination's underlay address
+    # and device; None when not given.
+    underlay: Underlay | None = None
+
+
+@dataclass(frozen=True)
+class Underlay:
+    ip: str
+    dev: str
+
+
+def parse_underlay(raw: Mapping[str, Any], path: str) -> Underlay | None:
+    """`underlay_ip` and `underlay_dev` of a host given in `raw`: both or neither."""
+    ip, dev = raw.get("underlay_ip"), raw.get("underlay_dev")
+    if ip is None and dev is None:
+        return None
+    address = str(check_ipv4(ip, f"{path}underlay_ip"))
+    if not is_interface(dev):
+        raise SpecError(f"{path}underlay_dev", f"an interface name is required, got {dev!r}")
+    return Underlay(address, dev)
 
 
 def check_uri(value: Any, path: str) -> str:
@@ -141,8 +163,9 @@ def parse_migration(params: Mapping[str, Any]) -> MigrationSpec:
         HostShell(check_prefix(params.get("host_command"))),
         HostShell(check_prefix(raw.get("host_command"), "destination.host_command")),
     )
+    underlay = parse_underlay(raw, "destination.")
     return MigrationSpec(
-        tenant, name, uri, zone, destination, destination_zone, public_zone, shells
+        tenant, name, uri, zone, destination, destination_zone, public_zone, shells, underlay
     )
 
 
@@ -170,6 +193,8 @@ class Move:
     disks: tuple[DiskCopy, ...]
     leases: tuple[tuple[str, StaticLease], ...]  # libvirt network, the VM's lease on it
     public_ips: tuple[Any, ...] = ()  # the ledger's rows of the public IPs bound to the VM
+    # The zone links that follow the VM: their changes, made as soon as it runs there.
+    links: Plan = field(default_factory=Plan)
 
     def bindings(self, tenant: str) -> list[Binding]:
         return [Binding(tenant, row.name, row.address, row.private_ip) for row in self.public_ips]
@@ -243,24 +268,31 @@ class MigrationPlanner:
         ledger: Ledger,
         spec: MigrationSpec | None = None,
     ) -> None:
-        """`spec`: the zone and host commands public IPs need (a drain has none: a VM with a
-        public IP stays)."""
+        """`spec`: the zone and host commands public IPs need, the destination's underlay
+        a zone link needs (without them a VM with either is refused, naming the field)."""
         self.source = source
         self.destination = destination
         self.tenant = tenant
         self.ledger = ledger
         self.public_zone = spec.public_zone if spec else None
         self.shells = spec.shells if spec else (HostShell(), HostShell())
+        self.underlay = spec.underlay if spec else None
         self.report = MoveReport()
-        self.handed_over = False  # the public IPs' addresses are on the destination
+        self.handed_over = False  # public IPs and zone links follow the VM (once per move)
+        self.arrival_error: VceError | None = None  # of the hand-over the arrival watch made
 
     def observe(self) -> tuple[TenantInventory, TenantInventory]:
         return self.source.inventory(self.tenant), self.destination.inventory(self.tenant)
 
     # -- planning ---------------------------------------------------------------------------
 
-    def plan(self, name: str, here: TenantInventory, there: TenantInventory) -> Plan:
-        """One change (the move), or none when the VM is on the destination already."""
+    def plan(
+        self, name: str, here: TenantInventory, there: TenantInventory, group: Sequence[str] = ()
+    ) -> Plan:
+        """The move, the public IPs and zone links that follow the VM; none when the VM is on
+        the destination already. `group`: the tenant's VMs this run moves to the same host
+        with it (in order; a drain keeps the VMs of a network together): the zone links of
+        their networks follow the last of them."""
         libvirt_name = object_name(self.tenant, name)
         for inventory in (here, there):
             found = inventory.intruder(KIND, libvirt_name)
@@ -281,12 +313,15 @@ class MigrationPlanner:
                 f"VM {name!r} of tenant {self.tenant!r} is defined on both hosts (an interrupted "
                 "move?): remove the copy that does not run before moving it again",
             )
+        links = self.plan_networks(name, domain, here, group)
         move = dataclasses.replace(
             self.move_of(name, domain, here, there),
             public_ips=tuple(self.bound_public_ips(name)),
+            links=links,
         )
         plan = Plan()
         plan.warnings.extend(self.gateway_warnings(name, domain, here, there))
+        plan.warnings.extend(links.warnings)
         plan.add(
             Change(
                 KIND,
@@ -300,19 +335,90 @@ class MigrationPlanner:
             )
         )
         for row in move.public_ips:
-            plan.add(
-                Change(
-                    "public_ip",
-                    row.name,
-                    "move",
-                    ChangeClass.LIVE,
-                    "host",
-                    self.source.uri,
-                    self.destination.uri,
-                    partial(self.record_public_ip, row),
-                )
-            )
+            plan.add(self.moved("public_ip", row.name, partial(self.record_public_ip, row)))
+        # Shown as planned; made by the move's hand-over (move_links).
+        plan.changes += [dataclasses.replace(change, run=None) for change in links.changes]
         return plan
+
+    def plan_networks(
+        self, name: str, domain: DomainState, here: TenantInventory, group: Sequence[str]
+    ) -> Plan:
+        """For each network of the VM: a warning when VMs of it stay on the source (a
+        network's copies on two hosts are not joined: they no longer reach each other), else
+        its zone link moved to the destination with the last VM that leaves."""
+        plan = Plan()
+        links = {
+            object_name(self.tenant, row.network): row
+            for row in links_touching(self.ledger, self.tenant, self.source.uri).values()
+        }
+        filters = VxlanFilters(self.ledger)
+        leaving = {name, *group}
+        for network in dict.fromkeys(nic.network for nic in domain.nics):
+            kept = sorted(
+                d.owner.name
+                for d in here.domains.values()
+                if d.owner.name not in leaving and any(n.network == network for n in d.nics)
+            )
+            declared = network[len(object_name(self.tenant, "")) :]
+            row = links.get(network)
+            if kept:
+                plan.warnings.append(
+                    f"VM {name} leaves {', '.join(kept)} on network {declared} of "
+                    f"{self.source.uri}: a network's copies on two hosts are not joined, they "
+                    "will not reach each other"
+                    + (f"; zone link {row.name} stays with them" if row is not None else "")
+                )
+            elif row is not None and (not group or name == group[-1]):
+                plan.extend(self.plan_link(name, row, filters))
+        if filters.shells:
+            plan = with_filters(plan, filters.plan())
+        return plan
+
+    def plan_link(self, name: str, row: Any, filters: VxlanFilters) -> Plan:
+        """The link's end on the source moved to the destination (zone_link.py: the new end
+        and the peer's connected, the source's device removed, the filters kept), and its
+        usage with it when the source's end is the first."""
+        if self.underlay is None:
+            raise SpecError(
+                "destination.underlay_ip",
+                f"network {row.network} of VM {name!r} is joined to another zone by zone link "
+                f"{row.name}, which follows the VM: give the destination's underlay_ip and "
+                "underlay_dev",
+            )
+        if not self.shells[1].prefix and not self.destination.is_local:
+            raise SpecError(
+                "destination.host_command",
+                f"zone link {row.name} follows VM {name!r}: give the command that runs ip on "
+                "the destination host",
+            )
+        recorded = json.loads(row.ends)
+        ends = [self.arrival_end(end) if end["uri"] == self.source.uri else end for end in recorded]
+        spec = ZoneLinkSpec(
+            row.name,
+            row.network,
+            (parse_link_end(ends[0], "ends[0]"), parse_link_end(ends[1], "ends[1]")),
+        )
+        planner = zone_link_planner(self.ledger, self.tenant, spec)
+        plan = planner.plan_present()
+        filters.present(planner, row.vni)
+        first = recorded[0]["uri"] == self.source.uri  # the host the link is metered on
+        plan.add(self.moved("zone_link", row.name, partial(self.record_link, row.name, first)))
+        return plan
+
+    def moved(self, kind: str, name: str, record: Any) -> Change:
+        """An object that follows the VM: its host changes; `record` writes it in the ledger."""
+        source, destination = self.source.uri, self.destination.uri
+        return Change(kind, name, "move", ChangeClass.LIVE, "host", source, destination, record)
+
+    def arrival_end(self, end: Mapping[str, Any]) -> dict[str, Any]:
+        """The link's end as the destination holds it (its zone stays: a move is in one zone)."""
+        return {
+            **end,
+            "uri": self.destination.uri,
+            "underlay_ip": self.underlay.ip,
+            "underlay_dev": self.underlay.dev,
+            "host_command": list(self.shells[1].prefix),
+        }
 
     def bound_public_ips(self, name: str) -> list[Any]:
         """The public IPs bound to the VM through the source host (the ledger's rows), once
@@ -480,9 +586,25 @@ class MigrationPlanner:
             raise ApplyError(
                 f"{error} (the VM stays on {self.source.uri}; {notes})", left=left
             ) from error
-        self.hand_over_public_ips(move)
+        # The VM runs on the destination now: what fails from here is said once the source is
+        # cleared and the move recorded, never undone.
+        failures = [self.arrival_error] if self.arrival_error else []
+        failures += self.attempt(partial(self.hand_over, move))
         self.report.wall_seconds = round(time.monotonic() - started, 3)
-        self.clear_source(move)
+        failures += self.attempt(partial(self.clear_source, move))
+        failures += self.attempt(partial(self.record, move, before))
+        if failures:
+            raise ApplyError("; ".join(str(f) for f in failures), left=[str(f) for f in failures])
+
+    @staticmethod
+    def attempt(step: Any) -> list[VceError]:
+        try:
+            step()
+        except VceError as error:
+            return [error]
+        return []
+
+    def record(self, move: Move, before: tuple[TenantInventory, TenantInventory]) -> None:
         try:
             hosts = (self.source.uri, self.destination.uri)
             after = self.observe()
@@ -552,17 +674,17 @@ class MigrationPlanner:
             ],
         }
         watch = ArrivalWatch(
-            self.destination.conn, move.libvirt_name, partial(self.hand_over_public_ips, move)
+            self.destination.conn, move.libvirt_name, partial(self.hand_over, move)
         )
-        if move.public_ips:
+        if move.public_ips or move.links.changes:
             watch.start()
         try:
             with libvirt_action("migrate", f"domain {move.libvirt_name} to {self.destination.uri}"):
                 arrived = dom.migrate3(self.destination.conn, params, live_flags())
         finally:
             watch.stop()
-        if watch.error is not None:
-            raise watch.error
+        # Said after the move is recorded (apply): the VM runs on the destination.
+        self.arrival_error = watch.error
         self.report.mode = "live"
         with libvirt_action("read the migration statistics of", f"domain {move.libvirt_name}"):
             stats = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
@@ -644,24 +766,48 @@ class MigrationPlanner:
     def binding_keys(self, move: Move) -> list[tuple[str, str]]:
         return [(self.tenant, row.name) for row in move.public_ips]
 
-    def hand_over_public_ips(self, move: Move) -> None:
-        """Once the guest runs on the destination: the addresses on the destination's uplink,
-        announced (the zone's gateway sends their traffic there at once), then the source's
-        rules and addresses removed. Once per move."""
-        if not move.public_ips or self.handed_over:
+    def hand_over(self, move: Move) -> None:
+        """Once the guest runs on the destination, once per move: its public IPs, then its
+        zone links follow it."""
+        if self.handed_over:
             return
         self.handed_over = True
+        failures = []
+        if move.public_ips:
+            hint = ("bind them on the destination with vce.kvm.public_ip; the source may keep "
+                    "their rules and addresses")  # fmt: skip
+            step = partial(self.follow, move, "its public IPs", hint, self.move_public_ips)
+            failures += self.attempt(step)
+        if move.links.changes:
+            names = ", ".join(sorted({c.name for c in move.links.changes if c.kind == "zone_link"}))
+            hint = "declare the link with its end on the destination: vce.kvm.zone_link"
+            step = partial(self.follow, move, f"zone link {names}", hint, self.move_links)
+            failures += self.attempt(step)
+        if failures:
+            raise ApplyError("; ".join(str(f) for f in failures))
+
+    def follow(self, move: Move, what: str, hint: str, step: Any) -> None:
+        """`step(move)`; its failure says what did not follow the moved VM, and what to do."""
         try:
-            self.nat(1).take_over([row.address for row in move.public_ips])
-            here = self.nat(0)
-            found = here.observe().bindings
-            here.batch([], [found[k] for k in self.binding_keys(move) if k in found])
+            step(move)
         except VceError as error:
             raise ApplyError(
-                f"VM {move.name} moved to {self.destination.uri}, but its public IPs did not "
-                f"follow: {error} (bind them on the destination with vce.kvm.public_ip; the "
-                "source may keep their rules and addresses)"
+                f"VM {move.name} moved to {self.destination.uri}, but {what} did not follow: "
+                f"{error} ({hint})"
             ) from error
+
+    def move_public_ips(self, move: Move) -> None:
+        """The addresses on the destination's uplink, announced (the zone's gateway sends
+        their traffic there at once), then the source's rules and addresses removed."""
+        self.nat(1).take_over([row.address for row in move.public_ips])
+        here = self.nat(0)
+        found = here.observe().bindings
+        here.batch([], [found[k] for k in self.binding_keys(move) if k in found])
+
+    @staticmethod
+    def move_links(move: Move) -> None:
+        """The zone links' changes: their ends moved to the destination (zone_link.py)."""
+        move.links.apply()
 
     def record_public_ip(self, row: Any) -> None:
         """The binding's host in the ledger, and its usage moved at one moment."""
@@ -674,6 +820,19 @@ class MigrationPlanner:
             UsageChange(self.tenant, self.source.uri, "public_ip", key, "moved_out", at, ABSENT),
             UsageChange(self.tenant, self.destination.uri, "public_ip", key, "moved_in", at,
                         Meter("present", row.vm, public_ips=1)),
+        ]  # fmt: skip
+        Metering(self.ledger).record(changes)
+        self.report.usage_changes += [change.as_dict() for change in changes]
+
+    def record_link(self, link: str, metered_here: bool) -> None:
+        """A link is metered on the host of its first end: its usage moves at one moment."""
+        if not metered_here:
+            return
+        at = self.ledger.now()
+        changes = [
+            UsageChange(self.tenant, self.source.uri, "zone_link", link, "moved_out", at, ABSENT),
+            UsageChange(self.tenant, self.destination.uri, "zone_link", link, "moved_in", at,
+                        Meter("present", zone_links=1)),
         ]  # fmt: skip
         Metering(self.ledger).record(changes)
         self.report.usage_changes += [change.as_dict() for change in changes]

@@ -11,22 +11,32 @@ import datetime as dt
 import time
 
 import pytest
+import sqlalchemy as sa
 from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     SpecError,
     VceError,
     libvirt,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
-from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.drain import parse_drain
+from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.drain import (
+    Peer,
+    network_groups,
+    parse_drain,
+    run_drain,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.migration import (
     ArrivalWatch,
     MigrationPlanner,
+    Underlay,
     live_flags,
     parse_migration,
     run_migration,
     undefine_flags,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host, TenantInventory
+from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
+from ansible_collections.vce.kvm.plugins.module_utils.host.xml import DomainState, NicDevice
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import exclusions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.images import make_image
@@ -151,8 +161,70 @@ DRAIN = {
 
 def test_a_drain_takes_the_zones_other_hosts_and_an_announced_window():
     spec = parse_drain(DRAIN, NOW)
-    assert spec.peers == (OTHER,)
+    assert spec.peers == (Peer(OTHER),)
     assert spec.window.starts_at == NOW and spec.window.ends_at.hour == 18
+    assert spec.public_zone is None
+
+
+def test_a_drain_takes_what_public_ips_and_zone_links_need_of_each_peer():
+    peer = {"uri": OTHER, "zone": "zone-a", "host_command": ["ssh", "root@kvm2"],
+            "underlay_ip": "172.31.0.12", "underlay_dev": "ul0"}  # fmt: skip
+    zone = {"uplink": "up0", "public_pools": [{"name": "pub", "cidr": "203.0.113.64/27",
+                                               "gateway": "203.0.113.65"}]}  # fmt: skip
+    spec = parse_drain({**DRAIN, "peers": [peer], "zone_config": zone,
+                        "host_command": ["ssh", "root@kvm1"]}, NOW)  # fmt: skip
+    assert spec.peers == (Peer(OTHER, ("ssh", "root@kvm2"), Underlay("172.31.0.12", "ul0")),)
+    assert spec.public_zone.uplink == "up0" and spec.host_command == ("ssh", "root@kvm1")
+    with pytest.raises(SpecError) as raised:
+        parse_drain({**DRAIN, "peers": [{**peer, "underlay_dev": None}]}, NOW)
+    assert raised.value.field == "peers[0].underlay_dev"
+
+
+@pytest.mark.parametrize(
+    ("destination", "field"),
+    [
+        ({"underlay_ip": "172.31.0.300", "underlay_dev": "ul0"}, "destination.underlay_ip"),
+        ({"underlay_ip": "172.31.0.12"}, "destination.underlay_dev"),
+        ({"underlay_dev": "ul0"}, "destination.underlay_ip"),
+        ({"underlay_ip": "172.31.0.12", "underlay_dev": "ul0; reboot"}, "destination.underlay_dev"),
+    ],
+)
+def test_a_bad_underlay_of_the_destination_names_its_field(destination, field):
+    with pytest.raises(SpecError) as raised:
+        parse_migration({**MOVE, "destination": {**MOVE["destination"], **destination}})
+    assert raised.value.field == field
+
+
+def domain(name: str, *networks: str) -> DomainState:
+    nics = [NicDevice(f"52:54:00:00:00:{i:02x}", network) for i, network in enumerate(networks)]
+    owner = Owner("acme", "vm", name.removeprefix("acme_"))
+    return DomainState(name, owner, "shutoff", False, 1, 1, 128, 128, [], nics)
+
+
+def test_a_drain_moves_the_vms_of_a_network_together():
+    found = TenantInventory("acme")
+    found.domains = {d.name: d for d in (
+        domain("acme_db", "acme_back"), domain("acme_web", "acme_front"), domain("acme_cache"),
+        domain("acme_api", "acme_front", "acme_back"), domain("acme_solo", "acme_other"),
+    )}  # fmt: skip
+    groups = [[d.name for d in group] for group in network_groups(found)]
+    assert groups == [["acme_api", "acme_db", "acme_web"], ["acme_cache"], ["acme_solo"]]
+
+
+def test_a_vm_leaving_others_of_its_network_behind_is_warned_about(placed, acme, tmp_path):
+    planner, _here, there = placed
+    image = str(make_image(tmp_path / "base2.qcow2"))
+    facade.run_environment(
+        {"uri": URI, "tenant": "acme", "default_pool": "default-pool",
+         "networks": [{"name": "lan", "cidr": "10.30.0.0/24", "mode": "isolated"}],
+         "vms": [{"name": "db1", "memory_mib": 128, "state": "stopped",
+                  "boot_disk": {"image": image, "size_gib": 1},
+                  "nics": [{"network": "lan", "ip": "10.30.0.11"}]}]}
+    )  # fmt: skip
+    here = planner.source.inventory("acme")
+    [warning] = planner.plan("web1", here, there).warnings
+    assert "leaves db1 on network lan" in warning and "not joined" in warning
+    assert planner.plan("web1", here, there, ["web1", "db1"]).warnings == []
 
 
 @pytest.mark.parametrize(
@@ -230,3 +302,32 @@ def test_the_arrival_watch_fires_once_the_domain_runs_there_and_keeps_its_error(
     absent.stop()
     assert not absent.is_alive() and fired == ["test"]
     assert live_flags() & libvirt.VIR_MIGRATE_LIVE and undefine_flags() >= 0
+
+
+def test_a_drain_in_check_mode_plans_moves_and_windows_and_changes_nothing(
+    placed, acme, destination, tmp_path
+):
+    image = str(make_image(tmp_path / "base3.qcow2"))
+    facade.run_environment(
+        {"uri": URI, "tenant": "acme", "default_pool": "default-pool",
+         "networks": [{"name": "back", "cidr": "10.31.0.0/24", "mode": "isolated"}],
+         "vms": [{"name": "db1", "memory_mib": 128, "state": "stopped",
+                  "boot_disk": {"image": image, "size_gib": 1},
+                  "nics": [{"network": "back", "ip": "10.31.0.10"}]}]}
+    )  # fmt: skip
+    window = {"announced_at": "2026-12-01T09:00:00Z", "ends_at": "2099-12-01T09:00:00Z"}
+    params = {**DRAIN, "ledger_url": acme, "peers": [{"uri": destination, "zone": "zone-a"}],
+              "maintenance": window}  # fmt: skip
+    result = run_drain(params, check_mode=True)
+    assert result.changed
+    planned = [(c["kind"], c["name"], c["action"]) for c in result.plan]
+    assert planned == [("maintenance", "acme/db1", "record"), ("vm", "acme/web1", "migrate")]
+    drained = result.facts["drain"]
+    assert drained["moved"] == [{"tenant": "acme", "vm": "web1", "destination": destination}]
+    [stayed] = drained["stayed"]
+    assert stayed["vm"] == "db1" and "network 'back'" in stayed["reason"]
+    # Nothing moved, nothing recorded.
+    assert {"acme_web1", "acme_db1"} <= {d.name() for d in Host(URI).conn.listAllDomains()}
+    assert Host(destination).inventory("acme").domains == {}
+    with Ledger.open(acme).store.read() as connection:
+        assert connection.execute(sa.select(exclusions)).all() == []
