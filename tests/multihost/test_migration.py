@@ -287,14 +287,24 @@ def inventory(lab: MultiHostLab, ledger_url: str) -> str:
 
 def test_drain_moves_what_can_move_and_records_a_window_for_the_rest(lab, hosts, ledger_url):
     a1, a2, a3 = hosts
+    zone_b = lab.hosts["kvm-b1"]
     register(ledger_url, "beta")
-    front, back = isolated("front", "10.62.1.0/24"), isolated("back", "10.62.2.0/24")
+    front = {**isolated("front", "10.62.1.0/24"), "gateway": "10.62.1.1",
+             "dhcp_start": "10.62.1.100", "dhcp_end": "10.62.1.149"}  # fmt: skip
+    back = isolated("back", "10.62.2.0/24")
     vms = [vm("b1", "front", "10.62.1.10", "running"), vm("b2", "front", "10.62.1.11"),
            vm("b3", "back", "10.62.2.10")]  # fmt: skip
     with console_logs_on(a1):
         engine.run_environment(environment(a1, "beta", [front, back], vms))
     for peer in (a2, a3):  # `back` only on kvm-a1: b3 cannot move
         engine.run_environment(environment(peer, "beta", [front]))
+    # front is joined to zone B: its link follows b1 and b2 through drain.yml's peers.
+    front_b = {**front, "gateway": "10.62.1.2", "dhcp_start": "10.62.1.150",
+               "dhcp_end": "10.62.1.199"}  # fmt: skip
+    engine.run_environment({**environment(zone_b, "beta", [front_b]), "zone": "zone-b"})
+    linked = run_module("zone_link", {"tenant": "beta", "name": "front-ab", "network": "front",
+                                      "ends": [link_end(a1, "zone-a"), link_end(zone_b, "zone-b")]})  # fmt: skip
+    assert linked["changed"] and not linked["failed"], linked
     wait_until_answers(a1, "10.62.1.10")
 
     now = dt.datetime.now(dt.UTC)
@@ -325,6 +335,10 @@ def test_drain_moves_what_can_move_and_records_a_window_for_the_rest(lab, hosts,
     # b1 and b2 share network front: they go to one host (its copies on two hosts are not
     # joined), the least-loaded one.
     assert ("beta_b1" in domains(a2)) == ("beta_b2" in domains(a2))
+    arrived = a2 if "beta_b1" in domains(a2) else a3
+    device = linked["zone_link"]["device"]
+    assert device not in vxlan(a1) and device in vxlan(arrived)
+    assert vxlan(zone_b)[device]["linkinfo"]["info_data"]["remote"] == arrived.underlay_ip
     with Ledger.open(ledger_url).store.read() as connection:
         windows = connection.execute(
             sa.select(exclusions).where(exclusions.c.tenant == "beta")
