@@ -12,6 +12,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     VceError,
     libvirt,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.core.plan import Change, Plan
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import connect
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 from vce_server.errors import HOST_RETRY_AFTER, from_engine
@@ -64,16 +65,20 @@ def test_an_ssh_host_command_that_cannot_connect_is_a_scrubbed_503(scrub):
 
 
 def test_a_change_that_failed_on_a_lost_host_is_a_503_naming_what_was_applied(scrub):
-    lost = HostUnreachable(f"Failed to define domain acme_web on {HOST.uri}: Cannot write data")
-    try:
-        raise ApplyError(
-            f"{lost} (applied before the failure: 1 of 2 changes: network lan create)",
-            applied=[{"kind": "network", "name": "lan", "action": "create"}],
-        ) from lost
-    except ApplyError as error:
-        answer = from_engine(error, scrub)
+    def lose_the_host() -> None:
+        raise HostUnreachable(f"Failed to define domain acme_web on {HOST.uri}: Cannot write")
+
+    plan = Plan(
+        [
+            Change("network", "lan", "create", run=lambda: None),
+            Change("vm", "web", "create", run=lose_the_host),
+        ]
+    )
+    error = caught(plan.apply)
+    assert isinstance(error, ApplyError)  # the plan's failure, raised from the lost host
+    answer = from_engine(error, scrub)
     assert_unavailable(answer, "Failed to define domain acme_web on zone zone-a: Cannot write")
-    assert "applied before the failure: 1 of 2 changes" in answer.message
+    assert "applied before the failure: 1 of 2 changes: network lan create" in answer.message
 
 
 @pytest.mark.parametrize(
