@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,37 +20,35 @@ from tools.libvirtd import PrivateLibvirtd
 pytestmark = pytest.mark.integration
 
 
-def test_a_kept_connection_is_reopened_after_the_daemon_restarts():
+@pytest.fixture
+def daemon() -> Iterator[PrivateLibvirtd]:
     base = Path(tempfile.mkdtemp(prefix="vce-restart-", dir="/tmp"))
-    daemon = PrivateLibvirtd(base)
-    daemon.start()
+    started = PrivateLibvirtd(base)
+    started.start()
     try:
-        first = connect(daemon.uri)
-        assert Host(daemon.uri).conn.listAllDomains() == []
-        daemon.restart_libvirtd()
-        host = Host(daemon.uri)
-        assert host.conn is not first
-        assert host.conn.listAllDomains() == []
-        assert connect(daemon.uri) is host.conn  # kept again, once it answers
+        yield started
     finally:
-        daemon.stop()
+        started.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_daemon_killed_under_an_open_connection_is_an_unreachable_host():
-    base = Path(tempfile.mkdtemp(prefix="vce-killed-", dir="/tmp"))
-    daemon = PrivateLibvirtd(base)
-    daemon.start()
-    try:
-        host = Host(daemon.uri)
-        assert host.inventories() == {}
-        os.kill(int(daemon.libvirtd_pid_file.read_text()), signal.SIGKILL)
-        with pytest.raises(HostUnreachable) as lost:
-            host.inventories()
-        assert str(lost.value).startswith(f"Failed to list domains on {daemon.uri}: ")
-        with pytest.raises(HostUnreachable) as gone:
-            Host(daemon.uri)
-        assert str(gone.value).startswith(f"Failed to connect to libvirt at {daemon.uri}: ")
-    finally:
-        daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
+def test_a_kept_connection_is_reopened_after_the_daemon_restarts(daemon):
+    first = connect(daemon.uri)
+    assert Host(daemon.uri).conn.listAllDomains() == []
+    daemon.restart_libvirtd()
+    host = Host(daemon.uri)
+    assert host.conn is not first
+    assert host.conn.listAllDomains() == []
+    assert connect(daemon.uri) is host.conn  # kept again, once it answers
+
+
+def test_a_daemon_killed_under_an_open_connection_is_an_unreachable_host(daemon):
+    host = Host(daemon.uri)
+    assert host.inventories() == {}
+    os.kill(int(daemon.libvirtd_pid_file.read_text()), signal.SIGKILL)
+    with pytest.raises(HostUnreachable) as lost:
+        host.inventories()
+    assert str(lost.value).startswith(f"Failed to list domains on {daemon.uri}: ")
+    with pytest.raises(HostUnreachable) as gone:
+        Host(daemon.uri)
+    assert str(gone.value).startswith(f"Failed to connect to libvirt at {daemon.uri}: ")
