@@ -31,11 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    VceError,
+    host_unreachable,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, acting_as
 
-from .errors import ApiError, from_engine, invalid
+from .errors import ApiError, from_engine, host_unavailable, invalid
 from .principal import Principal
 from .settings import Settings
 
@@ -411,7 +414,9 @@ class ActionQueue:
             return self.failed(claim, error)
         except VceError as error:
             return self.failed(claim, from_engine(error, self.scrub))
-        except Exception:  # a bug of ours: logged with its traceback, told without it
+        except Exception as error:  # a bug of ours: logged with its traceback, told without it
+            if host_unreachable(error):  # a libvirt call outside the engine's mapping
+                return self.failed(claim, host_unavailable(self.scrub(str(error))))
             log.exception("action %s (%s %s) failed", claim.id, claim.kind, claim.target)
             error = ApiError(
                 500,

@@ -14,7 +14,11 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    HostUnreachable,
+    VceError,
+    host_unreachable,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import audit
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger, utcnow
 from fastapi import FastAPI, Request
@@ -193,6 +197,8 @@ async def http_error(request: Request, error: Exception) -> Response:
 
 
 async def internal_error(request: Request, error: Exception) -> Response:
+    if host_unreachable(error):  # a libvirt call outside the engine's mapping
+        return await engine_error(request, HostUnreachable(str(error)))
     log.exception("request %s failed", request_id(request), exc_info=error)
     return reply(request, ApiError(500, "internal", "the server failed; the request id says which"))
 

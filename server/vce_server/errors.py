@@ -17,8 +17,13 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     OwnershipError,
     SpecError,
     VceError,
+    host_unreachable,
 )
 from ansible_collections.vce.kvm.plugins.module_utils.core.quota import QuotaExceeded
+
+# A host that cannot be reached is asked about again after this many seconds: long enough for
+# an sshd or libvirtd restart, short enough that a client's bounded retries outlast it.
+HOST_RETRY_AFTER = 30
 
 
 class ApiError(Exception):
@@ -85,8 +90,21 @@ def too_many(retry_after: int) -> ApiError:
     )
 
 
+def host_unavailable(reason: str) -> ApiError:
+    """A zone's host that cannot be reached now: an outage, told as one (503, Retry-After),
+    with the engine's reason, scrubbed by the caller."""
+    return ApiError(
+        503,
+        "host_unavailable",
+        f"the zone's host cannot be reached now, retry after {HOST_RETRY_AFTER} s: {reason}",
+        headers={"Retry-After": str(HOST_RETRY_AFTER)},
+    )
+
+
 def from_engine(error: VceError, scrub: Callable[[str], str]) -> ApiError:
     """The API's answer to an engine refusal; `scrub` removes host details from its text."""
+    if host_unreachable(error):
+        return host_unavailable(scrub(str(error)))
     if isinstance(error, SpecError):
         reason = scrub(error.reason)
         return ApiError(422, "invalid", f"{error.field}: {reason}", [(error.field, reason)])

@@ -4,11 +4,18 @@ Invoke do, read back from libvirt after each step."""
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import hosts
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from pulumi_resource_vce import client as client_module
 from pulumi_resource_vce.adapter import UNKNOWN
 from pulumi_resource_vce.provider import ProviderError
+from vce_server.errors import HOST_RETRY_AFTER
 
 from tests.pulumi.served import Served, plain, run
 from tests.support.app import IMAGE, ZONE
@@ -298,6 +305,54 @@ def test_a_change_the_quotas_cannot_hold_fails_clearly(served):
         message = str(caught.value)
         assert message.startswith("vce:index:Vm web: ") and "vms (" in message, message
         assert "Traceback" not in message and served.domain("acme", "web") is None
+        await acme.close()
+
+    run(scenario())
+
+
+def point_host_at(served: Served, uri: str) -> None:
+    """The zone's host record names `uri` (the engine reaches the host there from now on)."""
+    with Ledger.open(served.ledger_url).store.write() as connection:
+        connection.execute(sa.update(hosts).where(hosts.c.zone == ZONE).values(uri=uri))
+
+
+def test_a_host_that_cannot_be_reached_is_waited_for_as_the_server_says(
+    served, monkeypatch, tmp_path: Path
+):
+    """The server answers 503 `host_unavailable` with Retry-After while the zone's host cannot
+    be reached (its record names a socket no daemon listens on): the provider waits that long
+    and asks again, a bounded number of times, and tells the outage, scrubbed, at the end."""
+    served.tenant("acme")
+    gone = f"qemu:///system?socket={tmp_path}/gone/libvirt-sock"
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        """The provider's wait, recorded and not waited for; the host is back after two."""
+        waits.append(seconds)
+        if len(waits) == 2:
+            point_host_at(served, served.uri)
+        await real_sleep(0)
+
+    async def scenario() -> None:
+        acme = served.provider("acme")
+        lan_id, state = await acme.create("Network", "lan", NETWORK)
+        point_host_at(served, gone)
+        monkeypatch.setattr(client_module.asyncio, "sleep", sleep)
+        found_id, _live, inputs = await acme.read("Network", "lan", lan_id, plain(state), NETWORK)
+        assert (found_id, inputs) == (lan_id, NETWORK)
+        assert waits == [float(HOST_RETRY_AFTER)] * 2
+
+        waits.clear()
+        point_host_at(served, gone)
+        monkeypatch.setattr(client_module, "RETRY_TRIES", 1)  # for good, this time
+        with pytest.raises(ProviderError) as caught:
+            await acme.read("Network", "lan", lan_id, plain(state), NETWORK)
+        assert waits == [float(HOST_RETRY_AFTER)]
+        message = str(caught.value)
+        assert message.startswith("vce:index:Network lan: the zone's host cannot be reached now")
+        assert "zone-a" in message and str(tmp_path) not in message and "qemu" not in message
+        point_host_at(served, served.uri)
         await acme.close()
 
     run(scenario())

@@ -9,7 +9,8 @@ guest's boot lines through qemu+ssh. A backup schedule's units and config are wr
 host through ssh (read back through the host), the unit's runner takes a backup, which is
 restored as a new disk (its files read and written on the host through ssh), and a unit
 edited on the host is written back by the same declaration again. A host whose sshd is killed
-gives a clear API error naming no host detail, and works again once sshd is back. No reply,
+answers 503 `host_unavailable` with Retry-After (an outage, not a refusal), naming no host
+detail, for a read and for an action, and works again once sshd is back. No reply,
 action, cabinet page or console notice shows the URI, the key, the wrapper or the host."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx
 import libvirt
 import pytest
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
+from vce_server.errors import HOST_RETRY_AFTER
 from vce_server.identity import Identity
 
 from tests.support.cabinet import PASSWORD
@@ -269,19 +271,24 @@ def test_a_backup_schedule_is_written_on_its_host_through_ssh_and_takes_a_backup
     assert ssh_fleet.leaks() == []
 
 
-def test_a_host_lost_to_ssh_gives_a_clear_scrubbed_error_and_works_again(
+def test_a_host_lost_to_ssh_is_a_scrubbed_503_to_retry_and_works_again(
     api: httpx.Client, ssh_fleet: SshFleet, box: str
 ) -> None:
     lab, host = ssh_fleet.lab, ssh_fleet.host
     lab.kill_sshd(host.name)
     try:
-        error = error_of(api.get("/v1/vms/box"))
-        # libvirt's reason stays (the host refused the connection), its address does not.
+        # An outage, not a refusal: 503, when to retry, a stable code; libvirt's reason stays
+        # (the host refused the connection), its address does not.
+        reply = api.get("/v1/vms/box")
+        error = error_of(reply)
+        assert (reply.status_code, error["code"]) == (503, "host_unavailable"), error
+        assert reply.headers["Retry-After"] == str(HOST_RETRY_AFTER)
         unreachable = "Failed to connect to libvirt at zone zone-a: "
-        assert error["message"].startswith(unreachable), error
+        assert unreachable in error["message"], error
         action = apply(api, "/v1/networks/lan2", {"cidr": "10.215.8.0/24", "zone": ZONE})
         assert action["status"] == "failed", action
-        assert action["error"]["message"].startswith(unreachable), action
+        assert action["error"]["code"] == "host_unavailable", action
+        assert unreachable in action["error"]["message"], action
         # The other zone's host is not the lost one.
         assert api.get("/v1/networks/far", params={"zone": OTHER_ZONE}).status_code == 200
         assert "Traceback" not in json.dumps(action), action

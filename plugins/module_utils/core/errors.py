@@ -56,6 +56,12 @@ class ApplyError(VceError):
         return bool(self.applied or self.left)
 
 
+class HostUnreachable(VceError):
+    """The host cannot be reached now: its libvirt connection cannot be opened or was lost,
+    or the ssh of its host command could not connect. An outage, not a refusal: the same
+    run may succeed once the host is back (declarations converge)."""
+
+
 def libvirt_reason(error: Exception) -> str:
     if libvirt is not None and isinstance(error, libvirt.libvirtError):
         message = error.get_error_message() or str(error)
@@ -76,14 +82,53 @@ def vanished(error: Exception) -> bool:
     )
 
 
+def connection_failed(error: BaseException, opening: bool = False) -> bool:
+    """True when a libvirt failure says the connection to the daemon failed, not that the
+    daemon refused the call. `opening`: the failure of libvirt.open, where a protocol error
+    (VIR_ERR_RPC) also means no connection; on an open connection that code can be a message
+    the daemon could not take, so it is a failure of the call. VIR_ERR_NO_CONNECT (no driver
+    for the URI) is a wrong URI, not an outage: it stays a failure of its own."""
+    if libvirt is None or not isinstance(error, libvirt.libvirtError):
+        return False
+    code = error.get_error_code()
+    if opening and code == libvirt.VIR_ERR_RPC:
+        return True
+    # libvirt's RPC layer (the client's end of the connection) reports a daemon, socket or ssh
+    # that cannot be reached or went away as system or internal errors: "Failed to connect
+    # socket", "Cannot recv data: ssh: connect to host ...", "Cannot write data: Broken pipe",
+    # "client socket is closed". A daemon that answered reports its own domain's errors.
+    transport = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR)
+    return error.get_error_domain() == libvirt.VIR_FROM_RPC and code in transport
+
+
+# How deep an error's causes are looked through (a wrapped failure: the plan's, a move's).
+CAUSE_DEPTH = 16
+
+
+def host_unreachable(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, says the host cannot be reached (a
+    change that failed on a lost host is an ApplyError raised from a HostUnreachable)."""
+    cause: BaseException | None = error
+    for _depth in range(CAUSE_DEPTH):
+        if cause is None:
+            return False
+        if isinstance(cause, HostUnreachable) or connection_failed(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 @contextmanager
 def libvirt_action(action: str, obj: str) -> Iterator[None]:
-    """Map any libvirt failure inside the block to "Failed to <action> <object>: <reason>"."""
+    """Map any libvirt failure inside the block to "Failed to <action> <object>: <reason>":
+    a HostUnreachable when the connection failed, else an ApplyError."""
     try:
         yield
     except VceError:
         raise
     except Exception as error:
+        if connection_failed(error):
+            raise HostUnreachable(f"Failed to {action} {obj}: {libvirt_reason(error)}") from error
         if libvirt is not None and isinstance(error, libvirt.libvirtError):
             raise ApplyError(f"Failed to {action} {obj}: {libvirt_reason(error)}") from error
         if isinstance(error, (OSError, ValueError)):

@@ -18,7 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from ..core.errors import VceError, libvirt, libvirt_reason
+from ..core.errors import HostUnreachable, VceError, connection_failed, libvirt, libvirt_reason
 from ..host.ownership import object_name, ownership_problem, read_owner
 
 READ_BYTES = 4096
@@ -99,7 +99,8 @@ class ConsoleStream:
             self.stream.eventAddCallback(events, self.on_event, None)
         except libvirt.libvirtError as error:
             self.close()
-            raise VceError(
+            failure = HostUnreachable if connection_failed(error) else VceError
+            raise failure(
                 f"the console of vm {self.name} could not be opened: {libvirt_reason(error)}"
             ) from None
         except VceError:

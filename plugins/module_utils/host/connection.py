@@ -11,7 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ..core.errors import VceError, libvirt, libvirt_action, libvirt_reason, vanished
+from ..core.errors import (
+    HostUnreachable,
+    VceError,
+    connection_failed,
+    libvirt,
+    libvirt_action,
+    libvirt_reason,
+    vanished,
+)
 from .ownership import (
     DUPLICATED,
     SEPARATOR,
@@ -68,7 +76,10 @@ def connect(uri: str = DEFAULT_URI) -> object:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as error:
-        raise VceError(f"Failed to connect to libvirt at {uri}: {libvirt_reason(error)}") from None
+        message = f"Failed to connect to libvirt at {uri}: {libvirt_reason(error)}"
+        if connection_failed(error, opening=True):
+            raise HostUnreachable(message) from None
+        raise VceError(message) from None
     _connections[uri] = conn
     return conn
 

@@ -16,10 +16,13 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core.errors import ApplyError
+from ..core.errors import ApplyError, HostUnreachable
 from ..core.validation import check_prefix
 
 COMMAND_TIMEOUT = 60
+# ssh's own exit status when it failed (no connection, a refused key, a host key that is not
+# the pinned one); a remote command's status is passed through otherwise.
+SSH_FAILED = 255
 
 
 class HostShell:
@@ -49,24 +52,37 @@ class HostShell:
             raise ApplyError(f"Failed to {action} {obj}: {error}") from None
         if proc.returncode != 0:
             reason = proc.stderr.strip() or f"{shlex.join(command)} exited {proc.returncode}"
+            self.check_reached(proc.returncode, f"Failed to {action} {obj}: {reason}")
             raise ApplyError(f"Failed to {action} {obj}: {reason}")
         return proc.stdout
 
     def succeeds(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> bool:
-        """Whether `argv` exits 0 on the host (a question, not a change: no error raised)."""
+        """Whether `argv` exits 0 on the host (a question, not a change: no error raised,
+        except HostUnreachable when the host could not be asked: "no" would be a guess)."""
         try:
             proc = subprocess.run(
-                self.command(argv), capture_output=True, timeout=timeout, check=False
+                self.command(argv), capture_output=True, text=True, timeout=timeout, check=False
             )
         except (OSError, subprocess.TimeoutExpired):
             return False
+        reason = proc.stderr.strip() or f"exit status {proc.returncode}"
+        self.check_reached(proc.returncode, f"Failed to ask the host ({argv[0]}): {reason}")
         return proc.returncode == 0
+
+    @property
+    def through_ssh(self) -> bool:
+        return bool(self.prefix) and os.path.basename(self.prefix[0]) == "ssh"
+
+    def check_reached(self, returncode: int, message: str) -> None:
+        """Raise HostUnreachable with `message` when the ssh that reaches the host failed."""
+        if self.through_ssh and returncode == SSH_FAILED:
+            raise HostUnreachable(message)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The prefix and argv; through ssh, argv as one word quoted for the remote shell (ssh
         joins its words with spaces, so an argument with a space or a `;` would be split or
         run)."""
-        if self.prefix and os.path.basename(self.prefix[0]) == "ssh":
+        if self.through_ssh:
             return [*self.prefix, shlex.join(argv)]
         return [*self.prefix, *argv]
 

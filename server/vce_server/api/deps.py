@@ -77,6 +77,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Too many requests for this token.",
         "headers": {"Retry-After": RETRY_AFTER},
     },
+    503: {
+        "model": ErrorReply,
+        "description": "`host_unavailable`: the zone's host cannot be reached now (an outage, "
+        "not a refusal); the same request again after `Retry-After` seconds.",
+        "headers": {"Retry-After": RETRY_AFTER},
+    },
 }
 
 

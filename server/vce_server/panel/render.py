@@ -119,6 +119,7 @@ TITLES = {
     413: "Too large",
     422: "Not accepted",
     429: "Too many requests",
+    503: "Temporarily unavailable",
 }
 
 

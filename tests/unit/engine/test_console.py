@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import libvirt
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    HostUnreachable,
+    VceError,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.engine.console import ConsoleStream
 
@@ -70,3 +73,13 @@ def test_a_stopped_vm_has_no_console(acme) -> None:
 def test_a_missing_vm_and_a_host_without_consoles_are_refused_naming_the_vm(acme) -> None:
     assert refusal("acme", "nope").startswith("the console of vm nope could not be opened: ")
     assert refusal("acme", "web1").startswith("the console of vm web1 could not be opened: ")
+
+
+def test_a_host_that_cannot_be_reached_is_told_apart(tmp_path) -> None:
+    stream = ConsoleStream(f"qemu:///system?socket={tmp_path}/sock", "acme", "web1", print)
+    with pytest.raises(
+        HostUnreachable,
+        match=r"^the console of vm web1 could not be opened: Failed to connect socket",
+    ):
+        stream.open()
+    assert stream.connection is None and stream.stream is None

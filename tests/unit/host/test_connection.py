@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import libvirt
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    HostUnreachable,
+    VceError,
+    libvirt,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import (
+    connect,
     domain_type,
     on_host_uri,
 )
@@ -61,3 +66,16 @@ def test_a_remote_host_s_domain_type_is_asked_of_the_host(remote, monkeypatch):
         conn.close()
     asked = Path(f"{with_module.prefix[0]}.asked").read_text()
     assert "/sys/module/kvm_intel" in asked and "/sys/module/kvm_amd" in asked
+
+
+def test_a_daemon_that_does_not_answer_is_an_unreachable_host(tmp_path):
+    uri = f"qemu:///system?socket={tmp_path}/libvirt-sock"
+    with pytest.raises(HostUnreachable) as raised:
+        connect(uri)
+    assert str(raised.value).startswith(f"Failed to connect to libvirt at {uri}: Failed to")
+
+
+def test_a_uri_without_a_driver_is_refused_not_unreachable():
+    with pytest.raises(VceError, match="no connection driver available") as raised:
+        connect("nosuchdriver:///system")
+    assert not isinstance(raised.value, HostUnreachable)

@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecError, VceError
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
+    HostUnreachable,
+    SpecError,
+    VceError,
+    libvirt,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import actions
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 from vce_server.actions import ActionQueue
@@ -219,15 +224,28 @@ def test_concurrent_submits_from_two_processes_make_one_action(any_ledger_url):
         assert connection.execute(sa.select(sa.func.count()).select_from(actions)).scalar() == 1
 
 
-def test_failures_have_the_api_error_shape(queues, caplog):
+def lost_connection(socket: Path) -> libvirt.libvirtError:
+    """libvirt's own failure to reach a daemon (its socket is not there)."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    with pytest.raises(libvirt.libvirtError) as raised:
+        libvirt.open(f"qemu:///system?socket={socket}")
+    return raised.value
+
+
+def test_failures_have_the_api_error_shape(queues, caplog, tmp_path):
     def scrub(text: str) -> str:
-        return text.replace("qemu+ssh://root@kvm1/system", "zone west")
+        return text.replace("qemu+ssh://root@kvm1/system", "zone west").replace(
+            str(tmp_path), "<host path>"
+        )
 
     queue = queues(scrub=scrub)
     failures = {
         "api": ApiError(409, "conflict", "the network is in use", [("name", "in use")]),
         "spec": SpecError("disks[0].size", "must be positive"),
         "engine": VceError("cannot reach qemu+ssh://root@kvm1/system"),
+        "unreachable": HostUnreachable("Failed to connect to qemu+ssh://root@kvm1/system: EOF"),
+        # A libvirt call outside the engine's mapping whose connection failed.
+        "lost": lost_connection(tmp_path / "libvirt-sock"),
         "bug": KeyError("secret internals"),
     }
 
@@ -258,6 +276,17 @@ def test_failures_have_the_api_error_shape(queues, caplog):
         "fields": [],
         "request_id": "engine",
     }
+    # The host was lost: an outage the caller retries, told so, scrubbed.
+    assert errors["unreachable"] == {
+        "code": "host_unavailable",
+        "message": "the zone's host cannot be reached now, retry after 30 s: "
+        "Failed to connect to zone west: EOF",
+        "fields": [],
+        "request_id": "unreachable",
+    }
+    assert errors["lost"]["code"] == "host_unavailable"
+    assert "Failed to connect socket to '<host path>/libvirt-sock'" in errors["lost"]["message"]
+    assert str(tmp_path) not in errors["lost"]["message"]
     assert errors["bug"]["code"] == "internal"
     assert "secret internals" not in errors["bug"]["message"]
     assert "Traceback" not in errors["bug"]["message"]
