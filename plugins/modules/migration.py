@@ -32,7 +32,8 @@ description:
   - Refused, changing nothing - a destination in another zone, the VM's own host, a VM on neither
     host or on both, another tenant's VM (or an object that is not the tenant's named like it),
     a network or storage pool of the VM that the destination lacks, a volume of the VM that
-    exists there already, an address of the VM leased to another MAC there.
+    exists there already, an address of the VM leased to another MAC there, a tenant the control
+    plane (C(vce serve)) placed in the zone (it keeps the tenant's objects on one host).
   - A failed migration leaves the VM running on the source (libvirt's rollback); what was made on
     the destination for it is removed again.
   - B(Public IPs) bound to the VM follow it when O(zone_config) and both hosts' host commands are

@@ -67,7 +67,7 @@ from .zone_link import VxlanFilters, links_touching, with_filters, zone_link_pla
 try:
     import sqlalchemy as sa
 
-    from ...ledger.schema import public_ips
+    from ...ledger.schema import placements, public_ips
 except ImportError:  # reported by the ledger's Store()
     sa = None
 
@@ -277,6 +277,7 @@ class MigrationPlanner:
         self.public_zone = spec.public_zone if spec else None
         self.shells = spec.shells if spec else (HostShell(), HostShell())
         self.underlay = spec.underlay if spec else None
+        self.zone = spec.zone if spec else None
         self.report = MoveReport()
         self.handed_over = False  # public IPs and zone links follow the VM (once per move)
         self.arrival_error: VceError | None = None  # of the hand-over the arrival watch made
@@ -313,6 +314,7 @@ class MigrationPlanner:
                 f"VM {name!r} of tenant {self.tenant!r} is defined on both hosts (an interrupted "
                 "move?): remove the copy that does not run before moving it again",
             )
+        self.check_unplaced()
         links = self.plan_networks(name, domain, here, group)
         move = dataclasses.replace(
             self.move_of(name, domain, here, there),
@@ -419,6 +421,25 @@ class MigrationPlanner:
             "underlay_dev": self.underlay.dev,
             "host_command": list(self.shells[1].prefix),
         }
+
+    def check_unplaced(self) -> None:
+        """A tenant the control plane manages in the zone is kept on the host it placed it
+        on (its `placements`): the server would declare the VM there again after a move."""
+        if self.zone is None:
+            return
+        with self.ledger.store.read() as connection:
+            row = connection.execute(
+                sa.select(placements.c.host).where(
+                    placements.c.tenant == self.tenant, placements.c.zone == self.zone
+                )
+            ).first()
+        if row is not None:
+            raise SpecError(
+                "tenant",
+                f"tenant {self.tenant!r} is managed by the control plane (vce serve), which "
+                f"keeps its objects of zone {self.zone} on host {row.host}: its VMs do not move "
+                "one by one",
+            )
 
     def bound_public_ips(self, name: str) -> list[Any]:
         """The public IPs bound to the VM through the source host (the ledger's rows), once

@@ -36,7 +36,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.migration
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host, TenantInventory
 from ansible_collections.vce.kvm.plugins.module_utils.host.ownership import Owner
 from ansible_collections.vce.kvm.plugins.module_utils.host.xml import DomainState, NicDevice
-from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import exclusions
+from ansible_collections.vce.kvm.plugins.module_utils.ledger.schema import exclusions, placements
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
 from tests.support.images import make_image
@@ -331,3 +331,15 @@ def test_a_drain_in_check_mode_plans_moves_and_windows_and_changes_nothing(
     assert Host(destination).inventory("acme").domains == {}
     with Ledger.open(acme).store.read() as connection:
         assert connection.execute(sa.select(exclusions)).all() == []
+
+
+def test_a_tenant_the_control_plane_placed_does_not_move(placed, acme, destination):
+    with Ledger.open(acme).store.locked("acme") as connection:
+        connection.execute(
+            sa.insert(placements).values(
+                tenant="acme", zone="zone-a", host="kvm1", placed_at=dt.datetime.now(dt.UTC)
+            )
+        )
+    with pytest.raises(SpecError) as raised:
+        run_migration(move_params(acme, destination), check_mode=True)
+    assert raised.value.field == "tenant" and "host kvm1" in raised.value.reason
