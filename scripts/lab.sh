@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-  qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping
+  qemu-system-x86 qemu-utils dnsmasq-base iptables nftables iproute2 iputils-ping procps
   python3 python3-venv python3-dev gcc pkg-config
   syslinux syslinux-common mtools dosfstools fdisk busybox-static kmod
   systemd  # the kvm_host role wants it (systemd-analyze verify); minbase roots lack it
