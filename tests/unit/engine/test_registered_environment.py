@@ -12,20 +12,14 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import SpecErr
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade as engine
 from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledger
 
-from tests.support.images import make_image
 from tests.support.ledger import plan_catalog
-from tests.support.testdriver import environment, fresh_driver, objects_of
+from tests.support.testdriver import environment, image_on_fresh_driver, objects_of
 
 
 @pytest.fixture
 def image(monkeypatch, tmp_path, any_ledger_url):
     """A fresh driver and an empty base image; the ledger has no tenant."""
-    drivers = fresh_driver(monkeypatch)
-    next(drivers, None)
-    path = tmp_path / "base.qcow2"
-    make_image(path)
-    yield str(path)
-    next(drivers, None)
+    yield from image_on_fresh_driver(monkeypatch, tmp_path, any_ledger_url, registered=False)
 
 
 def declared(image: str, **registration: Any) -> dict[str, Any]:
