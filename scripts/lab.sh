@@ -39,7 +39,9 @@ BROWSER_DEBIAN_PACKAGES=(chromium fonts-dejavu-core)
 NPM_DIRECTORIES=(tests/browser bench/browser server/vce_server/panel)
 # For `zones` and `test`: every host of the zone lab runs its own sshd in its network namespace
 # (tools/multihost.py); the machine's own sshd is not needed and not started by the lab.
-LAB_DEBIAN_PACKAGES=(openssh-server)
+# netcat-openbsd: a `qemu+ssh://...?socket=` URI (each lab host's) runs `nc -U <socket>` on the
+# host; virt-ssh-helper cannot take a socket path (a fresh machine failed: "nc: not found").
+LAB_DEBIAN_PACKAGES=(openssh-server netcat-openbsd)
 VENV=.venv
 
 install_debian_packages() {

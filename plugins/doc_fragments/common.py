@@ -82,8 +82,9 @@ options:
       - V(postgresql+psycopg://user@host/db) for operators with many hosts or controllers; keep the
         password out of the URL (use C(~/.pgpass) or E(PGPASSWORD)).
       - A missing SQLite file is created (mode 0600, new directories 0700) only by the modules
-        that register, M(vce.kvm.tenant), M(vce.kvm.host) and M(vce.kvm.image), with a warning;
-        the others refuse it, naming the path, so a mistyped URL is not an empty ledger.
+        that register, M(vce.kvm.tenant), M(vce.kvm.host), M(vce.kvm.image) and
+        M(vce.kvm.environment) with O(vce.kvm.environment#module:register), with a warning; the
+        others refuse it, naming the path, so a mistyped URL is not an empty ledger.
       - The schema is created and migrated automatically on first use.
     type: str
 requirements:

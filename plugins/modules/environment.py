@@ -150,6 +150,29 @@ options:
     description: Seconds to wait for an ACPI shutdown before a VM is powered off.
     type: int
     default: 60
+  register:
+    description:
+      - Register the tenant in the ledger first, or keep its record as declared, in the same
+        run - what M(vce.kvm.tenant) does with these options and the tenant's name, O(uri) and
+        O(ledger_url) (a new tenant, a changed plan or quota overrides, a suspended tenant
+        resumed). The run's plan lists the tenant's changes first; the result has the
+        tenant's record as RV(tenant).
+      - One module run per tenant instead of two (the role C(vce.kvm.tenant_environment) uses it).
+        Only with O(state=present).
+    type: dict
+    suboptions:
+      customer:
+        description: The customer's identity, required for a new tenant (M(vce.kvm.tenant)'s O(vce.kvm.tenant#module:customer)).
+        type: str
+      plan:
+        description: The tenant's plan, required for a new tenant (M(vce.kvm.tenant)'s O(vce.kvm.tenant#module:plan)).
+        type: str
+      plans:
+        description: Plan definitions to record in the ledger (M(vce.kvm.tenant)'s O(vce.kvm.tenant#module:plans)).
+        type: dict
+      quotas:
+        description: Quota overrides over the plan; omit to keep the current ones (M(vce.kvm.tenant)'s O(vce.kvm.tenant#module:quotas)).
+        type: dict
 seealso:
   - module: vce.kvm.vm
   - module: vce.kvm.network
@@ -217,6 +240,10 @@ pending_restart:
   returned: always
   type: list
   elements: str
+tenant:
+  description: The tenant's ledger record after the run, as M(vce.kvm.tenant) returns it.
+  returned: when O(register) is given
+  type: dict
 environment:
   description: The tenant's objects after the run, as M(vce.kvm.info) returns them. Empty in check mode.
   returned: always
@@ -225,7 +252,9 @@ environment:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vce.kvm.plugins.module_utils.core import fields
-from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import run_environment
+from ansible_collections.vce.kvm.plugins.module_utils.engine.facade import (
+    run_registered_environment,
+)
 from ansible_collections.vce.kvm.plugins.module_utils.engine.module_support import (
     BACKUP_HOST_OPTIONS,
     ledger_spec,
@@ -252,11 +281,20 @@ def main() -> None:
             allow_restart={"type": "bool", "default": False},
             allow_replace={"type": "bool", "default": False},
             shutdown_timeout={"type": "int", "default": 60},
+            register={
+                "type": "dict",
+                "options": {
+                    "customer": {"type": "str"},
+                    "plan": {"type": "str"},
+                    "plans": {"type": "dict"},
+                    "quotas": {"type": "dict"},
+                },
+            },
             **BACKUP_HOST_OPTIONS,
         ),
         supports_check_mode=True,
     )
-    run_module(module, run_environment)
+    run_module(module, run_registered_environment)
 
 
 if __name__ == "__main__":

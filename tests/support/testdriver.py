@@ -24,14 +24,18 @@ def fresh_driver(monkeypatch) -> Iterator[None]:
             conn.close()
 
 
-def image_on_fresh_driver(monkeypatch, tmp_path: Path, ledger_url: str) -> Iterator[str]:
-    """A fresh driver, tenant acme registered in the ledger, and an empty base image's path."""
+def image_on_fresh_driver(
+    monkeypatch, tmp_path: Path, ledger_url: str, registered: bool = True
+) -> Iterator[str]:
+    """A fresh driver, tenant acme registered in the ledger (unless not `registered`), and an
+    empty base image's path."""
     from tests.support.images import make_image
     from tests.support.ledger import register
 
     drivers = fresh_driver(monkeypatch)
     next(drivers, None)
-    register(ledger_url, "acme")
+    if registered:
+        register(ledger_url, "acme")
     path = tmp_path / "base.qcow2"
     make_image(path)
     yield str(path)
