@@ -478,8 +478,8 @@ def test_a_zone_link_follows_the_last_vm_of_its_network(lab, hosts, ledger_url):
     assert there["linkinfo"]["info_data"]["remote"] == b1.underlay_ip
     assert vxlan(b1)[device]["linkinfo"]["info_data"]["remote"] == a2.underlay_ip
     assert guest_pings(a2, d1, e1)
-    recorded = run_module("zone_link", {**declared, "ends": [link_end(a2, "zone-a"),
-                                                            link_end(b1, "zone-b")]}, check=True)  # fmt: skip
+    moved_ends = [link_end(a2, "zone-a"), link_end(b1, "zone-b")]
+    recorded = run_module("zone_link", {**declared, "ends": moved_ends}, check=True)
     assert not recorded["changed"], recorded  # the declaration with the new end: as it is
     usage = {(c["kind"], c["action"]) for c in moved["usage_changes"]}
     assert {("zone_link", "moved_out"), ("zone_link", "moved_in")} <= usage
