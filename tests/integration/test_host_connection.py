@@ -1,6 +1,7 @@
 """The engine's kept libvirt connection outlives a restart of the daemon: a long-lived process
 (the control plane) must not keep failing with a broken pipe after libvirtd restarted. A daemon
-that went away is an unreachable host, for the open connection and for a new one."""
+that went away is an unreachable host, for the open connection and for a new one; a URI the daemon
+has no driver for is a refusal."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ansible_collections.vce.kvm.plugins.module_utils.core.errors import HostUnreachable
+from ansible_collections.vce.kvm.plugins.module_utils.core.errors import HostUnreachable, VceError
 from ansible_collections.vce.kvm.plugins.module_utils.host.connection import Host, connect
 
 from tools.libvirtd import PrivateLibvirtd
@@ -52,3 +53,11 @@ def test_a_daemon_killed_under_an_open_connection_is_an_unreachable_host(daemon)
     with pytest.raises(HostUnreachable) as gone:
         Host(daemon.uri)
     assert str(gone.value).startswith(f"Failed to connect to libvirt at {daemon.uri}: ")
+
+
+def test_a_uri_the_daemon_has_no_driver_for_is_refused_not_unreachable(daemon):
+    # The client hands a URI none of its own drivers takes to the daemon, which answers.
+    uri = f"nosuchdriver:///system?socket={daemon.socket_path}"
+    with pytest.raises(VceError, match="no connection driver available") as raised:
+        connect(uri)
+    assert not isinstance(raised.value, HostUnreachable)

@@ -75,7 +75,7 @@ def test_a_daemon_that_does_not_answer_is_an_unreachable_host(tmp_path):
     assert str(raised.value).startswith(f"Failed to connect to libvirt at {uri}: Failed to")
 
 
-def test_a_uri_without_a_driver_is_refused_not_unreachable():
-    with pytest.raises(VceError, match="no connection driver available") as raised:
-        connect("nosuchdriver:///system")
+def test_a_uri_with_an_unknown_transport_is_refused_not_unreachable():
+    with pytest.raises(VceError, match="transport in URL not recognised") as raised:
+        connect("qemu+nosuch:///system")
     assert not isinstance(raised.value, HostUnreachable)
