@@ -135,6 +135,31 @@ def zone_uplink(params: Mapping[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class Underlay:
+    """Where a host sends and receives the zone links' VXLAN traffic."""
+
+    ip: str
+    dev: str
+
+
+def check_underlay(raw: Mapping[str, Any], prefix: str) -> Underlay:
+    """`underlay_ip` and `underlay_dev` of a host given in `raw`, both required; `prefix` is
+    the path of `raw` with its trailing dot ("" at the top)."""
+    address = str(check_ipv4(raw.get("underlay_ip"), f"{prefix}underlay_ip"))
+    dev = raw.get("underlay_dev")
+    if not is_interface(dev):
+        raise SpecError(f"{prefix}underlay_dev", f"an interface name is required, got {dev!r}")
+    return Underlay(address, dev)
+
+
+def parse_underlay(raw: Mapping[str, Any], prefix: str) -> Underlay | None:
+    """A host's underlay where it is optional: both fields or neither."""
+    if raw.get("underlay_ip") is None and raw.get("underlay_dev") is None:
+        return None
+    return check_underlay(raw, prefix)
+
+
+@dataclass(frozen=True)
 class LinkEnd:
     """One end of a zone link: the host in that zone and its underlay."""
 
@@ -152,12 +177,9 @@ def parse_link_end(raw: Any, path: str) -> LinkEnd:
     uri = raw.get("uri")
     if not isinstance(uri, str) or not uri:
         raise SpecError(f"{path}.uri", "the libvirt URI of the end's host is required")
-    underlay_ip = str(check_ipv4(raw.get("underlay_ip"), f"{path}.underlay_ip"))
-    dev = raw.get("underlay_dev")
-    if not is_interface(dev):
-        raise SpecError(f"{path}.underlay_dev", f"an interface name is required, got {dev!r}")
+    underlay = check_underlay(raw, f"{path}.")
     prefix = check_prefix(raw.get("host_command"), f"{path}.host_command")
-    return LinkEnd(zone, uri, underlay_ip, dev, prefix)
+    return LinkEnd(zone, uri, underlay.ip, underlay.dev, prefix)
 
 
 @dataclass(frozen=True)

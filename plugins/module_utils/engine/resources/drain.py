@@ -28,7 +28,7 @@ from ...core.errors import SpecError, libvirt_action
 from ...core.plan import Change, Plan
 from ...core.result import Result
 from ...core.validation import check_name, check_note, check_prefix
-from ...core.zones import PublicZone, zone_of
+from ...core.zones import PublicZone, Underlay, parse_underlay, zone_of
 from ...finance.sla import Incidents
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.shell import HostShell
@@ -36,7 +36,7 @@ from ...host.xml import KIB_PER_MIB, DomainState
 from ...ledger.tenants import Ledger, parse_moment
 from ..run import Run, conclude
 from .firewall import KIND as FIREWALL
-from .migration import MigrationPlanner, MigrationSpec, Underlay, check_uri, parse_underlay
+from .migration import MigrationPlanner, MigrationSpec, check_uri
 
 DEFAULT_NOTE = "host drained for maintenance; the VM could not be moved"
 

@@ -42,8 +42,15 @@ from ...core.errors import ApplyError, SpecError, VceError, libvirt, libvirt_act
 from ...core.plan import Change, ChangeClass, Plan
 from ...core.result import Result
 from ...core.spec import StaticLease
-from ...core.validation import check_ipv4, check_name, check_prefix, is_interface
-from ...core.zones import PublicZone, ZoneLinkSpec, parse_link_end, zone_of
+from ...core.validation import check_name, check_prefix
+from ...core.zones import (
+    PublicZone,
+    Underlay,
+    ZoneLinkSpec,
+    parse_link_end,
+    parse_underlay,
+    zone_of,
+)
 from ...host.connection import DEFAULT_URI, Host, TenantInventory
 from ...host.ownership import object_name
 from ...host.shell import HostShell
@@ -115,23 +122,6 @@ class MigrationSpec:
     # Where a zone link of the VM's network follows it: the destination's underlay address
     # and device; None when not given.
     underlay: Underlay | None = None
-
-
-@dataclass(frozen=True)
-class Underlay:
-    ip: str
-    dev: str
-
-
-def parse_underlay(raw: Mapping[str, Any], path: str) -> Underlay | None:
-    """`underlay_ip` and `underlay_dev` of a host given in `raw`: both or neither."""
-    ip, dev = raw.get("underlay_ip"), raw.get("underlay_dev")
-    if ip is None and dev is None:
-        return None
-    address = str(check_ipv4(ip, f"{path}underlay_ip"))
-    if not is_interface(dev):
-        raise SpecError(f"{path}underlay_dev", f"an interface name is required, got {dev!r}")
-    return Underlay(address, dev)
 
 
 def check_uri(value: Any, path: str) -> str:

@@ -17,6 +17,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.errors import (
     VceError,
     libvirt,
 )
+from ansible_collections.vce.kvm.plugins.module_utils.core.zones import Underlay
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.drain import (
     Peer,
@@ -27,7 +28,6 @@ from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.drain imp
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.migration import (
     ArrivalWatch,
     MigrationPlanner,
-    Underlay,
     live_flags,
     parse_migration,
     run_migration,
@@ -66,22 +66,25 @@ def test_a_bad_declaration_names_its_field(change, field):
     assert raised.value.field == field
 
 
+def declare_vm(tmp_path, name: str, network: str, ip: str) -> None:
+    """acme's stopped VM `name` on the test host, its NIC on `network` (a /24 holding `ip`),
+    declared with only that network and VM: what else acme has stays."""
+    image = str(make_image(tmp_path / f"{name}.qcow2"))
+    cidr = ip.rsplit(".", 1)[0] + ".0/24"
+    facade.run_environment(
+        {"uri": URI, "tenant": "acme", "default_pool": "default-pool",
+         "networks": [{"name": network, "cidr": cidr, "mode": "isolated"}],
+         "vms": [{"name": name, "memory_mib": 128, "state": "stopped",
+                  "boot_disk": {"image": image, "size_gib": 1},
+                  "nics": [{"network": network, "ip": ip}]}]}
+    )  # fmt: skip
+
+
 @pytest.fixture
 def placed(acme, test_host, tmp_path):
     """acme's web1 (stopped) on network lan of the test host: (planner, here, there), `there`
     an empty destination with the same pools and network lan."""
-    image = str(make_image(tmp_path / "base.qcow2"))
-    facade.run_environment(
-        {
-            "uri": URI,
-            "tenant": "acme",
-            "default_pool": "default-pool",
-            "networks": [{"name": "lan", "cidr": "10.30.0.0/24", "mode": "isolated"}],
-            "vms": [{"name": "web1", "memory_mib": 128, "state": "stopped",
-                     "boot_disk": {"image": image, "size_gib": 1},
-                     "nics": [{"network": "lan", "ip": "10.30.0.10"}]}],
-        }
-    )  # fmt: skip
+    declare_vm(tmp_path, "web1", "lan", "10.30.0.10")
     here = test_host.inventory("acme")
     there = TenantInventory("acme", pools=dict(here.pools))
     there.networks = {"acme_lan": dataclasses.replace(here.networks["acme_lan"], hosts={})}
@@ -213,14 +216,7 @@ def test_a_drain_moves_the_vms_of_a_network_together():
 
 def test_a_vm_leaving_others_of_its_network_behind_is_warned_about(placed, acme, tmp_path):
     planner, _here, there = placed
-    image = str(make_image(tmp_path / "base2.qcow2"))
-    facade.run_environment(
-        {"uri": URI, "tenant": "acme", "default_pool": "default-pool",
-         "networks": [{"name": "lan", "cidr": "10.30.0.0/24", "mode": "isolated"}],
-         "vms": [{"name": "db1", "memory_mib": 128, "state": "stopped",
-                  "boot_disk": {"image": image, "size_gib": 1},
-                  "nics": [{"network": "lan", "ip": "10.30.0.11"}]}]}
-    )  # fmt: skip
+    declare_vm(tmp_path, "db1", "lan", "10.30.0.11")
     here = planner.source.inventory("acme")
     [warning] = planner.plan("web1", here, there).warnings
     assert "leaves db1 on network lan" in warning and "not joined" in warning
@@ -307,14 +303,7 @@ def test_the_arrival_watch_fires_once_the_domain_runs_there_and_keeps_its_error(
 def test_a_drain_in_check_mode_plans_moves_and_windows_and_changes_nothing(
     placed, acme, destination, tmp_path
 ):
-    image = str(make_image(tmp_path / "base3.qcow2"))
-    facade.run_environment(
-        {"uri": URI, "tenant": "acme", "default_pool": "default-pool",
-         "networks": [{"name": "back", "cidr": "10.31.0.0/24", "mode": "isolated"}],
-         "vms": [{"name": "db1", "memory_mib": 128, "state": "stopped",
-                  "boot_disk": {"image": image, "size_gib": 1},
-                  "nics": [{"network": "back", "ip": "10.31.0.10"}]}]}
-    )  # fmt: skip
+    declare_vm(tmp_path, "db1", "back", "10.31.0.10")
     window = {"announced_at": "2026-12-01T09:00:00Z", "ends_at": "2099-12-01T09:00:00Z"}
     params = {**DRAIN, "ledger_url": acme, "peers": [{"uri": destination, "zone": "zone-a"}],
               "maintenance": window}  # fmt: skip
