@@ -11,6 +11,8 @@ import libvirt
 from ansible_collections.vce.kvm.plugins.module_utils.host.firewall import NftTable
 from ansible_collections.vce.kvm.plugins.module_utils.host.shell import HostShell
 
+from tools.libvirtd import PrivateLibvirtd
+
 
 def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
     """Destroy and delete domains, networks and volumes (in every active pool) whose names
@@ -47,6 +49,19 @@ def remove_prefixed(conn: libvirt.virConnect, start: str) -> list[str]:
                         vol.delete(0)
                     removed.append(f"volume {vol.name()}")
     return removed
+
+
+def stop_emptied(daemon: PrivateLibvirtd) -> None:
+    """Stop a test's private daemon after removing every object it holds: a network still
+    running when the daemon stops would leave its bridge and firewall rules behind."""
+    try:
+        if daemon.is_running():
+            with contextlib.suppress(libvirt.libvirtError):
+                connection = daemon.connect()
+                remove_prefixed(connection, "")
+                connection.close()
+    finally:
+        daemon.stop()
 
 
 def remove_guard() -> None:

@@ -21,7 +21,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 from tests.support.backups import runner_script
 from tests.support.images import make_image, register_image
 from tests.support.ledger import forget_stores, register
-from tools.cleanup import remove_guard, remove_prefixed
+from tools.cleanup import remove_guard, remove_prefixed, stop_emptied
 from tools.labhost import ensure_pool
 from tools.libvirtd import PrivateLibvirtd
 from tools.tinyguest import build_base_image
@@ -40,13 +40,7 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
     try:
         yield daemon
     finally:
-        # Whatever a test left: a network still running when the daemon stops would leave
-        # its bridge and firewall rules on this machine.
-        with contextlib.suppress(libvirt.libvirtError):
-            connection = daemon.connect()
-            remove_prefixed(connection, "")
-            connection.close()
-        daemon.stop()
+        stop_emptied(daemon)  # whatever a test left
         remove_guard()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -29,7 +29,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.ledger.tenants import Ledg
 
 from tests.support.ansible_runner import run_module
 from tests.support.ledger import register
-from tools.cleanup import remove_prefixed
+from tools.cleanup import stop_emptied
 from tools.libvirtd import PrivateLibvirtd
 
 pytestmark = pytest.mark.integration
@@ -122,15 +122,9 @@ def site() -> Iterator[Site]:
         register(ledger_url, TENANT)
         yield site
     finally:
-        try:
-            if daemon.is_running():
-                conn = daemon.connect()
-                remove_prefixed(conn, "")
-                conn.close()
-        finally:
-            daemon.stop()
-            subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10)
-            shutil.rmtree(base, ignore_errors=True)
+        stop_emptied(daemon)
+        subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_guard_holds_every_mode_and_a_second_run_changes_nothing(site):
