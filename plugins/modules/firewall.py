@@ -26,7 +26,9 @@ description:
     with this O(uri) names, else the one the table on the host names now (a run that knows no
     zone never loosens the guard).
   - A host without an uplink gets the same rules except the two that name the uplink - leaving a
-    NAT network is then not restricted to one interface, and there is no egress filter.
+    NAT network is then not restricted to one interface, but never to a private, shared,
+    loopback, link-local, multicast or reserved address (the host's management network is
+    one), and there is no egress filter.
   - M(vce.kvm.environment) and M(vce.kvm.network) keep the table too after their network
     changes; the C(vce.kvm.kvm_host) role calls this module.
 author:

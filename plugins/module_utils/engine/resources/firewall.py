@@ -51,6 +51,23 @@ TABLE = "vce_guard"
 STATES = ("present", "absent")
 # The rule that names the uplink, as nft lists it.
 UPLINK_RULE = re.compile(r'oifname != "([^"]+)" counter drop')
+# Where a NAT network's traffic never goes on a host without an uplink, on which libvirt's NAT
+# lets it leave through any interface: these ranges are the provider's own networks there
+# (management, storage, the other hosts, a metadata service), never the internet: "this
+# network", private (RFC 1918), shared (RFC 6598), loopback, link-local, IETF protocol
+# assignments, benchmarking, multicast and reserved.
+INTERNAL_RANGES = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+)
 # Network changes that add, remove or rename a tenant bridge: the table follows them.
 BRIDGE_ACTIONS = ("create", "delete", "replace")
 
@@ -104,6 +121,7 @@ def render_guard(model: GuardModel) -> str:
             "gateways", "ifname . ipv4_addr", [f"{quoted(n.bridge)} . {n.gateway}" for n in nets]
         ),
         named_set("cidrs", "ipv4_addr", sorted({str(n.cidr) for n in nets}), "interval"),
+        "" if model.uplink else named_set("internal", "ipv4_addr", INTERNAL_RANGES, "interval"),
         """  chain input {
     type filter hook input priority filter - 10; policy accept;
     iifname @bridges jump tenant_in
@@ -150,12 +168,14 @@ def tenant_from(uplink: str | None) -> str:
     """What leaves a tenant network: never from an isolated one; NAT and routed ones only
     through the uplink. Without an uplink a routed network leaves nowhere (libvirt ties it to
     no interface, so only the uplink the guard names keeps it off the underlay), and a NAT
-    network where libvirt's NAT rules let it."""
+    network where libvirt's NAT rules let it, except to the internal ranges: a management
+    network directly connected to the host is one of them."""
     rules = ["    iifname @isolated_bridges counter drop\n"]
     if uplink:
         rules.append(f"    oifname != {quoted(uplink)} counter drop\n")
     else:
         rules.append("    iifname @routed_bridges counter drop\n")
+        rules.append("    ip daddr @internal counter drop\n")
     return "  chain tenant_from {\n" + "".join(rules) + "  }\n"
 
 

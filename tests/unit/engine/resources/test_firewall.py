@@ -16,6 +16,7 @@ from ansible_collections.vce.kvm.plugins.module_utils.core.spec import parse_net
 from ansible_collections.vce.kvm.plugins.module_utils.engine import facade
 from ansible_collections.vce.kvm.plugins.module_utils.engine.drift import DeclaredHost, DriftCheck
 from ansible_collections.vce.kvm.plugins.module_utils.engine.resources.firewall import (
+    INTERNAL_RANGES,
     GuardModel,
     GuardPlanner,
     TenantBridge,
@@ -100,14 +101,32 @@ def test_without_an_uplink_the_rules_naming_it_go_and_routed_networks_forward_no
         "type filter hook postrouting priority srcnat + 10; policy accept;",
         'oifname "up0" iifname @bridges ip saddr @cidrs counter drop',
     }
-    # libvirt ties a routed network to no interface: without the uplink it stays closed.
+    # libvirt ties a routed network to no interface: without the uplink it stays closed. A NAT
+    # network leaves where libvirt's NAT lets it, never to the internal ranges (a management
+    # network directly connected to the host is in them).
     added = set(without.splitlines()) - set(with_uplink.splitlines())
-    assert {line.strip() for line in added} == {"iifname @routed_bridges counter drop"}
+    assert {line.strip() for line in added} == {
+        "iifname @routed_bridges counter drop",
+        "ip daddr @internal counter drop",
+        "set internal {",
+        f"elements = {{ {', '.join(INTERNAL_RANGES)} }}",
+    }
+
+
+def test_the_internal_ranges_hold_every_non_public_range_and_no_public_address():
+    ranges = [ipaddress.ip_network(cidr) for cidr in INTERNAL_RANGES]
+    for private in ("10.1.2.3", "172.31.250.10", "192.168.122.1", "100.64.0.1", "169.254.169.254"):
+        assert any(ipaddress.ip_address(private) in r for r in ranges), private
+    for public in ("203.0.113.1", "198.51.100.7", "192.0.2.1", "8.8.8.8", "1.1.1.1"):
+        assert not any(ipaddress.ip_address(public) in r for r in ranges), public
+    assert not any(a.overlaps(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
 
 
 def test_a_host_without_tenant_networks_has_empty_sets():
     body = render_guard(GuardModel((), None))
-    assert "elements" not in body  # nft refuses an empty element list
+    # nft refuses an empty element list; the only one left is the internal ranges' own.
+    [listed] = [line for line in body.splitlines() if "elements" in line]
+    assert listed.strip().startswith(f"elements = {{ {INTERNAL_RANGES[0]},")
     assert "chain tenant_in {" in body
 
 
