@@ -169,8 +169,10 @@ run_tests() {
   sanity
   echo "lab: pytest, unit tier with coverage (no engine file under 60% from unit tests alone)"
   mkdir -p tests/output
+  # Two workers (pytest-xdist): the unit tier is CPU-bound and its tests share nothing (the
+  # test driver, scratch namespaces and PostgreSQL servers of their own): 11 min serial on 2 cores.
   COVERAGE_FILE=tests/output/.coverage PATH="$PWD/$VENV/bin:$PATH" \
-    "$py" -m pytest -q -p no:cacheprovider --durations=10 tests/unit \
+    "$py" -m pytest -q -p no:cacheprovider -n 2 --durations=10 tests/unit \
     --cov=plugins/module_utils --cov-report=term --cov-report=json:tests/output/coverage.json
   "$py" -m tools.coverage_gate tests/output/coverage.json --minimum 60
   echo "lab: pytest (cli, pulumi, integration against a private libvirtd, guest boot, multi-host)"
